@@ -1,0 +1,306 @@
+//! Campaign files: TOML front matter between `+++` lines, then a Markdown
+//! (`.md`) or raw MJML (`.mjml`) body. Parsing only; no IO: the caller reads
+//! the file and passes its name for messages.
+//!
+//! Every error names the file and the line and says what to fix, in the form
+//! `campaigns/x.md:3: front matter: ...`.
+
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone, Utc};
+use serde::Deserialize;
+
+use crate::config::line_of;
+
+/// A problem in a campaign file, with the place to fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct Error {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The body language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Markdown,
+    Mjml,
+}
+
+impl Format {
+    /// `.mjml` files are raw MJML; everything else is Markdown.
+    pub fn from_file_name(name: &str) -> Format {
+        if name.to_ascii_lowercase().ends_with(".mjml") {
+            Format::Mjml
+        } else {
+            Format::Markdown
+        }
+    }
+}
+
+/// Front matter as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFront {
+    subject: Option<String>,
+    #[serde(default)]
+    preheader: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    list: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    send_at: Option<toml::Value>,
+}
+
+/// A parsed campaign file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Campaign {
+    /// The file name as given, for messages.
+    pub file: String,
+    /// The file stem: `2026-11-ebulletin`. Names the campaign in the store,
+    /// the archive and the output files.
+    pub slug: String,
+    pub subject: String,
+    pub preheader: Option<String>,
+    pub template: String,
+    pub list: String,
+    pub from: Option<String>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub format: Format,
+    pub body: String,
+    /// 1-based line of the first body line in the file.
+    pub body_line: usize,
+    /// Line of each front matter key, for messages about its value.
+    pub key_lines: Vec<(String, usize)>,
+}
+
+impl Campaign {
+    /// Line of a front matter key (or of the front matter start).
+    pub fn line_of_key(&self, key: &str) -> usize {
+        self.key_lines
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(1, |(_, l)| *l)
+    }
+
+    /// An error at a line of this campaign's file.
+    pub fn error(&self, line: usize, message: impl Into<String>) -> Error {
+        Error {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// Default layout when the front matter names none.
+pub const DEFAULT_TEMPLATE: &str = "ebulletin";
+
+/// Parses a campaign file's text. `file` is used in messages and for the slug.
+pub fn parse(file: &str, text: &str) -> Result<Campaign> {
+    let err = |line: usize, message: String| Error {
+        file: file.to_string(),
+        line,
+        message,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text.split_inclusive('\n');
+    let first = lines.next().unwrap_or("");
+    if first.trim_end() != "+++" {
+        return Err(err(
+            1,
+            "front matter: the file must start with a line `+++`, then lines such as \
+             `subject = \"...\"` and `list = \"...\"`, then a closing `+++`"
+                .into(),
+        ));
+    }
+    let front_start = first.len();
+    let mut offset = front_start;
+    let mut front_end = None;
+    for line in lines {
+        if line.trim_end() == "+++" {
+            front_end = Some((offset, offset + line.len()));
+            break;
+        }
+        offset += line.len();
+    }
+    let Some((front_end, body_start)) = front_end else {
+        return Err(err(
+            1,
+            "front matter: no closing `+++` line; add one after the last setting".into(),
+        ));
+    };
+    let front_text = &text[front_start..front_end];
+    let raw: RawFront = toml::from_str(front_text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| line_of(front_text, s.start) + 1)
+            .unwrap_or(2);
+        err(line, format!("front matter: {}", e.message().trim()))
+    })?;
+    let key_lines: Vec<(String, usize)> = front_text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let (k, _) = l.split_once('=')?;
+            Some((k.trim().to_string(), i + 2))
+        })
+        .collect();
+    let key_line = |k: &str| {
+        key_lines
+            .iter()
+            .find(|(key, _)| key == k)
+            .map_or(1, |(_, l)| *l)
+    };
+    let subject = match raw.subject.map(|s| s.trim().to_string()) {
+        Some(s) if !s.is_empty() => s,
+        Some(_) => {
+            return Err(err(
+                key_line("subject"),
+                "front matter: `subject` is empty; write the email's subject line".into(),
+            ));
+        }
+        None => {
+            return Err(err(
+                1,
+                "front matter: missing `subject`; add a line `subject = \"...\"`".into(),
+            ));
+        }
+    };
+    let list = match raw.list.map(|s| s.trim().to_string()) {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            return Err(err(
+                1,
+                "front matter: missing `list`; add `list = \"SLUG\"` naming the audience \
+                 (see `bulletin lists`)"
+                    .into(),
+            ));
+        }
+    };
+    let template = raw
+        .template
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    if !template
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(err(
+            key_line("template"),
+            format!(
+                "front matter: template {template:?} is not a template name; use the name of a \
+                 file in templates/ without `.mjml`"
+            ),
+        ));
+    }
+    let send_at = match raw.send_at {
+        None => None,
+        Some(v) => {
+            let text = match &v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Datetime(d) => d.to_string(),
+                _ => String::new(),
+            };
+            Some(parse_time(&text).map_err(|m| err(key_line("send_at"), format!("front matter: send_at: {m}")))?)
+        }
+    };
+    let body = &text[body_start..];
+    let name = file.rsplit(['/', '\\']).next().unwrap_or(file);
+    let slug = name
+        .rsplit_once('.')
+        .map_or(name, |(stem, _)| stem)
+        .to_string();
+    Ok(Campaign {
+        file: file.to_string(),
+        slug,
+        subject,
+        preheader: raw
+            .preheader
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty()),
+        template,
+        list,
+        from: raw.from,
+        send_at,
+        format: Format::from_file_name(file),
+        body: body.to_string(),
+        body_line: line_of(text, body_start),
+        key_lines,
+    })
+}
+
+/// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
+/// or a local date and time (`2026-12-01 09:00`, `2026-12-01T09:00:00`).
+pub fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    if let Ok(d) = DateTime::<FixedOffset>::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
+            return Local
+                .from_local_datetime(&n)
+                .earliest()
+                .map(|d| d.with_timezone(&Utc))
+                .ok_or_else(|| format!("{t:?} does not exist in the local time zone"));
+        }
+    }
+    Err(format!(
+        "{t:?} is not a time; write it as 2026-12-01T09:00:00+01:00 or 2026-12-01 09:00 (local time)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "+++\nsubject = \"Hello\"\nlist = \"news\"\npreheader = \"pre\"\n+++\n# Body\n";
+
+    #[test]
+    fn parses_front_matter_and_body() {
+        let c = parse("campaigns/2026-11-x.md", GOOD).unwrap();
+        assert_eq!(c.subject, "Hello");
+        assert_eq!(c.list, "news");
+        assert_eq!(c.preheader.as_deref(), Some("pre"));
+        assert_eq!(c.template, "ebulletin");
+        assert_eq!(c.slug, "2026-11-x");
+        assert_eq!(c.body, "# Body\n");
+        assert_eq!(c.body_line, 6);
+        assert_eq!(c.format, Format::Markdown);
+        assert_eq!(c.line_of_key("list"), 3);
+    }
+
+    #[test]
+    fn send_at_forms() {
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = 2026-12-01T09:00:00Z\n+++\n";
+        let c = parse("x.md", t).unwrap();
+        assert_eq!(c.send_at.unwrap().to_rfc3339(), "2026-12-01T09:00:00+00:00");
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = \"2026-12-01T10:00:00+01:00\"\n+++\n";
+        let c = parse("x.md", t).unwrap();
+        assert_eq!(c.send_at.unwrap().to_rfc3339(), "2026-12-01T09:00:00+00:00");
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = \"tomorrow\"\n+++\n";
+        let e = parse("x.md", t).unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("not a time"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_line_and_fix() {
+        let e = parse("c.md", "# no front matter\n").unwrap_err();
+        assert_eq!(e.to_string().split(':').take(2).collect::<Vec<_>>(), ["c.md", "1"]);
+        let e = parse("c.md", "+++\nsubject = \"s\"\n").unwrap_err();
+        assert!(e.message.contains("closing `+++`"), "{e}");
+        let e = parse("c.md", "+++\nlist = \"l\"\n\nsubject = oops\n+++\n").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        let e = parse("c.md", "+++\nlist = \"l\"\n+++\n").unwrap_err();
+        assert!(e.message.contains("missing `subject`"), "{e}");
+        let e = parse("c.md", "+++\nsubject = \"s\"\nlist = \"l\"\ncolour = 1\n+++\n").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+    }
+}

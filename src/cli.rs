@@ -1,0 +1,178 @@
+//! `Cli`: the raw command line, parsed by clap. Nothing here reads files or
+//! the environment beyond what clap does; `commands` turns a `Cli` into a
+//! `Config` and runs it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Newsletter composer and dispatcher: campaign files to responsive email,
+/// sent once to every subscriber.
+#[derive(Debug, Parser)]
+#[command(name = "bulletin", version, args_override_self = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Config file [default: ./bulletin.toml when present]
+    #[arg(long, global = true, env = "BULLETIN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ignore any config file; use defaults and the environment
+    #[arg(long, global = true)]
+    pub no_config: bool,
+    /// SQLite database [default: bulletin.db beside the config]
+    #[arg(long, global = true, env = "BULLETIN_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a campaign to HTML, text and a sample .eml
+    Build(BuildArgs),
+    /// Serve the rendered campaign on localhost, re-rendering on change
+    Preview(PreviewArgs),
+    /// Show mailing lists with counts, or add one
+    Lists(ListsArgs),
+    /// Add, remove, show, import, export or erase subscribers
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Campaign file (.md with front matter, or .mjml)
+    pub campaign: PathBuf,
+    /// Output directory
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Also write the MJML that was compiled
+    #[arg(long)]
+    pub mjml: bool,
+    /// Treat deliverability warnings as errors
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Campaign file
+    pub campaign: PathBuf,
+    /// Address to listen on (loopback only)
+    #[arg(long, default_value = "127.0.0.1:8025", value_name = "ADDR")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListsArgs {
+    #[command(subcommand)]
+    pub command: Option<ListsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListsCommand {
+    /// Create a list
+    Add {
+        /// Short name used in campaign files (`list = "..."`)
+        slug: String,
+        /// Human-readable name
+        #[arg(long)]
+        name: String,
+        /// Optional description shown on the sign-up page
+        #[arg(long, default_value = "")]
+        description: String,
+        /// New subscribers must confirm by email
+        #[arg(long)]
+        double_opt_in: bool,
+        /// Shown on the sign-up page and in the preference center
+        #[arg(long)]
+        public: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersCommand {
+    /// Subscribe an address to a list
+    Add {
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        list: String,
+    },
+    /// Unsubscribe an address from one list, or from all lists
+    Remove {
+        email: String,
+        #[arg(long)]
+        list: Option<String>,
+    },
+    /// Everything stored about one person, with their history
+    Show { email: String },
+    /// Import a CSV file with an `email` column
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        list: String,
+        /// Check and count, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write subscribers as CSV to standard output
+    Export {
+        #[arg(long)]
+        list: Option<String>,
+        /// Subscription or subscriber status to export [default: those who would receive mail]
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Erase a person: delete their data, keep only a hashed suppression entry
+    Forget { email: String },
+}
+
+/// Output format of report commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_flags() {
+        let cli = Cli::try_parse_from([
+            "bulletin", "build", "c.md", "--out", "a", "--out", "b", "--mjml",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Build(b) => {
+                assert_eq!(b.out, PathBuf::from("b"), "last value wins");
+                assert!(b.mjml);
+                assert!(!b.strict);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli = Cli::try_parse_from(["bulletin", "build", "c.md", "--no-config", "--db", "x.db"])
+            .unwrap();
+        assert!(cli.global.no_config);
+        assert_eq!(cli.global.db, Some(PathBuf::from("x.db")));
+    }
+}

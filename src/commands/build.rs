@@ -1,0 +1,145 @@
+//! `bulletin build`: compile a campaign and write its HTML, text and a
+//! sample `.eml` (and with `--mjml` the MJML that was compiled).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+
+use crate::assets::Templates;
+use crate::campaign::{self, Campaign};
+use crate::cli::BuildArgs;
+use crate::compose;
+use crate::config::Config;
+use crate::links::Urls;
+use crate::render::{self, Compiled, Personalised, Recipient, Renderer, Warning};
+
+/// A campaign read from disk and compiled.
+pub(crate) struct Built {
+    pub campaign: Campaign,
+    pub compiled: Compiled,
+}
+
+/// Reads, parses and compiles a campaign file with the configured templates.
+/// Bad input is a `campaign::Error` (file, line, fix) in the chain.
+pub(crate) fn compile_file(config: &Config, path: &Path) -> Result<Built> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let name = path.display().to_string();
+    let campaign = campaign::parse(&name, &text)?;
+    let templates = Templates::load(&config.templates)?;
+    let renderer = Renderer::new(&templates)?;
+    let compiled = renderer.compile(
+        &campaign,
+        &render::Context {
+            organisation: &config.organisation,
+        },
+    )?;
+    Ok(Built { campaign, compiled })
+}
+
+/// `file:line: warning: message`, or `file: warning: message`.
+pub(crate) fn format_warning(file: &str, w: &Warning) -> String {
+    match w.line {
+        Some(l) => format!("{file}:{l}: warning: {}", w.message),
+        None => format!("{file}: warning: {}", w.message),
+    }
+}
+
+/// The sample recipient of `build` and `preview`.
+pub(crate) const SAMPLE_EMAIL: &str = "sample.recipient@example.org";
+pub(crate) const SAMPLE_NAME: &str = "Sample Recipient";
+
+/// Personalises for the sample recipient (subscriber 0 of list 0).
+pub(crate) fn sample(config: &Config, built: &Built) -> Personalised {
+    let signer = super::sample_signer(config);
+    let urls = Urls::new(&config.base_url);
+    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
+    let preferences = urls.preferences(&signer, 0);
+    let archive = urls.archive(&built.campaign.slug);
+    built.compiled.personalise(&Recipient {
+        email: SAMPLE_EMAIL,
+        name: SAMPLE_NAME,
+        attributes: None,
+        unsubscribe_url: &unsubscribe,
+        preferences_url: &preferences,
+        archive_url: &archive,
+    })
+}
+
+/// The sample message as the recipient would get it.
+pub(crate) fn sample_eml(config: &Config, built: &Built, body: &Personalised) -> Result<Vec<u8>> {
+    let signer = super::sample_signer(config);
+    let urls = Urls::new(&config.base_url);
+    let domain = config.bounce_domain();
+    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
+    let mailto = format!("unsubscribe+{}@{domain}", signer.sign(crate::links::Purpose::Unsubscribe, 0, 0));
+    let bounce = format!("bounces+{}@{domain}", signer.sign(crate::links::Purpose::Bounce, 0, 0));
+    let message_id = format!("{}.sample@{}", built.campaign.slug, domain);
+    let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, &domain);
+    let from = built.campaign.from.as_deref().unwrap_or(&config.sender.from);
+    let headers = compose::Headers {
+        from,
+        reply_to: config.sender.reply_to.as_deref(),
+        to_email: SAMPLE_EMAIL,
+        to_name: SAMPLE_NAME,
+        // A fixed date keeps the sample reproducible.
+        date: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_547_200),
+        message_id: &message_id,
+        list_id: Some(&list_id),
+        unsubscribe_url: Some(&unsubscribe),
+        unsubscribe_mailto: Some(&mailto),
+        return_path: Some(&bounce),
+        test: false,
+        feedback_id: None,
+    };
+    Ok(compose::message(&headers, body)?.formatted())
+}
+
+pub(crate) fn run(config: &Config, args: &BuildArgs) -> Result<ExitCode> {
+    let built = compile_file(config, &args.campaign)?;
+    let file = args.campaign.display().to_string();
+    for w in &built.compiled.warnings {
+        eprintln!("{}", format_warning(&file, w));
+    }
+    if args.strict && !built.compiled.warnings.is_empty() {
+        return Err(campaign::Error {
+            file: file.clone(),
+            line: built.compiled.warnings[0].line.unwrap_or(1),
+            message: format!(
+                "{} deliverability warning(s) and --strict; fix them or drop --strict",
+                built.compiled.warnings.len()
+            ),
+        }
+        .into());
+    }
+    let body = sample(config, &built);
+    let eml = sample_eml(config, &built, &body)?;
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    let stem = &built.campaign.slug;
+    let mut outputs = vec![
+        (format!("{stem}.html"), body.html.clone().into_bytes()),
+        (format!("{stem}.txt"), body.text.clone().into_bytes()),
+        (format!("{stem}.eml"), eml),
+    ];
+    if args.mjml {
+        outputs.push((format!("{stem}.mjml"), built.compiled.mjml.clone().into_bytes()));
+    }
+    println!("subject:  {}", body.subject);
+    println!("list:     {}", built.campaign.list);
+    for (name, bytes) in &outputs {
+        let path = args.out.join(name);
+        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
+        println!("wrote     {} ({})", path.display(), human_size(bytes.len()));
+    }
+    println!("warnings: {}", built.compiled.warnings.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_size(n: usize) -> String {
+    if n < 10_000 {
+        format!("{n} bytes")
+    } else {
+        format!("{:.1} KB", n as f64 / 1000.0)
+    }
+}

@@ -1,0 +1,473 @@
+//! `Config`: the resolved settings every command runs with.
+//!
+//! Precedence, lowest first: built-in defaults < config file (`bulletin.toml`)
+//! < `BULLETIN_*` environment variables < command-line flags. Secrets (the
+//! link-signing secret, the SMTP password) are read from the environment only;
+//! a config file that carries one is refused, so secrets never end up in git.
+//!
+//! Only `main` and the command functions call [`Config::load`]; every other
+//! module receives the pieces it needs as plain values.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while finding, reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Values that come from flags, handed over by the CLI layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub no_config: bool,
+    pub db: Option<PathBuf>,
+    pub smtp_url: Option<String>,
+}
+
+/// The organisation that sends the bulletin; shown in every footer (CAN-SPAM
+/// and GDPR want a postal address) and in the header.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Organisation {
+    pub name: String,
+    pub address: String,
+    pub website: String,
+    pub logo_url: String,
+    pub tagline: String,
+}
+
+impl Default for Organisation {
+    fn default() -> Self {
+        Organisation {
+            name: "Example Alliance".into(),
+            address: "1 Example Street, Example City".into(),
+            website: "https://example.org".into(),
+            logo_url: String::new(),
+            tagline: String::new(),
+        }
+    }
+}
+
+/// Who the mail comes from and where bounces and mailto unsubscribes go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sender {
+    /// `Name <address>`; a campaign's `from` overrides it.
+    pub from: String,
+    pub reply_to: Option<String>,
+    /// Domain of the VERP return path `bounces+TOKEN@domain` and of the
+    /// `unsubscribe+TOKEN@domain` mailto. Defaults to the From domain.
+    pub bounce_domain: Option<String>,
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Sender {
+            from: "Example Alliance <news@example.org>".into(),
+            reply_to: None,
+            bounce_domain: None,
+        }
+    }
+}
+
+/// SMTP settings. The URL may name a user but never a password: that comes
+/// from `BULLETIN_SMTP_PASSWORD`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Smtp {
+    pub url: Option<String>,
+    /// Parallel SMTP connections.
+    pub connections: usize,
+    /// Messages per second across all connections; 0 means as fast as the
+    /// server accepts.
+    pub rate: f64,
+    /// Messages sent on one connection before it is recycled.
+    pub messages_per_connection: usize,
+    /// Seconds to wait for the server on connect and each command.
+    pub timeout_secs: u64,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            url: None,
+            connections: 10,
+            rate: 0.0,
+            messages_per_connection: 1000,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// DKIM signing, done by lettre. The key file holds a PEM private key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: PathBuf,
+    /// `rsa` or `ed25519`.
+    #[serde(default = "default_dkim_algorithm")]
+    pub algorithm: String,
+}
+
+fn default_dkim_algorithm() -> String {
+    "rsa".into()
+}
+
+/// Dispatcher policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dispatch {
+    /// A scheduled campaign more than this many hours overdue is held.
+    pub hold_after_hours: i64,
+    /// Seconds a dispatcher lease lasts before another run may take it over.
+    pub lease_secs: i64,
+    /// Attempts per recipient before a deferred delivery becomes failed.
+    pub max_attempts: i64,
+    /// First retry delay in seconds; doubles with each attempt.
+    pub retry_base_secs: i64,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch {
+            hold_after_hours: 24,
+            lease_secs: 120,
+            max_attempts: 5,
+            retry_base_secs: 60,
+        }
+    }
+}
+
+/// Bounce rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bounces {
+    /// Soft bounces from different campaigns that make a subscriber bounced.
+    pub soft_limit: i64,
+    /// Window in days in which those soft bounces must fall.
+    pub soft_window_days: i64,
+}
+
+impl Default for Bounces {
+    fn default() -> Self {
+        Bounces {
+            soft_limit: 3,
+            soft_window_days: 30,
+        }
+    }
+}
+
+/// The config file as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct File {
+    db: Option<PathBuf>,
+    base_url: Option<String>,
+    templates: Option<PathBuf>,
+    outbox: Option<PathBuf>,
+    listen: Option<String>,
+    tracking: Option<bool>,
+    organisation: Organisation,
+    sender: Sender,
+    smtp: Smtp,
+    dkim: Option<Dkim>,
+    dispatch: Dispatch,
+    bounces: Bounces,
+}
+
+/// The link-signing secret and the previous ones still accepted.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub current: Option<String>,
+    pub previous: Vec<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("current", &self.current.as_ref().map(|_| "<set>"))
+            .field("previous", &self.previous.len())
+            .finish()
+    }
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+    pub db: PathBuf,
+    /// Public base URL of `bulletin serve`, used in every link.
+    pub base_url: String,
+    pub templates: PathBuf,
+    pub outbox: PathBuf,
+    pub listen: String,
+    /// Open and click tracking; off unless the operator turns it on.
+    pub tracking: bool,
+    pub organisation: Organisation,
+    pub sender: Sender,
+    pub smtp: Smtp,
+    pub smtp_password: Option<String>,
+    pub dkim: Option<Dkim>,
+    pub dispatch: Dispatch,
+    pub bounces: Bounces,
+    pub secrets: Secrets,
+}
+
+/// Reads an environment variable, treating empty as unset.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Resolves the configuration from the process environment.
+    pub fn load(flags: &Overrides) -> Result<Config> {
+        Self::load_with(flags, &|name| env(name))
+    }
+
+    /// Resolves the configuration, reading environment variables through
+    /// `env` (so tests need not touch the process environment).
+    pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let path = if flags.no_config {
+            None
+        } else if let Some(p) = &flags.config {
+            Some(p.clone())
+        } else if let Some(p) = env("BULLETIN_CONFIG") {
+            Some(PathBuf::from(p))
+        } else {
+            Some(PathBuf::from("bulletin.toml")).filter(|p| p.exists())
+        };
+        let file = match &path {
+            Some(p) => read_file(p)?,
+            None => File::default(),
+        };
+        // Relative paths in a config file are relative to the file.
+        let base_dir = path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+
+        let db = flags
+            .db
+            .clone()
+            .or_else(|| env("BULLETIN_DB").map(PathBuf::from))
+            .unwrap_or_else(|| rel(file.db.clone().unwrap_or_else(|| "bulletin.db".into())));
+        let outbox = env("BULLETIN_OUTBOX")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rel(file.outbox.clone().unwrap_or_else(|| "outbox".into())));
+        let templates = env("BULLETIN_TEMPLATES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rel(file.templates.clone().unwrap_or_else(|| "templates".into())));
+        let base_url = env("BULLETIN_BASE_URL")
+            .or(file.base_url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_string();
+        let listen = env("BULLETIN_LISTEN")
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let mut smtp = file.smtp;
+        if let Some(url) = flags.smtp_url.clone().or_else(|| env("BULLETIN_SMTP_URL")) {
+            smtp.url = Some(url);
+        }
+        if let Some(url) = &smtp.url {
+            if env("BULLETIN_SMTP_URL").as_ref() != Some(url)
+                && flags.smtp_url.as_ref() != Some(url)
+                && url_has_password(url)
+            {
+                return Err(Error::Invalid(format!(
+                    "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
+                    path.as_deref().unwrap_or(Path::new("config")).display()
+                )));
+            }
+        }
+        if smtp.connections == 0 {
+            return Err(Error::Invalid("smtp.connections must be at least 1".into()));
+        }
+        let dkim = file.dkim.map(|mut d| {
+            d.key_file = rel(d.key_file);
+            d
+        });
+        let secrets = Secrets {
+            current: env("BULLETIN_SECRET"),
+            previous: env("BULLETIN_PREVIOUS_SECRETS")
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let tracking = match env("BULLETIN_TRACKING") {
+            Some(v) => matches!(v.as_str(), "1" | "true" | "yes" | "on"),
+            None => file.tracking.unwrap_or(false),
+        };
+        let mut sender = file.sender;
+        if let Some(from) = env("BULLETIN_FROM") {
+            sender.from = from;
+        }
+        Ok(Config {
+            file: path,
+            db,
+            base_url,
+            templates,
+            outbox,
+            listen,
+            tracking,
+            organisation: file.organisation,
+            sender,
+            smtp,
+            smtp_password: env("BULLETIN_SMTP_PASSWORD"),
+            dkim,
+            dispatch: file.dispatch,
+            bounces: file.bounces,
+            secrets,
+        })
+    }
+
+    /// The domain that VERP return paths and mailto unsubscribes use.
+    pub fn bounce_domain(&self) -> String {
+        if let Some(d) = &self.sender.bounce_domain {
+            return d.clone();
+        }
+        domain_of(&self.sender.from).unwrap_or_else(|| "localhost".into())
+    }
+}
+
+/// The domain part of `Name <user@domain>` or `user@domain`.
+pub fn domain_of(mailbox: &str) -> Option<String> {
+    let addr = mailbox
+        .rsplit_once('<')
+        .map(|(_, rest)| rest.trim_end_matches('>').trim())
+        .unwrap_or(mailbox.trim());
+    addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+}
+
+fn url_has_password(url: &str) -> bool {
+    // scheme://user:pass@host
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+fn read_file(path: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
+        message: e.message().to_string(),
+    })
+}
+
+/// 1-based line number of byte offset `at` in `text`.
+pub fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(flags: &Overrides, vars: &[(&str, &str)]) -> Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(flags, &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(c.db, PathBuf::from("bulletin.db"));
+        assert_eq!(c.outbox, PathBuf::from("outbox"));
+        assert!(!c.tracking);
+        assert!(c.smtp.url.is_none());
+    }
+
+    #[test]
+    fn precedence_file_env_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "db = \"file.db\"\nbase_url = \"https://file.example/\"\n").unwrap();
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(c.db, dir.path().join("file.db"), "relative to the file");
+        assert_eq!(c.base_url, "https://file.example");
+        let c = load(&flags, &[("BULLETIN_DB", "env.db")]).unwrap();
+        assert_eq!(c.db, PathBuf::from("env.db"));
+        let flags = Overrides {
+            db: Some("flag.db".into()),
+            ..flags
+        };
+        let c = load(&flags, &[("BULLETIN_DB", "env.db")]).unwrap();
+        assert_eq!(c.db, PathBuf::from("flag.db"));
+    }
+
+    #[test]
+    fn bad_file_names_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "db = \"x\"\n\nnope = 3\n").unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("b.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn password_in_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[smtp]\nurl = \"smtp://u:secret@host\"\n").unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("BULLETIN_SMTP_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn domain_of_mailbox() {
+        assert_eq!(domain_of("A B <x@Ex.org>").as_deref(), Some("ex.org"));
+        assert_eq!(domain_of("x@y.z").as_deref(), Some("y.z"));
+        assert_eq!(domain_of("nobody"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! bulletin: a newsletter composer and dispatcher.
+//!
+//! Campaign files (front matter + Markdown, or MJML) are poured into MJML
+//! layouts, compiled once per campaign with mrml, personalised per recipient
+//! and sent over SMTP to the subscribers kept in SQLite. See ARCHITECTURE.md
+//! for which module owns what.
+
+pub mod assets; // templates: embedded defaults, overridden by files in templates/
+pub mod campaign; // campaign files: front matter + body, parsed (no IO)
+pub mod cli; // clap `Cli`: raw arguments only
+pub mod commands; // one function per CLI command; the only place that prints
+pub mod compose; // compiled campaign + recipient -> MIME message (no IO)
+pub mod config; // `Config`: defaults < file < env < flags
+pub mod links; // signed tokens for links and VERP addresses (no IO)
+pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
+pub mod web; // axum: preview server (and later the subscriber pages)

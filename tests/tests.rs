@@ -1,0 +1,5 @@
+//! The integration tests: one binary, one module per area.
+
+mod util; // shared helpers: running the binary, temp dirs, fixtures
+
+mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
