@@ -291,16 +291,16 @@ impl Config {
         if let Some(url) = flags.smtp_url.clone().or_else(|| env("BULLETIN_SMTP_URL")) {
             smtp.url = Some(url);
         }
-        if let Some(url) = &smtp.url {
-            if env("BULLETIN_SMTP_URL").as_ref() != Some(url)
-                && flags.smtp_url.as_ref() != Some(url)
-                && url_has_password(url)
-            {
-                return Err(Error::Invalid(format!(
-                    "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
-                    path.as_deref().unwrap_or(Path::new("config")).display()
-                )));
-            }
+        // A password may come from the environment or a flag, never the file.
+        if let Some(url) = &smtp.url
+            && env("BULLETIN_SMTP_URL").as_ref() != Some(url)
+            && flags.smtp_url.as_ref() != Some(url)
+            && url_has_password(url)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
+                path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
         }
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
@@ -387,7 +387,11 @@ fn read_file(path: &Path) -> Result<File> {
 
 /// 1-based line number of byte offset `at` in `text`.
 pub fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..at.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -420,7 +424,11 @@ mod tests {
     fn precedence_file_env_flag() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"file.db\"\nbase_url = \"https://file.example/\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "db = \"file.db\"\nbase_url = \"https://file.example/\"\n",
+        )
+        .unwrap();
         let flags = Overrides {
             config: Some(path.clone()),
             ..Default::default()
