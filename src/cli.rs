@@ -29,6 +29,9 @@ pub struct Global {
     /// SQLite database [default: bulletin.db beside the config]
     #[arg(long, global = true, env = "BULLETIN_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// SMTP server, e.g. smtp://user@host:587 [default: write to the outbox folder]
+    #[arg(long, global = true, value_name = "URL")]
+    pub smtp_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +45,46 @@ pub enum Command {
     /// Add, remove, show, import, export or erase subscribers
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Freeze a campaign and send it to its list now (or schedule it with --at)
+    Send(SendArgs),
+    /// Send every due campaign and retry; the cron entry point
+    Dispatch,
+    /// Delivery counts per campaign, with bounces, complaints and unsubscribes
+    Status(StatusArgs),
+    /// Send one test copy of a campaign to an address (not logged as a delivery)
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Campaign file
+    pub campaign: PathBuf,
+    /// Schedule instead of sending now: 2026-12-01T09:00:00+01:00 or "2026-12-01 09:00" (local)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Send a campaign that was already sent once more, as a new campaign
+    #[arg(long)]
+    pub again: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Campaign name (file stem) or file [default: all campaigns]
+    pub campaign: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Campaign file
+    pub campaign: PathBuf,
+    /// Where to send the test copy
+    #[arg(long, value_name = "ADDR")]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]

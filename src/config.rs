@@ -144,6 +144,13 @@ pub struct Dispatch {
     pub max_attempts: i64,
     /// First retry delay in seconds; doubles with each attempt.
     pub retry_base_secs: i64,
+    /// Retries due within this many seconds are waited for by the run that
+    /// deferred them; later ones are left to the next `dispatch`.
+    pub retry_wait_secs: i64,
+    /// Deliveries that were in flight when a run died: `unknown` (never
+    /// sent again; nobody gets two copies) or `resend` (queued again; a few
+    /// may get two copies).
+    pub in_flight: String,
 }
 
 impl Default for Dispatch {
@@ -153,6 +160,8 @@ impl Default for Dispatch {
             lease_secs: 120,
             max_attempts: 5,
             retry_base_secs: 60,
+            retry_wait_secs: 300,
+            in_flight: "unknown".into(),
         }
     }
 }
@@ -300,6 +309,12 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
                 path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
+        }
+        if !matches!(file.dispatch.in_flight.as_str(), "unknown" | "resend") {
+            return Err(Error::Invalid(format!(
+                "dispatch.in_flight = {:?}: use \"unknown\" or \"resend\"",
+                file.dispatch.in_flight
             )));
         }
         if smtp.connections == 0 {

@@ -4,6 +4,7 @@
 
 mod build;
 mod preview;
+mod send;
 
 use std::process::ExitCode;
 
@@ -31,12 +32,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         config: cli.global.config.clone(),
         no_config: cli.global.no_config,
         db: cli.global.db.clone(),
-        smtp_url: None,
+        smtp_url: cli.global.smtp_url.clone(),
     };
     let config = Config::load(&flags)?;
     match cli.command {
         Command::Build(args) => build::run(&config, &args),
         Command::Preview(args) => preview::run(&config, &args),
+        Command::Send(args) => send::send(&config, &args),
+        Command::Dispatch => send::dispatch(&config),
+        Command::Status(args) => send::status(&config, &args),
+        Command::Test(args) => send::test(&config, &args),
         Command::Lists(_) | Command::Subscribers(_) => {
             anyhow::bail!("this command is not built yet")
         }

@@ -49,7 +49,7 @@ impl Warning {
 pub const GMAIL_CLIP_BYTES: usize = 102_000;
 
 /// A value filled in per recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Field {
     Name { fallback: String },
     Email,
@@ -142,14 +142,14 @@ pub enum Escape {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Part {
     Literal(Box<str>),
     Field(usize),
 }
 
 /// A compiled per-recipient template: literal runs and field slots.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     parts: Vec<Part>,
 }
@@ -256,15 +256,18 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// The compiled campaign.
-#[derive(Debug, Clone)]
+/// The compiled campaign. Serialised, it is what `send` freezes in the
+/// database (without the MJML and the warnings).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Compiled {
     pub subject: Template,
     pub html: Template,
     pub text: Template,
     pub fields: Vec<Field>,
     /// The MJML that mrml compiled, for `build --mjml`.
+    #[serde(skip)]
     pub mjml: String,
+    #[serde(skip)]
     pub warnings: Vec<Warning>,
 }
 

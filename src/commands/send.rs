@@ -1,0 +1,530 @@
+//! `bulletin send`, `dispatch`, `status` and `test`: freezing campaigns,
+//! running the dispatcher with a progress bar, and reporting.
+
+use std::io::{IsTerminal, Write as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use chrono::{DateTime, Local, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::build::{SAMPLE_NAME, compile_file, format_warning};
+use crate::cli::{Format, SendArgs, StatusArgs, TestArgs};
+use crate::compose;
+use crate::config::Config;
+use crate::dispatch::transport::{SmtpUrl, Transport};
+use crate::dispatch::{self, Frozen, NotStarted, Progress, Settings, Summary};
+use crate::links::{Purpose, Signer, Urls};
+use crate::render::Recipient;
+use crate::store::Store;
+use crate::store::deliveries::{self as db, CampaignRow, InFlight, NewCampaign};
+
+/// The transport the config names: SMTP when a URL is set, else the outbox.
+fn transport(config: &Config) -> Result<Transport> {
+    Ok(match &config.smtp.url {
+        Some(url) => Transport::Smtp {
+            url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,
+            timeout: Duration::from_secs(config.smtp.timeout_secs.max(1)),
+            hello: crate::config::domain_of(&config.sender.from).unwrap_or_else(|| "localhost".into()),
+        },
+        None => {
+            std::fs::create_dir_all(&config.outbox).with_context(|| config.outbox.display().to_string())?;
+            Transport::Outbox(config.outbox.clone())
+        }
+    })
+}
+
+/// The link-signing secret: `BULLETIN_SECRET`; with the local outbox and no
+/// secret, one generated once and kept in the database (development only).
+async fn signer(config: &Config, store: &Store, transport: &Transport) -> Result<Signer> {
+    let previous: Vec<&[u8]> = config.secrets.previous.iter().map(|s| s.as_bytes()).collect();
+    if let Some(secret) = &config.secrets.current {
+        return Ok(Signer::new(secret.as_bytes(), &previous));
+    }
+    if matches!(transport, Transport::Smtp { .. }) {
+        bail!(
+            "BULLETIN_SECRET is not set: every link in the emails is signed with it, and \
+             `bulletin serve` must know the same secret; generate one with `openssl rand -hex 32`"
+        );
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .context("read /dev/urandom")?;
+    let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = db::setting_or_insert(store.pool(), "dev_secret", &fresh).await?;
+    eprintln!(
+        "bulletin: note: BULLETIN_SECRET is not set; links are signed with a development secret kept in {}",
+        config.db.display()
+    );
+    Ok(Signer::new(secret.as_bytes(), &previous))
+}
+
+fn dkim(config: &Config) -> Result<Option<Arc<lettre::message::dkim::DkimConfig>>> {
+    use lettre::message::dkim::{DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey};
+    use lettre::message::header::HeaderName;
+    let Some(d) = &config.dkim else { return Ok(None) };
+    let key = std::fs::read_to_string(&d.key_file).with_context(|| format!("dkim key {}", d.key_file.display()))?;
+    let algorithm = match d.algorithm.as_str() {
+        "rsa" => DkimSigningAlgorithm::Rsa,
+        "ed25519" => DkimSigningAlgorithm::Ed25519,
+        other => bail!("dkim.algorithm = {other:?}: use \"rsa\" or \"ed25519\""),
+    };
+    let key = DkimSigningKey::new(key.trim(), algorithm)
+        .map_err(|e| anyhow!("dkim key {}: {e:?} (rsa: a PKCS#1 PEM key; ed25519: the base64 32-byte seed)", d.key_file.display()))?;
+    let headers = [
+        "From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id",
+        "MIME-Version", "Content-Type",
+    ]
+    .iter()
+    .map(|h| HeaderName::new_from_ascii(h.to_string()).expect("header name"))
+    .collect();
+    Ok(Some(Arc::new(DkimConfig::new(
+        d.selector.clone(),
+        d.domain.clone(),
+        key,
+        headers,
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    ))))
+}
+
+async fn settings(config: &Config, store: &Store) -> Result<Settings> {
+    let transport = transport(config)?;
+    let signer = signer(config, store, &transport).await?;
+    let connections = match transport {
+        Transport::Smtp { .. } => config.smtp.connections,
+        Transport::Outbox(_) => 2,
+    };
+    Ok(Settings {
+        transport,
+        connections,
+        rate: config.smtp.rate,
+        messages_per_connection: config.smtp.messages_per_connection.max(1),
+        signer,
+        urls: Urls::new(&config.base_url),
+        bounce_domain: config.bounce_domain(),
+        lease_secs: config.dispatch.lease_secs.max(5),
+        max_attempts: config.dispatch.max_attempts.max(1),
+        retry_base_secs: config.dispatch.retry_base_secs.max(1),
+        retry_wait_secs: config.dispatch.retry_wait_secs.max(0),
+        in_flight: if config.dispatch.in_flight == "resend" {
+            InFlight::Resend
+        } else {
+            InFlight::Unknown
+        },
+        dkim: dkim(config)?,
+        owner: dispatch::owner_name(),
+    })
+}
+
+/// A stop signal that flips on SIGINT or SIGTERM: take no new work.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        super::preview::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn fmt_time(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| d.with_timezone(&Local).format("%Y-%m-%d %H:%M %Z").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Runs one campaign with a progress bar on a terminal; prints its line.
+async fn run_one(store: &Store, campaign: &CampaignRow, settings: &Settings, show_bar: bool) -> Result<Option<Summary>> {
+    let progress = Arc::new(Progress::default());
+    let bar = show_bar.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+            )
+            .expect("progress template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                let done = p.sent.load(Ordering::Relaxed) + p.failed.load(Ordering::Relaxed) + p.skipped.load(Ordering::Relaxed);
+                bar.set_length(p.total.load(Ordering::Relaxed));
+                bar.set_position(done);
+                bar.set_message(format!(
+                    "sent {} failed {} deferred {}",
+                    p.sent.load(Ordering::Relaxed),
+                    p.failed.load(Ordering::Relaxed),
+                    p.deferred.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let result = dispatch::run(store.pool(), campaign, settings, progress.clone(), stop_on_signal()).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(Ok(summary)) => {
+            println!("{}", summary_line(&campaign.slug, &summary));
+            Ok(Some(summary))
+        }
+        Ok(Err(NotStarted::Busy(owner))) => {
+            println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!(e).context(format!(
+            "{}: stopped; the campaign stays queued and the next `bulletin send` or `bulletin dispatch` resumes it",
+            campaign.slug
+        ))),
+    }
+}
+
+fn summary_line(slug: &str, s: &Summary) -> String {
+    let mut parts = vec![format!("sent {}", s.sent)];
+    if s.deferred > 0 {
+        parts.push(format!("deferred {}", s.deferred));
+    }
+    if s.failed > 0 {
+        parts.push(format!("failed {}", s.failed));
+    }
+    if s.skipped > 0 {
+        parts.push(format!("skipped {} (left the list)", s.skipped));
+    }
+    if s.in_flight_resolved > 0 {
+        parts.push(format!("{} in flight at a crash marked unknown", s.in_flight_resolved));
+    }
+    let state = if s.interrupted {
+        "interrupted; run `bulletin dispatch` to resume"
+    } else if s.finished {
+        "finished"
+    } else {
+        "retries pending; `bulletin dispatch` continues"
+    };
+    format!("{slug}: {} ({state})", parts.join(", "))
+}
+
+pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
+    let built = compile_file(config, &args.campaign)?;
+    let file = args.campaign.display().to_string();
+    for w in &built.compiled.warnings {
+        eprintln!("{}", format_warning(&file, w));
+    }
+    let at = match (&args.at, built.campaign.send_at) {
+        (Some(at), _) => Some(crate::campaign::parse_time(at).map_err(|m| anyhow!("--at: {m}"))?),
+        (None, from_file) => from_file,
+    };
+    let source_hash = {
+        let text = std::fs::read(&args.campaign)?;
+        Sha256::digest(&text).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        let pool = store.pool();
+        let (list_id, list_name) = db::list_by_slug(pool, &built.campaign.list).await?.ok_or_else(|| {
+            crate::campaign::Error {
+                file: file.clone(),
+                line: built.campaign.line_of_key("list"),
+                message: format!(
+                    "list {:?} does not exist; create it with `bulletin lists add {} --name NAME`",
+                    built.campaign.list, built.campaign.list
+                ),
+            }
+        })?;
+        let settings = settings(config, &store).await?;
+        let now = dispatch::now();
+        let send_at = at.map_or(now, |t| t.timestamp());
+
+        // A campaign already frozen: resume it, never freeze it twice.
+        let mut slug = built.campaign.slug.clone();
+        let existing = db::campaign_by_slug(pool, &slug).await?;
+        let campaign = match existing {
+            Some(c) if c.status == "sent" || c.status == "cancelled" => {
+                if !args.again {
+                    bail!(
+                        "campaign {slug} was already sent (finished {}); use --again to send it once more as a new campaign",
+                        c.finished_at.map_or("earlier".into(), fmt_time)
+                    );
+                }
+                let mut n = 2;
+                while db::campaign_by_slug(pool, &format!("{slug}-{n}")).await?.is_some() {
+                    n += 1;
+                }
+                slug = format!("{slug}-{n}");
+                None
+            }
+            Some(c) => {
+                if c.source_hash != source_hash {
+                    eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then");
+                }
+                if c.status == "scheduled" && args.at.is_some() {
+                    db::set_send_at(pool, c.id, send_at).await?;
+                }
+                Some(c)
+            }
+            None => None,
+        };
+
+        let recipients = db::audience_count(pool, list_id).await?;
+        let when = if send_at > now { format!("at {}", fmt_time(send_at)) } else { "now".into() };
+        if campaign.is_none() && !args.yes {
+            if !std::io::stdin().is_terminal() {
+                bail!("not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})", built.campaign.list);
+            }
+            eprint!(
+                "Send \"{}\"\n  to {recipients} recipients of list {} ({list_name}) {when}\n  via {}? [y/N] ",
+                built.campaign.subject,
+                built.campaign.list,
+                settings.transport.describe()
+            );
+            std::io::stderr().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                println!("not sent");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let campaign = match campaign {
+            Some(c) => c,
+            None => {
+                let frozen = Frozen {
+                    compiled: built.compiled.clone(),
+                    from: built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone()),
+                    reply_to: config.sender.reply_to.clone(),
+                    list_slug: built.campaign.list.clone(),
+                    list_name: list_name.clone(),
+                };
+                let id = db::insert_campaign(
+                    pool,
+                    &NewCampaign {
+                        slug: &slug,
+                        list_id,
+                        subject: &built.campaign.subject,
+                        compiled: &serde_json::to_string(&frozen)?,
+                        source_hash: &source_hash,
+                        send_at,
+                        now,
+                    },
+                )
+                .await?;
+                db::campaign_by_id(pool, id).await?.expect("just inserted")
+            }
+        };
+        if campaign.status == "scheduled" && campaign.send_at.max(send_at) > now {
+            println!(
+                "{}: scheduled for {} to the {recipients} recipients of {}; `bulletin dispatch` (cron) sends it then",
+                campaign.slug,
+                fmt_time(campaign.send_at.max(send_at)),
+                built.campaign.list
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if campaign.status == "held" {
+            db::set_campaign_status(pool, campaign.id, "sending", now).await?;
+        }
+        let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
+        let summary = run_one(&store, &campaign, &settings, std::io::stderr().is_terminal()).await?;
+        if let Transport::Outbox(dir) = &settings.transport {
+            println!("messages are in {}", dir.display());
+        }
+        Ok(match summary {
+            Some(s) if s.failed > 0 || s.interrupted => ExitCode::from(1),
+            Some(_) => ExitCode::SUCCESS,
+            None => ExitCode::from(1),
+        })
+    })
+}
+
+pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
+    super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        let pool = store.pool();
+        let now = dispatch::now();
+        let mut trouble = false;
+        // Long-overdue scheduled campaigns are held, not sent silently.
+        let hold_before = now - config.dispatch.hold_after_hours * 3600;
+        for c in db::due_campaigns(pool, now).await? {
+            if c.status == "scheduled" && c.send_at < hold_before {
+                db::set_campaign_status(pool, c.id, "held", now).await?;
+                println!(
+                    "{}: held, it was due {} ({} hours ago); send it anyway with `bulletin send` on its file",
+                    c.slug,
+                    fmt_time(c.send_at),
+                    (now - c.send_at) / 3600
+                );
+                trouble = true;
+            }
+        }
+        let due = db::due_campaigns(pool, now).await?;
+        if due.is_empty() {
+            return Ok(if trouble { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        }
+        let settings = settings(config, &store).await?;
+        for c in due {
+            match run_one(&store, &c, &settings, false).await? {
+                Some(s) if s.failed > 0 || s.interrupted => trouble = true,
+                Some(_) => {}
+                None => {}
+            }
+        }
+        Ok(if trouble { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
+}
+
+#[derive(serde::Serialize)]
+struct StatusReport {
+    campaign: String,
+    subject: String,
+    list: String,
+    status: String,
+    send_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    deliveries: std::collections::BTreeMap<String, i64>,
+    bounces: i64,
+    complaints: i64,
+    unsubscribes: i64,
+}
+
+pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
+    super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        let pool = store.pool();
+        let mut campaigns = db::campaigns(pool).await?;
+        if let Some(name) = &args.campaign {
+            let stem = std::path::Path::new(name)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(name)
+                .to_string();
+            campaigns.retain(|c| c.slug == *name || c.slug == stem);
+            if campaigns.is_empty() {
+                bail!("no campaign named {name:?}; `bulletin status` lists them all");
+            }
+        }
+        let mut reports = Vec::new();
+        for c in &campaigns {
+            let since = c.started_at.unwrap_or(c.send_at);
+            let list = sqlx::query_scalar::<_, String>("SELECT slug FROM lists WHERE id = ?")
+                .bind(c.list_id)
+                .fetch_optional(pool)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            reports.push(StatusReport {
+                campaign: c.slug.clone(),
+                subject: c.subject.clone(),
+                list,
+                status: c.status.clone(),
+                send_at: c.send_at,
+                started_at: c.started_at,
+                finished_at: c.finished_at,
+                deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
+                bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
+                complaints: db::events_since(pool, c.list_id, c.id, "complained", since).await?,
+                unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since).await?,
+            });
+        }
+        match args.format {
+            Format::Json => {
+                for r in &reports {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            }
+            Format::Text => {
+                if reports.is_empty() {
+                    println!("no campaigns yet; `bulletin send CAMPAIGN` queues one");
+                }
+                for r in &reports {
+                    println!("{}  [{}]  list {}  \"{}\"", r.campaign, r.status, r.list, r.subject);
+                    let when = match (r.started_at, r.finished_at) {
+                        (_, Some(f)) => format!("finished {}", fmt_time(f)),
+                        (Some(s), None) => format!("started {}", fmt_time(s)),
+                        _ => format!("due {}", fmt_time(r.send_at)),
+                    };
+                    let counts: Vec<String> = r.deliveries.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    println!("  {when}; deliveries: {}", if counts.is_empty() { "none yet".into() } else { counts.join(", ") });
+                    println!(
+                        "  since then: {} bounced, {} complained, {} unsubscribed",
+                        r.bounces, r.complaints, r.unsubscribes
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
+    let built = compile_file(config, &args.campaign)?;
+    let file = args.campaign.display().to_string();
+    for w in &built.compiled.warnings {
+        eprintln!("{}", format_warning(&file, w));
+    }
+    super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        let settings = settings(config, &store).await?;
+        let urls = &settings.urls;
+        let domain = &settings.bounce_domain;
+        // Links in a test copy are signed for nobody (subscriber 0).
+        let unsubscribe = urls.unsubscribe(&settings.signer, 0, 0);
+        let preferences = urls.preferences(&settings.signer, 0);
+        let archive = urls.archive(&built.campaign.slug);
+        let body = built.compiled.personalise(&Recipient {
+            email: &args.to,
+            name: SAMPLE_NAME,
+            attributes: None,
+            unsubscribe_url: &unsubscribe,
+            preferences_url: &preferences,
+            archive_url: &archive,
+        });
+        let token = settings.signer.sign(Purpose::Bounce, 0, 0);
+        let message_id = format!("test.{}.{}@{domain}", built.campaign.slug, dispatch::now());
+        let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
+        let from = built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone());
+        let return_path = format!("bounces+{token}@{domain}");
+        let headers = compose::Headers {
+            from: &from,
+            reply_to: config.sender.reply_to.as_deref(),
+            to_email: &args.to,
+            to_name: "",
+            date: SystemTime::now(),
+            message_id: &message_id,
+            list_id: Some(&list_id),
+            unsubscribe_url: Some(&unsubscribe),
+            unsubscribe_mailto: None,
+            return_path: Some(&return_path),
+            test: true,
+            feedback_id: None,
+        };
+        let mut message = compose::message(&headers, &body)?;
+        if let Some(d) = &settings.dkim {
+            message.sign(d);
+        }
+        let mut sender = settings.transport.sender();
+        let name = format!("test-{}", dispatch::now());
+        let reply = sender
+            .send(message.envelope(), &message.formatted(), &name, 1)
+            .await
+            .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
+        sender.close().await;
+        println!("sent a test copy of {} to {} via {}: {reply}", built.campaign.slug, args.to, settings.transport.describe());
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,587 @@
+//! Sending a frozen campaign to its audience, each recipient once.
+//!
+//! A run holds the campaign's lease (so overlapping runs never send the same
+//! campaign), queues one delivery row per recipient, and has N workers, one
+//! SMTP connection each, send while a single ledger task group-commits the
+//! delivery log: a row is marked `sending` (committed) before its SMTP
+//! transaction and its outcome is committed after. The only module that
+//! holds a transport.
+
+pub mod transport;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::compose;
+use crate::links::{Purpose, Signer, Urls};
+use crate::render::{Compiled, Personalised, Recipient};
+use crate::store::deliveries::{self as db, CampaignRow, InFlight, Job, Outcome};
+use transport::Transport;
+
+/// Errors of a run. `is_transient` / `is_permanent` / `status` classify SMTP
+/// replies; `bounce` and the ledger branch on them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A reply from the server to one message.
+    #[error("{stage}: {code} {message}")]
+    Reply { stage: &'static str, code: u16, message: String },
+    /// The connection broke mid-message; the message is retried.
+    #[error("connection lost: {0}")]
+    Dropped(String),
+    /// Cannot talk to the server at all (down, TLS, auth): the run stops.
+    #[error("{0}")]
+    Fatal(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("outbox: {0}")]
+    Outbox(String),
+    #[error("message: {0}")]
+    Compose(#[from] compose::Error),
+    #[error("database: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("another run took over the campaign's lease")]
+    LeaseLost,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The SMTP reply code, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Reply { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+    /// Worth retrying later: 4xx replies and lost connections.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Dropped(_)) || self.status().is_some_and(|c| (400..500).contains(&c))
+    }
+    /// Refused for good: 5xx replies.
+    pub fn is_permanent(&self) -> bool {
+        self.status().is_some_and(|c| (500..600).contains(&c))
+    }
+
+    fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
+        match e.status() {
+            Some(code) => {
+                let text = e.to_string();
+                // lettre: "permanent error (550): 5.1.1 user unknown"
+                let message = text.split_once("): ").map_or(text.as_str(), |(_, m)| m).trim().to_string();
+                Error::Reply {
+                    stage,
+                    code: u16::from(code),
+                    message,
+                }
+            }
+            None if e.is_timeout() => Error::Dropped(format!("{stage}: timed out")),
+            None => Error::Dropped(format!("{stage}: {e}")),
+        }
+    }
+
+    fn connect(e: lettre::transport::smtp::Error, addr: &str) -> Error {
+        match e.status() {
+            Some(code) if (400..500).contains(&u16::from(code)) => Error::Reply {
+                stage: "connect",
+                code: u16::from(code),
+                message: e.to_string(),
+            },
+            _ => Error::Fatal(format!("{addr}: {e}")),
+        }
+    }
+}
+
+/// The campaign as frozen in the database when it is queued: later edits to
+/// the file change nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Frozen {
+    pub compiled: Compiled,
+    pub from: String,
+    pub reply_to: Option<String>,
+    pub list_slug: String,
+    pub list_name: String,
+}
+
+/// Everything a run needs besides the database.
+#[derive(Clone)]
+pub struct Settings {
+    pub transport: Transport,
+    pub connections: usize,
+    /// Messages per second across all connections; 0 = unlimited.
+    pub rate: f64,
+    pub messages_per_connection: usize,
+    pub signer: Signer,
+    pub urls: Urls,
+    pub bounce_domain: String,
+    pub lease_secs: i64,
+    pub max_attempts: i64,
+    pub retry_base_secs: i64,
+    /// Retries due within this many seconds are waited for in the run;
+    /// later ones are left to the next `dispatch`.
+    pub retry_wait_secs: i64,
+    pub in_flight: InFlight,
+    pub dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
+    /// Identifies this run's lease: `host:pid:random`.
+    pub owner: String,
+}
+
+/// Live counts for a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub sent: AtomicU64,
+    pub deferred: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub sent: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Rows left in flight by an earlier run and settled by policy.
+    pub in_flight_resolved: u64,
+    /// The campaign has nothing left to send.
+    pub finished: bool,
+    /// Stopped by a signal before the end.
+    pub interrupted: bool,
+}
+
+/// The lease owner name of this process.
+pub fn owner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let nonce: u64 = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    format!("{host}:{}:{nonce:x}", std::process::id())
+}
+
+/// A lease held by a process on this host that no longer runs.
+fn dead_owner(owner: Option<&str>) -> Option<String> {
+    let owner = owner?;
+    let mut parts = owner.split(':');
+    let host = parts.next()?;
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let me = owner_name();
+    let my_host = me.split(':').next()?;
+    (host == my_host && pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .then(|| owner.to_string())
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Hex SHA-256 of a lowercased address: the suppression key.
+pub fn address_hash(email: &str) -> String {
+    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a run did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// Another live run holds the lease.
+    Busy(String),
+}
+
+/// Sends what is due of one campaign. Returns `Ok(Err(NotStarted))` when
+/// another run holds it.
+pub async fn run(
+    pool: &SqlitePool,
+    campaign: &CampaignRow,
+    settings: &Settings,
+    progress: Arc<Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<std::result::Result<Summary, NotStarted>> {
+    let now = now();
+    let dead = dead_owner(campaign.lease_owner.as_deref());
+    if !db::try_lease(pool, campaign.id, &settings.owner, now, now + settings.lease_secs, dead.as_deref()).await? {
+        let holder = db::campaign_by_id(pool, campaign.id)
+            .await?
+            .and_then(|c| c.lease_owner)
+            .unwrap_or_default();
+        return Ok(Err(NotStarted::Busy(holder)));
+    }
+    let result = run_leased(pool, campaign, settings, progress, &mut stop).await;
+    let _ = db::release_lease(pool, campaign.id, &settings.owner).await;
+    result.map(Ok)
+}
+
+async fn run_leased(
+    pool: &SqlitePool,
+    campaign: &CampaignRow,
+    settings: &Settings,
+    progress: Arc<Progress>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Summary> {
+    let frozen: Frozen = serde_json::from_str(&campaign.compiled)
+        .map_err(|e| Error::Config(format!("campaign {}: frozen content unreadable: {e}", campaign.slug)))?;
+    let mut summary = Summary {
+        in_flight_resolved: db::resolve_in_flight(pool, campaign.id, settings.in_flight, now()).await?,
+        ..Summary::default()
+    };
+    if campaign.status == "scheduled" {
+        db::set_campaign_status(pool, campaign.id, "sending", now()).await?;
+    }
+    db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
+    let total: i64 = db::counts(pool, campaign.id).await?.iter().map(|(_, n)| n).sum();
+    progress.total.store(total as u64, Ordering::Relaxed);
+    for (status, n) in db::counts(pool, campaign.id).await? {
+        let n = n as u64;
+        match status.as_str() {
+            "sent" => progress.sent.store(n, Ordering::Relaxed),
+            "failed" | "unknown" => {
+                progress.failed.fetch_add(n, Ordering::Relaxed);
+            }
+            "skipped" => progress.skipped.store(n, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+    let suppressed: Arc<HashSet<String>> = Arc::new(db::suppression_hashes(pool).await?.into_iter().collect());
+    let shared = Arc::new(Shared {
+        frozen,
+        settings: settings.clone(),
+        campaign: campaign.clone(),
+        suppressed,
+        progress,
+        pacer: Pacer::new(settings.rate),
+    });
+
+    loop {
+        let pass = pass(pool, &shared, stop.clone()).await?;
+        summary.sent += pass.sent;
+        summary.deferred += pass.deferred;
+        summary.failed += pass.failed;
+        summary.skipped += pass.skipped;
+        if pass.interrupted || *stop.borrow() {
+            summary.interrupted = true;
+            break;
+        }
+        // Retries due soon are waited for; later ones are left to dispatch.
+        match db::next_retry(pool, campaign.id).await? {
+            Some(at) if at - now() <= settings.retry_wait_secs => {
+                let wait = Duration::from_secs((at - now()).max(0) as u64 + 1);
+                let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
+                let deadline = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < deadline {
+                    if !db::renew_lease(pool, campaign.id, &settings.owner, now() + settings.lease_secs).await? {
+                        return Err(Error::LeaseLost);
+                    }
+                    let step = renew_every.min(deadline - tokio::time::Instant::now());
+                    tokio::select! {
+                        _ = tokio::time::sleep(step) => {}
+                        _ = stop.changed() => { summary.interrupted = true; return Ok(summary); }
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    if db::open_count(pool, campaign.id).await? == 0 {
+        db::set_campaign_status(pool, campaign.id, "sent", now()).await?;
+        summary.finished = true;
+    }
+    Ok(summary)
+}
+
+struct Shared {
+    frozen: Frozen,
+    settings: Settings,
+    campaign: CampaignRow,
+    suppressed: Arc<HashSet<String>>,
+    progress: Arc<Progress>,
+    pacer: Pacer,
+}
+
+/// Spaces sends to a rate across all workers.
+struct Pacer {
+    interval: Option<Duration>,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Pacer {
+        Pacer {
+            interval: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+    async fn wait(&self) {
+        let Some(interval) = self.interval else { return };
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+enum Request {
+    Claim(oneshot::Sender<Option<Job>>),
+    Done(i64, i64, Outcome),
+}
+
+/// One pass over what is due now: the ledger and the workers.
+async fn pass(pool: &SqlitePool, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<Summary> {
+    let (tx, rx) = mpsc::channel::<Request>(1024);
+    let fatal = Arc::new(std::sync::Mutex::new(None::<Error>));
+    let halt = Arc::new(AtomicBool::new(false));
+    let ledger = tokio::spawn(ledger(pool.clone(), shared.clone(), rx));
+    let workers = shared.settings.connections.max(1);
+    let mut handles = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let tx = tx.clone();
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let fatal = fatal.clone();
+        let halt = halt.clone();
+        handles.push(tokio::spawn(async move {
+            if let Err(e) = worker(shared, tx, stop, halt.clone()).await {
+                halt.store(true, Ordering::SeqCst);
+                fatal.lock().expect("fatal lock").get_or_insert(e);
+            }
+        }));
+    }
+    drop(tx);
+    for h in handles {
+        let _ = h.await;
+    }
+    let summary = ledger.await.map_err(|e| Error::Fatal(format!("ledger task: {e}")))??;
+    if let Some(e) = fatal.lock().expect("fatal lock").take() {
+        return Err(e);
+    }
+    Ok(Summary {
+        interrupted: *stop.borrow(),
+        ..summary
+    })
+}
+
+/// Owns the delivery log writes: each batch of requests becomes one
+/// transaction (outcomes recorded, claims marked `sending`), committed
+/// before the claims are answered.
+async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) -> Result<Summary> {
+    let s = &shared.settings;
+    let c = &shared.campaign;
+    let mut buffer: VecDeque<Job> = VecDeque::new();
+    let mut exhausted = false;
+    let mut summary = Summary::default();
+    let mut last_renew = tokio::time::Instant::now();
+    let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut outcomes = Vec::new();
+        let mut waiting = Vec::new();
+        for r in batch {
+            match r {
+                Request::Done(d, sub, o) => outcomes.push((d, sub, o)),
+                Request::Claim(reply) => waiting.push(reply),
+            }
+        }
+        // Hand out jobs; ineligible ones are settled as skipped right here.
+        let mut claimed = Vec::new();
+        let mut answers = Vec::new();
+        for reply in waiting {
+            let job = loop {
+                if buffer.is_empty() && !exhausted {
+                    let fresh = db::due_jobs(&pool, c.id, c.list_id, now(), 500).await?;
+                    exhausted = fresh.is_empty();
+                    buffer.extend(fresh);
+                }
+                match buffer.pop_front() {
+                    Some(j) if !j.eligible || shared.suppressed.contains(&address_hash(&j.email)) => {
+                        outcomes.push((j.delivery_id, j.subscriber_id, Outcome::Skipped {
+                            reason: "no longer subscribed".into(),
+                        }));
+                    }
+                    other => break other,
+                }
+            };
+            if let Some(j) = &job {
+                claimed.push(j.delivery_id);
+            }
+            answers.push((reply, job));
+        }
+        for (_, _, o) in &outcomes {
+            match o {
+                Outcome::Sent { .. } => summary.sent += 1,
+                Outcome::Deferred { .. } => summary.deferred += 1,
+                Outcome::Failed { .. } => summary.failed += 1,
+                Outcome::Skipped { .. } => {
+                    summary.skipped += 1;
+                    shared.progress.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Unclaimed => {}
+            }
+        }
+        db::commit(&pool, c.id, &claimed, &outcomes, now()).await?;
+        for (reply, job) in answers {
+            if let Err(Some(job)) = reply.send(job).map_err(|j| j) {
+                // The worker went away: put the row back.
+                db::commit(&pool, c.id, &[], &[(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)], now()).await?;
+            }
+        }
+        if last_renew.elapsed() >= renew_every {
+            if !db::renew_lease(&pool, c.id, &s.owner, now() + s.lease_secs).await? {
+                return Err(Error::LeaseLost);
+            }
+            last_renew = tokio::time::Instant::now();
+        }
+    }
+    Ok(summary)
+}
+
+async fn claim(tx: &mpsc::Sender<Request>) -> Option<Job> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Request::Claim(reply)).await.ok()?;
+    rx.await.ok().flatten()
+}
+
+/// One connection's loop: claim, personalise, compose, send, report.
+async fn worker(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Request>,
+    stop: watch::Receiver<bool>,
+    halt: Arc<AtomicBool>,
+) -> Result<()> {
+    let s = &shared.settings;
+    let mut sender = s.transport.sender();
+    let mut body = Personalised::default();
+    let domain = &s.bounce_domain;
+    let list_id = compose::list_id(&shared.frozen.list_name, &shared.frozen.list_slug, domain);
+    let archive = s.urls.archive(&shared.campaign.slug);
+    let mut consecutive_transient = 0u32;
+    loop {
+        if *stop.borrow() || halt.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(job) = claim(&tx).await else { break };
+        if *stop.borrow() || halt.load(Ordering::SeqCst) {
+            let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)).await;
+            break;
+        }
+        let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
+        let message_id = format!("{token}@{domain}");
+        let unsubscribe = s.urls.unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
+        let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
+        let mailto = format!(
+            "unsubscribe+{}@{domain}",
+            s.signer.sign(Purpose::Unsubscribe, job.subscriber_id, shared.campaign.list_id)
+        );
+        let return_path = format!("bounces+{token}@{domain}");
+        let attributes: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&job.attributes).ok();
+        shared.frozen.compiled.personalise_into(
+            &Recipient {
+                email: &job.email,
+                name: &job.name,
+                attributes: attributes.as_ref(),
+                unsubscribe_url: &unsubscribe,
+                preferences_url: &preferences,
+                archive_url: &archive,
+            },
+            &mut body,
+        );
+        let headers = compose::Headers {
+            from: &shared.frozen.from,
+            reply_to: shared.frozen.reply_to.as_deref(),
+            to_email: &job.email,
+            to_name: &job.name,
+            date: SystemTime::now(),
+            message_id: &message_id,
+            list_id: Some(&list_id),
+            unsubscribe_url: Some(&unsubscribe),
+            unsubscribe_mailto: Some(&mailto),
+            return_path: Some(&return_path),
+            test: false,
+            feedback_id: None,
+        };
+        let message = match compose::message(&headers, &body) {
+            Ok(mut m) => {
+                if let Some(dkim) = &s.dkim {
+                    m.sign(dkim);
+                }
+                m
+            }
+            Err(e) => {
+                let o = Outcome::Failed {
+                    reply: e.to_string(),
+                    hard_bounce: false,
+                };
+                shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, o)).await;
+                continue;
+            }
+        };
+        shared.pacer.wait().await;
+        let bytes = message.formatted();
+        let outcome = match sender.send(message.envelope(), &bytes, &job.delivery_id.to_string(), s.messages_per_connection).await {
+            Ok(reply) => {
+                consecutive_transient = 0;
+                shared.progress.sent.fetch_add(1, Ordering::Relaxed);
+                Outcome::Sent { reply, message_id }
+            }
+            Err(e) if e.is_permanent() => {
+                consecutive_transient = 0;
+                shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                let hard = matches!(&e, Error::Reply { stage: "RCPT" | "DATA", .. });
+                Outcome::Failed {
+                    reply: e.to_string(),
+                    hard_bounce: hard,
+                }
+            }
+            Err(e) if e.is_transient() => {
+                consecutive_transient += 1;
+                if job.attempts >= s.max_attempts {
+                    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Failed {
+                        reply: format!("gave up after {} attempts: {e}", job.attempts),
+                        hard_bounce: false,
+                    }
+                } else {
+                    shared.progress.deferred.fetch_add(1, Ordering::Relaxed);
+                    let delay = s.retry_base_secs.max(1) * (1i64 << (job.attempts - 1).clamp(0, 20));
+                    Outcome::Deferred {
+                        reply: e.to_string(),
+                        retry_at: now() + delay,
+                    }
+                }
+            }
+            Err(e) => {
+                // Server down, TLS or auth: this message was not sent; stop.
+                let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)).await;
+                sender.close().await;
+                return Err(e);
+            }
+        };
+        let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, outcome)).await;
+        if consecutive_transient >= 3 {
+            // The server is throttling this connection: back off a little.
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(consecutive_transient.min(25)))).await;
+        }
+    }
+    sender.close().await;
+    Ok(())
+}

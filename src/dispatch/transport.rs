@@ -1,0 +1,344 @@
+//! Where messages go: an SMTP server (our own small pool of lettre
+//! `AsyncSmtpConnection`s over sockets with TCP_NODELAY, see below) or a
+//! local outbox folder of `.eml` files.
+//!
+//! lettre 0.11.23 never sets TCP_NODELAY, so each command waits ~40 ms for
+//! the server's delayed ACK. We open the socket ourselves, set nodelay, and
+//! hand it to `AsyncSmtpConnection::connect_with_transport`; STARTTLS and
+//! implicit TLS still work on it. We also run MAIL/RCPT/DATA ourselves
+//! instead of `send()`, which drops the connection on any negative reply:
+//! a rejected recipient is answered with RSET and the connection is kept.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+
+use super::Error;
+
+/// TLS mode of an SMTP URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// STARTTLS when the server offers it, plain otherwise (`smtp://`).
+    Opportunistic,
+    /// STARTTLS or fail (`smtp://...?tls=required`).
+    Required,
+    /// Implicit TLS (`smtps://`).
+    Wrapper,
+    /// Never (`smtp://...?tls=none`), for loopback test servers.
+    None,
+}
+
+/// A parsed SMTP URL: `smtp[s]://[user[:password]@]host[:port][?tls=...]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl SmtpUrl {
+    /// Parses the URL; `password` (from the environment) fills in a missing one.
+    pub fn parse(url: &str, password: Option<&str>) -> Result<SmtpUrl, Error> {
+        let bad = |why: &str| Error::Config(format!("SMTP URL {}: {why}", redact(url)));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected smtp://host:port or smtps://host:port"))?;
+        let (mut tls, default_port) = match scheme {
+            "smtp" => (Tls::Opportunistic, 587),
+            "smtps" => (Tls::Wrapper, 465),
+            _ => return Err(bad("the scheme must be smtp or smtps")),
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.trim_end_matches('/');
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+                h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                p.parse().map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (hostport.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let (user, url_password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (Some(percent_decode(user)), Some(percent_decode(pass))),
+                None => (Some(percent_decode(u)), None),
+            },
+            None => (None, None),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("tls", "required")) if scheme == "smtp" => tls = Tls::Required,
+                Some(("tls", "opportunistic")) if scheme == "smtp" => tls = Tls::Opportunistic,
+                Some(("tls", "none")) if scheme == "smtp" => tls = Tls::None,
+                _ => return Err(bad(&format!("unknown option {pair:?}; use tls=required, tls=opportunistic or tls=none"))),
+            }
+        }
+        Ok(SmtpUrl {
+            host,
+            port,
+            tls,
+            user,
+            password: url_password.or(password.map(String::from)),
+        })
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let (userinfo, host) = rest.rsplit_once('@').expect("has @");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a run sends.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Smtp {
+        url: SmtpUrl,
+        timeout: Duration,
+        /// EHLO name.
+        hello: String,
+    },
+    Outbox(PathBuf),
+}
+
+/// One worker's channel to the transport.
+pub enum Sender {
+    Smtp {
+        url: SmtpUrl,
+        timeout: Duration,
+        hello: ClientId,
+        conn: Option<AsyncSmtpConnection>,
+        sent_on_conn: usize,
+    },
+    Outbox(PathBuf),
+}
+
+impl Transport {
+    pub fn sender(&self) -> Sender {
+        match self {
+            Transport::Smtp { url, timeout, hello } => Sender::Smtp {
+                url: url.clone(),
+                timeout: *timeout,
+                hello: ClientId::Domain(hello.clone()),
+                conn: None,
+                sent_on_conn: 0,
+            },
+            Transport::Outbox(dir) => Sender::Outbox(dir.clone()),
+        }
+    }
+
+    /// What to call it in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Smtp { url, .. } => format!("smtp {}:{}", url.host, url.port),
+            Transport::Outbox(dir) => format!("outbox {}", dir.display()),
+        }
+    }
+}
+
+impl Sender {
+    /// Sends one message. `name` names the outbox file.
+    pub async fn send(&mut self, envelope: &Envelope, bytes: &[u8], name: &str, max_per_conn: usize) -> Result<String, Error> {
+        match self {
+            Sender::Outbox(dir) => {
+                let path = dir.join(format!("{name}.eml"));
+                let tmp = dir.join(format!(".{name}.eml.tmp"));
+                tokio::fs::write(&tmp, bytes).await.map_err(|e| Error::Outbox(format!("{}: {e}", tmp.display())))?;
+                tokio::fs::rename(&tmp, &path).await.map_err(|e| Error::Outbox(format!("{}: {e}", path.display())))?;
+                Ok(format!("written to {}", path.display()))
+            }
+            Sender::Smtp { url, timeout, hello, conn, sent_on_conn } => {
+                if conn.as_ref().is_some_and(|c| c.has_broken()) || *sent_on_conn >= max_per_conn {
+                    if let Some(mut c) = conn.take() {
+                        let _ = tokio::time::timeout(*timeout, c.quit()).await;
+                    }
+                }
+                if conn.is_none() {
+                    *conn = Some(connect(url, *timeout, hello).await?);
+                    *sent_on_conn = 0;
+                }
+                let c = conn.as_mut().expect("connected");
+                let result = tokio::time::timeout(*timeout * 4, transaction(c, envelope, bytes)).await;
+                let result = match result {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Dropped("timed out waiting for the server".into())),
+                };
+                match &result {
+                    Ok(_) => *sent_on_conn += 1,
+                    Err(Error::Dropped(_)) | Err(Error::Fatal(_)) => {
+                        if let Some(mut c) = conn.take() {
+                            c.abort().await;
+                        }
+                    }
+                    Err(e) if e.status() == Some(421) => {
+                        // 421: the server is closing the connection.
+                        if let Some(mut c) = conn.take() {
+                            c.abort().await;
+                        }
+                    }
+                    Err(_) => {
+                        // A rejected message: reset and keep the connection.
+                        if tokio::time::timeout(*timeout, c.command(Rset)).await.map_or(true, |r| r.is_err()) {
+                            if let Some(mut c) = conn.take() {
+                                c.abort().await;
+                            }
+                        }
+                    }
+                }
+                result
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&mut self) {
+        if let Sender::Smtp { conn, timeout, .. } = self {
+            if let Some(mut c) = conn.take() {
+                let _ = tokio::time::timeout(*timeout, c.quit()).await;
+            }
+        }
+    }
+}
+
+/// MAIL, RCPT, DATA; the reply to the message text on success.
+async fn transaction(c: &mut AsyncSmtpConnection, envelope: &Envelope, bytes: &[u8]) -> Result<String, Error> {
+    let mut params = Vec::new();
+    if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    c.command(Mail::new(envelope.from().cloned(), params)).await.map_err(|e| Error::from_smtp(e, "MAIL"))?;
+    for to in envelope.to() {
+        c.command(Rcpt::new(to.clone(), vec![])).await.map_err(|e| Error::from_smtp(e, "RCPT"))?;
+    }
+    c.command(Data).await.map_err(|e| Error::from_smtp(e, "DATA"))?;
+    let reply = c.message(bytes).await.map_err(|e| Error::from_smtp(e, "DATA"))?;
+    Ok(format!("{} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" ")))
+}
+
+/// Opens a connection: TCP with nodelay, EHLO, TLS as configured, AUTH.
+async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<AsyncSmtpConnection, Error> {
+    let addr = format!("{}:{}", url.host, url.port);
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| Error::Fatal(format!("cannot connect to {addr}: timed out")))?
+        .map_err(|e| Error::Fatal(format!("cannot connect to {addr}: {e}")))?;
+    stream.set_nodelay(true).map_err(|e| Error::Fatal(format!("{addr}: {e}")))?;
+    let tls_params = || {
+        TlsParameters::new(url.host.clone()).map_err(|e| Error::Fatal(format!("TLS setup for {}: {e}", url.host)))
+    };
+    let mut conn = match url.tls {
+        Tls::Wrapper => {
+            // Implicit TLS: lettre does the handshake on its own socket, so
+            // this path goes without TCP_NODELAY (slower, still correct).
+            drop(stream);
+            tokio::time::timeout(
+                timeout,
+                AsyncSmtpConnection::connect_tokio1(
+                    (url.host.as_str(), url.port),
+                    Some(timeout),
+                    hello,
+                    Some(tls_params()?),
+                    None,
+                ),
+            )
+            .await
+            .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
+            .map_err(|e| Error::connect(e, &addr))?
+        }
+        _ => tokio::time::timeout(timeout, AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello))
+            .await
+            .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
+            .map_err(|e| Error::connect(e, &addr))?,
+    };
+    match url.tls {
+        Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
+            tokio::time::timeout(timeout, conn.starttls(tls_params()?, hello))
+                .await
+                .map_err(|_| Error::Fatal(format!("{addr}: STARTTLS timed out")))?
+                .map_err(|e| Error::Fatal(format!("{addr}: STARTTLS failed: {e}")))?;
+        }
+        Tls::Required => {
+            return Err(Error::Fatal(format!("{addr}: the server does not offer STARTTLS and the URL requires TLS")));
+        }
+        _ => {}
+    }
+    if let Some(user) = &url.user {
+        let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
+        tokio::time::timeout(timeout, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))
+            .await
+            .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
+            .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
+    }
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = SmtpUrl::parse("smtp://mailer@smtp.example.org:2525?tls=required", Some("pw")).unwrap();
+        assert_eq!(u.host, "smtp.example.org");
+        assert_eq!(u.port, 2525);
+        assert_eq!(u.tls, Tls::Required);
+        assert_eq!(u.user.as_deref(), Some("mailer"));
+        assert_eq!(u.password.as_deref(), Some("pw"));
+        let u = SmtpUrl::parse("smtp://127.0.0.1:25", None).unwrap();
+        assert_eq!((u.tls, u.port, u.user), (Tls::Opportunistic, 25, None));
+        let u = SmtpUrl::parse("smtps://a%40b:p%3As@h", None).unwrap();
+        assert_eq!((u.tls, u.port), (Tls::Wrapper, 465));
+        assert_eq!(u.user.as_deref(), Some("a@b"));
+        assert_eq!(u.password.as_deref(), Some("p:s"));
+        assert!(SmtpUrl::parse("http://x", None).is_err());
+        let e = SmtpUrl::parse("smtp://u:secret@h?x=1", None).unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+}
