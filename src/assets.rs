@@ -15,11 +15,13 @@ pub struct Source {
     pub source: String,
 }
 
-/// The set of templates a `render::Renderer` is built from.
+/// The set of templates a `render::Renderer` is built from, and the
+/// subscriber pages of `bulletin serve` (`templates/web/`).
 #[derive(Debug, Clone, Default)]
 pub struct Templates {
     pub layouts: Vec<Source>,
     pub partials: Vec<Source>,
+    pub pages: Vec<Source>,
 }
 
 macro_rules! builtin {
@@ -32,6 +34,7 @@ macro_rules! builtin {
 enum Kind {
     Layout,
     Partial,
+    Page,
 }
 
 const BUILTIN: &[(Kind, &str, &str, &str)] = builtin! {
@@ -40,6 +43,15 @@ const BUILTIN: &[(Kind, &str, &str, &str)] = builtin! {
     Partial "section-heading" => "partials/section-heading.mjml",
     Partial "article" => "partials/article.mjml",
     Partial "footer" => "partials/footer.mjml",
+    Page "layout" => "web/layout.html",
+    Page "message" => "web/message.html",
+    Page "unsubscribe" => "web/unsubscribe.html",
+    Page "preferences" => "web/preferences.html",
+    Page "erase" => "web/erase.html",
+    Page "subscribe" => "web/subscribe.html",
+    Page "confirm" => "web/confirm.html",
+    Page "archive" => "web/archive.html",
+    Page "confirm-email" => "web/confirm-email.txt",
 };
 
 impl Templates {
@@ -56,6 +68,7 @@ impl Templates {
         let list = match kind {
             Kind::Layout => &mut self.layouts,
             Kind::Partial => &mut self.partials,
+            Kind::Page => &mut self.pages,
         };
         let s = Source {
             name: name.to_string(),
@@ -68,15 +81,16 @@ impl Templates {
         }
     }
 
-    /// Built-in templates overridden by the `.mjml` files in `dir` (a missing
+    /// Built-in templates overridden by the files in `dir` (a missing
     /// folder means the built-ins alone).
     pub fn load(dir: &Path) -> std::io::Result<Templates> {
         let mut t = Templates::builtin();
         for (kind, sub) in [
             (Kind::Layout, dir.to_path_buf()),
             (Kind::Partial, dir.join("partials")),
+            (Kind::Page, dir.join("web")),
         ] {
-            for path in mjml_files(&sub)? {
+            for path in template_files(&sub, kind)? {
                 let name = path
                     .file_stem()
                     .and_then(|s| s.to_str())
@@ -92,7 +106,18 @@ impl Templates {
     }
 }
 
+fn template_files(dir: &Path, kind: Kind) -> std::io::Result<Vec<PathBuf>> {
+    match kind {
+        Kind::Page => files_with(dir, &["html", "txt"]),
+        _ => files_with(dir, &["mjml"]),
+    }
+}
+
 fn mjml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    files_with(dir, &["mjml"])
+}
+
+fn files_with(dir: &Path, extensions: &[&str]) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -105,7 +130,12 @@ fn mjml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "mjml") && p.is_file())
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| extensions.contains(&x))
+                && p.is_file()
+        })
         .collect();
     files.sort();
     Ok(files)

@@ -53,6 +53,15 @@ pub enum Command {
     Status(StatusArgs),
     /// Send one test copy of a campaign to an address (not logged as a delivery)
     Test(TestArgs),
+    /// Serve the subscriber pages: unsubscribe, preferences, sign-up, archive
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: `listen` in the config, 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

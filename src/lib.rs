@@ -5,6 +5,7 @@
 //! and sent over SMTP to the subscribers kept in SQLite. See ARCHITECTURE.md
 //! for which module owns what.
 
+pub mod address; // email addresses: validation, canonical form (no IO)
 pub mod assets; // templates: embedded defaults, overridden by files in templates/
 pub mod campaign; // campaign files: front matter + body, parsed (no IO)
 pub mod cli; // clap `Cli`: raw arguments only

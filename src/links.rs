@@ -30,6 +30,8 @@ pub enum Purpose {
     Confirm = 3,
     /// (delivery, 0): VERP return path.
     Bounce = 4,
+    /// (subscriber, 0): the hidden field of the preference forms.
+    Csrf = 5,
 }
 
 impl Purpose {
@@ -39,6 +41,7 @@ impl Purpose {
             2 => Purpose::Preferences,
             3 => Purpose::Confirm,
             4 => Purpose::Bounce,
+            5 => Purpose::Csrf,
             _ => return None,
         })
     }

@@ -5,6 +5,7 @@
 mod build;
 mod preview;
 mod send;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dispatch => send::dispatch(&config),
         Command::Status(args) => send::status(&config, &args),
         Command::Test(args) => send::test(&config, &args),
+        Command::Serve(args) => serve::run(&config, &args),
         Command::Lists(_) | Command::Subscribers(_) => {
             anyhow::bail!("this command is not built yet")
         }

@@ -24,7 +24,7 @@ use crate::store::Store;
 use crate::store::deliveries::{self as db, CampaignRow, InFlight, NewCampaign};
 
 /// The transport the config names: SMTP when a URL is set, else the outbox.
-fn transport(config: &Config) -> Result<Transport> {
+pub(crate) fn transport(config: &Config) -> Result<Transport> {
     Ok(match &config.smtp.url {
         Some(url) => Transport::Smtp {
             url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,
@@ -40,7 +40,7 @@ fn transport(config: &Config) -> Result<Transport> {
 
 /// The link-signing secret: `BULLETIN_SECRET`; with the local outbox and no
 /// secret, one generated once and kept in the database (development only).
-async fn signer(config: &Config, store: &Store, transport: &Transport) -> Result<Signer> {
+pub(crate) async fn signer(config: &Config, store: &Store, transport: &Transport) -> Result<Signer> {
     let previous: Vec<&[u8]> = config.secrets.previous.iter().map(|s| s.as_bytes()).collect();
     if let Some(secret) = &config.secrets.current {
         return Ok(Signer::new(secret.as_bytes(), &previous));

@@ -132,6 +132,49 @@ pub struct Settings {
     pub owner: String,
 }
 
+/// Sends single transactional messages (the double opt-in email) through
+/// the configured transport, one connection per message.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: Transport,
+    /// Domain of the Message-ID.
+    domain: String,
+}
+
+impl Mailer {
+    pub fn new(transport: Transport, domain: &str) -> Mailer {
+        Mailer {
+            transport,
+            domain: domain.to_string(),
+        }
+    }
+
+    /// Sends a plain-text message; returns the server's reply.
+    pub async fn send_text(&self, from: &str, to: &str, subject: &str, text: &str) -> Result<String> {
+        use lettre::message::{Mailbox, header::ContentType};
+        let parse = |a: &str| -> Result<Mailbox> {
+            a.parse().map_err(|e| Error::Config(format!("address {a:?}: {e}")))
+        };
+        let nonce = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let message = lettre::Message::builder()
+            .from(parse(from)?)
+            .to(parse(to)?)
+            .subject(subject)
+            .date(SystemTime::now())
+            .message_id(Some(format!("<confirm.{nonce:x}@{}>", self.domain)))
+            .header(ContentType::TEXT_PLAIN)
+            .body(text.to_string())
+            .map_err(|e| Error::Compose(compose::Error::Message(e)))?;
+        let mut sender = self.transport.sender();
+        let name = format!("confirm-{nonce:x}");
+        let reply = sender.send(message.envelope(), &message.formatted(), &name, 1).await;
+        sender.close().await;
+        reply
+    }
+}
+
 /// Live counts for a progress bar.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -1,4 +1,270 @@
-//! HTTP: the campaign preview server (and the subscriber pages). The only
-//! module that imports axum.
+//! HTTP: the subscriber pages of `bulletin serve` (one-click unsubscribe,
+//! preference center, sign-up with double opt-in, archive) and the campaign
+//! preview server. The only module that imports axum.
+//!
+//! Every link that names a person carries a signed token (`links::Signer`).
+//! A token that is tampered, truncated, for another purpose or for someone
+//! who no longer exists gets the same plain 404 page, and changes nothing.
+//! Nothing here logs an address.
 
+mod archive;
+mod pages;
 pub mod preview;
+mod signup;
+mod subscriber;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+
+use crate::dispatch::Mailer;
+use crate::links::{Claims, Purpose, Signer, Urls};
+use crate::store::Store;
+pub use pages::Pages;
+
+/// Largest request body accepted; forms here are small.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Shared state of the subscriber pages.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    signer: Signer,
+    urls: Urls,
+    pages: Pages,
+    /// Sends the double opt-in emails; `None` disables sign-up mail.
+    mailer: Option<Mailer>,
+    from: String,
+    limiter: RateLimiter,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        signer: Signer,
+        urls: Urls,
+        pages: Pages,
+        mailer: Option<Mailer>,
+        from: String,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                signer,
+                urls,
+                pages,
+                mailer,
+                from,
+                limiter: RateLimiter::new(10, Duration::from_secs(600)),
+            }),
+        }
+    }
+}
+
+/// The whole application, without a socket (tests call it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(subscriber::router())
+        .merge(signup::router())
+        .merge(archive::router())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves; in-flight requests are finished.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, Error> {
+    state.inner.store.ping().await.map_err(Error::internal)?;
+    Ok("ok\n")
+}
+
+async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) -> Error {
+    let _ = state;
+    Error::NotFound
+}
+
+/// Strict headers on every response: no framing, no referrer, no scripts.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The one error type of the web layer. 4xx carry a message for the
+/// person; internal errors are logged and show no detail.
+#[derive(Debug)]
+pub enum Error {
+    /// Unknown route, or a link that is not valid: the same page for both.
+    NotFound,
+    BadRequest(&'static str),
+    TooManyRequests,
+    Internal(String),
+}
+
+impl Error {
+    fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Error {
+        Error::internal(e)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, heading, text) = match &self {
+            Error::NotFound => (
+                StatusCode::NOT_FOUND,
+                "This link does not work",
+                "The page you asked for is not here. If you followed a link from an email, \
+                 check that the whole link was copied.",
+            ),
+            Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "Something is missing", *m),
+            Error::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Please wait a moment",
+                "Too many requests came from your network. Try again in a few minutes.",
+            ),
+            Error::Internal(e) => {
+                tracing::error!("internal error: {e}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "Nothing was changed. Please try again later.",
+                )
+            }
+        };
+        let body = pages::plain(heading, &[text]);
+        (status, Html(body)).into_response()
+    }
+}
+
+/// A verified token from the path: the extractor refuses anything else with
+/// the plain 404. `P` is the `Purpose` as a number.
+pub struct Link<const P: u8>(pub Claims, pub String);
+
+pub type UnsubscribeLink = Link<{ Purpose::Unsubscribe as u8 }>;
+pub type PreferencesLink = Link<{ Purpose::Preferences as u8 }>;
+pub type ConfirmLink = Link<{ Purpose::Confirm as u8 }>;
+
+impl<const P: u8> FromRequestParts<AppState> for Link<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Error::NotFound)?;
+        let token = params.get("token").ok_or(Error::NotFound)?;
+        let claims = state.inner.signer.verify(token).ok_or(Error::NotFound)?;
+        if claims.purpose as u8 != P {
+            return Err(Error::NotFound);
+        }
+        Ok(Link(claims, token.clone()))
+    }
+}
+
+/// The client's address, when the server knows it.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// A fixed-window counter per client address, for the sign-up form.
+struct RateLimiter {
+    max: u32,
+    window: Duration,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    fn new(max: u32, window: Duration) -> RateLimiter {
+        RateLimiter {
+            max,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a request; false when the client is over the limit.
+    fn allow(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else { return true };
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("rate limiter lock");
+        if seen.len() > 100_000 {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let entry = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_counts_per_address() {
+        let l = RateLimiter::new(2, Duration::from_secs(60));
+        let a = Some("127.0.0.1".parse().unwrap());
+        let b = Some("127.0.0.2".parse().unwrap());
+        assert!(l.allow(a));
+        assert!(l.allow(a));
+        assert!(!l.allow(a));
+        assert!(l.allow(b));
+        assert!(l.allow(None));
+    }
+}

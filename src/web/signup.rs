@@ -1,0 +1,123 @@
+//! Sign-up with double opt-in. The answer to a sign-up is the same whether
+//! or not the address is known, so the form reveals nothing about who is on
+//! a list; a honeypot field and a per-client rate limit keep bots out.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::get;
+use serde_json::json;
+
+use super::{AppState, ClientIp, ConfirmLink, Error};
+use crate::dispatch::now;
+use crate::store::people;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/subscribe", get(form).post(subscribe))
+        .route("/confirm/{token}", get(confirm_page).post(confirm))
+}
+
+async fn form(State(state): State<AppState>) -> Result<Html<String>, Error> {
+    let lists = people::public_lists(state.inner.store.pool()).await?;
+    state
+        .inner
+        .pages
+        .page("subscribe", "Subscribe", &json!({ "action": "/subscribe", "lists": lists }))
+        .map(Html)
+        .map_err(Error::Internal)
+}
+
+const THANKS: &[&str] = &[
+    "If this address can receive our mail, a message is on its way to it. \
+     Open the link in that message to confirm your subscription.",
+    "Nothing is sent to you until you confirm.",
+];
+
+async fn subscribe(State(state): State<AppState>, ClientIp(ip): ClientIp, body: Bytes) -> Result<Html<String>, Error> {
+    if !state.inner.limiter.allow(ip) {
+        return Err(Error::TooManyRequests);
+    }
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_string());
+    let thanks = || state.inner.pages.message("Check your inbox", THANKS).map(Html).map_err(Error::Internal);
+    // A bot filled the hidden field: answer as usual, do nothing.
+    if get("website").is_some_and(|v| !v.is_empty()) {
+        return thanks();
+    }
+    let email = get("email").unwrap_or_default();
+    let email = crate::address::normalize(&email)
+        .map_err(|_| Error::BadRequest("That does not look like an email address. Go back and check it."))?;
+    let name = get("name").unwrap_or_default();
+    if name.chars().count() > 200 {
+        return Err(Error::BadRequest("That name is too long."));
+    }
+    let pool = state.inner.store.pool();
+    let public = people::public_lists(pool).await?;
+    let chosen: Vec<_> = fields
+        .iter()
+        .filter(|(k, _)| k == "list")
+        .filter_map(|(_, slug)| public.iter().find(|l| l.slug == *slug))
+        .collect();
+    if chosen.is_empty() {
+        return Err(Error::BadRequest("Choose at least one list. Go back and tick one."));
+    }
+    // Known or not, the answer is the same; only the mailbox owner sees a difference.
+    let Some(subscriber) = people::signup(pool, &email, &name, now()).await? else {
+        return thanks();
+    };
+    for list in chosen {
+        if people::request_subscription(pool, subscriber, list.id, now()).await? {
+            send_confirmation(&state, subscriber, &email, &name, list).await;
+        }
+    }
+    thanks()
+}
+
+/// Sends the double opt-in email; failures are logged (without the address)
+/// and do not change the answer.
+async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name: &str, list: &people::ListInfo) {
+    let Some(mailer) = &state.inner.mailer else {
+        tracing::warn!("sign-up for list {} not confirmed by mail: no mailer configured", list.slug);
+        return;
+    };
+    let confirm_url = state.inner.urls.confirm(&state.inner.signer, subscriber, list.id);
+    let text = match state.inner.pages.text(
+        "confirm-email",
+        &json!({ "name": name, "list": list, "confirm_url": confirm_url }),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("confirm-email template: {e}");
+            return;
+        }
+    };
+    let subject = format!("Please confirm: {}", list.name);
+    if let Err(e) = mailer.send_text(&state.inner.from, email, &subject, &text).await {
+        tracing::warn!("confirmation for subscriber {subscriber} not sent: {e}");
+    }
+}
+
+async fn confirm_page(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
+    let ConfirmLink { 0: claims, 1: token } = link;
+    let pool = state.inner.store.pool();
+    people::person(pool, claims.a).await?.filter(|p| p.email.is_some()).ok_or(Error::NotFound)?;
+    let list = people::list(pool, claims.b).await?.ok_or(Error::NotFound)?;
+    state
+        .inner
+        .pages
+        .page("confirm", "Confirm", &json!({ "list": list, "action": format!("/confirm/{token}") }))
+        .map(Html)
+        .map_err(Error::Internal)
+}
+
+async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
+    let claims = link.0;
+    let pool = state.inner.store.pool();
+    people::person(pool, claims.a).await?.filter(|p| p.email.is_some()).ok_or(Error::NotFound)?;
+    let list = people::list(pool, claims.b).await?.ok_or(Error::NotFound)?;
+    people::confirm(pool, claims.a, claims.b, now()).await?;
+    let text = format!("You will receive {} at this address. Every email has a link to leave.", list.name);
+    state.inner.pages.message("You are subscribed", &[&text]).map(Html).map_err(Error::Internal)
+}

@@ -1,0 +1,265 @@
+//! The pages a subscriber reaches from an email: one-click unsubscribe
+//! (RFC 8058) and the preference center (name, lists, leave everything,
+//! download my data, erase me).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{AppState, Error, PreferencesLink, UnsubscribeLink};
+use crate::dispatch::now;
+use crate::links::Purpose;
+use crate::store::people::{self, ListInfo, Person};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/unsubscribe/{token}", get(unsubscribe_page).post(unsubscribe))
+        .route("/preferences/{token}", get(preferences).post(save_preferences))
+        .route("/preferences/{token}/data", get(download))
+        .route("/preferences/{token}/erase", get(erase_page).post(erase))
+}
+
+fn page(state: &AppState, name: &str, title: &str, data: &impl Serialize) -> Result<Html<String>, Error> {
+    state.inner.pages.page(name, title, data).map(Html).map_err(Error::Internal)
+}
+
+fn message(state: &AppState, heading: &str, paragraphs: &[&str]) -> Result<Html<String>, Error> {
+    state.inner.pages.message(heading, paragraphs).map(Html).map_err(Error::Internal)
+}
+
+/// The living person a token names; erased or unknown → 404.
+async fn person(state: &AppState, id: i64) -> Result<Person, Error> {
+    match people::person(state.inner.store.pool(), id).await? {
+        Some(p) if p.email.is_some() => Ok(p),
+        _ => Err(Error::NotFound),
+    }
+}
+
+async fn list(state: &AppState, id: i64) -> Result<ListInfo, Error> {
+    people::list(state.inner.store.pool(), id).await?.ok_or(Error::NotFound)
+}
+
+/// GET: a page with one button; changes nothing (mail scanners follow links).
+async fn unsubscribe_page(State(state): State<AppState>, link: UnsubscribeLink) -> Result<Html<String>, Error> {
+    let UnsubscribeLink { 0: claims, 1: token } = link;
+    person(&state, claims.a).await?;
+    let list = list(&state, claims.b).await?;
+    let urls = &state.inner.urls;
+    page(
+        &state,
+        "unsubscribe",
+        "Unsubscribe",
+        &json!({
+            "list": list,
+            "action": format!("/unsubscribe/{token}"),
+            "preferences_url": urls.preferences(&state.inner.signer, claims.a),
+        }),
+    )
+}
+
+/// Does the body say `List-Unsubscribe=One-Click` (urlencoded or multipart)?
+fn is_one_click(headers: &HeaderMap, body: &[u8]) -> bool {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        // A part named List-Unsubscribe whose value is One-Click.
+        let text = String::from_utf8_lossy(body);
+        return text.split("name=\"List-Unsubscribe\"").skip(1).any(|rest| {
+            rest.split_once("\r\n\r\n")
+                .or_else(|| rest.split_once("\n\n"))
+                .is_some_and(|(_, value)| value.trim_start().starts_with("One-Click"))
+        });
+    }
+    form_urlencoded::parse(body).any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click")
+}
+
+/// POST with `List-Unsubscribe=One-Click`: unsubscribed from that list,
+/// 200, no redirect; harmless when repeated.
+async fn unsubscribe(
+    State(state): State<AppState>,
+    link: UnsubscribeLink,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let UnsubscribeLink { 0: claims, .. } = link;
+    person(&state, claims.a).await?;
+    let list = list(&state, claims.b).await?;
+    if !is_one_click(&headers, &body) {
+        return Err(Error::BadRequest("The request needs List-Unsubscribe=One-Click."));
+    }
+    people::set_subscription(state.inner.store.pool(), claims.a, claims.b, "unsubscribed", "web", now()).await?;
+    let text = format!("You will no longer receive {} at this address.", list.name);
+    Ok((StatusCode::OK, message(&state, "You are unsubscribed", &[&text])?).into_response())
+}
+
+#[derive(Serialize)]
+struct ListChoice {
+    slug: String,
+    name: String,
+    description: String,
+    subscribed: bool,
+    pending: bool,
+}
+
+/// The lists shown to a person: every public list and any list they are on.
+async fn choices(state: &AppState, subscriber: i64) -> Result<Vec<(ListInfo, ListChoice)>, Error> {
+    let pool = state.inner.store.pool();
+    let mine = people::lists_of(pool, subscriber).await?;
+    let mut out = Vec::new();
+    for l in people::public_lists(pool).await? {
+        if !mine.iter().any(|(m, _)| m.id == l.id) {
+            out.push((l, String::new()));
+        }
+    }
+    out.extend(mine);
+    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(out
+        .into_iter()
+        .map(|(l, status)| {
+            let choice = ListChoice {
+                slug: l.slug.clone(),
+                name: l.name.clone(),
+                description: l.description.clone(),
+                subscribed: status == "confirmed" || status == "pending",
+                pending: status == "pending",
+            };
+            (l, choice)
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct Saved {
+    saved: Option<String>,
+}
+
+async fn preferences(
+    State(state): State<AppState>,
+    link: PreferencesLink,
+    Query(q): Query<Saved>,
+) -> Result<Html<String>, Error> {
+    let PreferencesLink { 0: claims, 1: token } = link;
+    let p = person(&state, claims.a).await?;
+    let lists: Vec<ListChoice> = choices(&state, p.id).await?.into_iter().map(|(_, c)| c).collect();
+    page(
+        &state,
+        "preferences",
+        "Your subscription",
+        &json!({
+            "saved": q.saved.is_some(),
+            "action": format!("/preferences/{token}"),
+            "csrf": state.inner.signer.sign(Purpose::Csrf, p.id, 0),
+            "name": p.name,
+            "lists": lists,
+            "data_url": format!("/preferences/{token}/data"),
+            "erase_url": format!("/preferences/{token}/erase"),
+        }),
+    )
+}
+
+/// The form's hidden field must be this person's CSRF token.
+fn check_csrf(state: &AppState, subscriber: i64, fields: &[(String, String)]) -> Result<(), Error> {
+    let token = fields.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
+    match state.inner.signer.verify_for(token, Purpose::Csrf) {
+        Some(c) if c.a == subscriber => Ok(()),
+        _ => Err(Error::BadRequest("This form has expired. Go back, reload the page and try again.")),
+    }
+}
+
+async fn save_preferences(State(state): State<AppState>, link: PreferencesLink, body: Bytes) -> Result<Response, Error> {
+    let PreferencesLink { 0: claims, 1: token } = link;
+    let p = person(&state, claims.a).await?;
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    check_csrf(&state, p.id, &fields)?;
+    let pool = state.inner.store.pool();
+    let leave_all = fields.iter().any(|(k, v)| k == "action" && v == "leave");
+    if let Some((_, name)) = fields.iter().find(|(k, _)| k == "name") {
+        let name = name.trim();
+        if name.chars().count() > 200 {
+            return Err(Error::BadRequest("That name is too long."));
+        }
+        if name != p.name {
+            people::set_name(pool, p.id, name, now()).await?;
+        }
+    }
+    let wanted: Vec<&str> = fields.iter().filter(|(k, _)| k == "list").map(|(_, v)| v.as_str()).collect();
+    for (list, choice) in choices(&state, p.id).await? {
+        let want = !leave_all && wanted.contains(&list.slug.as_str());
+        if want && !choice.subscribed {
+            // The link proves the address, so no second confirmation.
+            people::set_subscription(pool, p.id, list.id, "confirmed", "web", now()).await?;
+        } else if !want && choice.subscribed {
+            people::set_subscription(pool, p.id, list.id, "unsubscribed", "web", now()).await?;
+        }
+    }
+    Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response())
+}
+
+/// Everything stored about the person, as JSON.
+async fn download(State(state): State<AppState>, link: PreferencesLink) -> Result<Response, Error> {
+    let p = person(&state, link.0.a).await?;
+    let data = people::export(state.inner.store.pool(), p.id).await?;
+    let body = serde_json::to_string_pretty(&data).map_err(Error::internal)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"my-data.json\""),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn erase_page(State(state): State<AppState>, link: PreferencesLink) -> Result<Html<String>, Error> {
+    let PreferencesLink { 0: claims, 1: token } = link;
+    let p = person(&state, claims.a).await?;
+    page(
+        &state,
+        "erase",
+        "Erase your data",
+        &json!({
+            "action": format!("/preferences/{token}/erase"),
+            "csrf": state.inner.signer.sign(Purpose::Csrf, p.id, 0),
+            "back": format!("/preferences/{token}"),
+        }),
+    )
+}
+
+async fn erase(State(state): State<AppState>, link: PreferencesLink, body: Bytes) -> Result<Html<String>, Error> {
+    let p = person(&state, link.0.a).await?;
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    check_csrf(&state, p.id, &fields)?;
+    people::erase(state.inner.store.pool(), p.id, "web", now()).await?;
+    message(
+        &state,
+        "Your data is erased",
+        &["We deleted your name, address, subscriptions and history. You will not receive anything from us again."],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_click_bodies() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        assert!(is_one_click(&h, b"List-Unsubscribe=One-Click"));
+        assert!(!is_one_click(&h, b"List-Unsubscribe=Two-Click"));
+        assert!(!is_one_click(&h, b""));
+        let mut m = HeaderMap::new();
+        m.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=xyz".parse().unwrap());
+        let body = b"--xyz\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--xyz--\r\n";
+        assert!(is_one_click(&m, body));
+        assert!(!is_one_click(&m, b"--xyz\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nOne-Click\r\n--xyz--\r\n"));
+    }
+}
