@@ -23,10 +23,10 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                     .map_err(db)?;
                 match added {
                     Added::Subscribed { status, .. } => {
-                        println!("subscribed {} to {list} ({status})", email.trim())
+                        println!("subscribed {} to {list} ({status})", canonical(email))
                     }
                     Added::Already { status } => {
-                        println!("{} is already on {list} ({status})", email.trim())
+                        println!("{} is already on {list} ({status})", canonical(email))
                     }
                 }
             }
@@ -36,17 +36,17 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                     .await
                     .map_err(db)?;
                 match (list, removed.lists.is_empty()) {
-                    (Some(l), true) => println!("{} was not subscribed to {l}", email.trim()),
+                    (Some(l), true) => println!("{} was not subscribed to {l}", canonical(email)),
                     (None, true) => println!(
                         "{} was on no list; marked unsubscribed from all",
-                        email.trim()
+                        canonical(email)
                     ),
                     (Some(_), false) => {
-                        println!("unsubscribed {} from {}", email.trim(), removed.lists[0])
+                        println!("unsubscribed {} from {}", canonical(email), removed.lists[0])
                     }
                     (None, false) => println!(
                         "unsubscribed {} from all lists ({})",
-                        email.trim(),
+                        canonical(email),
                         removed.lists.join(", ")
                     ),
                 }
@@ -64,12 +64,12 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                 if store.forget(email, "cli", now).await.map_err(db)? {
                     println!(
                         "erased {}: personal data deleted, only a hash of the address is kept so it is never mailed again",
-                        email.trim()
+                        canonical(email)
                     );
                 } else {
                     println!(
                         "{} was not stored; a hash of the address is now suppressed so it is never mailed",
-                        email.trim()
+                        canonical(email)
                     );
                 }
             }
@@ -89,7 +89,7 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
         .profile(email)
         .await
         .map_err(super::db_error(config))?
-        .ok_or_else(|| store::Error::NoSubscriber(email.trim().to_string()))?;
+        .ok_or_else(|| store::Error::NoSubscriber(canonical(email).to_string()))?;
     let s = &profile.subscriber;
     println!("email:       {}", s.email.as_deref().unwrap_or("(erased)"));
     println!("name:        {}", s.name);
@@ -259,4 +259,10 @@ fn csv_error(e: csv::Error) -> anyhow::Error {
         csv::ErrorKind::Io(io) => io.into(),
         other => anyhow::anyhow!("csv: {other:?}"),
     }
+}
+
+/// The address as the store keeps it, for messages; as typed when invalid
+/// (the store reports that error itself).
+fn canonical(email: &str) -> String {
+    crate::address::normalize(email).unwrap_or_else(|_| email.trim().to_string())
 }

@@ -4,7 +4,8 @@
 //! `name` column is the name, a `status` column is ignored (exports carry
 //! one for information; an import never sets anyone's status), and every
 //! other column becomes an attribute. UTF-8 with or without a BOM; `,` or
-//! `;` (whichever the header line uses more); quoted fields.
+//! `;` (whichever the header line uses more); quoted fields; LF or CRLF
+//! line ends; blank lines (all fields empty) are not rows.
 //!
 //! Rules, which make a re-import of the same file change nothing:
 //! * Addresses are validated and folded by `address::normalize`; a row that
@@ -343,12 +344,21 @@ fn plan(
 ) -> Vec<Plan> {
     rows.iter()
         .map(|row| {
-            let (plan, bucket): (Plan, &mut u64) = if suppressed.contains(&row.hash) {
+            // A known status names the reason best; the suppression list
+            // catches the erased (who are no longer known by address).
+            let known = known.get(&row.email);
+            let (plan, bucket): (Plan, &mut u64) = if let Some(k) =
+                known.filter(|k| k.status == "bounced" || k.status == "complained")
+            {
+                if k.status == "bounced" {
+                    (Plan::Skip, &mut report.skipped.bounced)
+                } else {
+                    (Plan::Skip, &mut report.skipped.complained)
+                }
+            } else if suppressed.contains(&row.hash) {
                 (Plan::Skip, &mut report.skipped.suppressed)
-            } else if let Some(k) = known.get(&row.email) {
+            } else if let Some(k) = known {
                 match (k.status.as_str(), k.subscription.as_deref()) {
-                    ("bounced", _) => (Plan::Skip, &mut report.skipped.bounced),
-                    ("complained", _) => (Plan::Skip, &mut report.skipped.complained),
                     // Unsubscribed from everything (erased people have no
                     // address, so they are caught by the suppression above).
                     (status, _) if status != "active" => {
@@ -520,6 +530,10 @@ impl Store {
             .has_headers(false)
             .flexible(true)
             .delimiter(delimiter)
+            // Lines end at LF; a CR before it is trimmed with the field.
+            // (With CR as a terminator too, csv reports CRLF files' line
+            // numbers one short.)
+            .terminator(csv::Terminator::Any(b'\n'))
             .from_reader(input);
         let fatal = |e: csv::Error| Error::Read {
             line: e.position().map(|p| p.line()).unwrap_or(0),
@@ -560,7 +574,9 @@ impl Store {
         let mut in_batch: HashMap<String, usize> = HashMap::with_capacity(batch_size);
         loop {
             let more = csv.read_byte_record(&mut record).map_err(fatal)?;
-            if more {
+            // A blank line (or a lone CR) is no row.
+            let blank = more && record.iter().all(|f| f.trim_ascii().is_empty());
+            if more && !blank {
                 report.read += 1;
                 let line = record.position().map(|p| p.line()).unwrap_or(0);
                 match parse_row(&header, &record) {
