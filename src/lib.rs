@@ -5,7 +5,7 @@
 //! and sent over SMTP to the subscribers kept in SQLite. See ARCHITECTURE.md
 //! for which module owns what.
 
-pub mod address; // email addresses: validation, canonical form (no IO)
+pub mod address; // email addresses: validation, canonical form, suppression hash (no IO)
 pub mod assets; // templates: embedded defaults, overridden by files in templates/
 pub mod campaign; // campaign files: front matter + body, parsed (no IO)
 pub mod cli; // clap `Cli`: raw arguments only
@@ -15,5 +15,5 @@ pub mod config; // `Config`: defaults < file < env < flags
 pub mod dispatch; // sending: lease, delivery log, SMTP/outbox workers; the only transport holder
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
-pub mod store; // all SQL (sqlx, SQLite)
+pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql
 pub mod web; // axum: preview server (and later the subscriber pages)

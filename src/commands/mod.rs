@@ -3,13 +3,15 @@
 //! results, and return an exit code. Only `main` and this module print.
 
 mod build;
+mod lists;
 mod preview;
 mod send;
 mod serve;
+mod subscribers;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Overrides};
@@ -44,9 +46,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => send::status(&config, &args),
         Command::Test(args) => send::test(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
-        Command::Lists(_) | Command::Subscribers(_) => {
-            anyhow::bail!("this command is not built yet")
-        }
+        Command::Lists(args) => lists::run(&config, &args),
+        Command::Subscribers(command) => subscribers::run(&config, &command),
     }
 }
 
@@ -56,6 +57,32 @@ fn sample_signer(config: &Config) -> Signer {
     match &config.secrets.current {
         Some(s) => Signer::new(s.as_bytes(), &[]),
         None => Signer::new(b"preview only: BULLETIN_SECRET is not set", &[]),
+    }
+}
+
+/// Opens the configured database, creating it (and its directory) on first
+/// use. Errors name the file.
+async fn open_store(config: &Config) -> Result<crate::store::Store> {
+    let path = &config.db;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    crate::store::Store::open(path)
+        .await
+        .with_context(|| path.display().to_string())
+}
+
+/// Store errors about the database itself (locked, corrupt, SQL) get the
+/// database path in front; the others (no such list...) speak for themselves.
+fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + '_ {
+    move |e| match e {
+        crate::store::Error::Locked(_)
+        | crate::store::Error::Corrupt
+        | crate::store::Error::Sql(_)
+        | crate::store::Error::Schema(_) => {
+            anyhow::Error::new(e).context(config.db.display().to_string())
+        }
+        other => other.into(),
     }
 }
 

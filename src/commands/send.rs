@@ -235,7 +235,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = Store::open(&config.db).await?;
         let pool = store.pool();
-        let (list_id, list_name) = db::list_by_slug(pool, &built.campaign.list).await?.ok_or_else(|| {
+        let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
             crate::campaign::Error {
                 file: file.clone(),
                 line: built.campaign.line_of_key("list"),
@@ -279,7 +279,8 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             None => None,
         };
 
-        let recipients = db::audience_count(pool, list_id).await?;
+        let (list_id, list_name) = (list.id, list.name.clone());
+        let recipients = store.audience_count(list_id).await?;
         let when = if send_at > now { format!("at {}", fmt_time(send_at)) } else { "now".into() };
         if campaign.is_none() && !args.yes {
             if !std::io::stdin().is_terminal() {

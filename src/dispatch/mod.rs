@@ -9,13 +9,12 @@
 
 pub mod transport;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -229,12 +228,6 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Hex SHA-256 of a lowercased address: the suppression key.
-pub fn address_hash(email: &str) -> String {
-    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Why a run did not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotStarted {
@@ -295,12 +288,10 @@ async fn run_leased(
             _ => {}
         }
     }
-    let suppressed: Arc<HashSet<String>> = Arc::new(db::suppression_hashes(pool).await?.into_iter().collect());
     let shared = Arc::new(Shared {
         frozen,
         settings: settings.clone(),
         campaign: campaign.clone(),
-        suppressed,
         progress,
         pacer: Pacer::new(settings.rate),
     });
@@ -346,7 +337,6 @@ struct Shared {
     frozen: Frozen,
     settings: Settings,
     campaign: CampaignRow,
-    suppressed: Arc<HashSet<String>>,
     progress: Arc<Progress>,
     pacer: Pacer,
 }
@@ -455,7 +445,7 @@ async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Re
                     buffer.extend(fresh);
                 }
                 match buffer.pop_front() {
-                    Some(j) if !j.eligible || shared.suppressed.contains(&address_hash(&j.email)) => {
+                    Some(j) if !j.eligible => {
                         outcomes.push((j.delivery_id, j.subscriber_id, Outcome::Skipped {
                             reason: "no longer subscribed".into(),
                         }));

@@ -188,26 +188,13 @@ pub async fn release_lease(pool: &SqlitePool, id: i64, owner: &str) -> Result<()
     Ok(())
 }
 
-/// Who receives a list's mail: confirmed subscription, active subscriber
-/// with an address. (Suppressed addresses are also refused one by one at
-/// send time, by hash.)
-const AUDIENCE: &str = "FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id
-     WHERE sub.list_id = ?1 AND sub.status = 'confirmed' AND s.status = 'active' AND s.email IS NOT NULL";
-
-/// How many would receive a list's mail now.
-pub async fn audience_count(pool: &SqlitePool, list_id: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(&format!("SELECT COUNT(*) {AUDIENCE}"))
-        .bind(list_id)
-        .fetch_one(pool)
-        .await?)
-}
-
 /// Queues one delivery per audience member, once: run again, it adds only
 /// people who joined since. One statement; memory stays flat.
 pub async fn materialise(pool: &SqlitePool, campaign_id: i64, list_id: i64, now: i64) -> Result<u64> {
     let done = sqlx::query(&format!(
         "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT ?2, s.id, 'queued', 0, ?3 {AUDIENCE} ORDER BY s.id"
+         SELECT ?2, a.id, 'queued', 0, ?3 FROM ({}) a",
+        super::subscribers::AUDIENCE_SQL
     ))
     .bind(list_id)
     .bind(campaign_id)
@@ -254,7 +241,7 @@ pub struct Job {
     pub name: String,
     pub attributes: String,
     pub attempts: i64,
-    /// Still subscribed, active and confirmed at claim time.
+    /// Still subscribed, active, confirmed and not suppressed at claim time.
     pub eligible: bool,
 }
 
@@ -276,7 +263,8 @@ impl FromRow<'_, SqliteRow> for Job {
 pub async fn due_jobs(pool: &SqlitePool, campaign_id: i64, list_id: i64, now: i64, limit: i64) -> Result<Vec<Job>> {
     Ok(sqlx::query_as(
         "SELECT d.id AS delivery_id, d.subscriber_id, COALESCE(s.email, '') AS email, s.name, s.attributes, d.attempts,
-                (s.status = 'active' AND s.email IS NOT NULL AND COALESCE(sub.status, '') = 'confirmed') AS eligible
+                (s.status = 'active' AND s.email IS NOT NULL AND COALESCE(sub.status, '') = 'confirmed'
+                 AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)) AS eligible
          FROM deliveries d
          JOIN subscribers s ON s.id = d.subscriber_id
          LEFT JOIN subscriptions sub ON sub.subscriber_id = d.subscriber_id AND sub.list_id = ?2
@@ -410,20 +398,6 @@ pub async fn events_since(pool: &SqlitePool, list_id: i64, campaign_id: i64, kin
     .bind(since)
     .fetch_one(pool)
     .await?)
-}
-
-/// A list's id and name by slug.
-pub async fn list_by_slug(pool: &SqlitePool, slug: &str) -> Result<Option<(i64, String)>> {
-    let row = sqlx::query("SELECT id, name FROM lists WHERE slug = ?")
-        .bind(slug)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
-}
-
-/// Hex SHA-256 hashes of every suppressed address.
-pub async fn suppression_hashes(pool: &SqlitePool) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar("SELECT hash FROM suppressions").fetch_all(pool).await?)
 }
 
 /// A setting, e.g. the generated development secret.

@@ -1,16 +1,290 @@
-//! TEMPORARY stub until the store branch lands.
-pub mod deliveries;
-pub mod people;
+//! The subscriber store: every line of SQL in bulletin lives under this
+//! module. SQLite through sqlx (no compile-time macros), one pool shared by
+//! the CLI, the dispatcher and the web server.
+//!
+//! The schema is `subscribers.sql` at the top of the repository, embedded and
+//! applied on [`Store::open`] (see [`schema`]). Times are unix seconds passed
+//! in by the caller (`now`), so tests control the clock.
+//!
+//! The rule the store exists to keep: a person who left, bounced, complained
+//! or was erased is never selected to receive mail. Every query that selects
+//! recipients ([`Store::audience`], the default export, the counts) requires a
+//! confirmed subscription, an active subscriber, and an address whose hash is
+//! not in `suppressions`.
 
+pub mod deliveries; // the dispatcher's campaigns, delivery log and lease
+mod events;
+mod export;
+mod import;
+mod lists;
+pub mod people; // what the subscriber pages read and change
+pub mod schema;
+mod subscribers;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use events::Event;
+pub use export::{ExportRow, Selection};
+pub use import::{ImportOptions, ImportReport, RowError, Skipped};
+pub use lists::{List, ListCounts};
+pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
+
+/// How long a statement waits for another writer before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Store errors. Messages name no path: the caller knows which database or
+/// file it opened and adds it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    Sqlx(#[from] sqlx::Error),
+    #[error("database is locked by another process (gave up after {0:?})")]
+    Locked(Duration),
+    #[error("not a bulletin database, or the file is corrupt")]
+    Corrupt,
+    #[error("database: {0}")]
+    Sql(sqlx::Error),
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("{email:?}: {source}")]
+    Address {
+        email: String,
+        source: crate::address::Error,
+    },
+    #[error("no list {0:?} (create it with `bulletin lists add`)")]
+    NoList(String),
+    #[error("list {0:?} already exists")]
+    ListExists(String),
+    #[error("invalid list slug {0:?}: use lower-case letters, digits, '-' and '_'")]
+    BadSlug(String),
+    #[error("no subscriber {0}")]
+    NoSubscriber(String),
+    #[error("{email} is {status}; not subscribed (they can sign up again themselves)")]
+    NotActive { email: String, status: String },
+    #[error("{0} unsubscribed from {1:?}; not subscribed again (they can sign up again themselves)")]
+    Unsubscribed(String, String),
+    #[error("{0} is suppressed (erased, bounced or complained); never subscribed again")]
+    Suppressed(String),
+    #[error("invalid status {0:?}: use one of {1}")]
+    BadStatus(String, &'static str),
+    #[error("empty file: no header row")]
+    EmptyFile,
+    #[error("no \"email\" column in the header (found: {})", .0.join(", "))]
+    NoEmailColumn(Vec<String>),
+    #[error("line {line}: {message}")]
+    Read { line: u64, message: String },
 }
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-pub struct Store { pool: sqlx::SqlitePool }
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        let code = err
+            .as_database_error()
+            .and_then(|d| d.code())
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        match code {
+            // SQLITE_BUSY, SQLITE_LOCKED
+            Some(5) | Some(6) => Error::Locked(BUSY_TIMEOUT),
+            // SQLITE_CORRUPT, SQLITE_NOTADB
+            Some(11) | Some(26) => Error::Corrupt,
+            _ => match err {
+                sqlx::Error::PoolTimedOut => Error::Locked(BUSY_TIMEOUT),
+                other => Error::Sql(other),
+            },
+        }
+    }
+}
+
+impl Error {
+    /// True when another process held the database too long; retrying later
+    /// may succeed.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Locked(_))
+    }
+
+    fn address(email: &str, source: crate::address::Error) -> Error {
+        Error::Address {
+            email: email.trim().to_string(),
+            source,
+        }
+    }
+}
+
+/// A handle on the database: cheap to clone, shared by every task.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
 impl Store {
-    pub async fn open(_p: &std::path::Path) -> Result<Store> { unimplemented!() }
-    pub async fn ping(&self) -> Result<()> { Ok(()) }
-    pub fn pool(&self) -> &sqlx::SqlitePool { &self.pool }
+    /// Opens (creating it if needed) the database at `path`, in WAL mode with
+    /// foreign keys on and a busy timeout, and brings the schema up to date.
+    pub async fn open(path: &Path) -> Result<Store> {
+        Self::open_with(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`Store::open`] with another busy timeout (tests use a short one).
+    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(Error::Sql)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout)
+            .synchronous(SqliteSynchronous::Normal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(busy_timeout + Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| match Error::from(e) {
+                Error::Locked(_) => Error::Locked(busy_timeout),
+                other => other,
+            })?;
+        let store = Store {
+            pool,
+            path: path.to_path_buf(),
+        };
+        schema::apply(&store.pool).await.map_err(|e| match e {
+            Error::Locked(_) => Error::Locked(busy_timeout),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// The pool, for code in this module and its tests.
+    /// A round trip to the database, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for running queries and closes every connection.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    /// True when `email` (any spelling) must never be mailed: erased,
+    /// bounced or complained. Invalid addresses are an error.
+    pub async fn is_suppressed(&self, email: &str) -> Result<bool> {
+        let canonical =
+            crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
+        self.is_hash_suppressed(&crate::address::hash(&canonical))
+            .await
+    }
+
+    async fn is_hash_suppressed(&self, hash: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
+                .bind(hash)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    /// Records that `email` must never be mailed again (`reason`: bounced,
+    /// complained, manual). Keeps an existing entry and its reason.
+    pub async fn suppress(&self, email: &str, reason: &str, now: i64) -> Result<()> {
+        let canonical =
+            crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
+        sqlx::query(
+            "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(crate::address::hash(&canonical))
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A value from `settings`.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores a value in `settings`, replacing any previous one.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The current time as unix seconds, for callers at the edges.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn corrupt_file_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = Store::open(&path).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn held_write_lock_is_locked_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let a = Store::open(&path).await.unwrap();
+        let mut tx = a.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('k', 'v')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let b = Store::open_with(&path, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let err = b.set_setting("x", "y").await.unwrap_err();
+        assert!(err.is_locked(), "{err:?}");
+        tx.rollback().await.unwrap();
+        b.set_setting("x", "y").await.unwrap();
+        assert_eq!(b.setting("x").await.unwrap().as_deref(), Some("y"));
+    }
+
+    #[tokio::test]
+    async fn suppression_matches_any_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        assert!(!s.is_suppressed("Ann@Example.org").await.unwrap());
+        s.suppress("ann@example.org", "manual", 1).await.unwrap();
+        assert!(s.is_suppressed(" ANN@EXAMPLE.ORG").await.unwrap());
+    }
 }

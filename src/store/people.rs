@@ -2,105 +2,40 @@
 //! they make themselves (name, subscriptions, sign-up, confirmation), and
 //! what "download my data" returns. Every change appends an event.
 
-use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::{FromRow, Row, SqlitePool};
 
-use super::Result;
+use super::{List, Result, events};
 
-/// A subscriber as the pages see them. `email` is `None` once erased.
-#[derive(Debug, Clone, Serialize)]
-pub struct Person {
-    pub id: i64,
-    pub email: Option<String>,
-    pub name: String,
-    pub attributes: String,
-    pub status: String,
-}
+const LIST_COLUMNS: &str = "l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at";
 
-/// A list as the pages see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ListInfo {
-    pub id: i64,
-    pub slug: String,
-    pub name: String,
-    pub description: String,
-    pub double_opt_in: bool,
-    pub public: bool,
-}
-
-fn list_row(r: &SqliteRow) -> ListInfo {
-    ListInfo {
-        id: r.get("id"),
-        slug: r.get("slug"),
-        name: r.get("name"),
-        description: r.get("description"),
-        double_opt_in: r.get::<i64, _>("double_opt_in") != 0,
-        public: r.get::<i64, _>("public") != 0,
-    }
-}
-
-pub async fn person(pool: &SqlitePool, id: i64) -> Result<Option<Person>> {
-    let row = sqlx::query("SELECT id, email, name, attributes, status FROM subscribers WHERE id = ?")
+pub async fn list(pool: &SqlitePool, id: i64) -> Result<Option<List>> {
+    let row = sqlx::query(&format!("SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?"))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    Ok(row.map(|r| Person {
-        id: r.get("id"),
-        email: r.get("email"),
-        name: r.get("name"),
-        attributes: r.get("attributes"),
-        status: r.get("status"),
-    }))
+    Ok(row.as_ref().map(List::from_row).transpose()?)
 }
 
-pub async fn list(pool: &SqlitePool, id: i64) -> Result<Option<ListInfo>> {
-    let row = sqlx::query("SELECT id, slug, name, description, double_opt_in, public FROM lists WHERE id = ?")
-        .bind(id)
-        .fetch_optional(pool)
+pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<List>> {
+    let rows = sqlx::query(&format!("SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 ORDER BY l.name"))
+        .fetch_all(pool)
         .await?;
-    Ok(row.as_ref().map(list_row))
-}
-
-pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<ListInfo>> {
-    let rows = sqlx::query(
-        "SELECT id, slug, name, description, double_opt_in, public FROM lists WHERE public != 0 ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(list_row).collect())
+    Ok(rows.iter().map(List::from_row).collect::<sqlx::Result<_>>()?)
 }
 
 /// The lists a person has a subscription row for, with its status.
-pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(ListInfo, String)>> {
-    let rows = sqlx::query(
-        "SELECT l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, sub.status AS sub_status
+pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, String)>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {LIST_COLUMNS}, sub.status AS sub_status
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
-         WHERE sub.subscriber_id = ? ORDER BY l.name",
-    )
+         WHERE sub.subscriber_id = ? ORDER BY l.name"
+    ))
     .bind(subscriber)
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(|r| (list_row(r), r.get("sub_status"))).collect())
-}
-
-async fn event(
-    tx: &mut sqlx::SqliteConnection,
-    subscriber: i64,
-    list: Option<i64>,
-    kind: &str,
-    source: &str,
-    now: i64,
-) -> Result<()> {
-    sqlx::query("INSERT INTO events (subscriber_id, list_id, kind, source, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(subscriber)
-        .bind(list)
-        .bind(kind)
-        .bind(source)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    rows.iter()
+        .map(|r| Ok((List::from_row(r)?, r.get("sub_status"))))
+        .collect()
 }
 
 /// Sets a subscription's status (creating the row); appends an event only
@@ -140,7 +75,7 @@ pub async fn set_subscription(
         "unsubscribed" => "unsubscribed",
         _ => "subscribed",
     };
-    event(&mut tx, subscriber, Some(list), kind, source, now).await?;
+    events::append(&mut tx, subscriber, Some(list), kind, source, None, now).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -158,9 +93,15 @@ pub async fn set_name(pool: &SqlitePool, subscriber: i64, name: &str, now: i64) 
 /// Everything stored about a person, for "download my data".
 pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Value> {
     use serde_json::json;
-    let Some(p) = person(pool, subscriber).await? else {
+    let Some(p) = sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
+        .bind(subscriber)
+        .fetch_optional(pool)
+        .await?
+    else {
         return Ok(json!(null));
     };
+    let (email, name, attributes, status): (Option<String>, String, String, String) =
+        (p.get(0), p.get(1), p.get(2), p.get(3));
     let lists: Vec<_> = lists_of(pool, subscriber)
         .await?
         .into_iter()
@@ -202,11 +143,11 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
         })
     })
     .collect();
-    let attributes: serde_json::Value = serde_json::from_str(&p.attributes).unwrap_or(json!({}));
+    let attributes: serde_json::Value = serde_json::from_str(&attributes).unwrap_or(json!({}));
     Ok(json!({
-        "email": p.email,
-        "name": p.name,
-        "status": p.status,
+        "email": email,
+        "name": name,
+        "status": status,
         "attributes": attributes,
         "subscriptions": lists,
         "history": events,
@@ -218,6 +159,7 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
 /// address must not be mailed (suppressed, bounced, complained).
 pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Result<Option<i64>> {
     let hash = crate::address::hash(email);
+    // `email` is canonical (address::normalize).
     let suppressed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM suppressions WHERE hash = ?")
         .bind(&hash)
         .fetch_optional(pool)
@@ -236,10 +178,11 @@ pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Res
         }
         None => {
             let id = sqlx::query(
-                "INSERT INTO subscribers (email, name, attributes, status, created_at, updated_at)
-                 VALUES (?, ?, '{}', 'active', ?, ?)",
+                "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
+                 VALUES (?, ?, ?, '{}', 'active', ?, ?)",
             )
             .bind(email)
+            .bind(&hash)
             .bind(name)
             .bind(now)
             .bind(now)
@@ -291,13 +234,8 @@ pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) ->
         .bind(list)
         .execute(&mut *tx)
         .await?;
-    event(&mut tx, subscriber, Some(list), "confirmed", "web", now).await?;
+    events::append(&mut tx, subscriber, Some(list), "confirmed", "web", None, now).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-/// Erasure requested from the preference center.
-pub async fn erase(pool: &SqlitePool, subscriber: i64, source: &str, now: i64) -> Result<()> {
-    let _ = (pool, subscriber, source, now);
-    todo!("use the store's erasure once it lands")
-}

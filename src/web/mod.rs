@@ -179,6 +179,21 @@ impl IntoResponse for Error {
     }
 }
 
+/// The living person a token names; erased or unknown: the plain 404.
+async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, Error> {
+    match state.inner.store.subscriber_by_id(id).await? {
+        Some(p) if p.email.is_some() => Ok(p),
+        _ => Err(Error::NotFound),
+    }
+}
+
+/// The list a token names, or the plain 404.
+async fn list(state: &AppState, id: i64) -> Result<crate::store::List, Error> {
+    crate::store::people::list(state.inner.store.pool(), id)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
 /// A verified token from the path: the extractor refuses anything else with
 /// the plain 404. `P` is the `Purpose` as a number.
 pub struct Link<const P: u8>(pub Claims, pub String);

@@ -9,7 +9,7 @@ use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
 
-use super::{AppState, ClientIp, ConfirmLink, Error};
+use super::{AppState, ClientIp, ConfirmLink, Error, list, person};
 use crate::dispatch::now;
 use crate::store::people;
 
@@ -77,7 +77,7 @@ async fn subscribe(State(state): State<AppState>, ClientIp(ip): ClientIp, body: 
 
 /// Sends the double opt-in email; failures are logged (without the address)
 /// and do not change the answer.
-async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name: &str, list: &people::ListInfo) {
+async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name: &str, list: &crate::store::List) {
     let Some(mailer) = &state.inner.mailer else {
         tracing::warn!("sign-up for list {} not confirmed by mail: no mailer configured", list.slug);
         return;
@@ -101,9 +101,8 @@ async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name:
 
 async fn confirm_page(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
     let ConfirmLink { 0: claims, 1: token } = link;
-    let pool = state.inner.store.pool();
-    people::person(pool, claims.a).await?.filter(|p| p.email.is_some()).ok_or(Error::NotFound)?;
-    let list = people::list(pool, claims.b).await?.ok_or(Error::NotFound)?;
+    person(&state, claims.a).await?;
+    let list = list(&state, claims.b).await?;
     state
         .inner
         .pages
@@ -115,8 +114,8 @@ async fn confirm_page(State(state): State<AppState>, link: ConfirmLink) -> Resul
 async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
     let claims = link.0;
     let pool = state.inner.store.pool();
-    people::person(pool, claims.a).await?.filter(|p| p.email.is_some()).ok_or(Error::NotFound)?;
-    let list = people::list(pool, claims.b).await?.ok_or(Error::NotFound)?;
+    person(&state, claims.a).await?;
+    let list = list(&state, claims.b).await?;
     people::confirm(pool, claims.a, claims.b, now()).await?;
     let text = format!("You will receive {} at this address. Every email has a link to leave.", list.name);
     state.inner.pages.message("You are subscribed", &[&text]).map(Html).map_err(Error::Internal)

@@ -11,10 +11,11 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AppState, Error, PreferencesLink, UnsubscribeLink};
+use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list, person};
 use crate::dispatch::now;
 use crate::links::Purpose;
-use crate::store::people::{self, ListInfo, Person};
+use crate::store::people;
+use crate::store::List;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,18 +31,6 @@ fn page(state: &AppState, name: &str, title: &str, data: &impl Serialize) -> Res
 
 fn message(state: &AppState, heading: &str, paragraphs: &[&str]) -> Result<Html<String>, Error> {
     state.inner.pages.message(heading, paragraphs).map(Html).map_err(Error::Internal)
-}
-
-/// The living person a token names; erased or unknown → 404.
-async fn person(state: &AppState, id: i64) -> Result<Person, Error> {
-    match people::person(state.inner.store.pool(), id).await? {
-        Some(p) if p.email.is_some() => Ok(p),
-        _ => Err(Error::NotFound),
-    }
-}
-
-async fn list(state: &AppState, id: i64) -> Result<ListInfo, Error> {
-    people::list(state.inner.store.pool(), id).await?.ok_or(Error::NotFound)
 }
 
 /// GET: a page with one button; changes nothing (mail scanners follow links).
@@ -110,7 +99,7 @@ struct ListChoice {
 }
 
 /// The lists shown to a person: every public list and any list they are on.
-async fn choices(state: &AppState, subscriber: i64) -> Result<Vec<(ListInfo, ListChoice)>, Error> {
+async fn choices(state: &AppState, subscriber: i64) -> Result<Vec<(List, ListChoice)>, Error> {
     let pool = state.inner.store.pool();
     let mine = people::lists_of(pool, subscriber).await?;
     let mut out = Vec::new();
@@ -237,7 +226,9 @@ async fn erase(State(state): State<AppState>, link: PreferencesLink, body: Bytes
     let p = person(&state, link.0.a).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
-    people::erase(state.inner.store.pool(), p.id, "web", now()).await?;
+    if let Some(email) = &p.email {
+        state.inner.store.forget(email, "web", now()).await?;
+    }
     message(
         &state,
         "Your data is erased",

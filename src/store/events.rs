@@ -1,0 +1,106 @@
+//! The `events` table: the append-only history of each person.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row, SqliteConnection};
+
+use super::{Result, Store};
+
+/// One line of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub subscriber_id: Option<i64>,
+    /// Slug of the list concerned, if any.
+    pub list: Option<String>,
+    pub campaign_id: Option<i64>,
+    /// imported, subscribed, confirmed, unsubscribed, bounced, complained,
+    /// erased, or a dispatcher kind.
+    pub kind: String,
+    /// cli, import, web, bounce, dispatch.
+    pub source: String,
+    pub detail: Option<String>,
+    pub created_at: i64,
+}
+
+impl FromRow<'_, SqliteRow> for Event {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Event> {
+        Ok(Event {
+            id: row.try_get("id")?,
+            subscriber_id: row.try_get("subscriber_id")?,
+            list: row.try_get("list")?,
+            campaign_id: row.try_get("campaign_id")?,
+            kind: row.try_get("kind")?,
+            source: row.try_get("source")?,
+            detail: row.try_get("detail")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+/// Appends an event inside the caller's transaction.
+pub(super) async fn append(
+    conn: &mut SqliteConnection,
+    subscriber_id: i64,
+    list_id: Option<i64>,
+    kind: &str,
+    source: &str,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(subscriber_id)
+    .bind(list_id)
+    .bind(kind)
+    .bind(source)
+    .bind(detail)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Appends an event for a subscriber (for the dispatcher, bounce handling
+    /// and the web pages).
+    pub async fn record_event(
+        &self,
+        subscriber_id: i64,
+        list_id: Option<i64>,
+        campaign_id: Option<i64>,
+        kind: &str,
+        source: &str,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (subscriber_id, list_id, campaign_id, kind, source, detail, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(subscriber_id)
+        .bind(list_id)
+        .bind(campaign_id)
+        .bind(kind)
+        .bind(source)
+        .bind(detail)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A subscriber's history, oldest first.
+    pub async fn events(&self, subscriber_id: i64) -> Result<Vec<Event>> {
+        Ok(sqlx::query_as(
+            "SELECT e.id, e.subscriber_id, l.slug AS list, e.campaign_id, e.kind, e.source, \
+                    e.detail, e.created_at \
+             FROM events e LEFT JOIN lists l ON l.id = e.list_id \
+             WHERE e.subscriber_id = ? ORDER BY e.created_at, e.id",
+        )
+        .bind(subscriber_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

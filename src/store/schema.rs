@@ -1,0 +1,145 @@
+//! `subscribers.sql`, embedded, split into its numbered steps and applied
+//! above `PRAGMA user_version` (the convention is explained at the top of the
+//! file).
+
+use sqlx::SqlitePool;
+
+use super::{Error, Result};
+
+/// The schema file, as compiled into the binary.
+pub const SQL: &str = include_str!("../../subscribers.sql");
+
+/// One numbered step of the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub number: i64,
+    pub title: String,
+    pub sql: String,
+}
+
+/// Splits schema text into its steps: a line `-- step N: title` starts step N.
+/// Text before the first step is the header and is not run.
+pub fn steps(text: &str) -> Result<Vec<Step>> {
+    let mut steps: Vec<Step> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("-- step ") {
+            let (num, title) = rest.split_once(':').unwrap_or((rest, ""));
+            let number: i64 = num
+                .trim()
+                .parse()
+                .map_err(|_| Error::Schema(format!("bad step marker {line:?}")))?;
+            let expected = steps.len() as i64 + 1;
+            if number != expected {
+                return Err(Error::Schema(format!(
+                    "step {number} found where step {expected} was expected"
+                )));
+            }
+            steps.push(Step {
+                number,
+                title: title.trim().to_string(),
+                sql: String::new(),
+            });
+        } else if let Some(step) = steps.last_mut() {
+            step.sql.push_str(line);
+            step.sql.push('\n');
+        }
+    }
+    Ok(steps)
+}
+
+/// The number of the last step in the embedded schema.
+pub fn latest() -> i64 {
+    steps(SQL).map(|s| s.len() as i64).unwrap_or(0)
+}
+
+/// Applies every step above the database's `user_version`. Each step runs
+/// in an IMMEDIATE transaction that re-reads the version first, so two
+/// processes opening a new database at once do not both apply it.
+pub async fn apply(pool: &SqlitePool) -> Result<i64> {
+    let steps = steps(SQL)?;
+    let mut version = user_version(pool).await?;
+    if version > steps.len() as i64 {
+        return Err(Error::Schema(format!(
+            "database schema is at step {version}, newer than this program (step {}); upgrade bulletin",
+            steps.len()
+        )));
+    }
+    let start = version;
+    for step in steps.iter().filter(|s| s.number > start) {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        if current >= step.number {
+            tx.rollback().await?;
+            continue;
+        }
+        sqlx::raw_sql(&step.sql).execute(&mut *tx).await?;
+        // PRAGMA takes no bound parameters; the number comes from our file.
+        sqlx::raw_sql(&format!("PRAGMA user_version = {}", step.number))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        version = step.number;
+    }
+    Ok(version)
+}
+
+/// `PRAGMA user_version`: the last schema step applied.
+pub async fn user_version(pool: &SqlitePool) -> Result<i64> {
+    Ok(sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(pool)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_schema_splits() {
+        let steps = steps(SQL).unwrap();
+        assert!(!steps.is_empty());
+        assert_eq!(steps[0].number, 1);
+        assert!(steps[0].sql.contains("CREATE TABLE IF NOT EXISTS subscribers"));
+    }
+
+    #[test]
+    fn step_markers_must_be_consecutive() {
+        let err = steps("-- step 1: a\nSELECT 1;\n-- step 3: c\n").unwrap_err();
+        assert!(err.to_string().contains("step 3"), "{err}");
+        let ok = steps("header\n-- step 1: a\nA;\n-- step 2: b\nB;\n").unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].title, "b");
+        assert_eq!(ok[1].sql, "B;\n");
+    }
+
+    #[tokio::test]
+    async fn applying_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = crate::store::Store::open(&path).await.unwrap();
+        assert_eq!(user_version(store.pool()).await.unwrap(), latest());
+        let tables = |pool: SqlitePool| async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT group_concat(type || ':' || name || ':' || coalesce(sql, ''), '\n') \
+                 FROM (SELECT * FROM sqlite_schema ORDER BY type, name)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        let before = tables(store.pool().clone()).await;
+        assert_eq!(apply(store.pool()).await.unwrap(), latest());
+        // Even forcing every step to run again changes nothing.
+        sqlx::raw_sql("PRAGMA user_version = 0")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(apply(store.pool()).await.unwrap(), latest());
+        assert_eq!(tables(store.pool().clone()).await, before);
+        store.close().await;
+        let again = crate::store::Store::open(&path).await.unwrap();
+        assert_eq!(user_version(again.pool()).await.unwrap(), latest());
+    }
+}

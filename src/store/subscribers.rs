@@ -1,0 +1,459 @@
+//! The `subscribers` and `subscriptions` tables: adding, unsubscribing,
+//! erasing, looking a person up, and the audience of a list.
+
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row, SqliteConnection};
+
+use super::{Error, Event, List, Result, Store, events, lists};
+use crate::address;
+
+/// Who receives a campaign sent to list `?1`: a confirmed subscription, an
+/// active subscriber, and an address that is not suppressed. Ordered by
+/// subscriber id so a dispatcher can resume after the last id it queued.
+pub const AUDIENCE_SQL: &str = "\
+SELECT s.id, s.email, s.name, s.attributes \
+FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+WHERE sub.list_id = ?1 AND sub.status = 'confirmed' \
+  AND s.status = 'active' AND s.email IS NOT NULL \
+  AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash) \
+ORDER BY sub.subscriber_id";
+
+/// A person as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscriber {
+    pub id: i64,
+    /// `None` once erased.
+    pub email: Option<String>,
+    pub name: String,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// active, unsubscribed, bounced, complained, erased.
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn parse_attributes(text: &str) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+impl FromRow<'_, SqliteRow> for Subscriber {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Subscriber> {
+        Ok(Subscriber {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            name: row.try_get("name")?,
+            attributes: parse_attributes(row.try_get("attributes")?)?,
+            status: row.try_get("status")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// One person to mail, as the dispatcher needs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl FromRow<'_, SqliteRow> for Recipient {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Recipient> {
+        Ok(Recipient {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            name: row.try_get("name")?,
+            attributes: parse_attributes(row.try_get("attributes")?)?,
+        })
+    }
+}
+
+/// A person's subscription to one list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub list: String,
+    pub list_id: i64,
+    /// pending, confirmed, unsubscribed.
+    pub status: String,
+    /// What made the last change: cli, import, web, bounce.
+    pub source: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl FromRow<'_, SqliteRow> for Subscription {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Subscription> {
+        Ok(Subscription {
+            list: row.try_get("list")?,
+            list_id: row.try_get("list_id")?,
+            status: row.try_get("status")?,
+            source: row.try_get("source")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Everything stored about one person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub subscriber: Subscriber,
+    pub subscriptions: Vec<Subscription>,
+    pub events: Vec<Event>,
+    /// Rows in the send log, and how many of them were sent.
+    pub deliveries: i64,
+    pub sent: i64,
+    pub suppressed: bool,
+}
+
+/// What `add_subscriber` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// A new subscription, `pending` on a double opt-in list, else `confirmed`.
+    Subscribed { status: String, new_person: bool },
+    /// Already subscribed; nothing changed (but the name, when given).
+    Already { status: String },
+}
+
+/// What `remove_subscriber` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Lists whose subscription changed to unsubscribed.
+    pub lists: Vec<String>,
+}
+
+const SUBSCRIBER_COLUMNS: &str = "id, email, name, attributes, status, created_at, updated_at";
+
+pub(super) fn canonical(email: &str) -> Result<String> {
+    address::normalize(email).map_err(|e| Error::address(email, e))
+}
+
+pub(super) async fn find_by_email(
+    conn: &mut SqliteConnection,
+    email: &str,
+) -> Result<Option<Subscriber>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?"
+    ))
+    .bind(email)
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn hash_suppressed(conn: &mut SqliteConnection, hash: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
+            .bind(hash)
+            .fetch_one(conn)
+            .await?
+            > 0,
+    )
+}
+
+impl Store {
+    /// The person with this address (any spelling), if stored.
+    pub async fn subscriber(&self, email: &str) -> Result<Option<Subscriber>> {
+        let email = canonical(email)?;
+        let mut conn = self.pool().acquire().await?;
+        find_by_email(&mut conn, &email).await
+    }
+
+    /// The person with this id (erased people included).
+    pub async fn subscriber_by_id(&self, id: i64) -> Result<Option<Subscriber>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Subscribes `email` to the list `slug` (operator action, `source`
+    /// "cli" or "web"). Refuses suppressed addresses, people who are not
+    /// active, and people who unsubscribed from that list: only the person
+    /// may undo their own choice.
+    pub async fn add_subscriber(
+        &self,
+        email: &str,
+        name: Option<&str>,
+        slug: &str,
+        source: &str,
+        now: i64,
+    ) -> Result<Added> {
+        let email = canonical(email)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let list: List = lists::find(&mut tx, slug)
+            .await?
+            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        let hash = address::hash(&email);
+        if hash_suppressed(&mut tx, &hash).await? {
+            return Err(Error::Suppressed(email));
+        }
+        let (id, new_person) = match find_by_email(&mut tx, &email).await? {
+            Some(s) if s.status != "active" => {
+                return Err(Error::NotActive {
+                    email,
+                    status: s.status,
+                });
+            }
+            Some(s) => {
+                if let Some(name) = name.filter(|n| *n != s.name) {
+                    sqlx::query("UPDATE subscribers SET name = ?, updated_at = ? WHERE id = ?")
+                        .bind(name)
+                        .bind(now)
+                        .bind(s.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                (s.id, false)
+            }
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO subscribers (email, email_hash, name, status, created_at, updated_at) \
+                     VALUES (?, ?, ?, 'active', ?, ?) RETURNING id",
+                )
+                .bind(&email)
+                .bind(&hash)
+                .bind(name.unwrap_or(""))
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                (id, true)
+            }
+        };
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+        )
+        .bind(id)
+        .bind(list.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let added = match existing.as_deref() {
+            Some("unsubscribed") => return Err(Error::Unsubscribed(email, list.slug)),
+            Some(status) => Added::Already {
+                status: status.to_string(),
+            },
+            None => {
+                let status = if list.double_opt_in {
+                    "pending"
+                } else {
+                    "confirmed"
+                };
+                sqlx::query(
+                    "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(list.id)
+                .bind(status)
+                .bind(source)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let detail = list.double_opt_in.then_some("pending confirmation");
+                events::append(&mut tx, id, Some(list.id), "subscribed", source, detail, now)
+                    .await?;
+                Added::Subscribed {
+                    status: status.to_string(),
+                    new_person,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// Unsubscribes `email` from the list `slug`, or with `None` from every
+    /// list, which also marks the person unsubscribed so no import brings
+    /// them back.
+    pub async fn remove_subscriber(
+        &self,
+        email: &str,
+        slug: Option<&str>,
+        source: &str,
+        now: i64,
+    ) -> Result<Removed> {
+        let email = canonical(email)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let person = find_by_email(&mut tx, &email)
+            .await?
+            .ok_or_else(|| Error::NoSubscriber(email.clone()))?;
+        let list_id = match slug {
+            Some(slug) => Some(
+                lists::find(&mut tx, slug)
+                    .await?
+                    .ok_or_else(|| Error::NoList(slug.to_string()))?
+                    .id,
+            ),
+            None => None,
+        };
+        let changed: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE subscriptions SET status = 'unsubscribed', source = ?, updated_at = ? \
+             WHERE subscriber_id = ? AND status != 'unsubscribed' AND (?4 IS NULL OR list_id = ?4) \
+             RETURNING list_id, (SELECT slug FROM lists WHERE id = list_id)",
+        )
+        .bind(source)
+        .bind(now)
+        .bind(person.id)
+        .bind(list_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (list_id, _) in &changed {
+            events::append(&mut tx, person.id, Some(*list_id), "unsubscribed", source, None, now)
+                .await?;
+        }
+        if slug.is_none() && person.status == "active" {
+            sqlx::query("UPDATE subscribers SET status = 'unsubscribed', updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(person.id)
+                .execute(&mut *tx)
+                .await?;
+            events::append(&mut tx, person.id, None, "unsubscribed", source, Some("all lists"), now)
+                .await?;
+        }
+        tx.commit().await?;
+        let mut lists: Vec<String> = changed.into_iter().map(|(_, s)| s).collect();
+        lists.sort();
+        Ok(Removed { lists })
+    }
+
+    /// Changes a person's status (bounced, complained, unsubscribed) and
+    /// records the event; bounced and complained addresses are also
+    /// suppressed. For the bounce handler and the web pages.
+    pub async fn set_status(
+        &self,
+        subscriber_id: i64,
+        status: &str,
+        source: &str,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        if !matches!(status, "active" | "unsubscribed" | "bounced" | "complained") {
+            return Err(Error::BadStatus(
+                status.to_string(),
+                "active, unsubscribed, bounced, complained",
+            ));
+        }
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let hash: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE subscribers SET status = ?, updated_at = ? \
+             WHERE id = ? AND status != 'erased' RETURNING email_hash",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(subscriber_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(hash) = hash else {
+            return Err(Error::NoSubscriber(format!("#{subscriber_id}")));
+        };
+        if let (Some(hash), true) = (hash, matches!(status, "bounced" | "complained")) {
+            sqlx::query(
+                "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(hash)
+            .bind(status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        events::append(&mut tx, subscriber_id, None, status, source, detail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Everything stored about the person with this address.
+    pub async fn profile(&self, email: &str) -> Result<Option<Profile>> {
+        let email = canonical(email)?;
+        let Some(subscriber) = self.subscriber(&email).await? else {
+            return Ok(None);
+        };
+        let subscriptions = sqlx::query_as(
+            "SELECT l.slug AS list, s.list_id, s.status, s.source, s.created_at, s.updated_at \
+             FROM subscriptions s JOIN lists l ON l.id = s.list_id \
+             WHERE s.subscriber_id = ? ORDER BY l.slug",
+        )
+        .bind(subscriber.id)
+        .fetch_all(self.pool())
+        .await?;
+        let events = self.events(subscriber.id).await?;
+        let (deliveries, sent): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(status = 'sent'), 0) FROM deliveries WHERE subscriber_id = ?",
+        )
+        .bind(subscriber.id)
+        .fetch_one(self.pool())
+        .await?;
+        let suppressed = self.is_hash_suppressed(&address::hash(&email)).await?;
+        Ok(Some(Profile {
+            subscriber,
+            subscriptions,
+            events,
+            deliveries,
+            sent,
+            suppressed,
+        }))
+    }
+
+    /// Erases a person: the address, name and attributes are deleted, the
+    /// subscriptions removed, event details and SMTP replies scrubbed, an
+    /// `erased` event appended, and the address's hash added to
+    /// `suppressions` so it is never mailed or imported again. The row stays
+    /// (email NULL, status erased) so delivery counts stay true. An address
+    /// that is not stored is suppressed all the same. Returns whether a
+    /// person was stored.
+    pub async fn forget(&self, email: &str, source: &str, now: i64) -> Result<bool> {
+        let email = canonical(email)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let person = find_by_email(&mut tx, &email).await?;
+        if let Some(p) = &person {
+            sqlx::query("UPDATE events SET detail = NULL WHERE subscriber_id = ? AND detail IS NOT NULL")
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE deliveries SET last_reply = NULL WHERE subscriber_id = ?")
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = ?")
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE subscribers SET email = NULL, email_hash = NULL, name = '', \
+                 attributes = '{}', status = 'erased', updated_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(p.id)
+            .execute(&mut *tx)
+            .await?;
+            events::append(&mut tx, p.id, None, "erased", source, None, now).await?;
+        }
+        sqlx::query(
+            "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, 'erased', ?) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(address::hash(&email))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(person.is_some())
+    }
+
+    /// The people a campaign to `list_id` goes to ([`AUDIENCE_SQL`]),
+    /// streamed: memory stays flat whatever the size of the list.
+    pub fn audience(&self, list_id: i64) -> BoxStream<'_, Result<Recipient>> {
+        sqlx::query_as::<_, Recipient>(AUDIENCE_SQL)
+            .bind(list_id)
+            .fetch(self.pool())
+            .map(|r| r.map_err(Error::from))
+            .boxed()
+    }
+}

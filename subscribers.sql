@@ -1,0 +1,164 @@
+-- bulletin: the subscriber store (SQLite). The complete schema.
+--
+-- Embedded in the binary (src/store/schema.rs) and applied when the database
+-- opens. Convention:
+--   * The file is a sequence of numbered steps. A line `-- step N: title`
+--     starts step N; steps are numbered 1, 2, 3 ... without gaps.
+--   * `PRAGMA user_version` records the last step applied. On open, every step
+--     above it runs, each in one transaction together with setting
+--     user_version to its number, so a step is applied entirely or not at all.
+--   * Applied steps are never edited: a change to the schema is a new step at
+--     the end. Statements use IF NOT EXISTS where they can, so running a step
+--     twice is harmless too.
+--
+-- Conventions inside the tables: times are INTEGER unix seconds (UTC);
+-- booleans are INTEGER 0/1; email addresses are stored in the canonical form
+-- of `address::normalize` (lower case, ASCII domain).
+
+-- step 1: subscribers, lists, subscriptions, campaigns, deliveries, events, suppressions, settings
+
+-- Mailing lists. `slug` is what campaign files name (`list = "news"`).
+CREATE TABLE IF NOT EXISTS lists (
+    id            INTEGER PRIMARY KEY,
+    slug          TEXT    NOT NULL UNIQUE,
+    name          TEXT    NOT NULL,
+    description   TEXT    NOT NULL DEFAULT '',
+    -- New sign-ups start `pending` until they confirm by email.
+    double_opt_in INTEGER NOT NULL DEFAULT 0 CHECK (double_opt_in IN (0, 1)),
+    -- Shown on the sign-up page and in the preference center.
+    public        INTEGER NOT NULL DEFAULT 0 CHECK (public IN (0, 1)),
+    created_at    INTEGER NOT NULL
+);
+
+-- People. One row per address, whatever the number of lists.
+-- `status` is about the person, across lists:
+--   active        may receive mail on the lists they confirmed
+--   unsubscribed  left every list; never resubscribed by an import
+--   bounced       the address does not work; never mailed again
+--   complained    marked a bulletin as spam; never mailed again
+--   erased        personal data deleted (`subscribers forget`): email is
+--                 NULL, name and attributes empty; the row stays so that
+--                 delivery counts stay true.
+CREATE TABLE IF NOT EXISTS subscribers (
+    id          INTEGER PRIMARY KEY,
+    email       TEXT    UNIQUE COLLATE NOCASE,
+    -- sha256 hex of email (see suppressions); NULL once erased.
+    email_hash  TEXT    UNIQUE,
+    name        TEXT    NOT NULL DEFAULT '',
+    -- JSON object of strings: every extra column of an import.
+    attributes  TEXT    NOT NULL DEFAULT '{}',
+    status      TEXT    NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained', 'erased')),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    CHECK ((status = 'erased') = (email IS NULL))
+);
+
+-- Who is on which list, and in what state.
+--   pending       signed up to a double opt-in list, not confirmed yet
+--   confirmed     receives the list's campaigns
+--   unsubscribed  left this list; never resubscribed by an import
+-- `source` says what made the last change: cli, import, web, bounce.
+CREATE TABLE IF NOT EXISTS subscriptions (
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+    list_id       INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    status        TEXT    NOT NULL CHECK (status IN ('pending', 'confirmed', 'unsubscribed')),
+    source        TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (subscriber_id, list_id)
+) WITHOUT ROWID;
+-- Counts per list and state, and the audience of a list.
+CREATE INDEX IF NOT EXISTS subscriptions_list_status ON subscriptions (list_id, status);
+
+-- Campaigns handed to the dispatcher. `compiled` is the frozen compiled
+-- content (JSON), so a campaign file edited after scheduling changes nothing.
+CREATE TABLE IF NOT EXISTS campaigns (
+    id          INTEGER PRIMARY KEY,
+    slug        TEXT    NOT NULL UNIQUE,
+    list_id     INTEGER NOT NULL REFERENCES lists(id),
+    subject     TEXT    NOT NULL,
+    compiled    TEXT    NOT NULL,
+    source_hash TEXT    NOT NULL,
+    status      TEXT    NOT NULL
+                CHECK (status IN ('scheduled', 'sending', 'sent', 'held', 'cancelled')),
+    send_at     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    -- The dispatcher run that holds the campaign, until lease_until.
+    lease_owner TEXT,
+    lease_until INTEGER
+);
+
+-- The send log: one row per campaign and subscriber, so a person is mailed at
+-- most once per campaign whatever crashes and restarts happen.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    campaign_id     INTEGER NOT NULL REFERENCES campaigns(id),
+    subscriber_id   INTEGER NOT NULL REFERENCES subscribers(id),
+    status          TEXT    NOT NULL
+                    CHECK (status IN ('queued', 'sending', 'sent', 'deferred', 'failed', 'unknown')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    -- Last SMTP reply; scrubbed on erasure (replies may quote the address).
+    last_reply      TEXT,
+    message_id      TEXT,
+    updated_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    UNIQUE (campaign_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_work ON deliveries (campaign_id, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries (subscriber_id);
+
+-- History, append-only: imported, subscribed, confirmed, unsubscribed,
+-- bounced, complained, erased (the dispatcher may add its own kinds).
+-- `source`: cli, import, web, bounce, dispatch. `detail`: raw reason etc.
+-- The triggers below refuse DELETE, and refuse UPDATE except the two that
+-- erasure needs: clearing `detail` and detaching the subscriber.
+CREATE TABLE IF NOT EXISTS events (
+    id            INTEGER PRIMARY KEY,
+    subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+    list_id       INTEGER REFERENCES lists(id),
+    campaign_id   INTEGER REFERENCES campaigns(id),
+    kind          TEXT    NOT NULL,
+    source        TEXT    NOT NULL,
+    detail        TEXT,
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_subscriber ON events (subscriber_id, created_at);
+
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only');
+END;
+
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+WHEN NOT (
+        NEW.id = OLD.id
+    AND NEW.list_id IS OLD.list_id
+    AND NEW.campaign_id IS OLD.campaign_id
+    AND NEW.kind = OLD.kind
+    AND NEW.source = OLD.source
+    AND NEW.created_at = OLD.created_at
+    AND (NEW.detail IS OLD.detail OR NEW.detail IS NULL)
+    AND (NEW.subscriber_id IS OLD.subscriber_id OR NEW.subscriber_id IS NULL)
+)
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only (only erasure may scrub them)');
+END;
+
+-- Addresses that must never be mailed, as sha256 hex of the canonical
+-- address (`address::hash`). Survive erasure: that is their purpose.
+-- reason: erased, bounced, complained, manual.
+CREATE TABLE IF NOT EXISTS suppressions (
+    hash       TEXT    PRIMARY KEY,
+    reason     TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Small key/value settings (e.g. a generated development secret).
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;

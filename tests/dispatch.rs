@@ -1,0 +1,394 @@
+//! The dispatcher against real SMTP servers on loopback: the in-process
+//! sink here, Postfix's smtp-sink and aiosmtpd in `interop.rs`. Every test
+//! runs the real `bulletin` binary on a real SQLite file.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bulletin::links::{Purpose, Signer};
+
+use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+
+const SECRET: &str = "test-secret-for-dispatch";
+
+/// A project folder with a config, a campaign and a database.
+struct Env {
+    dir: tempfile::TempDir,
+    smtp_url: String,
+}
+
+impl Env {
+    /// `port`: the SMTP sink; `dispatch`: extra `[dispatch]` keys.
+    fn new(port: u16, dispatch: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bulletin.toml"),
+            format!(
+                "db = \"b.db\"\nbase_url = \"https://news.example.org\"\n\
+                 [organisation]\nname = \"Test Alliance\"\naddress = \"1 Road, Town\"\n\
+                 [sender]\nfrom = \"Test Alliance <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+                 [smtp]\nconnections = 4\ntimeout_secs = 10\n\
+                 [dispatch]\nretry_base_secs = 1\nretry_wait_secs = 5\n{dispatch}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+        std::fs::write(
+            dir.path().join("campaigns/news-1.md"),
+            "+++\nsubject = \"News for {{subscriber.name | \\\"you\\\"}}\"\npreheader = \"p\"\nlist = \"news\"\n+++\n\
+             # Section\n\n## Article\n\nHello {{subscriber.name}}, from {{subscriber.city}}.\n",
+        )
+        .unwrap();
+        Env {
+            dir,
+            smtp_url: format!("smtp://127.0.0.1:{port}?tls=none"),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .env("BULLETIN_SECRET", SECRET)
+            .env("BULLETIN_SMTP_URL", &self.smtp_url)
+            .args(["--config", "bulletin.toml"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the binary to the end, off the async threads.
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "bulletin {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates list `news` with `n` subscribers; returns their addresses.
+    async fn subscribers(&self, n: usize, special: &[&str]) -> Vec<String> {
+        self.ok(&["lists", "add", "news", "--name", "News"]).await;
+        let mut csv = String::from("email,name,city\n");
+        let mut all = Vec::new();
+        for s in special {
+            csv.push_str(&format!("{s},Special,Here\n"));
+            all.push(s.to_string());
+        }
+        for i in 0..n {
+            let email = format!("person{i}@example.net");
+            csv.push_str(&format!("{email},Person {i},City {i}\n"));
+            all.push(email);
+        }
+        std::fs::write(self.path("people.csv"), csv).unwrap();
+        self.ok(&["subscribers", "import", "people.csv", "--list", "news"]).await;
+        all
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let out = self.ok(&["status", "--format", "json"]).await;
+        serde_json::from_str(out.lines().next().expect("a campaign")).unwrap()
+    }
+}
+
+fn recipients(messages: &[Received]) -> Vec<String> {
+    messages.iter().flat_map(|m| m.rcpt_to.clone()).collect()
+}
+
+/// Each address at most once; returns the set.
+fn assert_no_duplicates(messages: &[Received]) -> BTreeSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in recipients(messages) {
+        *seen.entry(r).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "mailed more than once: {twice:?}");
+    seen.into_keys().collect()
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let head = raw.split("\r\n\r\n").next()?;
+    head.split("\r\n")
+        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+        .map(|l| l[name.len() + 1..].trim())
+}
+
+fn unfold(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).replace("\r\n ", " ").replace("\r\n\t", " ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_recipients_each_receive_exactly_once() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    let all = env.subscribers(2000, &[]).await;
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert!(out.contains("news-1: sent 2000 (finished)"), "{out}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 2000);
+    let got = assert_no_duplicates(&messages);
+    assert_eq!(got, all.into_iter().collect::<BTreeSet<_>>());
+    let status = env.status().await;
+    assert_eq!(status["deliveries"]["sent"], 2000);
+    assert_eq!(status["status"], "sent");
+    // Sending the same campaign again is refused...
+    let again = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already sent"), "{again:?}");
+    assert_eq!(sink.messages().len(), 2000, "nothing more sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_required_header_is_on_the_received_message() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(0, &["ana@example.net"]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let m = &sink.messages()[0];
+    let raw = unfold(&m.data);
+    assert_eq!(m.rcpt_to, ["ana@example.net"]);
+    assert_eq!(header(&raw, "From"), Some("\"Test Alliance\" <news@alliance.example>"));
+    assert_eq!(header(&raw, "To"), Some("Special <ana@example.net>"));
+    assert_eq!(header(&raw, "Subject"), Some("News for Special"));
+    assert!(header(&raw, "Date").is_some_and(|d| d.ends_with("+0000")), "{raw}");
+    let message_id = header(&raw, "Message-ID").unwrap();
+    assert!(message_id.starts_with('<') && message_id.ends_with("@alliance.example>"), "{message_id}");
+    let unsub = header(&raw, "List-Unsubscribe").unwrap();
+    assert!(unsub.starts_with("<https://news.example.org/unsubscribe/"), "{unsub}");
+    assert!(unsub.contains("<mailto:unsubscribe+"), "{unsub}");
+    assert_eq!(header(&raw, "List-Unsubscribe-Post"), Some("List-Unsubscribe=One-Click"));
+    assert_eq!(header(&raw, "List-Id"), Some("\"News\" <news.alliance.example>"));
+    assert!(header(&raw, "Content-Type").unwrap().starts_with("multipart/alternative"));
+    let text_at = raw.find("Content-Type: text/plain").unwrap();
+    let html_at = raw.find("Content-Type: text/html").unwrap();
+    assert!(text_at < html_at, "text part first");
+    // VERP: the envelope sender names this delivery, and cannot be forged.
+    let token = m
+        .mail_from
+        .strip_prefix("bounces+")
+        .and_then(|r| r.strip_suffix("@alliance.example"))
+        .unwrap_or_else(|| panic!("VERP sender, got {}", m.mail_from));
+    let claims = Signer::new(SECRET.as_bytes(), &[]).verify_for(token, Purpose::Bounce).unwrap();
+    assert!(claims.a > 0, "delivery id");
+    assert!(Signer::new(b"other", &[]).verify(token).is_none());
+    // The Message-ID carries the same token, for bounces that quote it.
+    assert_eq!(message_id, format!("<{token}@alliance.example>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_fail_and_bounce_deferrals_retry() {
+    let sink = SmtpSink::start(
+        Behaviour::new()
+            .rcpt_reply("reject", "550 5.1.1 user unknown")
+            .data_reply("full", "552 5.2.2 mailbox full")
+            .defer_first("flaky", 2)
+            .drop_after_data("dropme"),
+    );
+    let env = Env::new(sink.port(), "max_attempts = 3");
+    env.subscribers(
+        20,
+        &["reject@example.net", "full@example.net", "flaky@example.net", "dropme@example.net"],
+    )
+    .await;
+    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "failures make exit 1: {stdout}");
+    let got = assert_no_duplicates(&sink.messages());
+    assert!(got.contains("flaky@example.net"), "deferred twice, then sent");
+    assert_eq!(sink.rcpt_attempts("flaky@example.net"), 3);
+    assert!(!got.contains("reject@example.net"));
+    assert!(!got.contains("full@example.net"));
+    assert!(!got.contains("dropme@example.net"));
+    assert_eq!(got.len(), 21, "the 20 plain ones and flaky");
+    // One bad address never stopped the campaign; the rejected one is a hard bounce.
+    let status = env.status().await;
+    assert_eq!(status["deliveries"]["sent"], 21);
+    assert_eq!(status["deliveries"]["failed"], 3, "{status}");
+    let show = env.ok(&["subscribers", "show", "reject@example.net"]).await;
+    assert!(show.contains("bounced"), "{show}");
+    // The dropped connection was retried up to max_attempts, not counted as a bounce.
+    let show = env.ok(&["subscribers", "show", "dropme@example.net"]).await;
+    assert!(!show.contains("status: bounced"), "{show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_messages_are_sent_by_a_later_dispatch() {
+    let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
+    let env = Env::new(sink.port(), "retry_wait_secs = 0");
+    env.subscribers(5, &["slow@example.net"]).await;
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert!(out.contains("deferred 1"), "{out}");
+    assert_eq!(sink.messages().len(), 5);
+    assert_eq!(env.status().await["status"], "sending");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = env.ok(&["dispatch"]).await;
+    assert!(out.contains("news-1: sent 1 (finished)"), "{out}");
+    let got = assert_no_duplicates(&sink.messages());
+    assert!(got.contains("slow@example.net"));
+    // Nothing due: dispatch is silent and succeeds.
+    let out = env.run(&["dispatch"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_campaign_resumes_without_mailing_anyone_twice() {
+    // Slow replies make a wide window to kill the process in.
+    let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(15)));
+    let env = Env::new(sink.port(), "");
+    let all = env.subscribers(600, &[]).await;
+    let mut child = env.command(&["send", "campaigns/news-1.md", "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(sink.wait_for(150, Duration::from_secs(60)).await >= 150);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = sink.messages().len();
+    assert!(before < 600, "killed before the end");
+
+    // The next dispatch resumes (the dead run's lease is taken over at once).
+    let out = env.ok(&["dispatch"]).await;
+    assert!(out.contains("news-1: sent"), "{out}");
+    let got = assert_no_duplicates(&sink.messages());
+    let status = env.status().await;
+    let unknown = status["deliveries"]["unknown"].as_u64().unwrap_or(0) as usize;
+    assert!(unknown <= 4, "at most one in flight per connection: {status}");
+    assert!(got.len() <= all.len() && got.len() + unknown >= all.len(), "{status}");
+    // Messages accepted while the run was dying may be `unknown` in the log
+    // but were received once; none was sent twice.
+    let sent = status["deliveries"]["sent"].as_u64().unwrap() as usize;
+    assert!(sent + unknown >= got.len() && sent <= got.len(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatch_runs_started_together_send_each_message_once() {
+    let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(2)));
+    let env = Env::new(sink.port(), "");
+    let all = env.subscribers(800, &[]).await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    assert!(out.contains("scheduled"), "{out}");
+    assert!(sink.messages().is_empty());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = env.command(&["dispatch"]).stdout(Stdio::piped()).spawn().unwrap();
+    let b = env.command(&["dispatch"]).stdout(Stdio::piped()).spawn().unwrap();
+    let (a, b) = tokio::task::spawn_blocking(move || (a.wait_with_output().unwrap(), b.wait_with_output().unwrap()))
+        .await
+        .unwrap();
+    assert!(a.status.success() || b.status.success(), "{a:?} {b:?}");
+    let got = assert_no_duplicates(&sink.messages());
+    assert_eq!(got, all.into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(env.status().await["deliveries"]["sent"], 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_stops_cleanly_and_the_campaign_resumes() {
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = Env::new(closed, "");
+    env.subscribers(10, &[]).await;
+    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains("stays queued"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    let status = env.status().await;
+    assert_eq!(status["deliveries"]["queued"], 10, "{status}");
+
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env { smtp_url: format!("smtp://127.0.0.1:{}?tls=none", sink.port()), ..env };
+    let out = env.ok(&["dispatch"]).await;
+    assert!(out.contains("sent 10 (finished)"), "{out}");
+    assert_eq!(assert_no_duplicates(&sink.messages()).len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_what_is_in_flight_and_resumes_later() {
+    let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(20)));
+    let env = Env::new(sink.port(), "");
+    env.subscribers(400, &[]).await;
+    let child = env.command(&["send", "campaigns/news-1.md", "--yes"]).stdout(Stdio::piped()).spawn().unwrap();
+    assert!(sink.wait_for(40, Duration::from_secs(60)).await >= 40);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "interrupted");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"));
+    let status = env.status().await;
+    assert!(status["deliveries"].get("sending").is_none(), "nothing left in flight: {status}");
+    assert!(status["deliveries"].get("unknown").is_none(), "{status}");
+    assert_eq!(status["deliveries"]["sent"].as_u64().unwrap() as usize, sink.messages().len());
+    env.ok(&["dispatch"]).await;
+    assert_eq!(assert_no_duplicates(&sink.messages()).len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_overdue_campaign_is_held_not_sent() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "hold_after_hours = 0");
+    env.subscribers(3, &[]).await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let out = env.run(&["dispatch"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("news-1: held, it was due"), "{stdout}");
+    assert!(sink.messages().is_empty());
+    assert_eq!(env.status().await["status"], "held");
+    // The operator decides: send it anyway.
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(sink.messages().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_copy_is_marked_and_not_logged() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let out = env.ok(&["test", "campaigns/news-1.md", "--to", "editor@example.org"]).await;
+    assert!(out.contains("sent a test copy"), "{out}");
+    let m = &sink.messages()[0];
+    assert_eq!(m.rcpt_to, ["editor@example.org"]);
+    let raw = unfold(&m.data);
+    assert!(header(&raw, "Subject").unwrap().starts_with("[TEST] "));
+    let status = env.ok(&["status"]).await;
+    assert!(status.contains("no campaigns yet"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_send_keeps_the_frozen_content() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    // Edit the file after queueing: the queued send does not change.
+    let path = env.path("campaigns/news-1.md");
+    let edited = std::fs::read_to_string(&path).unwrap().replace("Hello", "EDITED");
+    std::fs::write(&path, edited).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.ok(&["dispatch"]).await;
+    for m in sink.messages() {
+        let raw = String::from_utf8_lossy(&m.data);
+        assert!(!raw.contains("EDITED"), "frozen content was sent");
+    }
+    assert_eq!(sink.messages().len(), 2);
+}
