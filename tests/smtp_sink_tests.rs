@@ -480,3 +480,15 @@ async fn wait_for_returns_the_count_on_timeout() {
         0
     );
 }
+
+#[tokio::test]
+async fn discard_data_keeps_envelopes_only() {
+    let sink = SmtpSink::start(Behaviour::new().discard_data());
+    transport(sink.port())
+        .send(message("n@example.test", "a@example.test", "s", "body"))
+        .await
+        .unwrap();
+    let got = sink.messages();
+    assert_eq!(got[0].rcpt_to, ["a@example.test"]);
+    assert!(got[0].data.is_empty());
+}

@@ -80,6 +80,7 @@ pub struct Behaviour {
     data_delays: Vec<(String, Duration)>,
     refuse_connections: usize,
     credentials: Option<(String, String)>,
+    discard_data: bool,
 }
 
 impl Behaviour {
@@ -141,6 +142,13 @@ impl Behaviour {
         self
     }
 
+    /// Record envelopes only, with empty `data`: for benchmarks that send
+    /// more than they want to keep in memory.
+    pub fn discard_data(mut self) -> Self {
+        self.discard_data = true;
+        self
+    }
+
     fn rcpt_reply_for(&self, addr: &str) -> Option<&str> {
         first_match(&self.rcpt_replies, std::slice::from_ref(&addr.to_string())).map(String::as_str)
     }
@@ -183,7 +191,14 @@ impl SmtpSink {
     /// # Panics
     /// Outside a tokio runtime, or when the bind fails.
     pub fn start(behaviour: Behaviour) -> SmtpSink {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour)
+    }
+
+    /// Like [`SmtpSink::start`] on a given address, e.g. a fixed port for a
+    /// benchmark run by hand.
+    pub fn start_on(addr: SocketAddr, behaviour: Behaviour) -> SmtpSink {
+        let std_listener =
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         std_listener.set_nonblocking(true).expect("set_nonblocking");
         let addr = std_listener.local_addr().expect("local_addr");
         let listener = TcpListener::from_std(std_listener).expect("tokio listener");
@@ -493,6 +508,9 @@ impl Session {
             }
             if line == b".\r\n" {
                 break;
+            }
+            if self.shared.behaviour.discard_data {
+                continue;
             }
             // Dot-unstuffing (RFC 5321 4.5.2).
             let start = usize::from(line.first() == Some(&b'.'));
