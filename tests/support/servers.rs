@@ -90,6 +90,8 @@ impl Server {
 
     /// Polls until at least `n` messages are dumped or `timeout` passed;
     /// returns what is there. Blocking: the server is another process.
+    /// Call it once the sends have returned: smtp-sink creates a message's
+    /// file when its transaction starts and completes it before the 250.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Dumped> {
         let deadline = Instant::now() + timeout;
         loop {
