@@ -1,0 +1,32 @@
+//! SMTP servers for the tests (and, through `#[path]`, the examples), plus
+//! the lettre plumbing every SMTP test needs.
+
+#![allow(dead_code)]
+
+pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by BULLETIN_INTEROP
+pub mod smtp_sink; // the scriptable in-process sink
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
+
+/// A plain-text lettre transport to `127.0.0.1:port`, one connection per
+/// message (the `pool` feature is off), no TLS.
+pub fn transport(port: u16) -> AsyncSmtpTransport<Tokio1Executor> {
+    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(30)))
+        .build()
+}
+
+/// A text message from `from` to `to` with `body`.
+pub fn message(from: &str, to: &str, subject: &str, body: &str) -> Message {
+    Message::builder()
+        .from(from.parse().unwrap())
+        .to(to.parse().unwrap())
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN)
+        .body(body.to_string())
+        .unwrap()
+}
