@@ -93,12 +93,16 @@ CREATE TABLE IF NOT EXISTS campaigns (
 
 -- The send log: one row per campaign and subscriber, so a person is mailed at
 -- most once per campaign whatever crashes and restarts happen.
+--   queued    waiting; sending: committed before the SMTP transaction;
+--   sent / deferred (retry at next_attempt_at) / failed: committed after it;
+--   unknown   was `sending` when a run died; not sent again by default;
+--   skipped   left the list (or was suppressed) before their turn came.
 CREATE TABLE IF NOT EXISTS deliveries (
     id              INTEGER PRIMARY KEY,
     campaign_id     INTEGER NOT NULL REFERENCES campaigns(id),
     subscriber_id   INTEGER NOT NULL REFERENCES subscribers(id),
     status          TEXT    NOT NULL
-                    CHECK (status IN ('queued', 'sending', 'sent', 'deferred', 'failed', 'unknown')),
+                    CHECK (status IN ('queued', 'sending', 'sent', 'deferred', 'failed', 'unknown', 'skipped')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,
     -- Last SMTP reply; scrubbed on erasure (replies may quote the address).

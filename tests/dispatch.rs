@@ -30,7 +30,12 @@ impl Env {
                  [organisation]\nname = \"Test Alliance\"\naddress = \"1 Road, Town\"\n\
                  [sender]\nfrom = \"Test Alliance <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
                  [smtp]\nconnections = 4\ntimeout_secs = 10\n\
-                 [dispatch]\nretry_base_secs = 1\nretry_wait_secs = 5\n{dispatch}\n"
+                 [dispatch]\n{dispatch}\n{}",
+                ["retry_base_secs = 1", "retry_wait_secs = 5"]
+                    .iter()
+                    .filter(|d| !dispatch.contains(d.split(' ').next().unwrap()))
+                    .map(|d| format!("{d}\n"))
+                    .collect::<String>()
             ),
         )
         .unwrap();

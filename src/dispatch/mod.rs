@@ -409,54 +409,68 @@ async fn pass(pool: &SqlitePool, shared: &Arc<Shared>, stop: watch::Receiver<boo
 
 /// Owns the delivery log writes: each batch of requests becomes one
 /// transaction (outcomes recorded, claims marked `sending`), committed
-/// before the claims are answered.
+/// before the claims are answered. Jobs are read ahead only between
+/// commits, so a row is never handed out twice.
 async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) -> Result<Summary> {
     let s = &shared.settings;
     let c = &shared.campaign;
     let mut buffer: VecDeque<Job> = VecDeque::new();
     let mut exhausted = false;
+    let mut pending: VecDeque<oneshot::Sender<Option<Job>>> = VecDeque::new();
     let mut summary = Summary::default();
     let mut last_renew = tokio::time::Instant::now();
     let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
+    let mut outcomes = Vec::new();
+    loop {
+        // Wait for work unless waiting claims can be served now.
+        let can_serve = !pending.is_empty() && (!buffer.is_empty() || !exhausted);
+        if !can_serve {
+            match rx.recv().await {
+                Some(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
+                Some(Request::Claim(reply)) => pending.push_back(reply),
+                None => break,
+            }
+        }
+        for _ in 0..512 {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
+                Ok(Request::Claim(reply)) => pending.push_back(reply),
                 Err(_) => break,
             }
         }
-        let mut outcomes = Vec::new();
-        let mut waiting = Vec::new();
-        for r in batch {
-            match r {
-                Request::Done(d, sub, o) => outcomes.push((d, sub, o)),
-                Request::Claim(reply) => waiting.push(reply),
-            }
+        // Every earlier claim is committed: reading ahead is safe here.
+        if buffer.is_empty() && !exhausted && !pending.is_empty() {
+            let fresh = db::due_jobs(&pool, c.id, c.list_id, now(), 500).await?;
+            exhausted = fresh.is_empty();
+            buffer.extend(fresh);
         }
-        // Hand out jobs; ineligible ones are settled as skipped right here.
         let mut claimed = Vec::new();
         let mut answers = Vec::new();
-        for reply in waiting {
+        while let Some(reply) = pending.pop_front() {
             let job = loop {
-                if buffer.is_empty() && !exhausted {
-                    let fresh = db::due_jobs(&pool, c.id, c.list_id, now(), 500).await?;
-                    exhausted = fresh.is_empty();
-                    buffer.extend(fresh);
-                }
                 match buffer.pop_front() {
-                    Some(j) if !j.eligible => {
-                        outcomes.push((j.delivery_id, j.subscriber_id, Outcome::Skipped {
-                            reason: "no longer subscribed".into(),
-                        }));
-                    }
+                    Some(j) if !j.eligible => outcomes.push((
+                        j.delivery_id,
+                        j.subscriber_id,
+                        Outcome::Skipped {
+                            reason: "left the list before their turn".into(),
+                        },
+                    )),
                     other => break other,
                 }
             };
-            if let Some(j) = &job {
-                claimed.push(j.delivery_id);
+            match job {
+                Some(j) => {
+                    claimed.push(j.delivery_id);
+                    answers.push((reply, Some(j)));
+                }
+                None if exhausted => answers.push((reply, None)),
+                None => {
+                    // Served after the next read-ahead.
+                    pending.push_front(reply);
+                    break;
+                }
             }
-            answers.push((reply, job));
         }
         for (_, _, o) in &outcomes {
             match o {
@@ -470,11 +484,14 @@ async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Re
                 Outcome::Unclaimed => {}
             }
         }
-        db::commit(&pool, c.id, &claimed, &outcomes, now()).await?;
+        if !claimed.is_empty() || !outcomes.is_empty() {
+            db::commit(&pool, c.id, &claimed, &outcomes, now()).await?;
+            outcomes.clear();
+        }
         for (reply, job) in answers {
-            if let Err(Some(job)) = reply.send(job).map_err(|j| j) {
-                // The worker went away: put the row back.
-                db::commit(&pool, c.id, &[], &[(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)], now()).await?;
+            if let Err(Some(job)) = reply.send(job) {
+                // The worker went away: the row goes back to the queue.
+                outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
             }
         }
         if last_renew.elapsed() >= renew_every {
@@ -483,6 +500,9 @@ async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Re
             }
             last_renew = tokio::time::Instant::now();
         }
+    }
+    if !outcomes.is_empty() {
+        db::commit(&pool, c.id, &[], &outcomes, now()).await?;
     }
     Ok(summary)
 }
