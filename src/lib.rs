@@ -11,6 +11,7 @@ pub mod cli; // clap `Cli`: raw arguments only
 pub mod commands; // one function per CLI command; the only place that prints
 pub mod compose; // compiled campaign + recipient -> MIME message (no IO)
 pub mod config; // `Config`: defaults < file < env < flags
+pub mod bounce; // what comes back: bounces, complaints, auto-replies -> `Report` (no IO)
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod web; // axum: preview server (and later the subscriber pages)
