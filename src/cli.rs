@@ -42,6 +42,22 @@ pub enum Command {
     /// Add, remove, show, import, export or erase subscribers
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
+    #[command(subcommand)]
+    Bounces(BouncesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BouncesCommand {
+    /// Print what each message says, one JSON line per file, without touching the database
+    Parse(BouncesParseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BouncesParseArgs {
+    /// Raw messages (.eml), one per file
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +182,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bounces_parse_takes_files() {
+        let cli = Cli::try_parse_from(["bulletin", "bounces", "parse", "a.eml", "b.eml"]).unwrap();
+        match cli.command {
+            Command::Bounces(BouncesCommand::Parse(a)) => assert_eq!(a.files.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["bulletin", "bounces", "parse"]).is_err());
     }
 
     #[test]

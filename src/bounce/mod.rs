@@ -178,6 +178,14 @@ pub fn parse_with_envelope(raw: &[u8], envelope_recipient: Option<&str>) -> Repo
         return report;
     }
 
+    // Microsoft's JMRP complaints carry no feedback-report part.
+    if subject.to_ascii_lowercase().contains("complaint about message") && !parts.original_to.is_empty() {
+        report.kind = Kind::Complaint;
+        report.recipients = parts.original_to.iter().map(|a| plain(Some(a.clone()), "abuse")).collect();
+        report.feedback_type = Some("abuse".into());
+        return report;
+    }
+
     // Addresses that are surely not the failed recipient.
     let mut exclude: Vec<String> = vec![from_addr.clone()];
     for a in msg.to().into_iter().flat_map(|a| a.iter()) {
@@ -240,21 +248,24 @@ pub fn parse_with_envelope(raw: &[u8], envelope_recipient: Option<&str>) -> Repo
     }
 
     report.kind = Kind::Bounce;
-    let found = text::recipients(human, &exclude);
-    let mut addrs: Vec<(String, String)> = failed_header
-        .iter()
-        .map(|a| {
-            let diag = found.iter().find(|r| &r.address == a).map(|r| r.diagnostic.clone()).unwrap_or_default();
-            (a.clone(), diag)
-        })
-        .collect();
-    if addrs.is_empty() {
-        addrs = found.into_iter().map(|r| (r.address, r.diagnostic)).collect();
+    let mut found = text::recipients(human, &exclude);
+    if found.is_empty() && failed_header.is_empty() {
+        // People do mail themselves: the bounce's addressee may be the
+        // failed recipient too.
+        found = text::recipients(human, std::slice::from_ref(&from_addr));
+    }
+    // The text names the recipients the way the server saw them; the
+    // X-Failed-Recipients header (Exim) adds any the text missed.
+    let mut addrs: Vec<(String, String)> = found.into_iter().map(|r| (r.address, r.diagnostic)).collect();
+    for a in &failed_header {
+        if !addrs.iter().any(|(x, _)| x == a) {
+            addrs.push((a.clone(), String::new()));
+        }
     }
     if addrs.is_empty()
-        && let Some(a) = parts.original_to.first()
+        && let Some(a) = parts.original_to.first().cloned().or_else(|| text::original_to_in(&parts.text))
     {
-        addrs.push((a.clone(), String::new()));
+        addrs.push((a, String::new()));
     }
     if addrs.is_empty() {
         report.recipients.push(failure(None, None, String::new(), None, human));
@@ -388,6 +399,15 @@ impl Parts {
         if p.text.trim().is_empty() && !html.is_empty() {
             p.text = text::html_to_text(&html);
         }
+        // A multipart whose boundary never appears (it happens) parses to
+        // nothing: read its raw body as text instead.
+        if p.text.trim().is_empty() && p.dsn.is_empty() && p.feedback.is_none() {
+            let raw = msg.raw_message();
+            let start = msg.root_part().raw_body_offset() as usize;
+            if let Some(body) = raw.get(start..) {
+                p.text = String::from_utf8_lossy(body).into_owned();
+            }
+        }
         p
     }
 
@@ -397,11 +417,12 @@ impl Parts {
             return;
         }
         self.original_message_id = m.message_id().map(str::to_string);
+        // Hotmail names the complaining recipient in its own header.
         self.original_to = m
-            .to()
+            .header_raw("X-HmXmrOriginalRecipient")
+            .and_then(text::clean_address)
             .into_iter()
-            .flat_map(|a| a.iter())
-            .filter_map(|a| a.address().and_then(text::clean_address))
+            .chain(m.to().into_iter().flat_map(|a| a.iter()).filter_map(|a| a.address().and_then(text::clean_address)))
             .collect();
         self.original_from = m.from().and_then(|f| f.first()).and_then(|a| a.address()).and_then(text::clean_address);
     }

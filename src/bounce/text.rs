@@ -50,6 +50,7 @@ const BOUNCE_SUBJECTS: &[&str] = &[
 /// Local parts of addresses that send bounces.
 const DAEMONS: &[&str] = &[
     "mailer-daemon",
+    "post_master",
     "postmaster",
     "mail-daemon",
     "maildaemon",
@@ -96,14 +97,11 @@ const ORIGINAL_MARKERS: &[&str] = &[
     "original message follows",
     "----- original message -----",
     "--- original message ---",
-    "----- transcript of session follows",
-    "----- the following addresses had",
     "content-type: message/rfc822",
     "------ original message",
     "--------original message--------",
     "original message header",
     "this is a copy of the headers",
-    "the original message was received",
     "headers of the original message",
     "----- unsent message follows",
     "----- message header follows",
@@ -347,6 +345,19 @@ pub fn message_id_in(text: &str) -> Option<String> {
         let v = value.trim().trim_start_matches('<');
         let v = v.split('>').next()?.trim();
         (!v.is_empty() && v.contains('@')).then(|| v.to_string())
+    })
+}
+
+/// The address of the first `To:` line after the start of the returned
+/// original in a text body.
+pub fn original_to_in(text: &str) -> Option<String> {
+    let start = before_original(text).len();
+    text[start..].lines().find_map(|l| {
+        let (name, value) = l.trim_start().split_once(':')?;
+        if !name.eq_ignore_ascii_case("to") {
+            return None;
+        }
+        find_addresses(value).into_iter().next().map(|a| a.0)
     })
 }
 

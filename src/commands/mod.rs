@@ -2,6 +2,7 @@
 //! resolve the `Config`, do the IO, call into the library modules, print
 //! results, and return an exit code. Only `main` and this module print.
 
+mod bounces;
 mod build;
 mod preview;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BouncesCommand, Cli, Command};
 use crate::config::{Config, Overrides};
 use crate::links::Signer;
 
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(&flags)?;
     match cli.command {
         Command::Build(args) => build::run(&config, &args),
+        Command::Bounces(BouncesCommand::Parse(args)) => bounces::parse(&args),
         Command::Preview(args) => preview::run(&config, &args),
         Command::Lists(_) | Command::Subscribers(_) => {
             anyhow::bail!("this command is not built yet")
