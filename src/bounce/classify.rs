@@ -4,16 +4,19 @@
 //! The rules, in order:
 //! 1. An Action of `delayed` is [`Class::Delayed`]: the server is still
 //!    trying, so it never counts as a bounce.
-//! 2. A `4.x.x` status (or a 4xx reply code when there is no status) is soft:
-//!    the server itself says the failure is temporary.
-//! 3. The diagnostic text is matched against [`SOFT`] and [`HARD`] phrases.
-//!    Soft phrases win over the status code (`550 5.2.2 mailbox full`,
-//!    `550 5.7.1 blocked by policy`): a 5.x.x code alone is not hard. Hard
-//!    phrases say the address itself is permanently bad: the user or the
-//!    host is unknown, the mailbox has moved, the domain accepts no mail.
-//! 4. Without a telling phrase, the status decides: `5.1.1` (bad mailbox),
-//!    `5.1.2`/`5.1.10`/`5.4.4` (bad or null-MX domain), `5.1.6` (moved) are
-//!    hard; everything else is soft.
+//! 2. A `4.x.x` status is soft: the server says the failure is temporary.
+//!    So are `5.1.7`/`5.1.8`, which are about the sender's address.
+//! 3. A [`SOFT`] phrase (mailbox full, blocked, spam, policy, rate limit,
+//!    temporary, ...) makes it soft whatever the code: a 5.x.x code alone
+//!    is not hard (`550 5.2.2 mailbox full`, `550 5.7.1 blocked by policy`).
+//!    A few [`HARD_FIRST`] phrases are checked before it.
+//! 4. A [`HARD`] phrase (user or host unknown, moved, no mail accepted)
+//!    makes it hard, except "user unknown" said only after the content was
+//!    sent (end of DATA), which is a content filter, and KDDI's
+//!    "550 : User unknown", which is the recipient's own sender filter.
+//! 5. Without a telling phrase, the status decides: `5.1.0`, `5.1.1` (bad
+//!    mailbox), `5.1.2`, `5.1.10`, `5.4.4` (bad or null-MX domain) and
+//!    `5.1.6` (moved) are hard; everything else is soft.
 //!
 //! Soft is the safe default: a soft bounce only suppresses an address
 //! after it repeats, a hard one at once.
@@ -109,10 +112,12 @@ pub const HARD: &[&str] = &[
     "not accepting mail",
     "accepts no mail",
     "null mx",
+    "no smtp service",
 ];
 
-/// Phrases (lower-case) saying the failure is about the message, the sender,
-/// the mailbox's state or the moment, not the address.
+/// Phrases (lower-case) saying the failure is about the mailbox's state,
+/// the message, the sender or the moment, not the address. They win over
+/// hard phrases and codes: "5.1.0 unknown address error: 5.2.2 mailbox full".
 pub const SOFT: &[&str] = &[
     // mailboxfull / exceedlimit / mesgtoobig
     "mailbox full",
@@ -121,15 +126,11 @@ pub const SOFT: &[&str] = &[
     "mailbox size limit",
     "full mailbox",
     "quota",
-    "over the limit",
     "insufficient",
-    "storage",
     "disk full",
     "too large",
     "too big",
     "size exceeds",
-    "exceeds",
-    "exceeded",
     // blocked / spam / policy / security
     "blocked",
     "block list",
@@ -137,53 +138,67 @@ pub const SOFT: &[&str] = &[
     "blacklist",
     "denylist",
     "spam",
-    "junk",
     "virus",
     "policy",
     "reputation",
-    "rbl",
     "spamhaus",
     "dnsbl",
+    "access denied",
     "not authorized",
     "unauthenticated",
-    "authentication",
     "dmarc",
-    "spf",
-    "dkim",
     "reverse dns",
     "ptr record",
-    "rejected by",
-    "content",
-    "filter",
-    "refused",
-    "relay",
-    "access denied",
-    "suspended",
-    "disabled",
-    "inactive",
-    "expired",
-    "banned",
-    "prohibited",
-    "not permitted",
-    "not allowed to",
+    "sender address",
+    "domain of sender",
     // rate limits and temporary trouble
     "rate limit",
     "too many",
     "try again",
     "temporar",
     "timed out",
-    "timeout",
-    "time out",
-    "connection",
-    "deferred",
+    "name server reply",
+    "couldn't create",
+    "sender rejected",
+    "recipient preferences",
+    "routing loop",
+    "hop count",
+];
+
+/// Words that say something but not enough to decide: with them the
+/// status code decides, without them the whole report is read.
+const VAGUE: &[&str] = &[
+    "exceeded",
+    "content",
+    "filter",
+    "refused",
+    "relay",
+    "suspended",
+    "disabled",
+    "inactive",
+    "expired",
+    "rejected",
     "later",
-    "too long",
-    "retry",
+    "connection",
     "mailer error",
     "system error",
-    "loop",
     "syntax",
+    "authentication",
+    "spf",
+    "dkim",
 ];
+
+/// Hard phrases that win over the soft ones they contain.
+const HARD_FIRST: &[&str] = &[
+    "recipient address rejected: access denied",
+    "recipient address rejected: user unknown",
+    "domain is not reachable",
+];
+
+/// Hard phrases that are softened when the server said them only after the
+/// message content was sent (end of DATA): that is a content filter
+/// speaking, the address was accepted at RCPT.
+const USER_UNKNOWN: &[&str] = &["user unknown", "unknown user", "no such user", "recipient not found"];
 
 /// Classifies one recipient's failure. `status` is an RFC 3463 code such as
 /// `5.1.1` (or an SMTP reply code such as `550` when that is all there is),
@@ -193,21 +208,28 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
         return Class::Delayed;
     }
     let status = status.map(str::trim).filter(|s| !s.is_empty());
-    if status.is_some_and(|s| s.starts_with('4')) {
+    if status.is_some_and(|s| s.starts_with('4') || s.starts_with("5.1.7") || s.starts_with("5.1.8")) {
+        // Temporary, or about the sender's address (5.1.7, 5.1.8).
         return Class::Soft;
     }
     let text = diagnostic.to_ascii_lowercase();
-    if let Some(hard) = first_match(&text, HARD) {
-        // A hard phrase loses only to a soft phrase that comes before it:
-        // "quota exceeded (user unknown?)" is rare, "mailbox unavailable:
-        // quota exceeded" is not.
-        match first_match(&text, SOFT) {
-            Some(soft) if soft < hard && !soft_is_incidental(&text) => return Class::Soft,
-            _ => return Class::Hard,
-        }
+    if first_match(&text, HARD_FIRST).is_some() {
+        return Class::Hard;
     }
     if first_match(&text, SOFT).is_some() {
         return Class::Soft;
+    }
+    // KDDI (ezweb.ne.jp, au.com) answers "550 : User unknown" when the
+    // recipient's own filter refuses the sender: the address exists.
+    if text.contains("550 : user unknown") || text.contains("550: : user unknown") {
+        return Class::Soft;
+    }
+    if first_match(&text, HARD).is_some() {
+        let after_data = text.contains("end of data") || text.contains(">>> data") || text.contains("after data");
+        if after_data && first_match(&text, USER_UNKNOWN).is_some() {
+            return Class::Soft;
+        }
+        return Class::Hard;
     }
     match status {
         Some(s) if hard_status(s) => Class::Hard,
@@ -215,22 +237,11 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
     }
 }
 
-/// True if `text` holds any phrase of either table: whether it says
-/// enough to classify on its own.
+/// True if `text` holds any phrase: whether it says enough to classify on
+/// its own.
 pub fn has_phrase(text: &str) -> bool {
     let text = text.to_ascii_lowercase();
-    first_match(&text, HARD).is_some() || first_match(&text, SOFT).is_some()
-}
-
-/// Soft phrases that often stand in front of a hard reason, e.g.
-/// "rejected by recipient domain: user unknown".
-fn soft_is_incidental(text: &str) -> bool {
-    ["rejected by", "refused", "relay", "content", "later", "filter"]
-        .iter()
-        .any(|p| text.contains(p))
-        && !["quota", "full", "spam", "blocked", "policy"]
-            .iter()
-            .any(|p| text.contains(p))
+    [HARD, SOFT, VAGUE].iter().any(|t| first_match(&text, t).is_some())
 }
 
 /// The position of the earliest phrase of `table` in `text`.
@@ -247,7 +258,7 @@ fn hard_status(status: &str) -> bool {
     class == "5"
         && matches!(
             (subject, detail),
-            ("1", "1") | ("1", "2") | ("1", "6") | ("1", "10") | ("4", "4")
+            ("1", "0") | ("1", "1") | ("1", "2") | ("1", "6") | ("1", "10") | ("4", "4")
         )
 }
 

@@ -296,10 +296,23 @@ fn failure(
     if status.as_deref().is_none_or(|s| s.ends_with(".0.0")) && specific.is_some() {
         status = specific;
     }
+    // Where the recipient's own lines say nothing telling, the whole
+    // human-readable part (a Sendmail transcript, say) does.
+    let joined;
     let mut basis = diagnostic.as_str();
-    if status.is_none() && !classify::has_phrase(&diagnostic) {
-        basis = human;
-        status = text::find_status(human).map(|s| s.0);
+    if !classify::has_phrase(&diagnostic) {
+        joined = format!("{diagnostic}\n{human}");
+        basis = &joined;
+        if status.is_none() {
+            status = text::find_status(human).map(|s| s.0);
+        }
+    }
+    // A transcript that shows the refusal came at DATA counts for this
+    // recipient too, unless its own lines name the RCPT stage.
+    let staged;
+    if text::refused_at_data(human) && !diagnostic.to_ascii_lowercase().contains("rcpt to") {
+        staged = format!("{basis}\n(after DATA)");
+        basis = &staged;
     }
     let class = classify(status.as_deref(), basis, action);
     let mut reason = diagnostic.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -361,6 +361,15 @@ pub fn original_to_in(text: &str) -> Option<String> {
     })
 }
 
+/// True if a session transcript shows the server refusing after DATA.
+pub fn refused_at_data(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("end of data")
+        || lower.contains(">>> data")
+        || lower.contains("after data")
+        || lower.lines().any(|l| l.trim() == "data")
+}
+
 /// Strips HTML tags and decodes the few entities bounces use.
 pub fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
