@@ -240,7 +240,13 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
 /// True if `text` holds any phrase: whether it says enough to classify on
 /// its own.
 pub fn has_phrase(text: &str) -> bool {
-    let text = text.to_ascii_lowercase();
+    // Addresses do not count: "filtered@example.net" says nothing.
+    let text: String = text
+        .split_whitespace()
+        .filter(|w| !w.contains('@'))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
     [HARD, SOFT, VAGUE].iter().any(|t| first_match(&text, t).is_some())
 }
 

@@ -72,6 +72,7 @@ pub struct DsnRecipient {
 pub fn recipients(text: &str) -> Vec<DsnRecipient> {
     blocks(text)
         .into_iter()
+        .flat_map(split_recipients)
         .filter(|b| {
             b.get("final-recipient").is_some()
                 || b.get("original-recipient").is_some()
@@ -95,6 +96,21 @@ pub fn recipients(text: &str) -> Vec<DsnRecipient> {
             }
         })
         .collect()
+}
+
+/// Some MTAs forget the blank line between recipients: a second
+/// Final-Recipient starts a new block.
+fn split_recipients(block: Fields) -> Vec<Fields> {
+    let mut out: Vec<Fields> = vec![Fields::default()];
+    for (name, value) in block.0 {
+        let cur = out.last_mut().expect("never empty");
+        if name == "final-recipient" && cur.get("final-recipient").is_some() {
+            out.push(Fields(vec![(name, value)]));
+        } else {
+            cur.0.push((name, value));
+        }
+    }
+    out
 }
 
 /// `rfc822; user@example.org` -> `user@example.org`.

@@ -128,6 +128,12 @@ pub fn parse(raw: &[u8]) -> Report {
 /// Reads one message, given the SMTP envelope recipient when known (the
 /// most reliable place for the VERP token).
 pub fn parse_with_envelope(raw: &[u8], envelope_recipient: Option<&str>) -> Report {
+    parse_at(raw, envelope_recipient, 0)
+}
+
+/// `depth` counts bounces of bounces: a report forwarded inside another is
+/// read once more, no deeper.
+fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Report {
     let mut report = Report::new(Kind::None);
     let Some(msg) = PARSER.parse(raw) else {
         if let Some(env) = envelope_recipient {
@@ -262,6 +268,18 @@ pub fn parse_with_envelope(raw: &[u8], envelope_recipient: Option<&str>) -> Repo
             addrs.push((a.clone(), String::new()));
         }
     }
+    // A bounce forwarded as the "original": read the inner report.
+    if addrs.is_empty()
+        && depth == 0
+        && let Some(inner) = &parts.original_raw
+    {
+        let inner = parse_at(inner, None, depth + 1);
+        if inner.kind == Kind::Bounce && inner.recipients.iter().any(|r| r.address.is_some()) {
+            report.recipients = inner.recipients;
+            report.original_message_id = report.original_message_id.or(inner.original_message_id);
+            return report;
+        }
+    }
     if addrs.is_empty()
         && let Some(a) = parts.original_to.first().cloned().or_else(|| text::original_to_in(&parts.text))
     {
@@ -370,6 +388,7 @@ struct Parts {
     original_message_id: Option<String>,
     original_to: Vec<String>,
     original_from: Option<String>,
+    original_raw: Option<Vec<u8>>,
 }
 
 impl Parts {
@@ -394,7 +413,12 @@ impl Parts {
                     }
                 }
                 _ => match &part.body {
-                    PartType::Message(m) => p.original(m),
+                    PartType::Message(m) => {
+                        if p.original_raw.is_none() {
+                            p.original_raw = Some(m.raw_message().to_vec());
+                        }
+                        p.original(m)
+                    }
                     PartType::Text(t) if ctype == "text" || ctype.is_empty() => {
                         p.text.push_str(t);
                         p.text.push('\n');

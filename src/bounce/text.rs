@@ -364,10 +364,15 @@ pub fn original_to_in(text: &str) -> Option<String> {
 /// True if a session transcript shows the server refusing after DATA.
 pub fn refused_at_data(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    lower.contains("end of data")
-        || lower.contains(">>> data")
-        || lower.contains("after data")
-        || lower.lines().any(|l| l.trim() == "data")
+    let lines: Vec<&str> = lower.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // ">>> DATA" answered by "<<< 503 need RCPT" means RCPT failed first.
+    let data_refused = lines.windows(2).any(|w| {
+        w[0] == ">>> data" && w[1].trim_start_matches("<<< ").starts_with('5') && !w[1].contains("503")
+    }) || lines.windows(2).any(|w| w[0].ends_with("smtp command") && w[1] == "data");
+    // With pipelining the RCPT refusal is read after DATA; a "503 need
+    // RCPT" or "no valid recipients" after it shows that is what happened.
+    let pipelined = lower.contains("no valid recipients") || lines.iter().any(|l| l.starts_with("<<< 503"));
+    !pipelined && (data_refused || lower.contains("end of data") || lower.contains("after data"))
 }
 
 /// Strips HTML tags and decodes the few entities bounces use.
