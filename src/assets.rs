@@ -72,7 +72,10 @@ impl Templates {
     /// folder means the built-ins alone).
     pub fn load(dir: &Path) -> std::io::Result<Templates> {
         let mut t = Templates::builtin();
-        for (kind, sub) in [(Kind::Layout, dir.to_path_buf()), (Kind::Partial, dir.join("partials"))] {
+        for (kind, sub) in [
+            (Kind::Layout, dir.to_path_buf()),
+            (Kind::Partial, dir.join("partials")),
+        ] {
             for path in mjml_files(&sub)? {
                 let name = path
                     .file_stem()
@@ -93,7 +96,12 @@ fn mjml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", dir.display()),
+            ));
+        }
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

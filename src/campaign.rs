@@ -206,7 +206,10 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
                 toml::Value::Datetime(d) => d.to_string(),
                 _ => String::new(),
             };
-            Some(parse_time(&text).map_err(|m| err(key_line("send_at"), format!("front matter: send_at: {m}")))?)
+            Some(
+                parse_time(&text)
+                    .map_err(|m| err(key_line("send_at"), format!("front matter: send_at: {m}")))?,
+            )
         }
     };
     let body = &text[body_start..];
@@ -241,7 +244,12 @@ pub fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
     if let Ok(d) = DateTime::<FixedOffset>::parse_from_rfc3339(t) {
         return Ok(d.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
             return Local
                 .from_local_datetime(&n)
@@ -259,7 +267,8 @@ pub fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "+++\nsubject = \"Hello\"\nlist = \"news\"\npreheader = \"pre\"\n+++\n# Body\n";
+    const GOOD: &str =
+        "+++\nsubject = \"Hello\"\nlist = \"news\"\npreheader = \"pre\"\n+++\n# Body\n";
 
     #[test]
     fn parses_front_matter_and_body() {
@@ -280,7 +289,8 @@ mod tests {
         let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = 2026-12-01T09:00:00Z\n+++\n";
         let c = parse("x.md", t).unwrap();
         assert_eq!(c.send_at.unwrap().to_rfc3339(), "2026-12-01T09:00:00+00:00");
-        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = \"2026-12-01T10:00:00+01:00\"\n+++\n";
+        let t =
+            "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = \"2026-12-01T10:00:00+01:00\"\n+++\n";
         let c = parse("x.md", t).unwrap();
         assert_eq!(c.send_at.unwrap().to_rfc3339(), "2026-12-01T09:00:00+00:00");
         let t = "+++\nsubject = \"s\"\nlist = \"l\"\nsend_at = \"tomorrow\"\n+++\n";
@@ -292,14 +302,21 @@ mod tests {
     #[test]
     fn errors_name_line_and_fix() {
         let e = parse("c.md", "# no front matter\n").unwrap_err();
-        assert_eq!(e.to_string().split(':').take(2).collect::<Vec<_>>(), ["c.md", "1"]);
+        assert_eq!(
+            e.to_string().split(':').take(2).collect::<Vec<_>>(),
+            ["c.md", "1"]
+        );
         let e = parse("c.md", "+++\nsubject = \"s\"\n").unwrap_err();
         assert!(e.message.contains("closing `+++`"), "{e}");
         let e = parse("c.md", "+++\nlist = \"l\"\n\nsubject = oops\n+++\n").unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         let e = parse("c.md", "+++\nlist = \"l\"\n+++\n").unwrap_err();
         assert!(e.message.contains("missing `subject`"), "{e}");
-        let e = parse("c.md", "+++\nsubject = \"s\"\nlist = \"l\"\ncolour = 1\n+++\n").unwrap_err();
+        let e = parse(
+            "c.md",
+            "+++\nsubject = \"s\"\nlist = \"l\"\ncolour = 1\n+++\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         assert!(e.message.contains("colour"), "{e}");
     }

@@ -54,7 +54,8 @@ pub struct Headers<'a> {
 
 /// Custom header names used on every campaign message.
 pub const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
-pub const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
+pub const LIST_UNSUBSCRIBE_POST: HeaderName =
+    HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
 pub const LIST_ID: HeaderName = HeaderName::new_from_ascii_str("List-Id");
 pub const FEEDBACK_ID: HeaderName = HeaderName::new_from_ascii_str("Feedback-ID");
 pub const TEST_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Bulletin-Test");
@@ -79,7 +80,10 @@ pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
     let from = mailbox(h.from)?;
     let to_addr = address(h.to_email)?;
     let to_name = h.to_name.trim();
-    let to = Mailbox::new((!to_name.is_empty()).then(|| to_name.to_string()), to_addr.clone());
+    let to = Mailbox::new(
+        (!to_name.is_empty()).then(|| to_name.to_string()),
+        to_addr.clone(),
+    );
     let subject = if h.test {
         format!("[TEST] {}", body.subject)
     } else {
@@ -122,7 +126,10 @@ pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
         b = b.raw_header(HeaderValue::new(FEEDBACK_ID, f.to_string()));
     }
     // Bulk mail is not a personal reply: stops vacation responders answering.
-    b = b.raw_header(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".to_string()));
+    b = b.raw_header(HeaderValue::new(
+        AUTO_SUBMITTED,
+        "auto-generated".to_string(),
+    ));
     if h.test {
         b = b.raw_header(HeaderValue::new(TEST_HEADER, "yes".to_string()));
     }
@@ -140,7 +147,13 @@ pub fn list_id(list_name: &str, list_slug: &str, domain: &str) -> String {
         .collect();
     let slug: String = list_slug
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("\"{name}\" <{slug}.{domain}>")
 }
@@ -180,10 +193,16 @@ mod tests {
         assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
         assert!(raw.contains("List-Id: \"News\" <news.example.org>\r\n"));
         assert!(raw.contains("Message-ID: <c1.s2@example.org>\r\n"));
-        assert!(raw.contains("Date: Fri, 15 Jan 2027 08:00:00 +0000\r\n"), "{raw}");
+        assert!(
+            raw.contains("Date: Fri, 15 Jan 2027 08:00:00 +0000\r\n"),
+            "{raw}"
+        );
         assert!(raw.contains("multipart/alternative"));
         assert!(raw.find("text/plain").unwrap() < raw.find("text/html").unwrap());
-        assert_eq!(m.envelope().from().unwrap().to_string(), "bounces+xyz@example.org");
+        assert_eq!(
+            m.envelope().from().unwrap().to_string(),
+            "bounces+xyz@example.org"
+        );
     }
 
     #[test]
@@ -207,7 +226,9 @@ mod tests {
             to_email: "not an address",
             ..headers()
         };
-        let err = message(&h, &Personalised::default()).unwrap_err().to_string();
+        let err = message(&h, &Personalised::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an address"), "{err}");
     }
 }

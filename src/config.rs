@@ -387,7 +387,11 @@ fn read_file(path: &Path) -> Result<File> {
 
 /// 1-based line number of byte offset `at` in `text`.
 pub fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..at.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -420,7 +424,11 @@ mod tests {
     fn precedence_file_env_flag() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"file.db\"\nbase_url = \"https://file.example/\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "db = \"file.db\"\nbase_url = \"https://file.example/\"\n",
+        )
+        .unwrap();
         let flags = Overrides {
             config: Some(path.clone()),
             ..Default::default()

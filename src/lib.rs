@@ -6,12 +6,12 @@
 //! for which module owns what.
 
 pub mod assets; // templates: embedded defaults, overridden by files in templates/
+pub mod bounce; // what comes back: bounces, complaints, auto-replies -> `Report` (no IO)
 pub mod campaign; // campaign files: front matter + body, parsed (no IO)
 pub mod cli; // clap `Cli`: raw arguments only
 pub mod commands; // one function per CLI command; the only place that prints
 pub mod compose; // compiled campaign + recipient -> MIME message (no IO)
 pub mod config; // `Config`: defaults < file < env < flags
-pub mod bounce; // what comes back: bounces, complaints, auto-replies -> `Report` (no IO)
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod web; // axum: preview server (and later the subscriber pages)

@@ -148,15 +148,27 @@ impl Urls {
     }
 
     pub fn unsubscribe(&self, signer: &Signer, subscriber: i64, list: i64) -> String {
-        format!("{}/unsubscribe/{}", self.base, signer.sign(Purpose::Unsubscribe, subscriber, list))
+        format!(
+            "{}/unsubscribe/{}",
+            self.base,
+            signer.sign(Purpose::Unsubscribe, subscriber, list)
+        )
     }
 
     pub fn preferences(&self, signer: &Signer, subscriber: i64) -> String {
-        format!("{}/preferences/{}", self.base, signer.sign(Purpose::Preferences, subscriber, 0))
+        format!(
+            "{}/preferences/{}",
+            self.base,
+            signer.sign(Purpose::Preferences, subscriber, 0)
+        )
     }
 
     pub fn confirm(&self, signer: &Signer, subscriber: i64, list: i64) -> String {
-        format!("{}/confirm/{}", self.base, signer.sign(Purpose::Confirm, subscriber, list))
+        format!(
+            "{}/confirm/{}",
+            self.base,
+            signer.sign(Purpose::Confirm, subscriber, list)
+        )
     }
 
     /// The "view in browser" page of a campaign.

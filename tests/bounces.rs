@@ -29,7 +29,12 @@ fn read_expected(dir: &Path) -> Vec<Row> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let c: Vec<&str> = l.split('\t').collect();
-            let recipient = c[2].split(" (").next().unwrap_or("").trim().to_ascii_lowercase();
+            let recipient = c[2]
+                .split(" (")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             Row {
                 file: c[0].to_string(),
                 index: c[1].parse().unwrap_or(1),
@@ -71,12 +76,22 @@ fn corpus_accuracy() {
         let report = &reports[&row.file];
         if !row.recipient.is_empty() {
             with_rcpt += 1;
-            let hit = report.recipients.iter().any(|r| r.address.as_deref() == Some(row.recipient.as_str()));
+            let hit = report
+                .recipients
+                .iter()
+                .any(|r| r.address.as_deref() == Some(row.recipient.as_str()));
             if hit {
                 found += 1;
             } else if debug {
-                let got: Vec<_> = report.recipients.iter().map(|r| r.address.clone()).collect();
-                println!("RCPT {} want {} got {:?} kind {:?}", row.file, row.recipient, got, report.kind);
+                let got: Vec<_> = report
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
+                println!(
+                    "RCPT {} want {} got {:?} kind {:?}",
+                    row.file, row.recipient, got, report.kind
+                );
             }
         }
         if row.class == "hard" || row.class == "soft" {
@@ -132,7 +147,11 @@ fn corpus_accuracy() {
 
     let rcpt_pct = 100.0 * found as f64 / with_rcpt as f64;
     let class_pct = 100.0 * agree as f64 / with_class as f64;
-    println!("bounce corpus: {} mails, {} rows", reports.len(), rows.len());
+    println!(
+        "bounce corpus: {} mails, {} rows",
+        reports.len(),
+        rows.len()
+    );
     println!("  recipient found:  {found}/{with_rcpt} = {rcpt_pct:.1} % (target >= 95 %)");
     println!("  hard/soft agrees: {agree}/{with_class} = {class_pct:.1} % (target >= 90 %)");
     println!(
@@ -140,8 +159,19 @@ fn corpus_accuracy() {
         false_bounces.len(),
         false_bounces
     );
-    println!("  auto-replies recognised as such: {autoreply_recognised}/{autoreplies}; ARF mails read as complaints: {complaints}");
-    assert!(rcpt_pct >= 95.0, "recipient found for {rcpt_pct:.1} % < 95 %");
-    assert!(class_pct >= 90.0, "hard/soft agrees for {class_pct:.1} % < 90 %");
-    assert!(false_bounces.is_empty(), "counted as bounces: {false_bounces:?}");
+    println!(
+        "  auto-replies recognised as such: {autoreply_recognised}/{autoreplies}; ARF mails read as complaints: {complaints}"
+    );
+    assert!(
+        rcpt_pct >= 95.0,
+        "recipient found for {rcpt_pct:.1} % < 95 %"
+    );
+    assert!(
+        class_pct >= 90.0,
+        "hard/soft agrees for {class_pct:.1} % < 90 %"
+    );
+    assert!(
+        false_bounces.is_empty(),
+        "counted as bounces: {false_bounces:?}"
+    );
 }

@@ -2,5 +2,5 @@
 
 mod util; // shared helpers: running the binary, temp dirs, fixtures
 
-mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
-mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
+mod bounces;
+mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`

@@ -18,9 +18,14 @@ pub fn parse(text: &str) -> Feedback {
     let mut fb = Feedback::default();
     for block in dsn::blocks(text) {
         if fb.feedback_type.is_none() {
-            fb.feedback_type = block.get("feedback-type").map(|t| t.trim().to_ascii_lowercase());
+            fb.feedback_type = block
+                .get("feedback-type")
+                .map(|t| t.trim().to_ascii_lowercase());
         }
-        for v in block.all("original-rcpt-to").chain(block.all("removal-recipient")) {
+        for v in block
+            .all("original-rcpt-to")
+            .chain(block.all("removal-recipient"))
+        {
             if let Some(a) = dsn::address_field(v)
                 && !fb.recipients.contains(&a)
             {
@@ -36,7 +41,10 @@ pub fn parse(text: &str) -> Feedback {
 
 /// Feedback types that mean "this person does not want the mail".
 pub fn is_complaint(feedback_type: &str) -> bool {
-    matches!(feedback_type, "abuse" | "fraud" | "opt-out" | "optout" | "virus" | "other")
+    matches!(
+        feedback_type,
+        "abuse" | "fraud" | "opt-out" | "optout" | "virus" | "other"
+    )
 }
 
 #[cfg(test)]
@@ -52,7 +60,10 @@ mod tests {
         );
         assert_eq!(fb.feedback_type.as_deref(), Some("abuse"));
         assert_eq!(fb.recipients, ["reader@example.com"]);
-        assert_eq!(fb.original_mail_from.as_deref(), Some("bounces+abc@news.example.org"));
+        assert_eq!(
+            fb.original_mail_from.as_deref(),
+            Some("bounces+abc@news.example.org")
+        );
         assert!(is_complaint("abuse"));
         assert!(!is_complaint("auth-failure"));
     }

@@ -198,7 +198,12 @@ const HARD_FIRST: &[&str] = &[
 /// Hard phrases that are softened when the server said them only after the
 /// message content was sent (end of DATA): that is a content filter
 /// speaking, the address was accepted at RCPT.
-const USER_UNKNOWN: &[&str] = &["user unknown", "unknown user", "no such user", "recipient not found"];
+const USER_UNKNOWN: &[&str] = &[
+    "user unknown",
+    "unknown user",
+    "no such user",
+    "recipient not found",
+];
 
 /// Classifies one recipient's failure. `status` is an RFC 3463 code such as
 /// `5.1.1` (or an SMTP reply code such as `550` when that is all there is),
@@ -208,7 +213,9 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
         return Class::Delayed;
     }
     let status = status.map(str::trim).filter(|s| !s.is_empty());
-    if status.is_some_and(|s| s.starts_with('4') || s.starts_with("5.1.7") || s.starts_with("5.1.8")) {
+    if status
+        .is_some_and(|s| s.starts_with('4') || s.starts_with("5.1.7") || s.starts_with("5.1.8"))
+    {
         // Temporary, or about the sender's address (5.1.7, 5.1.8).
         return Class::Soft;
     }
@@ -225,7 +232,9 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
         return Class::Soft;
     }
     if first_match(&text, HARD).is_some() {
-        let after_data = text.contains("end of data") || text.contains(">>> data") || text.contains("after data");
+        let after_data = text.contains("end of data")
+            || text.contains(">>> data")
+            || text.contains("after data");
         if after_data && first_match(&text, USER_UNKNOWN).is_some() {
             return Class::Soft;
         }
@@ -247,7 +256,9 @@ pub fn has_phrase(text: &str) -> bool {
         .collect::<Vec<_>>()
         .join(" ")
         .to_ascii_lowercase();
-    [HARD, SOFT, VAGUE].iter().any(|t| first_match(&text, t).is_some())
+    [HARD, SOFT, VAGUE]
+        .iter()
+        .any(|t| first_match(&text, t).is_some())
 }
 
 /// The position of the earliest phrase of `table` in `text`.
@@ -273,37 +284,71 @@ mod tests {
     use super::*;
 
     fn check(status: Option<&str>, diagnostic: &str, action: Option<&str>, expect: Class) {
-        assert_eq!(classify(status, diagnostic, action), expect, "{status:?} {diagnostic:?}");
+        assert_eq!(
+            classify(status, diagnostic, action),
+            expect,
+            "{status:?} {diagnostic:?}"
+        );
     }
 
     #[test]
     fn user_unknown_is_hard() {
-        check(Some("5.1.1"), "550 5.1.1 <a@b.example>: user unknown", None, Class::Hard);
+        check(
+            Some("5.1.1"),
+            "550 5.1.1 <a@b.example>: user unknown",
+            None,
+            Class::Hard,
+        );
         check(None, "550 No such user here", None, Class::Hard);
         check(Some("5.1.1"), "", Some("failed"), Class::Hard);
     }
 
     #[test]
     fn mailbox_full_is_soft_even_with_5xx() {
-        check(Some("5.2.2"), "552 5.2.2 mailbox full", Some("failed"), Class::Soft);
+        check(
+            Some("5.2.2"),
+            "552 5.2.2 mailbox full",
+            Some("failed"),
+            Class::Soft,
+        );
         check(Some("5.0.0"), "550 Quota exceeded", None, Class::Soft);
     }
 
     #[test]
     fn temporary_codes_are_soft() {
         check(Some("4.2.2"), "452 4.2.2 over quota", None, Class::Soft);
-        check(Some("4.1.1"), "451 user unknown (try later)", None, Class::Soft);
+        check(
+            Some("4.1.1"),
+            "451 user unknown (try later)",
+            None,
+            Class::Soft,
+        );
     }
 
     #[test]
     fn delayed_action_is_delayed() {
-        check(Some("4.4.7"), "connection timed out", Some("delayed"), Class::Delayed);
-        check(Some("5.1.1"), "user unknown", Some("Delayed"), Class::Delayed);
+        check(
+            Some("4.4.7"),
+            "connection timed out",
+            Some("delayed"),
+            Class::Delayed,
+        );
+        check(
+            Some("5.1.1"),
+            "user unknown",
+            Some("Delayed"),
+            Class::Delayed,
+        );
     }
 
     #[test]
     fn policy_blocks_are_soft() {
-        check(Some("5.7.1"), "550 5.7.1 blocked by policy", None, Class::Soft);
+        check(
+            Some("5.7.1"),
+            "550 5.7.1 blocked by policy",
+            None,
+            Class::Soft,
+        );
         check(None, "554 rejected: listed at spamhaus", None, Class::Soft);
         check(None, "421 rate limited, try again later", None, Class::Soft);
     }

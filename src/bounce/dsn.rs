@@ -19,7 +19,10 @@ impl Fields {
 
     /// Every value of a field, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -48,7 +51,8 @@ pub fn blocks(text: &str) -> Vec<Fields> {
         if let Some((name, value)) = line.split_once(':') {
             let name = name.trim();
             if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                cur.0.push((name.to_ascii_lowercase(), value.trim().to_string()));
+                cur.0
+                    .push((name.to_ascii_lowercase(), value.trim().to_string()));
             }
         }
     }
@@ -83,7 +87,9 @@ pub fn recipients(text: &str) -> Vec<DsnRecipient> {
                 .get("final-recipient")
                 .and_then(address_field)
                 .or_else(|| b.get("original-recipient").and_then(address_field));
-            let status = b.get("status").and_then(|s| super::text::find_status(s).map(|(s, _)| s));
+            let status = b
+                .get("status")
+                .and_then(|s| super::text::find_status(s).map(|(s, _)| s));
             let diagnostic = b
                 .get("diagnostic-code")
                 .map(|d| strip_type(d).trim().to_string())
@@ -141,7 +147,10 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].address.as_deref(), Some("nobody@example.com"));
         assert_eq!(r[0].status.as_deref(), Some("5.1.1"));
-        assert_eq!(r[0].diagnostic, "550 5.1.1 <nobody@example.com>: user unknown");
+        assert_eq!(
+            r[0].diagnostic,
+            "550 5.1.1 <nobody@example.com>: user unknown"
+        );
         assert_eq!(r[1].action.as_deref(), Some("delayed"));
     }
 

@@ -111,9 +111,9 @@ impl Report {
     /// The recipients whose failure counts as a bounce: hard or soft, never
     /// delayed.
     pub fn bounced(&self) -> impl Iterator<Item = &Recipient> {
-        self.recipients
-            .iter()
-            .filter(|r| self.kind == Kind::Bounce && matches!(r.class, Some(Class::Hard | Class::Soft)))
+        self.recipients.iter().filter(|r| {
+            self.kind == Kind::Bounce && matches!(r.class, Some(Class::Hard | Class::Soft))
+        })
     }
 }
 
@@ -145,7 +145,13 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
 
     // Tokens: the envelope first, then the headers the delivery added.
     let mut to_values: Vec<String> = envelope_recipient.map(str::to_string).into_iter().collect();
-    for name in ["Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To"] {
+    for name in [
+        "Delivered-To",
+        "X-Original-To",
+        "Envelope-To",
+        "X-Envelope-To",
+        "To",
+    ] {
         for v in msg.header_values(name) {
             if let Some(t) = v.as_text() {
                 to_values.push(t.to_string());
@@ -164,30 +170,51 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
     });
 
     let from = msg.from().and_then(|f| f.first());
-    let from_addr = from.and_then(|a| a.address()).and_then(text::clean_address).unwrap_or_default();
+    let from_addr = from
+        .and_then(|a| a.address())
+        .and_then(text::clean_address)
+        .unwrap_or_default();
     let from_name = from.and_then(|a| a.name()).unwrap_or("");
     let subject = msg.subject().unwrap_or("");
 
     if report.unsubscribe_token.is_some() {
         report.kind = Kind::Unsubscribe;
-        report.recipients.push(plain(Some(from_addr), "unsubscribe"));
+        report
+            .recipients
+            .push(plain(Some(from_addr), "unsubscribe"));
         return report;
     }
 
     if let Some(fb) = &parts.feedback {
         let fb = arf::parse(fb);
         let ty = fb.feedback_type.clone().unwrap_or_else(|| "abuse".into());
-        report.kind = if arf::is_complaint(&ty) { Kind::Complaint } else { Kind::None };
-        let addrs = if fb.recipients.is_empty() { parts.original_to.clone() } else { fb.recipients };
+        report.kind = if arf::is_complaint(&ty) {
+            Kind::Complaint
+        } else {
+            Kind::None
+        };
+        let addrs = if fb.recipients.is_empty() {
+            parts.original_to.clone()
+        } else {
+            fb.recipients
+        };
         report.recipients = addrs.into_iter().map(|a| plain(Some(a), &ty)).collect();
         report.feedback_type = Some(ty);
         return report;
     }
 
     // Microsoft's JMRP complaints carry no feedback-report part.
-    if subject.to_ascii_lowercase().contains("complaint about message") && !parts.original_to.is_empty() {
+    if subject
+        .to_ascii_lowercase()
+        .contains("complaint about message")
+        && !parts.original_to.is_empty()
+    {
         report.kind = Kind::Complaint;
-        report.recipients = parts.original_to.iter().map(|a| plain(Some(a.clone()), "abuse")).collect();
+        report.recipients = parts
+            .original_to
+            .iter()
+            .map(|a| plain(Some(a.clone()), "abuse"))
+            .collect();
         report.feedback_type = Some("abuse".into());
         return report;
     }
@@ -217,7 +244,10 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
         report.kind = Kind::Bounce;
         let mut text_found: Option<Vec<text::TextRecipient>> = None;
         for (i, d) in dsn_recipients.into_iter().enumerate() {
-            if matches!(d.action.as_deref(), Some("delivered" | "relayed" | "expanded")) {
+            if matches!(
+                d.action.as_deref(),
+                Some("delivered" | "relayed" | "expanded")
+            ) {
                 continue;
             }
             let found = text_found.get_or_insert_with(|| text::recipients(human, &exclude));
@@ -235,7 +265,13 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
             } else {
                 d.diagnostic
             };
-            report.recipients.push(failure(address, d.status, diagnostic, d.action.as_deref(), human));
+            report.recipients.push(failure(
+                address,
+                d.status,
+                diagnostic,
+                d.action.as_deref(),
+                human,
+            ));
         }
         if report.recipients.is_empty() {
             report.kind = Kind::None;
@@ -243,7 +279,27 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
         return report;
     }
 
-    let bounce_like = !failed_header.is_empty() || text::looks_like_bounce(subject, &from_addr, from_name);
+    // RFC 3834 "auto-replied" without a machine-readable report counts as a
+    // bounce only from a mailer daemon (Exim, Google Groups and mail.ru send
+    // such); from anyone else, postmaster included, it is an auto-reply.
+    let auto_replied = msg
+        .header_raw("Auto-Submitted")
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("auto-replied"));
+    let raw_from = from
+        .and_then(|a| a.address())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let is_report = msg
+        .content_type()
+        .and_then(|c| c.attribute("report-type"))
+        .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"));
+    let daemon = is_report
+        || msg.header_raw("X-MS-Exchange-Message-Is-Ndr").is_some()
+        || raw_from.starts_with("mailer-daemon")
+        || from_name.to_ascii_lowercase().contains("mail delivery")
+        || from_name.to_ascii_lowercase().contains("mailer-daemon");
+    let bounce_like = !failed_header.is_empty()
+        || (text::looks_like_bounce(subject, &from_addr, from_name) && (!auto_replied || daemon));
     if !bounce_like && is_autoreply(&msg, subject, &parts.text) {
         report.kind = Kind::AutoReply;
         report.recipients.push(plain(Some(from_addr), "auto-reply"));
@@ -262,7 +318,10 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
     }
     // The text names the recipients the way the server saw them; the
     // X-Failed-Recipients header (Exim) adds any the text missed.
-    let mut addrs: Vec<(String, String)> = found.into_iter().map(|r| (r.address, r.diagnostic)).collect();
+    let mut addrs: Vec<(String, String)> = found
+        .into_iter()
+        .map(|r| (r.address, r.diagnostic))
+        .collect();
     for a in &failed_header {
         if !addrs.iter().any(|(x, _)| x == a) {
             addrs.push((a.clone(), String::new()));
@@ -281,22 +340,35 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
         }
     }
     if addrs.is_empty()
-        && let Some(a) = parts.original_to.first().cloned().or_else(|| text::original_to_in(&parts.text))
+        && let Some(a) = parts
+            .original_to
+            .first()
+            .cloned()
+            .or_else(|| text::original_to_in(&parts.text))
     {
         addrs.push((a, String::new()));
     }
     if addrs.is_empty() {
-        report.recipients.push(failure(None, None, String::new(), None, human));
+        report
+            .recipients
+            .push(failure(None, None, String::new(), None, human));
     }
     for (a, diag) in addrs {
-        report.recipients.push(failure(Some(a), None, diag, None, human));
+        report
+            .recipients
+            .push(failure(Some(a), None, diag, None, human));
     }
     report
 }
 
 /// A recipient of a non-failure message (complaint, auto-reply, unsubscribe).
 fn plain(address: Option<String>, reason: &str) -> Recipient {
-    Recipient { address: address.filter(|a| !a.is_empty()), class: None, status: None, reason: reason.into() }
+    Recipient {
+        address: address.filter(|a| !a.is_empty()),
+        class: None,
+        status: None,
+        reason: reason.into(),
+    }
 }
 
 /// A failed recipient: the status and the text decide the class; where the
@@ -341,7 +413,12 @@ fn failure(
         }
         reason.truncate(cut);
     }
-    Recipient { address, class: Some(class), status, reason }
+    Recipient {
+        address,
+        class: Some(class),
+        status,
+        reason,
+    }
 }
 
 /// A text body that carries DSN fields inline (some MTAs do that).
@@ -357,7 +434,8 @@ fn is_autoreply(msg: &Message<'_>, subject: &str, body: &str) -> bool {
     header("Auto-Submitted").is_some_and(|v| v != "no")
         || header("X-Autoreply").is_some()
         || header("X-Autorespond").is_some()
-        || header("X-Auto-Response-Suppress").is_some_and(|v| v.contains("all") || v.contains("oof"))
+        || header("X-Auto-Response-Suppress")
+            .is_some_and(|v| v.contains("all") || v.contains("oof"))
             && text::looks_like_autoreply(subject, body)
         || header("Precedence").is_some_and(|v| v == "auto_reply")
         || text::looks_like_autoreply(subject, body)
@@ -370,7 +448,10 @@ fn token(value: &str, prefix: &str) -> Option<String> {
     while let Some(i) = rest.find(prefix) {
         let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
         let after = &rest[i + prefix.len()..];
-        let len = after.bytes().take_while(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b)).count();
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b))
+            .count();
         if before_ok && len > 0 && after.as_bytes().get(len) == Some(&b'@') {
             return Some(after[..len].to_string());
         }
@@ -398,7 +479,12 @@ impl Parts {
         for part in &msg.parts {
             let (ctype, sub) = part
                 .content_type()
-                .map(|c| (c.ctype().to_ascii_lowercase(), c.subtype().unwrap_or("").to_ascii_lowercase()))
+                .map(|c| {
+                    (
+                        c.ctype().to_ascii_lowercase(),
+                        c.subtype().unwrap_or("").to_ascii_lowercase(),
+                    )
+                })
                 .unwrap_or_else(|| ("text".into(), "plain".into()));
             let contents = || String::from_utf8_lossy(part.contents()).into_owned();
             match (ctype.as_str(), sub.as_str()) {
@@ -424,7 +510,9 @@ impl Parts {
                         p.text.push('\n');
                     }
                     PartType::Html(h) => html.push_str(h),
-                    PartType::Binary(b) if ctype == "message" && (sub == "rfc822" || sub == "global") => {
+                    PartType::Binary(b)
+                        if ctype == "message" && (sub == "rfc822" || sub == "global") =>
+                    {
                         if let Some(m) = PARSER.parse_headers(b.as_ref()) {
                             p.original(&m);
                         }
@@ -459,9 +547,18 @@ impl Parts {
             .header_raw("X-HmXmrOriginalRecipient")
             .and_then(text::clean_address)
             .into_iter()
-            .chain(m.to().into_iter().flat_map(|a| a.iter()).filter_map(|a| a.address().and_then(text::clean_address)))
+            .chain(
+                m.to()
+                    .into_iter()
+                    .flat_map(|a| a.iter())
+                    .filter_map(|a| a.address().and_then(text::clean_address)),
+            )
             .collect();
-        self.original_from = m.from().and_then(|f| f.first()).and_then(|a| a.address()).and_then(text::clean_address);
+        self.original_from = m
+            .from()
+            .and_then(|f| f.first())
+            .and_then(|a| a.address())
+            .and_then(text::clean_address);
     }
 }
 
@@ -471,16 +568,31 @@ mod tests {
 
     #[test]
     fn tokens() {
-        assert_eq!(token("Bounces+ABC234@news.example.org", "bounces+").as_deref(), Some("abc234"));
-        assert_eq!(token("<bounces+abc@x.example>", "bounces+").as_deref(), Some("abc"));
+        assert_eq!(
+            token("Bounces+ABC234@news.example.org", "bounces+").as_deref(),
+            Some("abc234")
+        );
+        assert_eq!(
+            token("<bounces+abc@x.example>", "bounces+").as_deref(),
+            Some("abc")
+        );
         assert_eq!(token("xbounces+abc@x", "bounces+"), None);
         assert_eq!(token("bounces+ab-c@x", "bounces+"), None);
-        assert_eq!(token("unsubscribe+zz7@x", "unsubscribe+").as_deref(), Some("zz7"));
+        assert_eq!(
+            token("unsubscribe+zz7@x", "unsubscribe+").as_deref(),
+            Some("zz7")
+        );
     }
 
     #[test]
     fn garbage_is_none() {
-        for raw in [&b""[..], b"\0\0\0", b"From:", b"\r\n\r\n", b"Content-Type: multipart/report; boundary=x\r\n\r\n--x"] {
+        for raw in [
+            &b""[..],
+            b"\0\0\0",
+            b"From:",
+            b"\r\n\r\n",
+            b"Content-Type: multipart/report; boundary=x\r\n\r\n--x",
+        ] {
             let r = parse(raw);
             assert_ne!(r.kind, Kind::Bounce, "{raw:?}");
         }

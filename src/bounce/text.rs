@@ -113,7 +113,9 @@ pub fn looks_like_bounce(subject: &str, from: &str, from_name: &str) -> bool {
     let s = subject.to_lowercase();
     let local = from.split('@').next().unwrap_or("").to_ascii_lowercase();
     let name = from_name.to_ascii_lowercase();
-    DAEMONS.iter().any(|d| local == *d || (local.starts_with(d) && d.len() > 6))
+    DAEMONS
+        .iter()
+        .any(|d| local == *d || (local.starts_with(d) && d.len() > 6))
         || name.contains("mail delivery")
         || name.contains("mailer-daemon")
         || name.contains("postmaster")
@@ -177,7 +179,9 @@ pub fn find_status(text: &str) -> Option<(String, usize)> {
                 while k < b.len() && b[k].is_ascii_digit() && k - k0 < 3 {
                     k += 1;
                 }
-                let ends = k == b.len() || !(b[k].is_ascii_digit() || b[k] == b'.' && k + 1 < b.len() && b[k + 1].is_ascii_digit());
+                let ends = k == b.len()
+                    || !(b[k].is_ascii_digit()
+                        || b[k] == b'.' && k + 1 < b.len() && b[k + 1].is_ascii_digit());
                 if k > k0 && ends {
                     return Some((text[i..k].to_string(), i));
                 }
@@ -217,11 +221,15 @@ pub fn clean_address(raw: &str) -> Option<String> {
         .trim_start_matches("rfc822:");
     let (local, domain) = s.rsplit_once('@')?;
     let ok_local = !local.is_empty()
-        && local.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&c));
+        && local
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&c));
     let ok_domain = domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && domain.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+        && domain
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
     (ok_local && ok_domain).then(|| s.to_ascii_lowercase())
 }
 
@@ -275,13 +283,17 @@ pub fn recipients(text: &str, exclude: &[String]) -> Vec<TextRecipient> {
     let lines: Vec<&str> = text.lines().collect();
     for (n, line) in lines.iter().enumerate() {
         for (addr, _) in find_addresses(line) {
-            if exclude.contains(&addr) || is_daemon(&addr) || out.iter().any(|r| r.address == addr) {
+            if exclude.contains(&addr) || is_daemon(&addr) || out.iter().any(|r| r.address == addr)
+            {
                 continue;
             }
             if is_header_line(line) {
                 continue;
             }
-            out.push(TextRecipient { address: addr, diagnostic: explanation(&lines, n) });
+            out.push(TextRecipient {
+                address: addr,
+                diagnostic: explanation(&lines, n),
+            });
         }
     }
     out
@@ -364,14 +376,23 @@ pub fn original_to_in(text: &str) -> Option<String> {
 /// True if a session transcript shows the server refusing after DATA.
 pub fn refused_at_data(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    let lines: Vec<&str> = lower.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = lower
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     // ">>> DATA" answered by "<<< 503 need RCPT" means RCPT failed first.
     let data_refused = lines.windows(2).any(|w| {
-        w[0] == ">>> data" && w[1].trim_start_matches("<<< ").starts_with('5') && !w[1].contains("503")
-    }) || lines.windows(2).any(|w| w[0].ends_with("smtp command") && w[1] == "data");
+        w[0] == ">>> data"
+            && w[1].trim_start_matches("<<< ").starts_with('5')
+            && !w[1].contains("503")
+    }) || lines
+        .windows(2)
+        .any(|w| w[0].ends_with("smtp command") && w[1] == "data");
     // With pipelining the RCPT refusal is read after DATA; a "503 need
     // RCPT" or "no valid recipients" after it shows that is what happened.
-    let pipelined = lower.contains("no valid recipients") || lines.iter().any(|l| l.starts_with("<<< 503"));
+    let pipelined =
+        lower.contains("no valid recipients") || lines.iter().any(|l| l.starts_with("<<< 503"));
     !pipelined && (data_refused || lower.contains("end of data") || lower.contains("after data"))
 }
 
@@ -403,9 +424,18 @@ mod tests {
 
     #[test]
     fn finds_status_codes() {
-        assert_eq!(find_status("550 5.1.1 <a@b.c>: no").map(|s| s.0), Some("5.1.1".into()));
-        assert_eq!(find_status("#5.2.2 full").map(|s| s.0), Some("5.2.2".into()));
-        assert_eq!(find_status("ip 10.5.1.1 and 5.1.10 x").map(|s| s.0), Some("5.1.10".into()));
+        assert_eq!(
+            find_status("550 5.1.1 <a@b.c>: no").map(|s| s.0),
+            Some("5.1.1".into())
+        );
+        assert_eq!(
+            find_status("#5.2.2 full").map(|s| s.0),
+            Some("5.2.2".into())
+        );
+        assert_eq!(
+            find_status("ip 10.5.1.1 and 5.1.10 x").map(|s| s.0),
+            Some("5.1.10".into())
+        );
         assert_eq!(find_status("version 1.5.2.3"), None);
         assert_eq!(find_status("5."), None);
     }
@@ -418,9 +448,15 @@ mod tests {
 
     #[test]
     fn cleans_addresses() {
-        assert_eq!(clean_address("<User@Example.ORG>:").as_deref(), Some("user@example.org"));
+        assert_eq!(
+            clean_address("<User@Example.ORG>:").as_deref(),
+            Some("user@example.org")
+        );
         assert_eq!(clean_address("rfc822;a@b"), None);
-        assert_eq!(clean_address("\"x\" <a.b+c@d.example>").as_deref(), Some("a.b+c@d.example"));
+        assert_eq!(
+            clean_address("\"x\" <a.b+c@d.example>").as_deref(),
+            Some("a.b+c@d.example")
+        );
     }
 
     #[test]

@@ -28,7 +28,13 @@ pub(crate) fn parse(args: &BouncesParseArgs) -> Result<ExitCode> {
         match read(path) {
             Ok(raw) => {
                 let report = bounce::parse(&raw);
-                serde_json::to_writer(&mut out, &ParseLine { file: &file, report: &report })?;
+                serde_json::to_writer(
+                    &mut out,
+                    &ParseLine {
+                        file: &file,
+                        report: &report,
+                    },
+                )?;
                 out.write_all(b"\n")?;
             }
             Err(err) => {
@@ -40,7 +46,11 @@ pub(crate) fn parse(args: &BouncesParseArgs) -> Result<ExitCode> {
         }
     }
     out.flush()?;
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {

@@ -73,11 +73,21 @@ pub(crate) fn sample_eml(config: &Config, built: &Built, body: &Personalised) ->
     let urls = Urls::new(&config.base_url);
     let domain = config.bounce_domain();
     let unsubscribe = urls.unsubscribe(&signer, 0, 0);
-    let mailto = format!("unsubscribe+{}@{domain}", signer.sign(crate::links::Purpose::Unsubscribe, 0, 0));
-    let bounce = format!("bounces+{}@{domain}", signer.sign(crate::links::Purpose::Bounce, 0, 0));
+    let mailto = format!(
+        "unsubscribe+{}@{domain}",
+        signer.sign(crate::links::Purpose::Unsubscribe, 0, 0)
+    );
+    let bounce = format!(
+        "bounces+{}@{domain}",
+        signer.sign(crate::links::Purpose::Bounce, 0, 0)
+    );
     let message_id = format!("{}.sample@{}", built.campaign.slug, domain);
     let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, &domain);
-    let from = built.campaign.from.as_deref().unwrap_or(&config.sender.from);
+    let from = built
+        .campaign
+        .from
+        .as_deref()
+        .unwrap_or(&config.sender.from);
     let headers = compose::Headers {
         from,
         reply_to: config.sender.reply_to.as_deref(),
@@ -123,7 +133,10 @@ pub(crate) fn run(config: &Config, args: &BuildArgs) -> Result<ExitCode> {
         (format!("{stem}.eml"), eml),
     ];
     if args.mjml {
-        outputs.push((format!("{stem}.mjml"), built.compiled.mjml.clone().into_bytes()));
+        outputs.push((
+            format!("{stem}.mjml"),
+            built.compiled.mjml.clone().into_bytes(),
+        ));
     }
     println!("subject:  {}", body.subject);
     println!("list:     {}", built.campaign.list);

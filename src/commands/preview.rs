@@ -12,10 +12,12 @@ use crate::config::Config;
 use crate::web::preview::{Rendered, Source};
 
 pub(crate) fn run(config: &Config, args: &PreviewArgs) -> Result<ExitCode> {
-    let addr: std::net::SocketAddr = args
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {}: not an address such as 127.0.0.1:8025", args.listen))?;
+    let addr: std::net::SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen {}: not an address such as 127.0.0.1:8025",
+            args.listen
+        )
+    })?;
     if !addr.ip().is_loopback() {
         anyhow::bail!("--listen {addr}: preview serves on loopback only (127.0.0.1 or [::1])");
     }

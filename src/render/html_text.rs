@@ -8,9 +8,7 @@ use crate::config::Organisation;
 
 /// Converts rendered HTML into wrapped text with the standard footer.
 pub(crate) fn convert(html: &str, org: &Organisation, slots: &Slots) -> String {
-    let body = html
-        .find("<body")
-        .map_or(html, |at| &html[at..]);
+    let body = html.find("<body").map_or(html, |at| &html[at..]);
     let mut refs = References::default();
     let mut paragraphs: Vec<String> = Vec::new();
     let mut current = String::new();
@@ -141,7 +139,13 @@ mod tests {
         };
         let html = "<html><head><style>p{}</style></head><body><!--[if mso]>x<![endif]--><p>Hello &amp; <a href=\"https://x.org\">welcome</a></p><ul><li>one</li></ul></body></html>";
         let text = convert(html, &Organisation::default(), &slots);
-        assert!(text.starts_with("Hello & welcome [1]\n\n- one\n\nLinks:\n[1] https://x.org\n"), "{text}");
-        assert!(text.ends_with("Unsubscribe: U\nManage your preferences: P\n"), "{text}");
+        assert!(
+            text.starts_with("Hello & welcome [1]\n\n- one\n\nLinks:\n[1] https://x.org\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Unsubscribe: U\nManage your preferences: P\n"),
+            "{text}"
+        );
     }
 }

@@ -84,7 +84,8 @@ pub fn structure(
     refs: &mut References,
     warnings: &mut Vec<Warning>,
 ) -> Content {
-    let opts = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_SMART_PUNCTUATION;
+    let opts =
+        Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_SMART_PUNCTUATION;
     let events: Vec<(Event, std::ops::Range<usize>)> =
         Parser::new_ext(body, opts).into_offset_iter().collect();
     let mut content = Content::default();
@@ -132,7 +133,10 @@ pub fn structure(
                     article.blocks.push(b);
                 } else {
                     let mut html = String::new();
-                    pulldown_cmark::html::push_html(&mut html, block.iter().map(|(e, _)| e.clone()));
+                    pulldown_cmark::html::push_html(
+                        &mut html,
+                        block.iter().map(|(e, _)| e.clone()),
+                    );
                     let text = text_of(block, refs);
                     // Consecutive HTML blocks share one mj-text.
                     match article.blocks.last_mut() {
@@ -180,12 +184,15 @@ fn check_links(
 ) {
     for (k, (event, range)) in block.iter().enumerate() {
         match event {
-            Event::Start(Tag::Link { dest_url, .. }) | Event::Start(Tag::Image { dest_url, .. })
+            Event::Start(Tag::Link { dest_url, .. })
+            | Event::Start(Tag::Image { dest_url, .. })
                 if dest_url.starts_with("http://") =>
             {
                 warnings.push(Warning::at(
                     line_of(range.start),
-                    format!("insecure link {dest_url}; use https:// (mail clients flag http links)"),
+                    format!(
+                        "insecure link {dest_url}; use https:// (mail clients flag http links)"
+                    ),
                 ));
             }
             _ => {}
@@ -214,15 +221,25 @@ fn lone_image(
 ) -> Option<Block> {
     let inner = strip_paragraph(block)?;
     let (href, inner) = match inner {
-        [(Event::Start(Tag::Link { dest_url, .. }), _), rest @ .., (Event::End(TagEnd::Link), _)] => {
-            (Some(dest_url.to_string()), rest)
-        }
+        [
+            (Event::Start(Tag::Link { dest_url, .. }), _),
+            rest @ ..,
+            (Event::End(TagEnd::Link), _),
+        ] => (Some(dest_url.to_string()), rest),
         _ => (None, inner),
     };
-    let [(Event::Start(Tag::Image { dest_url, .. }), _), alt @ .., (Event::End(TagEnd::Image), _)] = inner else {
+    let [
+        (Event::Start(Tag::Image { dest_url, .. }), _),
+        alt @ ..,
+        (Event::End(TagEnd::Image), _),
+    ] = inner
+    else {
         return None;
     };
-    if alt.iter().any(|(e, _)| matches!(e, Event::Start(Tag::Image { .. }))) {
+    if alt
+        .iter()
+        .any(|(e, _)| matches!(e, Event::Start(Tag::Image { .. })))
+    {
         return None;
     }
     let alt = plain_text(alt);
@@ -245,10 +262,20 @@ fn lone_image(
 /// A paragraph holding one text link and nothing else: a button.
 fn lone_link(block: &[(Event, std::ops::Range<usize>)], refs: &mut References) -> Option<Block> {
     let inner = strip_paragraph(block)?;
-    let [(Event::Start(Tag::Link { dest_url, .. }), _), label @ .., (Event::End(TagEnd::Link), _)] = inner else {
+    let [
+        (Event::Start(Tag::Link { dest_url, .. }), _),
+        label @ ..,
+        (Event::End(TagEnd::Link), _),
+    ] = inner
+    else {
         return None;
     };
-    if label.iter().any(|(e, _)| matches!(e, Event::Start(Tag::Image { .. }) | Event::Start(Tag::Link { .. }))) {
+    if label.iter().any(|(e, _)| {
+        matches!(
+            e,
+            Event::Start(Tag::Image { .. }) | Event::Start(Tag::Link { .. })
+        )
+    }) {
         return None;
     }
     let label = plain_text(label);
@@ -267,7 +294,11 @@ fn strip_paragraph<'a, 'e>(
     block: &'a [(Event<'e>, std::ops::Range<usize>)],
 ) -> Option<&'a [(Event<'e>, std::ops::Range<usize>)]> {
     match block {
-        [(Event::Start(Tag::Paragraph), _), inner @ .., (Event::End(TagEnd::Paragraph), _)] => {
+        [
+            (Event::Start(Tag::Paragraph), _),
+            inner @ ..,
+            (Event::End(TagEnd::Paragraph), _),
+        ] => {
             // Ignore white space around the lone element.
             let inner = trim_space(inner);
             Some(inner)
@@ -340,7 +371,11 @@ fn text_of(block: &[(Event, std::ops::Range<usize>)], refs: &mut References) -> 
     let mut in_code = false;
     let mut item_marker: Option<String> = None;
 
-    let flush = |out: &mut String, line: &mut String, lists: &[Option<u64>], quote: usize, marker: &mut Option<String>| {
+    let flush = |out: &mut String,
+                 line: &mut String,
+                 lists: &[Option<u64>],
+                 quote: usize,
+                 marker: &mut Option<String>| {
         let text = line.trim().to_string();
         line.clear();
         if text.is_empty() {
@@ -407,7 +442,9 @@ fn text_of(block: &[(Event, std::ops::Range<usize>)], refs: &mut References) -> 
                 in_code = false;
                 out.push('\n');
             }
-            Event::Start(Tag::Heading { .. }) => flush(&mut out, &mut line, &lists, quote, &mut item_marker),
+            Event::Start(Tag::Heading { .. }) => {
+                flush(&mut out, &mut line, &lists, quote, &mut item_marker)
+            }
             Event::End(TagEnd::Heading(_)) => {
                 let heading = line.trim().to_string();
                 line.clear();
@@ -488,7 +525,12 @@ mod tests {
     fn run(md: &str) -> (Content, References, Vec<Warning>) {
         let mut refs = References::default();
         let mut warnings = Vec::new();
-        let c = structure(md, &|at| crate::config::line_of(md, at), &mut refs, &mut warnings);
+        let c = structure(
+            md,
+            &|at| crate::config::line_of(md, at),
+            &mut refs,
+            &mut warnings,
+        );
         (c, refs, warnings)
     }
 
@@ -504,8 +546,17 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].title, "First");
         assert_eq!(a[0].blocks[0].image.as_ref().unwrap().alt, "A photo");
-        assert!(a[0].blocks[1].html.as_ref().unwrap().contains("<a href=\"https://x.org/l\">a link</a>"));
-        assert_eq!(a[0].blocks[2].button.as_ref().unwrap().href, "https://x.org/more");
+        assert!(
+            a[0].blocks[1]
+                .html
+                .as_ref()
+                .unwrap()
+                .contains("<a href=\"https://x.org/l\">a link</a>")
+        );
+        assert_eq!(
+            a[0].blocks[2].button.as_ref().unwrap().href,
+            "https://x.org/more"
+        );
         assert_eq!(a[0].blocks[1].text, "Body with a link [1].\n\n");
         assert_eq!(refs.urls, ["https://x.org/l", "https://x.org/more"]);
     }
@@ -526,7 +577,11 @@ mod tests {
         let long = "word ".repeat(30);
         let md = format!("- one\n- two [x](https://x.org)\n\n1. a\n2. b\n\n> quoted\n\n{long}\n");
         let (c, _, _) = run(&md);
-        let text: String = c.sections[0].articles[0].blocks.iter().map(|b| b.text.as_str()).collect();
+        let text: String = c.sections[0].articles[0]
+            .blocks
+            .iter()
+            .map(|b| b.text.as_str())
+            .collect();
         assert!(text.contains("- one\n- two x [1]\n"), "{text}");
         assert!(text.contains("1. a\n2. b\n"), "{text}");
         assert!(text.contains("> quoted\n"), "{text}");

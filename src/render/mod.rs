@@ -282,9 +282,12 @@ impl Compiled {
         out.subject.clear();
         out.html.clear();
         out.text.clear();
-        self.subject.render_into(&self.fields, r, Escape::None, &mut out.subject);
-        self.html.render_into(&self.fields, r, Escape::Html, &mut out.html);
-        self.text.render_into(&self.fields, r, Escape::None, &mut out.text);
+        self.subject
+            .render_into(&self.fields, r, Escape::None, &mut out.subject);
+        self.html
+            .render_into(&self.fields, r, Escape::Html, &mut out.html);
+        self.text
+            .render_into(&self.fields, r, Escape::None, &mut out.text);
     }
 
     pub fn personalise(&self, r: &Recipient) -> Personalised {
@@ -403,7 +406,13 @@ impl Renderer {
                             "unknown template {:?}; add templates/{}.mjml or use one of: {}",
                             c.template,
                             c.template,
-                            self.hbs.get_templates().keys().filter(|k| !k.contains('/')).cloned().collect::<Vec<_>>().join(", ")
+                            self.hbs
+                                .get_templates()
+                                .keys()
+                                .filter(|k| !k.contains('/'))
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
@@ -420,7 +429,10 @@ impl Renderer {
                     "archive_url": table.slot(Field::ArchiveUrl),
                 });
                 let mjml = self.hbs.render(&c.template, &data).map_err(|e| {
-                    let origin = e.template_name.clone().unwrap_or_else(|| c.template.clone());
+                    let origin = e
+                        .template_name
+                        .clone()
+                        .unwrap_or_else(|| c.template.clone());
                     Error {
                         file: format!("templates/{origin}.mjml"),
                         line: e.line_no.unwrap_or(1),
@@ -433,7 +445,8 @@ impl Renderer {
             Format::Mjml => (body.clone(), None),
         };
 
-        let parsed = mrml::parse(&mjml).map_err(|e| self.mjml_error(c, &mjml, &e.to_string(), mrml_position(&e)))?;
+        let parsed = mrml::parse(&mjml)
+            .map_err(|e| self.mjml_error(c, &mjml, &e.to_string(), mrml_position(&e)))?;
         for w in &parsed.warnings {
             let line = match c.format {
                 Format::Mjml => Some(c.body_line + line_of(&mjml, w.span.start) - 1),
@@ -441,7 +454,11 @@ impl Renderer {
             };
             warnings.push(Warning {
                 line,
-                message: format!("MJML: {} ({})", w.kind.as_str(), snippet(&mjml, w.span.start)),
+                message: format!(
+                    "MJML: {} ({})",
+                    w.kind.as_str(),
+                    snippet(&mjml, w.span.start)
+                ),
             });
         }
         let html = parsed
@@ -466,16 +483,24 @@ impl Renderer {
             warnings: Vec::new(),
         };
         check(c, &compiled, &mut warnings);
-        Ok(Compiled { warnings, ..compiled })
+        Ok(Compiled {
+            warnings,
+            ..compiled
+        })
     }
 
     fn mjml_error(&self, c: &Campaign, mjml: &str, message: &str, at: Option<usize>) -> Error {
         match (c.format, at) {
             (Format::Mjml, Some(at)) => c.error(
                 c.body_line + line_of(mjml, at) - 1,
-                format!("MJML does not compile: {message} near {:?}", snippet(mjml, at)),
+                format!(
+                    "MJML does not compile: {message} near {:?}",
+                    snippet(mjml, at)
+                ),
             ),
-            (Format::Mjml, None) => c.error(c.body_line, format!("MJML does not compile: {message}")),
+            (Format::Mjml, None) => {
+                c.error(c.body_line, format!("MJML does not compile: {message}"))
+            }
             (Format::Markdown, at) => Error {
                 file: format!("templates/{}.mjml", c.template),
                 line: 1,
@@ -483,8 +508,12 @@ impl Renderer {
                     "the MJML made from this template and {} does not compile: {message}{}; run \
                      `bulletin build --mjml {}` and check the .mjml file",
                     c.file,
-                    at.map(|a| format!(" at line {} near {:?}", line_of(mjml, a), snippet(mjml, a)))
-                        .unwrap_or_default(),
+                    at.map(|a| format!(
+                        " at line {} near {:?}",
+                        line_of(mjml, a),
+                        snippet(mjml, a)
+                    ))
+                    .unwrap_or_default(),
                     c.file
                 ),
             },
@@ -557,7 +586,10 @@ fn text_part(
     for section in &content.sections {
         if !section.title.is_empty() {
             let title = section.title.to_uppercase();
-            out.push_str(&format!("\n{title}\n{}\n\n", "=".repeat(title.chars().count().min(78))));
+            out.push_str(&format!(
+                "\n{title}\n{}\n\n",
+                "=".repeat(title.chars().count().min(78))
+            ));
         }
         for article in &section.articles {
             if !article.title.is_empty() {
@@ -584,7 +616,11 @@ fn text_part(
 /// The text footer: sender, address, then the links, last.
 pub(crate) fn footer_text(out: &mut String, org: &Organisation, slots: &Slots) {
     out.push_str("-- \n");
-    out.push_str(&markdown::wrap(&format!("{}, {}", org.name, org.address), "", ""));
+    out.push_str(&markdown::wrap(
+        &format!("{}, {}", org.name, org.address),
+        "",
+        "",
+    ));
     out.push_str(&format!("View in your browser: {}\n\n", slots.archive));
     out.push_str(&format!("Unsubscribe: {}\n", slots.unsubscribe));
     out.push_str(&format!("Manage your preferences: {}\n", slots.preferences));
@@ -630,8 +666,13 @@ fn check(c: &Campaign, compiled: &Compiled, warnings: &mut Vec<Warning>) {
     for attr in ["href=\"http://", "src=\"http://"] {
         for (at, _) in html.match_indices(attr) {
             let url_start = at + attr.len() - "http://".len();
-            let url: String = html[url_start..].chars().take_while(|&c| c != '"').collect();
-            if seen.insert(url.clone(), ()).is_none() && !warnings.iter().any(|w| w.message.contains(&url)) {
+            let url: String = html[url_start..]
+                .chars()
+                .take_while(|&c| c != '"')
+                .collect();
+            if seen.insert(url.clone(), ()).is_none()
+                && !warnings.iter().any(|w| w.message.contains(&url))
+            {
                 warnings.push(Warning {
                     line: find_line(c, &url),
                     message: format!("insecure link {url}; use https://"),
@@ -648,7 +689,10 @@ fn check(c: &Campaign, compiled: &Compiled, warnings: &mut Vec<Warning>) {
                 .and_then(|s| s.split('"').next())
                 .unwrap_or("")
                 .to_string();
-            if !warnings.iter().any(|w| w.message.contains(&src) && w.message.contains("alt")) {
+            if !warnings
+                .iter()
+                .any(|w| w.message.contains(&src) && w.message.contains("alt"))
+            {
                 warnings.push(Warning {
                     line: find_line(c, &src),
                     message: format!("image {src} has no alt text"),
@@ -674,7 +718,12 @@ mod tests {
 
     #[test]
     fn template_splits_at_sentinels() {
-        let t = Template::parse(&format!("a{}b{}{}c QQbltnx", sentinel(0), sentinel(1), sentinel(0)));
+        let t = Template::parse(&format!(
+            "a{}b{}{}c QQbltnx",
+            sentinel(0),
+            sentinel(1),
+            sentinel(0)
+        ));
         assert_eq!(
             t.parts,
             vec![
@@ -719,7 +768,10 @@ mod tests {
         };
         let mut html = String::new();
         t.render_into(&fields, &r, Escape::Html, &mut html);
-        assert_eq!(html, "<p>Hi &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;</p>");
+        assert_eq!(
+            html,
+            "<p>Hi &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;</p>"
+        );
         let mut text = String::new();
         t.render_into(&fields, &r, Escape::None, &mut text);
         assert_eq!(text, "<p>Hi <script>alert('x')</script></p>");
@@ -733,12 +785,24 @@ mod tests {
         let attrs: serde_json::Map<String, Value> =
             serde_json::from_str(r#"{"city":"Lima","n":3,"empty":null}"#).unwrap();
         let fields = vec![
-            Field::Attribute { key: "city".into(), fallback: String::new() },
-            Field::Attribute { key: "n".into(), fallback: String::new() },
-            Field::Attribute { key: "empty".into(), fallback: "-".into() },
+            Field::Attribute {
+                key: "city".into(),
+                fallback: String::new(),
+            },
+            Field::Attribute {
+                key: "n".into(),
+                fallback: String::new(),
+            },
+            Field::Attribute {
+                key: "empty".into(),
+                fallback: "-".into(),
+            },
         ];
         let t = Template::parse(&format!("{}/{}/{}", sentinel(0), sentinel(1), sentinel(2)));
-        let r = Recipient { attributes: Some(&attrs), ..Recipient::BLANK };
+        let r = Recipient {
+            attributes: Some(&attrs),
+            ..Recipient::BLANK
+        };
         let mut out = String::new();
         t.render_into(&fields, &r, Escape::None, &mut out);
         assert_eq!(out, "Lima/3/-");

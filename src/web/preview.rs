@@ -93,15 +93,24 @@ async fn page(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Html
     let (generation, rendered) = state.current();
     let view = q.view.as_deref().unwrap_or("desktop");
     let tab = |name: &str, label: &str| {
-        let current = if name == view { " aria-current=\"page\"" } else { "" };
+        let current = if name == view {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
         format!("<a href=\"/?view={name}\"{current}>{label}</a>")
     };
     let main = match (&rendered, view) {
-        (Err(e), _) => format!("<pre class=\"error\" role=\"alert\">{}</pre>", escape_html(e)),
+        (Err(e), _) => format!(
+            "<pre class=\"error\" role=\"alert\">{}</pre>",
+            escape_html(e)
+        ),
         (Ok(r), "text") => format!("<pre class=\"text\">{}</pre>", escape_html(&r.text)),
         (Ok(_), v) => {
             let width = if v == "phone" { 375 } else { 800 };
-            format!("<iframe title=\"email\" src=\"/email.html?g={generation}\" style=\"width:{width}px\"></iframe>")
+            format!(
+                "<iframe title=\"email\" src=\"/email.html?g={generation}\" style=\"width:{width}px\"></iframe>"
+            )
         }
     };
     let (subject, warnings) = match &rendered {
