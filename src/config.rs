@@ -291,16 +291,15 @@ impl Config {
         if let Some(url) = flags.smtp_url.clone().or_else(|| env("BULLETIN_SMTP_URL")) {
             smtp.url = Some(url);
         }
-        if let Some(url) = &smtp.url {
-            if env("BULLETIN_SMTP_URL").as_ref() != Some(url)
-                && flags.smtp_url.as_ref() != Some(url)
-                && url_has_password(url)
-            {
-                return Err(Error::Invalid(format!(
-                    "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
-                    path.as_deref().unwrap_or(Path::new("config")).display()
-                )));
-            }
+        if let Some(url) = &smtp.url
+            && env("BULLETIN_SMTP_URL").as_ref() != Some(url)
+            && flags.smtp_url.as_ref() != Some(url)
+            && url_has_password(url)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: smtp.url carries a password; put it in BULLETIN_SMTP_PASSWORD instead",
+                path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
         }
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));

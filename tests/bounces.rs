@@ -175,3 +175,198 @@ fn corpus_accuracy() {
         "counted as bounces: {false_bounces:?}"
     );
 }
+
+/// Parses a fixture from tests/data/bounces/.
+fn fixture(name: &str) -> Report {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/bounces")
+        .join(name);
+    bounce::parse(&std::fs::read(&path).unwrap())
+}
+
+/// (address, class, status) of each recipient.
+fn rcpts(r: &Report) -> Vec<(Option<&str>, Option<Class>, Option<&str>)> {
+    r.recipients
+        .iter()
+        .map(|x| (x.address.as_deref(), x.class, x.status.as_deref()))
+        .collect()
+}
+
+#[test]
+fn rfc3464_dsn_with_delayed_recipient() {
+    let r = fixture("rfc3464.eml");
+    assert_eq!(r.kind, Kind::Bounce);
+    assert_eq!(r.verp_token.as_deref(), Some("abc234"));
+    assert_eq!(r.original_message_id.as_deref(), Some("c7.s42@example.org"));
+    assert_eq!(
+        rcpts(&r),
+        [
+            (Some("gone@example.net"), Some(Class::Hard), Some("5.1.1")),
+            (Some("full@example.net"), Some(Class::Soft), Some("5.2.2")),
+            (
+                Some("slow@example.net"),
+                Some(Class::Delayed),
+                Some("4.4.7")
+            ),
+        ]
+    );
+    assert!(
+        r.recipients[0]
+            .reason
+            .contains("User unknown in local recipient table")
+    );
+    assert_eq!(r.bounced().count(), 2, "delayed never counts as a bounce");
+}
+
+#[test]
+fn global_dsn() {
+    let r = fixture("global-dsn.eml");
+    assert_eq!(r.kind, Kind::Bounce);
+    assert_eq!(
+        rcpts(&r),
+        [(
+            Some("user@nowhere.example"),
+            Some(Class::Hard),
+            Some("5.1.2")
+        )]
+    );
+}
+
+#[test]
+fn arf_abuse_is_a_complaint() {
+    let r = fixture("arf-abuse.eml");
+    assert_eq!(r.kind, Kind::Complaint);
+    assert_eq!(r.feedback_type.as_deref(), Some("abuse"));
+    assert_eq!(rcpts(&r), [(Some("reader@isp.example"), None, None)]);
+    assert_eq!(r.original_message_id.as_deref(), Some("c7.s43@example.org"));
+}
+
+#[test]
+fn arf_auth_failure_is_logged_only() {
+    let r = fixture("arf-auth-failure.eml");
+    assert_eq!(r.kind, Kind::None);
+    assert_eq!(r.feedback_type.as_deref(), Some("auth-failure"));
+}
+
+#[test]
+fn free_text_bounces() {
+    let cases = [
+        ("exim.eml", "nobody@example.net", Class::Hard),
+        ("qmail.eml", "full@example.net", Class::Soft),
+        ("sendmail.eml", "someone@nowhere.example", Class::Hard),
+        ("exchange.eml", "blocked@corp.example", Class::Soft),
+        ("yahoo.eml", "closed@yahoo.example", Class::Hard),
+    ];
+    for (file, address, class) in cases {
+        let r = fixture(file);
+        assert_eq!(r.kind, Kind::Bounce, "{file}");
+        assert_eq!(rcpts(&r).len(), 1, "{file}: {r:?}");
+        assert_eq!(r.recipients[0].address.as_deref(), Some(address), "{file}");
+        assert_eq!(r.recipients[0].class, Some(class), "{file}: {r:?}");
+    }
+    assert!(
+        fixture("exim.eml").recipients[0]
+            .reason
+            .contains("No such user")
+    );
+}
+
+#[test]
+fn auto_replies_are_not_bounces() {
+    for file in ["autoreply.eml", "vacation.eml"] {
+        let r = fixture(file);
+        assert_eq!(r.kind, Kind::AutoReply, "{file}");
+        assert_eq!(
+            r.recipients[0].address.as_deref(),
+            Some("reader@example.com")
+        );
+        assert_eq!(r.bounced().count(), 0);
+    }
+}
+
+#[test]
+fn mail_to_the_unsubscribe_address() {
+    let r = fixture("unsubscribe.eml");
+    assert_eq!(r.kind, Kind::Unsubscribe);
+    assert_eq!(r.unsubscribe_token.as_deref(), Some("mfrgg4dt"));
+    assert_eq!(
+        r.recipients[0].address.as_deref(),
+        Some("reader@example.com")
+    );
+}
+
+#[test]
+fn verp_token_in_delivered_to() {
+    let r = fixture("verp-delivered-to.eml");
+    assert_eq!(r.kind, Kind::Bounce);
+    assert_eq!(r.verp_token.as_deref(), Some("q2w3e4"));
+    assert_eq!(
+        rcpts(&r),
+        [(Some("quota@example.net"), Some(Class::Soft), Some("4.2.2"))]
+    );
+    // The envelope recipient, when known, comes first.
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bounces/verp-delivered-to.eml"),
+    )
+    .unwrap();
+    let r = bounce::parse_with_envelope(&raw, Some("bounces+envtok@news.example.org"));
+    assert_eq!(r.verp_token.as_deref(), Some("envtok"));
+}
+
+#[test]
+fn message_id_of_returned_original() {
+    let r = fixture("message-id.eml");
+    assert_eq!(r.kind, Kind::Bounce);
+    assert_eq!(r.original_message_id.as_deref(), Some("c7.s99@example.org"));
+    assert_eq!(r.verp_token, None);
+    assert_eq!(r.recipients[0].address.as_deref(), Some("lost@example.net"));
+    assert_eq!(r.recipients[0].class, Some(Class::Hard));
+}
+
+#[test]
+fn never_panics_on_truncated_input() {
+    for name in ["rfc3464.eml", "arf-abuse.eml", "exim.eml", "message-id.eml"] {
+        let raw = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/bounces")
+                .join(name),
+        )
+        .unwrap();
+        for cut in (0..raw.len()).step_by(7) {
+            let _ = bounce::parse(&raw[..cut]);
+        }
+    }
+}
+
+#[test]
+fn cli_bounces_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bounces");
+    let out = crate::util::bulletin(dir.path())
+        .args(["bounces", "parse"])
+        .arg(data.join("qmail.eml"))
+        .arg(dir.path().join("missing.eml"))
+        .arg(data.join("vacation.eml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreadable file fails the run at the end"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0]["file"].as_str().unwrap().ends_with("qmail.eml"));
+    assert_eq!(lines[0]["kind"], "bounce");
+    assert_eq!(lines[0]["verp_token"], "abc234");
+    assert_eq!(lines[0]["recipients"][0]["address"], "full@example.net");
+    assert_eq!(lines[0]["recipients"][0]["class"], "soft");
+    assert_eq!(lines[0]["recipients"][0]["status"], "5.2.2");
+    assert_eq!(lines[1]["kind"], "autoreply");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("missing.eml"), "{stderr}");
+}

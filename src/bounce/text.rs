@@ -57,7 +57,6 @@ const DAEMONS: &[&str] = &[
     "mailerdaemon",
     "mdaemon",
     "mail.daemon",
-    "nobody",
     "bounce",
     "bounces",
     "mailadmin",
@@ -193,6 +192,7 @@ pub fn find_status(text: &str) -> Option<(String, usize)> {
 }
 
 /// The first three-digit SMTP reply code (`550`) at a word start.
+#[cfg(test)]
 pub fn find_reply_code(text: &str) -> Option<&str> {
     let b = text.as_bytes();
     (0..b.len().saturating_sub(2)).find_map(|i| {
@@ -263,7 +263,7 @@ pub fn find_addresses(text: &str) -> Vec<(String, usize)> {
 /// True for addresses that send bounces rather than receive mail.
 pub fn is_daemon(address: &str) -> bool {
     let local = address.split('@').next().unwrap_or("");
-    DAEMONS.iter().any(|d| local == *d) || local.starts_with("mailer-daemon")
+    DAEMONS.contains(&local) || local.starts_with("mailer-daemon")
 }
 
 /// One recipient found in a free-text bounce: its address and the lines

@@ -34,10 +34,13 @@ pub struct Source {
     pub version: Arc<VersionFn>,
 }
 
+/// The last rendering: source version, generation number, result.
+type Cached = Option<(Option<SystemTime>, u64, Result<Rendered, String>)>;
+
 #[derive(Clone)]
 struct AppState {
     source: Source,
-    cache: Arc<Mutex<Option<(Option<SystemTime>, u64, Result<Rendered, String>)>>>,
+    cache: Arc<Mutex<Cached>>,
 }
 
 impl AppState {
