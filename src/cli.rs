@@ -55,6 +55,9 @@ pub enum Command {
     Test(TestArgs),
     /// Serve the subscriber pages: unsubscribe, preferences, sign-up, archive
     Serve(ServeArgs),
+    /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
+    #[command(subcommand)]
+    Bounces(BouncesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,19 @@ pub struct TestArgs {
     /// Where to send the test copy
     #[arg(long, value_name = "ADDR")]
     pub to: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BouncesCommand {
+    /// Print what each message says, one JSON line per file, without touching the database
+    Parse(BouncesParseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BouncesParseArgs {
+    /// Raw messages (.eml), one per file
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +234,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bounces_parse_takes_files() {
+        let cli = Cli::try_parse_from(["bulletin", "bounces", "parse", "a.eml", "b.eml"]).unwrap();
+        match cli.command {
+            Command::Bounces(BouncesCommand::Parse(a)) => assert_eq!(a.files.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["bulletin", "bounces", "parse"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod address; // email addresses: validation, canonical form, suppression hash (no IO)
 pub mod assets; // templates: embedded defaults, overridden by files in templates/
+pub mod bounce; // what comes back: bounces, complaints, auto-replies -> `Report` (no IO)
 pub mod campaign; // campaign files: front matter + body, parsed (no IO)
 pub mod cli; // clap `Cli`: raw arguments only
 pub mod commands; // one function per CLI command; the only place that prints

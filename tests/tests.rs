@@ -5,6 +5,7 @@ mod util; // shared helpers: running the binary, temp dirs, fixtures
 
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
+mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining

@@ -2,6 +2,7 @@
 //! resolve the `Config`, do the IO, call into the library modules, print
 //! results, and return an exit code. Only `main` and this module print.
 
+mod bounces;
 mod build;
 mod lists;
 mod preview;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BouncesCommand, Cli, Command};
 use crate::config::{Config, Overrides};
 use crate::links::Signer;
 
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(&flags)?;
     match cli.command {
         Command::Build(args) => build::run(&config, &args),
+        Command::Bounces(BouncesCommand::Parse(args)) => bounces::parse(&args),
         Command::Preview(args) => preview::run(&config, &args),
         Command::Send(args) => send::send(&config, &args),
         Command::Dispatch => send::dispatch(&config),
