@@ -166,3 +166,17 @@ CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- step 2: returned mail already processed
+
+-- One row per bounce, complaint, auto-reply or mailto unsubscribe that
+-- `bulletin bounces ingest/scan` has processed, keyed by the sha256 of the
+-- raw message: ingesting the same message twice changes nothing.
+CREATE TABLE IF NOT EXISTS inbound (
+    hash          TEXT    PRIMARY KEY,
+    kind          TEXT    NOT NULL,
+    subscriber_id INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+    created_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Soft-bounce counting looks up a person's recent bounce events.
+CREATE INDEX IF NOT EXISTS events_kind_time ON events (kind, created_at);

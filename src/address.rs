@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn accepts_and_folds() {
         assert_eq!(normalize("  Ann@Example.ORG ").unwrap(), "ann@example.org");
-        assert_eq!(normalize("a.b+tag@sub.example.co.uk").unwrap(), "a.b+tag@sub.example.co.uk");
+        assert_eq!(
+            normalize("a.b+tag@sub.example.co.uk").unwrap(),
+            "a.b+tag@sub.example.co.uk"
+        );
         assert_eq!(normalize("o'neil@example.ie").unwrap(), "o'neil@example.ie");
     }
 
@@ -146,10 +149,19 @@ mod tests {
         assert_eq!(normalize("a@b@example.org"), Err(Error::ManyAt));
         assert_eq!(normalize("@example.org"), Err(Error::EmptyLocal));
         assert_eq!(normalize("ann@"), Err(Error::EmptyDomain));
-        assert_eq!(normalize("ann smith@example.org"), Err(Error::LocalChar(' ')));
+        assert_eq!(
+            normalize("ann smith@example.org"),
+            Err(Error::LocalChar(' '))
+        );
         assert_eq!(normalize("ann..s@example.org"), Err(Error::LocalDots));
-        assert_eq!(normalize("ann@localhost"), Err(Error::NoDot("localhost".into())));
-        assert!(matches!(normalize("ann@exa mple.org"), Err(Error::Domain(_))));
+        assert_eq!(
+            normalize("ann@localhost"),
+            Err(Error::NoDot("localhost".into()))
+        );
+        assert!(matches!(
+            normalize("ann@exa mple.org"),
+            Err(Error::Domain(_))
+        ));
         assert!(matches!(normalize("ann@-x.org"), Err(Error::Domain(_))));
         assert!(matches!(normalize("ann@x..org"), Err(Error::Domain(_))));
     }
@@ -159,6 +171,9 @@ mod tests {
         let h = hash("ann@example.org");
         assert_eq!(h.len(), 64);
         assert_eq!(h, hash("ANN@example.org"));
-        assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 }

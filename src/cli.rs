@@ -103,6 +103,24 @@ pub struct TestArgs {
 pub enum BouncesCommand {
     /// Print what each message says, one JSON line per file, without touching the database
     Parse(BouncesParseArgs),
+    /// Process returned mail from files, or one message on standard input
+    /// (for an MTA alias such as `bounces: "|bulletin bounces ingest"`)
+    Ingest {
+        /// Raw messages; standard input when none
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Process the new messages of a Maildir, moving each to cur/ once recorded
+    Scan {
+        #[arg(value_name = "MAILDIR")]
+        maildir: PathBuf,
+    },
+    /// Bounces and complaints recorded, oldest first
+    List {
+        /// Only since this date or time (2026-11-01, or 2026-11-01 09:00)
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -75,7 +75,9 @@ impl Env {
     /// Runs the binary to the end, off the async threads.
     async fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -104,7 +106,8 @@ impl Env {
             all.push(email);
         }
         std::fs::write(self.path("people.csv"), csv).unwrap();
-        self.ok(&["subscribers", "import", "people.csv", "--list", "news"]).await;
+        self.ok(&["subscribers", "import", "people.csv", "--list", "news"])
+            .await;
         all
     }
 
@@ -132,12 +135,17 @@ fn assert_no_duplicates(messages: &[Received]) -> BTreeSet<String> {
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     let head = raw.split("\r\n\r\n").next()?;
     head.split("\r\n")
-        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
         .map(|l| l[name.len() + 1..].trim())
 }
 
 fn unfold(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).replace("\r\n ", " ").replace("\r\n\t", " ")
+    String::from_utf8_lossy(raw)
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +165,10 @@ async fn two_thousand_recipients_each_receive_exactly_once() {
     // Sending the same campaign again is refused...
     let again = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already sent"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already sent"),
+        "{again:?}"
+    );
     assert_eq!(sink.messages().len(), 2000, "nothing more sent");
 }
 
@@ -170,18 +181,40 @@ async fn every_required_header_is_on_the_received_message() {
     let m = &sink.messages()[0];
     let raw = unfold(&m.data);
     assert_eq!(m.rcpt_to, ["ana@example.net"]);
-    assert_eq!(header(&raw, "From"), Some("\"Test Alliance\" <news@alliance.example>"));
+    assert_eq!(
+        header(&raw, "From"),
+        Some("\"Test Alliance\" <news@alliance.example>")
+    );
     assert_eq!(header(&raw, "To"), Some("Special <ana@example.net>"));
     assert_eq!(header(&raw, "Subject"), Some("News for Special"));
-    assert!(header(&raw, "Date").is_some_and(|d| d.ends_with("+0000")), "{raw}");
+    assert!(
+        header(&raw, "Date").is_some_and(|d| d.ends_with("+0000")),
+        "{raw}"
+    );
     let message_id = header(&raw, "Message-ID").unwrap();
-    assert!(message_id.starts_with('<') && message_id.ends_with("@alliance.example>"), "{message_id}");
+    assert!(
+        message_id.starts_with('<') && message_id.ends_with("@alliance.example>"),
+        "{message_id}"
+    );
     let unsub = header(&raw, "List-Unsubscribe").unwrap();
-    assert!(unsub.starts_with("<https://news.example.org/unsubscribe/"), "{unsub}");
+    assert!(
+        unsub.starts_with("<https://news.example.org/unsubscribe/"),
+        "{unsub}"
+    );
     assert!(unsub.contains("<mailto:unsubscribe+"), "{unsub}");
-    assert_eq!(header(&raw, "List-Unsubscribe-Post"), Some("List-Unsubscribe=One-Click"));
-    assert_eq!(header(&raw, "List-Id"), Some("\"News\" <news.alliance.example>"));
-    assert!(header(&raw, "Content-Type").unwrap().starts_with("multipart/alternative"));
+    assert_eq!(
+        header(&raw, "List-Unsubscribe-Post"),
+        Some("List-Unsubscribe=One-Click")
+    );
+    assert_eq!(
+        header(&raw, "List-Id"),
+        Some("\"News\" <news.alliance.example>")
+    );
+    assert!(
+        header(&raw, "Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative")
+    );
     let text_at = raw.find("Content-Type: text/plain").unwrap();
     let html_at = raw.find("Content-Type: text/html").unwrap();
     assert!(text_at < html_at, "text part first");
@@ -191,7 +224,9 @@ async fn every_required_header_is_on_the_received_message() {
         .strip_prefix("bounces+")
         .and_then(|r| r.strip_suffix("@alliance.example"))
         .unwrap_or_else(|| panic!("VERP sender, got {}", m.mail_from));
-    let claims = Signer::new(SECRET.as_bytes(), &[]).verify_for(token, Purpose::Bounce).unwrap();
+    let claims = Signer::new(SECRET.as_bytes(), &[])
+        .verify_for(token, Purpose::Bounce)
+        .unwrap();
     assert!(claims.a > 0, "delivery id");
     assert!(Signer::new(b"other", &[]).verify(token).is_none());
     // The Message-ID carries the same token, for bounces that quote it.
@@ -210,14 +245,22 @@ async fn rejections_fail_and_bounce_deferrals_retry() {
     let env = Env::new(sink.port(), "max_attempts = 3");
     env.subscribers(
         20,
-        &["reject@example.net", "full@example.net", "flaky@example.net", "dropme@example.net"],
+        &[
+            "reject@example.net",
+            "full@example.net",
+            "flaky@example.net",
+            "dropme@example.net",
+        ],
     )
     .await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "failures make exit 1: {stdout}");
     let got = assert_no_duplicates(&sink.messages());
-    assert!(got.contains("flaky@example.net"), "deferred twice, then sent");
+    assert!(
+        got.contains("flaky@example.net"),
+        "deferred twice, then sent"
+    );
     assert_eq!(sink.rcpt_attempts("flaky@example.net"), 3);
     assert!(!got.contains("reject@example.net"));
     assert!(!got.contains("full@example.net"));
@@ -260,7 +303,12 @@ async fn killed_mid_campaign_resumes_without_mailing_anyone_twice() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(15)));
     let env = Env::new(sink.port(), "");
     let all = env.subscribers(600, &[]).await;
-    let mut child = env.command(&["send", "campaigns/news-1.md", "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .command(&["send", "campaigns/news-1.md", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(sink.wait_for(150, Duration::from_secs(60)).await >= 150);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -273,8 +321,14 @@ async fn killed_mid_campaign_resumes_without_mailing_anyone_twice() {
     let got = assert_no_duplicates(&sink.messages());
     let status = env.status().await;
     let unknown = status["deliveries"]["unknown"].as_u64().unwrap_or(0) as usize;
-    assert!(unknown <= 4, "at most one in flight per connection: {status}");
-    assert!(got.len() <= all.len() && got.len() + unknown >= all.len(), "{status}");
+    assert!(
+        unknown <= 4,
+        "at most one in flight per connection: {status}"
+    );
+    assert!(
+        got.len() <= all.len() && got.len() + unknown >= all.len(),
+        "{status}"
+    );
     // Messages accepted while the run was dying may be `unknown` in the log
     // but were received once; none was sent twice.
     let sent = status["deliveries"]["sent"].as_u64().unwrap() as usize;
@@ -287,15 +341,27 @@ async fn two_dispatch_runs_started_together_send_each_message_once() {
     let env = Env::new(sink.port(), "");
     let all = env.subscribers(800, &[]).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let out = env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    let out = env
+        .ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
+        .await;
     assert!(out.contains("scheduled"), "{out}");
     assert!(sink.messages().is_empty());
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let a = env.command(&["dispatch"]).stdout(Stdio::piped()).spawn().unwrap();
-    let b = env.command(&["dispatch"]).stdout(Stdio::piped()).spawn().unwrap();
-    let (a, b) = tokio::task::spawn_blocking(move || (a.wait_with_output().unwrap(), b.wait_with_output().unwrap()))
-        .await
+    let a = env
+        .command(&["dispatch"])
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
+    let b = env
+        .command(&["dispatch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
     assert!(a.status.success() || b.status.success(), "{a:?} {b:?}");
     let got = assert_no_duplicates(&sink.messages());
     assert_eq!(got, all.into_iter().collect::<BTreeSet<_>>());
@@ -305,7 +371,11 @@ async fn two_dispatch_runs_started_together_send_each_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_stops_cleanly_and_the_campaign_resumes() {
     // A port with nothing listening.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let env = Env::new(closed, "");
     env.subscribers(10, &[]).await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
@@ -318,7 +388,10 @@ async fn server_down_stops_cleanly_and_the_campaign_resumes() {
     assert_eq!(status["deliveries"]["queued"], 10, "{status}");
 
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env { smtp_url: format!("smtp://127.0.0.1:{}?tls=none", sink.port()), ..env };
+    let env = Env {
+        smtp_url: format!("smtp://127.0.0.1:{}?tls=none", sink.port()),
+        ..env
+    };
     let out = env.ok(&["dispatch"]).await;
     assert!(out.contains("sent 10 (finished)"), "{out}");
     assert_eq!(assert_no_duplicates(&sink.messages()).len(), 10);
@@ -329,17 +402,29 @@ async fn sigterm_finishes_what_is_in_flight_and_resumes_later() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(20)));
     let env = Env::new(sink.port(), "");
     env.subscribers(400, &[]).await;
-    let child = env.command(&["send", "campaigns/news-1.md", "--yes"]).stdout(Stdio::piped()).spawn().unwrap();
+    let child = env
+        .command(&["send", "campaigns/news-1.md", "--yes"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     assert!(sink.wait_for(40, Duration::from_secs(60)).await >= 40);
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "interrupted");
     assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"));
     let status = env.status().await;
-    assert!(status["deliveries"].get("sending").is_none(), "nothing left in flight: {status}");
+    assert!(
+        status["deliveries"].get("sending").is_none(),
+        "nothing left in flight: {status}"
+    );
     assert!(status["deliveries"].get("unknown").is_none(), "{status}");
-    assert_eq!(status["deliveries"]["sent"].as_u64().unwrap() as usize, sink.messages().len());
+    assert_eq!(
+        status["deliveries"]["sent"].as_u64().unwrap() as usize,
+        sink.messages().len()
+    );
     env.ok(&["dispatch"]).await;
     assert_eq!(assert_no_duplicates(&sink.messages()).len(), 400);
 }
@@ -350,7 +435,8 @@ async fn long_overdue_campaign_is_held_not_sent() {
     let env = Env::new(sink.port(), "hold_after_hours = 0");
     env.subscribers(3, &[]).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
+        .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = env.run(&["dispatch"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -368,7 +454,9 @@ async fn test_copy_is_marked_and_not_logged() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
-    let out = env.ok(&["test", "campaigns/news-1.md", "--to", "editor@example.org"]).await;
+    let out = env
+        .ok(&["test", "campaigns/news-1.md", "--to", "editor@example.org"])
+        .await;
     assert!(out.contains("sent a test copy"), "{out}");
     let m = &sink.messages()[0];
     assert_eq!(m.rcpt_to, ["editor@example.org"]);
@@ -384,10 +472,13 @@ async fn queued_send_keeps_the_frozen_content() {
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
+        .await;
     // Edit the file after queueing: the queued send does not change.
     let path = env.path("campaigns/news-1.md");
-    let edited = std::fs::read_to_string(&path).unwrap().replace("Hello", "EDITED");
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("Hello", "EDITED");
     std::fs::write(&path, edited).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     env.ok(&["dispatch"]).await;

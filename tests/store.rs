@@ -36,8 +36,14 @@ async fn import(store: &Store, file: &Path, dry_run: bool) -> (ImportReport, Vec
 /// hank and ivy are on it already (ivy without a name), kim bounced, lee
 /// was erased.
 async fn seed(store: &Store) {
-    store.create_list("news", "News", "", false, false, NOW).await.unwrap();
-    store.create_list("other", "Other", "", false, false, NOW).await.unwrap();
+    store
+        .create_list("news", "News", "", false, false, NOW)
+        .await
+        .unwrap();
+    store
+        .create_list("other", "Other", "", false, false, NOW)
+        .await
+        .unwrap();
     for (email, name, list) in [
         ("dave@example.org", Some("Dave"), "news"),
         ("erin@example.org", None, "other"),
@@ -46,12 +52,24 @@ async fn seed(store: &Store) {
         ("kim@example.org", None, "news"),
         ("lee@example.org", None, "news"),
     ] {
-        store.add_subscriber(email, name, list, "cli", NOW).await.unwrap();
+        store
+            .add_subscriber(email, name, list, "cli", NOW)
+            .await
+            .unwrap();
     }
-    store.remove_subscriber("dave@example.org", Some("news"), "cli", NOW).await.unwrap();
-    store.remove_subscriber("erin@example.org", None, "cli", NOW).await.unwrap();
+    store
+        .remove_subscriber("dave@example.org", Some("news"), "cli", NOW)
+        .await
+        .unwrap();
+    store
+        .remove_subscriber("erin@example.org", None, "cli", NOW)
+        .await
+        .unwrap();
     let kim = store.subscriber("kim@example.org").await.unwrap().unwrap();
-    store.set_status(kim.id, "bounced", "bounce", Some("550 no such user"), NOW).await.unwrap();
+    store
+        .set_status(kim.id, "bounced", "bounce", Some("550 no such user"), NOW)
+        .await
+        .unwrap();
     assert!(store.forget("lee@example.org", "cli", NOW).await.unwrap());
 }
 
@@ -79,7 +97,10 @@ fn expected_errors() -> Vec<RowError> {
         (5, "\"not-an-address\": missing @ in email address"),
         (6, "\"carol@example\": domain \"example\" has no dot"),
         (7, "empty email address"),
-        (13, "\"gina smith@example.org\": invalid character ' ' in local part"),
+        (
+            13,
+            "\"gina smith@example.org\": invalid character ' ' in local part",
+        ),
         (15, "5 fields, but the header has 4"),
     ]
     .into_iter()
@@ -107,15 +128,29 @@ async fn dirty_fixture_exact_counts_and_merged_data() {
     assert_eq!(ann.attributes["Note"], "likes \"quotes\", commas");
     let bob = store.subscriber("bob@example.org").await.unwrap().unwrap();
     assert_eq!(bob.attributes["City"], "Berlin");
-    assert!(!bob.attributes.contains_key("Note"), "empty cells are not attributes");
-    let frank = store.subscriber("frank@example.org").await.unwrap().unwrap();
+    assert!(
+        !bob.attributes.contains_key("Note"),
+        "empty cells are not attributes"
+    );
+    let frank = store
+        .subscriber("frank@example.org")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(frank.name, "Frank \"F\" Smith");
     assert_eq!(frank.attributes["City"], "a\nmulti-line");
-    let jose = store.subscriber("josé@bücher.example").await.unwrap().unwrap();
+    let jose = store
+        .subscriber("josé@bücher.example")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(jose.email.as_deref(), Some("josé@xn--bcher-kva.example"));
     // ivy gained a name and a city; hank kept his.
     let ivy = store.subscriber("ivy@example.org").await.unwrap().unwrap();
-    assert_eq!((ivy.name.as_str(), &ivy.attributes["City"]), ("Ivy", &"Oslo".into()));
+    assert_eq!(
+        (ivy.name.as_str(), &ivy.attributes["City"]),
+        ("Ivy", &"Oslo".into())
+    );
 
     // Not resubscribed: dave (left the list), erin (left all), kim
     // (bounced), lee (erased). The audience is exactly the others.
@@ -149,7 +184,10 @@ async fn dirty_fixture_exact_counts_and_merged_data() {
     let lists = store.lists().await.unwrap();
     let counts = lists.iter().find(|l| l.list.slug == "news").unwrap();
     // kim's subscription stays confirmed but she bounced: not in the audience.
-    assert_eq!((counts.confirmed, counts.pending, counts.unsubscribed), (7, 0, 1));
+    assert_eq!(
+        (counts.confirmed, counts.pending, counts.unsubscribed),
+        (7, 0, 1)
+    );
     assert_eq!(counts.audience, 6);
 }
 
@@ -195,7 +233,10 @@ async fn dry_run_writes_nothing() {
         }
     );
     assert_eq!(errors, expected_errors());
-    assert!(store.list("news").await.unwrap().is_none(), "list not created");
+    assert!(
+        store.list("news").await.unwrap().is_none(),
+        "list not created"
+    );
     assert_eq!(store.count(&Selection::Active).await.unwrap(), 0);
     assert!(store.lists().await.unwrap().is_empty());
 }
@@ -204,13 +245,30 @@ async fn dry_run_writes_nothing() {
 async fn forget_then_import_again_stays_unsubscribed() {
     let dir = tempfile::tempdir().unwrap();
     let store = fresh(dir.path()).await;
-    store.create_list("news", "News", "", false, false, NOW).await.unwrap();
-    let file = write(dir.path(), "one.csv", "email,name,city\nAnn@Example.org,Ann,Paris\n");
+    store
+        .create_list("news", "News", "", false, false, NOW)
+        .await
+        .unwrap();
+    let file = write(
+        dir.path(),
+        "one.csv",
+        "email,name,city\nAnn@Example.org,Ann,Paris\n",
+    );
     let (r, _) = import(&store, &file, false).await;
     assert_eq!(r.imported, 1);
-    let id = store.subscriber("ann@example.org").await.unwrap().unwrap().id;
+    let id = store
+        .subscriber("ann@example.org")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
 
-    assert!(store.forget("ann@example.org", "cli", NOW + 1).await.unwrap());
+    assert!(
+        store
+            .forget("ann@example.org", "cli", NOW + 1)
+            .await
+            .unwrap()
+    );
     let erased = store.subscriber_by_id(id).await.unwrap().unwrap();
     assert_eq!(erased.email, None);
     assert_eq!(erased.name, "");
@@ -239,7 +297,10 @@ async fn missing_email_column_and_empty_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = fresh(dir.path()).await;
     for (text, want) in [
-        ("mail,name\nx@example.org,X\n", "no \"email\" column in the header (found: mail, name)"),
+        (
+            "mail,name\nx@example.org,X\n",
+            "no \"email\" column in the header (found: mail, name)",
+        ),
         ("", "empty file: no header row"),
     ] {
         let file = write(dir.path(), "bad.csv", text);
@@ -250,7 +311,10 @@ async fn missing_email_column_and_empty_file() {
             .unwrap_err();
         assert_eq!(err.to_string(), want);
     }
-    assert!(store.list("news").await.unwrap().is_none(), "nothing written");
+    assert!(
+        store.list("news").await.unwrap().is_none(),
+        "nothing written"
+    );
 }
 
 #[test]
@@ -271,12 +335,22 @@ fn cli_export_import_round_trip() {
     let first = String::from_utf8(first.stdout).unwrap();
     assert_eq!(first.lines().next(), Some("email,name,status,City,Note"));
     assert!(
-        first.contains("ann@example.org,Ann,confirmed,Paris; France,\"likes \"\"quotes\"\", commas\"\n"),
+        first.contains(
+            "ann@example.org,Ann,confirmed,Paris; France,\"likes \"\"quotes\"\", commas\"\n"
+        ),
         "{first}"
     );
     std::fs::write(d.join("export.csv"), &first).unwrap();
     bulletin(d)
-        .args(["--db", "b.db", "subscribers", "import", "export.csv", "--list", "news"])
+        .args([
+            "--db",
+            "b.db",
+            "subscribers",
+            "import",
+            "export.csv",
+            "--list",
+            "news",
+        ])
         .assert()
         .success();
     let second = bulletin(d)
@@ -286,7 +360,15 @@ fn cli_export_import_round_trip() {
     assert_eq!(String::from_utf8(second.stdout).unwrap(), first);
     // Importing the export again into the first database changes nothing.
     let out = bulletin(d)
-        .args(["--db", "a.db", "subscribers", "import", "export.csv", "--list", "news"])
+        .args([
+            "--db",
+            "a.db",
+            "subscribers",
+            "import",
+            "export.csv",
+            "--list",
+            "news",
+        ])
         .output()
         .unwrap();
     let out = String::from_utf8(out.stdout).unwrap();
@@ -299,7 +381,12 @@ fn cli_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let run = |args: &[&str]| {
-        let out = bulletin(d).arg("--db").arg("x.db").args(args).output().unwrap();
+        let out = bulletin(d)
+            .arg("--db")
+            .arg("x.db")
+            .args(args)
+            .output()
+            .unwrap();
         (
             out.status.code(),
             String::from_utf8(out.stdout).unwrap(),
@@ -307,45 +394,94 @@ fn cli_end_to_end() {
         )
     };
     let (code, out, _) = run(&["lists", "add", "news", "--name", "News", "--double-opt-in"]);
-    assert_eq!((code, out.as_str()), (Some(0), "created list news (double opt-in)\n"));
-    let (code, out, _) = run(&["subscribers", "add", "Zoe@Example.org", "--name", "Zoe", "--list", "news"]);
-    assert_eq!((code, out.as_str()), (Some(0), "subscribed zoe@example.org to news (pending)\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "created list news (double opt-in)\n")
+    );
+    let (code, out, _) = run(&[
+        "subscribers",
+        "add",
+        "Zoe@Example.org",
+        "--name",
+        "Zoe",
+        "--list",
+        "news",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "subscribed zoe@example.org to news (pending)\n")
+    );
     let (_, out, _) = run(&["lists"]);
     assert_eq!(
         out,
         "SLUG  NAME  FLAGS          CONFIRMED  PENDING  UNSUBSCRIBED  RECEIVING\n\
          news  News  double opt-in          0        1             0          0\n"
     );
-    write(d, "people.csv", "email,name\nzoe@example.org,Zoe\nnobody,N\n");
+    write(
+        d,
+        "people.csv",
+        "email,name\nzoe@example.org,Zoe\nnobody,N\n",
+    );
     let (code, out, err) = run(&["subscribers", "import", "people.csv", "--list", "news"]);
     assert_eq!(code, Some(1));
-    assert_eq!(err, "people.csv:3: \"nobody\": missing @ in email address\n");
-    assert!(out.contains("updated:             1"), "pending confirmed by import: {out}");
+    assert_eq!(
+        err,
+        "people.csv:3: \"nobody\": missing @ in email address\n"
+    );
+    assert!(
+        out.contains("updated:             1"),
+        "pending confirmed by import: {out}"
+    );
     let (_, out, _) = run(&["subscribers", "show", "zoe@example.org"]);
     assert!(out.contains("news: confirmed (by import"), "{out}");
-    assert!(out.contains("subscribed via cli list=news: pending confirmation"), "{out}");
+    assert!(
+        out.contains("subscribed via cli list=news: pending confirmation"),
+        "{out}"
+    );
     assert!(out.contains("confirmed via import list=news"), "{out}");
     let (code, out, _) = run(&["subscribers", "remove", "zoe@example.org", "--list", "news"]);
-    assert_eq!((code, out.as_str()), (Some(0), "unsubscribed zoe@example.org from news\n"));
-    let (_, out, _) = run(&["subscribers", "export", "--list", "news", "--status", "unsubscribed"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "unsubscribed zoe@example.org from news\n")
+    );
+    let (_, out, _) = run(&[
+        "subscribers",
+        "export",
+        "--list",
+        "news",
+        "--status",
+        "unsubscribed",
+    ]);
     assert_eq!(out, "email,name,status\nzoe@example.org,Zoe,unsubscribed\n");
     let (code, _, _) = run(&["subscribers", "forget", "zoe@example.org"]);
     assert_eq!(code, Some(0));
     let (code, _, err) = run(&["subscribers", "show", "zoe@example.org"]);
-    assert_eq!((code, err.as_str()), (Some(2), "bulletin: no subscriber zoe@example.org\n"));
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(2), "bulletin: no subscriber zoe@example.org\n")
+    );
 
     write(d, "bad.csv", "mail,name\nx@example.org,X\n");
     let (code, _, err) = run(&["subscribers", "import", "bad.csv", "--list", "other"]);
     assert_eq!(code, Some(2));
-    assert_eq!(err, "bulletin: bad.csv: no \"email\" column in the header (found: mail, name)\n");
+    assert_eq!(
+        err,
+        "bulletin: bad.csv: no \"email\" column in the header (found: mail, name)\n"
+    );
     let (_, out, _) = run(&["lists"]);
     assert!(!out.contains("other"), "nothing written: {out}");
     let (code, _, err) = run(&["subscribers", "import", "missing.csv", "--list", "news"]);
     assert_eq!(code, Some(2));
-    assert!(err.starts_with("bulletin: missing.csv: ") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("bulletin: missing.csv: ") && err.lines().count() == 1,
+        "{err}"
+    );
 
     std::fs::write(d.join("corrupt.db"), vec![b'x'; 4096]).unwrap();
-    let out = bulletin(d).args(["--db", "corrupt.db", "lists"]).output().unwrap();
+    let out = bulletin(d)
+        .args(["--db", "corrupt.db", "lists"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),

@@ -21,7 +21,14 @@ pub(crate) fn run(config: &Config, args: &ListsArgs) -> Result<ExitCode> {
                 public,
             }) => {
                 let list = store
-                    .create_list(slug, name, description, *double_opt_in, *public, store::now())
+                    .create_list(
+                        slug,
+                        name,
+                        description,
+                        *double_opt_in,
+                        *public,
+                        store::now(),
+                    )
                     .await
                     .map_err(super::db_error(config))?;
                 println!("created list {} ({})", list.slug, flags(&list));

@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(&config, &args),
         Command::Bounces(BouncesCommand::Parse(args)) => bounces::parse(&args),
+        Command::Bounces(command) => bounces::run(&config, &command),
         Command::Preview(args) => preview::run(&config, &args),
         Command::Send(args) => send::send(&config, &args),
         Command::Dispatch => send::dispatch(&config),

@@ -29,19 +29,48 @@ pub(crate) fn transport(config: &Config) -> Result<Transport> {
         Some(url) => Transport::Smtp {
             url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,
             timeout: Duration::from_secs(config.smtp.timeout_secs.max(1)),
-            hello: crate::config::domain_of(&config.sender.from).unwrap_or_else(|| "localhost".into()),
+            hello: crate::config::domain_of(&config.sender.from)
+                .unwrap_or_else(|| "localhost".into()),
         },
         None => {
-            std::fs::create_dir_all(&config.outbox).with_context(|| config.outbox.display().to_string())?;
+            std::fs::create_dir_all(&config.outbox)
+                .with_context(|| config.outbox.display().to_string())?;
             Transport::Outbox(config.outbox.clone())
         }
     })
 }
 
+/// The secret links were signed with, to verify tokens that come back
+/// (bounces, mailto unsubscribes): `BULLETIN_SECRET`, else the development
+/// secret in the database, else none.
+pub(crate) async fn verifier(config: &Config, store: &Store) -> Result<Option<Signer>> {
+    let previous: Vec<&[u8]> = config
+        .secrets
+        .previous
+        .iter()
+        .map(|s| s.as_bytes())
+        .collect();
+    Ok(match &config.secrets.current {
+        Some(secret) => Some(Signer::new(secret.as_bytes(), &previous)),
+        None => db::setting(store.pool(), "dev_secret")
+            .await?
+            .map(|s| Signer::new(s.as_bytes(), &previous)),
+    })
+}
+
 /// The link-signing secret: `BULLETIN_SECRET`; with the local outbox and no
 /// secret, one generated once and kept in the database (development only).
-pub(crate) async fn signer(config: &Config, store: &Store, transport: &Transport) -> Result<Signer> {
-    let previous: Vec<&[u8]> = config.secrets.previous.iter().map(|s| s.as_bytes()).collect();
+pub(crate) async fn signer(
+    config: &Config,
+    store: &Store,
+    transport: &Transport,
+) -> Result<Signer> {
+    let previous: Vec<&[u8]> = config
+        .secrets
+        .previous
+        .iter()
+        .map(|s| s.as_bytes())
+        .collect();
     if let Some(secret) = &config.secrets.current {
         return Ok(Signer::new(secret.as_bytes(), &previous));
     }
@@ -65,20 +94,38 @@ pub(crate) async fn signer(config: &Config, store: &Store, transport: &Transport
 }
 
 fn dkim(config: &Config) -> Result<Option<Arc<lettre::message::dkim::DkimConfig>>> {
-    use lettre::message::dkim::{DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm, DkimSigningKey};
+    use lettre::message::dkim::{
+        DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+        DkimSigningKey,
+    };
     use lettre::message::header::HeaderName;
-    let Some(d) = &config.dkim else { return Ok(None) };
-    let key = std::fs::read_to_string(&d.key_file).with_context(|| format!("dkim key {}", d.key_file.display()))?;
+    let Some(d) = &config.dkim else {
+        return Ok(None);
+    };
+    let key = std::fs::read_to_string(&d.key_file)
+        .with_context(|| format!("dkim key {}", d.key_file.display()))?;
     let algorithm = match d.algorithm.as_str() {
         "rsa" => DkimSigningAlgorithm::Rsa,
         "ed25519" => DkimSigningAlgorithm::Ed25519,
         other => bail!("dkim.algorithm = {other:?}: use \"rsa\" or \"ed25519\""),
     };
-    let key = DkimSigningKey::new(key.trim(), algorithm)
-        .map_err(|e| anyhow!("dkim key {}: {e:?} (rsa: a PKCS#1 PEM key; ed25519: the base64 32-byte seed)", d.key_file.display()))?;
+    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| {
+        anyhow!(
+            "dkim key {}: {e:?} (rsa: a PKCS#1 PEM key; ed25519: the base64 32-byte seed)",
+            d.key_file.display()
+        )
+    })?;
     let headers = [
-        "From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id",
-        "MIME-Version", "Content-Type",
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "MIME-Version",
+        "Content-Type",
     ]
     .iter()
     .map(|h| HeaderName::new_from_ascii(h.to_string()).expect("header name"))
@@ -134,14 +181,23 @@ fn stop_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
-fn fmt_time(t: i64) -> String {
+pub(crate) fn fmt_time(t: i64) -> String {
     DateTime::<Utc>::from_timestamp(t, 0)
-        .map(|d| d.with_timezone(&Local).format("%Y-%m-%d %H:%M %Z").to_string())
+        .map(|d| {
+            d.with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
 /// Runs one campaign with a progress bar on a terminal; prints its line.
-async fn run_one(store: &Store, campaign: &CampaignRow, settings: &Settings, show_bar: bool) -> Result<Option<Summary>> {
+async fn run_one(
+    store: &Store,
+    campaign: &CampaignRow,
+    settings: &Settings,
+    show_bar: bool,
+) -> Result<Option<Summary>> {
     let progress = Arc::new(Progress::default());
     let bar = show_bar.then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -158,7 +214,9 @@ async fn run_one(store: &Store, campaign: &CampaignRow, settings: &Settings, sho
         let p = progress.clone();
         tokio::spawn(async move {
             loop {
-                let done = p.sent.load(Ordering::Relaxed) + p.failed.load(Ordering::Relaxed) + p.skipped.load(Ordering::Relaxed);
+                let done = p.sent.load(Ordering::Relaxed)
+                    + p.failed.load(Ordering::Relaxed)
+                    + p.skipped.load(Ordering::Relaxed);
                 bar.set_length(p.total.load(Ordering::Relaxed));
                 bar.set_position(done);
                 bar.set_message(format!(
@@ -171,7 +229,14 @@ async fn run_one(store: &Store, campaign: &CampaignRow, settings: &Settings, sho
             }
         })
     });
-    let result = dispatch::run(store.pool(), campaign, settings, progress.clone(), stop_on_signal()).await;
+    let result = dispatch::run(
+        store.pool(),
+        campaign,
+        settings,
+        progress.clone(),
+        stop_on_signal(),
+    )
+    .await;
     if let Some(t) = ticker {
         t.abort();
     }
@@ -206,7 +271,10 @@ fn summary_line(slug: &str, s: &Summary) -> String {
         parts.push(format!("skipped {} (left the list)", s.skipped));
     }
     if s.in_flight_resolved > 0 {
-        parts.push(format!("{} in flight at a crash marked unknown", s.in_flight_resolved));
+        parts.push(format!(
+            "{} in flight at a crash marked unknown",
+            s.in_flight_resolved
+        ));
     }
     let state = if s.interrupted {
         "interrupted; run `bulletin dispatch` to resume"
@@ -230,7 +298,10 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     };
     let source_hash = {
         let text = std::fs::read(&args.campaign)?;
-        Sha256::digest(&text).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        Sha256::digest(&text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     super::runtime()?.block_on(async {
         let store = Store::open(&config.db).await?;
@@ -439,7 +510,8 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
                 bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
                 complaints: db::events_since(pool, c.list_id, c.id, "complained", since).await?,
-                unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since).await?,
+                unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since)
+                    .await?,
             });
         }
         match args.format {
@@ -453,14 +525,28 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                     println!("no campaigns yet; `bulletin send CAMPAIGN` queues one");
                 }
                 for r in &reports {
-                    println!("{}  [{}]  list {}  \"{}\"", r.campaign, r.status, r.list, r.subject);
+                    println!(
+                        "{}  [{}]  list {}  \"{}\"",
+                        r.campaign, r.status, r.list, r.subject
+                    );
                     let when = match (r.started_at, r.finished_at) {
                         (_, Some(f)) => format!("finished {}", fmt_time(f)),
                         (Some(s), None) => format!("started {}", fmt_time(s)),
                         _ => format!("due {}", fmt_time(r.send_at)),
                     };
-                    let counts: Vec<String> = r.deliveries.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                    println!("  {when}; deliveries: {}", if counts.is_empty() { "none yet".into() } else { counts.join(", ") });
+                    let counts: Vec<String> = r
+                        .deliveries
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
+                    println!(
+                        "  {when}; deliveries: {}",
+                        if counts.is_empty() {
+                            "none yet".into()
+                        } else {
+                            counts.join(", ")
+                        }
+                    );
                     println!(
                         "  since then: {} bounced, {} complained, {} unsubscribed",
                         r.bounces, r.complaints, r.unsubscribes
@@ -498,7 +584,11 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
         let token = settings.signer.sign(Purpose::Bounce, 0, 0);
         let message_id = format!("test.{}.{}@{domain}", built.campaign.slug, dispatch::now());
         let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
-        let from = built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone());
+        let from = built
+            .campaign
+            .from
+            .clone()
+            .unwrap_or_else(|| config.sender.from.clone());
         let return_path = format!("bounces+{token}@{domain}");
         let headers = compose::Headers {
             from: &from,
@@ -525,7 +615,12 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             .await
             .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
         sender.close().await;
-        println!("sent a test copy of {} to {} via {}: {reply}", built.campaign.slug, args.to, settings.transport.describe());
+        println!(
+            "sent a test copy of {} to {} via {}: {reply}",
+            built.campaign.slug,
+            args.to,
+            settings.transport.describe()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

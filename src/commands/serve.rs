@@ -32,7 +32,11 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listen on {listen}"))?;
-        println!("serving on http://{} (links use {})", listener.local_addr()?, config.base_url);
+        println!(
+            "serving on http://{} (links use {})",
+            listener.local_addr()?,
+            config.base_url
+        );
         web::serve(listener, state, super::preview::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

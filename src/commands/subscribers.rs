@@ -97,7 +97,10 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
     println!("id:          {}", s.id);
     println!("created:     {}", time(s.created_at));
     println!("updated:     {}", time(s.updated_at));
-    println!("suppressed:  {}", if profile.suppressed { "yes" } else { "no" });
+    println!(
+        "suppressed:  {}",
+        if profile.suppressed { "yes" } else { "no" }
+    );
     println!(
         "deliveries:  {} ({} sent)",
         profile.deliveries, profile.sent
@@ -186,7 +189,11 @@ async fn import(
     for e in &errors {
         eprintln!("{name}:{}: {}", e.line, e.reason);
     }
-    let would = if dry_run { " (dry run: nothing written)" } else { "" };
+    let would = if dry_run {
+        " (dry run: nothing written)"
+    } else {
+        ""
+    };
     println!("{name} -> {list}{would}");
     if report.list_created {
         println!("  list {list} created");

@@ -30,7 +30,11 @@ use transport::Transport;
 pub enum Error {
     /// A reply from the server to one message.
     #[error("{stage}: {code} {message}")]
-    Reply { stage: &'static str, code: u16, message: String },
+    Reply {
+        stage: &'static str,
+        code: u16,
+        message: String,
+    },
     /// The connection broke mid-message; the message is retried.
     #[error("connection lost: {0}")]
     Dropped(String),
@@ -73,7 +77,11 @@ impl Error {
             Some(code) => {
                 let text = e.to_string();
                 // lettre: "permanent error (550): 5.1.1 user unknown"
-                let message = text.split_once("): ").map_or(text.as_str(), |(_, m)| m).trim().to_string();
+                let message = text
+                    .split_once("): ")
+                    .map_or(text.as_str(), |(_, m)| m)
+                    .trim()
+                    .to_string();
                 Error::Reply {
                     stage,
                     code: u16::from(code),
@@ -149,10 +157,17 @@ impl Mailer {
     }
 
     /// Sends a plain-text message; returns the server's reply.
-    pub async fn send_text(&self, from: &str, to: &str, subject: &str, text: &str) -> Result<String> {
+    pub async fn send_text(
+        &self,
+        from: &str,
+        to: &str,
+        subject: &str,
+        text: &str,
+    ) -> Result<String> {
         use lettre::message::{Mailbox, header::ContentType};
         let parse = |a: &str| -> Result<Mailbox> {
-            a.parse().map_err(|e| Error::Config(format!("address {a:?}: {e}")))
+            a.parse()
+                .map_err(|e| Error::Config(format!("address {a:?}: {e}")))
         };
         let nonce = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -168,7 +183,9 @@ impl Mailer {
             .map_err(|e| Error::Compose(compose::Error::Message(e)))?;
         let mut sender = self.transport.sender();
         let name = format!("confirm-{nonce:x}");
-        let reply = sender.send(message.envelope(), &message.formatted(), &name, 1).await;
+        let reply = sender
+            .send(message.envelope(), &message.formatted(), &name, 1)
+            .await;
         sender.close().await;
         reply
     }
@@ -218,8 +235,10 @@ fn dead_owner(owner: Option<&str>) -> Option<String> {
     let pid: u32 = parts.next()?.parse().ok()?;
     let me = owner_name();
     let my_host = me.split(':').next()?;
-    (host == my_host && pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .then(|| owner.to_string())
+    (host == my_host
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    .then(|| owner.to_string())
 }
 
 pub fn now() -> i64 {
@@ -246,7 +265,16 @@ pub async fn run(
 ) -> Result<std::result::Result<Summary, NotStarted>> {
     let now = now();
     let dead = dead_owner(campaign.lease_owner.as_deref());
-    if !db::try_lease(pool, campaign.id, &settings.owner, now, now + settings.lease_secs, dead.as_deref()).await? {
+    if !db::try_lease(
+        pool,
+        campaign.id,
+        &settings.owner,
+        now,
+        now + settings.lease_secs,
+        dead.as_deref(),
+    )
+    .await?
+    {
         let holder = db::campaign_by_id(pool, campaign.id)
             .await?
             .and_then(|c| c.lease_owner)
@@ -265,17 +293,26 @@ async fn run_leased(
     progress: Arc<Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Summary> {
-    let frozen: Frozen = serde_json::from_str(&campaign.compiled)
-        .map_err(|e| Error::Config(format!("campaign {}: frozen content unreadable: {e}", campaign.slug)))?;
+    let frozen: Frozen = serde_json::from_str(&campaign.compiled).map_err(|e| {
+        Error::Config(format!(
+            "campaign {}: frozen content unreadable: {e}",
+            campaign.slug
+        ))
+    })?;
     let mut summary = Summary {
-        in_flight_resolved: db::resolve_in_flight(pool, campaign.id, settings.in_flight, now()).await?,
+        in_flight_resolved: db::resolve_in_flight(pool, campaign.id, settings.in_flight, now())
+            .await?,
         ..Summary::default()
     };
     if campaign.status == "scheduled" {
         db::set_campaign_status(pool, campaign.id, "sending", now()).await?;
     }
     db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
-    let total: i64 = db::counts(pool, campaign.id).await?.iter().map(|(_, n)| n).sum();
+    let total: i64 = db::counts(pool, campaign.id)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     progress.total.store(total as u64, Ordering::Relaxed);
     for (status, n) in db::counts(pool, campaign.id).await? {
         let n = n as u64;
@@ -313,7 +350,14 @@ async fn run_leased(
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    if !db::renew_lease(pool, campaign.id, &settings.owner, now() + settings.lease_secs).await? {
+                    if !db::renew_lease(
+                        pool,
+                        campaign.id,
+                        &settings.owner,
+                        now() + settings.lease_secs,
+                    )
+                    .await?
+                    {
                         return Err(Error::LeaseLost);
                     }
                     let step = renew_every.min(deadline - tokio::time::Instant::now());
@@ -355,7 +399,9 @@ impl Pacer {
         }
     }
     async fn wait(&self) {
-        let Some(interval) = self.interval else { return };
+        let Some(interval) = self.interval else {
+            return;
+        };
         let at = {
             let mut next = self.next.lock().await;
             let now = tokio::time::Instant::now();
@@ -373,7 +419,11 @@ enum Request {
 }
 
 /// One pass over what is due now: the ledger and the workers.
-async fn pass(pool: &SqlitePool, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<Summary> {
+async fn pass(
+    pool: &SqlitePool,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<Summary> {
     let (tx, rx) = mpsc::channel::<Request>(1024);
     let fatal = Arc::new(std::sync::Mutex::new(None::<Error>));
     let halt = Arc::new(AtomicBool::new(false));
@@ -397,7 +447,9 @@ async fn pass(pool: &SqlitePool, shared: &Arc<Shared>, stop: watch::Receiver<boo
     for h in handles {
         let _ = h.await;
     }
-    let summary = ledger.await.map_err(|e| Error::Fatal(format!("ledger task: {e}")))??;
+    let summary = ledger
+        .await
+        .map_err(|e| Error::Fatal(format!("ledger task: {e}")))??;
     if let Some(e) = fatal.lock().expect("fatal lock").take() {
         return Err(e);
     }
@@ -411,7 +463,11 @@ async fn pass(pool: &SqlitePool, shared: &Arc<Shared>, stop: watch::Receiver<boo
 /// transaction (outcomes recorded, claims marked `sending`), committed
 /// before the claims are answered. Jobs are read ahead only between
 /// commits, so a row is never handed out twice.
-async fn ledger(pool: SqlitePool, shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) -> Result<Summary> {
+async fn ledger(
+    pool: SqlitePool,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Request>,
+) -> Result<Summary> {
     let s = &shared.settings;
     let c = &shared.campaign;
     let mut buffer: VecDeque<Job> = VecDeque::new();
@@ -533,19 +589,32 @@ async fn worker(
         }
         let Some(job) = claim(&tx).await else { break };
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
-            let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)).await;
+            let _ = tx
+                .send(Request::Done(
+                    job.delivery_id,
+                    job.subscriber_id,
+                    Outcome::Unclaimed,
+                ))
+                .await;
             break;
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
         let message_id = format!("{token}@{domain}");
-        let unsubscribe = s.urls.unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
+        let unsubscribe = s
+            .urls
+            .unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
         let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
         let mailto = format!(
             "unsubscribe+{}@{domain}",
-            s.signer.sign(Purpose::Unsubscribe, job.subscriber_id, shared.campaign.list_id)
+            s.signer.sign(
+                Purpose::Unsubscribe,
+                job.subscriber_id,
+                shared.campaign.list_id
+            )
         );
         let return_path = format!("bounces+{token}@{domain}");
-        let attributes: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&job.attributes).ok();
+        let attributes: Option<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_str(&job.attributes).ok();
         shared.frozen.compiled.personalise_into(
             &Recipient {
                 email: &job.email,
@@ -584,13 +653,23 @@ async fn worker(
                     hard_bounce: false,
                 };
                 shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, o)).await;
+                let _ = tx
+                    .send(Request::Done(job.delivery_id, job.subscriber_id, o))
+                    .await;
                 continue;
             }
         };
         shared.pacer.wait().await;
         let bytes = message.formatted();
-        let outcome = match sender.send(message.envelope(), &bytes, &job.delivery_id.to_string(), s.messages_per_connection).await {
+        let outcome = match sender
+            .send(
+                message.envelope(),
+                &bytes,
+                &job.delivery_id.to_string(),
+                s.messages_per_connection,
+            )
+            .await
+        {
             Ok(reply) => {
                 consecutive_transient = 0;
                 shared.progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -599,7 +678,13 @@ async fn worker(
             Err(e) if e.is_permanent() => {
                 consecutive_transient = 0;
                 shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                let hard = matches!(&e, Error::Reply { stage: "RCPT" | "DATA", .. });
+                let hard = matches!(
+                    &e,
+                    Error::Reply {
+                        stage: "RCPT" | "DATA",
+                        ..
+                    }
+                );
                 Outcome::Failed {
                     reply: e.to_string(),
                     hard_bounce: hard,
@@ -615,7 +700,8 @@ async fn worker(
                     }
                 } else {
                     shared.progress.deferred.fetch_add(1, Ordering::Relaxed);
-                    let delay = s.retry_base_secs.max(1) * (1i64 << (job.attempts - 1).clamp(0, 20));
+                    let delay =
+                        s.retry_base_secs.max(1) * (1i64 << (job.attempts - 1).clamp(0, 20));
                     Outcome::Deferred {
                         reply: e.to_string(),
                         retry_at: now() + delay,
@@ -624,15 +710,26 @@ async fn worker(
             }
             Err(e) => {
                 // Server down, TLS or auth: this message was not sent; stop.
-                let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed)).await;
+                let _ = tx
+                    .send(Request::Done(
+                        job.delivery_id,
+                        job.subscriber_id,
+                        Outcome::Unclaimed,
+                    ))
+                    .await;
                 sender.close().await;
                 return Err(e);
             }
         };
-        let _ = tx.send(Request::Done(job.delivery_id, job.subscriber_id, outcome)).await;
+        let _ = tx
+            .send(Request::Done(job.delivery_id, job.subscriber_id, outcome))
+            .await;
         if consecutive_transient >= 3 {
             // The server is throttling this connection: back off a little.
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(consecutive_transient.min(25)))).await;
+            tokio::time::sleep(Duration::from_millis(
+                200 * u64::from(consecutive_transient.min(25)),
+            ))
+            .await;
         }
     }
     sender.close().await;

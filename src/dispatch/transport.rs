@@ -59,7 +59,9 @@ impl SmtpUrl {
     /// Parses the URL; `password` (from the environment) fills in a missing one.
     pub fn parse(url: &str, password: Option<&str>) -> Result<SmtpUrl, Error> {
         let bad = |why: &str| Error::Config(format!("SMTP URL {}: {why}", redact(url)));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected smtp://host:port or smtps://host:port"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected smtp://host:port or smtps://host:port"))?;
         let (mut tls, default_port) = match scheme {
             "smtp" => (Tls::Opportunistic, 587),
             "smtps" => (Tls::Wrapper, 465),
@@ -93,7 +95,11 @@ impl SmtpUrl {
                 Some(("tls", "required")) if scheme == "smtp" => tls = Tls::Required,
                 Some(("tls", "opportunistic")) if scheme == "smtp" => tls = Tls::Opportunistic,
                 Some(("tls", "none")) if scheme == "smtp" => tls = Tls::None,
-                _ => return Err(bad(&format!("unknown option {pair:?}; use tls=required, tls=opportunistic or tls=none"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown option {pair:?}; use tls=required, tls=opportunistic or tls=none"
+                    )));
+                }
             }
         }
         Ok(SmtpUrl {
@@ -154,7 +160,7 @@ pub enum Sender {
         url: SmtpUrl,
         timeout: Duration,
         hello: ClientId,
-        conn: Option<AsyncSmtpConnection>,
+        conn: Option<Box<AsyncSmtpConnection>>,
         sent_on_conn: usize,
     },
     Outbox(PathBuf),
@@ -163,7 +169,11 @@ pub enum Sender {
 impl Transport {
     pub fn sender(&self) -> Sender {
         match self {
-            Transport::Smtp { url, timeout, hello } => Sender::Smtp {
+            Transport::Smtp {
+                url,
+                timeout,
+                hello,
+            } => Sender::Smtp {
                 url: url.clone(),
                 timeout: *timeout,
                 hello: ClientId::Domain(hello.clone()),
@@ -185,27 +195,44 @@ impl Transport {
 
 impl Sender {
     /// Sends one message. `name` names the outbox file.
-    pub async fn send(&mut self, envelope: &Envelope, bytes: &[u8], name: &str, max_per_conn: usize) -> Result<String, Error> {
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        name: &str,
+        max_per_conn: usize,
+    ) -> Result<String, Error> {
         match self {
             Sender::Outbox(dir) => {
                 let path = dir.join(format!("{name}.eml"));
                 let tmp = dir.join(format!(".{name}.eml.tmp"));
-                tokio::fs::write(&tmp, bytes).await.map_err(|e| Error::Outbox(format!("{}: {e}", tmp.display())))?;
-                tokio::fs::rename(&tmp, &path).await.map_err(|e| Error::Outbox(format!("{}: {e}", path.display())))?;
+                tokio::fs::write(&tmp, bytes)
+                    .await
+                    .map_err(|e| Error::Outbox(format!("{}: {e}", tmp.display())))?;
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| Error::Outbox(format!("{}: {e}", path.display())))?;
                 Ok(format!("written to {}", path.display()))
             }
-            Sender::Smtp { url, timeout, hello, conn, sent_on_conn } => {
-                if conn.as_ref().is_some_and(|c| c.has_broken()) || *sent_on_conn >= max_per_conn {
-                    if let Some(mut c) = conn.take() {
-                        let _ = tokio::time::timeout(*timeout, c.quit()).await;
-                    }
+            Sender::Smtp {
+                url,
+                timeout,
+                hello,
+                conn,
+                sent_on_conn,
+            } => {
+                if (conn.as_ref().is_some_and(|c| c.has_broken()) || *sent_on_conn >= max_per_conn)
+                    && let Some(mut c) = conn.take()
+                {
+                    let _ = tokio::time::timeout(*timeout, c.quit()).await;
                 }
                 if conn.is_none() {
-                    *conn = Some(connect(url, *timeout, hello).await?);
+                    *conn = Some(Box::new(connect(url, *timeout, hello).await?));
                     *sent_on_conn = 0;
                 }
                 let c = conn.as_mut().expect("connected");
-                let result = tokio::time::timeout(*timeout * 4, transaction(c, envelope, bytes)).await;
+                let result =
+                    tokio::time::timeout(*timeout * 4, transaction(c, envelope, bytes)).await;
                 let result = match result {
                     Ok(r) => r,
                     Err(_) => Err(Error::Dropped("timed out waiting for the server".into())),
@@ -225,10 +252,14 @@ impl Sender {
                     }
                     Err(_) => {
                         // A rejected message: reset and keep the connection.
-                        if tokio::time::timeout(*timeout, c.command(Rset)).await.map_or(true, |r| r.is_err()) {
-                            if let Some(mut c) = conn.take() {
-                                c.abort().await;
-                            }
+                        if tokio::time::timeout(*timeout, c.command(Rset))
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                        {
+                            return result;
+                        }
+                        if let Some(mut c) = conn.take() {
+                            c.abort().await;
                         }
                     }
                 }
@@ -239,39 +270,63 @@ impl Sender {
 
     /// Closes the connection politely.
     pub async fn close(&mut self) {
-        if let Sender::Smtp { conn, timeout, .. } = self {
-            if let Some(mut c) = conn.take() {
-                let _ = tokio::time::timeout(*timeout, c.quit()).await;
-            }
+        if let Sender::Smtp { conn, timeout, .. } = self
+            && let Some(mut c) = conn.take()
+        {
+            let _ = tokio::time::timeout(*timeout, c.quit()).await;
         }
     }
 }
 
 /// MAIL, RCPT, DATA; the reply to the message text on success.
-async fn transaction(c: &mut AsyncSmtpConnection, envelope: &Envelope, bytes: &[u8]) -> Result<String, Error> {
+async fn transaction(
+    c: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    bytes: &[u8],
+) -> Result<String, Error> {
     let mut params = Vec::new();
     if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    c.command(Mail::new(envelope.from().cloned(), params)).await.map_err(|e| Error::from_smtp(e, "MAIL"))?;
+    c.command(Mail::new(envelope.from().cloned(), params))
+        .await
+        .map_err(|e| Error::from_smtp(e, "MAIL"))?;
     for to in envelope.to() {
-        c.command(Rcpt::new(to.clone(), vec![])).await.map_err(|e| Error::from_smtp(e, "RCPT"))?;
+        c.command(Rcpt::new(to.clone(), vec![]))
+            .await
+            .map_err(|e| Error::from_smtp(e, "RCPT"))?;
     }
-    c.command(Data).await.map_err(|e| Error::from_smtp(e, "DATA"))?;
-    let reply = c.message(bytes).await.map_err(|e| Error::from_smtp(e, "DATA"))?;
-    Ok(format!("{} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" ")))
+    c.command(Data)
+        .await
+        .map_err(|e| Error::from_smtp(e, "DATA"))?;
+    let reply = c
+        .message(bytes)
+        .await
+        .map_err(|e| Error::from_smtp(e, "DATA"))?;
+    Ok(format!(
+        "{} {}",
+        reply.code(),
+        reply.message().collect::<Vec<_>>().join(" ")
+    ))
 }
 
 /// Opens a connection: TCP with nodelay, EHLO, TLS as configured, AUTH.
-async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<AsyncSmtpConnection, Error> {
+async fn connect(
+    url: &SmtpUrl,
+    timeout: Duration,
+    hello: &ClientId,
+) -> Result<AsyncSmtpConnection, Error> {
     let addr = format!("{}:{}", url.host, url.port);
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
         .await
         .map_err(|_| Error::Fatal(format!("cannot connect to {addr}: timed out")))?
         .map_err(|e| Error::Fatal(format!("cannot connect to {addr}: {e}")))?;
-    stream.set_nodelay(true).map_err(|e| Error::Fatal(format!("{addr}: {e}")))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::Fatal(format!("{addr}: {e}")))?;
     let tls_params = || {
-        TlsParameters::new(url.host.clone()).map_err(|e| Error::Fatal(format!("TLS setup for {}: {e}", url.host)))
+        TlsParameters::new(url.host.clone())
+            .map_err(|e| Error::Fatal(format!("TLS setup for {}: {e}", url.host)))
     };
     let mut conn = match url.tls {
         Tls::Wrapper => {
@@ -292,10 +347,13 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<A
             .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
             .map_err(|e| Error::connect(e, &addr))?
         }
-        _ => tokio::time::timeout(timeout, AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello))
-            .await
-            .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
-            .map_err(|e| Error::connect(e, &addr))?,
+        _ => tokio::time::timeout(
+            timeout,
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
+        )
+        .await
+        .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
+        .map_err(|e| Error::connect(e, &addr))?,
     };
     match url.tls {
         Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
@@ -305,16 +363,21 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<A
                 .map_err(|e| Error::Fatal(format!("{addr}: STARTTLS failed: {e}")))?;
         }
         Tls::Required => {
-            return Err(Error::Fatal(format!("{addr}: the server does not offer STARTTLS and the URL requires TLS")));
+            return Err(Error::Fatal(format!(
+                "{addr}: the server does not offer STARTTLS and the URL requires TLS"
+            )));
         }
         _ => {}
     }
     if let Some(user) = &url.user {
         let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
-        tokio::time::timeout(timeout, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))
-            .await
-            .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
-            .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
+        tokio::time::timeout(
+            timeout,
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
+        )
+        .await
+        .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
+        .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
     }
     Ok(conn)
 }
@@ -325,7 +388,11 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        let u = SmtpUrl::parse("smtp://mailer@smtp.example.org:2525?tls=required", Some("pw")).unwrap();
+        let u = SmtpUrl::parse(
+            "smtp://mailer@smtp.example.org:2525?tls=required",
+            Some("pw"),
+        )
+        .unwrap();
         assert_eq!(u.host, "smtp.example.org");
         assert_eq!(u.port, 2525);
         assert_eq!(u.tls, Tls::Required);
@@ -338,7 +405,9 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("a@b"));
         assert_eq!(u.password.as_deref(), Some("p:s"));
         assert!(SmtpUrl::parse("http://x", None).is_err());
-        let e = SmtpUrl::parse("smtp://u:secret@h?x=1", None).unwrap_err().to_string();
+        let e = SmtpUrl::parse("smtp://u:secret@h?x=1", None)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 }

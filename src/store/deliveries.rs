@@ -66,24 +66,30 @@ pub struct NewCampaign<'a> {
 }
 
 pub async fn campaign_by_slug(pool: &SqlitePool, slug: &str) -> Result<Option<CampaignRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"))
-        .bind(slug)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as(&format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"
+    ))
+    .bind(slug)
+    .fetch_optional(pool)
+    .await?)
 }
 
 pub async fn campaign_by_id(pool: &SqlitePool, id: i64) -> Result<Option<CampaignRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as(&format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// All campaigns, newest first.
 pub async fn campaigns(pool: &SqlitePool) -> Result<Vec<CampaignRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"))
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as(&format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
+    ))
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Freezes a campaign as `scheduled`; returns its id.
@@ -190,7 +196,12 @@ pub async fn release_lease(pool: &SqlitePool, id: i64, owner: &str) -> Result<()
 
 /// Queues one delivery per audience member, once: run again, it adds only
 /// people who joined since. One statement; memory stays flat.
-pub async fn materialise(pool: &SqlitePool, campaign_id: i64, list_id: i64, now: i64) -> Result<u64> {
+pub async fn materialise(
+    pool: &SqlitePool,
+    campaign_id: i64,
+    list_id: i64,
+    now: i64,
+) -> Result<u64> {
     let done = sqlx::query(&format!(
         "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
          SELECT ?2, a.id, 'queued', 0, ?3 FROM ({}) a",
@@ -214,7 +225,12 @@ pub enum InFlight {
 }
 
 /// Settles rows left `sending` by a dead run; returns how many.
-pub async fn resolve_in_flight(pool: &SqlitePool, campaign_id: i64, policy: InFlight, now: i64) -> Result<u64> {
+pub async fn resolve_in_flight(
+    pool: &SqlitePool,
+    campaign_id: i64,
+    policy: InFlight,
+    now: i64,
+) -> Result<u64> {
     let status = match policy {
         InFlight::Unknown => "unknown",
         InFlight::Resend => "queued",
@@ -260,7 +276,13 @@ impl FromRow<'_, SqliteRow> for Job {
 }
 
 /// The next deliveries due: queued, or deferred with their retry due.
-pub async fn due_jobs(pool: &SqlitePool, campaign_id: i64, list_id: i64, now: i64, limit: i64) -> Result<Vec<Job>> {
+pub async fn due_jobs(
+    pool: &SqlitePool,
+    campaign_id: i64,
+    list_id: i64,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<Job>> {
     Ok(sqlx::query_as(
         "SELECT d.id AS delivery_id, d.subscriber_id, COALESCE(s.email, '') AS email, s.name, s.attributes, d.attempts,
                 (s.status = 'active' AND s.email IS NOT NULL AND COALESCE(sub.status, '') = 'confirmed'
@@ -284,13 +306,24 @@ pub async fn due_jobs(pool: &SqlitePool, campaign_id: i64, list_id: i64, now: i6
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Sent { reply: String, message_id: String },
+    Sent {
+        reply: String,
+        message_id: String,
+    },
     /// Try again at `retry_at`.
-    Deferred { reply: String, retry_at: i64 },
+    Deferred {
+        reply: String,
+        retry_at: i64,
+    },
     /// Permanently refused; `hard_bounce` also marks the subscriber bounced.
-    Failed { reply: String, hard_bounce: bool },
+    Failed {
+        reply: String,
+        hard_bounce: bool,
+    },
     /// No longer subscribed or suppressed when its turn came.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
     /// Claimed but never attempted (the run stopped first): queue again.
     Unclaimed,
 }
@@ -306,13 +339,18 @@ pub async fn commit(
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
     for (delivery_id, subscriber_id, outcome) in outcomes {
-        let (status, reply, next, message_id): (&str, Option<&str>, Option<i64>, Option<&str>) = match outcome {
-            Outcome::Sent { reply, message_id } => ("sent", Some(reply), None, Some(message_id)),
-            Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at), None),
-            Outcome::Failed { reply, .. } => ("failed", Some(reply), None, None),
-            Outcome::Skipped { reason } => ("skipped", Some(reason), None, None),
-            Outcome::Unclaimed => ("queued", None, None, None),
-        };
+        let (status, reply, next, message_id): (&str, Option<&str>, Option<i64>, Option<&str>) =
+            match outcome {
+                Outcome::Sent { reply, message_id } => {
+                    ("sent", Some(reply), None, Some(message_id))
+                }
+                Outcome::Deferred { reply, retry_at } => {
+                    ("deferred", Some(reply), Some(*retry_at), None)
+                }
+                Outcome::Failed { reply, .. } => ("failed", Some(reply), None, None),
+                Outcome::Skipped { reason } => ("skipped", Some(reason), None, None),
+                Outcome::Unclaimed => ("queued", None, None, None),
+            };
         sqlx::query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  message_id = COALESCE(?5, message_id), updated_at = ?6,
@@ -328,7 +366,11 @@ pub async fn commit(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if let Outcome::Failed { reply, hard_bounce: true } = outcome {
+        if let Outcome::Failed {
+            reply,
+            hard_bounce: true,
+        } = outcome
+        {
             sqlx::query("UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ? AND status = 'active'")
                 .bind(now)
                 .bind(subscriber_id)
@@ -365,15 +407,20 @@ pub async fn counts(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<(String, 
         .bind(campaign_id)
         .fetch_all(pool)
         .await?;
-    Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect())
 }
 
 /// When the next deferred delivery is due, if any.
 pub async fn next_retry(pool: &SqlitePool, campaign_id: i64) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = ? AND status = 'deferred'")
-        .bind(campaign_id)
-        .fetch_one(pool)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = ? AND status = 'deferred'",
+    )
+    .bind(campaign_id)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Rows still to settle: queued, sending or deferred.
@@ -387,7 +434,13 @@ pub async fn open_count(pool: &SqlitePool, campaign_id: i64) -> Result<i64> {
 }
 
 /// Events of a kind since a time, for a campaign's list (for `status`).
-pub async fn events_since(pool: &SqlitePool, list_id: i64, campaign_id: i64, kind: &str, since: i64) -> Result<i64> {
+pub async fn events_since(
+    pool: &SqlitePool,
+    list_id: i64,
+    campaign_id: i64,
+    kind: &str,
+    since: i64,
+) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM events WHERE kind = ?3 AND created_at >= ?4
              AND (campaign_id = ?2 OR (campaign_id IS NULL AND (list_id = ?1 OR list_id IS NULL)))",
@@ -402,10 +455,12 @@ pub async fn events_since(pool: &SqlitePool, list_id: i64, campaign_id: i64, kin
 
 /// A setting, e.g. the generated development secret.
 pub async fn setting(pool: &SqlitePool, key: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-        .bind(key)
-        .fetch_optional(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Stores a setting unless it exists; returns the stored value.
@@ -415,5 +470,7 @@ pub async fn setting_or_insert(pool: &SqlitePool, key: &str, value: &str) -> Res
         .bind(value)
         .execute(pool)
         .await?;
-    Ok(setting(pool, key).await?.unwrap_or_else(|| value.to_string()))
+    Ok(setting(pool, key)
+        .await?
+        .unwrap_or_else(|| value.to_string()))
 }

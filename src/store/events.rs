@@ -63,34 +63,6 @@ pub(super) async fn append(
 }
 
 impl Store {
-    /// Appends an event for a subscriber (for the dispatcher, bounce handling
-    /// and the web pages).
-    pub async fn record_event(
-        &self,
-        subscriber_id: i64,
-        list_id: Option<i64>,
-        campaign_id: Option<i64>,
-        kind: &str,
-        source: &str,
-        detail: Option<&str>,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (subscriber_id, list_id, campaign_id, kind, source, detail, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(subscriber_id)
-        .bind(list_id)
-        .bind(campaign_id)
-        .bind(kind)
-        .bind(source)
-        .bind(detail)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     /// A subscriber's history, oldest first.
     pub async fn events(&self, subscriber_id: i64) -> Result<Vec<Event>> {
         Ok(sqlx::query_as(

@@ -148,9 +148,8 @@ impl Store {
             "SELECT s.email, s.name, {status} AS status, s.attributes \
              FROM {from} WHERE {filter} ORDER BY s.id"
         );
-        let mut rows =
-            sqlx::query_as_with::<Sqlite, ExportRow, _>(&sql, selection.arguments())
-                .fetch(self.pool());
+        let mut rows = sqlx::query_as_with::<Sqlite, ExportRow, _>(&sql, selection.arguments())
+            .fetch(self.pool());
         let mut n = 0;
         while let Some(row) = rows.try_next().await.map_err(Error::from)? {
             each(row)?;
@@ -177,7 +176,10 @@ mod tests {
 
     #[test]
     fn selections() {
-        assert_eq!(Selection::new(Some(1), None).unwrap(), Selection::Audience(1));
+        assert_eq!(
+            Selection::new(Some(1), None).unwrap(),
+            Selection::Audience(1)
+        );
         assert_eq!(
             Selection::new(Some(1), Some("pending")).unwrap(),
             Selection::ListStatus(1, "pending".into())

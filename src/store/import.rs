@@ -286,9 +286,16 @@ enum Plan {
     /// A new person, subscribed.
     Insert,
     /// A known person, new to the list.
-    Subscribe { id: i64, merged: Option<Merged> },
+    Subscribe {
+        id: i64,
+        merged: Option<Merged>,
+    },
     /// A known person on the list (pending confirmed, or data added).
-    Update { id: i64, confirm: bool, merged: Option<Merged> },
+    Update {
+        id: i64,
+        confirm: bool,
+        merged: Option<Merged>,
+    },
     Unchanged,
 }
 
@@ -443,7 +450,11 @@ async fn write(
                     update_person(conn, *id, m, now).await?;
                 }
             }
-            Plan::Update { id, confirm, merged } => {
+            Plan::Update {
+                id,
+                confirm,
+                merged,
+            } => {
                 if let Some(m) = merged {
                     update_person(conn, *id, m, now).await?;
                 }
@@ -457,8 +468,16 @@ async fn write(
                     .bind(list_id)
                     .execute(&mut *conn)
                     .await?;
-                    super::events::append(conn, *id, Some(list_id), "confirmed", "import", None, now)
-                        .await?;
+                    super::events::append(
+                        conn,
+                        *id,
+                        Some(list_id),
+                        "confirmed",
+                        "import",
+                        None,
+                        now,
+                    )
+                    .await?;
                 }
             }
             Plan::Skip | Plan::Insert | Plan::Unchanged => {}
@@ -652,15 +671,19 @@ mod tests {
 
     #[test]
     fn header_columns() {
-        let h = parse_header(&csv::ByteRecord::from(vec![" Email ", "Name", "city", "", "status", "city"]))
-            .unwrap();
+        let h = parse_header(&csv::ByteRecord::from(vec![
+            " Email ", "Name", "city", "", "status", "city",
+        ]))
+        .unwrap();
         assert_eq!(h.email, 0);
         assert_eq!(h.name, Some(1));
         assert_eq!(
             h.keys,
             vec![None, None, Some("city".to_string()), None, None, None]
         );
-        let err = parse_header(&csv::ByteRecord::from(vec!["mail", "name"])).err().unwrap();
+        let err = parse_header(&csv::ByteRecord::from(vec!["mail", "name"]))
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             "no \"email\" column in the header (found: mail, name)"

@@ -116,7 +116,16 @@ impl Store {
         now: i64,
     ) -> Result<List> {
         let mut conn = self.pool().acquire().await?;
-        insert(&mut conn, slug, name, description, double_opt_in, public, now).await
+        insert(
+            &mut conn,
+            slug,
+            name,
+            description,
+            double_opt_in,
+            public,
+            now,
+        )
+        .await
     }
 
     /// The list called `slug`, if any.

@@ -12,6 +12,7 @@
 //! confirmed subscription, an active subscriber, and an address whose hash is
 //! not in `suppressions`.
 
+mod bounces; // returned mail: matching people, applying bounce and complaint rules
 pub mod deliveries; // the dispatcher's campaigns, delivery log and lease
 mod events;
 mod export;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use bounces::{Action, Applied, BounceEvent, SoftRule};
 pub use events::Event;
 pub use export::{ExportRow, Selection};
 pub use import::{ImportOptions, ImportReport, RowError, Skipped};
@@ -64,7 +66,9 @@ pub enum Error {
     NoSubscriber(String),
     #[error("{email} is {status}; not subscribed (they can sign up again themselves)")]
     NotActive { email: String, status: String },
-    #[error("{0} unsubscribed from {1:?}; not subscribed again (they can sign up again themselves)")]
+    #[error(
+        "{0} unsubscribed from {1:?}; not subscribed again (they can sign up again themselves)"
+    )]
     Unsubscribed(String, String),
     #[error("{0} is suppressed (erased, bounced or complained); never subscribed again")]
     Suppressed(String),
@@ -184,8 +188,7 @@ impl Store {
     /// True when `email` (any spelling) must never be mailed: erased,
     /// bounced or complained. Invalid addresses are an error.
     pub async fn is_suppressed(&self, email: &str) -> Result<bool> {
-        let canonical =
-            crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
+        let canonical = crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
         self.is_hash_suppressed(&crate::address::hash(&canonical))
             .await
     }
@@ -203,8 +206,7 @@ impl Store {
     /// Records that `email` must never be mailed again (`reason`: bounced,
     /// complained, manual). Keeps an existing entry and its reason.
     pub async fn suppress(&self, email: &str, reason: &str, now: i64) -> Result<()> {
-        let canonical =
-            crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
+        let canonical = crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
         sqlx::query(
             "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
              ON CONFLICT (hash) DO NOTHING",

@@ -6,21 +6,29 @@ use sqlx::{FromRow, Row, SqlitePool};
 
 use super::{List, Result, events};
 
-const LIST_COLUMNS: &str = "l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at";
+const LIST_COLUMNS: &str =
+    "l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at";
 
 pub async fn list(pool: &SqlitePool, id: i64) -> Result<Option<List>> {
-    let row = sqlx::query(&format!("SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.as_ref().map(List::from_row).transpose()?)
 }
 
 pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<List>> {
-    let rows = sqlx::query(&format!("SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 ORDER BY l.name"))
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.iter().map(List::from_row).collect::<sqlx::Result<_>>()?)
+    let rows = sqlx::query(&format!(
+        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 ORDER BY l.name"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(List::from_row)
+        .collect::<sqlx::Result<_>>()?)
 }
 
 /// The lists a person has a subscription row for, with its status.
@@ -49,12 +57,13 @@ pub async fn set_subscription(
     now: i64,
 ) -> Result<bool> {
     let mut tx = pool.begin().await?;
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?")
-            .bind(subscriber)
-            .bind(list)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+    )
+    .bind(subscriber)
+    .bind(list)
+    .fetch_optional(&mut *tx)
+    .await?;
     if current.as_deref() == Some(status) {
         return Ok(false);
     }
@@ -93,10 +102,11 @@ pub async fn set_name(pool: &SqlitePool, subscriber: i64, name: &str, now: i64) 
 /// Everything stored about a person, for "download my data".
 pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Value> {
     use serde_json::json;
-    let Some(p) = sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
-        .bind(subscriber)
-        .fetch_optional(pool)
-        .await?
+    let Some(p) =
+        sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
+            .bind(subscriber)
+            .fetch_optional(pool)
+            .await?
     else {
         return Ok(json!(null));
     };
@@ -196,13 +206,19 @@ pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Res
 
 /// A sign-up for one list: a pending subscription unless already confirmed.
 /// Returns whether a confirmation email should go out.
-pub async fn request_subscription(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?")
-            .bind(subscriber)
-            .bind(list)
-            .fetch_optional(pool)
-            .await?;
+pub async fn request_subscription(
+    pool: &SqlitePool,
+    subscriber: i64,
+    list: i64,
+    now: i64,
+) -> Result<bool> {
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+    )
+    .bind(subscriber)
+    .bind(list)
+    .fetch_optional(pool)
+    .await?;
     if current.as_deref() == Some("confirmed") {
         return Ok(false);
     }
@@ -213,12 +229,13 @@ pub async fn request_subscription(pool: &SqlitePool, subscriber: i64, list: i64,
 /// Double opt-in confirmed: the subscription becomes confirmed and a person
 /// who had left everything is active again.
 pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?")
-            .bind(subscriber)
-            .bind(list)
-            .fetch_optional(pool)
-            .await?;
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+    )
+    .bind(subscriber)
+    .bind(list)
+    .fetch_optional(pool)
+    .await?;
     if current.as_deref() != Some("pending") {
         return Ok(false);
     }
@@ -234,8 +251,16 @@ pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) ->
         .bind(list)
         .execute(&mut *tx)
         .await?;
-    events::append(&mut tx, subscriber, Some(list), "confirmed", "web", None, now).await?;
+    events::append(
+        &mut tx,
+        subscriber,
+        Some(list),
+        "confirmed",
+        "web",
+        None,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
-

@@ -101,7 +101,11 @@ mod tests {
         let steps = steps(SQL).unwrap();
         assert!(!steps.is_empty());
         assert_eq!(steps[0].number, 1);
-        assert!(steps[0].sql.contains("CREATE TABLE IF NOT EXISTS subscribers"));
+        assert!(
+            steps[0]
+                .sql
+                .contains("CREATE TABLE IF NOT EXISTS subscribers")
+        );
     }
 
     #[test]

@@ -257,8 +257,16 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 let detail = list.double_opt_in.then_some("pending confirmation");
-                events::append(&mut tx, id, Some(list.id), "subscribed", source, detail, now)
-                    .await?;
+                events::append(
+                    &mut tx,
+                    id,
+                    Some(list.id),
+                    "subscribed",
+                    source,
+                    detail,
+                    now,
+                )
+                .await?;
                 Added::Subscribed {
                     status: status.to_string(),
                     new_person,
@@ -305,17 +313,35 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for (list_id, _) in &changed {
-            events::append(&mut tx, person.id, Some(*list_id), "unsubscribed", source, None, now)
-                .await?;
+            events::append(
+                &mut tx,
+                person.id,
+                Some(*list_id),
+                "unsubscribed",
+                source,
+                None,
+                now,
+            )
+            .await?;
         }
         if slug.is_none() && person.status == "active" {
-            sqlx::query("UPDATE subscribers SET status = 'unsubscribed', updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(person.id)
-                .execute(&mut *tx)
-                .await?;
-            events::append(&mut tx, person.id, None, "unsubscribed", source, Some("all lists"), now)
-                .await?;
+            sqlx::query(
+                "UPDATE subscribers SET status = 'unsubscribed', updated_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(person.id)
+            .execute(&mut *tx)
+            .await?;
+            events::append(
+                &mut tx,
+                person.id,
+                None,
+                "unsubscribed",
+                source,
+                Some("all lists"),
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         let mut lists: Vec<String> = changed.into_iter().map(|(_, s)| s).collect();
@@ -413,10 +439,12 @@ impl Store {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let person = find_by_email(&mut tx, &email).await?;
         if let Some(p) = &person {
-            sqlx::query("UPDATE events SET detail = NULL WHERE subscriber_id = ? AND detail IS NOT NULL")
-                .bind(p.id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE events SET detail = NULL WHERE subscriber_id = ? AND detail IS NOT NULL",
+            )
+            .bind(p.id)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE deliveries SET last_reply = NULL WHERE subscriber_id = ?")
                 .bind(p.id)
                 .execute(&mut *tx)

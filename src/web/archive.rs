@@ -38,12 +38,19 @@ async fn index(State(state): State<AppState>) -> Result<Html<String>, Error> {
     state
         .inner
         .pages
-        .page("archive", "Past bulletins", &json!({ "campaigns": campaigns }))
+        .page(
+            "archive",
+            "Past bulletins",
+            &json!({ "campaigns": campaigns }),
+        )
         .map(Html)
         .map_err(Error::Internal)
 }
 
-async fn show(State(state): State<AppState>, Path(slug): Path<String>) -> Result<Html<String>, Error> {
+async fn show(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Html<String>, Error> {
     let c = db::campaign_by_slug(state.inner.store.pool(), &slug)
         .await?
         .filter(|c| public(&c.status))

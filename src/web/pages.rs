@@ -38,13 +38,20 @@ impl Pages {
         }
         let body = self.hbs.render(name, &data).map_err(|e| e.to_string())?;
         self.hbs
-            .render("layout", &json!({ "title": title, "org": self.org, "body": body }))
+            .render(
+                "layout",
+                &json!({ "title": title, "org": self.org, "body": body }),
+            )
             .map_err(|e| e.to_string())
     }
 
     /// A heading and paragraphs.
     pub fn message(&self, heading: &str, paragraphs: &[&str]) -> Result<String, String> {
-        self.page("message", heading, &json!({ "heading": heading, "paragraphs": paragraphs }))
+        self.page(
+            "message",
+            heading,
+            &json!({ "heading": heading, "paragraphs": paragraphs }),
+        )
     }
 
     /// Renders a non-page template (the confirmation email text).

@@ -24,7 +24,11 @@ async fn form(State(state): State<AppState>) -> Result<Html<String>, Error> {
     state
         .inner
         .pages
-        .page("subscribe", "Subscribe", &json!({ "action": "/subscribe", "lists": lists }))
+        .page(
+            "subscribe",
+            "Subscribe",
+            &json!({ "action": "/subscribe", "lists": lists }),
+        )
         .map(Html)
         .map_err(Error::Internal)
 }
@@ -35,20 +39,37 @@ const THANKS: &[&str] = &[
     "Nothing is sent to you until you confirm.",
 ];
 
-async fn subscribe(State(state): State<AppState>, ClientIp(ip): ClientIp, body: Bytes) -> Result<Html<String>, Error> {
+async fn subscribe(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    body: Bytes,
+) -> Result<Html<String>, Error> {
     if !state.inner.limiter.allow(ip) {
         return Err(Error::TooManyRequests);
     }
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_string());
-    let thanks = || state.inner.pages.message("Check your inbox", THANKS).map(Html).map_err(Error::Internal);
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let thanks = || {
+        state
+            .inner
+            .pages
+            .message("Check your inbox", THANKS)
+            .map(Html)
+            .map_err(Error::Internal)
+    };
     // A bot filled the hidden field: answer as usual, do nothing.
     if get("website").is_some_and(|v| !v.is_empty()) {
         return thanks();
     }
     let email = get("email").unwrap_or_default();
-    let email = crate::address::normalize(&email)
-        .map_err(|_| Error::BadRequest("That does not look like an email address. Go back and check it."))?;
+    let email = crate::address::normalize(&email).map_err(|_| {
+        Error::BadRequest("That does not look like an email address. Go back and check it.")
+    })?;
     let name = get("name").unwrap_or_default();
     if name.chars().count() > 200 {
         return Err(Error::BadRequest("That name is too long."));
@@ -61,7 +82,9 @@ async fn subscribe(State(state): State<AppState>, ClientIp(ip): ClientIp, body: 
         .filter_map(|(_, slug)| public.iter().find(|l| l.slug == *slug))
         .collect();
     if chosen.is_empty() {
-        return Err(Error::BadRequest("Choose at least one list. Go back and tick one."));
+        return Err(Error::BadRequest(
+            "Choose at least one list. Go back and tick one.",
+        ));
     }
     // Known or not, the answer is the same; only the mailbox owner sees a difference.
     let Some(subscriber) = people::signup(pool, &email, &name, now()).await? else {
@@ -77,12 +100,24 @@ async fn subscribe(State(state): State<AppState>, ClientIp(ip): ClientIp, body: 
 
 /// Sends the double opt-in email; failures are logged (without the address)
 /// and do not change the answer.
-async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name: &str, list: &crate::store::List) {
+async fn send_confirmation(
+    state: &AppState,
+    subscriber: i64,
+    email: &str,
+    name: &str,
+    list: &crate::store::List,
+) {
     let Some(mailer) = &state.inner.mailer else {
-        tracing::warn!("sign-up for list {} not confirmed by mail: no mailer configured", list.slug);
+        tracing::warn!(
+            "sign-up for list {} not confirmed by mail: no mailer configured",
+            list.slug
+        );
         return;
     };
-    let confirm_url = state.inner.urls.confirm(&state.inner.signer, subscriber, list.id);
+    let confirm_url = state
+        .inner
+        .urls
+        .confirm(&state.inner.signer, subscriber, list.id);
     let text = match state.inner.pages.text(
         "confirm-email",
         &json!({ "name": name, "list": list, "confirm_url": confirm_url }),
@@ -94,19 +129,32 @@ async fn send_confirmation(state: &AppState, subscriber: i64, email: &str, name:
         }
     };
     let subject = format!("Please confirm: {}", list.name);
-    if let Err(e) = mailer.send_text(&state.inner.from, email, &subject, &text).await {
+    if let Err(e) = mailer
+        .send_text(&state.inner.from, email, &subject, &text)
+        .await
+    {
         tracing::warn!("confirmation for subscriber {subscriber} not sent: {e}");
     }
 }
 
-async fn confirm_page(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
-    let ConfirmLink { 0: claims, 1: token } = link;
+async fn confirm_page(
+    State(state): State<AppState>,
+    link: ConfirmLink,
+) -> Result<Html<String>, Error> {
+    let ConfirmLink {
+        0: claims,
+        1: token,
+    } = link;
     person(&state, claims.a).await?;
     let list = list(&state, claims.b).await?;
     state
         .inner
         .pages
-        .page("confirm", "Confirm", &json!({ "list": list, "action": format!("/confirm/{token}") }))
+        .page(
+            "confirm",
+            "Confirm",
+            &json!({ "list": list, "action": format!("/confirm/{token}") }),
+        )
         .map(Html)
         .map_err(Error::Internal)
 }
@@ -117,6 +165,14 @@ async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Htm
     person(&state, claims.a).await?;
     let list = list(&state, claims.b).await?;
     people::confirm(pool, claims.a, claims.b, now()).await?;
-    let text = format!("You will receive {} at this address. Every email has a link to leave.", list.name);
-    state.inner.pages.message("You are subscribed", &[&text]).map(Html).map_err(Error::Internal)
+    let text = format!(
+        "You will receive {} at this address. Every email has a link to leave.",
+        list.name
+    );
+    state
+        .inner
+        .pages
+        .message("You are subscribed", &[&text])
+        .map(Html)
+        .map_err(Error::Internal)
 }

@@ -14,28 +14,55 @@ use serde_json::json;
 use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list, person};
 use crate::dispatch::now;
 use crate::links::Purpose;
-use crate::store::people;
 use crate::store::List;
+use crate::store::people;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/unsubscribe/{token}", get(unsubscribe_page).post(unsubscribe))
-        .route("/preferences/{token}", get(preferences).post(save_preferences))
+        .route(
+            "/unsubscribe/{token}",
+            get(unsubscribe_page).post(unsubscribe),
+        )
+        .route(
+            "/preferences/{token}",
+            get(preferences).post(save_preferences),
+        )
         .route("/preferences/{token}/data", get(download))
         .route("/preferences/{token}/erase", get(erase_page).post(erase))
 }
 
-fn page(state: &AppState, name: &str, title: &str, data: &impl Serialize) -> Result<Html<String>, Error> {
-    state.inner.pages.page(name, title, data).map(Html).map_err(Error::Internal)
+fn page(
+    state: &AppState,
+    name: &str,
+    title: &str,
+    data: &impl Serialize,
+) -> Result<Html<String>, Error> {
+    state
+        .inner
+        .pages
+        .page(name, title, data)
+        .map(Html)
+        .map_err(Error::Internal)
 }
 
 fn message(state: &AppState, heading: &str, paragraphs: &[&str]) -> Result<Html<String>, Error> {
-    state.inner.pages.message(heading, paragraphs).map(Html).map_err(Error::Internal)
+    state
+        .inner
+        .pages
+        .message(heading, paragraphs)
+        .map(Html)
+        .map_err(Error::Internal)
 }
 
 /// GET: a page with one button; changes nothing (mail scanners follow links).
-async fn unsubscribe_page(State(state): State<AppState>, link: UnsubscribeLink) -> Result<Html<String>, Error> {
-    let UnsubscribeLink { 0: claims, 1: token } = link;
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    link: UnsubscribeLink,
+) -> Result<Html<String>, Error> {
+    let UnsubscribeLink {
+        0: claims,
+        1: token,
+    } = link;
     person(&state, claims.a).await?;
     let list = list(&state, claims.b).await?;
     let urls = &state.inner.urls;
@@ -82,11 +109,25 @@ async fn unsubscribe(
     person(&state, claims.a).await?;
     let list = list(&state, claims.b).await?;
     if !is_one_click(&headers, &body) {
-        return Err(Error::BadRequest("The request needs List-Unsubscribe=One-Click."));
+        return Err(Error::BadRequest(
+            "The request needs List-Unsubscribe=One-Click.",
+        ));
     }
-    people::set_subscription(state.inner.store.pool(), claims.a, claims.b, "unsubscribed", "web", now()).await?;
+    people::set_subscription(
+        state.inner.store.pool(),
+        claims.a,
+        claims.b,
+        "unsubscribed",
+        "web",
+        now(),
+    )
+    .await?;
     let text = format!("You will no longer receive {} at this address.", list.name);
-    Ok((StatusCode::OK, message(&state, "You are unsubscribed", &[&text])?).into_response())
+    Ok((
+        StatusCode::OK,
+        message(&state, "You are unsubscribed", &[&text])?,
+    )
+        .into_response())
 }
 
 #[derive(Serialize)]
@@ -135,9 +176,16 @@ async fn preferences(
     link: PreferencesLink,
     Query(q): Query<Saved>,
 ) -> Result<Html<String>, Error> {
-    let PreferencesLink { 0: claims, 1: token } = link;
+    let PreferencesLink {
+        0: claims,
+        1: token,
+    } = link;
     let p = person(&state, claims.a).await?;
-    let lists: Vec<ListChoice> = choices(&state, p.id).await?.into_iter().map(|(_, c)| c).collect();
+    let lists: Vec<ListChoice> = choices(&state, p.id)
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
     page(
         &state,
         "preferences",
@@ -156,15 +204,28 @@ async fn preferences(
 
 /// The form's hidden field must be this person's CSRF token.
 fn check_csrf(state: &AppState, subscriber: i64, fields: &[(String, String)]) -> Result<(), Error> {
-    let token = fields.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
+    let token = fields
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
     match state.inner.signer.verify_for(token, Purpose::Csrf) {
         Some(c) if c.a == subscriber => Ok(()),
-        _ => Err(Error::BadRequest("This form has expired. Go back, reload the page and try again.")),
+        _ => Err(Error::BadRequest(
+            "This form has expired. Go back, reload the page and try again.",
+        )),
     }
 }
 
-async fn save_preferences(State(state): State<AppState>, link: PreferencesLink, body: Bytes) -> Result<Response, Error> {
-    let PreferencesLink { 0: claims, 1: token } = link;
+async fn save_preferences(
+    State(state): State<AppState>,
+    link: PreferencesLink,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let PreferencesLink {
+        0: claims,
+        1: token,
+    } = link;
     let p = person(&state, claims.a).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
@@ -179,7 +240,11 @@ async fn save_preferences(State(state): State<AppState>, link: PreferencesLink, 
             people::set_name(pool, p.id, name, now()).await?;
         }
     }
-    let wanted: Vec<&str> = fields.iter().filter(|(k, _)| k == "list").map(|(_, v)| v.as_str()).collect();
+    let wanted: Vec<&str> = fields
+        .iter()
+        .filter(|(k, _)| k == "list")
+        .map(|(_, v)| v.as_str())
+        .collect();
     for (list, choice) in choices(&state, p.id).await? {
         let want = !leave_all && wanted.contains(&list.slug.as_str());
         if want && !choice.subscribed {
@@ -200,15 +265,24 @@ async fn download(State(state): State<AppState>, link: PreferencesLink) -> Resul
     Ok((
         [
             (header::CONTENT_TYPE, "application/json; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"my-data.json\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"my-data.json\"",
+            ),
         ],
         body,
     )
         .into_response())
 }
 
-async fn erase_page(State(state): State<AppState>, link: PreferencesLink) -> Result<Html<String>, Error> {
-    let PreferencesLink { 0: claims, 1: token } = link;
+async fn erase_page(
+    State(state): State<AppState>,
+    link: PreferencesLink,
+) -> Result<Html<String>, Error> {
+    let PreferencesLink {
+        0: claims,
+        1: token,
+    } = link;
     let p = person(&state, claims.a).await?;
     page(
         &state,
@@ -222,7 +296,11 @@ async fn erase_page(State(state): State<AppState>, link: PreferencesLink) -> Res
     )
 }
 
-async fn erase(State(state): State<AppState>, link: PreferencesLink, body: Bytes) -> Result<Html<String>, Error> {
+async fn erase(
+    State(state): State<AppState>,
+    link: PreferencesLink,
+    body: Bytes,
+) -> Result<Html<String>, Error> {
     let p = person(&state, link.0.a).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
@@ -232,7 +310,9 @@ async fn erase(State(state): State<AppState>, link: PreferencesLink, body: Bytes
     message(
         &state,
         "Your data is erased",
-        &["We deleted your name, address, subscriptions and history. You will not receive anything from us again."],
+        &[
+            "We deleted your name, address, subscriptions and history. You will not receive anything from us again.",
+        ],
     )
 }
 
@@ -243,14 +323,23 @@ mod tests {
     #[test]
     fn one_click_bodies() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
         assert!(is_one_click(&h, b"List-Unsubscribe=One-Click"));
         assert!(!is_one_click(&h, b"List-Unsubscribe=Two-Click"));
         assert!(!is_one_click(&h, b""));
         let mut m = HeaderMap::new();
-        m.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=xyz".parse().unwrap());
+        m.insert(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=xyz".parse().unwrap(),
+        );
         let body = b"--xyz\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--xyz--\r\n";
         assert!(is_one_click(&m, body));
-        assert!(!is_one_click(&m, b"--xyz\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nOne-Click\r\n--xyz--\r\n"));
+        assert!(!is_one_click(
+            &m,
+            b"--xyz\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nOne-Click\r\n--xyz--\r\n"
+        ));
     }
 }

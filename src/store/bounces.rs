@@ -1,0 +1,346 @@
+//! SQL for returned mail: finding the person a bounce, complaint or mailto
+//! unsubscribe is about, and applying the rules in one transaction per
+//! message, recorded in `inbound` so the same message is applied once.
+
+use sqlx::Row;
+
+use super::{Result, Store, events, subscribers::canonical};
+use crate::address;
+
+/// What one message does to one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Hard bounce: no more mail to this address.
+    Hard { reason: String },
+    /// Soft bounce: counted; enough of them from different campaigns make
+    /// the address bounced.
+    Soft { reason: String },
+    /// A spam complaint: unsubscribed from every list, never mailed again.
+    Complaint { reason: String },
+    /// Mail to the List-Unsubscribe mailto address.
+    Unsubscribe { list_id: i64 },
+}
+
+/// Soft-bounce rule: `limit` soft bounces from different campaigns within
+/// `window_secs` make a subscriber bounced.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftRule {
+    pub limit: i64,
+    pub window_secs: i64,
+}
+
+/// What applying an action changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The person's status changed to this.
+    Status(String),
+    /// Recorded (a soft bounce under the limit, a repeat), nothing else.
+    Recorded,
+    /// Unsubscribed from the list.
+    Unsubscribed,
+}
+
+/// A bounce or complaint event, for `bounces list`.
+#[derive(Debug, Clone)]
+pub struct BounceEvent {
+    pub at: i64,
+    pub kind: String,
+    pub email: Option<String>,
+    pub campaign: Option<String>,
+    pub source: String,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Whether this raw message (by sha256 hex) was processed before.
+    pub async fn inbound_seen(&self, hash: &str) -> Result<bool> {
+        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM inbound WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(seen.is_some())
+    }
+
+    /// Marks a message processed without acting on it (auto-replies,
+    /// delays, unmatched or unrecognised mail).
+    pub async fn inbound_record(&self, hash: &str, kind: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
+                .bind(hash)
+                .bind(kind)
+                .bind(now)
+                .execute(self.pool())
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The subscriber and campaign of a delivery (from a VERP token).
+    pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query("SELECT subscriber_id, campaign_id FROM deliveries WHERE id = ?")
+            .bind(delivery_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The id of the subscriber with this address, if stored.
+    pub async fn subscriber_id(&self, email: &str) -> Result<Option<i64>> {
+        let Ok(email) = canonical(email) else {
+            return Ok(None);
+        };
+        Ok(
+            sqlx::query_scalar("SELECT id FROM subscribers WHERE email = ?")
+                .bind(email)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// Applies `action` to `subscriber` for the message `hash`, once: a
+    /// message already in `inbound` changes nothing and returns `None`.
+    pub async fn apply_inbound(
+        &self,
+        hash: &str,
+        subscriber: i64,
+        campaign: Option<i64>,
+        action: &Action,
+        soft: SoftRule,
+        now: i64,
+    ) -> Result<Option<Applied>> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let kind = match action {
+            Action::Hard { .. } | Action::Soft { .. } => "bounce",
+            Action::Complaint { .. } => "complaint",
+            Action::Unsubscribe { .. } => "unsubscribe",
+        };
+        let fresh = sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, subscriber_id, created_at) VALUES (?, ?, ?, ?)")
+            .bind(hash)
+            .bind(kind)
+            .bind(subscriber)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT email, status FROM subscribers WHERE id = ?")
+            .bind(subscriber)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(Some(Applied::Recorded));
+        };
+        let (email, status): (Option<String>, String) = (row.get(0), row.get(1));
+        let set_status = |new: &'static str| -> Option<&'static str> {
+            (status == "active"
+                || (new == "complained" && status != "erased" && status != "complained"))
+                .then_some(new)
+        };
+        let applied = match action {
+            Action::Hard { reason } => {
+                bounce_event(
+                    &mut tx,
+                    subscriber,
+                    campaign,
+                    "bounced",
+                    &format!("hard: {reason}"),
+                    now,
+                )
+                .await?;
+                self::stop(
+                    &mut tx,
+                    subscriber,
+                    email.as_deref(),
+                    set_status("bounced"),
+                    "bounced",
+                    now,
+                )
+                .await?
+            }
+            Action::Soft { reason } => {
+                bounce_event(
+                    &mut tx,
+                    subscriber,
+                    campaign,
+                    "bounced",
+                    &format!("soft: {reason}"),
+                    now,
+                )
+                .await?;
+                // Distinct campaigns (an unmatched campaign counts on its own).
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT COALESCE(campaign_id, -id)) FROM events
+                     WHERE subscriber_id = ? AND kind = 'bounced' AND detail LIKE 'soft:%' AND created_at >= ?",
+                )
+                .bind(subscriber)
+                .bind(now - soft.window_secs)
+                .fetch_one(&mut *tx)
+                .await?;
+                if count >= soft.limit {
+                    let detail = format!(
+                        "{count} soft bounces within {} days",
+                        soft.window_secs / 86_400
+                    );
+                    bounce_event(&mut tx, subscriber, campaign, "bounced", &detail, now).await?;
+                    self::stop(
+                        &mut tx,
+                        subscriber,
+                        email.as_deref(),
+                        set_status("bounced"),
+                        "bounced",
+                        now,
+                    )
+                    .await?
+                } else {
+                    Applied::Recorded
+                }
+            }
+            Action::Complaint { reason } => {
+                let lists: Vec<i64> = sqlx::query_scalar(
+                    "SELECT list_id FROM subscriptions WHERE subscriber_id = ? AND status != 'unsubscribed'",
+                )
+                .bind(subscriber)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE subscriptions SET status = 'unsubscribed', source = 'bounce', updated_at = ? WHERE subscriber_id = ?")
+                    .bind(now)
+                    .bind(subscriber)
+                    .execute(&mut *tx)
+                    .await?;
+                for l in lists {
+                    events::append(
+                        &mut tx,
+                        subscriber,
+                        Some(l),
+                        "unsubscribed",
+                        "bounce",
+                        Some("complaint"),
+                        now,
+                    )
+                    .await?;
+                }
+                bounce_event(&mut tx, subscriber, campaign, "complained", reason, now).await?;
+                self::stop(
+                    &mut tx,
+                    subscriber,
+                    email.as_deref(),
+                    set_status("complained"),
+                    "complained",
+                    now,
+                )
+                .await?
+            }
+            Action::Unsubscribe { list_id } => {
+                let changed = sqlx::query(
+                    "UPDATE subscriptions SET status = 'unsubscribed', source = 'mailto', updated_at = ?
+                     WHERE subscriber_id = ? AND list_id = ? AND status != 'unsubscribed'",
+                )
+                .bind(now)
+                .bind(subscriber)
+                .bind(list_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed > 0 {
+                    events::append(
+                        &mut tx,
+                        subscriber,
+                        Some(*list_id),
+                        "unsubscribed",
+                        "mailto",
+                        None,
+                        now,
+                    )
+                    .await?;
+                    Applied::Unsubscribed
+                } else {
+                    Applied::Recorded
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(applied))
+    }
+
+    /// Bounce and complaint events since `since`, newest last.
+    pub async fn bounce_events(&self, since: i64) -> Result<Vec<BounceEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.created_at, e.kind, s.email, c.slug, e.source, e.detail
+             FROM events e LEFT JOIN subscribers s ON s.id = e.subscriber_id
+             LEFT JOIN campaigns c ON c.id = e.campaign_id
+             WHERE e.kind IN ('bounced', 'complained') AND e.created_at >= ?
+             ORDER BY e.id",
+        )
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| BounceEvent {
+                at: r.get(0),
+                kind: r.get(1),
+                email: r.get(2),
+                campaign: r.get(3),
+                source: r.get(4),
+                detail: r.get(5),
+            })
+            .collect())
+    }
+}
+
+/// Appends a bounce-handling event that names the campaign it came from.
+async fn bounce_event(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    kind: &str,
+    detail: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (subscriber_id, campaign_id, kind, source, detail, created_at)
+         VALUES (?, ?, ?, 'bounce', ?, ?)",
+    )
+    .bind(subscriber)
+    .bind(campaign)
+    .bind(kind)
+    .bind(detail)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Sets the person's status (when `new` is given) and suppresses the address.
+async fn stop(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    email: Option<&str>,
+    new: Option<&'static str>,
+    reason: &str,
+    now: i64,
+) -> Result<Applied> {
+    if let Some(email) = email {
+        sqlx::query("INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
+            .bind(address::hash(email))
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    match new {
+        Some(status) => {
+            sqlx::query("UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?")
+                .bind(status)
+                .bind(now)
+                .bind(subscriber)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Applied::Status(status.to_string()))
+        }
+        None => Ok(Applied::Recorded),
+    }
+}

@@ -1,0 +1,358 @@
+//! Returned mail acted on: bounces, complaints and mailto unsubscribes that
+//! come back for a real campaign (sent through the sink) are matched to the
+//! right subscriber by their VERP token or Message-ID, the rules applied once,
+//! and the next campaign skips those people.
+
+use std::time::Duration;
+
+use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+
+/// A project folder like the dispatch tests use.
+struct Env {
+    dir: tempfile::TempDir,
+    smtp: String,
+}
+
+impl Env {
+    fn new(port: u16) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bulletin.toml"),
+            "db = \"b.db\"\nbase_url = \"https://news.example.org\"\n\
+             [sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+             [bounces]\nsoft_limit = 3\nsoft_window_days = 30\n",
+        )
+        .unwrap();
+        for n in 1..=3 {
+            crate::util::write(
+                dir.path(),
+                &format!("campaigns/news-{n}.md"),
+                &format!(
+                    "+++\nsubject = \"News {n}\"\npreheader = \"p\"\nlist = \"news\"\n+++\nHello {{{{subscriber.name}}}}.\n"
+                ),
+            );
+        }
+        Env {
+            dir,
+            smtp: format!("smtp://127.0.0.1:{port}?tls=none"),
+        }
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<Vec<u8>>) -> std::process::Output {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .env("BULLETIN_SECRET", "bounce-test-secret")
+            .env("BULLETIN_SMTP_URL", &self.smtp)
+            .args(["--config", "bulletin.toml"])
+            .args(args);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut input = child.stdin.take().unwrap();
+            if let Some(bytes) = stdin {
+                input.write_all(&bytes).unwrap();
+            }
+            drop(input);
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The message the sink received for `to`.
+fn received_for<'a>(messages: &'a [Received], to: &str) -> &'a Received {
+    messages
+        .iter()
+        .find(|m| m.rcpt_to == [to])
+        .unwrap_or_else(|| panic!("nothing sent to {to}"))
+}
+
+fn header(m: &Received, name: &str) -> String {
+    let raw = String::from_utf8_lossy(&m.data).replace("\r\n ", " ");
+    raw.split("\r\n")
+        .find(|l| l.starts_with(&format!("{name}:")))
+        .map(|l| l[name.len() + 1..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// An RFC 3464 report sent back to the VERP address of `m`.
+fn dsn(m: &Received, status: &str, diagnostic: &str) -> Vec<u8> {
+    let to = &m.rcpt_to[0];
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
+         To: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dsn.{rand}@mx.example.net>\r\n\
+         MIME-Version: 1.0\r\nAuto-Submitted: auto-replied\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
+         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+         Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: {status}\r\n\
+         Diagnostic-Code: smtp; {diagnostic}\r\n\r\n\
+         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {mid}\r\nTo: {to}\r\n\r\n--b1--\r\n",
+        verp = m.mail_from,
+        rand = rand_id(m),
+        mid = header(m, "Message-ID"),
+    )
+    .into_bytes()
+}
+
+fn rand_id(m: &Received) -> String {
+    format!("{}{}", m.connection, m.data.len())
+}
+
+/// An RFC 5965 abuse report quoting the original (matched by Message-ID:
+/// feedback loops strip the VERP address).
+fn arf(m: &Received) -> Vec<u8> {
+    format!(
+        "From: complaints@isp.example\r\nTo: abuse@alliance.example\r\nSubject: Abuse report\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"b2\"\r\n\r\n\
+         --b2\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\r\n\
+         --b2\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: ISP-FBL/1.0\r\nVersion: 1\r\n\r\n\
+         --b2\r\nContent-Type: message/rfc822\r\n\r\nFrom: News <news@alliance.example>\r\nTo: {to}\r\n\
+         Subject: News 1\r\nMessage-ID: {mid}\r\n\r\nHello.\r\n\r\n--b2--\r\n",
+        to = m.rcpt_to[0],
+        mid = header(m, "Message-ID"),
+    )
+    .into_bytes()
+}
+
+/// What a mail client sends to the List-Unsubscribe mailto address of `m`.
+fn mailto_unsubscribe(m: &Received) -> Vec<u8> {
+    let list_unsubscribe = header(m, "List-Unsubscribe");
+    let mailto = list_unsubscribe
+        .split("<mailto:")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .unwrap()
+        .to_string();
+    format!(
+        "From: {from}\r\nTo: {mailto}\r\nSubject: unsubscribe\r\nMessage-ID: <u1@client.example>\r\n\r\nunsubscribe\r\n",
+        from = m.rcpt_to[0]
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port());
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
+    let people = [
+        "hard@example.net",
+        "soft@example.net",
+        "complainer@example.net",
+        "leaver@example.net",
+        "stays@example.net",
+    ];
+    for p in people {
+        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
+    }
+    env.ok(&[
+        "subscribers",
+        "add",
+        "complainer@example.net",
+        "--list",
+        "other",
+    ])
+    .await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let first = sink.messages();
+    assert_eq!(first.len(), 5);
+
+    // A hard bounce, ingested from standard input as an MTA alias would.
+    let hard = dsn(
+        received_for(&first, "hard@example.net"),
+        "5.1.1",
+        "550 5.1.1 <hard@example.net>: user unknown",
+    );
+    let out = env.run(&["bounces", "ingest"], Some(hard.clone())).await;
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("hard bounce: subscriber") && line.contains("is now bounced"),
+        "{line}"
+    );
+    // The same message again changes nothing.
+    let out = env.run(&["bounces", "ingest"], Some(hard)).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already processed"));
+
+    // A mailbox-full 5.2.2 is soft: recorded, still subscribed.
+    let dir = env.dir.path();
+    std::fs::write(
+        dir.join("soft1.eml"),
+        dsn(
+            received_for(&first, "soft@example.net"),
+            "5.2.2",
+            "552 5.2.2 mailbox full",
+        ),
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "ingest", "soft1.eml"]).await;
+    assert!(out.contains("soft bounce: recorded"), "{out}");
+
+    // A complaint quoting the original's Message-ID.
+    std::fs::write(
+        dir.join("arf.eml"),
+        arf(received_for(&first, "complainer@example.net")),
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "ingest", "arf.eml"]).await;
+    assert!(
+        out.contains("complaint: subscriber") && out.contains("complained"),
+        "{out}"
+    );
+    let show = env
+        .ok(&["subscribers", "show", "complainer@example.net"])
+        .await;
+    assert!(
+        !show.contains("confirmed"),
+        "unsubscribed from every list: {show}"
+    );
+
+    // Mail to the List-Unsubscribe mailto address.
+    std::fs::write(
+        dir.join("leave.eml"),
+        mailto_unsubscribe(received_for(&first, "leaver@example.net")),
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "ingest", "leave.eml"]).await;
+    assert!(
+        out.contains("unsubscribe by mail: subscriber") && out.contains("unsubscribed"),
+        "{out}"
+    );
+
+    // An out-of-office reply is not a bounce.
+    std::fs::write(
+        dir.join("ooo.eml"),
+        "From: stays@example.net\r\nTo: news@alliance.example\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n",
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "ingest", "ooo.eml"]).await;
+    assert!(out.contains("auto-reply, ignored"), "{out}");
+
+    // The next campaign skips the hard bounce, the complainer and the leaver.
+    env.ok(&["send", "campaigns/news-2.md", "--yes"]).await;
+    assert!(sink.wait_for(7, Duration::from_secs(10)).await >= 7);
+    let second: Vec<_> = sink.messages()[5..]
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    let mut second_sorted = second.clone();
+    second_sorted.sort();
+    assert_eq!(second_sorted, ["soft@example.net", "stays@example.net"]);
+
+    // Two more soft bounces from two more campaigns: bounced (3 in 30 days).
+    let all = sink.messages();
+    std::fs::write(
+        dir.join("soft2.eml"),
+        dsn(
+            received_for(&all[5..], "soft@example.net"),
+            "4.2.2",
+            "452 4.2.2 mailbox full",
+        ),
+    )
+    .unwrap();
+    env.ok(&["bounces", "ingest", "soft2.eml"]).await;
+    env.ok(&["send", "campaigns/news-3.md", "--yes"]).await;
+    let all = sink.messages();
+    std::fs::write(
+        dir.join("soft3.eml"),
+        dsn(
+            received_for(&all[7..], "soft@example.net"),
+            "5.2.2",
+            "552 5.2.2 over quota",
+        ),
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "ingest", "soft3.eml"]).await;
+    assert!(out.contains("is now bounced"), "{out}");
+
+    let list = env.ok(&["bounces", "list"]).await;
+    assert!(list.contains("hard: 5.1.1"), "{list}");
+    assert!(list.contains("complained"), "{list}");
+    assert!(list.contains("3 soft bounces within 30 days"), "{list}");
+    let status = env.ok(&["status", "news-1", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    assert!(status["bounces"].as_i64().unwrap() >= 1, "{status}");
+    assert_eq!(status["complaints"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_moves_processed_mail_to_cur() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port());
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    env.ok(&["subscribers", "add", "gone@example.net", "--list", "news"])
+        .await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let m = sink.messages();
+    let maildir = env.dir.path().join("Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        maildir.join("new/1.host"),
+        dsn(&m[0], "5.1.1", "550 user unknown"),
+    )
+    .unwrap();
+    std::fs::write(
+        maildir.join("new/2.host"),
+        b"From: a@b.example\r\nSubject: hello\r\n\r\njust mail\r\n",
+    )
+    .unwrap();
+    let out = env.ok(&["bounces", "scan", "Maildir"]).await;
+    assert!(out.contains("2 processed, 0 left in new/"), "{out}");
+    assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 0);
+    let mut cur: Vec<_> = std::fs::read_dir(maildir.join("cur"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    cur.sort();
+    assert_eq!(cur, ["1.host:2,S", "2.host:2,S"]);
+    let show = env.ok(&["subscribers", "show", "gone@example.net"]).await;
+    assert!(show.contains("bounced"), "{show}");
+    // A scan of an empty new/ does nothing and says nothing.
+    assert_eq!(env.ok(&["bounces", "scan", "Maildir"]).await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_with_an_unusable_database_asks_the_mta_to_retry() {
+    let env = Env::new(1);
+    std::fs::write(
+        env.dir.path().join("b.db"),
+        b"this is not a database, it is text",
+    )
+    .unwrap();
+    let out = env
+        .run(
+            &["bounces", "ingest"],
+            Some(b"From: x@y.example\r\n\r\nhi\r\n".to_vec()),
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "EX_TEMPFAIL keeps the message queued: {out:?}"
+    );
+}
