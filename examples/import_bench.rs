@@ -1,0 +1,126 @@
+//! Import benchmark (not a test): generates ROWS subscribers as CSV in a
+//! temporary directory, imports them through the library, then exports and
+//! counts, printing rows per second and peak memory (VmHWM).
+//!
+//! cargo run --release --example import_bench -- [ROWS]   (default 100000)
+
+use std::io::{BufWriter, Write as _};
+use std::time::Instant;
+
+use bulletin::store::{ImportOptions, Selection, Store};
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rows: u64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir()?;
+    let csv_path = dir.path().join("people.csv");
+    let mut out = BufWriter::new(std::fs::File::create(&csv_path)?);
+    writeln!(out, "email,name,city,plan")?;
+    for i in 0..rows {
+        writeln!(
+            out,
+            "person{i}@example{}.org,Person {i},City {},{}",
+            i % 97,
+            i % 1000,
+            if i % 3 == 0 { "pro" } else { "free" }
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    let size = std::fs::metadata(&csv_path)?.len();
+    println!("rows: {rows}, csv: {:.1} MB", size as f64 / 1e6);
+
+    let store = Store::open(&dir.path().join("bench.db")).await?;
+    let start = Instant::now();
+    let (report, errors) = store
+        .import(
+            std::fs::File::open(&csv_path)?,
+            "news",
+            &ImportOptions::new(1_750_000_000),
+            |_| {},
+        )
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    assert!(errors.is_empty() && report.imported == rows, "{report:?}");
+    println!(
+        "import:  {:.2} s, {:.0} rows/s, peak RSS {:.1} MB",
+        secs,
+        rows as f64 / secs,
+        peak_rss_mb()
+    );
+
+    let start = Instant::now();
+    let (report, _) = store
+        .import(
+            std::fs::File::open(&csv_path)?,
+            "news",
+            &ImportOptions::new(1_750_000_001),
+            |_| {},
+        )
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(report.unchanged, rows);
+    println!(
+        "re-import (no change): {:.2} s, {:.0} rows/s, peak RSS {:.1} MB",
+        secs,
+        rows as f64 / secs,
+        peak_rss_mb()
+    );
+
+    let list = store.require_list("news").await?;
+    let start = Instant::now();
+    let selection = Selection::Audience(list.id);
+    let keys = store.attribute_keys(&selection).await?;
+    let mut sink = csv::Writer::from_writer(std::io::sink());
+    let n = store
+        .export(&selection, |row| -> anyhow::Result<()> {
+            let mut rec = vec![row.email, row.name, row.status];
+            for k in &keys {
+                rec.push(
+                    row.attributes
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                );
+            }
+            sink.write_record(&rec)?;
+            Ok(())
+        })
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "export:  {n} rows in {:.2} s, {:.0} rows/s, peak RSS {:.1} MB",
+        secs,
+        n as f64 / secs,
+        peak_rss_mb()
+    );
+
+    let start = Instant::now();
+    let lists = store.lists().await?;
+    let audience = store.audience_count(list.id).await?;
+    println!(
+        "count:   {} confirmed, {audience} receiving, in {:.2} s, peak RSS {:.1} MB",
+        lists[0].confirmed,
+        start.elapsed().as_secs_f64(),
+        peak_rss_mb()
+    );
+    store.close().await;
+    Ok(())
+}
