@@ -55,6 +55,9 @@ pub enum Command {
     Test(TestArgs),
     /// Serve the subscriber pages: unsubscribe, preferences, sign-up, archive
     Serve(ServeArgs),
+    /// Try everything at once: create the database, load the example
+    /// subscribers and send the example e-bulletin to the local outbox
+    Quickstart,
     /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
     #[command(subcommand)]
     Bounces(BouncesCommand),

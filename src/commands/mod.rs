@@ -6,6 +6,7 @@ mod bounces;
 mod build;
 mod lists;
 mod preview;
+mod quickstart;
 mod send;
 mod serve;
 mod subscribers;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => send::status(&config, &args),
         Command::Test(args) => send::test(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
+        Command::Quickstart => quickstart::run(&config),
         Command::Lists(args) => lists::run(&config, &args),
         Command::Subscribers(command) => subscribers::run(&config, &command),
     }

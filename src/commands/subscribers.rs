@@ -146,7 +146,7 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
     Ok(())
 }
 
-async fn import(
+pub(super) async fn import(
     store: &Store,
     config: &Config,
     file: &Path,

@@ -1,0 +1,73 @@
+//! `bulletin quickstart`: the whole pipeline on the embedded defaults, no
+//! server needed: the database is created, the example subscribers are
+//! imported into the `ebulletin` list, and the example e-bulletin is sent to
+//! the local outbox folder (never over SMTP, whatever the configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+use crate::cli::SendArgs;
+use crate::config::Config;
+use crate::store::{self, Store};
+
+const CAMPAIGN: &str = "campaigns/2026-11-ebulletin.md";
+const PEOPLE: &str = "examples/subscribers.csv";
+const LIST: &str = "ebulletin";
+
+pub(crate) fn run(config: &Config) -> Result<ExitCode> {
+    for f in [CAMPAIGN, PEOPLE] {
+        if !std::path::Path::new(f).exists() {
+            bail!(
+                "{f} not found: run `bulletin quickstart` from the root of the bulletin repository"
+            );
+        }
+    }
+    let mut config = config.clone();
+    config.smtp.url = None;
+    println!("database: {}", config.db.display());
+    super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        if store.list(LIST).await?.is_none() {
+            store
+                .create_list(
+                    LIST,
+                    "GAATW e-bulletin",
+                    "News and events from the Global Alliance Against Traffic in Women",
+                    false,
+                    true,
+                    store::now(),
+                )
+                .await?;
+            println!("created list {LIST}");
+        }
+        super::subscribers::import(&store, &config, PEOPLE.as_ref(), LIST, false).await?;
+        anyhow::Ok(())
+    })?;
+    let slug = "2026-11-ebulletin";
+    let already = super::runtime()?.block_on(async {
+        let store = Store::open(&config.db).await?;
+        anyhow::Ok(
+            store::deliveries::campaign_by_slug(store.pool(), slug)
+                .await?
+                .is_some_and(|c| c.status == "sent"),
+        )
+    })?;
+    if already {
+        println!(
+            "{slug} was already sent by an earlier quickstart; its messages are in {}",
+            config.outbox.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::send::send(
+        &config,
+        &SendArgs {
+            campaign: PathBuf::from(CAMPAIGN),
+            at: None,
+            yes: true,
+            again: false,
+        },
+    )
+}
