@@ -14,14 +14,14 @@ use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 const SECRET: &str = "test-secret-for-dispatch";
 
 /// A project folder with a config, a campaign and a database.
-struct Env {
-    dir: tempfile::TempDir,
-    smtp_url: String,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) smtp_url: String,
 }
 
 impl Env {
     /// `port`: the SMTP sink; `dispatch`: extra `[dispatch]` keys.
-    fn new(port: u16, dispatch: &str) -> Env {
+    pub(crate) fn new(port: u16, dispatch: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("bulletin.toml"),
@@ -56,7 +56,7 @@ impl Env {
         self.dir.path().join(p)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
         for (k, _) in std::env::vars() {
             if k.starts_with("BULLETIN_") {
@@ -73,14 +73,14 @@ impl Env {
     }
 
     /// Runs the binary to the end, off the async threads.
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.command(args);
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
             .unwrap()
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert!(
             out.status.success(),
@@ -92,7 +92,7 @@ impl Env {
     }
 
     /// Creates list `news` with `n` subscribers; returns their addresses.
-    async fn subscribers(&self, n: usize, special: &[&str]) -> Vec<String> {
+    pub(crate) async fn subscribers(&self, n: usize, special: &[&str]) -> Vec<String> {
         self.ok(&["lists", "add", "news", "--name", "News"]).await;
         let mut csv = String::from("email,name,city\n");
         let mut all = Vec::new();
@@ -487,4 +487,98 @@ async fn queued_send_keeps_the_frozen_content() {
         assert!(!raw.contains("EDITED"), "frozen content was sent");
     }
     assert_eq!(sink.messages().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_from_url_and_environment() {
+    let sink = SmtpSink::start(Behaviour::new().credentials("mailer", "s3cret"));
+    let mut env = Env::new(sink.port(), "");
+    env.subscribers(3, &[]).await;
+    env.smtp_url = format!("smtp://mailer@127.0.0.1:{}?tls=none", sink.port());
+    // Wrong password: the run stops with one clear line, nothing is lost.
+    let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
+    cmd.env("BULLETIN_SMTP_PASSWORD", "wrong");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("authentication failed for mailer"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong"),
+        "no password in messages: {stderr}"
+    );
+    assert!(sink.messages().is_empty());
+    // The right one, from the environment.
+    let mut cmd = env.command(&["dispatch"]);
+    cmd.env("BULLETIN_SMTP_PASSWORD", "s3cret");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(assert_no_duplicates(&sink.messages()).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_sends_the_example_to_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::util::root();
+    for f in [
+        "bulletin.toml",
+        "campaigns/2026-11-ebulletin.md",
+        "examples/subscribers.csv",
+    ] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        crate::util::write(dir.path(), f, &text);
+    }
+    let run = |dir: std::path::PathBuf| {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(dir)
+            .arg("quickstart")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || run(path))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2026-11-ebulletin: sent 25 (finished)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("messages are in outbox"), "{stdout}");
+    let emls: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(emls.len(), 25);
+    let one = std::fs::read_to_string(&emls[0])
+        .unwrap()
+        .replace("\r\n ", " ");
+    assert!(one.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert!(one.contains("Subject: GAATW e-bulletin"));
+    // Again: nobody is mailed twice.
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || run(path))
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already sent"));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .count(),
+        25
+    );
 }

@@ -71,3 +71,50 @@ async fn aiosmtpd_receives_lettre_messages() {
     };
     three_messages(server).await;
 }
+
+/// `bulletin send` to an independent server: every recipient once, with the
+/// bulk-mail headers intact as that server stored them.
+async fn campaign_to(server: Server) {
+    let env = crate::dispatch::Env::new(server.port(), "");
+    let all = env.subscribers(20, &[]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let got = tokio::task::spawn_blocking(move || server.wait_for(20, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(rcpts, want, "each recipient exactly once");
+    for m in &got {
+        assert!(
+            m.mail_from.starts_with("bounces+") && m.mail_from.ends_with("@alliance.example"),
+            "{}",
+            m.mail_from
+        );
+        let text = String::from_utf8_lossy(&m.data)
+            .replace("\r\n", "\n")
+            .replace("\n ", " ");
+        assert!(
+            text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+            "{text}"
+        );
+        assert!(text.contains("List-Unsubscribe: <https://news.example.org/unsubscribe/"));
+        assert!(text.contains("List-Id: \"News\" <news.alliance.example>"));
+        assert!(text.contains("Content-Type: multipart/alternative"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulletin_sends_a_campaign_to_postfix_smtp_sink() {
+    if let Some(server) = servers::postfix_smtp_sink() {
+        campaign_to(server).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulletin_sends_a_campaign_to_aiosmtpd() {
+    if let Some(server) = servers::aiosmtpd() {
+        campaign_to(server).await;
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
 use super::Error;
@@ -160,7 +160,7 @@ pub enum Sender {
         url: SmtpUrl,
         timeout: Duration,
         hello: ClientId,
-        conn: Option<Box<AsyncSmtpConnection>>,
+        conn: Option<Box<Conn>>,
         sent_on_conn: usize,
     },
     Outbox(PathBuf),
@@ -230,9 +230,11 @@ impl Sender {
                     *conn = Some(Box::new(connect(url, *timeout, hello).await?));
                     *sent_on_conn = 0;
                 }
-                let c = conn.as_mut().expect("connected");
+                let pipelining = conn.as_ref().is_some_and(|c| c.pipelining);
+                let c = &mut conn.as_mut().expect("connected").inner;
                 let result =
-                    tokio::time::timeout(*timeout * 4, transaction(c, envelope, bytes)).await;
+                    tokio::time::timeout(*timeout * 4, transaction(c, pipelining, envelope, bytes))
+                        .await;
                 let result = match result {
                     Ok(r) => r,
                     Err(_) => Err(Error::Dropped("timed out waiting for the server".into())),
@@ -278,9 +280,40 @@ impl Sender {
     }
 }
 
-/// MAIL, RCPT, DATA; the reply to the message text on success.
+/// A connection and whether its server pipelines (RFC 2920).
+pub struct Conn {
+    inner: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = AsyncSmtpConnection;
+    fn deref(&self) -> &AsyncSmtpConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AsyncSmtpConnection {
+        &mut self.inner
+    }
+}
+
+/// Several commands written at once (PIPELINING); `command` reads the
+/// first reply, `read_response` the others.
+struct Batch(String);
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// MAIL, RCPT, DATA (in one write when the server pipelines), then the
+/// message; the reply to the message text on success.
 async fn transaction(
     c: &mut AsyncSmtpConnection,
+    pipelining: bool,
     envelope: &Envelope,
     bytes: &[u8],
 ) -> Result<String, Error> {
@@ -288,17 +321,57 @@ async fn transaction(
     if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    c.command(Mail::new(envelope.from().cloned(), params))
-        .await
-        .map_err(|e| Error::from_smtp(e, "MAIL"))?;
-    for to in envelope.to() {
-        c.command(Rcpt::new(to.clone(), vec![]))
+    let mail = Mail::new(envelope.from().cloned(), params);
+    if pipelining {
+        let mut batch = mail.to_string();
+        for to in envelope.to() {
+            batch.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        batch.push_str(&Data.to_string());
+        // Every reply must be read, whatever the first ones said.
+        let mail_reply = c.command(Batch(batch)).await;
+        if let Err(e) = &mail_reply
+            && e.status().is_none()
+        {
+            return Err(Error::from_smtp(mail_reply.unwrap_err(), "MAIL"));
+        }
+        let mut first_error = mail_reply.err().map(|e| Error::from_smtp(e, "MAIL"));
+        for _ in envelope.to() {
+            match c.read_response().await {
+                Ok(_) => {}
+                Err(e) if e.status().is_none() => return Err(Error::from_smtp(e, "RCPT")),
+                Err(e) => {
+                    first_error.get_or_insert(Error::from_smtp(e, "RCPT"));
+                }
+            }
+        }
+        match c.read_response().await {
+            Ok(_) if first_error.is_some() => {
+                // A server that said 354 anyway: end the empty message.
+                let _ = c.message(b"").await;
+            }
+            Ok(_) => {}
+            Err(e) if e.status().is_none() => return Err(Error::from_smtp(e, "DATA")),
+            Err(e) => {
+                first_error.get_or_insert(Error::from_smtp(e, "DATA"));
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    } else {
+        c.command(mail)
             .await
-            .map_err(|e| Error::from_smtp(e, "RCPT"))?;
+            .map_err(|e| Error::from_smtp(e, "MAIL"))?;
+        for to in envelope.to() {
+            c.command(Rcpt::new(to.clone(), vec![]))
+                .await
+                .map_err(|e| Error::from_smtp(e, "RCPT"))?;
+        }
+        c.command(Data)
+            .await
+            .map_err(|e| Error::from_smtp(e, "DATA"))?;
     }
-    c.command(Data)
-        .await
-        .map_err(|e| Error::from_smtp(e, "DATA"))?;
     let reply = c
         .message(bytes)
         .await
@@ -311,11 +384,9 @@ async fn transaction(
 }
 
 /// Opens a connection: TCP with nodelay, EHLO, TLS as configured, AUTH.
-async fn connect(
-    url: &SmtpUrl,
-    timeout: Duration,
-    hello: &ClientId,
-) -> Result<AsyncSmtpConnection, Error> {
+/// lettre keeps only the EHLO keywords it knows, so the EHLO is repeated
+/// (before AUTH) to learn whether the server pipelines.
+async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<Conn, Error> {
     let addr = format!("{}:{}", url.host, url.port);
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
         .await
@@ -369,6 +440,13 @@ async fn connect(
         }
         _ => {}
     }
+    let pipelining =
+        match tokio::time::timeout(timeout, conn.command(Ehlo::new(hello.clone()))).await {
+            Ok(Ok(reply)) => reply
+                .message()
+                .any(|l| l.trim().eq_ignore_ascii_case("PIPELINING")),
+            _ => false,
+        };
     if let Some(user) = &url.user {
         let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
         tokio::time::timeout(
@@ -379,7 +457,10 @@ async fn connect(
         .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
         .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
     }
-    Ok(conn)
+    Ok(Conn {
+        inner: conn,
+        pipelining,
+    })
 }
 
 #[cfg(test)]

@@ -338,23 +338,39 @@ pub async fn commit(
     now: i64,
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
+    // The common case, sent, is one statement per batch.
+    let sent: Vec<(i64, &str, &str)> = outcomes
+        .iter()
+        .filter_map(|(d, _, o)| match o {
+            Outcome::Sent { reply, message_id } => Some((*d, reply.as_str(), message_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    for chunk in sent.chunks(300) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "WITH v(id, reply, mid) AS (VALUES {values})
+             UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
+                 next_attempt_at = NULL, updated_at = ?, sent_at = ?
+             FROM v WHERE deliveries.id = v.id"
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, reply, mid) in chunk {
+            q = q.bind(id).bind(reply).bind(mid);
+        }
+        q.bind(now).bind(now).execute(&mut *tx).await?;
+    }
     for (delivery_id, subscriber_id, outcome) in outcomes {
-        let (status, reply, next, message_id): (&str, Option<&str>, Option<i64>, Option<&str>) =
-            match outcome {
-                Outcome::Sent { reply, message_id } => {
-                    ("sent", Some(reply), None, Some(message_id))
-                }
-                Outcome::Deferred { reply, retry_at } => {
-                    ("deferred", Some(reply), Some(*retry_at), None)
-                }
-                Outcome::Failed { reply, .. } => ("failed", Some(reply), None, None),
-                Outcome::Skipped { reason } => ("skipped", Some(reason), None, None),
-                Outcome::Unclaimed => ("queued", None, None, None),
-            };
+        let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
+            Outcome::Sent { .. } => continue,
+            Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
+            Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
+            Outcome::Skipped { reason } => ("skipped", Some(reason), None),
+            Outcome::Unclaimed => ("queued", None, None),
+        };
         sqlx::query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
-                 message_id = COALESCE(?5, message_id), updated_at = ?6,
-                 sent_at = CASE WHEN ?2 = 'sent' THEN ?6 ELSE sent_at END,
+                 updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' THEN MAX(attempts - 1, 0) ELSE attempts END
              WHERE id = ?1",
         )
@@ -362,7 +378,6 @@ pub async fn commit(
         .bind(status)
         .bind(reply)
         .bind(next)
-        .bind(message_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -388,14 +403,16 @@ pub async fn commit(
             .await?;
         }
     }
-    for id in claim {
-        sqlx::query(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in claim.chunks(400) {
+        let ids = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id IN ({ids})"
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -171,7 +171,9 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// The pool, for the store's function modules (`deliveries`, `people`)
+    /// and the benchmarks that drive them.
+    pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
