@@ -50,7 +50,7 @@ impl Drop for Sink {
 }
 
 fn start_sink(port: u16) -> Sink {
-    let child = Command::new("/usr/sbin/smtp-sink")
+    let mut child = Command::new("/usr/sbin/smtp-sink")
         .args(["-u", "nobody", "-c", &format!("127.0.0.1:{port}"), "512"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -62,6 +62,8 @@ fn start_sink(port: u16) -> Sink {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("smtp-sink did not start");
 }
 
