@@ -473,3 +473,11 @@ fn preview_serves_and_rerenders_on_change() {
         "{page}"
     );
 }
+
+#[test]
+fn help_output_is_committed() {
+    // See: bat tests/integration_tests.rs::test_help. Refresh with UPDATE_EXPECT=1.
+    let out = bulletin(&root()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    expect_file!["data/help.txt"].assert_eq(&String::from_utf8(out.stdout).unwrap());
+}

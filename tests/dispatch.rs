@@ -582,3 +582,42 @@ async fn quickstart_sends_the_example_to_the_outbox() {
         25
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_signature_covers_the_list_unsubscribe_headers() {
+    use base64::Engine as _;
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    // An ed25519 key is its 32-byte seed, base64.
+    let seed = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    std::fs::write(env.path("dkim.key"), seed).unwrap();
+    let mut config = std::fs::read_to_string(env.path("bulletin.toml")).unwrap();
+    config.push_str("[dkim]\ndomain = \"alliance.example\"\nselector = \"s1\"\nkey_file = \"dkim.key\"\nalgorithm = \"ed25519\"\n");
+    std::fs::write(env.path("bulletin.toml"), config).unwrap();
+    env.subscribers(1, &[]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let raw = unfold(&sink.messages()[0].data);
+    let sig = header(&raw, "DKIM-Signature").expect("signed");
+    assert!(sig.contains("a=ed25519-sha256"), "{sig}");
+    assert!(
+        sig.contains("d=alliance.example") && sig.contains("s=s1"),
+        "{sig}"
+    );
+    let signed: Vec<String> = sig
+        .split(';')
+        .map(str::trim)
+        .find_map(|t| t.strip_prefix("h="))
+        .unwrap()
+        .split(':')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in [
+        "from",
+        "subject",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "message-id",
+    ] {
+        assert!(signed.iter().any(|s| s == h), "{h} not signed: {sig}");
+    }
+}

@@ -735,3 +735,42 @@ async fn worker(
     sender.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spaces_sends_to_the_rate() {
+        let pacer = Pacer::new(10.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pacer.wait().await;
+        }
+        // The first goes at once, then one every 100 ms (virtual time).
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        let unlimited = Pacer::new(0.0);
+        let start = tokio::time::Instant::now();
+        unlimited.wait().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn smtp_errors_classify() {
+        let e = Error::Reply {
+            stage: "RCPT",
+            code: 550,
+            message: "5.1.1 unknown".into(),
+        };
+        assert!(e.is_permanent() && !e.is_transient());
+        let e = Error::Reply {
+            stage: "RCPT",
+            code: 451,
+            message: "later".into(),
+        };
+        assert!(e.is_transient() && !e.is_permanent());
+        assert!(Error::Dropped("eof".into()).is_transient());
+        assert!(!Error::Fatal("down".into()).is_transient());
+        assert_eq!(Error::Fatal("down".into()).status(), None);
+    }
+}
