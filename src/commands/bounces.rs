@@ -192,7 +192,7 @@ impl Ingest {
         if self.store.inbound_seen(&hash).await? {
             return Ok("already processed".into());
         }
-        let now = crate::dispatch::now();
+        let now = crate::store::now();
         let report = bounce::parse_with_envelope(raw, envelope);
         let kind = serde_json::to_value(report.kind)?
             .as_str()

@@ -317,7 +317,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             }
         })?;
         let settings = settings(config, &store).await?;
-        let now = dispatch::now();
+        let now = crate::store::now();
         let send_at = at.map_or(now, |t| t.timestamp());
 
         // A campaign already frozen: resume it, never freeze it twice.
@@ -426,7 +426,7 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = Store::open(&config.db).await?;
         let pool = store.pool();
-        let now = dispatch::now();
+        let now = crate::store::now();
         let mut trouble = false;
         // Long-overdue scheduled campaigns are held, not sent silently.
         let hold_before = now - config.dispatch.hold_after_hours * 3600;
@@ -582,7 +582,11 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             archive_url: &archive,
         });
         let token = settings.signer.sign(Purpose::Bounce, 0, 0);
-        let message_id = format!("test.{}.{}@{domain}", built.campaign.slug, dispatch::now());
+        let message_id = format!(
+            "test.{}.{}@{domain}",
+            built.campaign.slug,
+            crate::store::now()
+        );
         let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
         let from = built
             .campaign
@@ -609,7 +613,7 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             message.sign(d);
         }
         let mut sender = settings.transport.sender();
-        let name = format!("test-{}", dispatch::now());
+        let name = format!("test-{}", crate::store::now());
         let reply = sender
             .send(message.envelope(), &message.formatted(), &name, 1)
             .await

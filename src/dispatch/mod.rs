@@ -22,6 +22,7 @@ use crate::compose;
 use crate::links::{Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
 use crate::store::deliveries::{self as db, CampaignRow, InFlight, Job, Outcome};
+use crate::store::now;
 use transport::Transport;
 
 /// Errors of a run. `is_transient` / `is_permanent` / `status` classify SMTP
@@ -239,12 +240,6 @@ fn dead_owner(owner: Option<&str>) -> Option<String> {
         && pid != std::process::id()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists())
     .then(|| owner.to_string())
-}
-
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Why a run did not start.

@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{AppState, ClientIp, ConfirmLink, Error, list, person};
-use crate::dispatch::now;
+use crate::store::now;
 use crate::store::people;
 
 pub fn router() -> Router<AppState> {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list, person};
-use crate::dispatch::now;
 use crate::links::Purpose;
 use crate::store::List;
+use crate::store::now;
 use crate::store::people;
 
 pub fn router() -> Router<AppState> {
