@@ -65,32 +65,26 @@ pub(crate) async fn signer(
     store: &Store,
     transport: &Transport,
 ) -> Result<Signer> {
-    let previous: Vec<&[u8]> = config
-        .secrets
-        .previous
-        .iter()
-        .map(|s| s.as_bytes())
-        .collect();
-    if let Some(secret) = &config.secrets.current {
-        return Ok(Signer::new(secret.as_bytes(), &previous));
-    }
-    if matches!(transport, Transport::Smtp { .. }) {
+    if config.secrets.current.is_none() && matches!(transport, Transport::Smtp { .. }) {
         bail!(
             "BULLETIN_SECRET is not set: every link in the emails is signed with it, and \
              `bulletin serve` must know the same secret; generate one with `openssl rand -hex 32`"
         );
+    }
+    if let Some(signer) = verifier(config, store).await? {
+        return Ok(signer);
     }
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
         .context("read /dev/urandom")?;
     let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = db::setting_or_insert(store.pool(), "dev_secret", &fresh).await?;
+    db::setting_or_insert(store.pool(), "dev_secret", &fresh).await?;
     eprintln!(
         "bulletin: note: BULLETIN_SECRET is not set; links are signed with a development secret kept in {}",
         config.db.display()
     );
-    Ok(Signer::new(secret.as_bytes(), &previous))
+    Ok(verifier(config, store).await?.expect("just stored"))
 }
 
 fn dkim(config: &Config) -> Result<Option<Arc<lettre::message::dkim::DkimConfig>>> {

@@ -583,14 +583,11 @@ async fn worker(
             break;
         }
         let Some(job) = claim(&tx).await else { break };
+        // Hands the job back unsent: it is queued again.
+        let unclaim =
+            |job: &Job| Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed);
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
-            let _ = tx
-                .send(Request::Done(
-                    job.delivery_id,
-                    job.subscriber_id,
-                    Outcome::Unclaimed,
-                ))
-                .await;
+            let _ = tx.send(unclaim(&job)).await;
             break;
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
@@ -705,13 +702,7 @@ async fn worker(
             }
             Err(e) => {
                 // Server down, TLS or auth: this message was not sent; stop.
-                let _ = tx
-                    .send(Request::Done(
-                        job.delivery_id,
-                        job.subscriber_id,
-                        Outcome::Unclaimed,
-                    ))
-                    .await;
+                let _ = tx.send(unclaim(&job)).await;
                 sender.close().await;
                 return Err(e);
             }
