@@ -621,3 +621,35 @@ async fn dkim_signature_covers_the_list_unsubscribe_headers() {
         assert!(signed.iter().any(|s| s == h), "{h} not signed: {sig}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_without_a_terminal_needs_yes_and_sends_nothing() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let out = env.run(&["send", "campaigns/news-1.md"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("add --yes") && stderr.contains("2 recipients of news"),
+        "{stderr}"
+    );
+    assert!(sink.messages().is_empty());
+    assert!(
+        env.ok(&["status"]).await.contains("no campaigns yet"),
+        "nothing frozen"
+    );
+    // A campaign whose list does not exist names the line to fix.
+    let path = env.path("campaigns/news-1.md");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("list = \"news\"", "list = \"nope\"");
+    std::fs::write(&path, text).unwrap();
+    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("campaigns/news-1.md:4: list \"nope\" does not exist"),
+        "{stderr}"
+    );
+}
