@@ -51,6 +51,8 @@ pub enum Error {
     Sql(sqlx::Error),
     #[error("schema: {0}")]
     Schema(String),
+    #[error("the subscription writer has stopped (the server is shutting down)")]
+    WriterStopped,
     #[error("{email:?}: {source}")]
     Address {
         email: String,

@@ -2,18 +2,23 @@
 //! they make themselves (name, subscriptions, sign-up, confirmation), and
 //! what "download my data" returns. Every change appends an event.
 
-use sqlx::{FromRow, Row, SqlitePool};
+use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{List, Result, events};
 
 const LIST_COLUMNS: &str =
     "l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at";
 
-pub async fn list(pool: &SqlitePool, id: i64) -> Result<Option<List>> {
+/// The list `list`, when `subscriber` is a living (not erased) person: what
+/// an unsubscribe link needs, in one query.
+pub async fn list_for(pool: &SqlitePool, subscriber: i64, list: i64) -> Result<Option<List>> {
     let row = sqlx::query(&format!(
-        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?"
+        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?
+         AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = ? AND s.email IS NOT NULL)"
     ))
-    .bind(id)
+    .bind(list)
+    .bind(subscriber)
     .fetch_optional(pool)
     .await?;
     Ok(row.as_ref().map(List::from_row).transpose()?)
@@ -46,8 +51,9 @@ pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, S
         .collect()
 }
 
-/// Sets a subscription's status (creating the row); appends an event only
-/// when something changed. Returns whether it did.
+/// Sets a subscription's status (creating the row) in one IMMEDIATE
+/// transaction; appends an event only when something changed. Returns
+/// whether it did. A person who is erased (or unknown) is left alone.
 pub async fn set_subscription(
     pool: &SqlitePool,
     subscriber: i64,
@@ -56,14 +62,35 @@ pub async fn set_subscription(
     source: &str,
     now: i64,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let current: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// [`set_subscription`] inside the caller's write transaction. Choosing a
+/// list again makes a person who had left everything active again; a
+/// bounced, complained or erased person stays as they are.
+async fn set_subscription_in(
+    conn: &mut SqliteConnection,
+    subscriber: i64,
+    list: i64,
+    status: &str,
+    source: &str,
+    now: i64,
+) -> Result<bool> {
+    let current: Option<(Option<String>, String)> = sqlx::query_as(
+        "SELECT sub.status, s.status FROM subscribers s
+         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?
+         WHERE s.id = ? AND s.email IS NOT NULL",
     )
-    .bind(subscriber)
     .bind(list)
-    .fetch_optional(&mut *tx)
+    .bind(subscriber)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some((current, person)) = current else {
+        return Ok(false);
+    };
     if current.as_deref() == Some(status) {
         return Ok(false);
     }
@@ -77,16 +104,113 @@ pub async fn set_subscription(
     .bind(status)
     .bind(source)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
+    if status == "confirmed" && person == "unsubscribed" {
+        sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(subscriber)
+            .execute(&mut *conn)
+            .await?;
+    }
     let kind = match status {
-        "confirmed" => "subscribed",
         "unsubscribed" => "unsubscribed",
         _ => "subscribed",
     };
-    events::append(&mut tx, subscriber, Some(list), kind, source, None, now).await?;
-    tx.commit().await?;
+    events::append(conn, subscriber, Some(list), kind, source, None, now).await?;
     Ok(true)
+}
+
+/// Changes of subscription from the web pages, written by one task that
+/// commits whatever has queued up in one transaction: under a burst of
+/// one-click unsubscribes the requests share commits instead of queueing
+/// for SQLite's single write lock one by one. Each caller gets its answer
+/// only after the commit that holds its change.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Change>,
+}
+
+#[derive(Debug)]
+struct Change {
+    subscriber: i64,
+    list: i64,
+    status: &'static str,
+    source: &'static str,
+    now: i64,
+    done: oneshot::Sender<Result<bool>>,
+}
+
+/// Most changes in one transaction.
+const GROUP: usize = 512;
+
+impl Writer {
+    /// Starts the writing task on the current tokio runtime; it ends when
+    /// the last clone of the `Writer` is dropped, after its queue is empty.
+    pub fn spawn(pool: SqlitePool) -> Writer {
+        let (queue, mut rx) = mpsc::channel::<Change>(4 * GROUP);
+        tokio::spawn(async move {
+            let mut group = Vec::with_capacity(GROUP);
+            while rx.recv_many(&mut group, GROUP).await > 0 {
+                write_group(&pool, &mut group).await;
+            }
+        });
+        Writer { queue }
+    }
+
+    /// [`set_subscription`], through the writing task.
+    pub async fn set_subscription(
+        &self,
+        subscriber: i64,
+        list: i64,
+        status: &'static str,
+        source: &'static str,
+        now: i64,
+    ) -> Result<bool> {
+        let (done, answer) = oneshot::channel();
+        let change = Change {
+            subscriber,
+            list,
+            status,
+            source,
+            now,
+            done,
+        };
+        let stopped = || super::Error::WriterStopped;
+        self.queue.send(change).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Writes a group in one transaction. Should that fail, each change is
+/// tried on its own, so one bad change cannot sink the others.
+async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
+    async fn all(pool: &SqlitePool, group: &[Change]) -> Result<Vec<bool>> {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut changed = Vec::with_capacity(group.len());
+        for c in group {
+            changed.push(
+                set_subscription_in(&mut tx, c.subscriber, c.list, c.status, c.source, c.now)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+    match all(pool, group).await {
+        Ok(changed) => {
+            for (c, changed) in group.drain(..).zip(changed) {
+                let _ = c.done.send(Ok(changed));
+            }
+        }
+        Err(_) => {
+            for c in group.drain(..) {
+                let result =
+                    set_subscription(pool, c.subscriber, c.list, c.status, c.source, c.now).await;
+                let _ = c.done.send(result);
+            }
+        }
+    }
 }
 
 pub async fn set_name(pool: &SqlitePool, subscriber: i64, name: &str, now: i64) -> Result<()> {
@@ -177,31 +301,25 @@ pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Res
     if suppressed.is_some() {
         return Ok(None);
     }
-    let existing = sqlx::query("SELECT id, status FROM subscribers WHERE email = ?")
+    // Two sign-ups of one new address at once: the second insert does
+    // nothing and both read the same row.
+    sqlx::query(
+        "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
+         VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(email)
+    .bind(&hash)
+    .bind(name)
+    .bind(now)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    let row = sqlx::query("SELECT id, status FROM subscribers WHERE email = ?")
         .bind(email)
-        .fetch_optional(pool)
+        .fetch_one(pool)
         .await?;
-    match existing {
-        Some(r) => {
-            let status: String = r.get("status");
-            Ok(matches!(status.as_str(), "active" | "unsubscribed").then(|| r.get("id")))
-        }
-        None => {
-            let id = sqlx::query(
-                "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
-                 VALUES (?, ?, ?, '{}', 'active', ?, ?)",
-            )
-            .bind(email)
-            .bind(&hash)
-            .bind(name)
-            .bind(now)
-            .bind(now)
-            .execute(pool)
-            .await?
-            .last_insert_rowid();
-            Ok(Some(id))
-        }
-    }
+    let status: String = row.get("status");
+    Ok(matches!(status.as_str(), "active" | "unsubscribed").then(|| row.get("id")))
 }
 
 /// A sign-up for one list: a pending subscription unless already confirmed.
@@ -226,41 +344,211 @@ pub async fn request_subscription(
     Ok(true)
 }
 
-/// Double opt-in confirmed: the subscription becomes confirmed and a person
-/// who had left everything is active again.
+/// Double opt-in confirmed: a pending subscription becomes confirmed and a
+/// person who had left everything is active again. Anything else (already
+/// confirmed, unsubscribed since, erased) is left alone.
 pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
-    let current: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let confirmed = sqlx::query(
+        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
+         WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'",
     )
+    .bind(now)
     .bind(subscriber)
     .bind(list)
-    .fetch_optional(pool)
-    .await?;
-    if current.as_deref() != Some("pending") {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ? AND status = 'unsubscribed'")
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if confirmed {
+        sqlx::query(
+            "UPDATE subscribers SET status = 'active', updated_at = ?
+             WHERE id = ? AND status = 'unsubscribed'",
+        )
         .bind(now)
         .bind(subscriber)
-        .execute(pool)
-        .await?;
-    let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE subscriptions SET status = 'confirmed', updated_at = ? WHERE subscriber_id = ? AND list_id = ?")
-        .bind(now)
-        .bind(subscriber)
-        .bind(list)
         .execute(&mut *tx)
         .await?;
-    events::append(
-        &mut tx,
-        subscriber,
-        Some(list),
-        "confirmed",
-        "web",
-        None,
-        now,
-    )
-    .await?;
+        events::append(
+            &mut tx,
+            subscriber,
+            Some(list),
+            "confirmed",
+            "web",
+            None,
+            now,
+        )
+        .await?;
+    }
     tx.commit().await?;
-    Ok(true)
+    Ok(confirmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    async fn store_with(people: usize) -> (tempfile::TempDir, Store, i64, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store
+            .create_list("news", "News", "", false, true, 1)
+            .await
+            .unwrap()
+            .id;
+        let mut ids = Vec::new();
+        for i in 0..people {
+            store
+                .add_subscriber(&format!("p{i}@example.org"), None, "news", "cli", 1)
+                .await
+                .unwrap();
+            ids.push(
+                store
+                    .subscriber(&format!("p{i}@example.org"))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .id,
+            );
+        }
+        (dir, store, list, ids)
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_records_every_concurrent_change_once() {
+        let (_dir, store, list, ids) = store_with(300).await;
+        let writer = Writer::spawn(store.pool().clone());
+        // Every person twice at once: one change each, one "false".
+        let tasks: Vec<_> = ids
+            .iter()
+            .chain(ids.iter())
+            .map(|&id| {
+                let w = writer.clone();
+                tokio::spawn(
+                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
+                )
+            })
+            .collect();
+        let mut changed = 0;
+        for t in tasks {
+            changed += t.await.unwrap().unwrap() as usize;
+        }
+        assert_eq!(changed, ids.len());
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM subscriptions WHERE status = 'unsubscribed'"
+            )
+            .await,
+            300
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM events WHERE kind = 'unsubscribed'"
+            )
+            .await,
+            300
+        );
+    }
+
+    #[tokio::test]
+    async fn writer_leaves_erased_and_unknown_people_alone() {
+        let (_dir, store, list, ids) = store_with(2).await;
+        store.forget("p0@example.org", "cli", 2).await.unwrap();
+        let writer = Writer::spawn(store.pool().clone());
+        assert!(
+            !writer
+                .set_subscription(ids[0], list, "confirmed", "web", 3)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !writer
+                .set_subscription(9_999, list, "confirmed", "web", 3)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!(
+                    "SELECT count(*) FROM subscriptions WHERE subscriber_id = {}",
+                    ids[0]
+                )
+            )
+            .await,
+            0
+        );
+        // A change that fails (no such list) does not sink one that is fine
+        // in the same group.
+        let (bad, good) = tokio::join!(
+            writer.set_subscription(ids[1], 77, "confirmed", "web", 3),
+            writer.set_subscription(ids[1], list, "unsubscribed", "web", 3),
+        );
+        assert!(bad.is_err());
+        assert!(good.unwrap());
+    }
+
+    #[tokio::test]
+    async fn choosing_a_list_again_reactivates_who_left_everything() {
+        let (_dir, store, list, ids) = store_with(1).await;
+        sqlx::query("UPDATE subscribers SET status = 'unsubscribed'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 2)
+            .await
+            .unwrap();
+        assert!(
+            set_subscription(store.pool(), ids[0], list, "confirmed", "web", 3)
+                .await
+                .unwrap()
+        );
+        let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
+        assert_eq!(p.status, "active");
+        // Bounced people stay bounced.
+        sqlx::query("UPDATE subscribers SET status = 'bounced'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 4)
+            .await
+            .unwrap();
+        set_subscription(store.pool(), ids[0], list, "confirmed", "web", 5)
+            .await
+            .unwrap();
+        let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
+        assert_eq!(p.status, "bounced");
+    }
+
+    #[tokio::test]
+    async fn confirm_only_confirms_pending() {
+        let (_dir, store, list, ids) = store_with(1).await;
+        set_subscription(store.pool(), ids[0], list, "pending", "web", 2)
+            .await
+            .unwrap();
+        assert!(confirm(store.pool(), ids[0], list, 3).await.unwrap());
+        assert!(!confirm(store.pool(), ids[0], list, 4).await.unwrap());
+        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 5)
+            .await
+            .unwrap();
+        assert!(!confirm(store.pool(), ids[0], list, 6).await.unwrap());
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM events WHERE kind = 'confirmed'"
+            )
+            .await,
+            1
+        );
+    }
 }

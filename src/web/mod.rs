@@ -27,7 +27,7 @@ use axum::{Router, middleware};
 
 use crate::dispatch::Mailer;
 use crate::links::{Claims, Purpose, Signer, Urls};
-use crate::store::Store;
+use crate::store::{Store, people};
 pub use pages::Pages;
 
 /// Largest request body accepted; forms here are small.
@@ -48,6 +48,8 @@ struct Inner {
     mailer: Option<Mailer>,
     from: String,
     limiter: RateLimiter,
+    /// Every subscription change made on these pages goes through it.
+    writer: people::Writer,
 }
 
 impl AppState {
@@ -61,13 +63,14 @@ impl AppState {
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
-                store,
                 signer,
                 urls,
                 pages,
                 mailer,
                 from,
                 limiter: RateLimiter::new(10, Duration::from_secs(600)),
+                writer: people::Writer::spawn(store.pool().clone()),
+                store,
             }),
         }
     }
@@ -195,9 +198,10 @@ async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, E
     }
 }
 
-/// The list a token names, or the plain 404.
-async fn list(state: &AppState, id: i64) -> Result<crate::store::List, Error> {
-    crate::store::people::list(state.inner.store.pool(), id)
+/// The list an unsubscribe token names, while the person it names lives;
+/// otherwise the plain 404.
+async fn list_for(state: &AppState, claims: &Claims) -> Result<crate::store::List, Error> {
+    people::list_for(state.inner.store.pool(), claims.a, claims.b)
         .await?
         .ok_or(Error::NotFound)
 }

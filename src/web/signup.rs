@@ -9,7 +9,7 @@ use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
 
-use super::{AppState, ClientIp, ConfirmLink, Error, list, person};
+use super::{AppState, ClientIp, ConfirmLink, Error, list_for};
 use crate::store::now;
 use crate::store::people;
 
@@ -145,8 +145,7 @@ async fn confirm_page(
         0: claims,
         1: token,
     } = link;
-    person(&state, claims.a).await?;
-    let list = list(&state, claims.b).await?;
+    let list = list_for(&state, &claims).await?;
     state
         .inner
         .pages
@@ -162,8 +161,7 @@ async fn confirm_page(
 async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
     let claims = link.0;
     let pool = state.inner.store.pool();
-    person(&state, claims.a).await?;
-    let list = list(&state, claims.b).await?;
+    let list = list_for(&state, &claims).await?;
     people::confirm(pool, claims.a, claims.b, now()).await?;
     let text = format!(
         "You will receive {} at this address. Every email has a link to leave.",

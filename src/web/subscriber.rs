@@ -11,7 +11,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list, person};
+use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list_for, person};
 use crate::links::Purpose;
 use crate::store::List;
 use crate::store::now;
@@ -63,8 +63,7 @@ async fn unsubscribe_page(
         0: claims,
         1: token,
     } = link;
-    person(&state, claims.a).await?;
-    let list = list(&state, claims.b).await?;
+    let list = list_for(&state, &claims).await?;
     let urls = &state.inner.urls;
     page(
         &state,
@@ -106,22 +105,17 @@ async fn unsubscribe(
     body: Bytes,
 ) -> Result<Response, Error> {
     let UnsubscribeLink { 0: claims, .. } = link;
-    person(&state, claims.a).await?;
-    let list = list(&state, claims.b).await?;
+    let list = list_for(&state, &claims).await?;
     if !is_one_click(&headers, &body) {
         return Err(Error::BadRequest(
             "The request needs List-Unsubscribe=One-Click.",
         ));
     }
-    people::set_subscription(
-        state.inner.store.pool(),
-        claims.a,
-        claims.b,
-        "unsubscribed",
-        "web",
-        now(),
-    )
-    .await?;
+    state
+        .inner
+        .writer
+        .set_subscription(claims.a, claims.b, "unsubscribed", "web", now())
+        .await?;
     let text = format!("You will no longer receive {} at this address.", list.name);
     Ok((
         StatusCode::OK,
@@ -230,6 +224,7 @@ async fn save_preferences(
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
     let pool = state.inner.store.pool();
+    let writer = &state.inner.writer;
     let leave_all = fields.iter().any(|(k, v)| k == "action" && v == "leave");
     if let Some((_, name)) = fields.iter().find(|(k, _)| k == "name") {
         let name = name.trim();
@@ -249,9 +244,13 @@ async fn save_preferences(
         let want = !leave_all && wanted.contains(&list.slug.as_str());
         if want && !choice.subscribed {
             // The link proves the address, so no second confirmation.
-            people::set_subscription(pool, p.id, list.id, "confirmed", "web", now()).await?;
+            writer
+                .set_subscription(p.id, list.id, "confirmed", "web", now())
+                .await?;
         } else if !want && choice.subscribed {
-            people::set_subscription(pool, p.id, list.id, "unsubscribed", "web", now()).await?;
+            writer
+                .set_subscription(p.id, list.id, "unsubscribed", "web", now())
+                .await?;
         }
     }
     Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response())
