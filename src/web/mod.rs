@@ -177,7 +177,7 @@ impl IntoResponse for Error {
                 "Too many requests came from your network. Try again in a few minutes.",
             ),
             Error::Internal(e) => {
-                tracing::error!("internal error: {e}");
+                tracing::error!("internal error: {}", without_addresses(e));
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Something went wrong",
@@ -188,6 +188,15 @@ impl IntoResponse for Error {
         let body = pages::plain(heading, &[text]);
         (status, Html(body)).into_response()
     }
+}
+
+/// `text` with every word that holds an `@` replaced: errors from SMTP
+/// servers and the database may quote an address, and logs must not.
+pub(crate) fn without_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|w| if w.contains('@') { "<address>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The living person a token names; erased or unknown: the plain 404.
@@ -282,6 +291,15 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_carry_no_address() {
+        assert_eq!(
+            without_addresses("550 5.1.1 <ann@example.org>: unknown user x@y"),
+            "550 5.1.1 <address> unknown user <address>"
+        );
+        assert_eq!(without_addresses("no address"), "no address");
+    }
 
     #[test]
     fn rate_limiter_counts_per_address() {

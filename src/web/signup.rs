@@ -39,6 +39,8 @@ const THANKS: &[&str] = &[
     "Nothing is sent to you until you confirm.",
 ];
 
+const SUBSCRIBED: &[&str] = &["Thank you. Every email we send has a link to leave."];
+
 async fn subscribe(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -54,14 +56,21 @@ async fn subscribe(
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.trim().to_string())
     };
-    let thanks = || {
+    // The answer depends only on the lists chosen, never on the address.
+    let answer = |confirming: bool| {
+        let (heading, text) = if confirming {
+            ("Check your inbox", THANKS)
+        } else {
+            ("You are subscribed", SUBSCRIBED)
+        };
         state
             .inner
             .pages
-            .message("Check your inbox", THANKS)
+            .message(heading, text)
             .map(Html)
             .map_err(Error::Internal)
     };
+    let thanks = || answer(true);
     // A bot filled the hidden field: answer as usual, do nothing.
     if get("website").is_some_and(|v| !v.is_empty()) {
         return thanks();
@@ -86,16 +95,29 @@ async fn subscribe(
             "Choose at least one list. Go back and tick one.",
         ));
     }
-    // Known or not, the answer is the same; only the mailbox owner sees a difference.
+    let confirming = chosen.iter().any(|l| l.double_opt_in);
+    // Known or not, the answer is the same; only the mailbox owner sees a
+    // difference. The confirmation email goes out after the answer, so the
+    // time taken tells nothing either.
     let Some(subscriber) = people::signup(pool, &email, &name, now()).await? else {
-        return thanks();
+        return answer(confirming);
     };
     for list in chosen {
-        if people::request_subscription(pool, subscriber, list.id, now()).await? {
-            send_confirmation(&state, subscriber, &email, &name, list).await;
+        if !list.double_opt_in {
+            state
+                .inner
+                .writer
+                .set_subscription(subscriber, list.id, "confirmed", "web", now())
+                .await?;
+        } else if people::request_subscription(pool, subscriber, list.id, now()).await? {
+            let (state, email, name, list) =
+                (state.clone(), email.clone(), name.clone(), list.clone());
+            tokio::spawn(async move {
+                send_confirmation(&state, subscriber, &email, &name, &list).await;
+            });
         }
     }
-    thanks()
+    answer(confirming)
 }
 
 /// Sends the double opt-in email; failures are logged (without the address)
@@ -133,7 +155,10 @@ async fn send_confirmation(
         .send_text(&state.inner.from, email, &subject, &text)
         .await
     {
-        tracing::warn!("confirmation for subscriber {subscriber} not sent: {e}");
+        tracing::warn!(
+            "confirmation for subscriber {subscriber} not sent: {}",
+            super::without_addresses(&e.to_string())
+        );
     }
 }
 
