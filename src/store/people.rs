@@ -500,34 +500,22 @@ mod tests {
 
     #[tokio::test]
     async fn choosing_a_list_again_reactivates_who_left_everything() {
-        let (_dir, store, list, ids) = store_with(1).await;
-        sqlx::query("UPDATE subscribers SET status = 'unsubscribed'")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 2)
-            .await
-            .unwrap();
-        assert!(
-            set_subscription(store.pool(), ids[0], list, "confirmed", "web", 3)
+        // (status before, status after leaving the list and choosing it again)
+        for (before, after) in [("unsubscribed", "active"), ("bounced", "bounced")] {
+            let (_dir, store, list, ids) = store_with(1).await;
+            let pool = store.pool();
+            sqlx::query("UPDATE subscribers SET status = ?")
+                .bind(before)
+                .execute(pool)
                 .await
-                .unwrap()
-        );
-        let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
-        assert_eq!(p.status, "active");
-        // Bounced people stay bounced.
-        sqlx::query("UPDATE subscribers SET status = 'bounced'")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 4)
-            .await
-            .unwrap();
-        set_subscription(store.pool(), ids[0], list, "confirmed", "web", 5)
-            .await
-            .unwrap();
-        let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
-        assert_eq!(p.status, "bounced");
+                .unwrap();
+            for (status, now) in [("unsubscribed", 2), ("confirmed", 3)] {
+                let changed = set_subscription(pool, ids[0], list, status, "web", now).await;
+                assert!(changed.unwrap());
+            }
+            let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
+            assert_eq!(p.status, after, "{before}");
+        }
     }
 
     #[tokio::test]
