@@ -164,15 +164,35 @@ async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Htm
     let pool = state.inner.store.pool();
     person(&state, claims.a).await?;
     let list = list(&state, claims.b).await?;
-    people::confirm(pool, claims.a, claims.b, now()).await?;
-    let text = format!(
-        "You will receive {} at this address. Every email has a link to leave.",
-        list.name
-    );
-    state
-        .inner
-        .pages
-        .message("You are subscribed", &[&text])
-        .map(Html)
-        .map_err(Error::Internal)
+    let confirmed = people::confirm(pool, claims.a, claims.b, now()).await?;
+    // Not pending any more: confirmed by an earlier click, or left since the
+    // link was sent, in which case the person's latest choice stands.
+    let subscribed = confirmed
+        || people::lists_of(pool, claims.a)
+            .await?
+            .iter()
+            .any(|(l, status)| l.id == list.id && status == "confirmed");
+    let pages = &state.inner.pages;
+    let page = if subscribed {
+        let text = format!(
+            "You will receive {} at this address. Every email has a link to leave.",
+            list.name
+        );
+        pages.message("You are subscribed", &[&text])
+    } else {
+        let text = format!(
+            "You left {} after this link was sent to you, so it no longer subscribes you.",
+            list.name
+        );
+        pages.page(
+            "message",
+            "Nothing to confirm",
+            &json!({
+                "heading": "Nothing to confirm",
+                "paragraphs": [text],
+                "link": { "href": "/subscribe", "text": format!("Sign up for {} again", list.name) },
+            }),
+        )
+    };
+    page.map(Html).map_err(Error::Internal)
 }
