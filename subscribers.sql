@@ -116,7 +116,7 @@ CREATE INDEX IF NOT EXISTS deliveries_work ON deliveries (campaign_id, status, n
 CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries (subscriber_id);
 
 -- History, append-only: imported, subscribed, confirmed, unsubscribed,
--- bounced, complained, erased (the dispatcher may add its own kinds).
+-- bounced, complained, erased, updated (detail: what) (the dispatcher may add its own kinds).
 -- `source`: cli, import, web, bounce, dispatch. `detail`: raw reason etc.
 -- The triggers below refuse DELETE, and refuse UPDATE except the two that
 -- erasure needs: clearing `detail` and detaching the subscriber.

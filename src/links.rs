@@ -243,7 +243,9 @@ fn base32_decode(text: &str) -> Option<Vec<u8>> {
             out.push((buf >> bits) as u8);
         }
     }
-    Some(out)
+    // Canonical form only: fewer than 5 bits left over, all of them zero, so
+    // each token has exactly one spelling (but for case).
+    (bits < 5 && buf & ((1 << bits) - 1) == 0).then_some(out)
 }
 
 #[cfg(test)]
@@ -288,6 +290,28 @@ mod tests {
         assert_eq!(Signer::new(b"other", &[]).verify(&t), None);
         assert_eq!(s.verify_for(&t, Purpose::Unsubscribe), None);
         assert!(s.verify_for(&t, Purpose::Preferences).is_some());
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_decodes() {
+        for len in 1..20 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = base32_encode(&bytes);
+            assert_eq!(base32_decode(&text).as_deref(), Some(&bytes[..]));
+            // One character more, or a spare bit set, never spells the same
+            // bytes.
+            let longer = base32_decode(&format!("{text}a"));
+            assert_ne!(longer.as_deref(), Some(&bytes[..]), "{len}");
+            let spare = (8 * len) % 5;
+            if spare != 0 {
+                let mut chars = text.into_bytes();
+                let last = chars.len() - 1;
+                let v = ALPHABET.iter().position(|&c| c == chars[last]).unwrap() ^ 1;
+                chars[last] = ALPHABET[v];
+                let odd = String::from_utf8(chars).unwrap();
+                assert_eq!(base32_decode(&odd), None, "{len}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bulletin::links::{Purpose, Signer};
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
-const SECRET: &str = "test-secret-for-dispatch";
+pub(crate) const SECRET: &str = "test-secret-for-dispatch";
 
 /// A project folder with a config, a campaign and a database.
 pub(crate) struct Env {
@@ -132,7 +132,7 @@ fn assert_no_duplicates(messages: &[Received]) -> BTreeSet<String> {
     seen.into_keys().collect()
 }
 
-fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     let head = raw.split("\r\n\r\n").next()?;
     head.split("\r\n")
         .find(|l| {
@@ -142,7 +142,7 @@ fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
         .map(|l| l[name.len() + 1..].trim())
 }
 
-fn unfold(raw: &[u8]) -> String {
+pub(crate) fn unfold(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw)
         .replace("\r\n ", " ")
         .replace("\r\n\t", " ")

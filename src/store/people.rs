@@ -213,13 +213,32 @@ async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
     }
 }
 
+/// The person changed their name on the preference page.
 pub async fn set_name(pool: &SqlitePool, subscriber: i64, name: &str, now: i64) -> Result<()> {
-    sqlx::query("UPDATE subscribers SET name = ?, updated_at = ? WHERE id = ?")
-        .bind(name)
-        .bind(now)
-        .bind(subscriber)
-        .execute(pool)
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let changed = sqlx::query(
+        "UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3 AND name != ?1",
+    )
+    .bind(name)
+    .bind(now)
+    .bind(subscriber)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if changed {
+        events::append(
+            &mut tx,
+            subscriber,
+            None,
+            "updated",
+            "web",
+            Some("name"),
+            now,
+        )
         .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -322,26 +341,51 @@ pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Res
     Ok(matches!(status.as_str(), "active" | "unsubscribed").then(|| row.get("id")))
 }
 
-/// A sign-up for one list: a pending subscription unless already confirmed.
-/// Returns whether a confirmation email should go out.
+/// What a sign-up for one list did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignUp {
+    /// Already confirmed: nothing to do.
+    AlreadyOn,
+    /// A single opt-in list, for someone who never left it: subscribed.
+    Subscribed,
+    /// Pending until the person confirms by email: the list asks for double
+    /// opt-in, or the person had left (a stranger must not be able to bring
+    /// back someone who chose to go).
+    Pending,
+}
+
+/// A sign-up from the web form for one list, in one IMMEDIATE transaction.
 pub async fn request_subscription(
     pool: &SqlitePool,
     subscriber: i64,
-    list: i64,
+    list: &List,
     now: i64,
-) -> Result<bool> {
-    let current: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+) -> Result<SignUp> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let (current, person): (Option<String>, String) = sqlx::query_as(
+        "SELECT sub.status, s.status FROM subscribers s
+         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?
+         WHERE s.id = ?",
     )
+    .bind(list.id)
     .bind(subscriber)
-    .bind(list)
-    .fetch_optional(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    if current.as_deref() == Some("confirmed") {
-        return Ok(false);
+    let outcome = match current.as_deref() {
+        Some("confirmed") => SignUp::AlreadyOn,
+        None if !list.double_opt_in && person == "active" => SignUp::Subscribed,
+        _ => SignUp::Pending,
+    };
+    let status = match outcome {
+        SignUp::AlreadyOn => None,
+        SignUp::Subscribed => Some("confirmed"),
+        SignUp::Pending => Some("pending"),
+    };
+    if let Some(status) = status {
+        set_subscription_in(&mut tx, subscriber, list.id, status, "web", now).await?;
     }
-    set_subscription(pool, subscriber, list, "pending", "web", now).await?;
-    Ok(true)
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// Double opt-in confirmed: a pending subscription becomes confirmed and a

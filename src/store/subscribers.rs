@@ -472,6 +472,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // The write-ahead log still holds the pages as they were; fold it
+        // into the file (where secure_delete has zeroed them) and empty it.
+        // Busy readers only delay this to SQLite's next checkpoint.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(self.pool())
+            .await?;
         Ok(person.is_some())
     }
 

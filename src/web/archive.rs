@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::{AppState, Error};
 use crate::dispatch::Frozen;
-use crate::render::Recipient;
-use crate::store::deliveries as db;
+use crate::render::{Personalised, Recipient};
+use crate::store::deliveries::{self as db, CampaignRow};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,18 +23,36 @@ fn public(status: &str) -> bool {
     matches!(status, "sending" | "sent")
 }
 
+/// The campaign as anyone may see it: every personal field blank, the
+/// unsubscribe and preference links pointing to the sign-up page.
+fn blank(state: &AppState, c: &CampaignRow) -> Result<Personalised, Error> {
+    let frozen: Frozen = serde_json::from_str(&c.compiled).map_err(Error::internal)?;
+    let archive = state.inner.urls.archive(&c.slug);
+    let subscribe = format!("{}/subscribe", state.inner.urls.base());
+    Ok(frozen.compiled.personalise(&Recipient {
+        archive_url: &archive,
+        unsubscribe_url: &subscribe,
+        preferences_url: &subscribe,
+        ..Recipient::BLANK
+    }))
+}
+
 async fn index(State(state): State<AppState>) -> Result<Html<String>, Error> {
-    let campaigns: Vec<_> = db::campaigns(state.inner.store.pool())
-        .await?
-        .into_iter()
-        .filter(|c| public(&c.status))
-        .map(|c| {
-            let date = chrono::DateTime::from_timestamp(c.started_at.unwrap_or(c.send_at), 0)
-                .map(|d| d.format("%-d %B %Y").to_string())
-                .unwrap_or_default();
-            json!({ "subject": c.subject, "href": format!("/archive/{}", c.slug), "date": date })
-        })
-        .collect();
+    let mut campaigns = Vec::new();
+    for c in db::campaigns(state.inner.store.pool()).await? {
+        if !public(&c.status) {
+            continue;
+        }
+        let date = chrono::DateTime::from_timestamp(c.started_at.unwrap_or(c.send_at), 0)
+            .map(|d| d.format("%-d %B %Y").to_string())
+            .unwrap_or_default();
+        // `c.subject` is the front matter's, placeholders and all: show the
+        // subject the campaign's page has.
+        let subject = blank(&state, &c)?.subject;
+        campaigns.push(
+            json!({ "subject": subject, "href": format!("/archive/{}", c.slug), "date": date }),
+        );
+    }
     state
         .inner
         .pages
@@ -55,14 +73,5 @@ async fn show(
         .await?
         .filter(|c| public(&c.status))
         .ok_or(Error::NotFound)?;
-    let frozen: Frozen = serde_json::from_str(&c.compiled).map_err(Error::internal)?;
-    let archive = state.inner.urls.archive(&c.slug);
-    let subscribe = format!("{}/subscribe", state.inner.urls.base());
-    let body = frozen.compiled.personalise(&Recipient {
-        archive_url: &archive,
-        unsubscribe_url: &subscribe,
-        preferences_url: &subscribe,
-        ..Recipient::BLANK
-    });
-    Ok(Html(body.html))
+    Ok(Html(blank(&state, &c)?.html))
 }

@@ -39,7 +39,11 @@ const THANKS: &[&str] = &[
     "Nothing is sent to you until you confirm.",
 ];
 
-const SUBSCRIBED: &[&str] = &["Thank you. Every email we send has a link to leave."];
+const SUBSCRIBED: &[&str] = &[
+    "Thank you. Every email we send has a link to leave.",
+    "If this address left us before, a message is on its way to it: open the link in it \
+     to confirm that it is really you.",
+];
 
 async fn subscribe(
     State(state): State<AppState>,
@@ -61,7 +65,7 @@ async fn subscribe(
         let (heading, text) = if confirming {
             ("Check your inbox", THANKS)
         } else {
-            ("You are subscribed", SUBSCRIBED)
+            ("Thank you", SUBSCRIBED)
         };
         state
             .inner
@@ -70,11 +74,6 @@ async fn subscribe(
             .map(Html)
             .map_err(Error::Internal)
     };
-    let thanks = || answer(true);
-    // A bot filled the hidden field: answer as usual, do nothing.
-    if get("website").is_some_and(|v| !v.is_empty()) {
-        return thanks();
-    }
     let email = get("email").unwrap_or_default();
     let email = crate::address::normalize(&email).map_err(|_| {
         Error::BadRequest("That does not look like an email address. Go back and check it.")
@@ -96,6 +95,10 @@ async fn subscribe(
         ));
     }
     let confirming = chosen.iter().any(|l| l.double_opt_in);
+    // A bot filled the hidden field: answer as usual, do nothing.
+    if get("website").is_some_and(|v| !v.is_empty()) {
+        return answer(confirming);
+    }
     // Known or not, the answer is the same; only the mailbox owner sees a
     // difference. The confirmation email goes out after the answer, so the
     // time taken tells nothing either.
@@ -103,13 +106,8 @@ async fn subscribe(
         return answer(confirming);
     };
     for list in chosen {
-        if !list.double_opt_in {
-            state
-                .inner
-                .writer
-                .set_subscription(subscriber, list.id, "confirmed", "web", now())
-                .await?;
-        } else if people::request_subscription(pool, subscriber, list.id, now()).await? {
+        let outcome = people::request_subscription(pool, subscriber, list, now()).await?;
+        if outcome == people::SignUp::Pending {
             let (state, email, name, list) =
                 (state.clone(), email.clone(), name.clone(), list.clone());
             tokio::spawn(async move {
@@ -187,15 +185,35 @@ async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Htm
     let claims = link.0;
     let pool = state.inner.store.pool();
     let list = list_for(&state, &claims).await?;
-    people::confirm(pool, claims.a, claims.b, now()).await?;
-    let text = format!(
-        "You will receive {} at this address. Every email has a link to leave.",
-        list.name
-    );
-    state
-        .inner
-        .pages
-        .message("You are subscribed", &[&text])
-        .map(Html)
-        .map_err(Error::Internal)
+    let confirmed = people::confirm(pool, claims.a, claims.b, now()).await?;
+    // Not pending any more: confirmed by an earlier click, or left since the
+    // link was sent, in which case the person's latest choice stands.
+    let subscribed = confirmed
+        || people::lists_of(pool, claims.a)
+            .await?
+            .iter()
+            .any(|(l, status)| l.id == list.id && status == "confirmed");
+    let pages = &state.inner.pages;
+    let page = if subscribed {
+        let text = format!(
+            "You will receive {} at this address. Every email has a link to leave.",
+            list.name
+        );
+        pages.message("You are subscribed", &[&text])
+    } else {
+        let text = format!(
+            "You left {} after this link was sent to you, so it no longer subscribes you.",
+            list.name
+        );
+        pages.page(
+            "message",
+            "Nothing to confirm",
+            &json!({
+                "heading": "Nothing to confirm",
+                "paragraphs": [text],
+                "link": { "href": "/subscribe", "text": format!("Sign up for {} again", list.name) },
+            }),
+        )
+    };
+    page.map(Html).map_err(Error::Internal)
 }

@@ -235,13 +235,25 @@ async fn save_preferences(
             people::set_name(pool, p.id, name, now()).await?;
         }
     }
+    if leave_all {
+        // As `subscribers remove` without a list: every list left, and the
+        // person marked unsubscribed, so no import brings them back.
+        if let Some(email) = &p.email {
+            state
+                .inner
+                .store
+                .remove_subscriber(email, None, "web", now())
+                .await?;
+        }
+        return Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response());
+    }
     let wanted: Vec<&str> = fields
         .iter()
         .filter(|(k, _)| k == "list")
         .map(|(_, v)| v.as_str())
         .collect();
     for (list, choice) in choices(&state, p.id).await? {
-        let want = !leave_all && wanted.contains(&list.slug.as_str());
+        let want = wanted.contains(&list.slug.as_str());
         if want && !choice.subscribed {
             // The link proves the address, so no second confirmation.
             writer
