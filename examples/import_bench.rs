@@ -1,6 +1,7 @@
 //! Import benchmark (not a test): generates ROWS subscribers as CSV in a
 //! temporary directory, imports them through the library, then exports and
-//! counts, printing rows per second and peak memory (VmHWM).
+//! counts, printing rows per second and the peak memory of each phase
+//! (VmHWM, reset before each with /proc/self/clear_refs).
 //!
 //! cargo run --release --example import_bench -- [ROWS]   (default 100000)
 
@@ -8,6 +9,11 @@ use std::io::{BufWriter, Write as _};
 use std::time::Instant;
 
 use bulletin::store::{ImportOptions, Selection, Store};
+
+/// Resets VmHWM to the current size, so each phase shows its own peak.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -47,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     println!("rows: {rows}, csv: {:.1} MB", size as f64 / 1e6);
 
     let store = Store::open(&dir.path().join("bench.db")).await?;
+    reset_peak();
     let start = Instant::now();
     let (report, errors) = store
         .import(
@@ -65,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_mb()
     );
 
+    reset_peak();
     let start = Instant::now();
     let (report, _) = store
         .import(
@@ -84,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let list = store.require_list("news").await?;
+    reset_peak();
     let start = Instant::now();
     let selection = Selection::Audience(list.id);
     let keys = store.attribute_keys(&selection).await?;
@@ -112,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_mb()
     );
 
+    reset_peak();
     let start = Instant::now();
     let lists = store.lists().await?;
     let audience = store.audience_count(list.id).await?;
