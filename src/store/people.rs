@@ -152,10 +152,21 @@ impl Writer {
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(GROUP);
             while rx.recv_many(&mut group, GROUP).await > 0 {
-                write_group(&pool, &mut group).await;
+                // A panic costs its group an answer (their callers see
+                // `WriterStopped`), not the writer.
+                let write = std::panic::AssertUnwindSafe(write_group(&pool, &mut group));
+                if futures_util::FutureExt::catch_unwind(write).await.is_err() {
+                    tracing::error!("subscription writer: a group of {} panicked", group.len());
+                    group.clear();
+                }
             }
         });
         Writer { queue }
+    }
+
+    /// False once the writing task is gone (for health checks).
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     /// [`set_subscription`], through the writing task.
@@ -182,8 +193,10 @@ impl Writer {
     }
 }
 
-/// Writes a group in one transaction. Should that fail, each change is
-/// tried on its own, so one bad change cannot sink the others.
+/// Writes a group in one transaction. Should that fail because the database
+/// stayed locked, the whole group gets the error (trying each change would
+/// wait the busy timeout once per change); for any other failure each change
+/// is tried on its own, so one bad change cannot sink the others.
 async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
     async fn all(pool: &SqlitePool, group: &[Change]) -> Result<Vec<bool>> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -201,6 +214,11 @@ async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
         Ok(changed) => {
             for (c, changed) in group.drain(..).zip(changed) {
                 let _ = c.done.send(Ok(changed));
+            }
+        }
+        Err(e) if e.is_locked() => {
+            for c in group.drain(..) {
+                let _ = c.done.send(Err(super::Error::Locked(super::BUSY_TIMEOUT)));
             }
         }
         Err(_) => {
@@ -308,39 +326,6 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
     }))
 }
 
-/// Finds or creates the subscriber for a web sign-up. `None` when the
-/// address must not be mailed (suppressed, bounced, complained).
-pub async fn signup(pool: &SqlitePool, email: &str, name: &str, now: i64) -> Result<Option<i64>> {
-    let hash = crate::address::hash(email);
-    // `email` is canonical (address::normalize).
-    let suppressed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM suppressions WHERE hash = ?")
-        .bind(&hash)
-        .fetch_optional(pool)
-        .await?;
-    if suppressed.is_some() {
-        return Ok(None);
-    }
-    // Two sign-ups of one new address at once: the second insert does
-    // nothing and both read the same row.
-    sqlx::query(
-        "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
-         VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
-    )
-    .bind(email)
-    .bind(&hash)
-    .bind(name)
-    .bind(now)
-    .bind(now)
-    .execute(pool)
-    .await?;
-    let row = sqlx::query("SELECT id, status FROM subscribers WHERE email = ?")
-        .bind(email)
-        .fetch_one(pool)
-        .await?;
-    let status: String = row.get("status");
-    Ok(matches!(status.as_str(), "active" | "unsubscribed").then(|| row.get("id")))
-}
-
 /// What a sign-up for one list did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignUp {
@@ -354,38 +339,69 @@ pub enum SignUp {
     Pending,
 }
 
-/// A sign-up from the web form for one list, in one IMMEDIATE transaction.
-pub async fn request_subscription(
+/// A sign-up from the web form, in one IMMEDIATE transaction: finds or
+/// creates the person and asks for each list. Returns the person's id and
+/// each list's outcome, or `None` when the address must not be mailed
+/// (suppressed, bounced, complained). `email` is canonical
+/// (`address::normalize`).
+pub async fn sign_up(
     pool: &SqlitePool,
-    subscriber: i64,
-    list: &List,
+    email: &str,
+    name: &str,
+    lists: &[List],
     now: i64,
-) -> Result<SignUp> {
+) -> Result<Option<(i64, Vec<SignUp>)>> {
+    let hash = crate::address::hash(email);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let (current, person): (Option<String>, String) = sqlx::query_as(
-        "SELECT sub.status, s.status FROM subscribers s
-         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?
-         WHERE s.id = ?",
+    let suppressed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM suppressions WHERE hash = ?")
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if suppressed.is_some() {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
+         VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
     )
-    .bind(list.id)
-    .bind(subscriber)
-    .fetch_one(&mut *tx)
+    .bind(email)
+    .bind(&hash)
+    .bind(name)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
     .await?;
-    let outcome = match current.as_deref() {
-        Some("confirmed") => SignUp::AlreadyOn,
-        None if !list.double_opt_in && person == "active" => SignUp::Subscribed,
-        _ => SignUp::Pending,
-    };
-    let status = match outcome {
-        SignUp::AlreadyOn => None,
-        SignUp::Subscribed => Some("confirmed"),
-        SignUp::Pending => Some("pending"),
-    };
-    if let Some(status) = status {
-        set_subscription_in(&mut tx, subscriber, list.id, status, "web", now).await?;
+    let (id, person): (i64, String) =
+        sqlx::query_as("SELECT id, status FROM subscribers WHERE email = ?")
+            .bind(email)
+            .fetch_one(&mut *tx)
+            .await?;
+    if person != "active" && person != "unsubscribed" {
+        return Ok(None);
+    }
+    let mut outcomes = Vec::with_capacity(lists.len());
+    for list in lists {
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+        )
+        .bind(id)
+        .bind(list.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (outcome, status) = match current.as_deref() {
+            Some("confirmed") => (SignUp::AlreadyOn, None),
+            None if !list.double_opt_in && person == "active" => {
+                (SignUp::Subscribed, Some("confirmed"))
+            }
+            _ => (SignUp::Pending, Some("pending")),
+        };
+        if let Some(status) = status {
+            set_subscription_in(&mut tx, id, list.id, status, "web", now).await?;
+        }
+        outcomes.push(outcome);
     }
     tx.commit().await?;
-    Ok(outcome)
+    Ok(Some((id, outcomes)))
 }
 
 /// Double opt-in confirmed: a pending subscription becomes confirmed and a
@@ -540,6 +556,44 @@ mod tests {
         );
         assert!(bad.is_err());
         assert!(good.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_database_fails_the_group_and_the_writer_goes_on() {
+        let (dir, _store, list, ids) = store_with(5).await;
+        let store = Store::open_with(
+            &dir.path().join("t.db"),
+            std::time::Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        let writer = Writer::spawn(store.pool().clone());
+        let mut lock = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let w = writer.clone();
+                tokio::spawn(
+                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            let err = t.await.unwrap().unwrap_err();
+            assert!(err.is_locked(), "{err:?}");
+        }
+        lock.rollback().await.unwrap();
+        assert!(writer.is_running());
+        assert!(
+            writer
+                .set_subscription(ids[0], list, "unsubscribed", "web", 3)
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

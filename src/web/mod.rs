@@ -24,6 +24,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
+use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Mailer;
 use crate::links::{Claims, Purpose, Signer, Urls};
@@ -50,6 +51,9 @@ struct Inner {
     limiter: RateLimiter,
     /// Every subscription change made on these pages goes through it.
     writer: people::Writer,
+    /// Work that outlives its request (sign-ups and their emails), so that
+    /// shutdown can wait for it.
+    tasks: TaskTracker,
 }
 
 impl AppState {
@@ -70,9 +74,21 @@ impl AppState {
                 from,
                 limiter: RateLimiter::new(10, Duration::from_secs(600)),
                 writer: people::Writer::spawn(store.pool().clone()),
+                tasks: TaskTracker::new(),
                 store,
             }),
         }
+    }
+}
+
+impl AppState {
+    /// Waits until the work that answers left running (sign-ups and their
+    /// confirmation emails) is done. New work may start meanwhile.
+    pub async fn drain(&self) {
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        tasks.wait().await;
+        tasks.reopen();
     }
 }
 
@@ -89,24 +105,38 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves; in-flight requests are finished.
+/// How long shutdown waits for sign-ups and their emails.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Serves until `shutdown` resolves; in-flight requests are finished, then
+/// the work they left running (up to [`DRAIN_LIMIT`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    let served = axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    if tokio::time::timeout(DRAIN_LIMIT, state.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: gave up waiting for sign-up emails after {DRAIN_LIMIT:?}");
+    }
+    served
 }
 
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<&'static str, Error> {
     state.inner.store.ping().await.map_err(Error::internal)?;
+    if !state.inner.writer.is_running() {
+        return Err(Error::internal("the subscription writer has stopped"));
+    }
     Ok("ok\n")
 }
 
@@ -239,19 +269,48 @@ impl<const P: u8> FromRequestParts<AppState> for Link<P> {
     }
 }
 
-/// The client's address, when the server knows it.
+/// The client, as far as the rate limit is concerned: the peer address, or
+/// behind a reverse proxy on this host (a loopback peer) the last address
+/// of `X-Forwarded-For`, which that proxy appended; an IPv6 client counts as
+/// its /64, which one household or server holds.
 pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    fn of(peer: Option<IpAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
+        let forwarded = || {
+            forwarded_for?
+                .rsplit(',')
+                .next()
+                .and_then(|a| a.trim().parse::<IpAddr>().ok())
+        };
+        let ip = match peer {
+            Some(p) if p.is_loopback() => forwarded().or(Some(p)),
+            other => other,
+        };
+        ip.map(|ip| match ip {
+            IpAddr::V6(v6) => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+            v4 => v4,
+        })
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(ClientIp(ClientIp::of(peer, forwarded)))
     }
 }
 
@@ -299,6 +358,30 @@ mod tests {
             "550 5.1.1 <address> unknown user <address>"
         );
         assert_eq!(without_addresses("no address"), "no address");
+    }
+
+    #[test]
+    fn client_behind_a_local_proxy_and_ipv6_prefixes() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let local = ip("127.0.0.1");
+        // The proxy's own entry is the last one; anything before it is the
+        // client's to forge.
+        assert_eq!(
+            ClientIp::of(local, Some("203.0.113.9, 198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(ClientIp::of(local, None), local);
+        assert_eq!(ClientIp::of(local, Some("garbage")), local);
+        // From anyone else the header is ignored.
+        assert_eq!(
+            ClientIp::of(ip("198.51.100.8"), Some("203.0.113.9")),
+            ip("198.51.100.8")
+        );
+        assert_eq!(
+            ClientIp::of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), None),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(ClientIp::of(None, Some("203.0.113.9")), None);
     }
 
     #[test]

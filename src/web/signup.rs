@@ -10,8 +10,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{AppState, ClientIp, ConfirmLink, Error, list_for};
-use crate::store::now;
 use crate::store::people;
+use crate::store::{List, now};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -36,7 +36,7 @@ async fn form(State(state): State<AppState>) -> Result<Html<String>, Error> {
 const THANKS: &[&str] = &[
     "If this address can receive our mail, a message is on its way to it. \
      Open the link in that message to confirm your subscription.",
-    "Nothing is sent to you until you confirm.",
+    "Lists that ask for confirmation send you nothing until you confirm.",
 ];
 
 const SUBSCRIBED: &[&str] = &[
@@ -82,8 +82,7 @@ async fn subscribe(
     if name.chars().count() > 200 {
         return Err(Error::BadRequest("That name is too long."));
     }
-    let pool = state.inner.store.pool();
-    let public = people::public_lists(pool).await?;
+    let public = people::public_lists(state.inner.store.pool()).await?;
     let chosen: Vec<_> = fields
         .iter()
         .filter(|(k, _)| k == "list")
@@ -99,23 +98,38 @@ async fn subscribe(
     if get("website").is_some_and(|v| !v.is_empty()) {
         return answer(confirming);
     }
-    // Known or not, the answer is the same; only the mailbox owner sees a
-    // difference. The confirmation email goes out after the answer, so the
-    // time taken tells nothing either.
-    let Some(subscriber) = people::signup(pool, &email, &name, now()).await? else {
-        return answer(confirming);
+    // The answer goes out before anything about the address is looked up,
+    // so neither its words nor the time it takes can tell a stranger
+    // whether the address is known, left, bounced or was erased.
+    let lists: Vec<List> = chosen.into_iter().cloned().collect();
+    let job = state.clone();
+    state.inner.tasks.spawn(async move {
+        sign_up(&job, &email, &name, &lists).await;
+    });
+    answer(confirming)
+}
+
+/// The work of a sign-up, after the answer: store it, then send the
+/// confirmation emails. Failures are logged without the address.
+async fn sign_up(state: &AppState, email: &str, name: &str, lists: &[List]) {
+    let pool = state.inner.store.pool();
+    let outcome = match people::sign_up(pool, email, name, lists, now()).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(
+                "sign-up not stored: {}",
+                super::without_addresses(&e.to_string())
+            );
+            return;
+        }
     };
-    for list in chosen {
-        let outcome = people::request_subscription(pool, subscriber, list, now()).await?;
-        if outcome == people::SignUp::Pending {
-            let (state, email, name, list) =
-                (state.clone(), email.clone(), name.clone(), list.clone());
-            tokio::spawn(async move {
-                send_confirmation(&state, subscriber, &email, &name, &list).await;
-            });
+    let (subscriber, results) = outcome;
+    for (list, result) in lists.iter().zip(results) {
+        if result == people::SignUp::Pending {
+            send_confirmation(state, subscriber, email, name, list).await;
         }
     }
-    answer(confirming)
 }
 
 /// Sends the double opt-in email; failures are logged (without the address)
@@ -125,7 +139,7 @@ async fn send_confirmation(
     subscriber: i64,
     email: &str,
     name: &str,
-    list: &crate::store::List,
+    list: &List,
 ) {
     let Some(mailer) = &state.inner.mailer else {
         tracing::warn!(

@@ -252,8 +252,23 @@ async fn save_preferences(
         .filter(|(k, _)| k == "list")
         .map(|(_, v)| v.as_str())
         .collect();
+    // Each box as the page showed it: only the boxes the person changed
+    // are applied, so an old tab cannot undo an unsubscribe made since.
+    let shown: Vec<(&str, bool)> = fields
+        .iter()
+        .filter(|(k, _)| k == "shown")
+        .filter_map(|(_, v)| v.rsplit_once(':'))
+        .map(|(slug, state)| (slug, state == "on"))
+        .collect();
     for (list, choice) in choices(&state, p.id).await? {
         let want = wanted.contains(&list.slug.as_str());
+        let was = shown
+            .iter()
+            .find(|(slug, _)| *slug == list.slug)
+            .map_or(choice.subscribed, |(_, on)| *on);
+        if want == was {
+            continue;
+        }
         if want && !choice.subscribed {
             // The link proves the address, so no second confirmation.
             writer
