@@ -47,9 +47,18 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw[9..12].parse().expect("status code");
+    let reply = parse_reply(&raw);
+    (reply.status, reply.body)
+}
+
+/// An HTTP/1.1 reply as read from the socket, chunked or not.
+fn parse_reply(raw: &[u8]) -> HttpReply {
+    let raw = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {raw:?}"));
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -58,7 +67,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     } else {
         body.to_string()
     };
-    (status, body)
+    HttpReply {
+        status,
+        head: head.to_string(),
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -124,25 +137,7 @@ pub async fn http(
     let raw = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no complete reply from {addr}"));
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP reply: {raw:?}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    HttpReply {
-        status,
-        head: head.to_string(),
-        body,
-    }
+    parse_reply(&raw)
 }
 
 /// A free TCP port on loopback, for a child process that must be told one.
