@@ -42,8 +42,10 @@ CREATE TABLE IF NOT EXISTS lists (
 CREATE TABLE IF NOT EXISTS subscribers (
     id          INTEGER PRIMARY KEY,
     email       TEXT    UNIQUE COLLATE NOCASE,
-    -- sha256 hex of email (see suppressions); NULL once erased.
-    email_hash  TEXT    UNIQUE,
+    -- sha256 hex of email (see suppressions); NULL once erased. Joined to
+    -- suppressions, never searched, so not indexed (email being unique, so
+    -- is it): an index here cost every imported row a random insert.
+    email_hash  TEXT,
     name        TEXT    NOT NULL DEFAULT '',
     -- JSON object of strings: every extra column of an import.
     attributes  TEXT    NOT NULL DEFAULT '{}',
