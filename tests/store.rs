@@ -1,13 +1,15 @@
 //! The subscriber store: the dirty import fixture with exact counts,
-//! re-import, dry run, export -> import round trip, erasure, bad input, and
-//! the CLI end to end. Every test opens a fresh SQLite file through
-//! `Store::open`, the path the program uses.
+//! re-import, dry run, an import larger than a batch, export -> import
+//! round trip, erasure, bad input, and the CLI end to end. Every test opens
+//! a fresh SQLite file through `Store::open`, the path the program uses.
 
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt as _;
 
-use bulletin::store::{ImportOptions, ImportReport, RowError, Selection, Skipped, Store};
+use bulletin::store::{
+    DEFAULT_BATCH_SIZE, ExportRow, ImportOptions, ImportReport, RowError, Selection, Skipped, Store,
+};
 
 use crate::util::{bulletin, root, write};
 
@@ -239,6 +241,216 @@ async fn dry_run_writes_nothing() {
     );
     assert_eq!(store.count(&Selection::Active).await.unwrap(), 0);
     assert!(store.lists().await.unwrap().is_empty());
+}
+
+/// Everyone stored, as an export sees them.
+async fn everyone(store: &Store) -> Vec<ExportRow> {
+    let mut rows = Vec::new();
+    for status in ["active", "unsubscribed", "bounced", "complained"] {
+        let selection = Selection::PersonStatus(status.to_string());
+        store
+            .export(&selection, |row| -> bulletin::store::Result<()> {
+                rows.push(row);
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    rows
+}
+
+#[tokio::test]
+async fn import_larger_than_a_batch_exact_counts_and_reimport_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh(dir.path()).await;
+    // Double opt-in, so that `add` leaves p3 pending.
+    store
+        .create_list("news", "News", "", true, false, NOW)
+        .await
+        .unwrap();
+    store
+        .create_list("other", "Other", "", false, false, NOW)
+        .await
+        .unwrap();
+    // p3 pending on news; p5 only on other; p7 left news; p9 bounced;
+    // p11 erased; p13 suppressed by hand and never stored.
+    for (email, name, list) in [
+        ("p3@example.org", None, "news"),
+        ("p5@example.org", None, "other"),
+        ("p7@example.org", Some("Seven"), "news"),
+        ("p9@example.org", None, "other"),
+        ("p11@example.org", None, "other"),
+    ] {
+        store
+            .add_subscriber(email, name, list, "cli", NOW)
+            .await
+            .unwrap();
+    }
+    store
+        .remove_subscriber("p7@example.org", Some("news"), "cli", NOW)
+        .await
+        .unwrap();
+    let p9 = store.subscriber("p9@example.org").await.unwrap().unwrap();
+    store
+        .set_status(p9.id, "bounced", "bounce", None, NOW)
+        .await
+        .unwrap();
+    assert!(store.forget("p11@example.org", "cli", NOW).await.unwrap());
+    store
+        .suppress("p13@example.org", "manual", NOW)
+        .await
+        .unwrap();
+
+    // One and a half batches, then a bad row and three duplicates: p0
+    // (first batch) and p7 (first batch) from the second batch, and p14000
+    // within the second batch.
+    let n = DEFAULT_BATCH_SIZE + DEFAULT_BATCH_SIZE / 2;
+    let mut text = String::from("email,name,City,plan\n");
+    for i in 0..n {
+        text.push_str(&format!("p{i}@example.org,P{i},City {},\n", i % 10));
+    }
+    text.push_str("not-an-address,X,,\n");
+    text.push_str("P0@Example.org,Other,Elsewhere,pro\n");
+    text.push_str(&format!("p{}@example.org,,,gold\n", n - 1000));
+    text.push_str("p7@example.org,,,\n");
+    let file = write(dir.path(), "big.csv", &text);
+    let run = |dry_run: bool, store: Store| {
+        let file = file.clone();
+        async move {
+            let options = ImportOptions {
+                dry_run,
+                ..ImportOptions::new(NOW)
+            };
+            let input = std::fs::File::open(file).unwrap();
+            store.import(input, "news", &options, |_| {}).await.unwrap()
+        }
+    };
+
+    let n = n as u64;
+    let first = ImportReport {
+        read: n + 4,
+        // Everyone but p3 and the four skipped; p5 is new to the list.
+        imported: n - 5,
+        updated: 1,
+        unchanged: 0,
+        skipped: Skipped {
+            unsubscribed: 1,
+            bounced: 1,
+            complained: 0,
+            suppressed: 2,
+        },
+        rejected: 1,
+        duplicates: 3,
+        list_created: false,
+        dry_run: false,
+    };
+    let errors = vec![RowError {
+        line: n + 2,
+        reason: "\"not-an-address\": missing @ in email address".to_string(),
+    }];
+    let (report, errs) = run(false, store.clone()).await;
+    assert_eq!(report, first);
+    assert_eq!(errs, errors);
+
+    let p0 = store.subscriber("p0@example.org").await.unwrap().unwrap();
+    assert_eq!(p0.name, "P0", "the first row wins");
+    assert_eq!(p0.attributes["City"], "City 0");
+    assert_eq!(p0.attributes["plan"], "pro", "a later batch fills a gap");
+    let late = store
+        .subscriber(&format!("p{}@example.org", n - 1000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.attributes["plan"], "gold");
+    let p3 = store.profile("p3@example.org").await.unwrap().unwrap();
+    assert_eq!(p3.subscriber.name, "P3");
+    assert_eq!(
+        (
+            p3.subscriptions[0].status.as_str(),
+            p3.subscriptions[0].source.as_str()
+        ),
+        ("confirmed", "import")
+    );
+    assert_eq!(p3.events.last().unwrap().kind, "confirmed");
+    let p5 = store.profile("p5@example.org").await.unwrap().unwrap();
+    assert_eq!(p5.subscriber.name, "P5");
+    assert!(
+        p5.subscriptions
+            .iter()
+            .any(|s| s.list == "news" && s.status == "confirmed")
+    );
+    assert_eq!(p5.events.last().unwrap().kind, "imported");
+    let p7 = store.profile("p7@example.org").await.unwrap().unwrap();
+    assert_eq!(p7.subscriptions[0].status, "unsubscribed");
+    assert!(store.subscriber("p13@example.org").await.unwrap().is_none());
+
+    let news = store.require_list("news").await.unwrap();
+    assert_eq!(store.audience_count(news.id).await.unwrap() as u64, n - 4);
+    let counts = store.lists().await.unwrap();
+    let before_counts = counts
+        .iter()
+        .find(|l| l.list.slug == "news")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            before_counts.confirmed as u64,
+            before_counts.pending,
+            before_counts.unsubscribed
+        ),
+        (n - 4, 0, 1)
+    );
+
+    let people = everyone(&store).await;
+    let mut histories = Vec::new();
+    for email in [
+        "p0@example.org",
+        "p3@example.org",
+        "p5@example.org",
+        "p7@example.org",
+    ] {
+        histories.push(store.profile(email).await.unwrap().unwrap());
+    }
+    let (report, errs) = run(false, store.clone()).await;
+    assert_eq!(
+        report,
+        ImportReport {
+            imported: 0,
+            updated: 0,
+            unchanged: n - 4,
+            ..first
+        }
+    );
+    assert_eq!(errs, errors);
+    assert!(everyone(&store).await == people, "no changed data");
+    for before in histories {
+        let email = before.subscriber.email.clone().unwrap();
+        assert_eq!(store.profile(&email).await.unwrap().unwrap(), before);
+    }
+    let counts = store.lists().await.unwrap();
+    assert_eq!(
+        counts.iter().find(|l| l.list.slug == "news").unwrap(),
+        &before_counts
+    );
+
+    // The same file, dry run, into an empty database: same rows, nothing
+    // written.
+    let empty = Store::open(&dir.path().join("empty.db")).await.unwrap();
+    let (report, errs) = run(true, empty.clone()).await;
+    assert_eq!(
+        report,
+        ImportReport {
+            imported: n,
+            updated: 0,
+            skipped: Skipped::default(),
+            list_created: true,
+            dry_run: true,
+            ..first
+        }
+    );
+    assert_eq!(errs, errors);
+    assert!(empty.lists().await.unwrap().is_empty());
+    assert!(everyone(&empty).await.is_empty());
 }
 
 #[tokio::test]

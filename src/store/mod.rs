@@ -32,7 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use bounces::{Action, Applied, BounceEvent, SoftRule};
 pub use events::Event;
 pub use export::{ExportRow, Selection};
-pub use import::{ImportOptions, ImportReport, RowError, Skipped};
+pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
 pub use lists::{List, ListCounts};
 pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
 
