@@ -74,7 +74,7 @@ pub(crate) fn run(
             Err(e) => return Err(e.into()),
         };
         let ctx = Ingest {
-            signer: super::send::verifier(config, &store).await?,
+            signer: super::setup::verifier(config, &store).await?,
             soft: crate::store::SoftRule {
                 limit: config.bounces.soft_limit.max(1),
                 window_secs: config.bounces.soft_window_days.max(1) * 86_400,
@@ -135,7 +135,7 @@ pub(crate) fn run(
                 for e in events {
                     println!(
                         "{}  {:<10}  {:<32}  {:<20}  {}",
-                        super::send::fmt_time(e.at),
+                        super::setup::fmt_time(e.at),
                         e.kind,
                         e.email.as_deref().unwrap_or("(erased)"),
                         e.campaign.as_deref().unwrap_or("-"),

@@ -9,6 +9,7 @@ mod preview;
 mod quickstart;
 mod send;
 mod serve;
+mod setup;
 mod subscribers;
 
 use std::process::ExitCode;

@@ -56,23 +56,7 @@ pub(crate) fn run(config: &Config, args: &PreviewArgs) -> Result<ExitCode> {
             args.campaign.display(),
             listener.local_addr()?
         );
-        crate::web::preview::serve(listener, source, shutdown_signal()).await?;
+        crate::web::preview::serve(listener, source, super::setup::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -18,8 +18,8 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
     let pages = Pages::new(&templates, &config.organisation).map_err(|e| anyhow!(e))?;
     super::runtime()?.block_on(async {
         let store = Store::open(&config.db).await?;
-        let transport = super::send::transport(config)?;
-        let signer = super::send::signer(config, &store, &transport).await?;
+        let transport = super::setup::transport(config)?;
+        let signer = super::setup::signer(config, &store, &transport).await?;
         let mailer = Mailer::new(transport, &config.bounce_domain());
         let state = AppState::new(
             store,
@@ -37,7 +37,7 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
             listener.local_addr()?,
             config.base_url
         );
-        web::serve(listener, state, super::preview::shutdown_signal()).await?;
+        web::serve(listener, state, super::setup::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

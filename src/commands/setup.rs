@@ -1,0 +1,196 @@
+//! Shared setup for the commands that send or verify: the transport, the
+//! link signer and verifier, the DKIM signer, dispatcher `Settings`, the
+//! SIGINT/SIGTERM stop signal and the time format. Commands import this
+//! module, never each other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use chrono::{DateTime, Local, Utc};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::dispatch::transport::{SmtpUrl, Transport};
+use crate::dispatch::{self, Settings};
+use crate::links::{Signer, Urls};
+use crate::store::Store;
+use crate::store::deliveries::{self as db, InFlight};
+
+/// The transport the config names: SMTP when a URL is set, else the outbox.
+pub(crate) fn transport(config: &Config) -> Result<Transport> {
+    Ok(match &config.smtp.url {
+        Some(url) => Transport::Smtp {
+            url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,
+            timeout: Duration::from_secs(config.smtp.timeout_secs.max(1)),
+            hello: crate::config::domain_of(&config.sender.from)
+                .unwrap_or_else(|| "localhost".into()),
+        },
+        None => {
+            std::fs::create_dir_all(&config.outbox)
+                .with_context(|| config.outbox.display().to_string())?;
+            Transport::Outbox(config.outbox.clone())
+        }
+    })
+}
+
+/// The secret links were signed with, to verify tokens that come back
+/// (bounces, mailto unsubscribes): `BULLETIN_SECRET`, else the development
+/// secret in the database, else none.
+pub(crate) async fn verifier(config: &Config, store: &Store) -> Result<Option<Signer>> {
+    let previous: Vec<&[u8]> = config
+        .secrets
+        .previous
+        .iter()
+        .map(|s| s.as_bytes())
+        .collect();
+    Ok(match &config.secrets.current {
+        Some(secret) => Some(Signer::new(secret.as_bytes(), &previous)),
+        None => db::setting(store.pool(), "dev_secret")
+            .await?
+            .map(|s| Signer::new(s.as_bytes(), &previous)),
+    })
+}
+
+/// The link-signing secret: `BULLETIN_SECRET`; with the local outbox and no
+/// secret, one generated once and kept in the database (development only).
+pub(crate) async fn signer(
+    config: &Config,
+    store: &Store,
+    transport: &Transport,
+) -> Result<Signer> {
+    if config.secrets.current.is_none() && matches!(transport, Transport::Smtp { .. }) {
+        bail!(
+            "BULLETIN_SECRET is not set: every link in the emails is signed with it, and \
+             `bulletin serve` must know the same secret; generate one with `openssl rand -hex 32`"
+        );
+    }
+    if let Some(signer) = verifier(config, store).await? {
+        return Ok(signer);
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .context("read /dev/urandom")?;
+    let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    db::setting_or_insert(store.pool(), "dev_secret", &fresh).await?;
+    eprintln!(
+        "bulletin: note: BULLETIN_SECRET is not set; links are signed with a development secret kept in {}",
+        config.db.display()
+    );
+    Ok(verifier(config, store).await?.expect("just stored"))
+}
+
+pub(crate) fn dkim(config: &Config) -> Result<Option<Arc<lettre::message::dkim::DkimConfig>>> {
+    use lettre::message::dkim::{
+        DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+        DkimSigningKey,
+    };
+    use lettre::message::header::HeaderName;
+    let Some(d) = &config.dkim else {
+        return Ok(None);
+    };
+    let key = std::fs::read_to_string(&d.key_file)
+        .with_context(|| format!("dkim key {}", d.key_file.display()))?;
+    let algorithm = match d.algorithm.as_str() {
+        "rsa" => DkimSigningAlgorithm::Rsa,
+        "ed25519" => DkimSigningAlgorithm::Ed25519,
+        other => bail!("dkim.algorithm = {other:?}: use \"rsa\" or \"ed25519\""),
+    };
+    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| {
+        anyhow!(
+            "dkim key {}: {e:?} (rsa: a PKCS#1 PEM key; ed25519: the base64 32-byte seed)",
+            d.key_file.display()
+        )
+    })?;
+    let headers = [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "MIME-Version",
+        "Content-Type",
+    ]
+    .iter()
+    .map(|h| HeaderName::new_from_ascii(h.to_string()).expect("header name"))
+    .collect();
+    Ok(Some(Arc::new(DkimConfig::new(
+        d.selector.clone(),
+        d.domain.clone(),
+        key,
+        headers,
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    ))))
+}
+
+pub(crate) async fn settings(config: &Config, store: &Store) -> Result<Settings> {
+    let transport = transport(config)?;
+    let signer = signer(config, store, &transport).await?;
+    let connections = match transport {
+        Transport::Smtp { .. } => config.smtp.connections,
+        Transport::Outbox(_) => 2,
+    };
+    Ok(Settings {
+        transport,
+        connections,
+        rate: config.smtp.rate,
+        messages_per_connection: config.smtp.messages_per_connection.max(1),
+        signer,
+        urls: Urls::new(&config.base_url),
+        bounce_domain: config.bounce_domain(),
+        lease_secs: config.dispatch.lease_secs.max(5),
+        max_attempts: config.dispatch.max_attempts.max(1),
+        retry_base_secs: config.dispatch.retry_base_secs.max(1),
+        retry_wait_secs: config.dispatch.retry_wait_secs.max(0),
+        in_flight: if config.dispatch.in_flight == "resend" {
+            InFlight::Resend
+        } else {
+            InFlight::Unknown
+        },
+        dkim: dkim(config)?,
+        owner: dispatch::owner_name(),
+    })
+}
+
+/// A stop signal that flips on SIGINT or SIGTERM: take no new work.
+pub(crate) fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub(crate) fn fmt_time(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| {
+            d.with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
