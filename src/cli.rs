@@ -20,18 +20,22 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Config file [default: ./bulletin.toml when present]
-    #[arg(long, global = true, env = "BULLETIN_CONFIG", value_name = "FILE")]
+    /// Config file [env: BULLETIN_CONFIG] [default: ./bulletin.toml when present]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Ignore any config file; use defaults and the environment
     #[arg(long, global = true)]
     pub no_config: bool,
-    /// SQLite database [default: bulletin.db beside the config]
-    #[arg(long, global = true, env = "BULLETIN_DB", value_name = "PATH")]
+    /// SQLite database file [env: BULLETIN_DB] [default: bulletin.db beside the config]
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// SMTP server, e.g. smtp://user@host:587 [default: write to the outbox folder]
+    /// SMTP server, e.g. smtp://user@host:587 [env: BULLETIN_SMTP_URL]
     #[arg(long, global = true, value_name = "URL")]
     pub smtp_url: Option<String>,
+    /// Write messages as .eml files to this folder instead of sending them
+    /// [env: BULLETIN_OUTBOX]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub outbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         no_config: cli.global.no_config,
         db: cli.global.db.clone(),
         smtp_url: cli.global.smtp_url.clone(),
+        outbox: cli.global.outbox.clone(),
     };
     let config = Config::load(&flags)?;
     match cli.command {
