@@ -52,6 +52,8 @@ pub enum Source {
     Env(&'static str),
     /// A key in the config file.
     File { key: &'static str, path: PathBuf },
+    /// A command that always uses it (`quickstart` writes to the outbox).
+    Command(&'static str),
     /// Nobody chose it: the built-in default.
     Default,
 }
@@ -69,6 +71,7 @@ impl std::fmt::Display for Source {
             Source::Flag(name) => write!(f, "--{name} flag"),
             Source::Env(name) => f.write_str(name),
             Source::File { key, path } => write!(f, "{key} in {}", path.display()),
+            Source::Command(name) => write!(f, "`bulletin {name}`"),
             Source::Default => f.write_str("default"),
         }
     }
@@ -268,6 +271,38 @@ pub struct Secrets {
     pub previous: Vec<String>,
 }
 
+/// The shortest link-signing secret accepted, in bytes: a short secret can
+/// be recovered from a single signed link in well under a second.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Secrets {
+    /// Refuses a current or previous secret shorter than
+    /// [`MIN_SECRET_BYTES`], saying how to make a good one.
+    pub fn check(&self) -> Result<()> {
+        let short = |name: String, secret: &str| {
+            Error::Invalid(format!(
+                "{name} is {} bytes long; a link-signing secret needs at least {MIN_SECRET_BYTES} \
+                 (a short one can be guessed from one link): generate one with `openssl rand -hex 32`",
+                secret.len()
+            ))
+        };
+        if let Some(current) = &self.current
+            && current.len() < MIN_SECRET_BYTES
+        {
+            return Err(short("BULLETIN_SECRET".into(), current));
+        }
+        for (i, previous) in self.previous.iter().enumerate() {
+            if previous.len() < MIN_SECRET_BYTES {
+                return Err(short(
+                    format!("secret {} of BULLETIN_PREVIOUS_SECRETS", i + 1),
+                    previous,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
@@ -461,7 +496,7 @@ fn check_db_path(db: &Path, source: &Source) -> Result<()> {
             .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
     {
         return Err(Error::Invalid(format!(
-            "database {text:?} (from {source}) is a {scheme}:// URL; bulletin uses SQLite: give the path of a file, e.g. /srv/bulletin/bulletin.db"
+            "database {text:?} (set by {source}) is a {scheme}:// URL; bulletin uses SQLite: give the path of a file, e.g. /srv/bulletin/bulletin.db"
         )));
     }
     Ok(())
@@ -655,6 +690,37 @@ mod tests {
         };
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("BULLETIN_SMTP_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let long = "0123456789abcdef0123456789abcdef";
+        let c = load(&flags, &[("BULLETIN_SECRET", "a")]).unwrap();
+        let err = c.secrets.check().unwrap_err().to_string();
+        assert!(
+            err.contains("BULLETIN_SECRET") && err.contains("openssl rand -hex 32"),
+            "{err}"
+        );
+        let vars = [
+            ("BULLETIN_SECRET", long),
+            ("BULLETIN_PREVIOUS_SECRETS", "x, short"),
+        ];
+        let err = load(&flags, &vars).unwrap().secrets.check().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("secret 1 of BULLETIN_PREVIOUS_SECRETS"),
+            "{err}"
+        );
+        let vars = [
+            ("BULLETIN_SECRET", long),
+            ("BULLETIN_PREVIOUS_SECRETS", long),
+        ];
+        load(&flags, &vars).unwrap().secrets.check().unwrap();
+        load(&flags, &[]).unwrap().secrets.check().unwrap();
     }
 
     #[test]

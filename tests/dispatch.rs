@@ -11,7 +11,7 @@ use bulletin::links::{Purpose, Signer};
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
-pub(crate) const SECRET: &str = "test-secret-for-dispatch";
+pub(crate) const SECRET: &str = "test-secret-for-dispatch-32-bytes-at-least";
 
 /// A project folder with a config, a campaign and a database.
 pub(crate) struct Env {

@@ -30,6 +30,7 @@ async fn run_one(
     show_bar: bool,
 ) -> Result<Option<Summary>> {
     let progress = Arc::new(Progress::default());
+    let verb = delivered_verb(&settings.transport);
     let bar = show_bar.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -43,6 +44,7 @@ async fn run_one(
     });
     let ticker = bar.clone().map(|bar| {
         let p = progress.clone();
+        let verb = verb.clone();
         tokio::spawn(async move {
             loop {
                 let done = p.sent.load(Ordering::Relaxed)
@@ -51,7 +53,7 @@ async fn run_one(
                 bar.set_length(p.total.load(Ordering::Relaxed));
                 bar.set_position(done);
                 bar.set_message(format!(
-                    "sent {} failed {} deferred {}",
+                    "{verb} {} failed {} deferred {}",
                     p.sent.load(Ordering::Relaxed),
                     p.failed.load(Ordering::Relaxed),
                     p.deferred.load(Ordering::Relaxed)
@@ -76,7 +78,7 @@ async fn run_one(
     }
     match result {
         Ok(Ok(summary)) => {
-            println!("{}", summary_line(&campaign.slug, &summary));
+            println!("{}", summary_line(&campaign.slug, &verb, &summary));
             Ok(Some(summary))
         }
         Ok(Err(NotStarted::Busy(owner))) => {
@@ -90,8 +92,17 @@ async fn run_one(
     }
 }
 
-fn summary_line(slug: &str, s: &Summary) -> String {
-    let mut parts = vec![format!("sent {}", s.sent)];
+/// What a delivery is called in reports: "sent" over SMTP; "written to the
+/// outbox DIR" for the outbox, so that nobody mistakes files for mail.
+fn delivered_verb(transport: &Transport) -> String {
+    match transport {
+        Transport::Smtp { .. } => "sent".into(),
+        Transport::Outbox(dir) => format!("written to the outbox {}:", dir.display()),
+    }
+}
+
+fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
+    let mut parts = vec![format!("{verb} {}", s.sent)];
     if s.deferred > 0 {
         parts.push(format!("deferred {}", s.deferred));
     }
@@ -135,7 +146,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             .collect::<String>()
     };
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
             crate::campaign::Error {
@@ -224,7 +235,16 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                         now,
                     },
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    if e.is_duplicate() {
+                        anyhow!(
+                            "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
                 db::campaign_by_id(pool, id).await?.expect("just inserted")
             }
         };
@@ -242,9 +262,6 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         }
         let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
         let summary = run_one(&store, &campaign, &settings, std::io::stderr().is_terminal()).await?;
-        if let Transport::Outbox(dir) = &settings.transport {
-            println!("messages are in {}", dir.display());
-        }
         Ok(match summary {
             Some(s) if s.failed > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
@@ -255,7 +272,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
 
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let now = crate::store::now();
         let mut trouble = false;
@@ -306,7 +323,7 @@ struct StatusReport {
 
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let mut campaigns = db::campaigns(pool).await?;
         if let Some(name) = &args.campaign {
@@ -396,7 +413,7 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
         eprintln!("{}", format_warning(&file, w));
     }
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let settings = settings(config, &store).await?;
         let urls = &settings.urls;
         let domain = &settings.bounce_domain;
@@ -450,12 +467,20 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             .await
             .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
         sender.close().await;
-        println!(
-            "sent a test copy of {} to {} via {}: {reply}",
-            built.campaign.slug,
-            args.to,
-            settings.transport.describe()
-        );
+        match &settings.transport {
+            Transport::Outbox(dir) => println!(
+                "test copy of {} to {} written to the outbox {}: {reply}",
+                built.campaign.slug,
+                args.to,
+                dir.display()
+            ),
+            Transport::Smtp { .. } => println!(
+                "sent a test copy of {} to {} via {}: {reply}",
+                built.campaign.slug,
+                args.to,
+                settings.transport.describe()
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
