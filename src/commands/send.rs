@@ -62,6 +62,13 @@ async fn run_one(
             }
         })
     });
+    let (kind, target) = match &settings.transport {
+        Transport::Smtp { url, .. } => ("smtp", format!("{}:{}", url.host, url.port)),
+        Transport::Outbox(dir) => ("outbox", dir.display().to_string()),
+    };
+    store
+        .record_run(campaign.id, kind, &target, crate::store::now())
+        .await?;
     let result = dispatch::run(
         store.pool(),
         campaign,
@@ -316,6 +323,8 @@ struct StatusReport {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     deliveries: std::collections::BTreeMap<String, i64>,
+    /// How the runs delivered: SMTP servers and outbox folders.
+    transports: Vec<crate::store::RunTransport>,
     bounces: i64,
     complaints: i64,
     unsubscribes: i64,
@@ -356,6 +365,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 started_at: c.started_at,
                 finished_at: c.finished_at,
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
+                transports: store.run_transports(c.id).await?,
                 bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
                 complaints: db::events_since(pool, c.list_id, c.id, "complained", since).await?,
                 unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since)
@@ -385,7 +395,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
-                        .map(|(k, v)| format!("{k} {v}"))
+                        .map(|(k, v)| format!("{} {v}", delivered_label(k, &r.transports)))
                         .collect();
                     println!(
                         "  {when}; deliveries: {}",
@@ -404,6 +414,26 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The status of a delivery as `status` prints it: `sent` is "written to
+/// the outbox DIR" when every run of the campaign wrote to an outbox, and
+/// "sent or written to the outbox" when runs used both.
+fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> String {
+    let outboxes: Vec<&str> = transports
+        .iter()
+        .filter(|t| t.transport == "outbox")
+        .map(|t| t.target.as_str())
+        .collect();
+    if status != "sent" || outboxes.is_empty() {
+        return status.to_string();
+    }
+    let outboxes = outboxes.join(", ");
+    if outboxes.len() == transports.len() {
+        format!("written to the outbox {outboxes}")
+    } else {
+        format!("sent or written to the outbox {outboxes}")
+    }
 }
 
 pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {

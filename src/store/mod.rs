@@ -19,6 +19,7 @@ mod export;
 mod import;
 mod lists;
 pub mod people; // what the subscriber pages read and change
+mod runs; // which transport each campaign run used
 pub mod schema;
 mod subscribers;
 
@@ -34,6 +35,7 @@ pub use events::Event;
 pub use export::{ExportRow, Selection};
 pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
 pub use lists::{List, ListCounts};
+pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
 
 /// How long a statement waits for another writer before giving up.
