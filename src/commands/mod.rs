@@ -158,7 +158,7 @@ fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
             "no database at {path} (set by {}); `bulletin init` creates one, or point --db, BULLETIN_DB or db in bulletin.toml at the existing file",
             config.db_source
         ),
-        other => anyhow::Error::new(other).context(format!("{path} (set by {})", config.db_source)),
+        other => anyhow::Error::new(other).context(path.to_string()),
     }
 }
 
