@@ -60,7 +60,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn send_without_smtp_or_outbox_stops_naming_both_settings() {
     let dir = project();
     let d = dir.path();
-    let runs: [&[&str]; 3] = [
+    let runs: [&[&str]; 4] = [
         &["send", "campaigns/hello.md", "--yes"],
         &[
             "send",
@@ -70,9 +70,13 @@ fn send_without_smtp_or_outbox_stops_naming_both_settings() {
             "2099-01-01 09:00",
         ],
         &["test", "campaigns/hello.md", "--to", "me@example.org"],
+        // Sign-up confirmation emails would go nowhere.
+        &["serve", "--listen", "127.0.0.1:0"],
     ];
     for args in runs {
         let out = bulletin(d)
+            // Only a safety net, should `serve` start after all.
+            .timeout(Duration::from_secs(120))
             .args(["--db", "b.db"])
             .env("BULLETIN_SECRET", GOOD_SECRET)
             .args(args)
@@ -193,6 +197,37 @@ fn commands_on_a_missing_database_name_it_and_create_nothing() {
     assert!(text(&out.stderr).contains("--db flag"));
     assert!(!d.join("data").exists() && !d.join("bulletin.db").exists());
     assert!(!d.join("out").exists());
+}
+
+#[test]
+fn bounces_ingest_exits_75_on_any_error_so_the_mta_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "corrupt.db", &"x".repeat(8192));
+    write(d, "bad.toml", "db = \"b.db\"\nnope = 1\n");
+    let message = "From: MAILER-DAEMON@example.org\r\nSubject: x\r\n\r\nhello\r\n";
+    let runs: [&[&str]; 2] = [
+        &["--db", "corrupt.db", "bounces", "ingest"],
+        &["--config", "bad.toml", "bounces", "ingest"],
+    ];
+    for args in runs {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        cmd.current_dir(d)
+            .env_remove("BULLETIN_DB")
+            .env_remove("BULLETIN_CONFIG")
+            .env("BULLETIN_SECRET", GOOD_SECRET)
+            .args(args);
+        let out = assert_cmd::Command::from_std(cmd)
+            .write_stdin(message)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{args:?}: {err}");
+        assert!(
+            err.starts_with("bulletin: ") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -357,6 +357,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn missing_file_is_not_created_and_a_second_row_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let err = Store::open_existing(&path).await.unwrap_err();
+        assert!(matches!(err, Error::Missing), "{err:?}");
+        assert!(!path.exists());
+        let s = Store::open(&path).await.unwrap();
+        let insert = "INSERT INTO settings (key, value) VALUES ('k', 'v')";
+        sqlx::query(insert).execute(s.pool()).await.unwrap();
+        let err = Error::from(sqlx::query(insert).execute(s.pool()).await.unwrap_err());
+        assert!(err.is_duplicate(), "{err:?}");
+        assert!(!Error::Corrupt.is_duplicate());
+        s.close().await;
+        let s = Store::open_existing(&path).await.unwrap();
+        assert_eq!(s.setting("k").await.unwrap().as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn close_leaves_everything_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = Store::open(&path).await.unwrap();
+        s.set_setting("k", "v").await.unwrap();
+        s.close().await;
+        let wal = dir.path().join("t.db-wal");
+        assert!(std::fs::metadata(&wal).map_or(true, |m| m.len() == 0));
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let c = Store::open_existing(&copy).await.unwrap();
+        assert_eq!(c.setting("k").await.unwrap().as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
     async fn suppression_matches_any_spelling() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("t.db")).await.unwrap();
