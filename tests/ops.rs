@@ -354,14 +354,17 @@ fn installed(line: &str, dir: &Path) -> String {
         )
 }
 
-/// Queues `campaigns/news-1.md` to be due in a moment.
+/// Queues `campaigns/news-1.md` to be due in a moment, and waits until it
+/// is due. (Far enough ahead that a slow machine still schedules it.)
 async fn queue_soon(env: &Env) {
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let due = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let at = due.to_rfc3339();
     let out = env
         .ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
         .await;
     assert!(out.contains("scheduled"), "{out}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let left = (due - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(left + 1100)).await;
 }
 
 fn dot_env(env: &Env) -> String {
