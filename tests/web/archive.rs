@@ -68,6 +68,7 @@ async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(1, &["ana@example.net"]).await;
+    make_public(&env, "news").await;
     env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     // A scheduled campaign is not public yet.
     std::fs::write(
@@ -132,6 +133,100 @@ async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
         let r = get(path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
     }
+}
+
+/// Ticks "public" on a list the `Env` created (the CLI has no command for
+/// it yet).
+async fn make_public(env: &Env, slug: &str) {
+    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    sqlx::query("UPDATE lists SET public = 1 WHERE slug = ?")
+        .bind(slug)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_shows_nothing_sent_to_a_private_list_nor_archive_false_nor_tests() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(1, &["ana@example.net"]).await;
+    make_public(&env, "news").await;
+    env.ok(&["lists", "add", "staff", "--name", "Staff"]).await;
+    env.ok(&["subscribers", "add", "boss@example.net", "--list", "staff"])
+        .await;
+    let campaign = |name: &str, front: &str| {
+        std::fs::write(
+            env.dir.path().join(format!("campaigns/{name}.md")),
+            format!("+++\n{front}\n+++\n# S\n\n## A\n\nHello {{{{subscriber.name}}}}.\n"),
+        )
+        .unwrap();
+    };
+    campaign("memo", "subject = \"Salaries\"\nlist = \"staff\"");
+    campaign(
+        "quiet",
+        "subject = \"Members only\"\nlist = \"news\"\narchive = false",
+    );
+    campaign(
+        "open",
+        "subject = \"For everyone\"\nlist = \"news\"\narchive = true",
+    );
+    for name in ["memo", "quiet", "open"] {
+        env.ok(&["send", &format!("campaigns/{name}.md"), "--yes"])
+            .await;
+    }
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    // A test copy, to the team, of a campaign not sent yet.
+    campaign("draft", "subject = \"Draft\"\nlist = \"news\"");
+    env.ok(&["test", "campaigns/draft.md", "--to", "team@example.net"])
+        .await;
+    assert!(
+        sink.messages()
+            .iter()
+            .any(|m| m.rcpt_to == ["team@example.net"]),
+        "the test copy went out"
+    );
+
+    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let app = web::router(app_state(
+        store.clone(),
+        Signer::new(SECRET.as_bytes(), &[]),
+        None,
+    ));
+    let get = |path: String| call(&app, request("GET", &path, None, Vec::new()));
+    let index = get("/archive".into()).await;
+    assert_eq!(index.status, StatusCode::OK);
+    let listed: Vec<&str> = index
+        .body
+        .split("<a href=\"/archive/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(listed, ["news-1", "open"], "{}", index.body);
+    for hidden in ["Salaries", "Members only", "Draft"] {
+        assert!(!index.body.contains(hidden), "{hidden}: {}", index.body);
+    }
+    for slug in ["memo", "quiet", "draft"] {
+        let r = get(format!("/archive/{slug}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{slug}");
+    }
+    let open = get("/archive/open".into()).await;
+    assert_eq!(open.status, StatusCode::OK);
+    assert!(open.body.contains(&format!("{BASE}/subscribe")));
+    assert!(!open.body.contains("/preferences/") && !open.body.contains("/unsubscribe/"));
+
+    // A list made private later takes its campaigns out of the archive.
+    sqlx::query("UPDATE lists SET public = 0 WHERE slug = 'news'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let index = get("/archive".into()).await;
+    assert!(!index.body.contains("/archive/open"), "{}", index.body);
+    assert_eq!(
+        get("/archive/news-1".into()).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
