@@ -94,7 +94,7 @@ async fn sign_up_mails_a_confirmation_link_and_confirming_subscribes() {
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
-    assert_eq!(kinds, ["subscribed", "confirmed"]);
+    assert_eq!(kinds, ["subscribed", "confirmation sent", "confirmed"]);
 
     // Confirming twice is harmless.
     let after = site.dump().await;
@@ -219,8 +219,9 @@ async fn sign_up_answers_the_same_whoever_the_address_belongs_to() {
         }
     }
     // News: the new addresses are on it at once, and nobody was mailed for
-    // it. Events: every address that may be mailed got a confirmation
-    // (ann twice: she asked twice); the suppressed ones are not stored.
+    // it but those who bounced or were erased (they must confirm to come
+    // back). Events: every address got a confirmation (ann twice: she asked
+    // twice).
     for new in ["nobody@example.net", "nobody2@example.net"] {
         let id = site.store.subscriber(new).await.unwrap().unwrap().id;
         assert_eq!(
@@ -228,36 +229,43 @@ async fn sign_up_answers_the_same_whoever_the_address_belongs_to() {
             Some("confirmed")
         );
     }
-    let mails = site.mails(5).await;
-    let to = |addr: &str| {
+    let mails = site.mails(9).await;
+    let to = |addr: &str, list: &str| {
         mails
             .iter()
             .filter(|m| m.contains(&format!("To: {addr}\r\n")))
+            .filter(|m| m.contains(&format!("Subject: Please confirm: {list}\r\n")))
             .count()
     };
-    assert_eq!(mails.len(), 5, "{mails:?}");
-    assert!(mails.iter().all(|m| m.contains("Please confirm: Events")));
+    assert_eq!(mails.len(), 9, "{mails:?}");
     assert_eq!(
         [
-            to("ann@example.org"),
-            to("nobody@example.net"),
-            to("nobody3@example.net"),
-            to("nobody4@example.net")
+            to("ann@example.org", "Events"),
+            to("nobody@example.net", "Events"),
+            to("nobody3@example.net", "Events"),
+            to("nobody4@example.net", "Events"),
+            to("carl@example.org", "Events"),
+            to("carl@example.org", "News"),
+            to("eve@example.org", "Events"),
+            to("eve@example.org", "News"),
         ],
-        [2, 1, 1, 1]
+        [2, 1, 1, 1, 1, 1, 1, 1]
     );
-    assert!(
-        site.store
-            .subscriber("carl@example.org")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    // Asked, not subscribed: carl and eve are pending until they confirm,
+    // and still suppressed.
+    for returning in ["carl@example.org", "eve@example.org"] {
+        let p = site.store.subscriber(returning).await.unwrap().unwrap();
+        assert_eq!(
+            site.subscription(p.id, &site.news).await.as_deref(),
+            Some("pending")
+        );
+        assert!(site.store.is_suppressed(returning).await.unwrap());
+    }
     let erased: i64 = sqlx::query_scalar("SELECT count(*) FROM subscribers WHERE email IS NULL")
         .fetch_one(site.store.pool())
         .await
         .unwrap();
-    assert_eq!(erased, 1, "eve stays erased, no new row");
+    assert_eq!(erased, 1, "eve's erased row stays erased");
     assert_eq!(
         site.subscription(site.ann, &site.news).await.as_deref(),
         Some("confirmed"),
@@ -368,4 +376,171 @@ async fn sign_up_is_rate_limited_per_client() {
     let r = call(&site.app, from([198, 51, 100, 8], "other@example.net")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(site.get("/subscribe").await.status, StatusCode::OK);
+}
+
+/// The site's pages with confirmation emails going over SMTP to `sink`.
+fn smtp_state(site: &Site, sink: &SmtpSink) -> AppState {
+    let url = format!("smtp://127.0.0.1:{}?tls=none", sink.port());
+    let transport = Transport::Smtp {
+        url: bulletin::dispatch::transport::SmtpUrl::parse(&url, None).unwrap(),
+        timeout: Duration::from_secs(10),
+        hello: "alliance.example".into(),
+    };
+    let mailer = Mailer::new(transport, "alliance.example");
+    app_state(site.store.clone(), site.signer.clone(), Some(mailer))
+}
+
+fn received_by(sink: &SmtpSink, addr: &str) -> Vec<String> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.rcpt_to == [addr])
+        .map(|m| String::from_utf8_lossy(&m.data).replace("=\r\n", ""))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_named_a_thousand_times_sends_one_email_and_an_address_gets_three_a_day() {
+    let site = Site::new().await;
+    site.store
+        .create_list("courses", "Courses", "", true, true, NOW)
+        .await
+        .unwrap();
+    let sink = SmtpSink::start(Behaviour::new());
+    let state = smtp_state(&site, &sink);
+    let app = web::router(state.clone());
+    let post = |body: String| {
+        let (app, state) = (app.clone(), state.clone());
+        async move {
+            let r = call(&app, request("POST", "/subscribe", Some(FORM), body.into())).await;
+            state.drain().await;
+            r
+        }
+    };
+    // 1,300 list fields (as many as the body limit lets through), two
+    // double opt-in lists, a single opt-in one, a private and an unknown.
+    let mut body = encode(&[("email", "target@example.net")]);
+    for _ in 0..650 {
+        body.push_str("&list=events&list=courses");
+    }
+    body.push_str("&list=news&list=staff&list=nope");
+    assert!(body.len() < BODY_LIMIT);
+    let r = post(body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(sink.messages().len(), 1, "one email for the whole request");
+    let mail = &received_by(&sink, "target@example.net")[0];
+    assert!(
+        mail.contains("Subject: Please confirm: Courses, Events\r\n"),
+        "{mail}"
+    );
+    let links = mail.matches(&format!("{BASE}/confirm/")).count();
+    assert_eq!(links, 2, "one link per double opt-in list: {mail}");
+    let target = site.store.subscriber("target@example.net").await.unwrap();
+    let target = target.unwrap().id;
+    assert_eq!(
+        site.subscription(target, &site.news).await.as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(
+        site.subscription(target, &site.staff).await,
+        None,
+        "private"
+    );
+    let subscribed_events = site
+        .history(target)
+        .await
+        .iter()
+        .filter(|(kind, _, _)| kind == "subscribed")
+        .count();
+    assert_eq!(subscribed_events, 3, "each list once");
+
+    // The same address again and again: three emails a day, then none,
+    // while the answer stays the same.
+    for _ in 0..4 {
+        let again = post(body.clone()).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.body, r.body);
+    }
+    assert_eq!(received_by(&sink, "target@example.net").len(), 3);
+    // Someone else is not held up by it.
+    post(encode(&[
+        ("email", "other@example.net"),
+        ("list", "events"),
+    ]))
+    .await;
+    assert_eq!(received_by(&sink, "other@example.net").len(), 1);
+    assert_eq!(sink.messages().len(), 4);
+
+    // Either link of the first email confirms its list.
+    let path = confirm_path(mail);
+    let r = site.form(&path, &[]).await;
+    assert!(r.body.contains("You are subscribed"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_bounced_and_complained_people_come_back_by_confirming() {
+    let site = Site::new().await;
+    // bob complained; carl bounced (only his suppression is left); eve was
+    // erased; dave was suppressed by hand.
+    site.store
+        .suppress("bob@example.org", "complained", NOW)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = ?")
+        .bind(site.bob)
+        .execute(site.store.pool())
+        .await
+        .unwrap();
+    site.store
+        .suppress("dave@example.org", "manual", NOW)
+        .await
+        .unwrap();
+    let sink = SmtpSink::start(Behaviour::new());
+    let state = smtp_state(&site, &sink);
+    let app = web::router(state.clone());
+    let returning = ["bob@example.org", "carl@example.org", "eve@example.org"];
+    for email in returning.iter().chain(&["dave@example.org"]) {
+        let body = encode(&[("email", email), ("list", "news")]);
+        let r = call(&app, request("POST", "/subscribe", Some(FORM), body.into())).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    state.drain().await;
+    assert!(
+        received_by(&sink, "dave@example.org").is_empty(),
+        "manual stays"
+    );
+    assert!(
+        site.store
+            .subscriber("dave@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for email in returning {
+        // Not mailed before confirming.
+        assert!(site.store.is_suppressed(email).await.unwrap(), "{email}");
+        let mails = received_by(&sink, email);
+        assert_eq!(mails.len(), 1, "{email}");
+        assert!(mails[0].contains("Please confirm: News"), "{}", mails[0]);
+        let r = site.form(&confirm_path(&mails[0]), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.contains("You are subscribed"), "{email}: {}", r.body);
+        let p = site.store.subscriber(email).await.unwrap().unwrap();
+        assert_eq!(p.status, "active", "{email}");
+        assert_eq!(
+            site.subscription(p.id, &site.news).await.as_deref(),
+            Some("confirmed")
+        );
+        assert!(!site.store.is_suppressed(email).await.unwrap(), "{email}");
+        let history = site.history(p.id).await;
+        assert_eq!(history.last().unwrap().0, "confirmed");
+    }
+    // ann and bob were there; bob, carl and eve are back.
+    assert_eq!(site.audience(&site.news).await, 4);
+    let old_eve = site
+        .store
+        .subscriber_by_id(site.eve)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old_eve.email, old_eve.status.as_str()), (None, "erased"));
 }
