@@ -2,58 +2,6 @@
 
 use super::*;
 
-/// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
-struct Served {
-    child: Child,
-    /// Where it listens, as it printed.
-    addr: String,
-    /// Its standard error.
-    log: PathBuf,
-    /// Kept open: the server may print more.
-    _stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl Served {
-    async fn start(env: &Env) -> Served {
-        let log = env.dir.path().join("serve.log");
-        let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
-        cmd.stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = Child(cmd.spawn().expect("spawn bulletin serve"));
-        let stdout = child.0.stdout.take().unwrap();
-        // The first line names the address.
-        let (line, stdout) = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut reader = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            (line, reader)
-        })
-        .await
-        .unwrap();
-        let addr = line
-            .strip_prefix("serving on http://")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| {
-                panic!(
-                    "bulletin serve printed {line:?}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Served {
-            child,
-            addr,
-            log,
-            _stdout: stdout,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 /// The https URL of a List-Unsubscribe header.
 fn one_click_url(list_unsubscribe: &str) -> &str {
     list_unsubscribe

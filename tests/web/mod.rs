@@ -36,6 +36,7 @@ mod after_answer; // Work after the answer, and forms that went stale
 mod archive; // The archive and the real server
 mod browser; // Headless Chromium
 mod health; // Health, unknown routes, headers, limits
+mod load; // Slow clients, the connection limit, a locked database, X-Forwarded-For
 mod one_click; // One-click unsubscribe (RFC 8058)
 mod preferences; // Preference center
 mod signup; // Sign-up and confirmation
@@ -368,4 +369,56 @@ fn is_ticked(page: &str, slug: &str) -> bool {
         .find(&input)
         .unwrap_or_else(|| panic!("no box for {slug} in {page}"));
     page[at + input.len()..].starts_with(" checked")
+}
+
+/// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
+struct Served {
+    child: Child,
+    /// Where it listens, as it printed.
+    addr: String,
+    /// Its standard error.
+    log: PathBuf,
+    /// Kept open: the server may print more.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Served {
+    async fn start(env: &Env) -> Served {
+        let log = env.dir.path().join("serve.log");
+        let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = Child(cmd.spawn().expect("spawn bulletin serve"));
+        let stdout = child.0.stdout.take().unwrap();
+        // The first line names the address.
+        let (line, stdout) = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            (line, reader)
+        })
+        .await
+        .unwrap();
+        let addr = line
+            .strip_prefix("serving on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "bulletin serve printed {line:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Served {
+            child,
+            addr,
+            log,
+            _stdout: stdout,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
