@@ -151,6 +151,23 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
     );
     assert!(stderr.len() < 1_000, "the cell is not echoed: {stderr}");
 
+    // `subscribers add --name` goes through the same rule.
+    let add = |name: &str| {
+        crate::util::bulletin(d)
+            .args(["--db", "t.db", "subscribers", "add", "cli@example.org"])
+            .args(["--list", "news", "--name", name])
+            .output()
+            .unwrap()
+    };
+    let out = add(&"n".repeat(201));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--name: longer than 200 characters (201)"),
+        "{stderr}"
+    );
+    assert!(add("Cli\tPerson\u{1b}[31m").status.success());
+
     let store = Store::open(&d.join("t.db")).await.unwrap();
     let ann = store.subscriber("ann@example.org").await.unwrap().unwrap();
     assert_eq!(ann.name, "Ann Bcc: evil@example.com");
