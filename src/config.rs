@@ -236,6 +236,33 @@ pub struct Bounces {
     pub soft_limit: i64,
     /// Window in days in which those soft bounces must fall.
     pub soft_window_days: i64,
+    /// `[bounces.imap]`: the mailbox `bulletin bounces imap` reads.
+    pub imap: Option<Imap>,
+}
+
+/// `[bounces.imap]`: a bounce mailbox read over IMAP. The password comes
+/// from `BULLETIN_IMAP_PASSWORD`, never the file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Imap {
+    /// `imaps://user@host:993/INBOX` (TLS), `imap://user@host/INBOX`
+    /// (STARTTLS; plain only to a loopback address).
+    pub url: String,
+    /// Folder that processed bounces are moved to (created when missing).
+    #[serde(default = "default_processed_folder")]
+    pub processed: String,
+    /// Seconds between checks when the server does not offer IDLE (and the
+    /// longest an IDLE lasts before it is renewed).
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+}
+
+fn default_processed_folder() -> String {
+    "processed".into()
+}
+
+fn default_poll_secs() -> u64 {
+    60
 }
 
 impl Default for Bounces {
@@ -243,6 +270,7 @@ impl Default for Bounces {
         Bounces {
             soft_limit: 3,
             soft_window_days: 30,
+            imap: None,
         }
     }
 }
@@ -357,6 +385,8 @@ pub struct Config {
     pub sender: Sender,
     pub smtp: Smtp,
     pub smtp_password: Option<String>,
+    /// `BULLETIN_IMAP_PASSWORD`: the `[bounces.imap]` mailbox's password.
+    pub imap_password: Option<String>,
     pub dkim: Option<Dkim>,
     pub dispatch: Dispatch,
     pub bounces: Bounces,
@@ -455,6 +485,14 @@ impl Config {
                 "serve.max_connections must be at least 1".into(),
             ));
         }
+        if let Some(imap) = &file.bounces.imap
+            && url_has_password(&imap.url)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: bounces.imap.url carries a password; put it in BULLETIN_IMAP_PASSWORD instead",
+                path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
+        }
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
         }
@@ -496,6 +534,7 @@ impl Config {
             sender,
             smtp,
             smtp_password: env("BULLETIN_SMTP_PASSWORD"),
+            imap_password: env("BULLETIN_IMAP_PASSWORD"),
             dkim,
             dispatch: file.dispatch,
             bounces: file.bounces,

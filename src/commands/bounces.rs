@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::bounce::{self, Report};
 use crate::cli::BouncesParseArgs;
 
+mod imap; // `bounces imap`: the IMAP mailbox loop
+
 /// One output line: the file and its report.
 #[derive(Debug, Serialize)]
 pub struct ParseLine<'a> {
@@ -117,6 +119,7 @@ pub(crate) fn run(
                 })
             }
             BouncesCommand::Scan { maildir } => ctx.scan(maildir).await,
+            BouncesCommand::Imap { once } => imap::run(config, &ctx, *once).await,
             BouncesCommand::List { since } => {
                 let since = match since {
                     None => 0,
@@ -161,7 +164,25 @@ struct Ingest {
     soft: crate::store::SoftRule,
 }
 
+/// What [`Ingest::ingest`] made of one message.
+struct Ingested {
+    /// What was done, to print.
+    line: String,
+    /// A bounce, complaint or mailto unsubscribe (filed away once applied);
+    /// false for other mail, which a person may want to read.
+    report: bool,
+}
+
 impl Ingest {
+    /// The one entry point for mail read from a mailbox (`source` says which
+    /// kind): parses, matches and applies `raw` like `bounces ingest`.
+    async fn ingest(&self, raw: &[u8], _source: &str) -> Result<Ingested> {
+        use crate::bounce::Kind;
+        let report = !matches!(bounce::parse(raw).kind, Kind::None | Kind::AutoReply);
+        let line = self.process(raw, None).await?;
+        Ok(Ingested { line, report })
+    }
+
     /// The delivery a VERP or Message-ID token names: (subscriber, campaign).
     async fn by_token(&self, token: Option<&str>) -> Result<Option<(i64, i64)>> {
         let (Some(signer), Some(token)) = (&self.signer, token) else {
