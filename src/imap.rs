@@ -448,10 +448,7 @@ async fn greeting<T: Io>(client: &mut async_imap::Client<T>, server: &str) -> Re
     }
 }
 
-async fn tls(
-    url: &ImapUrl,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn tls(url: &ImapUrl, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -464,12 +461,13 @@ async fn tls(
     })?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(
-        |_| Error::Url {
-            url: url.server(),
-            message: "not a valid host name for TLS".into(),
-        },
-    )?;
+    let name =
+        tokio_rustls::rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|_| {
+            Error::Url {
+                url: url.server(),
+                message: "not a valid host name for TLS".into(),
+            }
+        })?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -494,7 +492,10 @@ mod tests {
         assert_eq!((u.security, u.port), (Security::StartTls, 1143));
         assert_eq!(u.mailbox, "INBOX");
         let u = ImapUrl::parse("imap://bob@127.0.0.1:14143/Bounces").unwrap();
-        assert_eq!((u.security, u.mailbox.as_str()), (Security::Plain, "Bounces"));
+        assert_eq!(
+            (u.security, u.mailbox.as_str()),
+            (Security::Plain, "Bounces")
+        );
         for bad in [
             "pop3://bob@host",
             "imaps://host/INBOX",
