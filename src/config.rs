@@ -275,6 +275,72 @@ impl Default for Bounces {
     }
 }
 
+/// `[webhooks.*]`: the sending services whose bounce and complaint
+/// notifications `bulletin serve` accepts. Each is off unless its section is
+/// there; the secrets come from the environment.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// `POST /webhooks/ses`: Amazon SES events through an SNS topic.
+    pub ses: Option<SesWebhook>,
+    /// `POST /webhooks/postmark`: basic auth, password `BULLETIN_POSTMARK_PASSWORD`.
+    pub postmark: Option<PostmarkWebhook>,
+    /// `POST /webhooks/mailgun`: signed with `BULLETIN_MAILGUN_SIGNING_KEY`.
+    pub mailgun: Option<MailgunWebhook>,
+    /// `POST /webhooks/sendgrid`: signed Event Webhook batches.
+    pub sendgrid: Option<SendgridWebhook>,
+}
+
+/// `[webhooks.ses]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SesWebhook {
+    /// The SNS topic the SES events are published to; others are refused.
+    pub topic_arn: String,
+    /// Folder of SNS signing certificates (`<name>.pem`, as in the
+    /// certificate URL): a certificate found here is used as it is, one
+    /// missing is fetched from its `sns.<region>.amazonaws.com` URL and kept.
+    #[serde(default = "default_sns_certificates")]
+    pub certificates: PathBuf,
+}
+
+fn default_sns_certificates() -> PathBuf {
+    "sns-certificates".into()
+}
+
+/// `[webhooks.postmark]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostmarkWebhook {
+    /// The basic-auth user name set in the webhook URL at Postmark.
+    pub user: String,
+}
+
+/// `[webhooks.mailgun]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MailgunWebhook {
+    /// Oldest signature timestamp accepted, in seconds.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: i64,
+}
+
+/// `[webhooks.sendgrid]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SendgridWebhook {
+    /// The verification key SendGrid shows for the signed Event Webhook
+    /// (base64, a public key: it may sit in the file).
+    pub public_key: String,
+    /// Oldest signature timestamp accepted, in seconds.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: i64,
+}
+
+fn default_max_age_secs() -> i64 {
+    300
+}
+
 /// `bulletin serve`'s defences against clients that hold connections.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -315,6 +381,7 @@ struct File {
     dispatch: Dispatch,
     bounces: Bounces,
     serve: Serve,
+    webhooks: Webhooks,
 }
 
 /// The link-signing secret and the previous ones still accepted.
@@ -391,6 +458,11 @@ pub struct Config {
     pub dispatch: Dispatch,
     pub bounces: Bounces,
     pub serve: Serve,
+    pub webhooks: Webhooks,
+    /// `BULLETIN_POSTMARK_PASSWORD`: the `[webhooks.postmark]` basic-auth password.
+    pub postmark_password: Option<String>,
+    /// `BULLETIN_MAILGUN_SIGNING_KEY`: the `[webhooks.mailgun]` signing key.
+    pub mailgun_signing_key: Option<String>,
     pub secrets: Secrets,
 }
 
@@ -496,6 +568,10 @@ impl Config {
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
         }
+        let mut webhooks = file.webhooks;
+        if let Some(ses) = &mut webhooks.ses {
+            ses.certificates = rel(ses.certificates.clone());
+        }
         let dkim = file.dkim.map(|mut d| {
             d.key_file = rel(d.key_file);
             d
@@ -539,6 +615,9 @@ impl Config {
             dispatch: file.dispatch,
             bounces: file.bounces,
             serve: file.serve,
+            webhooks,
+            postmark_password: env("BULLETIN_POSTMARK_PASSWORD"),
+            mailgun_signing_key: env("BULLETIN_MAILGUN_SIGNING_KEY"),
             secrets,
         })
     }
