@@ -8,6 +8,7 @@ mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, 
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod inbound; // `bounces imap` against Dovecot on loopback (BULLETIN_INTEROP=1 requires it): 200 messages, kill -9, exactly once
+mod inbound_webhooks; // POST /webhooks/{ses,postmark,mailgun,sendgrid} over a real socket: signatures, replays, stale, malformed
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
