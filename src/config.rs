@@ -836,6 +836,51 @@ mod tests {
     }
 
     #[test]
+    fn imap_and_webhooks_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "[bounces.imap]\nurl = \"imaps://b@imap.example.org/INBOX\"\n\
+             [webhooks.ses]\ntopic_arn = \"arn:t\"\n[webhooks.mailgun]\n\
+             [webhooks.postmark]\nuser = \"pm\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load(
+            &flags,
+            &[
+                ("BULLETIN_IMAP_PASSWORD", "pw"),
+                ("BULLETIN_MAILGUN_SIGNING_KEY", "key"),
+            ],
+        )
+        .unwrap();
+        let imap = c.bounces.imap.unwrap();
+        assert_eq!((imap.processed.as_str(), imap.poll_secs), ("processed", 60));
+        assert_eq!(c.imap_password.as_deref(), Some("pw"));
+        assert_eq!(c.mailgun_signing_key.as_deref(), Some("key"));
+        assert_eq!(c.webhooks.mailgun.unwrap().max_age_secs, 300);
+        assert_eq!(c.webhooks.postmark.unwrap().user, "pm");
+        assert!(c.webhooks.sendgrid.is_none());
+        // The certificate folder is relative to the file.
+        assert_eq!(
+            c.webhooks.ses.unwrap().certificates,
+            dir.path().join("sns-certificates")
+        );
+        // A password in the IMAP URL is refused, naming where it goes.
+        std::fs::write(&path, "[bounces.imap]\nurl = \"imaps://b:pw@h/INBOX\"\n").unwrap();
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("BULLETIN_IMAP_PASSWORD"), "{err}");
+        // A misspelt key names the line.
+        std::fs::write(&path, "[webhooks.mailgun]\nmax_age = 3\n").unwrap();
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("b.toml:2"), "{err}");
+    }
+
+    #[test]
     fn password_in_file_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.toml");

@@ -556,3 +556,37 @@ async fn webhooks_not_configured_answer_404() {
         assert_eq!(r.status, 404, "{service}");
     }
 }
+
+#[test]
+fn serve_refuses_a_webhook_whose_secret_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bulletin.toml"),
+        "db = \"b.db\"\noutbox = \"outbox\"\nlisten = \"127.0.0.1:0\"\n[webhooks.postmark]\nuser = \"postmark\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .env("BULLETIN_SECRET", "webhook-test-secret-at-least-32-bytes!")
+            .args(["--config", "bulletin.toml"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let out = run(&["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[webhooks.postmark]")
+            && err.contains("bulletin.toml")
+            && err.contains("BULLETIN_POSTMARK_PASSWORD"),
+        "{err}"
+    );
+}
