@@ -255,6 +255,10 @@ pub struct Imap {
     /// longest an IDLE lasts before it is renewed).
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// PEM file of a certificate authority to trust besides the public ones
+    /// (a self-hosted server with its own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_processed_folder() -> String {
@@ -568,6 +572,10 @@ impl Config {
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
         }
+        let mut bounces = file.bounces;
+        if let Some(imap) = &mut bounces.imap {
+            imap.ca_file = imap.ca_file.take().map(&rel);
+        }
         let mut webhooks = file.webhooks;
         if let Some(ses) = &mut webhooks.ses {
             ses.certificates = rel(ses.certificates.clone());
@@ -613,7 +621,7 @@ impl Config {
             imap_password: env("BULLETIN_IMAP_PASSWORD"),
             dkim,
             dispatch: file.dispatch,
-            bounces: file.bounces,
+            bounces,
             serve: file.serve,
             webhooks,
             postmark_password: env("BULLETIN_POSTMARK_PASSWORD"),

@@ -1,6 +1,6 @@
 //! The IMAP mailbox that `bulletin bounces imap` reads: the `imaps://` /
 //! `imap://` URL, connecting (implicit TLS; STARTTLS; plain only to a
-//! loopback address), listing the unseen messages not looked at before,
+//! loopback address that offers no STARTTLS; an extra CA when configured), listing the unseen messages not looked at before,
 //! fetching one without marking it, then filing it (seen, moved to the
 //! processed folder) or marking it checked where it is, and waiting for new
 //! mail (IDLE where offered). Nothing here deletes a message or knows what a
@@ -68,7 +68,8 @@ pub enum Security {
     Tls,
     /// `imap://` to a host that is not loopback: STARTTLS, required.
     StartTls,
-    /// `imap://` to 127.0.0.1, ::1 or localhost: no TLS.
+    /// `imap://` to 127.0.0.1, ::1 or localhost: STARTTLS when the server
+    /// offers it, else plain.
     Plain,
 }
 
@@ -201,10 +202,11 @@ impl Mailbox {
         url: &ImapUrl,
         password: &str,
         processed: &str,
+        roots: &Roots,
         timeout: Duration,
     ) -> Result<Mailbox> {
         let server = url.server();
-        let stream = tokio::time::timeout(timeout, connect(url))
+        let stream = tokio::time::timeout(timeout, connect(url, roots))
             .await
             .map_err(|_| Error::Io {
                 server: server.clone(),
@@ -398,37 +400,46 @@ fn imap_error(server: &str, context: &str, source: async_imap::error::Error) -> 
 }
 
 /// TCP, then TLS as the URL says, with the server's greeting read.
-async fn connect(url: &ImapUrl) -> Result<Box<dyn Io>> {
+async fn connect(url: &ImapUrl, roots: &Roots) -> Result<Box<dyn Io>> {
     let server = url.server();
-    let io = |source| Error::Io {
-        server: server.clone(),
-        source,
-    };
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
-        .map_err(io)?;
-    let stream: Box<dyn Io> = match url.security {
-        Security::Tls => Box::new(tls(url, tcp).await?),
-        Security::Plain => Box::new(tcp),
-        Security::StartTls => {
-            let mut client = async_imap::Client::new(tcp);
-            greeting(&mut client, &server).await?;
-            client
-                .run_command_and_check_ok("STARTTLS", None)
-                .await
-                .map_err(|_| Error::NoTls {
-                    server: server.clone(),
-                })?;
-            Box::new(tls(url, client.into_inner()).await?)
-        }
-    };
-    if url.security == Security::StartTls {
-        // The greeting was read before STARTTLS; none comes after it.
-        return Ok(stream);
+        .map_err(|source| Error::Io {
+            server: server.clone(),
+            source,
+        })?;
+    if url.security == Security::Tls {
+        let mut client = async_imap::Client::new(tls(url, tcp, roots).await?);
+        greeting(&mut client, &server).await?;
+        return Ok(Box::new(client.into_inner()));
     }
-    let mut client = async_imap::Client::new(stream);
+    let mut client = async_imap::Client::new(tcp);
     greeting(&mut client, &server).await?;
-    Ok(client.into_inner())
+    // The greeting was read before STARTTLS; none comes after it.
+    match client.run_command_and_check_ok("STARTTLS", None).await {
+        Ok(()) => Ok(Box::new(tls(url, client.into_inner(), roots).await?)),
+        Err(_) if url.security == Security::Plain => Ok(Box::new(client.into_inner())),
+        Err(_) => Err(Error::NoTls { server }),
+    }
+}
+
+/// Certificate authorities trusted besides the usual public ones (a
+/// self-hosted server's own CA, from `[bounces.imap] ca_file`).
+pub type Roots = Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>;
+
+/// The certificates in a PEM file.
+pub fn pem_certificates(pem: &[u8]) -> Roots {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(pem);
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .filter_map(|b64| {
+            let b64: String = b64.split_whitespace().collect();
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .map(tokio_rustls::rustls::pki_types::CertificateDer::from)
+        .collect()
 }
 
 async fn greeting<T: Io>(client: &mut async_imap::Client<T>, server: &str) -> Result<()> {
@@ -448,9 +459,19 @@ async fn greeting<T: Io>(client: &mut async_imap::Client<T>, server: &str) -> Re
     }
 }
 
-async fn tls(url: &ImapUrl, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn tls(
+    url: &ImapUrl,
+    tcp: TcpStream,
+    extra: &Roots,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| Error::Io {
+            server: url.server(),
+            source: std::io::Error::other(format!("bounces.imap.ca_file: {e}")),
+        })?;
+    }
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))

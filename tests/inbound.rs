@@ -25,7 +25,12 @@ pub struct Dovecot {
     pid: u32,
     child: std::process::Child,
     pub port: u16,
+    /// The implicit-TLS port, when started with TLS.
+    pub imaps_port: Option<u16>,
     pub maildir: PathBuf,
+    /// The CA that signed the server's certificate, when started with TLS.
+    pub ca_file: Option<PathBuf>,
+    log: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -33,6 +38,16 @@ impl Dovecot {
     /// Starts Dovecot, or prints a notice and returns `None` when it is not
     /// installed (a failure under BULLETIN_INTEROP=1).
     pub fn start() -> Option<Dovecot> {
+        Self::start_with(false)
+    }
+
+    /// [`Dovecot::start`] with TLS: STARTTLS on `port`, implicit TLS on
+    /// `imaps_port`, a certificate for 127.0.0.1 signed by a CA made here.
+    pub fn start_tls() -> Option<Dovecot> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Dovecot> {
         if !Path::new(DOVECOT).exists() {
             assert!(
                 std::env::var("BULLETIN_INTEROP").as_deref() != Ok("1"),
@@ -59,10 +74,28 @@ impl Dovecot {
         )
         .unwrap();
         let port = crate::util::free_port();
+        let (ssl, imaps_port, ca_file) = if tls {
+            let imaps = crate::util::free_port();
+            let ca = make_certificates(dir);
+            (
+                format!(
+                    "ssl = yes\nssl_cert = <{0}/server.pem\nssl_key = <{0}/server.key\n",
+                    dir.display()
+                ),
+                Some(imaps),
+                Some(ca),
+            )
+        } else {
+            ("ssl = no\n".to_string(), None, None)
+        };
+        let imaps_listener = match imaps_port {
+            Some(p) => format!("    address = 127.0.0.1\n    port = {p}\n"),
+            None => "    port = 0\n".to_string(),
+        };
         let d = dir.display();
         let conf = format!(
             "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
-             protocols = imap\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\n\
+             protocols = imap\nlisten = 127.0.0.1\n{ssl}disable_plaintext_auth = no\n\
              auth_mechanisms = plain login\n\
              default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\n\
              mail_location = maildir:{d}/mail/%u\nfirst_valid_uid = 1\n\
@@ -70,7 +103,7 @@ impl Dovecot {
              passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
              userdb {{\n  driver = static\n  args = uid={MAIL_UID} gid={MAIL_UID} home={d}/mail/%u\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
-             \x20 inet_listener imaps {{\n    port = 0\n  }}\n  chroot =\n}}\n\
+             \x20 inet_listener imaps {{\n{imaps_listener}  }}\n  chroot =\n}}\n\
              service anvil {{\n  chroot =\n}}\n"
         );
         std::fs::write(dir.join("dovecot.conf"), conf).unwrap();
@@ -85,7 +118,10 @@ impl Dovecot {
             pid: child.id(),
             child,
             port,
+            imaps_port,
             maildir,
+            ca_file,
+            log: dir.join("dovecot.log"),
             _tmp: tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -98,6 +134,11 @@ impl Dovecot {
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(dovecot)
+    }
+
+    /// What Dovecot logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Puts a message in `folder` ("" for the inbox) as a delivery agent would.
@@ -138,6 +179,72 @@ impl Drop for Dovecot {
         let _ = Command::new("kill").arg(self.pid.to_string()).status();
         let _ = self.child.wait();
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with `openssl` in
+/// `dir` (server.pem, server.key); returns the CA certificate's path.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    for f in ["server.pem", "server.key", "ca.pem"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir.join("ca.pem")
 }
 
 fn chown(path: &Path) {
@@ -463,4 +570,80 @@ fn imap_without_settings_or_password_says_what_to_set() {
     .unwrap();
     let out = env.run(&["bounces", "imap", "--once"]);
     assert_eq!(out.status.code(), Some(75), "{out:?}");
+}
+
+#[test]
+fn imap_over_tls_and_starttls_with_the_servers_own_ca() {
+    let Some(dovecot) = Dovecot::start_tls() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
+    let env = Env::new(sink.port(), dovecot.port);
+    env.ok(&["lists", "add", "news", "--name", "News"]);
+    for who in ["tls@example.net", "starttls@example.net"] {
+        env.ok(&["subscribers", "add", who, "--list", "news"]);
+    }
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]);
+    let sent = sink.messages();
+    let ca = dovecot.ca_file.clone().unwrap();
+    let config = |url: &str, ca: Option<&Path>| {
+        let ca_line = ca.map_or(String::new(), |p| {
+            format!("ca_file = \"{}\"\n", p.display())
+        });
+        std::fs::write(
+            env.dir.path().join("bulletin.toml"),
+            format!(
+                "db = \"b.db\"\n[sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+                 [bounces.imap]\nurl = \"{url}\"\n{ca_line}"
+            ),
+        )
+        .unwrap();
+    };
+    let imaps = format!(
+        "imaps://{USER}@127.0.0.1:{}/INBOX",
+        dovecot.imaps_port.unwrap()
+    );
+
+    // A certificate nobody vouches for: refused, try again later.
+    dovecot.deliver(
+        "",
+        "4000.tls.host",
+        &dsn(&sent[0], "5.1.1", "550 5.1.1 user unknown"),
+    );
+    config(&imaps, None);
+    let out = env.run(&["bounces", "imap", "--once"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{out:?}"
+    );
+    assert_eq!(dovecot.messages("processed").len(), 0);
+
+    // Implicit TLS with the CA from ca_file.
+    config(&imaps, Some(&ca));
+    let out = env.ok(&["bounces", "imap", "--once"]);
+    assert!(out.contains("1 filed"), "{out}");
+
+    // imap:// upgrades with STARTTLS when the server offers it.
+    dovecot.deliver(
+        "",
+        "4001.starttls.host",
+        &dsn(&sent[1], "5.1.1", "550 5.1.1 user unknown"),
+    );
+    config(
+        &format!("imap://{USER}@127.0.0.1:{}/INBOX", dovecot.port),
+        Some(&ca),
+    );
+    let out = env.ok(&["bounces", "imap", "--once"]);
+    assert!(out.contains("1 filed"), "{out}");
+    assert_eq!(dovecot.messages("processed").len(), 2);
+    let logins: Vec<String> = dovecot
+        .log()
+        .lines()
+        .filter(|l| l.contains("Login: user=<bob>"))
+        .map(String::from)
+        .collect();
+    assert_eq!(logins.len(), 2, "{}", dovecot.log());
+    assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:?}");
 }

@@ -49,9 +49,24 @@ pub(super) async fn run(config: &Config, ctx: &Ingest, once: bool) -> Result<Exi
             url.server()
         )
     })?;
+    let roots = match &settings.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow!("{} (bounces.imap.ca_file in {file}): {e}", path.display()))?;
+            let roots = crate::imap::pem_certificates(&pem);
+            if roots.is_empty() {
+                anyhow::bail!(
+                    "{} (bounces.imap.ca_file in {file}): no PEM certificate in it",
+                    path.display()
+                );
+            }
+            roots
+        }
+        None => Vec::new(),
+    };
     let stop = setup::stop_on_signal();
     let poll = Duration::from_secs(settings.poll_secs.max(1));
-    let open = || Mailbox::open(&url, password, &settings.processed, CONNECT_TIMEOUT);
+    let open = || Mailbox::open(&url, password, &settings.processed, &roots, CONNECT_TIMEOUT);
     if once {
         let mut mailbox = match open().await {
             Ok(m) => m,
