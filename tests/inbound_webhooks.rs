@@ -590,3 +590,34 @@ fn serve_refuses_a_webhook_whose_secret_is_missing() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ses_subscription_confirmation_is_checked_before_anything_is_fetched() {
+    let site = Site::new().await;
+    let Some(key) = site.sns_key.clone() else {
+        return;
+    };
+    // A confirmation whose SubscribeURL points off SNS: signed correctly,
+    // yet nothing is fetched (400); forged: refused (401).
+    let subscribe_url = "https://evil.example/?Action=ConfirmSubscription";
+    let timestamp = "2026-11-30T08:00:00.000Z";
+    let message = "You have chosen to subscribe to the topic.";
+    let signed = format!(
+        "Message\n{message}\nMessageId\nsub-1\nSubscribeURL\n{subscribe_url}\nTimestamp\n{timestamp}\nToken\ntok\nTopicArn\n{TOPIC}\nType\nSubscriptionConfirmation\n"
+    );
+    let body = |signature: String| {
+        serde_json::json!({
+            "Type": "SubscriptionConfirmation", "MessageId": "sub-1", "Token": "tok",
+            "TopicArn": TOPIC, "Message": message, "SubscribeURL": subscribe_url,
+            "Timestamp": timestamp, "SignatureVersion": "1", "Signature": signature,
+            "SigningCertURL": CERT_URL,
+        })
+        .to_string()
+    };
+    let good = body(openssl_sign(&key, "-sha1", &signed));
+    let r = site.post("/webhooks/ses", &[], good.as_bytes()).await;
+    assert_status(&r, 400);
+    let forged = body(openssl_sign(&key, "-sha1", "something else"));
+    let r = site.post("/webhooks/ses", &[], forged.as_bytes()).await;
+    assert_status(&r, 401);
+}
