@@ -38,16 +38,21 @@ impl Dovecot {
     /// Starts Dovecot, or prints a notice and returns `None` when it is not
     /// installed (a failure under BULLETIN_INTEROP=1).
     pub fn start() -> Option<Dovecot> {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// [`Dovecot::start`] on a given port (a server that comes back).
+    pub fn start_on(port: u16) -> Option<Dovecot> {
+        Self::start_with(false, Some(port))
     }
 
     /// [`Dovecot::start`] with TLS: STARTTLS on `port`, implicit TLS on
     /// `imaps_port`, a certificate for 127.0.0.1 signed by a CA made here.
     pub fn start_tls() -> Option<Dovecot> {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(tls: bool) -> Option<Dovecot> {
+    fn start_with(tls: bool, port: Option<u16>) -> Option<Dovecot> {
         if !Path::new(DOVECOT).exists() {
             assert!(
                 std::env::var("BULLETIN_INTEROP").as_deref() != Ok("1"),
@@ -73,7 +78,7 @@ impl Dovecot {
             format!("{USER}:{{PLAIN}}{PASSWORD}::::::\n"),
         )
         .unwrap();
-        let port = crate::util::free_port();
+        let port = port.unwrap_or_else(crate::util::free_port);
         let (ssl, imaps_port, ca_file) = if tls {
             let imaps = crate::util::free_port();
             let ca = make_certificates(dir);
@@ -483,7 +488,7 @@ fn imap_two_hundred_messages_killed_midway_each_applied_once() {
 }
 
 #[test]
-fn imap_reader_stays_connected_picks_up_new_mail_and_stops_on_sigterm() {
+fn imap_reader_stays_connected_picks_up_new_mail_reconnects_and_stops_on_sigterm() {
     let Some(dovecot) = Dovecot::start() else {
         return;
     };
@@ -525,6 +530,21 @@ fn imap_reader_stays_connected_picks_up_new_mail_and_stops_on_sigterm() {
         line.starts_with("UID ") && line.contains("moved to Processed"),
         "{line}"
     );
+    // The server goes away and comes back: the reader reconnects by itself
+    // and reads what arrived meanwhile.
+    let port = dovecot.port;
+    drop(dovecot);
+    let dovecot = Dovecot::start_on(port).unwrap();
+    dovecot.deliver("", "3001.after.host", &human_mail(7));
+    let line = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("UID "))
+        .expect("no line after reconnecting");
+    assert!(
+        line.starts_with("UID ") && line.contains("left in the inbox"),
+        "{line}"
+    );
     // SIGTERM: it logs out and exits successfully.
     let status = Command::new("kill")
         .arg(child.0.id().to_string())
@@ -533,7 +553,10 @@ fn imap_reader_stays_connected_picks_up_new_mail_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = child.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert_eq!(dovecot.messages("Processed").len(), 1);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("reconnecting in 1s"), "{err}");
+    assert_eq!(dovecot.messages("").len(), 1);
     let show = env.ok(&["subscribers", "show", "late@example.net"]);
     assert!(show.contains("bounced"), "{show}");
 }

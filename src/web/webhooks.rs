@@ -208,10 +208,13 @@ async fn find(state: &AppState, event: &Event) -> Result<Option<(i64, Option<i64
             return Ok(Some((subscriber, Some(campaign))));
         }
     }
+    if crate::address::normalize(&event.address).is_err() {
+        return Ok(None);
+    }
     Ok(store
-        .subscriber_id(&event.address)
+        .subscriber(&event.address)
         .await?
-        .map(|subscriber| (subscriber, None)))
+        .map(|subscriber| (subscriber.id, None)))
 }
 
 /// The VERP token in a return path `bounces+TOKEN@domain`.
