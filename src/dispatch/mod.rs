@@ -52,6 +52,11 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("another run took over the campaign's lease")]
     LeaseLost,
+    /// The address (a UTF-8 local part) needs SMTPUTF8 and the server does
+    /// not offer it. Permanent for this delivery, but not the recipient's
+    /// fault: never a hard bounce, the subscriber stays active.
+    #[error("the SMTP server does not support SMTPUTF8, which {0} needs")]
+    NoSmtpUtf8(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,9 +73,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Dropped(_)) || self.status().is_some_and(|c| (400..500).contains(&c))
     }
-    /// Refused for good: 5xx replies.
+    /// Refused for good: 5xx replies, and an address the server cannot
+    /// take (`NoSmtpUtf8`, which is not a bounce).
     pub fn is_permanent(&self) -> bool {
-        self.status().is_some_and(|c| (500..600).contains(&c))
+        matches!(self, Error::NoSmtpUtf8(_)) || self.status().is_some_and(|c| (500..600).contains(&c))
     }
 
     fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
@@ -135,7 +141,7 @@ pub struct Settings {
     /// later ones are left to the next `dispatch`.
     pub retry_wait_secs: i64,
     pub in_flight: InFlight,
-    pub dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
+    pub dkim: Option<Arc<crate::dkim::DkimSigner>>,
     /// Identifies this run's lease: `host:pid:random`.
     pub owner: String,
 }
@@ -632,13 +638,10 @@ async fn worker(
             test: false,
             feedback_id: None,
         };
-        let message = match compose::message(&headers, &body) {
-            Ok(mut m) => {
-                if let Some(dkim) = &s.dkim {
-                    m.sign(dkim);
-                }
-                m
-            }
+        let composed = compose::message(&headers, &body)
+            .and_then(|m| Ok((compose::wire_bytes(&m, s.dkim.as_deref())?, m)));
+        let (bytes, message) = match composed {
+            Ok(composed) => composed,
             Err(e) => {
                 let o = Outcome::Failed {
                     reply: e.to_string(),
@@ -652,7 +655,6 @@ async fn worker(
             }
         };
         shared.pacer.wait().await;
-        let bytes = message.formatted();
         let outcome = match sender
             .send(
                 message.envelope(),

@@ -232,6 +232,12 @@ impl Sender {
                 }
                 let pipelining = conn.as_ref().is_some_and(|c| c.pipelining);
                 let c = &mut conn.as_mut().expect("connected").inner;
+                if let Some(address) = needs_smtputf8(envelope)
+                    && !c.server_info().supports_feature(Extension::SmtpUtfEight)
+                {
+                    // Nothing was sent for this message: the connection stays.
+                    return Err(Error::NoSmtpUtf8(address));
+                }
                 let result =
                     tokio::time::timeout(*timeout * 4, transaction(c, pipelining, envelope, bytes))
                         .await;
@@ -321,6 +327,9 @@ async fn transaction(
     if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
+    if needs_smtputf8(envelope).is_some() {
+        params.push(MailParameter::SmtpUtfEight);
+    }
     let mail = Mail::new(envelope.from().cloned(), params);
     if pipelining {
         let mut batch = mail.to_string();
@@ -383,7 +392,20 @@ async fn transaction(
     ))
 }
 
+/// The first envelope address that is not ASCII (an internationalised
+/// local part; domains are punycode by then): the transaction needs
+/// SMTPUTF8 (RFC 6531).
+fn needs_smtputf8(envelope: &Envelope) -> Option<String> {
+    envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .find(|a| !AsRef::<str>::as_ref(a).is_ascii())
+        .map(|a| a.to_string())
+}
+
 /// Opens a connection: TCP with nodelay, EHLO, TLS as configured, AUTH.
+/// AUTH is only ever sent inside TLS, unless the URL says `tls=none`.
 /// lettre keeps only the EHLO keywords it knows, so the EHLO is repeated
 /// (before AUTH) to learn whether the server pipelines.
 async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<Conn, Error> {
@@ -426,8 +448,10 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<C
         .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
         .map_err(|e| Error::connect(e, &addr))?,
     };
+    let mut encrypted = url.tls == Tls::Wrapper;
     match url.tls {
         Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
+            encrypted = true;
             tokio::time::timeout(timeout, conn.starttls(tls_params()?, hello))
                 .await
                 .map_err(|_| Error::Fatal(format!("{addr}: STARTTLS timed out")))?
@@ -448,6 +472,13 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<C
             _ => false,
         };
     if let Some(user) = &url.user {
+        if !encrypted && url.tls != Tls::None {
+            return Err(Error::Fatal(format!(
+                "{addr}: the server does not offer STARTTLS, so the password for {user} \
+                 would go in clear; nothing was sent (use a server with STARTTLS or smtps://, \
+                 or tls=none in the SMTP URL for a loopback test server)"
+            )));
+        }
         let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
         tokio::time::timeout(
             timeout,
