@@ -61,6 +61,22 @@ pub enum Command {
     /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
     #[command(subcommand)]
     Bounces(BouncesCommand),
+    /// Check the setup before a send: config, secret, links, SMTP server,
+    /// DKIM key and the DNS record to publish (exit 0 ok, 1 warnings, 2 failures)
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Compare the server's SIZE limit with this campaign's compiled message
+    #[arg(long, value_name = "FILE")]
+    pub campaign: Option<PathBuf>,
+    /// Also check that `bulletin serve` answers at base_url/healthz
+    #[arg(long)]
+    pub web: bool,
+    /// Send one test message to this address (nothing is sent without it)
+    #[arg(long, value_name = "ADDR")]
+    pub send_test: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -312,7 +312,12 @@ mod tests {
 
     #[test]
     fn control_characters_never_reach_a_header() {
-        for name in ["Ann\r\nBcc: x@evil.example", "\0", "A\u{1b}[31mnn\u{7f}", "\r\n"] {
+        for name in [
+            "Ann\r\nBcc: x@evil.example",
+            "\0",
+            "A\u{1b}[31mnn\u{7f}",
+            "\r\n",
+        ] {
             let h = Headers {
                 to_name: name,
                 list_id: Some("\"News\r\nX-Evil: 1\" <news.example.org>"),
@@ -325,7 +330,10 @@ mod tests {
             let raw = String::from_utf8(message(&h, &subject).unwrap().formatted()).unwrap();
             let head = raw.split("\r\n\r\n").next().unwrap();
             for line in head.split("\r\n") {
-                assert!(!line.starts_with("Bcc:") && !line.starts_with("X-Evil"), "{raw}");
+                assert!(
+                    !line.starts_with("Bcc:") && !line.starts_with("X-Evil"),
+                    "{raw}"
+                );
                 assert!(
                     !line.chars().any(|c| c.is_control() && c != '\t'),
                     "{line:?}"

@@ -37,7 +37,9 @@ pub const SIGNED_HEADERS: [&str; 10] = [
 pub enum Error {
     #[error("algorithm {0:?}: use \"rsa\" or \"ed25519\"")]
     Algorithm(String),
-    #[error("not an RSA private key ({0}); expected a PEM \"RSA PRIVATE KEY\" (PKCS#1) or \"PRIVATE KEY\" (PKCS#8)")]
+    #[error(
+        "not an RSA private key ({0}); expected a PEM \"RSA PRIVATE KEY\" (PKCS#1) or \"PRIVATE KEY\" (PKCS#8)"
+    )]
     Rsa(String),
     #[error("not an ed25519 key ({0}); expected the base64 of the 32-byte seed, or a PKCS#8 PEM")]
     Ed25519(String),
@@ -240,14 +242,26 @@ mod tests {
         let s = DkimSigner::new("s1", "example.org", "ed25519", ED_SEED).unwrap();
         let msg = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: x\r\nContent-Type: text/plain\r\n\r\nbody\r\n";
         let signed = String::from_utf8(s.sign(msg).unwrap()).unwrap();
-        assert!(signed.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"), "{signed}");
+        assert!(
+            signed.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+            "{signed}"
+        );
         assert!(signed.ends_with(std::str::from_utf8(msg).unwrap()));
-        let h = signed.split("h=").nth(1).unwrap().split(';').next().unwrap();
+        let h = signed
+            .split("h=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
         let h: String = h.split_whitespace().collect();
         // Every listed header is named, present or not: one added later by
         // someone else breaks the signature.
         let mut named: Vec<String> = h.split(':').map(str::to_ascii_lowercase).collect();
-        let mut expected: Vec<String> = SIGNED_HEADERS.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let mut expected: Vec<String> = SIGNED_HEADERS
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         named.sort();
         expected.sort();
         assert_eq!(named, expected);

@@ -31,7 +31,7 @@ const REQUIRED: [&str; 10] = [
 ];
 
 #[derive(Clone, Copy, Debug)]
-enum Algorithm {
+pub(crate) enum Algorithm {
     Rsa,
     Ed25519,
 }
@@ -53,7 +53,7 @@ impl Algorithm {
 
     /// The DNS TXT record, from the public key openssl derived (not from
     /// the signer).
-    fn record(self) -> String {
+    pub(crate) fn record(self) -> String {
         let public = match self {
             Algorithm::Rsa => "tests/data/dkim/rsa.pub",
             Algorithm::Ed25519 => "tests/data/dkim/ed25519.pub",
@@ -64,7 +64,7 @@ impl Algorithm {
 }
 
 /// Adds a `[dkim]` section and the key to an `Env`.
-fn with_dkim(env: &Env, algorithm: Algorithm) {
+pub(crate) fn with_dkim(env: &Env, algorithm: Algorithm) {
     let dir = env.dir.path();
     std::fs::copy(
         crate::util::root().join(algorithm.key_file()),
@@ -245,7 +245,11 @@ async fn a_changed_body_or_header_fails_verification() {
         let changed = [
             tamper(&message, "from Here", "from There"),
             tamper(&message, "Subject: News for", "Subject: Olds for"),
-            tamper(&message, "List-Unsubscribe-Post: ", "List-Unsubscribe-Post:  x"),
+            tamper(
+                &message,
+                "List-Unsubscribe-Post: ",
+                "List-Unsubscribe-Post:  x",
+            ),
         ];
         for bad in changed {
             let verdict = viadkim_verify(&bad, &record).await;

@@ -8,6 +8,7 @@ mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, 
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
+mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI

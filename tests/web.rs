@@ -1645,10 +1645,10 @@ async fn sign_up_is_rate_limited_per_client() {
 // The archive and the real server
 
 /// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     /// Where it listens, as it printed.
-    addr: String,
+    pub(crate) addr: String,
     /// Its standard error.
     log: PathBuf,
     /// Kept open: the server may print more.
@@ -1656,7 +1656,7 @@ struct Served {
 }
 
 impl Served {
-    async fn start(env: &Env) -> Served {
+    pub(crate) async fn start(env: &Env) -> Served {
         let log = env.dir.path().join("serve.log");
         let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped())

@@ -149,7 +149,9 @@ async fn no_auth_is_sent_without_tls() {
     let lines = lines.lock().unwrap().clone();
     assert!(lines.iter().any(|l| l.starts_with("EHLO")), "{lines:?}");
     assert!(
-        !lines.iter().any(|l| l.to_ascii_uppercase().starts_with("AUTH")),
+        !lines
+            .iter()
+            .any(|l| l.to_ascii_uppercase().starts_with("AUTH")),
         "AUTH reached the server: {lines:?}"
     );
     assert!(!lines.iter().any(|l| l.starts_with("MAIL")), "{lines:?}");

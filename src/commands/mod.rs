@@ -4,6 +4,7 @@
 
 mod bounces;
 mod build;
+mod doctor;
 mod lists;
 mod preview;
 mod quickstart;
@@ -54,6 +55,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quickstart => quickstart::run(&config),
         Command::Lists(args) => lists::run(&config, &args),
         Command::Subscribers(command) => subscribers::run(&config, &command),
+        Command::Doctor(args) => doctor::run(&config, &cli.global, &args),
     }
 }
 

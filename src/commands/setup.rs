@@ -11,9 +11,9 @@ use chrono::{DateTime, Local, Utc};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::dkim::DkimSigner;
 use crate::dispatch::transport::{SmtpUrl, Transport};
 use crate::dispatch::{self, Settings};
+use crate::dkim::DkimSigner;
 use crate::links::{Signer, Urls};
 use crate::store::Store;
 use crate::store::deliveries::{self as db, InFlight};
@@ -90,8 +90,13 @@ pub(crate) fn dkim(config: &Config) -> Result<Option<Arc<DkimSigner>>> {
     };
     let key = std::fs::read_to_string(&d.key_file)
         .with_context(|| format!("dkim.key_file {}", d.key_file.display()))?;
-    let signer = DkimSigner::new(&d.selector, &d.domain, &d.algorithm, &key)
-        .with_context(|| format!("dkim.key_file {} ([dkim] in the config)", d.key_file.display()))?;
+    let signer =
+        DkimSigner::new(&d.selector, &d.domain, &d.algorithm, &key).with_context(|| {
+            format!(
+                "dkim.key_file {} ([dkim] in the config)",
+                d.key_file.display()
+            )
+        })?;
     Ok(Some(Arc::new(signer)))
 }
 

@@ -76,7 +76,8 @@ impl Error {
     /// Refused for good: 5xx replies, and an address the server cannot
     /// take (`NoSmtpUtf8`, which is not a bounce).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::NoSmtpUtf8(_)) || self.status().is_some_and(|c| (500..600).contains(&c))
+        matches!(self, Error::NoSmtpUtf8(_))
+            || self.status().is_some_and(|c| (500..600).contains(&c))
     }
 
     fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
