@@ -214,3 +214,30 @@ async fn web_check_reaches_serve_healthz() {
     assert_eq!(line(&text, "web").0, "FAIL", "{text}");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_with_an_untrusted_certificate_fails_against_aiosmtpd() {
+    let tls = crate::util::root().join("tests/data/tls");
+    let cert = tls.join("self-signed.crt");
+    let key = tls.join("self-signed.key");
+    let Some(server) = servers::aiosmtpd_with(&[
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let env = project(format!("smtp://mailer@127.0.0.1:{}", server.port())).await;
+    let (code, out) = doctor(&env, GOOD_SECRET, &[]).await;
+    assert_eq!(code, Some(2), "{out}");
+    let tls = line(&out, "smtp tls");
+    assert_eq!(tls.0, "FAIL");
+    assert!(
+        tls.1
+            .starts_with("STARTTLS offered, but the TLS handshake failed")
+            && tls.1.contains("certificate"),
+        "{out}"
+    );
+    assert!(!out.contains("smtp auth: credentials"), "{out}");
+}

@@ -396,6 +396,14 @@ async fn smtp(r: &mut Report, config: &Config, message_size: Option<usize>) {
 fn tls_line(r: &mut Report, url: &SmtpUrl, probe: &transport::Probe) {
     match &probe.tls {
         Some(Ok(how)) => r.line(Level::Ok, "smtp tls", *how),
+        Some(Err(e)) if probe.starttls_offered && url.tls != transport::Tls::None => r.line(
+            Level::Fail,
+            "smtp tls",
+            format!(
+                "STARTTLS offered, but the TLS handshake failed (is the certificate valid for {}?): {e}",
+                url.host
+            ),
+        ),
         Some(Err(e)) if url.tls == transport::Tls::None && is_loopback(&url.host) => r.line(
             Level::Ok,
             "smtp tls",

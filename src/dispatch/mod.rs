@@ -764,6 +764,9 @@ mod tests {
         // Not the recipient's fault, and not worth retrying on this server.
         let utf8 = Error::NoSmtpUtf8("ines.garcía@example.org".into());
         assert!(utf8.is_permanent() && !utf8.is_transient());
-        assert!(utf8.to_string().contains("the SMTP server does not support SMTPUTF8"));
+        assert!(
+            utf8.to_string()
+                .contains("the SMTP server does not support SMTPUTF8")
+        );
     }
 }

@@ -561,6 +561,8 @@ pub struct Probe {
     pub greeting: Option<Result<String, String>>,
     /// Whether TLS is up: `Ok(how)`, or why not.
     pub tls: Option<Result<&'static str, String>>,
+    /// The server offered STARTTLS (so a TLS failure is the handshake's).
+    pub starttls_offered: bool,
     /// EHLO keywords after TLS, with parameters (`SIZE 10240000`).
     pub keywords: Vec<String>,
     /// `None` without a user in the URL.
@@ -602,6 +604,7 @@ pub async fn probe(url: &SmtpUrl, timeout: Duration, hello: &str) -> Probe {
         }
     };
     probe.greeting = Some(Ok(conn.server_info().name().to_string()));
+    probe.starttls_offered = conn.can_starttls();
     let (encrypted, tls) = match url.tls {
         Tls::Wrapper => (true, Ok("implicit TLS (smtps://)")),
         Tls::None => (false, Err("tls=none in the SMTP URL: no TLS".to_string())),
