@@ -260,3 +260,37 @@ async fn a_changed_body_or_header_fails_verification() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_emails_are_signed_too() {
+    use bulletin::dispatch::Mailer;
+    use bulletin::dispatch::transport::{SmtpUrl, Transport};
+    let sink = SmtpSink::start(Behaviour::new());
+    let key =
+        std::fs::read_to_string(crate::util::root().join(Algorithm::Ed25519.key_file())).unwrap();
+    let signer = bulletin::dkim::DkimSigner::new(SELECTOR, DOMAIN, "ed25519", &key).unwrap();
+    let transport = Transport::Smtp {
+        url: SmtpUrl::parse(&format!("smtp://127.0.0.1:{}?tls=none", sink.port()), None).unwrap(),
+        timeout: std::time::Duration::from_secs(10),
+        hello: DOMAIN.into(),
+    };
+    Mailer::new(transport, DOMAIN)
+        .with_dkim(Some(std::sync::Arc::new(signer)))
+        .send_text(
+            &format!("News <news@{DOMAIN}>"),
+            "ana@example.net",
+            "Please confirm",
+            "Click the link.\n",
+        )
+        .await
+        .unwrap();
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let record = Algorithm::Ed25519.record();
+    viadkim_verify(&messages[0].data, &record)
+        .await
+        .unwrap_or_else(|e| panic!("viadkim: {e}"));
+    if let Some(ok) = dkimpy_verify(&messages[0].data, &record) {
+        assert!(ok, "python3-dkim refused the signature");
+    }
+}

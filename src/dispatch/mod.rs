@@ -154,6 +154,7 @@ pub struct Mailer {
     transport: Transport,
     /// Domain of the Message-ID.
     domain: String,
+    dkim: Option<Arc<crate::dkim::DkimSigner>>,
 }
 
 impl Mailer {
@@ -161,7 +162,14 @@ impl Mailer {
         Mailer {
             transport,
             domain: domain.to_string(),
+            dkim: None,
         }
+    }
+
+    /// Signs every message with this key, as campaigns are.
+    pub fn with_dkim(mut self, dkim: Option<Arc<crate::dkim::DkimSigner>>) -> Mailer {
+        self.dkim = dkim;
+        self
     }
 
     /// Sends a plain-text message; returns the server's reply.
@@ -189,11 +197,10 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(text.to_string())
             .map_err(|e| Error::Compose(compose::Error::Message(e)))?;
+        let bytes = compose::wire_bytes(&message, self.dkim.as_deref())?;
         let mut sender = self.transport.sender();
         let name = format!("confirm-{nonce:x}");
-        let reply = sender
-            .send(message.envelope(), &message.formatted(), &name, 1)
-            .await;
+        let reply = sender.send(message.envelope(), &bytes, &name, 1).await;
         sender.close().await;
         reply
     }
