@@ -8,6 +8,8 @@
 //! and body a verifier hashes are the ones we hashed. lettre's own `dkim`
 //! module named `Content-Type` in `h=` without hashing it on multipart
 //! messages, so every signature failed.
+//!
+//! The one clock read here is mail-auth's, for the signature's `t=` tag.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
