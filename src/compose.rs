@@ -5,9 +5,10 @@
 //! ([`wire_bytes`], DKIM-signed by `dkim` when a key is given). No IO: the
 //! caller passes the clock, the ids and any DKIM key.
 //!
-//! Every header value is cleaned of control characters first (CR, LF, NUL,
-//! ...), so no subscriber name or setting can add a header or make the
-//! builder fail. Domains go out in ASCII (punycode); a non-ASCII local part
+//! Every name and header value is cleaned of control characters first (CR,
+//! LF, NUL, ...), so no subscriber name or setting can add a header or make
+//! the builder fail; addresses are never changed (one that has a control
+//! character is an `Error::Address`). Domains go out in ASCII (punycode); a non-ASCII local part
 //! stays UTF-8 (RFC 6532 headers), and the transport sends it with SMTPUTF8.
 
 use std::borrow::Cow;
@@ -100,30 +101,27 @@ fn ascii_domain(address: &str) -> Cow<'_, str> {
     }
 }
 
-/// `Name <address>` or a bare address, cleaned, with an ASCII domain.
+/// `Name <address>` or a bare address, with an ASCII domain. The name is
+/// cleaned; the address never is (a changed address is another person), so
+/// one with a control character is an error.
 fn mailbox(text: &str) -> Result<Mailbox> {
-    let text = clean(text);
-    let bad = |source| Error::Address {
-        address: text.to_string(),
-        source,
+    let text = text.trim();
+    let (name, addr) = match text.rsplit_once('<') {
+        Some((name, rest)) => (Some(name), rest.trim_end().trim_end_matches('>')),
+        None => (None, text),
     };
-    let (name, addr) = match text.trim().rsplit_once('<') {
-        Some((name, rest)) => (Some(name.trim()), rest.trim_end().trim_end_matches('>')),
-        None => (None, text.trim()),
-    };
-    let email: Address = ascii_domain(addr.trim()).parse().map_err(bad)?;
+    let email = address(addr)?;
     let name = name
-        .map(|n| n.trim_matches('"').trim().to_string())
+        .map(|n| clean(n).trim().trim_matches('"').trim().to_string())
         .filter(|n| !n.is_empty());
     Ok(Mailbox::new(name, email))
 }
 
 fn address(text: &str) -> Result<Address> {
-    let text = clean(text);
     ascii_domain(text.trim())
         .parse()
         .map_err(|source| Error::Address {
-            address: text.to_string(),
+            address: text.escape_debug().to_string(),
             source,
         })
 }
@@ -342,6 +340,20 @@ mod tests {
         }
         assert_eq!(clean("Ann\r\nBcc: x"), "Ann  Bcc: x");
         assert_eq!(clean("a\0b\u{7}"), "ab");
+    }
+
+    #[test]
+    fn an_address_is_never_cleaned_into_another() {
+        for to in [
+            "ann\0@example.net",
+            "ann@example.net\r\nBcc: x@evil.example",
+        ] {
+            let h = Headers {
+                to_email: to,
+                ..headers()
+            };
+            assert!(matches!(message(&h, &body()), Err(Error::Address { .. })));
+        }
     }
 
     #[test]
