@@ -285,51 +285,7 @@ fn campaign_size(
     dkim: Option<&crate::dkim::DkimSigner>,
     file: &Path,
 ) -> Option<usize> {
-    let built = (|| -> Result<Vec<u8>> {
-        let text = std::fs::read_to_string(file)?;
-        let campaign = campaign::parse(&file.display().to_string(), &text)?;
-        let templates = Templates::load(&config.templates)?;
-        let compiled = Renderer::new(&templates)?.compile(
-            &campaign,
-            &render::Context {
-                organisation: &config.organisation,
-            },
-        )?;
-        // Links as long as real ones: a token for subscriber 0.
-        let signer = Signer::new(b"doctor: length only", &[]);
-        let urls = Urls::new(&config.base_url);
-        let unsubscribe = urls.unsubscribe(&signer, 0, 0);
-        let body = compiled.personalise(&Recipient {
-            email: "sample.recipient@example.org",
-            name: "Sample Recipient",
-            attributes: None,
-            unsubscribe_url: &unsubscribe,
-            preferences_url: &urls.preferences(&signer, 0),
-            archive_url: &urls.archive(&campaign.slug),
-        });
-        let domain = config.bounce_domain();
-        let token = signer.sign(Purpose::Bounce, 0, 0);
-        let list_id = compose::list_id(&campaign.list, &campaign.list, &domain);
-        let headers = compose::Headers {
-            from: campaign.from.as_deref().unwrap_or(&config.sender.from),
-            reply_to: config.sender.reply_to.as_deref(),
-            to_email: "sample.recipient@example.org",
-            to_name: "Sample Recipient",
-            date: SystemTime::now(),
-            message_id: &format!("{token}@{domain}"),
-            list_id: Some(&list_id),
-            unsubscribe_url: Some(&unsubscribe),
-            unsubscribe_mailto: Some(&format!("unsubscribe+{token}@{domain}")),
-            return_path: Some(&format!("bounces+{token}@{domain}")),
-            test: false,
-            feedback_id: None,
-        };
-        Ok(compose::wire_bytes(
-            &compose::message(&headers, &body)?,
-            dkim,
-        )?)
-    })();
-    match built {
+    match sample_message(config, dkim, file) {
         Ok(bytes) => Some(bytes.len()),
         Err(e) => {
             r.line(
@@ -340,6 +296,56 @@ fn campaign_size(
             None
         }
     }
+}
+
+/// The campaign compiled and composed for a sample recipient, with links
+/// and tokens as long as real ones.
+fn sample_message(
+    config: &Config,
+    dkim: Option<&crate::dkim::DkimSigner>,
+    file: &Path,
+) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(file)?;
+    let campaign = campaign::parse(&file.display().to_string(), &text)?;
+    let templates = Templates::load(&config.templates)?;
+    let compiled = Renderer::new(&templates)?.compile(
+        &campaign,
+        &render::Context {
+            organisation: &config.organisation,
+        },
+    )?;
+    let signer = Signer::new(b"doctor: length only", &[]);
+    let urls = Urls::new(&config.base_url);
+    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
+    let body = compiled.personalise(&Recipient {
+        email: "sample.recipient@example.org",
+        name: "Sample Recipient",
+        attributes: None,
+        unsubscribe_url: &unsubscribe,
+        preferences_url: &urls.preferences(&signer, 0),
+        archive_url: &urls.archive(&campaign.slug),
+    });
+    let domain = config.bounce_domain();
+    let token = signer.sign(Purpose::Bounce, 0, 0);
+    let list_id = compose::list_id(&campaign.list, &campaign.list, &domain);
+    let headers = compose::Headers {
+        from: campaign.from.as_deref().unwrap_or(&config.sender.from),
+        reply_to: config.sender.reply_to.as_deref(),
+        to_email: "sample.recipient@example.org",
+        to_name: "Sample Recipient",
+        date: SystemTime::now(),
+        message_id: &format!("{token}@{domain}"),
+        list_id: Some(&list_id),
+        unsubscribe_url: Some(&unsubscribe),
+        unsubscribe_mailto: Some(&format!("unsubscribe+{token}@{domain}")),
+        return_path: Some(&format!("bounces+{token}@{domain}")),
+        test: false,
+        feedback_id: None,
+    };
+    Ok(compose::wire_bytes(
+        &compose::message(&headers, &body)?,
+        dkim,
+    )?)
 }
 
 /// The SMTP server: answers, TLS, credentials, what it advertises.
