@@ -7,8 +7,11 @@ mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/
 mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
+mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
+mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
 mod web; // subscriber pages (tests/web/, one file per area): every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)
+mod wire; // on the wire: SMTPUTF8 with aiosmtpd (offered or not), no AUTH outside TLS, control characters in names
