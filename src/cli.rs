@@ -65,6 +65,9 @@ pub enum Command {
     /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
     #[command(subcommand)]
     Bounces(BouncesCommand),
+    /// Check the setup before a send: config, secret, links, SMTP server,
+    /// DKIM key and the DNS record to publish (exit 0 ok, 1 warnings, 2 failures)
+    Doctor(DoctorArgs),
     /// Create the database (the only command besides quickstart, `lists add`
     /// and `subscribers add/import` that does)
     Init,
@@ -106,7 +109,8 @@ impl Command {
             | Command::Lists(_)
             | Command::Subscribers(_)
             | Command::Init
-            | Command::Db(_) => false,
+            | Command::Db(_)
+            | Command::Doctor(_) => false,
         }
     }
 }
@@ -122,6 +126,19 @@ pub enum DbCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Compare the server's SIZE limit with this campaign's compiled message
+    #[arg(long, value_name = "FILE")]
+    pub campaign: Option<PathBuf>,
+    /// Also check that `bulletin serve` answers at base_url/healthz
+    #[arg(long)]
+    pub web: bool,
+    /// Send one test message to this address (nothing is sent without it)
+    #[arg(long, value_name = "ADDR")]
+    pub send_test: Option<String>,
 }
 
 #[derive(Debug, Args)]

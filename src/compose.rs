@@ -1,9 +1,17 @@
 //! One recipient's complete MIME message: personalised bodies from a
 //! `render::Compiled` campaign plus the headers bulk senders need (RFC 8058
 //! one-click List-Unsubscribe, List-Id, a Message-ID at the sender's domain,
-//! the VERP envelope sender). No IO: the caller passes the clock, the ids and
-//! any DKIM key.
+//! the VERP envelope sender), and the exact bytes that go on the wire
+//! ([`wire_bytes`], DKIM-signed by `dkim` when a key is given). No IO: the
+//! caller passes the clock, the ids and any DKIM key.
+//!
+//! Every name and header value is cleaned of control characters first (CR,
+//! LF, NUL, ...), so no subscriber name or setting can add a header or make
+//! the builder fail; addresses are never changed (one that has a control
+//! character is an `Error::Address`). Domains go out in ASCII (punycode); a non-ASCII local part
+//! stays UTF-8 (RFC 6532 headers), and the transport sends it with SMTPUTF8.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use lettre::Message;
@@ -23,6 +31,8 @@ pub enum Error {
     },
     #[error("message: {0}")]
     Message(#[from] lettre::error::Error),
+    #[error("dkim: {0}")]
+    Dkim(#[from] crate::dkim::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,17 +71,69 @@ pub const FEEDBACK_ID: HeaderName = HeaderName::new_from_ascii_str("Feedback-ID"
 pub const TEST_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Bulletin-Test");
 pub const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
 
+/// Header text without control characters: CR, LF and TAB become a space,
+/// the others (NUL, ESC, DEL, ...) are dropped. A value can then neither add
+/// a header nor break the one it is in.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .filter_map(|c| match c {
+                '\r' | '\n' | '\t' => Some(' '),
+                c if c.is_control() => None,
+                c => Some(c),
+            })
+            .collect(),
+    )
+}
+
+/// `local@domain` with the domain in ASCII (IDNA, punycode); the local part
+/// is left as it is.
+fn ascii_domain(address: &str) -> Cow<'_, str> {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !domain.is_ascii() => match idna::domain_to_ascii(domain) {
+            Ok(ascii) => Cow::Owned(format!("{local}@{ascii}")),
+            Err(_) => Cow::Borrowed(address),
+        },
+        _ => Cow::Borrowed(address),
+    }
+}
+
+/// `Name <address>` or a bare address, with an ASCII domain. The name is
+/// cleaned; the address never is (a changed address is another person), so
+/// one with a control character is an error.
 fn mailbox(text: &str) -> Result<Mailbox> {
-    text.parse().map_err(|source| Error::Address {
-        address: text.to_string(),
-        source,
-    })
+    let text = text.trim();
+    let (name, addr) = match text.rsplit_once('<') {
+        Some((name, rest)) => (Some(name), rest.trim_end().trim_end_matches('>')),
+        None => (None, text),
+    };
+    let email = address(addr)?;
+    let name = name
+        .map(|n| clean(n).trim().trim_matches('"').trim().to_string())
+        .filter(|n| !n.is_empty());
+    Ok(Mailbox::new(name, email))
 }
 
 fn address(text: &str) -> Result<Address> {
-    text.parse().map_err(|source| Error::Address {
-        address: text.to_string(),
-        source,
+    ascii_domain(text.trim())
+        .parse()
+        .map_err(|source| Error::Address {
+            address: text.escape_debug().to_string(),
+            source,
+        })
+}
+
+/// The bytes that go on the wire: the formatted message, with a
+/// `DKIM-Signature` in front when a key is given. Signing happens here, on
+/// these exact bytes; nothing formats the message after.
+pub fn wire_bytes(message: &Message, dkim: Option<&crate::dkim::DkimSigner>) -> Result<Vec<u8>> {
+    let bytes = message.formatted();
+    Ok(match dkim {
+        Some(key) => key.sign(&bytes)?,
+        None => bytes,
     })
 }
 
@@ -79,16 +141,19 @@ fn address(text: &str) -> Result<Address> {
 pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
     let from = mailbox(h.from)?;
     let to_addr = address(h.to_email)?;
-    let to_name = h.to_name.trim();
+    let to_name = clean(h.to_name);
+    let to_name = to_name.trim();
     let to = Mailbox::new(
         (!to_name.is_empty()).then(|| to_name.to_string()),
         to_addr.clone(),
     );
+    let subject = clean(body.subject.trim());
     let subject = if h.test {
-        format!("[TEST] {}", body.subject)
+        format!("[TEST] {subject}")
     } else {
-        body.subject.clone()
+        subject.into_owned()
     };
+    let header = |name, value: &str| HeaderValue::new(name, clean(value).into_owned());
     let envelope_from = match h.return_path {
         Some(rp) => address(rp)?,
         None => from.email.clone(),
@@ -98,7 +163,7 @@ pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
         .to(to)
         .subject(subject)
         .date(h.date)
-        .message_id(Some(format!("<{}>", h.message_id)))
+        .message_id(Some(format!("<{}>", clean(h.message_id))))
         .envelope(Envelope::new(Some(envelope_from), vec![to_addr])?);
     if let Some(r) = h.reply_to {
         b = b.reply_to(mailbox(r)?);
@@ -111,7 +176,7 @@ pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
         unsub.push(format!("<mailto:{m}?subject=unsubscribe>"));
     }
     if !unsub.is_empty() {
-        b = b.raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, unsub.join(", ")));
+        b = b.raw_header(header(LIST_UNSUBSCRIBE, &unsub.join(", ")));
     }
     if h.unsubscribe_url.is_some() {
         b = b.raw_header(HeaderValue::new(
@@ -120,10 +185,10 @@ pub fn message(h: &Headers, body: &Personalised) -> Result<Message> {
         ));
     }
     if let Some(id) = h.list_id {
-        b = b.raw_header(HeaderValue::new(LIST_ID, id.to_string()));
+        b = b.raw_header(header(LIST_ID, id));
     }
     if let Some(f) = h.feedback_id {
-        b = b.raw_header(HeaderValue::new(FEEDBACK_ID, f.to_string()));
+        b = b.raw_header(header(FEEDBACK_ID, f));
     }
     // Bulk mail is not a personal reply: stops vacation responders answering.
     b = b.raw_header(HeaderValue::new(
@@ -233,5 +298,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not an address"), "{err}");
+    }
+
+    fn body() -> Personalised {
+        Personalised {
+            subject: "Hi".into(),
+            html: "<p>x</p>".into(),
+            text: "x".into(),
+        }
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_header() {
+        for name in [
+            "Ann\r\nBcc: x@evil.example",
+            "\0",
+            "A\u{1b}[31mnn\u{7f}",
+            "\r\n",
+        ] {
+            let h = Headers {
+                to_name: name,
+                list_id: Some("\"News\r\nX-Evil: 1\" <news.example.org>"),
+                ..headers()
+            };
+            let subject = Personalised {
+                subject: format!("Hello {name}"),
+                ..body()
+            };
+            let raw = String::from_utf8(message(&h, &subject).unwrap().formatted()).unwrap();
+            let head = raw.split("\r\n\r\n").next().unwrap();
+            for line in head.split("\r\n") {
+                assert!(
+                    !line.starts_with("Bcc:") && !line.starts_with("X-Evil"),
+                    "{raw}"
+                );
+                assert!(
+                    !line.chars().any(|c| c.is_control() && c != '\t'),
+                    "{line:?}"
+                );
+            }
+        }
+        assert_eq!(clean("Ann\r\nBcc: x"), "Ann  Bcc: x");
+        assert_eq!(clean("a\0b\u{7}"), "ab");
+    }
+
+    #[test]
+    fn an_address_is_never_cleaned_into_another() {
+        for to in [
+            "ann\0@example.net",
+            "ann@example.net\r\nBcc: x@evil.example",
+        ] {
+            let h = Headers {
+                to_email: to,
+                ..headers()
+            };
+            assert!(matches!(message(&h, &body()), Err(Error::Address { .. })));
+        }
+    }
+
+    #[test]
+    fn domains_go_out_in_ascii_and_utf8_local_parts_stay() {
+        let h = Headers {
+            from: "Bücher <news@bücher.example>",
+            to_email: "ines.garcía@example.org",
+            to_name: "Inés García",
+            return_path: Some("bounces+x@bücher.example"),
+            ..headers()
+        };
+        let m = message(&h, &body()).unwrap();
+        let raw = String::from_utf8(m.formatted()).unwrap();
+        assert!(raw.contains("news@xn--bcher-kva.example>"), "{raw}");
+        assert!(raw.contains("<ines.garcía@example.org>"), "{raw}");
+        assert_eq!(
+            m.envelope().from().unwrap().to_string(),
+            "bounces+x@xn--bcher-kva.example"
+        );
+        assert_eq!(m.envelope().to()[0].to_string(), "ines.garcía@example.org");
     }
 }

@@ -178,7 +178,8 @@ impl Default for Smtp {
     }
 }
 
-/// DKIM signing, done by lettre. The key file holds a PEM private key.
+/// DKIM signing (see `dkim`): rsa keys as PKCS#1 or PKCS#8 PEM, ed25519 keys
+/// as the base64 32-byte seed or PKCS#8 PEM.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Dkim {

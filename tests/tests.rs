@@ -7,6 +7,8 @@ mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/
 mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
+mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
+mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
 mod inbound; // `bounces imap` against Dovecot on loopback (BULLETIN_INTEROP=1 requires it): 200 messages, kill -9, exactly once
 mod inbound_webhooks; // POST /webhooks/{ses,postmark,mailgun,sendgrid} over a real socket: signatures, replays, stale, malformed
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
@@ -14,3 +16,4 @@ mod ops; // running unattended: no silent outbox or accidental database, cron/sy
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
 mod web; // subscriber pages (tests/web/, one file per area): every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)
+mod wire; // on the wire: SMTPUTF8 with aiosmtpd (offered or not), no AUTH outside TLS, control characters in names

@@ -19,6 +19,7 @@ macro_rules! println {
 mod bounces;
 mod build;
 mod db;
+mod doctor;
 mod lists;
 mod preview;
 mod quickstart;
@@ -108,6 +109,7 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Subscribers(command) => subscribers::run(&config, &command),
         Command::Init => db::init(&config),
         Command::Db(DbCommand::Backup { file }) => db::backup(&config, &file),
+        Command::Doctor(args) => doctor::run(&config, &cli.global, &args),
     }
 }
 

@@ -487,14 +487,12 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             test: true,
             feedback_id: None,
         };
-        let mut message = compose::message(&headers, &body)?;
-        if let Some(d) = &settings.dkim {
-            message.sign(d);
-        }
+        let message = compose::message(&headers, &body)?;
+        let bytes = compose::wire_bytes(&message, settings.dkim.as_deref())?;
         let mut sender = settings.transport.sender();
         let name = format!("test-{}", crate::store::now());
         let reply = sender
-            .send(message.envelope(), &message.formatted(), &name, 1)
+            .send(message.envelope(), &bytes, &name, 1)
             .await
             .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
         sender.close().await;

@@ -20,7 +20,8 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
         let store = super::open_store(config).await?;
         let transport = super::setup::transport(config)?;
         let signer = super::setup::signer(config, &store, &transport).await?;
-        let mailer = Mailer::new(transport, &config.bounce_domain());
+        let mailer =
+            Mailer::new(transport, &config.bounce_domain()).with_dkim(super::setup::dkim(config)?);
         let webhooks = webhooks(config)?;
         let enabled = webhooks.enabled();
         let state = AppState::new(

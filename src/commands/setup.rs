@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Local, Utc};
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::dispatch::transport::{SmtpUrl, Transport};
 use crate::dispatch::{self, Settings};
+use crate::dkim::DkimSigner;
 use crate::links::{Signer, Urls};
 use crate::store::Store;
 use crate::store::deliveries::{self as db, InFlight};
@@ -94,53 +95,22 @@ pub(crate) async fn signer(
     Ok(verifier(config, store).await?.expect("just stored"))
 }
 
-pub(crate) fn dkim(config: &Config) -> Result<Option<Arc<lettre::message::dkim::DkimConfig>>> {
-    use lettre::message::dkim::{
-        DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
-        DkimSigningKey,
-    };
-    use lettre::message::header::HeaderName;
+/// The DKIM signer the config names, with its key loaded; `None` without a
+/// `[dkim]` section. Errors name the key file and the setting.
+pub(crate) fn dkim(config: &Config) -> Result<Option<Arc<DkimSigner>>> {
     let Some(d) = &config.dkim else {
         return Ok(None);
     };
     let key = std::fs::read_to_string(&d.key_file)
-        .with_context(|| format!("dkim key {}", d.key_file.display()))?;
-    let algorithm = match d.algorithm.as_str() {
-        "rsa" => DkimSigningAlgorithm::Rsa,
-        "ed25519" => DkimSigningAlgorithm::Ed25519,
-        other => bail!("dkim.algorithm = {other:?}: use \"rsa\" or \"ed25519\""),
-    };
-    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| {
-        anyhow!(
-            "dkim key {}: {e:?} (rsa: a PKCS#1 PEM key; ed25519: the base64 32-byte seed)",
-            d.key_file.display()
-        )
-    })?;
-    let headers = [
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-        "List-Id",
-        "MIME-Version",
-        "Content-Type",
-    ]
-    .iter()
-    .map(|h| HeaderName::new_from_ascii(h.to_string()).expect("header name"))
-    .collect();
-    Ok(Some(Arc::new(DkimConfig::new(
-        d.selector.clone(),
-        d.domain.clone(),
-        key,
-        headers,
-        DkimCanonicalization {
-            header: DkimCanonicalizationType::Relaxed,
-            body: DkimCanonicalizationType::Relaxed,
-        },
-    ))))
+        .with_context(|| format!("dkim.key_file {}", d.key_file.display()))?;
+    let signer =
+        DkimSigner::new(&d.selector, &d.domain, &d.algorithm, &key).with_context(|| {
+            format!(
+                "dkim.key_file {} ([dkim] in the config)",
+                d.key_file.display()
+            )
+        })?;
+    Ok(Some(Arc::new(signer)))
 }
 
 pub(crate) async fn settings(config: &Config, store: &Store) -> Result<Settings> {

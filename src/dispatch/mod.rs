@@ -52,6 +52,11 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("another run took over the campaign's lease")]
     LeaseLost,
+    /// The address (a UTF-8 local part) needs SMTPUTF8 and the server does
+    /// not offer it. Permanent for this delivery, but not the recipient's
+    /// fault: never a hard bounce, the subscriber stays active.
+    #[error("the SMTP server does not support SMTPUTF8, which {0} needs")]
+    NoSmtpUtf8(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,9 +73,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Dropped(_)) || self.status().is_some_and(|c| (400..500).contains(&c))
     }
-    /// Refused for good: 5xx replies.
+    /// Refused for good: 5xx replies, and an address the server cannot
+    /// take (`NoSmtpUtf8`, which is not a bounce).
     pub fn is_permanent(&self) -> bool {
-        self.status().is_some_and(|c| (500..600).contains(&c))
+        matches!(self, Error::NoSmtpUtf8(_))
+            || self.status().is_some_and(|c| (500..600).contains(&c))
     }
 
     fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
@@ -143,7 +150,7 @@ pub struct Settings {
     /// later ones are left to the next `dispatch`.
     pub retry_wait_secs: i64,
     pub in_flight: InFlight,
-    pub dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
+    pub dkim: Option<Arc<crate::dkim::DkimSigner>>,
     /// Identifies this run's lease: `host:pid:random`.
     pub owner: String,
 }
@@ -155,6 +162,7 @@ pub struct Mailer {
     transport: Transport,
     /// Domain of the Message-ID.
     domain: String,
+    dkim: Option<Arc<crate::dkim::DkimSigner>>,
 }
 
 impl Mailer {
@@ -162,7 +170,14 @@ impl Mailer {
         Mailer {
             transport,
             domain: domain.to_string(),
+            dkim: None,
         }
+    }
+
+    /// Signs every message with this key, as campaigns are.
+    pub fn with_dkim(mut self, dkim: Option<Arc<crate::dkim::DkimSigner>>) -> Mailer {
+        self.dkim = dkim;
+        self
     }
 
     /// Sends a plain-text message; returns the server's reply.
@@ -190,11 +205,10 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(text.to_string())
             .map_err(|e| Error::Compose(compose::Error::Message(e)))?;
+        let bytes = compose::wire_bytes(&message, self.dkim.as_deref())?;
         let mut sender = self.transport.sender();
         let name = format!("confirm-{nonce:x}");
-        let reply = sender
-            .send(message.envelope(), &message.formatted(), &name, 1)
-            .await;
+        let reply = sender.send(message.envelope(), &bytes, &name, 1).await;
         sender.close().await;
         reply
     }
@@ -640,13 +654,10 @@ async fn worker(
             test: false,
             feedback_id: None,
         };
-        let message = match compose::message(&headers, &body) {
-            Ok(mut m) => {
-                if let Some(dkim) = &s.dkim {
-                    m.sign(dkim);
-                }
-                m
-            }
+        let composed = compose::message(&headers, &body)
+            .and_then(|m| Ok((compose::wire_bytes(&m, s.dkim.as_deref())?, m)));
+        let (bytes, message) = match composed {
+            Ok(composed) => composed,
             Err(e) => {
                 let o = Outcome::Failed {
                     reply: e.to_string(),
@@ -660,7 +671,6 @@ async fn worker(
             }
         };
         shared.pacer.wait().await;
-        let bytes = message.formatted();
         let outcome = match sender
             .send(
                 message.envelope(),
@@ -766,5 +776,12 @@ mod tests {
         assert!(Error::Dropped("eof".into()).is_transient());
         assert!(!Error::Fatal("down".into()).is_transient());
         assert_eq!(Error::Fatal("down".into()).status(), None);
+        // Not the recipient's fault, and not worth retrying on this server.
+        let utf8 = Error::NoSmtpUtf8("ines.garcía@example.org".into());
+        assert!(utf8.is_permanent() && !utf8.is_transient());
+        assert!(
+            utf8.to_string()
+                .contains("the SMTP server does not support SMTPUTF8")
+        );
     }
 }

@@ -232,6 +232,12 @@ impl Sender {
                 }
                 let pipelining = conn.as_ref().is_some_and(|c| c.pipelining);
                 let c = &mut conn.as_mut().expect("connected").inner;
+                if let Some(address) = needs_smtputf8(envelope)
+                    && !c.server_info().supports_feature(Extension::SmtpUtfEight)
+                {
+                    // Nothing was sent for this message: the connection stays.
+                    return Err(Error::NoSmtpUtf8(address));
+                }
                 let result =
                     tokio::time::timeout(*timeout * 4, transaction(c, pipelining, envelope, bytes))
                         .await;
@@ -321,6 +327,9 @@ async fn transaction(
     if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
+    if needs_smtputf8(envelope).is_some() {
+        params.push(MailParameter::SmtpUtfEight);
+    }
     let mail = Mail::new(envelope.from().cloned(), params);
     if pipelining {
         let mut batch = mail.to_string();
@@ -383,11 +392,64 @@ async fn transaction(
     ))
 }
 
+/// The first envelope address that is not ASCII (an internationalised
+/// local part; domains are punycode by then): the transaction needs
+/// SMTPUTF8 (RFC 6531).
+fn needs_smtputf8(envelope: &Envelope) -> Option<String> {
+    envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .find(|a| !AsRef::<str>::as_ref(a).is_ascii())
+        .map(|a| a.to_string())
+}
+
 /// Opens a connection: TCP with nodelay, EHLO, TLS as configured, AUTH.
+/// AUTH is only ever sent inside TLS, unless the URL says `tls=none`.
 /// lettre keeps only the EHLO keywords it knows, so the EHLO is repeated
 /// (before AUTH) to learn whether the server pipelines.
 async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<Conn, Error> {
-    let addr = format!("{}:{}", url.host, url.port);
+    let mut conn = greet(url, timeout, hello).await?;
+    let encrypted = match url.tls {
+        Tls::Wrapper => true,
+        Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
+            start_tls(&mut conn, url, timeout, hello).await?;
+            true
+        }
+        Tls::Required => {
+            return Err(Error::Fatal(format!(
+                "{}: the server does not offer STARTTLS and the URL requires TLS",
+                url.addr()
+            )));
+        }
+        _ => false,
+    };
+    let pipelining = ehlo_keywords(&mut conn, timeout, hello)
+        .await
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case("PIPELINING"));
+    authenticate(&mut conn, url, encrypted, timeout).await?;
+    Ok(Conn {
+        inner: conn,
+        pipelining,
+    })
+}
+
+impl SmtpUrl {
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// TCP (with nodelay), the server's greeting and EHLO; implicit TLS first
+/// for `smtps://`.
+async fn greet(
+    url: &SmtpUrl,
+    timeout: Duration,
+    hello: &ClientId,
+) -> Result<AsyncSmtpConnection, Error> {
+    let addr = url.addr();
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
         .await
         .map_err(|_| Error::Fatal(format!("cannot connect to {addr}: timed out")))?
@@ -395,11 +457,7 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<C
     stream
         .set_nodelay(true)
         .map_err(|e| Error::Fatal(format!("{addr}: {e}")))?;
-    let tls_params = || {
-        TlsParameters::new(url.host.clone())
-            .map_err(|e| Error::Fatal(format!("TLS setup for {}: {e}", url.host)))
-    };
-    let mut conn = match url.tls {
+    let conn = match url.tls {
         Tls::Wrapper => {
             // Implicit TLS: lettre does the handshake on its own socket, so
             // this path goes without TCP_NODELAY (slower, still correct).
@@ -410,57 +468,166 @@ async fn connect(url: &SmtpUrl, timeout: Duration, hello: &ClientId) -> Result<C
                     (url.host.as_str(), url.port),
                     Some(timeout),
                     hello,
-                    Some(tls_params()?),
+                    Some(tls_parameters(url)?),
                     None,
                 ),
             )
             .await
-            .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
-            .map_err(|e| Error::connect(e, &addr))?
         }
-        _ => tokio::time::timeout(
-            timeout,
-            AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
-        )
-        .await
-        .map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
-        .map_err(|e| Error::connect(e, &addr))?,
+        _ => {
+            tokio::time::timeout(
+                timeout,
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
+            )
+            .await
+        }
     };
-    match url.tls {
-        Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
-            tokio::time::timeout(timeout, conn.starttls(tls_params()?, hello))
-                .await
-                .map_err(|_| Error::Fatal(format!("{addr}: STARTTLS timed out")))?
-                .map_err(|e| Error::Fatal(format!("{addr}: STARTTLS failed: {e}")))?;
-        }
-        Tls::Required => {
-            return Err(Error::Fatal(format!(
-                "{addr}: the server does not offer STARTTLS and the URL requires TLS"
-            )));
-        }
-        _ => {}
-    }
-    let pipelining =
-        match tokio::time::timeout(timeout, conn.command(Ehlo::new(hello.clone()))).await {
-            Ok(Ok(reply)) => reply
-                .message()
-                .any(|l| l.trim().eq_ignore_ascii_case("PIPELINING")),
-            _ => false,
-        };
-    if let Some(user) = &url.user {
-        let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
-        tokio::time::timeout(
-            timeout,
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
-        )
+    conn.map_err(|_| Error::Fatal(format!("{addr}: no greeting from the server")))?
+        .map_err(|e| Error::connect(e, &addr))
+}
+
+fn tls_parameters(url: &SmtpUrl) -> Result<TlsParameters, Error> {
+    TlsParameters::new(url.host.clone())
+        .map_err(|e| Error::Fatal(format!("TLS setup for {}: {e}", url.host)))
+}
+
+/// STARTTLS and the TLS handshake (the certificate must be valid for the host).
+async fn start_tls(
+    conn: &mut AsyncSmtpConnection,
+    url: &SmtpUrl,
+    timeout: Duration,
+    hello: &ClientId,
+) -> Result<(), Error> {
+    let addr = url.addr();
+    tokio::time::timeout(timeout, conn.starttls(tls_parameters(url)?, hello))
         .await
-        .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
-        .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
+        .map_err(|_| Error::Fatal(format!("{addr}: STARTTLS timed out")))?
+        .map_err(|e| Error::Fatal(format!("{addr}: STARTTLS failed: {e}")))
+}
+
+/// The EHLO keywords with their parameters (`SIZE 10240000`), as the server
+/// lists them now; empty if it does not answer.
+async fn ehlo_keywords(
+    conn: &mut AsyncSmtpConnection,
+    timeout: Duration,
+    hello: &ClientId,
+) -> Vec<String> {
+    match tokio::time::timeout(timeout, conn.command(Ehlo::new(hello.clone()))).await {
+        // The first line is the server's name, the others its extensions.
+        Ok(Ok(reply)) => reply
+            .message()
+            .skip(1)
+            .map(|l| l.trim().to_string())
+            .collect(),
+        _ => Vec::new(),
     }
-    Ok(Conn {
-        inner: conn,
-        pipelining,
-    })
+}
+
+/// AUTH with the URL's user, if any. The one rule for credentials: never
+/// outside TLS unless the URL says `tls=none`; refused before anything is sent.
+async fn authenticate(
+    conn: &mut AsyncSmtpConnection,
+    url: &SmtpUrl,
+    encrypted: bool,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let Some(user) = &url.user else {
+        return Ok(());
+    };
+    let addr = url.addr();
+    if !encrypted && url.tls != Tls::None {
+        return Err(Error::Fatal(format!(
+            "{addr}: the server does not offer STARTTLS, so the password for {user} \
+             would go in clear; nothing was sent (use a server with STARTTLS or smtps://, \
+             or tls=none in the SMTP URL for a loopback test server)"
+        )));
+    }
+    let creds = Credentials::new(user.clone(), url.password.clone().unwrap_or_default());
+    tokio::time::timeout(
+        timeout,
+        conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
+    )
+    .await
+    .map_err(|_| Error::Fatal(format!("{addr}: AUTH timed out")))?
+    .map_err(|e| Error::Fatal(format!("{addr}: authentication failed for {user}: {e}")))?;
+    Ok(())
+}
+
+/// What `bulletin doctor` learns from the server, step by step; sends no
+/// message. A step that could not run is `None`.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// The server's name from its EHLO reply, or why it did not answer.
+    pub greeting: Option<Result<String, String>>,
+    /// Whether TLS is up: `Ok(how)`, or why not.
+    pub tls: Option<Result<&'static str, String>>,
+    /// The server offered STARTTLS (so a TLS failure is the handshake's).
+    pub starttls_offered: bool,
+    /// EHLO keywords after TLS, with parameters (`SIZE 10240000`).
+    pub keywords: Vec<String>,
+    /// `None` without a user in the URL.
+    pub auth: Option<Result<(), String>>,
+}
+
+impl Probe {
+    /// The SIZE limit the server advertised (RFC 1870), if any.
+    pub fn size_limit(&self) -> Option<u64> {
+        self.keywords.iter().find_map(|k| {
+            let (name, value) = k.split_once(' ')?;
+            name.eq_ignore_ascii_case("SIZE")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+                .filter(|&n| n > 0)
+        })
+    }
+
+    /// Whether the server advertised `keyword` (case-insensitive).
+    pub fn offers(&self, keyword: &str) -> bool {
+        self.keywords.iter().any(|k| {
+            k.split_whitespace()
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(keyword))
+        })
+    }
+}
+
+/// Connects as `connect` does, but records each step instead of stopping
+/// at the first failure where the next step can still tell something.
+pub async fn probe(url: &SmtpUrl, timeout: Duration, hello: &str) -> Probe {
+    let hello = ClientId::Domain(hello.to_string());
+    let mut probe = Probe::default();
+    let mut conn = match greet(url, timeout, &hello).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            probe.greeting = Some(Err(e.to_string()));
+            return probe;
+        }
+    };
+    probe.greeting = Some(Ok(conn.server_info().name().to_string()));
+    probe.starttls_offered = conn.can_starttls();
+    let (encrypted, tls) = match url.tls {
+        Tls::Wrapper => (true, Ok("implicit TLS (smtps://)")),
+        Tls::None => (false, Err("tls=none in the SMTP URL: no TLS".to_string())),
+        _ if conn.can_starttls() => match start_tls(&mut conn, url, timeout, &hello).await {
+            Ok(()) => (true, Ok("STARTTLS offered, TLS handshake ok")),
+            Err(e) => {
+                probe.tls = Some(Err(e.to_string()));
+                return probe;
+            }
+        },
+        _ => (false, Err("the server does not offer STARTTLS".to_string())),
+    };
+    probe.tls = Some(tls);
+    probe.keywords = ehlo_keywords(&mut conn, timeout, &hello).await;
+    if url.user.is_some() {
+        probe.auth = Some(
+            authenticate(&mut conn, url, encrypted, timeout)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let _ = tokio::time::timeout(timeout, conn.quit()).await;
+    probe
 }
 
 #[cfg(test)]

@@ -491,3 +491,16 @@ pub async fn setting_or_insert(pool: &SqlitePool, key: &str, value: &str) -> Res
         .await?
         .unwrap_or_else(|| value.to_string()))
 }
+
+impl super::Store {
+    /// One person's deliveries, newest first: (status, last SMTP reply or
+    /// failure reason).
+    pub async fn deliveries_of(&self, subscriber_id: i64) -> Result<Vec<(String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, last_reply FROM deliveries WHERE subscriber_id = ? ORDER BY id DESC",
+        )
+        .bind(subscriber_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

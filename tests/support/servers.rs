@@ -209,7 +209,7 @@ class Store:
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.counter)
-        envelope_line = json.dumps({"mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_tos})
+        envelope_line = json.dumps({"mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_tos, "mail_options": envelope.mail_options})
         tmp = os.path.join(self.directory, f"{n:06}.tmp")
         with open(tmp, "wb") as f:
             f.write(envelope_line.encode() + b"\n")
@@ -219,11 +219,17 @@ class Store:
 "#;
 
 /// Starts `aiosmtpd` on a free loopback port with a small handler that
-/// stores each message in the dump directory.
+/// stores each message in the dump directory, offering SMTPUTF8 (`-u`).
 ///
 /// The command: `PYTHONPATH=HANDLER_DIR /usr/bin/python3 -m aiosmtpd -n -u
 /// -l 127.0.0.1:PORT -c bulletin_store.Store DIR`.
 pub fn aiosmtpd() -> Option<Server> {
+    aiosmtpd_with(&["-u"])
+}
+
+/// `aiosmtpd` with other options: `&[]` does not offer SMTPUTF8, `-s N`
+/// advertises SIZE N.
+pub fn aiosmtpd_with(options: &[&str]) -> Option<Server> {
     let available = Command::new(PYTHON)
         .args(["-c", "import aiosmtpd"])
         .stdout(Stdio::null())
@@ -246,7 +252,9 @@ pub fn aiosmtpd() -> Option<Server> {
     let mut cmd = Command::new(PYTHON);
     cmd.env("PYTHONPATH", &handler_dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .args(["-m", "aiosmtpd", "-n", "-u", "-l"])
+        .args(["-m", "aiosmtpd", "-n"])
+        .args(options)
+        .arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         .args(["-c", "bulletin_store.Store"])
         .arg(&dump_dir);

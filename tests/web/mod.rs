@@ -372,10 +372,10 @@ fn is_ticked(page: &str, slug: &str) -> bool {
 }
 
 /// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     /// Where it listens, as it printed.
-    addr: String,
+    pub(crate) addr: String,
     /// Its standard error.
     log: PathBuf,
     /// Kept open: the server may print more.
@@ -383,7 +383,7 @@ struct Served {
 }
 
 impl Served {
-    async fn start(env: &Env) -> Served {
+    pub(crate) async fn start(env: &Env) -> Served {
         let log = env.dir.path().join("serve.log");
         let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped())
