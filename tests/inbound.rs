@@ -670,3 +670,41 @@ fn imap_over_tls_and_starttls_with_the_servers_own_ca() {
     assert_eq!(logins.len(), 2, "{}", dovecot.log());
     assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:?}");
 }
+
+#[test]
+fn doctor_checks_the_imap_login() {
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
+    let env = Env::new(sink.port(), dovecot.port);
+    env.ok(&["init"]);
+    let out = env.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("imap:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("ok")
+            && line.contains("logged in to 127.0.0.1")
+            && line.contains("as bob"),
+        "{line}"
+    );
+    let out = env
+        .command(&["doctor"])
+        .env("BULLETIN_IMAP_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("imap:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("FAIL") && line.contains("login as bob refused"),
+        "{line}"
+    );
+}

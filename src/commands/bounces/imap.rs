@@ -9,17 +9,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use tokio::sync::watch;
 
 use super::Ingest;
 use crate::cli::EX_TEMPFAIL;
 use crate::commands::setup;
 use crate::config::Config;
-use crate::imap::{ImapUrl, Mailbox};
+use crate::imap::Mailbox;
 
-/// How long connecting and logging in may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -32,41 +30,21 @@ struct Pass {
 }
 
 pub(super) async fn run(config: &Config, ctx: &Ingest, once: bool) -> Result<ExitCode> {
-    let file = config
-        .file
-        .as_ref()
-        .map_or("bulletin.toml".into(), |f| f.display().to_string());
-    let settings = config.bounces.imap.as_ref().ok_or_else(|| {
-        anyhow!(
-            "no [bounces.imap] in {file}: add url = \"imaps://USER@HOST:993/INBOX\" and set BULLETIN_IMAP_PASSWORD"
-        )
-    })?;
-    let url = ImapUrl::parse(&settings.url).map_err(|e| anyhow!("{file}: {e}"))?;
-    let password = config.imap_password.as_deref().ok_or_else(|| {
-        anyhow!(
-            "BULLETIN_IMAP_PASSWORD is not set (the password of {} at {})",
-            url.user,
-            url.server()
-        )
-    })?;
-    let roots = match &settings.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow!("{} (bounces.imap.ca_file in {file}): {e}", path.display()))?;
-            let roots = crate::imap::pem_certificates(&pem);
-            if roots.is_empty() {
-                anyhow::bail!(
-                    "{} (bounces.imap.ca_file in {file}): no PEM certificate in it",
-                    path.display()
-                );
-            }
-            roots
-        }
-        None => Vec::new(),
+    let Some(access) = setup::imap_access(config)? else {
+        anyhow::bail!(
+            "no [bounces.imap] in {}: add url = \"imaps://USER@HOST:993/INBOX\" and set BULLETIN_IMAP_PASSWORD",
+            setup::config_file_name(config)
+        );
     };
+    let setup::ImapAccess {
+        url,
+        password,
+        processed,
+        roots,
+        poll,
+    } = &access;
     let stop = setup::stop_on_signal();
-    let poll = Duration::from_secs(settings.poll_secs.max(1));
-    let open = || Mailbox::open(&url, password, &settings.processed, &roots, CONNECT_TIMEOUT);
+    let open = || Mailbox::open(url, password, processed, roots, setup::IMAP_CONNECT_TIMEOUT);
     if once {
         let mut mailbox = match open().await {
             Ok(m) => m,
@@ -76,7 +54,7 @@ pub(super) async fn run(config: &Config, ctx: &Ingest, once: bool) -> Result<Exi
             }
             Err(e) => return Err(e.into()),
         };
-        let result = drain(&mut mailbox, ctx, &stop, &settings.processed).await;
+        let result = drain(&mut mailbox, ctx, &stop, processed).await;
         mailbox.close().await;
         return match result {
             Ok(pass) => Ok(summary(&pass, &url.mailbox)),
@@ -91,7 +69,7 @@ pub(super) async fn run(config: &Config, ctx: &Ingest, once: bool) -> Result<Exi
         let error = match open().await {
             Ok(mut mailbox) => {
                 backoff = Duration::from_secs(1);
-                match watch_mailbox(&mut mailbox, ctx, &stop, &settings.processed, poll).await {
+                match watch_mailbox(&mut mailbox, ctx, &stop, processed, *poll).await {
                     Ok(()) => {
                         mailbox.close().await;
                         break;
