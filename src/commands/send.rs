@@ -101,6 +101,12 @@ fn summary_line(slug: &str, s: &Summary) -> String {
     if s.skipped > 0 {
         parts.push(format!("skipped {} (left the list)", s.skipped));
     }
+    if s.unknown > 0 {
+        parts.push(format!(
+            "unknown {} (sent, no answer from the server; not sent again)",
+            s.unknown
+        ));
+    }
     if s.in_flight_resolved > 0 {
         parts.push(format!(
             "{} in flight at a crash marked unknown",
@@ -246,7 +252,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             println!("messages are in {}", dir.display());
         }
         Ok(match summary {
-            Some(s) if s.failed > 0 || s.interrupted => ExitCode::from(1),
+            Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(1),
         })
@@ -280,7 +286,7 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
         let settings = settings(config, &store).await?;
         for c in due {
             match run_one(&store, &c, &settings, false).await? {
-                Some(s) if s.failed > 0 || s.interrupted => trouble = true,
+                Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => trouble = true,
                 Some(_) => {}
                 None => {}
             }
