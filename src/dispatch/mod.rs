@@ -756,12 +756,7 @@ async fn worker(
         }
         let bytes = message.formatted();
         let name = job.delivery_id.to_string();
-        let attempt = sender.send(
-            message.envelope(),
-            &bytes,
-            &name,
-            s.messages_per_connection,
-        );
+        let attempt = sender.send(message.envelope(), &bytes, &name, s.messages_per_connection);
         let result = tokio::select! {
             result = attempt => result,
             () = stopped(stop.clone(), STOP_GRACE) => {
@@ -888,12 +883,7 @@ fn deferred_or(s: &Settings, progress: &Progress, job: &Job, e: &Error, last: Ou
 /// it makes `STREAK_LIMIT` alike in a row; then the streak is queued again
 /// and the run stops. Reported under the streak's lock, so a failure is
 /// always recorded before it is queued again.
-async fn refused(
-    shared: &Shared,
-    tx: &mpsc::Sender<Request>,
-    job: &Job,
-    e: Error,
-) -> Result<()> {
+async fn refused(shared: &Shared, tx: &mpsc::Sender<Request>, job: &Job, e: Error) -> Result<()> {
     let mut streak = shared.streak.lock().await;
     let Some(again) = streak.refused(e.refusal_key(), (job.delivery_id, job.subscriber_id)) else {
         shared.progress.failed.fetch_add(1, Ordering::Relaxed);
