@@ -605,7 +605,9 @@ async fn ledger(
                 }
             };
             match job {
-                Some(j) => {
+                Some(mut j) => {
+                    // Counts this attempt, as the claim below does.
+                    j.attempts += 1;
                     claimed.push(j.delivery_id);
                     answers.push((reply, Some(j)));
                 }
@@ -746,14 +748,7 @@ async fn worker(
                 continue;
             }
         };
-        let paced = tokio::select! {
-            () = shared.pacer.wait() => true,
-            () = stopped(stop.clone(), Duration::ZERO) => false,
-        };
-        if !paced {
-            let _ = tx.send(unclaim(&job)).await;
-            break;
-        }
+        shared.pacer.wait().await;
         let bytes = message.formatted();
         let name = job.delivery_id.to_string();
         let attempt = sender.send(message.envelope(), &bytes, &name, s.messages_per_connection);
