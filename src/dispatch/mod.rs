@@ -939,4 +939,43 @@ mod tests {
         assert!(!Error::Fatal("down".into()).is_transient());
         assert_eq!(Error::Fatal("down".into()).status(), None);
     }
+
+    #[test]
+    fn errors_without_a_reply_have_verdicts() {
+        assert_eq!(Error::Dropped("eof".into()).verdict(), Verdict::Retry);
+        assert_eq!(
+            Error::Unanswered("no answer within 30 s".into()).verdict(),
+            Verdict::Unknown
+        );
+        assert_eq!(Error::Fatal("refused".into()).verdict(), Verdict::Stop);
+        let e = Error::Reply {
+            stage: verdict::RCPT,
+            code: 550,
+            message: "5.1.1 unknown".into(),
+        };
+        assert_eq!(e.verdict(), Verdict::Bounce);
+        assert_eq!(e.refusal_key(), "RCPT: 550 5.1.1");
+    }
+
+    #[test]
+    fn a_streak_trips_on_alike_refusals_in_a_row_only() {
+        let mut streak = Streak::default();
+        for i in 0..(STREAK_LIMIT as i64 - 1) {
+            assert_eq!(streak.refused("DATA: 554 5.7.1".into(), (i, i)), None);
+        }
+        // Another refusal, or any other outcome, starts it again.
+        assert_eq!(streak.refused("MAIL: 554".into(), (100, 100)), None);
+        streak.broken();
+        for i in 0..(STREAK_LIMIT as i64 - 1) {
+            assert_eq!(streak.refused("DATA: 554 5.7.1".into(), (i, i)), None);
+        }
+        let again = streak.refused("DATA: 554 5.7.1".into(), (99, 99)).unwrap();
+        assert_eq!(again.len(), STREAK_LIMIT);
+        assert_eq!(again.last(), Some(&(99, 99)));
+        // Tripped: every later refusal is queued again too.
+        assert_eq!(
+            streak.refused("MAIL: 554".into(), (7, 7)),
+            Some(vec![(7, 7)])
+        );
+    }
 }

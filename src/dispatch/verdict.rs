@@ -49,9 +49,6 @@ enum At {
     Session,
     Mail,
     Rcpt,
-    /// RCPT, or the replies after it (one recipient per transaction, so a
-    /// recipient code there names this recipient).
-    RcptOrLater,
 }
 
 impl At {
@@ -62,7 +59,6 @@ impl At {
             At::Session => !transaction,
             At::Mail => stage == MAIL,
             At::Rcpt => stage == RCPT,
-            At::RcptOrLater => transaction && stage != MAIL,
         }
     }
 }
@@ -72,122 +68,35 @@ impl At {
 struct Rule(At, u16, u16, &'static str, Verdict, &'static str);
 
 /// The rules, first match wins.
+#[rustfmt::skip]
 const RULES: &[Rule] = &[
     // The server or our credentials: never a recipient's fault.
-    Rule(
-        At::Any,
-        421,
-        421,
-        "",
-        Verdict::Stop,
-        "service not available, closing",
-    ),
-    Rule(
-        At::Session,
-        400,
-        599,
-        "",
-        Verdict::Stop,
-        "greeting, EHLO, TLS or AUTH",
-    ),
-    Rule(
-        At::Any,
-        530,
-        530,
-        "",
-        Verdict::Stop,
-        "authentication required",
-    ),
-    Rule(
-        At::Any,
-        534,
-        535,
-        "",
-        Verdict::Stop,
-        "authentication failed",
-    ),
-    Rule(At::Any, 500, 599, "5.7.8", Verdict::Stop, "bad credentials"),
+    Rule(At::Any,     421, 421, "",      Verdict::Stop,    "service not available, closing"),
+    Rule(At::Session, 400, 599, "",      Verdict::Stop,    "greeting, EHLO, TLS or AUTH"),
+    Rule(At::Any,     530, 530, "",      Verdict::Stop,    "authentication required"),
+    Rule(At::Any,     534, 535, "",      Verdict::Stop,    "authentication failed"),
+    Rule(At::Any,     500, 599, "5.7.8", Verdict::Stop,    "bad credentials"),
     // Temporary.
-    Rule(At::Any, 400, 499, "", Verdict::Retry, "try again later"),
+    Rule(At::Any,     400, 499, "",      Verdict::Retry,   "try again later"),
     // The sender's address.
-    Rule(
-        At::Any,
-        500,
-        599,
-        "5.1.7",
-        Verdict::Refused,
-        "bad sender mailbox syntax",
-    ),
-    Rule(
-        At::Any,
-        500,
-        599,
-        "5.1.8",
-        Verdict::Refused,
-        "bad sender system address",
-    ),
-    // The recipient's address.
-    Rule(
-        At::RcptOrLater,
-        500,
-        599,
-        "5.1.",
-        Verdict::Bounce,
-        "bad destination address",
-    ),
-    Rule(
-        At::RcptOrLater,
-        500,
-        599,
-        "5.2.1",
-        Verdict::Bounce,
-        "mailbox disabled",
-    ),
-    // Everything else with an enhanced code: mailbox full (5.2.2), message
-    // too long (5.2.3, 5.3.4), system, routing, protocol (5.5), content
-    // (5.6) and policy or security (5.7) are not about the address.
-    Rule(
-        At::Any,
-        500,
-        599,
-        "5.",
-        Verdict::Refused,
-        "not the recipient's address",
-    ),
+    Rule(At::Any,     500, 599, "5.1.7", Verdict::Refused, "bad sender mailbox syntax"),
+    Rule(At::Any,     500, 599, "5.1.8", Verdict::Refused, "bad sender system address"),
+    // The recipient's address, said at RCPT. After the content was sent
+    // "user unknown" is a content filter's disguise (`bounce::classify`
+    // reads it the same way), so it bounces nobody.
+    Rule(At::Rcpt,    500, 599, "5.1.",  Verdict::Bounce,  "bad destination address"),
+    Rule(At::Rcpt,    500, 599, "5.2.1", Verdict::Bounce,  "mailbox disabled"),
+    Rule(At::Rcpt,    500, 599, "5.4.4", Verdict::Bounce,  "unroutable or null-MX domain"),
+    // Every other enhanced code is not about the address: mailbox full
+    // (5.2.2), message too long (5.2.3, 5.3.4), system, routing, protocol
+    // (5.5), content (5.6), policy or security (5.7).
+    Rule(At::Any,     500, 599, "5.",    Verdict::Refused, "not the recipient's address"),
     // Basic codes alone.
-    Rule(
-        At::Any,
-        500,
-        504,
-        "",
-        Verdict::Refused,
-        "syntax or sequence error",
-    ),
-    Rule(At::Mail, 500, 599, "", Verdict::Refused, "the reverse path"),
-    Rule(
-        At::Rcpt,
-        550,
-        551,
-        "",
-        Verdict::Bounce,
-        "mailbox unavailable, not local",
-    ),
-    Rule(
-        At::Rcpt,
-        553,
-        553,
-        "",
-        Verdict::Bounce,
-        "mailbox name not allowed",
-    ),
-    Rule(
-        At::Any,
-        500,
-        599,
-        "",
-        Verdict::Refused,
-        "refused, not the recipient's address",
-    ),
+    Rule(At::Any,     500, 504, "",      Verdict::Refused, "syntax or sequence error"),
+    Rule(At::Mail,    500, 599, "",      Verdict::Refused, "the reverse path"),
+    Rule(At::Rcpt,    550, 551, "",      Verdict::Bounce,  "mailbox unavailable, not local"),
+    Rule(At::Rcpt,    553, 553, "",      Verdict::Bounce,  "mailbox name not allowed"),
+    Rule(At::Any,     500, 599, "",      Verdict::Refused, "refused, not the recipient's address"),
 ];
 
 /// The verdict on a reply `code` with `text` (which may start with an
@@ -238,7 +147,7 @@ mod tests {
             (RCPT, 550, "5.1.2 bad destination system", Bounce),
             (RCPT, 501, "5.1.3 bad recipient address syntax", Bounce),
             (RCPT, 550, "5.2.1 mailbox disabled", Bounce),
-            (END_OF_DATA, 550, "5.1.1 user unknown", Bounce),
+            (RCPT, 550, "5.4.4 unrouteable address", Bounce),
             // Not the recipient.
             (RCPT, 550, "5.7.1 relaying denied", Refused),
             (RCPT, 554, "5.7.1 access denied", Refused),
@@ -267,6 +176,8 @@ mod tests {
             ),
             (END_OF_DATA, 554, "5.7.1 message rejected as spam", Refused),
             (END_OF_DATA, 550, "message refused", Refused),
+            (END_OF_DATA, 550, "5.1.1 user unknown", Refused),
+            (DATA, 554, "5.4.4 routing loop", Refused),
             (END_OF_DATA, 554, "5.6.0 bad content", Refused),
             // The server or our credentials.
             (CONNECT, 421, "4.3.2 service not available", Stop),
