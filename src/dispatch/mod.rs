@@ -756,7 +756,8 @@ async fn worker(
             result = attempt => result,
             () = stopped(stop.clone(), STOP_GRACE) => {
                 // Stopped, and the server did not finish in time.
-                let o = if sender.message_sent() {
+                // The in-flight policy, as for rows a killed run left.
+                let o = if sender.message_sent() && s.in_flight == InFlight::Unknown {
                     Outcome::Unknown {
                         reply: "stopped by a signal while waiting for the server's answer; it may have been delivered".into(),
                     }
