@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bulletin::store::Store;
 
 use crate::dispatch::Env;
-use crate::support::scripted::{Dot, Script, Scripted};
+use crate::support::scripted::{Dot, SILENT, Script, Scripted};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 
 /// An `Env` sending to `server`, with `[smtp] timeout_secs` set.
@@ -82,7 +82,7 @@ fn assert_nobody_bounced(p: &BTreeMap<String, String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_dot_never_answered_is_unknown_and_never_resent() {
     let server = Scripted::start(Script::new().dot(Dot::Never));
-    let env = env(server.port(), 2, "");
+    let env = env(server.port(), 3, "");
     let all = env.subscribers(3, &[]).await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -102,9 +102,9 @@ async fn a_final_dot_never_answered_is_unknown_and_never_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_to_the_dot_then_close_is_unknown_once() {
-    let late = Dot::Late(Duration::from_secs(5), "250 2.0.0 queued".into());
+    let late = Dot::Late(Duration::from_secs(6), "250 2.0.0 queued".into());
     let server = Scripted::start(Script::new().dot(late));
-    let env = env(server.port(), 2, "");
+    let env = env(server.port(), 3, "");
     let all = env.subscribers(6, &[]).await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -191,6 +191,25 @@ async fn a_530_at_mail_stops_the_run_and_the_campaign_stays_queued() {
     let env = env(server.port(), 5, "");
     env.subscribers(50, &[]).await;
     assert_stops_and_resumes(env, 50, "530 5.7.0 authentication required").await;
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_stops_the_run_without_charging_anyone() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = env(port, 5, "");
+    env.subscribers(5, &[]).await;
+    assert_stops_and_resumes(env, 5, "cannot connect").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_at_mail_stops_the_run_without_charging_anyone() {
+    let server = Scripted::start(Script::new().mail(SILENT));
+    let env = env(server.port(), 2, "");
+    env.subscribers(5, &[]).await;
+    assert_stops_and_resumes(env, 5, "the server stopped answering").await;
     assert!(server.received().is_empty());
 }
 

@@ -9,11 +9,14 @@
 //! instead of `send()`, which drops the connection on any negative reply:
 //! a rejected recipient is answered with RSET and the connection is kept.
 //!
-//! Every wait is bounded: each stage by the configured timeout, QUIT by
-//! `QUIT_WAIT`. A connection that timed out or broke is dropped without
-//! QUIT. The sender remembers whether the current message's text was sent
-//! (`Sender::message_sent`): a missing answer from then on is an unknown
-//! outcome (`Error::Unanswered`), not a failure to retry.
+//! Every wait is bounded: connecting, each TLS and AUTH step and the answer
+//! to the message text by the configured timeout, a whole transaction by
+//! four times it, QUIT by `QUIT_WAIT`. A connection that timed out or broke
+//! is dropped without QUIT. The sender remembers whether the current
+//! message's text was sent (`Sender::message_sent`): a missing answer from
+//! then on is an unknown outcome (`Error::Unanswered`), not a failure to
+//! retry; a server that stops answering before that stops the run
+//! (`Error::Fatal`), since every recipient would wait the same.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -269,7 +272,12 @@ impl Sender {
                         "no answer within {} s",
                         timeout.as_secs()
                     ))),
-                    Err(_) => Err(Error::Dropped("timed out waiting for the server".into())),
+                    Err(_) => Err(Error::Fatal(format!(
+                        "{}:{}: the server stopped answering (no reply within {} s before the message was sent)",
+                        url.host,
+                        url.port,
+                        (*timeout * 4).as_secs()
+                    ))),
                 };
                 match &result {
                     Ok(_) => *sent_on_conn += 1,

@@ -32,7 +32,11 @@ pub enum Dot {
     Close,
 }
 
-/// The answers per phase. Defaults accept everything.
+/// A reply that never comes: the server hangs at that phase.
+pub const SILENT: &str = "";
+
+/// The answers per phase. Defaults accept everything; [`SILENT`] at any
+/// phase hangs there.
 #[derive(Clone, Debug)]
 pub struct Script {
     greeting: String,
@@ -259,6 +263,9 @@ impl Session {
 }
 
 async fn send(w: &mut tokio::net::tcp::OwnedWriteHalf, reply: &str) -> std::io::Result<()> {
+    if reply == SILENT {
+        std::future::pending::<()>().await;
+    }
     w.write_all(format!("{reply}\r\n").as_bytes()).await?;
     w.flush().await
 }
