@@ -403,3 +403,47 @@ async fn reactivate_never_overrides_an_unsubscribe_a_complaint_or_an_erasure() {
         .await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_dispatch_before_the_next_campaign() {
+    let server = Scripted::start(Script::new().dot(Dot::Never));
+    let env = env(server.port(), 300, "");
+    env.subscribers(6, &[]).await;
+    let campaigns = env.dir.path().join("campaigns");
+    std::fs::copy(campaigns.join("news-1.md"), campaigns.join("news-2.md")).unwrap();
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    for c in ["campaigns/news-1.md", "campaigns/news-2.md"] {
+        env.ok(&["send", c, "--yes", "--at", &at]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let child = env
+        .command(&["dispatch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(server.wait_received(4, Duration::from_secs(60)).await, 4);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let signalled = Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "exited {took:?} after SIGTERM"
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(
+        !stdout.contains("news-2"),
+        "the next campaign never started: {stdout}"
+    );
+    assert_eq!(server.received().len(), 4);
+    let status = env.ok(&["status", "news-2", "--format", "json"]).await;
+    assert!(status.contains("\"status\":\"scheduled\""), "{status}");
+}
