@@ -189,8 +189,8 @@ async fn a_421_greeting_stops_the_run_without_charging_anyone() {
 async fn a_530_at_mail_stops_the_run_and_the_campaign_stays_queued() {
     let server = Scripted::start(Script::new().mail("530 5.7.0 authentication required"));
     let env = env(server.port(), 5, "");
-    env.subscribers(50, &[]).await;
-    assert_stops_and_resumes(env, 50, "530 5.7.0 authentication required").await;
+    env.subscribers(500, &[]).await;
+    assert_stops_and_resumes(env, 500, "530 5.7.0 authentication required").await;
     assert!(server.received().is_empty());
 }
 

@@ -106,6 +106,10 @@ impl Error {
             } => verdict::judge(stage, *code, message),
             Error::Dropped(_) => Verdict::Retry,
             Error::Unanswered(_) => Verdict::Unknown,
+            // Not a reply, yet permanent for this delivery alone (an address
+            // this server cannot take): refused, the subscriber untouched.
+            other if other.is_permanent() => Verdict::Refused,
+            // Server down, TLS, AUTH, the outbox, the database: stop.
             _ => Verdict::Stop,
         }
     }
