@@ -182,3 +182,18 @@ CREATE TABLE IF NOT EXISTS inbound (
 ) WITHOUT ROWID;
 -- Soft-bounce counting looks up a person's recent bounce events.
 CREATE INDEX IF NOT EXISTS events_kind_time ON events (kind, created_at);
+
+-- step 3: how each campaign run delivered: over SMTP or into the outbox
+
+-- One row per `send` or `dispatch` run of a campaign. `transport` is `smtp`
+-- (target: host:port) or `outbox` (target: the folder the .eml files went
+-- to), so `bulletin status` can say "written to the outbox" instead of
+-- "sent" for messages that never left the machine.
+CREATE TABLE IF NOT EXISTS campaign_runs (
+    id          INTEGER PRIMARY KEY,
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    transport   TEXT    NOT NULL CHECK (transport IN ('smtp', 'outbox')),
+    target      TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS campaign_runs_campaign ON campaign_runs (campaign_id);

@@ -20,18 +20,22 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Config file [default: ./bulletin.toml when present]
-    #[arg(long, global = true, env = "BULLETIN_CONFIG", value_name = "FILE")]
+    /// Config file [env: BULLETIN_CONFIG] [default: ./bulletin.toml when present]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Ignore any config file; use defaults and the environment
     #[arg(long, global = true)]
     pub no_config: bool,
-    /// SQLite database [default: bulletin.db beside the config]
-    #[arg(long, global = true, env = "BULLETIN_DB", value_name = "PATH")]
+    /// SQLite database file [env: BULLETIN_DB] [default: bulletin.db beside the config]
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// SMTP server, e.g. smtp://user@host:587 [default: write to the outbox folder]
+    /// SMTP server, e.g. smtp://user@host:587 [env: BULLETIN_SMTP_URL]
     #[arg(long, global = true, value_name = "URL")]
     pub smtp_url: Option<String>,
+    /// Write messages as .eml files to this folder instead of sending them
+    /// [env: BULLETIN_OUTBOX]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub outbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +65,60 @@ pub enum Command {
     /// Read returned mail: bounces, complaints, auto-replies, unsubscribes
     #[command(subcommand)]
     Bounces(BouncesCommand),
+    /// Create the database (the only command besides quickstart, `lists add`
+    /// and `subscribers add/import` that does)
+    Init,
+    /// Database upkeep: backups
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+impl Command {
+    /// The exit code when the command fails with an error: 75
+    /// (EX_TEMPFAIL, "try again later") for `bounces ingest`, so that an MTA
+    /// keeps the message and retries instead of losing it; 2 otherwise.
+    pub fn error_exit_code(&self) -> u8 {
+        match self {
+            Command::Bounces(BouncesCommand::Ingest { .. }) => EX_TEMPFAIL,
+            _ => 2,
+        }
+    }
+
+    /// True for the commands that sign links or verify signed tokens, which
+    /// refuse a short secret (`config::Secrets::check`).
+    pub fn uses_link_secret(&self) -> bool {
+        match self {
+            Command::Build(_)
+            | Command::Preview(_)
+            | Command::Send(_)
+            | Command::Dispatch
+            | Command::Test(_)
+            | Command::Serve(_)
+            | Command::Quickstart => true,
+            Command::Bounces(b) => matches!(
+                b,
+                BouncesCommand::Ingest { .. } | BouncesCommand::Scan { .. }
+            ),
+            Command::Status(_)
+            | Command::Lists(_)
+            | Command::Subscribers(_)
+            | Command::Init
+            | Command::Db(_) => false,
+        }
+    }
+}
+
+/// sysexits.h: "temporary failure; the sender should try again later".
+pub const EX_TEMPFAIL: u8 = 75;
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Write a consistent copy of the database to FILE while it is in use
+    /// (replaces FILE)
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

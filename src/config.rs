@@ -39,6 +39,68 @@ pub struct Overrides {
     pub no_config: bool,
     pub db: Option<PathBuf>,
     pub smtp_url: Option<String>,
+    pub outbox: Option<PathBuf>,
+}
+
+/// Where a setting's value came from, for error messages and `doctor`:
+/// "--db flag", "BULLETIN_DB", "db in /srv/bulletin/bulletin.toml", "default".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The command-line flag `--NAME`.
+    Flag(&'static str),
+    /// The environment variable.
+    Env(&'static str),
+    /// A key in the config file.
+    File { key: &'static str, path: PathBuf },
+    /// A command that always uses it (`quickstart` writes to the outbox).
+    Command(&'static str),
+    /// Nobody chose it: the built-in default.
+    Default,
+}
+
+impl Source {
+    /// True when the operator chose the value (flag, environment or file).
+    pub fn is_explicit(&self) -> bool {
+        !matches!(self, Source::Default)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(name) => write!(f, "--{name} flag"),
+            Source::Env(name) => f.write_str(name),
+            Source::File { key, path } => write!(f, "{key} in {}", path.display()),
+            Source::Command(name) => write!(f, "`bulletin {name}`"),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// Picks a setting from the first layer that has it, highest first: flag,
+/// environment variable, config file key, default; and says which it was.
+fn choose<T>(
+    flag: (Option<T>, &'static str),
+    env: (Option<T>, &'static str),
+    file: (Option<T>, &'static str, Option<&Path>),
+    default: T,
+) -> (T, Source) {
+    if let Some(v) = flag.0 {
+        return (v, Source::Flag(flag.1));
+    }
+    if let Some(v) = env.0 {
+        return (v, Source::Env(env.1));
+    }
+    match (file.0, file.2) {
+        (Some(v), Some(path)) => (
+            v,
+            Source::File {
+                key: file.1,
+                path: path.to_path_buf(),
+            },
+        ),
+        _ => (default, Source::Default),
+    }
 }
 
 /// The organisation that sends the bulletin; shown in every footer (CAN-SPAM
@@ -194,7 +256,6 @@ struct File {
     templates: Option<PathBuf>,
     outbox: Option<PathBuf>,
     listen: Option<String>,
-    tracking: Option<bool>,
     organisation: Organisation,
     sender: Sender,
     smtp: Smtp,
@@ -208,6 +269,38 @@ struct File {
 pub struct Secrets {
     pub current: Option<String>,
     pub previous: Vec<String>,
+}
+
+/// The shortest link-signing secret accepted, in bytes: a short secret can
+/// be recovered from a single signed link in well under a second.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Secrets {
+    /// Refuses a current or previous secret shorter than
+    /// [`MIN_SECRET_BYTES`], saying how to make a good one.
+    pub fn check(&self) -> Result<()> {
+        let short = |name: String, secret: &str| {
+            Error::Invalid(format!(
+                "{name} is {} bytes long; a link-signing secret needs at least {MIN_SECRET_BYTES} \
+                 (a short one can be guessed from one link): generate one with `openssl rand -hex 32`",
+                secret.len()
+            ))
+        };
+        if let Some(current) = &self.current
+            && current.len() < MIN_SECRET_BYTES
+        {
+            return Err(short("BULLETIN_SECRET".into(), current));
+        }
+        for (i, previous) in self.previous.iter().enumerate() {
+            if previous.len() < MIN_SECRET_BYTES {
+                return Err(short(
+                    format!("secret {} of BULLETIN_PREVIOUS_SECRETS", i + 1),
+                    previous,
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -225,13 +318,16 @@ pub struct Config {
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
     pub db: PathBuf,
+    /// How `db` was chosen (flag, BULLETIN_DB, config file, default).
+    pub db_source: Source,
     /// Public base URL of `bulletin serve`, used in every link.
     pub base_url: String,
     pub templates: PathBuf,
     pub outbox: PathBuf,
+    /// How `outbox` was chosen; only an explicit outbox (not the default)
+    /// may stand in for an SMTP server.
+    pub outbox_source: Source,
     pub listen: String,
-    /// Open and click tracking; off unless the operator turns it on.
-    pub tracking: bool,
     pub organisation: Organisation,
     pub sender: Sender,
     pub smtp: Smtp,
@@ -277,14 +373,19 @@ impl Config {
             .unwrap_or_default();
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
 
-        let db = flags
-            .db
-            .clone()
-            .or_else(|| env("BULLETIN_DB").map(PathBuf::from))
-            .unwrap_or_else(|| rel(file.db.clone().unwrap_or_else(|| "bulletin.db".into())));
-        let outbox = env("BULLETIN_OUTBOX")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| rel(file.outbox.clone().unwrap_or_else(|| "outbox".into())));
+        let (db, db_source) = choose(
+            (flags.db.clone(), "db"),
+            (env("BULLETIN_DB").map(PathBuf::from), "BULLETIN_DB"),
+            (file.db.clone().map(&rel), "db", path.as_deref()),
+            rel("bulletin.db".into()),
+        );
+        check_db_path(&db, &db_source)?;
+        let (outbox, outbox_source) = choose(
+            (flags.outbox.clone(), "outbox"),
+            (env("BULLETIN_OUTBOX").map(PathBuf::from), "BULLETIN_OUTBOX"),
+            (file.outbox.clone().map(&rel), "outbox", path.as_deref()),
+            rel("outbox".into()),
+        );
         let templates = env("BULLETIN_TEMPLATES")
             .map(PathBuf::from)
             .unwrap_or_else(|| rel(file.templates.clone().unwrap_or_else(|| "templates".into())));
@@ -336,10 +437,11 @@ impl Config {
                 })
                 .unwrap_or_default(),
         };
-        let tracking = match env("BULLETIN_TRACKING") {
-            Some(v) => matches!(v.as_str(), "1" | "true" | "yes" | "on"),
-            None => file.tracking.unwrap_or(false),
-        };
+        if env("BULLETIN_TRACKING").is_some() {
+            return Err(Error::Invalid(format!(
+                "BULLETIN_TRACKING: {TRACKING_REMOVED}"
+            )));
+        }
         let mut sender = file.sender;
         if let Some(from) = env("BULLETIN_FROM") {
             sender.from = from;
@@ -347,11 +449,12 @@ impl Config {
         Ok(Config {
             file: path,
             db,
+            db_source,
             base_url,
             templates,
             outbox,
+            outbox_source,
             listen,
-            tracking,
             organisation: file.organisation,
             sender,
             smtp,
@@ -381,6 +484,24 @@ pub fn domain_of(mailbox: &str) -> Option<String> {
     addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }
 
+/// A `--db` that looks like a server URL (`postgres://...`) would otherwise
+/// become a folder named `postgres:`. `sqlite://PATH` is refused too: the
+/// setting is a file path, and one spelling is simpler to document.
+fn check_db_path(db: &Path, source: &Source) -> Result<()> {
+    let text = db.to_string_lossy();
+    if let Some((scheme, _)) = text.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    {
+        return Err(Error::Invalid(format!(
+            "database {text:?} (set by {source}) is a {scheme}:// URL; bulletin uses SQLite: give the path of a file, e.g. /srv/bulletin/bulletin.db"
+        )));
+    }
+    Ok(())
+}
+
 fn url_has_password(url: &str) -> bool {
     // scheme://user:pass@host
     url.split_once("://")
@@ -388,15 +509,26 @@ fn url_has_password(url: &str) -> bool {
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
+/// `tracking` never changed a byte of any message; setting it is refused so
+/// nobody believes it does something.
+const TRACKING_REMOVED: &str = "the tracking setting was removed (it never changed any message; bulletin does no open or click tracking); delete it";
+
 fn read_file(path: &Path) -> Result<File> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
-        message: e.message().to_string(),
+    toml::from_str(&text).map_err(|e| {
+        let message = if e.message().starts_with("unknown field `tracking`") {
+            TRACKING_REMOVED.to_string()
+        } else {
+            e.message().to_string()
+        };
+        Error::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
+            message,
+        }
     })
 }
 
@@ -431,8 +563,81 @@ mod tests {
         let c = load(&flags, &[]).unwrap();
         assert_eq!(c.db, PathBuf::from("bulletin.db"));
         assert_eq!(c.outbox, PathBuf::from("outbox"));
-        assert!(!c.tracking);
+        assert_eq!(c.outbox_source, Source::Default);
+        assert_eq!(c.db_source.to_string(), "default");
         assert!(c.smtp.url.is_none());
+    }
+
+    #[test]
+    fn sources_say_where_db_and_outbox_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "db = \"file.db\"\noutbox = \"out\"\n").unwrap();
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(c.db_source.to_string(), format!("db in {}", path.display()));
+        assert_eq!(c.outbox, dir.path().join("out"));
+        assert!(c.outbox_source.is_explicit());
+        let c = load(&flags, &[("BULLETIN_DB", "e.db"), ("BULLETIN_OUTBOX", "o")]).unwrap();
+        assert_eq!(c.db_source.to_string(), "BULLETIN_DB");
+        assert_eq!(c.outbox_source.to_string(), "BULLETIN_OUTBOX");
+        let flags = Overrides {
+            db: Some("f.db".into()),
+            outbox: Some("fo".into()),
+            ..flags
+        };
+        let c = load(&flags, &[("BULLETIN_DB", "e.db")]).unwrap();
+        assert_eq!(c.db_source.to_string(), "--db flag");
+        assert_eq!(c.outbox_source.to_string(), "--outbox flag");
+    }
+
+    #[test]
+    fn db_url_is_refused_not_made_a_folder() {
+        for url in ["postgres://u@h/db", "mysql://h/db", "sqlite://x.db"] {
+            let flags = Overrides {
+                no_config: true,
+                db: Some(url.into()),
+                ..Default::default()
+            };
+            let err = load(&flags, &[]).unwrap_err().to_string();
+            assert!(err.contains("--db flag") && err.contains("SQLite"), "{err}");
+        }
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let err = load(&flags, &[("BULLETIN_DB", "postgres://h/db")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BULLETIN_DB"), "{err}");
+        assert!(load(&flags, &[("BULLETIN_DB", "data/b:1.db")]).is_ok());
+    }
+
+    #[test]
+    fn tracking_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "db = \"x\"\ntracking = false\n").unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("b.toml:2:") && err.contains("tracking"),
+            "{err}"
+        );
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let err = load(&flags, &[("BULLETIN_TRACKING", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BULLETIN_TRACKING"), "{err}");
     }
 
     #[test]
@@ -485,6 +690,37 @@ mod tests {
         };
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("BULLETIN_SMTP_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let long = "0123456789abcdef0123456789abcdef";
+        let c = load(&flags, &[("BULLETIN_SECRET", "a")]).unwrap();
+        let err = c.secrets.check().unwrap_err().to_string();
+        assert!(
+            err.contains("BULLETIN_SECRET") && err.contains("openssl rand -hex 32"),
+            "{err}"
+        );
+        let vars = [
+            ("BULLETIN_SECRET", long),
+            ("BULLETIN_PREVIOUS_SECRETS", "x, short"),
+        ];
+        let err = load(&flags, &vars).unwrap().secrets.check().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("secret 1 of BULLETIN_PREVIOUS_SECRETS"),
+            "{err}"
+        );
+        let vars = [
+            ("BULLETIN_SECRET", long),
+            ("BULLETIN_PREVIOUS_SECRETS", long),
+        ];
+        load(&flags, &vars).unwrap().secrets.check().unwrap();
+        load(&flags, &[]).unwrap().secrets.check().unwrap();
     }
 
     #[test]

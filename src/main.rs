@@ -1,6 +1,7 @@
 //! The `bulletin` binary: parse the command line, run the command, print the
 //! error once with a `bulletin:` prefix, and pick the exit code
-//! (0 success, 1 finished with some failures, 2 error).
+//! (0 success, 1 finished with some failures, 2 error, 75 for `bounces
+//! ingest` so that the MTA retries).
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = bulletin::cli::Cli::parse();
+    let error_exit_code = cli.command.error_exit_code();
     bulletin::commands::init_tracing();
     match bulletin::commands::run(cli) {
         Ok(code) => code,
@@ -16,7 +18,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("bulletin: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(error_exit_code)
         }
     }
 }

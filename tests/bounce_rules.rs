@@ -46,7 +46,10 @@ impl Env {
             }
         }
         cmd.current_dir(self.dir.path())
-            .env("BULLETIN_SECRET", "bounce-test-secret")
+            .env(
+                "BULLETIN_SECRET",
+                "bounce-test-secret-at-least-32-bytes-long",
+            )
             .env("BULLETIN_SMTP_URL", &self.smtp)
             .args(["--config", "bulletin.toml"])
             .args(args);

@@ -11,7 +11,7 @@ use bulletin::links::{Purpose, Signer};
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
-pub(crate) const SECRET: &str = "test-secret-for-dispatch";
+pub(crate) const SECRET: &str = "test-secret-for-dispatch-32-bytes-at-least";
 
 /// A project folder with a config, a campaign and a database.
 pub(crate) struct Env {
@@ -560,10 +560,13 @@ async fn quickstart_sends_the_example_to_the_outbox() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("2026-11-ebulletin: sent 25 (finished)"),
+        stdout.contains("2026-11-ebulletin: written to the outbox outbox: 25 (finished)"),
         "{stdout}"
     );
-    assert!(stdout.contains("messages are in outbox"), "{stdout}");
+    assert!(
+        !stdout.contains("sent"),
+        "outbox files are never called sent: {stdout}"
+    );
     let emls: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -580,7 +583,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
         .await
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already sent"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already written to the outbox"));
     assert_eq!(
         std::fs::read_dir(dir.path().join("outbox"))
             .unwrap()

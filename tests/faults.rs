@@ -411,11 +411,16 @@ async fn sigterm_stops_dispatch_before_the_next_campaign() {
     env.subscribers(6, &[]).await;
     let campaigns = env.dir.path().join("campaigns");
     std::fs::copy(campaigns.join("news-1.md"), campaigns.join("news-2.md")).unwrap();
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    // Far enough ahead that both are still scheduled on a loaded machine.
+    let due = chrono::Utc::now() + chrono::Duration::seconds(10);
     for c in ["campaigns/news-1.md", "campaigns/news-2.md"] {
-        env.ok(&["send", c, "--yes", "--at", &at]).await;
+        let out = env
+            .ok(&["send", c, "--yes", "--at", &due.to_rfc3339()])
+            .await;
+        assert!(out.contains("scheduled"), "{out}");
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1100)).await;
     let child = env
         .command(&["dispatch"])
         .stdout(Stdio::piped())

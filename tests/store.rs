@@ -608,7 +608,10 @@ fn cli_end_to_end() {
     let (code, out, _) = run(&["lists", "add", "news", "--name", "News", "--double-opt-in"]);
     assert_eq!(
         (code, out.as_str()),
-        (Some(0), "created list news (double opt-in)\n")
+        (
+            Some(0),
+            "created database x.db (set by --db flag)\ncreated list news (double opt-in)\n"
+        )
     );
     let (code, out, _) = run(&[
         "subscribers",

@@ -9,6 +9,7 @@ mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalis
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod faults; // SMTP faults against scripted servers: bounce vs refusal, unknown after the dot, stops, SIGTERM, reactivate
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
+mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
 mod web; // subscriber pages: every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)

@@ -1841,6 +1841,8 @@ async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
 async fn serve_exits_cleanly_on_sigterm() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
+    // `serve` never creates the database.
+    env.ok(&["init"]).await;
     let mut server = Served::start(&env).await;
     let r = http(&server.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));

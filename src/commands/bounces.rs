@@ -64,15 +64,9 @@ pub(crate) fn run(
 ) -> Result<ExitCode> {
     use crate::cli::BouncesCommand;
     super::runtime()?.block_on(async {
-        let store = match crate::store::Store::open(&config.db).await {
-            Ok(s) => s,
-            // An MTA pipe keeps the message and retries on EX_TEMPFAIL.
-            Err(e) if matches!(command, BouncesCommand::Ingest { files } if files.is_empty()) => {
-                eprintln!("bulletin: {}: {e}", config.db.display());
-                return Ok(ExitCode::from(EX_TEMPFAIL));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // Any error of `ingest` exits EX_TEMPFAIL (`Command::error_exit_code`):
+        // an MTA pipe keeps the message and retries.
+        let store = super::open_store(config).await?;
         let ctx = Ingest {
             signer: super::setup::verifier(config, &store).await?,
             soft: crate::store::SoftRule {
@@ -148,8 +142,7 @@ pub(crate) fn run(
     })
 }
 
-/// sysexits.h: "temporary failure; the sender should try again later".
-const EX_TEMPFAIL: u8 = 75;
+use crate::cli::EX_TEMPFAIL;
 
 fn parse_since(text: &str) -> Result<i64> {
     let t = if text.len() == 10 {

@@ -10,7 +10,10 @@ use crate::store;
 
 pub(crate) fn run(config: &Config, args: &ListsArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = super::open_store(config).await?;
+        let store = match &args.command {
+            None => super::open_store(config).await?,
+            Some(ListsCommand::Add { .. }) => super::create_store(config).await?,
+        };
         match &args.command {
             None => show(config, &store).await,
             Some(ListsCommand::Add {

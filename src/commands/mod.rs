@@ -2,8 +2,23 @@
 //! resolve the `Config`, do the IO, call into the library modules, print
 //! results, and return an exit code. Only `main` and this module print.
 
+/// `println!` for every command (it shadows `std::println!` in the modules
+/// below): writes through the locked standard output and never panics. When
+/// the reader has gone away (`bulletin subscribers show X | head -1`) the
+/// rest of the output is dropped and the command finishes its work as usual;
+/// any other write error fails the command at the end (see [`print_line`]).
+macro_rules! println {
+    () => {
+        $crate::commands::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::commands::print_line(format_args!($($arg)*))
+    };
+}
+
 mod bounces;
 mod build;
+mod db;
 mod lists;
 mod preview;
 mod quickstart;
@@ -13,12 +28,14 @@ mod setup;
 mod subscribers;
 
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::{BouncesCommand, Cli, Command};
+use crate::cli::{BouncesCommand, Cli, Command, DbCommand};
 use crate::config::{Config, Overrides};
 use crate::links::Signer;
+use crate::store::Store;
 
 /// Logs go to standard error; `RUST_LOG` (or `BULLETIN_LOG`) sets the level.
 pub fn init_tracing() {
@@ -32,15 +49,50 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The first error writing standard output other than a closed pipe (a
+/// full disk behind `> file`), reported when the command ends.
+static STDOUT_ERROR: Mutex<Option<std::io::Error>> = Mutex::new(None);
+
+/// Writes one line to standard output for [`println!`]. A closed pipe is
+/// not an error (the reader has what it wanted); other errors are kept for
+/// [`run`] to report.
+#[doc(hidden)]
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        let mut kept = STDOUT_ERROR.lock().unwrap_or_else(|e| e.into_inner());
+        if e.kind() != std::io::ErrorKind::BrokenPipe && kept.is_none() {
+            *kept = Some(e);
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let code = run_command(cli)?;
+    let kept = STDOUT_ERROR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match kept {
+        Some(e) => Err(anyhow::Error::new(e).context("standard output")),
+        None => Ok(code),
+    }
+}
+
+fn run_command(cli: Cli) -> Result<ExitCode> {
     let flags = Overrides {
         config: cli.global.config.clone(),
         no_config: cli.global.no_config,
         db: cli.global.db.clone(),
         smtp_url: cli.global.smtp_url.clone(),
+        outbox: cli.global.outbox.clone(),
     };
     let config = Config::load(&flags)?;
+    if cli.command.uses_link_secret() {
+        config.secrets.check()?;
+    }
     match cli.command {
         Command::Build(args) => build::run(&config, &args),
         Command::Bounces(BouncesCommand::Parse(args)) => bounces::parse(&args),
@@ -54,6 +106,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quickstart => quickstart::run(&config),
         Command::Lists(args) => lists::run(&config, &args),
         Command::Subscribers(command) => subscribers::run(&config, &command),
+        Command::Init => db::init(&config),
+        Command::Db(DbCommand::Backup { file }) => db::backup(&config, &file),
     }
 }
 
@@ -66,16 +120,67 @@ fn sample_signer(config: &Config) -> Signer {
     }
 }
 
-/// Opens the configured database, creating it (and its directory) on first
-/// use. Errors name the file.
-async fn open_store(config: &Config) -> Result<crate::store::Store> {
-    let path = &config.db;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    }
-    crate::store::Store::open(path)
+/// Opens the configured database, which must exist: a command that reads
+/// or sends never creates an empty database by accident. Errors name the
+/// file and how it was chosen.
+async fn open_store(config: &Config) -> Result<Store> {
+    let store = Store::open_existing(&config.db)
         .await
-        .with_context(|| path.display().to_string())
+        .map_err(|e| open_error(config, e))?;
+    Ok(remember(store))
+}
+
+/// Opens the configured database, creating it (and its folder) when it is
+/// missing, and says so: only `init`, `quickstart` and the commands that add
+/// data (lists and subscribers) call this.
+async fn create_store(config: &Config) -> Result<Store> {
+    let path = &config.db;
+    if path.is_file() {
+        return open_store(config).await;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{} (folder of the database)", dir.display()))?;
+    }
+    let store = Store::open(path).await.map_err(|e| open_error(config, e))?;
+    println!(
+        "created database {} (set by {})",
+        path.display(),
+        config.db_source
+    );
+    Ok(remember(store))
+}
+
+fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
+    let path = config.db.display();
+    match e {
+        crate::store::Error::Missing => anyhow::anyhow!(
+            "no database at {path} (set by {}); `bulletin init` creates one, or point --db, BULLETIN_DB or db in bulletin.toml at the existing file",
+            config.db_source
+        ),
+        other => anyhow::Error::new(other).context(path.to_string()),
+    }
+}
+
+/// The stores opened by this process, checkpointed and closed when the
+/// command's work is done (see [`Runtime::block_on`]).
+static OPENED: Mutex<Vec<Store>> = Mutex::new(Vec::new());
+
+fn remember(store: Store) -> Store {
+    OPENED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(store.clone());
+    store
+}
+
+/// Checkpoints and closes every store opened so far, so that the `.db`
+/// file holds everything when the command exits.
+async fn close_stores() {
+    let stores = std::mem::take(&mut *OPENED.lock().unwrap_or_else(|e| e.into_inner()));
+    for store in stores {
+        store.close().await;
+    }
 }
 
 /// Store errors about the database itself (locked, corrupt, SQL) get the
@@ -84,6 +189,8 @@ fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + 
     move |e| match e {
         crate::store::Error::Locked(_)
         | crate::store::Error::Corrupt
+        | crate::store::Error::ReadOnly
+        | crate::store::Error::Backup(_)
         | crate::store::Error::Sql(_)
         | crate::store::Error::Schema(_) => {
             anyhow::Error::new(e).context(config.db.display().to_string())
@@ -93,8 +200,24 @@ fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + 
 }
 
 /// A tokio runtime for the async commands.
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+fn runtime() -> Result<Runtime> {
+    Ok(Runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    ))
+}
+
+/// The commands' runtime: whatever the command did, the databases it opened
+/// are checkpointed and closed before `block_on` returns.
+struct Runtime(tokio::runtime::Runtime);
+
+impl Runtime {
+    fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.0.block_on(async {
+            let output = work.await;
+            close_stores().await;
+            output
+        })
+    }
 }

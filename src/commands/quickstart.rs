@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 use crate::cli::SendArgs;
-use crate::config::Config;
-use crate::store::{self, Store};
+use crate::config::{Config, Source};
+use crate::store;
 
 const CAMPAIGN: &str = "campaigns/2026-11-ebulletin.md";
 const PEOPLE: &str = "examples/subscribers.csv";
@@ -26,9 +26,10 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     }
     let mut config = config.clone();
     config.smtp.url = None;
+    config.outbox_source = Source::Command("quickstart");
     println!("database: {}", config.db.display());
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::create_store(&config).await?;
         if store.list(LIST).await?.is_none() {
             store
                 .create_list(
@@ -47,7 +48,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     })?;
     let slug = "2026-11-ebulletin";
     let already = super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(&config).await?;
         anyhow::Ok(
             store::deliveries::campaign_by_slug(store.pool(), slug)
                 .await?
@@ -56,7 +57,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     })?;
     if already {
         println!(
-            "{slug} was already sent by an earlier quickstart; its messages are in {}",
+            "{slug} was already written to the outbox {} by an earlier quickstart",
             config.outbox.display()
         );
         return Ok(ExitCode::SUCCESS);

@@ -32,6 +32,7 @@ async fn run_one(
     stop: watch::Receiver<bool>,
 ) -> Result<Option<Summary>> {
     let progress = Arc::new(Progress::default());
+    let verb = delivered_verb(&settings.transport);
     let bar = show_bar.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -45,6 +46,7 @@ async fn run_one(
     });
     let ticker = bar.clone().map(|bar| {
         let p = progress.clone();
+        let verb = verb.clone();
         tokio::spawn(async move {
             loop {
                 let done = p.sent.load(Ordering::Relaxed)
@@ -53,7 +55,7 @@ async fn run_one(
                 bar.set_length(p.total.load(Ordering::Relaxed));
                 bar.set_position(done);
                 bar.set_message(format!(
-                    "sent {} failed {} deferred {}",
+                    "{verb} {} failed {} deferred {}",
                     p.sent.load(Ordering::Relaxed),
                     p.failed.load(Ordering::Relaxed),
                     p.deferred.load(Ordering::Relaxed)
@@ -62,6 +64,13 @@ async fn run_one(
             }
         })
     });
+    let (kind, target) = match &settings.transport {
+        Transport::Smtp { url, .. } => ("smtp", format!("{}:{}", url.host, url.port)),
+        Transport::Outbox(dir) => ("outbox", dir.display().to_string()),
+    };
+    store
+        .record_run(campaign.id, kind, &target, crate::store::now())
+        .await?;
     let result = dispatch::run(store.pool(), campaign, settings, progress.clone(), stop).await;
     if let Some(t) = ticker {
         t.abort();
@@ -71,7 +80,7 @@ async fn run_one(
     }
     match result {
         Ok(Ok(summary)) => {
-            println!("{}", summary_line(&campaign.slug, &summary));
+            println!("{}", summary_line(&campaign.slug, &verb, &summary));
             Ok(Some(summary))
         }
         Ok(Err(NotStarted::Busy(owner))) => {
@@ -85,8 +94,17 @@ async fn run_one(
     }
 }
 
-fn summary_line(slug: &str, s: &Summary) -> String {
-    let mut parts = vec![format!("sent {}", s.sent)];
+/// What a delivery is called in reports: "sent" over SMTP; "written to the
+/// outbox DIR" for the outbox, so that nobody mistakes files for mail.
+fn delivered_verb(transport: &Transport) -> String {
+    match transport {
+        Transport::Smtp { .. } => "sent".into(),
+        Transport::Outbox(dir) => format!("written to the outbox {}:", dir.display()),
+    }
+}
+
+fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
+    let mut parts = vec![format!("{verb} {}", s.sent)];
     if s.deferred > 0 {
         parts.push(format!("deferred {}", s.deferred));
     }
@@ -136,7 +154,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             .collect::<String>()
     };
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
             crate::campaign::Error {
@@ -225,7 +243,16 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                         now,
                     },
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    if e.is_duplicate() {
+                        anyhow!(
+                            "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
                 db::campaign_by_id(pool, id).await?.expect("just inserted")
             }
         };
@@ -244,9 +271,6 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
         let show_bar = std::io::stderr().is_terminal();
         let summary = run_one(&store, &campaign, &settings, show_bar, stop_on_signal()).await?;
-        if let Transport::Outbox(dir) = &settings.transport {
-            println!("messages are in {}", dir.display());
-        }
         Ok(match summary {
             Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
@@ -257,7 +281,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
 
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let now = crate::store::now();
         let mut trouble = false;
@@ -307,6 +331,8 @@ struct StatusReport {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     deliveries: std::collections::BTreeMap<String, i64>,
+    /// How the runs delivered: SMTP servers and outbox folders.
+    transports: Vec<crate::store::RunTransport>,
     bounces: i64,
     complaints: i64,
     unsubscribes: i64,
@@ -314,7 +340,7 @@ struct StatusReport {
 
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let pool = store.pool();
         let mut campaigns = db::campaigns(pool).await?;
         if let Some(name) = &args.campaign {
@@ -347,6 +373,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 started_at: c.started_at,
                 finished_at: c.finished_at,
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
+                transports: store.run_transports(c.id).await?,
                 bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
                 complaints: db::events_since(pool, c.list_id, c.id, "complained", since).await?,
                 unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since)
@@ -376,7 +403,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
-                        .map(|(k, v)| format!("{k} {v}"))
+                        .map(|(k, v)| format!("{} {v}", delivered_label(k, &r.transports)))
                         .collect();
                     println!(
                         "  {when}; deliveries: {}",
@@ -397,6 +424,26 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     })
 }
 
+/// The status of a delivery as `status` prints it: `sent` is "written to
+/// the outbox DIR" when every run of the campaign wrote to an outbox, and
+/// "sent or written to the outbox" when runs used both.
+fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> String {
+    let outboxes: Vec<&str> = transports
+        .iter()
+        .filter(|t| t.transport == "outbox")
+        .map(|t| t.target.as_str())
+        .collect();
+    if status != "sent" || outboxes.is_empty() {
+        return status.to_string();
+    }
+    let outboxes = outboxes.join(", ");
+    if outboxes.len() == transports.len() {
+        format!("written to the outbox {outboxes}")
+    } else {
+        format!("sent or written to the outbox {outboxes}")
+    }
+}
+
 pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
     let built = compile_file(config, &args.campaign)?;
     let file = args.campaign.display().to_string();
@@ -404,7 +451,7 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
         eprintln!("{}", format_warning(&file, w));
     }
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let settings = settings(config, &store).await?;
         let urls = &settings.urls;
         let domain = &settings.bounce_domain;
@@ -458,12 +505,20 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             .await
             .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
         sender.close().await;
-        println!(
-            "sent a test copy of {} to {} via {}: {reply}",
-            built.campaign.slug,
-            args.to,
-            settings.transport.describe()
-        );
+        match &settings.transport {
+            Transport::Outbox(dir) => println!(
+                "test copy of {} to {} written to the outbox {}: {reply}",
+                built.campaign.slug,
+                args.to,
+                dir.display()
+            ),
+            Transport::Smtp { .. } => println!(
+                "sent a test copy of {} to {} via {}: {reply}",
+                built.campaign.slug,
+                args.to,
+                settings.transport.describe()
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

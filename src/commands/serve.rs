@@ -9,7 +9,6 @@ use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::dispatch::Mailer;
 use crate::links::Urls;
-use crate::store::Store;
 use crate::web::{self, AppState, Pages};
 
 pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
@@ -17,7 +16,7 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
     let templates = Templates::load(&config.templates)?;
     let pages = Pages::new(&templates, &config.organisation).map_err(|e| anyhow!(e))?;
     super::runtime()?.block_on(async {
-        let store = Store::open(&config.db).await?;
+        let store = super::open_store(config).await?;
         let transport = super::setup::transport(config)?;
         let signer = super::setup::signer(config, &store, &transport).await?;
         let mailer = Mailer::new(transport, &config.bounce_domain());

@@ -17,8 +17,21 @@ use crate::links::{Signer, Urls};
 use crate::store::Store;
 use crate::store::deliveries::{self as db, InFlight};
 
-/// The transport the config names: SMTP when a URL is set, else the outbox.
+/// The transport the config names: SMTP when a URL is set, else the outbox
+/// when one was named (flag, environment, config file, `quickstart`). With
+/// neither, nothing is sent: a cron job that lost its environment must fail
+/// loudly, not write the campaign to a folder nobody reads.
 pub(crate) fn transport(config: &Config) -> Result<Transport> {
+    if config.smtp.url.is_none() && !config.outbox_source.is_explicit() {
+        let file = config
+            .file
+            .as_ref()
+            .map_or("bulletin.toml".into(), |f| f.display().to_string());
+        bail!(
+            "no SMTP server and no outbox: set BULLETIN_SMTP_URL (or --smtp-url, or [smtp] url in {file}) to send, \
+             or BULLETIN_OUTBOX (or --outbox DIR, or outbox in {file}) to write the messages to a folder instead"
+        );
+    }
     Ok(match &config.smtp.url {
         Some(url) => Transport::Smtp {
             url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,

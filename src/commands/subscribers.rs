@@ -13,7 +13,13 @@ use crate::store::{self, Added, ImportOptions, Reactivated, Selection, Store};
 
 pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        let store = super::open_store(config).await?;
+        let store = match command {
+            SubscribersCommand::Add { .. }
+            | SubscribersCommand::Import { dry_run: false, .. } => {
+                super::create_store(config).await?
+            }
+            _ => super::open_store(config).await?,
+        };
         let db = super::db_error(config);
         let now = store::now();
         match command {

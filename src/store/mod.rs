@@ -19,6 +19,7 @@ mod export;
 mod import;
 mod lists;
 pub mod people; // what the subscriber pages read and change
+mod runs; // which transport each campaign run used
 pub mod schema;
 mod subscribers;
 
@@ -34,6 +35,7 @@ pub use events::Event;
 pub use export::{ExportRow, Selection};
 pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
 pub use lists::{List, ListCounts};
+pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
 /// How long a statement waits for another writer before giving up.
@@ -47,6 +49,14 @@ pub enum Error {
     Locked(Duration),
     #[error("not a bulletin database, or the file is corrupt")]
     Corrupt,
+    #[error(
+        "read-only: bulletin must write the database file and create its -wal and -shm files beside it; check the permissions of the file and its folder"
+    )]
+    ReadOnly,
+    #[error("no database file there")]
+    Missing,
+    #[error("backup: {0}")]
+    Backup(std::io::Error),
     #[error("database: {0}")]
     Sql(sqlx::Error),
     #[error("schema: {0}")]
@@ -100,6 +110,9 @@ impl From<sqlx::Error> for Error {
             Some(5) | Some(6) => Error::Locked(BUSY_TIMEOUT),
             // SQLITE_CORRUPT, SQLITE_NOTADB
             Some(11) | Some(26) => Error::Corrupt,
+            // SQLITE_READONLY; SQLITE_CANTOPEN on a file that exists means
+            // its folder refuses the -wal and -shm files.
+            Some(8) | Some(14) => Error::ReadOnly,
             _ => match err {
                 sqlx::Error::PoolTimedOut => Error::Locked(BUSY_TIMEOUT),
                 other => Error::Sql(other),
@@ -113,6 +126,17 @@ impl Error {
     /// may succeed.
     pub fn is_locked(&self) -> bool {
         matches!(self, Error::Locked(_))
+    }
+
+    /// True when a row with the same unique key was written first (by
+    /// another process, as a rule: two commands racing on one new row).
+    pub fn is_duplicate(&self) -> bool {
+        match self {
+            Error::Sql(e) => e
+                .as_database_error()
+                .is_some_and(|d| d.is_unique_violation()),
+            _ => false,
+        }
     }
 
     fn address(email: &str, source: crate::address::Error) -> Error {
@@ -137,12 +161,25 @@ impl Store {
         Self::open_with(path, BUSY_TIMEOUT).await
     }
 
+    /// Opens the database at `path` only if the file exists: commands that
+    /// merely read or send never create an empty database by accident.
+    pub async fn open_existing(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(Error::Missing);
+        }
+        Self::connect(path, BUSY_TIMEOUT, false).await
+    }
+
     /// [`Store::open`] with another busy timeout (tests use a short one).
     pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        Self::connect(path, busy_timeout, true).await
+    }
+
+    async fn connect(path: &Path, busy_timeout: Duration, create: bool) -> Result<Store> {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(Error::Sql)?
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(busy_timeout)
@@ -188,9 +225,41 @@ impl Store {
         &self.path
     }
 
-    /// Waits for running queries and closes every connection.
+    /// Waits for running queries, copies the write-ahead log into the
+    /// database file and closes every connection, so that the `.db` file
+    /// alone holds everything (a copy without its `-wal` is complete).
     pub async fn close(self) {
+        // Best effort: another process may hold the log; SQLite also
+        // checkpoints when the last connection closes.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
+    }
+
+    /// Writes a consistent copy of the database to `target` (SQLite's
+    /// `VACUUM INTO`), while other connections go on reading and writing.
+    /// The copy is written beside `target` and renamed over it, so `target`
+    /// is never a half-written file.
+    pub async fn backup(&self, target: &Path) -> Result<()> {
+        let partial = {
+            let mut name = target.as_os_str().to_owned();
+            name.push(format!(".partial-{}", std::process::id()));
+            PathBuf::from(name)
+        };
+        let _ = std::fs::remove_file(&partial);
+        let written = sqlx::query("VACUUM INTO ?")
+            .bind(partial.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+        std::fs::rename(&partial, target).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            Error::Backup(e)
+        })
     }
 
     /// True when `email` (any spelling) must never be mailed: erased,
@@ -287,6 +356,39 @@ mod tests {
         tx.rollback().await.unwrap();
         b.set_setting("x", "y").await.unwrap();
         assert_eq!(b.setting("x").await.unwrap().as_deref(), Some("y"));
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_not_created_and_a_second_row_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let err = Store::open_existing(&path).await.unwrap_err();
+        assert!(matches!(err, Error::Missing), "{err:?}");
+        assert!(!path.exists());
+        let s = Store::open(&path).await.unwrap();
+        let insert = "INSERT INTO settings (key, value) VALUES ('k', 'v')";
+        sqlx::query(insert).execute(s.pool()).await.unwrap();
+        let err = Error::from(sqlx::query(insert).execute(s.pool()).await.unwrap_err());
+        assert!(err.is_duplicate(), "{err:?}");
+        assert!(!Error::Corrupt.is_duplicate());
+        s.close().await;
+        let s = Store::open_existing(&path).await.unwrap();
+        assert_eq!(s.setting("k").await.unwrap().as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn close_leaves_everything_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = Store::open(&path).await.unwrap();
+        s.set_setting("k", "v").await.unwrap();
+        s.close().await;
+        let wal = dir.path().join("t.db-wal");
+        assert!(std::fs::metadata(&wal).map_or(true, |m| m.len() == 0));
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let c = Store::open_existing(&copy).await.unwrap();
+        assert_eq!(c.setting("k").await.unwrap().as_deref(), Some("v"));
     }
 
     #[tokio::test]
