@@ -205,6 +205,25 @@ async fn a_refused_connection_stops_the_run_without_charging_anyone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_authentication_stops_the_run_without_charging_anyone() {
+    let sink = SmtpSink::start(Behaviour::new().credentials("mailer", "s3cret"));
+    let mut env = env(sink.port(), 5, "");
+    env.subscribers(5, &[]).await;
+    env.smtp_url = format!("smtp://mailer@127.0.0.1:{}?tls=none", sink.port());
+    let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
+    cmd.env("BULLETIN_SMTP_PASSWORD", "wrong");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert_all(&deliveries(&env).await, 5, "queued", 0);
+    assert_nobody_bounced(&people(&env).await);
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_silent_at_mail_stops_the_run_without_charging_anyone() {
     let server = Scripted::start(Script::new().mail(SILENT));
     let env = env(server.port(), 2, "");
