@@ -279,11 +279,15 @@ async fn a_message_too_big_at_data_fails_without_bouncing() {
     let too_big = Dot::Reply("552 5.3.4 message size exceeds fixed limit".into());
     let server = Scripted::start(Script::new().dot(too_big));
     let env = env(server.port(), 5, "");
-    env.subscribers(3, &[]).await;
+    let all = env.subscribers(3, &[]).await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_all(&deliveries(&env).await, 3, "failed", 1);
     assert_nobody_bounced(&people(&env).await);
+    // Read once each, refused, never tried again.
+    for a in &all {
+        assert_eq!(server.received_by(a), 1, "{a}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
