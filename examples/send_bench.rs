@@ -117,6 +117,7 @@ async fn main() {
         reply_to: None,
         list_slug: list.slug.clone(),
         list_name: list.name.clone(),
+        archive: false,
     };
     let now = bulletin::store::now();
     let id = db::insert_campaign(

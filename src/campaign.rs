@@ -53,6 +53,8 @@ struct RawFront {
     from: Option<String>,
     #[serde(default)]
     send_at: Option<toml::Value>,
+    #[serde(default)]
+    archive: Option<bool>,
 }
 
 /// A parsed campaign file.
@@ -69,6 +71,9 @@ pub struct Campaign {
     pub list: String,
     pub from: Option<String>,
     pub send_at: Option<DateTime<Utc>>,
+    /// Shown in the public archive once sent (`archive = false` keeps it
+    /// out; a campaign to a private list is never shown).
+    pub archive: bool,
     pub format: Format,
     pub body: String,
     /// 1-based line of the first body line in the file.
@@ -230,6 +235,7 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
         list,
         from: raw.from,
         send_at,
+        archive: raw.archive.unwrap_or(true),
         format: Format::from_file_name(file),
         body: body.to_string(),
         body_line: line_of(text, body_start),
@@ -282,6 +288,16 @@ mod tests {
         assert_eq!(c.body_line, 6);
         assert_eq!(c.format, Format::Markdown);
         assert_eq!(c.line_of_key("list"), 3);
+        assert!(c.archive, "archived unless the front matter says not");
+    }
+
+    #[test]
+    fn archive_false_keeps_a_campaign_out_of_the_archive() {
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\narchive = false\n+++\n";
+        assert!(!parse("x.md", t).unwrap().archive);
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\narchive = \"no\"\n+++\n";
+        let e = parse("x.md", t).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
     }
 
     #[test]

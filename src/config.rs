@@ -247,6 +247,30 @@ impl Default for Bounces {
     }
 }
 
+/// `bulletin serve`'s defences against clients that hold connections.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Serve {
+    /// Seconds a client has to send a request's headers, counted from the
+    /// connection (or the end of the previous response) on.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may move no byte in either direction (a stalled
+    /// body or a client that stopped reading) before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more are answered 503 with Retry-After.
+    pub max_connections: usize,
+}
+
+impl Default for Serve {
+    fn default() -> Self {
+        Serve {
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
+        }
+    }
+}
+
 /// The config file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -262,6 +286,7 @@ struct File {
     dkim: Option<Dkim>,
     dispatch: Dispatch,
     bounces: Bounces,
+    serve: Serve,
 }
 
 /// The link-signing secret and the previous ones still accepted.
@@ -335,6 +360,7 @@ pub struct Config {
     pub dkim: Option<Dkim>,
     pub dispatch: Dispatch,
     pub bounces: Bounces,
+    pub serve: Serve,
     pub secrets: Secrets,
 }
 
@@ -418,6 +444,17 @@ impl Config {
                 file.dispatch.in_flight
             )));
         }
+        let serve = &file.serve;
+        if serve.header_timeout_secs == 0 || serve.idle_timeout_secs == 0 {
+            return Err(Error::Invalid(
+                "serve.header_timeout_secs and serve.idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if serve.max_connections == 0 {
+            return Err(Error::Invalid(
+                "serve.max_connections must be at least 1".into(),
+            ));
+        }
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
         }
@@ -462,6 +499,7 @@ impl Config {
             dkim,
             dispatch: file.dispatch,
             bounces: file.bounces,
+            serve: file.serve,
             secrets,
         })
     }

@@ -230,6 +230,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                     reply_to: config.sender.reply_to.clone(),
                     list_slug: built.campaign.list.clone(),
                     list_name: list_name.clone(),
+                    archive: built.campaign.archive,
                 };
                 let id = db::insert_campaign(
                     pool,

@@ -1,6 +1,7 @@
 //! `bulletin serve`: the subscriber pages over HTTP until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 
@@ -36,7 +37,12 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
             listener.local_addr()?,
             config.base_url
         );
-        web::serve(listener, state, super::setup::shutdown_signal()).await?;
+        let limits = web::Limits {
+            header_timeout: Duration::from_secs(config.serve.header_timeout_secs),
+            idle_timeout: Duration::from_secs(config.serve.idle_timeout_secs),
+            max_connections: config.serve.max_connections,
+        };
+        web::serve_with(listener, state, limits, super::setup::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -172,6 +172,14 @@ pub struct Frozen {
     pub reply_to: Option<String>,
     pub list_slug: String,
     pub list_name: String,
+    /// The front matter's `archive` (campaigns frozen before it existed:
+    /// true). `store::archive` reads it from the row.
+    #[serde(default = "archive_by_default")]
+    pub archive: bool,
+}
+
+fn archive_by_default() -> bool {
+    true
 }
 
 /// Everything a run needs besides the database.

@@ -50,7 +50,7 @@ impl FromRow<'_, SqliteRow> for CampaignRow {
     }
 }
 
-const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
+pub(super) const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
      created_at, started_at, finished_at, lease_owner, lease_until";
 
 /// A campaign to freeze.

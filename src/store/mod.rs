@@ -12,6 +12,7 @@
 //! confirmed subscription, an active subscriber, and an address whose hash is
 //! not in `suppressions`.
 
+pub mod archive; // which sent campaigns the public archive shows
 mod bounces; // returned mail: matching people, applying bounce and complaint rules
 pub mod deliveries; // the dispatcher's campaigns, delivery log and lease
 mod events;

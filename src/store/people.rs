@@ -334,32 +334,60 @@ pub enum SignUp {
     /// A single opt-in list, for someone who never left it: subscribed.
     Subscribed,
     /// Pending until the person confirms by email: the list asks for double
-    /// opt-in, or the person had left (a stranger must not be able to bring
-    /// back someone who chose to go).
+    /// opt-in, or the person had left, bounced, complained or was erased (a
+    /// stranger must not be able to bring back someone who chose to go, and
+    /// an address that stopped working must prove it works again).
     Pending,
 }
 
+/// Most confirmation emails to one address in [`CONFIRMATION_WINDOW`]
+/// seconds, whatever the number of sign-ups. Counted from the person's
+/// `confirmation sent` events, so the limit holds across restarts and
+/// processes.
+pub const CONFIRMATIONS_PER_WINDOW: i64 = 3;
+pub const CONFIRMATION_WINDOW: i64 = 24 * 3600;
+
+/// Suppression reasons a confirmed sign-up lifts. A `manual` suppression is
+/// the team's decision and stays: such an address is not even mailed a
+/// confirmation.
+const LIFTED_BY_SIGN_UP: &str = "('erased', 'bounced', 'complained')";
+
+/// What [`sign_up`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedUp {
+    pub subscriber: i64,
+    /// Each list's outcome, in the order asked.
+    pub outcomes: Vec<SignUp>,
+    /// Send one confirmation email (for every `Pending` list): some list is
+    /// pending and the address is under its limit of confirmation emails.
+    /// The email is counted as sent when this is true.
+    pub send_confirmation: bool,
+}
+
 /// A sign-up from the web form, in one IMMEDIATE transaction: finds or
-/// creates the person and asks for each list. Returns the person's id and
-/// each list's outcome, or `None` when the address must not be mailed
-/// (suppressed, bounced, complained). `email` is canonical
-/// (`address::normalize`).
+/// creates the person and asks for each list (each once: the caller
+/// dedupes). Someone who left, bounced, complained or was erased is asked to
+/// confirm every list; confirming ([`confirm`]) brings them back. `None`
+/// when the address must not be mailed at all (suppressed by hand).
+/// `email` is canonical (`address::normalize`).
 pub async fn sign_up(
     pool: &SqlitePool,
     email: &str,
     name: &str,
     lists: &[List],
     now: i64,
-) -> Result<Option<(i64, Vec<SignUp>)>> {
+) -> Result<Option<SignedUp>> {
     let hash = crate::address::hash(email);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let suppressed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM suppressions WHERE hash = ?")
-        .bind(&hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if suppressed.is_some() {
+    let suppressed: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if suppressed.as_deref() == Some("manual") {
         return Ok(None);
     }
+    // An erased person has no address any more: they come back as a new row.
     sqlx::query(
         "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
          VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
@@ -376,9 +404,7 @@ pub async fn sign_up(
             .bind(email)
             .fetch_one(&mut *tx)
             .await?;
-    if person != "active" && person != "unsubscribed" {
-        return Ok(None);
-    }
+    let returning = person != "active" || suppressed.is_some();
     let mut outcomes = Vec::with_capacity(lists.len());
     for list in lists {
         let current: Option<String> = sqlx::query_scalar(
@@ -389,10 +415,8 @@ pub async fn sign_up(
         .fetch_optional(&mut *tx)
         .await?;
         let (outcome, status) = match current.as_deref() {
-            Some("confirmed") => (SignUp::AlreadyOn, None),
-            None if !list.double_opt_in && person == "active" => {
-                (SignUp::Subscribed, Some("confirmed"))
-            }
+            Some("confirmed") if !returning => (SignUp::AlreadyOn, None),
+            None if !list.double_opt_in && !returning => (SignUp::Subscribed, Some("confirmed")),
             _ => (SignUp::Pending, Some("pending")),
         };
         if let Some(status) = status {
@@ -400,18 +424,58 @@ pub async fn sign_up(
         }
         outcomes.push(outcome);
     }
+    let send_confirmation =
+        outcomes.contains(&SignUp::Pending) && count_confirmation(&mut tx, id, now).await?;
     tx.commit().await?;
-    Ok(Some((id, outcomes)))
+    Ok(Some(SignedUp {
+        subscriber: id,
+        outcomes,
+        send_confirmation,
+    }))
 }
 
-/// Double opt-in confirmed: a pending subscription becomes confirmed and a
-/// person who had left everything is active again. Anything else (already
+/// Records a confirmation email to `subscriber` unless the address had
+/// [`CONFIRMATIONS_PER_WINDOW`] already; returns whether it may be sent.
+async fn count_confirmation(
+    conn: &mut SqliteConnection,
+    subscriber: i64,
+    now: i64,
+) -> Result<bool> {
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+         WHERE subscriber_id = ? AND kind = 'confirmation sent' AND created_at > ?",
+    )
+    .bind(subscriber)
+    .bind(now - CONFIRMATION_WINDOW)
+    .fetch_one(&mut *conn)
+    .await?;
+    if recent >= CONFIRMATIONS_PER_WINDOW {
+        return Ok(false);
+    }
+    events::append(
+        conn,
+        subscriber,
+        None,
+        "confirmation sent",
+        "web",
+        None,
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Double opt-in confirmed: a pending subscription becomes confirmed, and a
+/// person who had left everything, bounced or complained is active again;
+/// the suppression an erasure, bounce or complaint left on the address is
+/// lifted (only a confirmed sign-up does that). Anything else (already
 /// confirmed, unsubscribed since, erased) is left alone.
 pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let confirmed = sqlx::query(
         "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
-         WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'",
+         WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'
+         AND subscriber_id IN (SELECT id FROM subscribers WHERE email IS NOT NULL)",
     )
     .bind(now)
     .bind(subscriber)
@@ -423,19 +487,29 @@ pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) ->
     if confirmed {
         sqlx::query(
             "UPDATE subscribers SET status = 'active', updated_at = ?
-             WHERE id = ? AND status = 'unsubscribed'",
+             WHERE id = ? AND status IN ('unsubscribed', 'bounced', 'complained')",
         )
         .bind(now)
         .bind(subscriber)
         .execute(&mut *tx)
         .await?;
+        let lifted = sqlx::query(&format!(
+            "DELETE FROM suppressions WHERE reason IN {LIFTED_BY_SIGN_UP}
+             AND hash = (SELECT email_hash FROM subscribers WHERE id = ?)"
+        ))
+        .bind(subscriber)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        let detail = lifted.then_some("suppression lifted");
         events::append(
             &mut tx,
             subscriber,
             Some(list),
             "confirmed",
             "web",
-            None,
+            detail,
             now,
         )
         .await?;

@@ -10,6 +10,7 @@
 mod archive;
 mod pages;
 pub mod preview;
+mod server;
 mod signup;
 mod subscriber;
 
@@ -30,6 +31,7 @@ use crate::dispatch::Mailer;
 use crate::links::{Claims, Purpose, Signer, Urls};
 use crate::store::{Store, people};
 pub use pages::Pages;
+pub use server::{Limits, RETRY_AFTER_SECS};
 
 /// Largest request body accepted; forms here are small.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -108,19 +110,24 @@ pub fn router(state: AppState) -> Router {
 /// How long shutdown waits for sign-ups and their emails.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Serves until `shutdown` resolves; in-flight requests are finished, then
-/// the work they left running (up to [`DRAIN_LIMIT`]).
+/// Serves until `shutdown` resolves, with the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let served = axum::serve(
-        listener,
-        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// Serves until `shutdown` resolves; in-flight requests are finished, then
+/// the work they left running (up to [`DRAIN_LIMIT`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let served = server::run(listener, router(state.clone()), limits, shutdown).await;
     if tokio::time::timeout(DRAIN_LIMIT, state.drain())
         .await
         .is_err()
@@ -176,6 +183,9 @@ pub enum Error {
     NotFound,
     BadRequest(&'static str),
     TooManyRequests,
+    /// The database stayed locked: try again (mail clients retry a one-click
+    /// unsubscribe on 503).
+    Unavailable,
     Internal(String),
 }
 
@@ -187,6 +197,10 @@ impl Error {
 
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Error {
+        if e.is_locked() {
+            tracing::warn!("answered 503: {e}");
+            return Error::Unavailable;
+        }
         Error::internal(e)
     }
 }
@@ -206,6 +220,19 @@ impl IntoResponse for Error {
                 "Please wait a moment",
                 "Too many requests came from your network. Try again in a few minutes.",
             ),
+            Error::Unavailable => {
+                let body = pages::plain(
+                    "Please try again in a moment",
+                    &["We are busy right now and nothing was changed. Try again in a few seconds."],
+                );
+                let retry = HeaderValue::from(server::RETRY_AFTER_SECS);
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, retry)],
+                    Html(body),
+                )
+                    .into_response();
+            }
             Error::Internal(e) => {
                 tracing::error!("internal error: {}", without_addresses(e));
                 (
@@ -227,6 +254,13 @@ pub(crate) fn without_addresses(text: &str) -> String {
         .map(|w| if w.contains('@') { "<address>" } else { w })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A name from a form, cleaned by the one rule for typed values
+/// (`text::clean`); too long is the person's to fix.
+fn typed_name(raw: &str) -> Result<String, Error> {
+    crate::text::clean(raw, crate::text::Field::Name)
+        .map_err(|_| Error::BadRequest("That name is too long. Go back and shorten it."))
 }
 
 /// The living person a token names; erased or unknown: the plain 404.
@@ -271,14 +305,16 @@ impl<const P: u8> FromRequestParts<AppState> for Link<P> {
 
 /// The client, as far as the rate limit is concerned: the peer address, or
 /// behind a reverse proxy on this host (a loopback peer) the last address
-/// of `X-Forwarded-For`, which that proxy appended; an IPv6 client counts as
-/// its /64, which one household or server holds.
+/// of the last `X-Forwarded-For` line, which that proxy appended (lines
+/// before it, like addresses before it, are the client's to forge); an IPv6
+/// client counts as its /64, which one household or server holds.
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl ClientIp {
-    fn of(peer: Option<IpAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
+    fn of(peer: Option<IpAddr>, forwarded_for: &[&str]) -> Option<IpAddr> {
         let forwarded = || {
-            forwarded_for?
+            forwarded_for
+                .last()?
                 .rsplit(',')
                 .next()
                 .and_then(|a| a.trim().parse::<IpAddr>().ok())
@@ -306,11 +342,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let forwarded = parts
+        let forwarded: Vec<&str> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        Ok(ClientIp(ClientIp::of(peer, forwarded)))
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        Ok(ClientIp(ClientIp::of(peer, &forwarded)))
     }
 }
 
@@ -367,21 +405,27 @@ mod tests {
         // The proxy's own entry is the last one; anything before it is the
         // client's to forge.
         assert_eq!(
-            ClientIp::of(local, Some("203.0.113.9, 198.51.100.7")),
+            ClientIp::of(local, &["203.0.113.9, 198.51.100.7"]),
             ip("198.51.100.7")
         );
-        assert_eq!(ClientIp::of(local, None), local);
-        assert_eq!(ClientIp::of(local, Some("garbage")), local);
+        // Several lines: the proxy's is the last one.
+        assert_eq!(
+            ClientIp::of(local, &["203.0.113.9", "198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(ClientIp::of(local, &[]), local);
+        assert_eq!(ClientIp::of(local, &["garbage"]), local);
+        assert_eq!(ClientIp::of(local, &["198.51.100.7", ""]), local);
         // From anyone else the header is ignored.
         assert_eq!(
-            ClientIp::of(ip("198.51.100.8"), Some("203.0.113.9")),
+            ClientIp::of(ip("198.51.100.8"), &["203.0.113.9"]),
             ip("198.51.100.8")
         );
         assert_eq!(
-            ClientIp::of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), None),
+            ClientIp::of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), &[]),
             ip("2001:db8:1:2::")
         );
-        assert_eq!(ClientIp::of(None, Some("203.0.113.9")), None);
+        assert_eq!(ClientIp::of(None, &["203.0.113.9"]), None);
     }
 
     #[test]

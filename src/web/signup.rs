@@ -78,15 +78,18 @@ async fn subscribe(
     let email = crate::address::normalize(&email).map_err(|_| {
         Error::BadRequest("That does not look like an email address. Go back and check it.")
     })?;
-    let name = get("name").unwrap_or_default();
-    if name.chars().count() > 200 {
-        return Err(Error::BadRequest("That name is too long."));
-    }
+    let name = super::typed_name(&get("name").unwrap_or_default())?;
+    // Each public list once, however often the form names it; unknown and
+    // private lists are ignored.
     let public = people::public_lists(state.inner.store.pool()).await?;
-    let chosen: Vec<_> = fields
+    let asked: std::collections::HashSet<&str> = fields
         .iter()
         .filter(|(k, _)| k == "list")
-        .filter_map(|(_, slug)| public.iter().find(|l| l.slug == *slug))
+        .map(|(_, slug)| slug.as_str())
+        .collect();
+    let chosen: Vec<_> = public
+        .iter()
+        .filter(|l| asked.contains(l.slug.as_str()))
         .collect();
     if chosen.is_empty() {
         return Err(Error::BadRequest(
@@ -109,12 +112,14 @@ async fn subscribe(
     answer(confirming)
 }
 
-/// The work of a sign-up, after the answer: store it, then send the
-/// confirmation emails. Failures are logged without the address.
+/// The work of a sign-up, after the answer: store it, then send one
+/// confirmation email for every list that waits for it (at most
+/// `people::CONFIRMATIONS_PER_WINDOW` a day per address). Failures are
+/// logged without the address.
 async fn sign_up(state: &AppState, email: &str, name: &str, lists: &[List]) {
     let pool = state.inner.store.pool();
-    let outcome = match people::sign_up(pool, email, name, lists, now()).await {
-        Ok(Some(outcome)) => outcome,
+    let signed_up = match people::sign_up(pool, email, name, lists, now()).await {
+        Ok(Some(signed_up)) => signed_up,
         Ok(None) => return,
         Err(e) => {
             tracing::error!(
@@ -124,45 +129,56 @@ async fn sign_up(state: &AppState, email: &str, name: &str, lists: &[List]) {
             return;
         }
     };
-    let (subscriber, results) = outcome;
-    for (list, result) in lists.iter().zip(results) {
-        if result == people::SignUp::Pending {
-            send_confirmation(state, subscriber, email, name, list).await;
-        }
+    let pending: Vec<&List> = lists
+        .iter()
+        .zip(&signed_up.outcomes)
+        .filter(|(_, outcome)| **outcome == people::SignUp::Pending)
+        .map(|(list, _)| list)
+        .collect();
+    if signed_up.send_confirmation {
+        send_confirmation(state, signed_up.subscriber, email, name, &pending).await;
+    } else if !pending.is_empty() {
+        tracing::warn!(
+            "sign-up of subscriber {}: no confirmation sent, the address had {} in the last 24 hours",
+            signed_up.subscriber,
+            people::CONFIRMATIONS_PER_WINDOW
+        );
     }
 }
 
-/// Sends the double opt-in email; failures are logged (without the address)
-/// and do not change the answer.
+/// Sends the double opt-in email, one link per list; failures are logged
+/// (without the address) and do not change the answer.
 async fn send_confirmation(
     state: &AppState,
     subscriber: i64,
     email: &str,
     name: &str,
-    list: &List,
+    lists: &[&List],
 ) {
     let Some(mailer) = &state.inner.mailer else {
         tracing::warn!(
-            "sign-up for list {} not confirmed by mail: no mailer configured",
-            list.slug
+            "sign-up of subscriber {subscriber} not confirmed by mail: no mailer configured"
         );
         return;
     };
-    let confirm_url = state
+    let (urls, signer) = (&state.inner.urls, &state.inner.signer);
+    let links: Vec<_> = lists
+        .iter()
+        .map(|l| json!({ "name": l.name, "confirm_url": urls.confirm(signer, subscriber, l.id) }))
+        .collect();
+    let text = match state
         .inner
-        .urls
-        .confirm(&state.inner.signer, subscriber, list.id);
-    let text = match state.inner.pages.text(
-        "confirm-email",
-        &json!({ "name": name, "list": list, "confirm_url": confirm_url }),
-    ) {
+        .pages
+        .text("confirm-email", &json!({ "name": name, "lists": links }))
+    {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("confirm-email template: {e}");
             return;
         }
     };
-    let subject = format!("Please confirm: {}", list.name);
+    let names: Vec<&str> = lists.iter().map(|l| l.name.as_str()).collect();
+    let subject = format!("Please confirm: {}", names.join(", "));
     if let Err(e) = mailer
         .send_text(&state.inner.from, email, &subject, &text)
         .await
