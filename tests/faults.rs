@@ -366,6 +366,24 @@ async fn sigterm_ends_a_run_against_a_hung_server_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_quit_does_not_hold_up_the_run() {
+    let server = Scripted::start(Script::new().quit(SILENT));
+    // A long timeout: only the short bound on QUIT lets the run end soon.
+    let env = env(server.port(), 300, "");
+    let all = env.subscribers(6, &[]).await;
+    let started = Instant::now();
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let took = started.elapsed();
+    assert!(out.contains("sent 6 (finished)"), "{out}");
+    // A liveness bound, generous on a shared machine.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert_all(&deliveries(&env).await, 6, "sent", 1);
+    for a in &all {
+        assert_eq!(server.received_by(a), 1, "{a}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reactivate_never_overrides_an_unsubscribe_a_complaint_or_an_erasure() {
     let env = env(1, 5, "");
     env.subscribers(

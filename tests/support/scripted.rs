@@ -45,6 +45,7 @@ pub struct Script {
     rcpt: Vec<(String, String)>,
     data: String,
     dot: Dot,
+    quit: String,
 }
 
 impl Default for Script {
@@ -55,6 +56,7 @@ impl Default for Script {
             rcpt: Vec::new(),
             data: "354 go ahead".into(),
             dot: Dot::Reply("250 2.0.0 queued".into()),
+            quit: "221 2.0.0 bye".into(),
         }
     }
 }
@@ -83,6 +85,11 @@ impl Script {
     }
     pub fn dot(mut self, dot: Dot) -> Self {
         self.dot = dot;
+        self
+    }
+    /// The answer to QUIT, after which the connection closes.
+    pub fn quit(mut self, reply: &str) -> Self {
+        self.quit = reply.into();
         self
     }
 }
@@ -212,7 +219,7 @@ impl Session {
                     "250 ok".into()
                 }
                 "QUIT" => {
-                    send(&mut w, "221 bye").await?;
+                    send(&mut w, &script.quit).await?;
                     return Ok(());
                 }
                 "MAIL" => {
