@@ -226,7 +226,7 @@ async fn a_failed_authentication_stops_the_run_without_charging_anyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_silent_at_mail_stops_the_run_without_charging_anyone() {
     let server = Scripted::start(Script::new().mail(SILENT));
-    let env = env(server.port(), 2, "");
+    let env = env(server.port(), 3, "");
     env.subscribers(5, &[]).await;
     assert_stops_and_resumes(env, 5, "the server stopped answering").await;
     assert!(server.received().is_empty());
