@@ -132,20 +132,11 @@ impl Error {
 
     fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
         match e.status() {
-            Some(code) => {
-                let text = e.to_string();
-                // lettre: "permanent error (550): 5.1.1 user unknown"
-                let message = text
-                    .split_once("): ")
-                    .map_or(text.as_str(), |(_, m)| m)
-                    .trim()
-                    .to_string();
-                Error::Reply {
-                    stage,
-                    code: u16::from(code),
-                    message,
-                }
-            }
+            Some(code) => Error::Reply {
+                stage,
+                code: u16::from(code),
+                message: reply_text(&e),
+            },
             None if e.is_timeout() => Error::Dropped(format!("{stage}: timed out")),
             None => Error::Dropped(format!("{stage}: {e}")),
         }
@@ -156,11 +147,21 @@ impl Error {
             Some(code) if (400..500).contains(&u16::from(code)) => Error::Reply {
                 stage: "connect",
                 code: u16::from(code),
-                message: e.to_string(),
+                message: format!("{} (from {addr})", reply_text(&e)),
             },
             _ => Error::Fatal(format!("{addr}: {e}")),
         }
     }
+}
+
+/// The server's reply text of a lettre error: "permanent error (550):
+/// 5.1.1 user unknown" -> "5.1.1 user unknown".
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let text = e.to_string();
+    text.split_once("): ")
+        .map_or(text.as_str(), |(_, m)| m)
+        .trim()
+        .to_string()
 }
 
 /// The campaign as frozen in the database when it is queued: later edits to
