@@ -40,8 +40,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// in a row stops the run: the server is refusing us, not them.
 pub const STREAK_LIMIT: usize = 20;
 
-/// Errors of a run. `is_transient` / `is_permanent` / `status` classify SMTP
-/// replies; `bounce` and the ledger branch on them.
+/// Errors of a run. `verdict` says what a failed attempt means for the
+/// recipient (the worker branches on it); `is_transient` / `is_permanent` /
+/// `status` classify SMTP replies more coarsely.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A reply from the server to one message.
