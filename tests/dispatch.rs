@@ -286,13 +286,14 @@ async fn rejections_fail_and_bounce_deferrals_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_messages_are_sent_by_a_later_dispatch() {
     let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
-    let env = Env::new(sink.port(), "retry_wait_secs = 0");
+    // A retry 3 s ahead: not due again within a run slowed by a busy machine.
+    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 3");
     env.subscribers(5, &["slow@example.net"]).await;
     let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert!(out.contains("deferred 1"), "{out}");
     assert_eq!(sink.messages().len(), 5);
     assert_eq!(env.status().await["status"], "sending");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let out = env.ok(&["dispatch"]).await;
     assert!(out.contains("news-1: sent 1 (finished)"), "{out}");
     let got = assert_no_duplicates(&sink.messages());
