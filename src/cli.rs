@@ -296,6 +296,9 @@ pub enum SubscribersCommand {
     },
     /// Erase a person: delete their data, keep only a hashed suppression entry
     Forget { email: String },
+    /// Return a bounced address to active (never undoes an unsubscribe,
+    /// complaint or erasure)
+    Reactivate { email: String },
 }
 
 /// Output format of report commands.

@@ -315,6 +315,11 @@ pub enum Outcome {
         reply: String,
         retry_at: i64,
     },
+    /// The message was sent but no answer came (timeout, closed
+    /// connection): it may have been delivered. Never sent again.
+    Unknown {
+        reply: String,
+    },
     /// Permanently refused; `hard_bounce` also marks the subscriber bounced.
     Failed {
         reply: String,
@@ -365,6 +370,7 @@ pub async fn commit(
             Outcome::Sent { .. } => continue,
             Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
             Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
+            Outcome::Unknown { reply } => ("unknown", Some(reply), None),
             Outcome::Skipped { reason } => ("skipped", Some(reason), None),
             Outcome::Unclaimed => ("queued", None, None),
         };

@@ -37,7 +37,7 @@ pub use export::{ExportRow, Selection};
 pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
 pub use lists::{List, ListCounts};
 pub use runs::RunTransport;
-pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
+pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
 /// How long a statement waits for another writer before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +83,8 @@ pub enum Error {
         "{0} unsubscribed from {1:?}; not subscribed again (they can sign up again themselves)"
     )]
     Unsubscribed(String, String),
+    #[error("{email} {why}; not reactivated (reactivate returns only bounced addresses)")]
+    NotReactivated { email: String, why: String },
     #[error("{0} is suppressed (erased, bounced or complained); never subscribed again")]
     Suppressed(String),
     #[error("invalid status {0:?}: use one of {1}")]

@@ -126,6 +126,15 @@ pub struct Removed {
     pub lists: Vec<String>,
 }
 
+/// What `reactivate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reactivated {
+    /// Was bounced; now active, the bounce suppression lifted.
+    Reactivated,
+    /// Was active and unsuppressed already: nothing changed.
+    AlreadyActive,
+}
+
 const SUBSCRIBER_COLUMNS: &str = "id, email, name, attributes, status, created_at, updated_at";
 
 pub(super) fn canonical(email: &str) -> Result<String> {
@@ -481,6 +490,62 @@ impl Store {
             .execute(self.pool())
             .await;
         Ok(person.is_some())
+    }
+
+    /// Returns a bounced person to active and lifts the bounce suppression
+    /// of their address, recorded as a `reactivated` event. Never overrides
+    /// an unsubscribe, a complaint, an erasure or a manual suppression.
+    pub async fn reactivate(&self, email: &str, source: &str, now: i64) -> Result<Reactivated> {
+        let email = canonical(email)?;
+        let hash = address::hash(&email);
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let suppression: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let refuse = |why: &str| Error::NotReactivated {
+            email: email.clone(),
+            why: why.to_string(),
+        };
+        let Some(person) = find_by_email(&mut tx, &email).await? else {
+            return Err(match suppression.as_deref() {
+                Some("erased") => refuse("was erased at their request"),
+                _ => Error::NoSubscriber(email.clone()),
+            });
+        };
+        match (person.status.as_str(), suppression.as_deref()) {
+            ("unsubscribed", _) => return Err(refuse("unsubscribed; only they can sign up again")),
+            ("complained", _) | (_, Some("complained")) => {
+                return Err(refuse("complained about our mail (marked it as spam)"));
+            }
+            ("active", None) => return Ok(Reactivated::AlreadyActive),
+            ("active" | "bounced", None | Some("bounced")) => {}
+            (_, Some(reason)) => return Err(refuse(&format!("is suppressed ({reason})"))),
+            (status, None) => return Err(refuse(&format!("is {status}"))),
+        }
+        sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(person.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM suppressions WHERE hash = ? AND reason = 'bounced'")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("was {}", person.status);
+        events::append(
+            &mut tx,
+            person.id,
+            None,
+            "reactivated",
+            source,
+            Some(&detail),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Reactivated::Reactivated)
     }
 
     /// The people a campaign to `list_id` goes to ([`AUDIENCE_SQL`]),
