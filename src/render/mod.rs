@@ -13,7 +13,7 @@ pub mod html_text;
 pub mod markdown;
 pub mod nesting;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use handlebars::Handlebars;
@@ -51,7 +51,7 @@ impl Warning {
 pub const GMAIL_CLIP_BYTES: usize = 102_000;
 
 /// A value filled in per recipient.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Field {
     Name { fallback: String },
     Email,
@@ -337,17 +337,17 @@ pub struct Context<'a> {
 #[derive(Default)]
 struct FieldTable {
     fields: Vec<Field>,
+    /// field -> its slot, so thousands of distinct placeholders stay linear.
+    slots: HashMap<Field, usize>,
 }
 
 impl FieldTable {
     fn slot(&mut self, f: Field) -> String {
-        let i = match self.fields.iter().position(|x| *x == f) {
-            Some(i) => i,
-            None => {
-                self.fields.push(f);
-                self.fields.len() - 1
-            }
-        };
+        let next = self.fields.len();
+        let i = *self.slots.entry(f.clone()).or_insert(next);
+        if i == next {
+            self.fields.push(f);
+        }
         sentinel(i)
     }
 
@@ -829,6 +829,26 @@ fn find_line(c: &Campaign, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_index_counts_as_line_of() {
+        for text in ["", "a", "\n", "a\nb\n\nc", "\n\nx\n"] {
+            let index = LineIndex::new(text);
+            for at in 0..=text.len() + 1 {
+                assert_eq!(index.line(at), line_of(text, at), "{text:?} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_distinct_field_gets_one_slot() {
+        let mut table = FieldTable::default();
+        let a = table.slot(Field::Email);
+        let b = table.slot(Field::UnsubscribeUrl);
+        assert_eq!(table.slot(Field::Email), a);
+        assert_ne!(a, b);
+        assert_eq!(table.fields, [Field::Email, Field::UnsubscribeUrl]);
+    }
 
     #[test]
     fn template_splits_at_sentinels() {
