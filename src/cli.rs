@@ -198,6 +198,10 @@ pub enum BouncesCommand {
         /// Only since this date or time (2026-11-01, or 2026-11-01 09:00)
         #[arg(long, value_name = "DATE")]
         since: Option<String>,
+        /// Instead, returned mail that carried no valid token and changed
+        /// nobody: date, from, subject and why
+        #[arg(long)]
+        unmatched: bool,
     },
 }
 

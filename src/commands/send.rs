@@ -480,7 +480,7 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             .from
             .clone()
             .unwrap_or_else(|| config.sender.from.clone());
-        let return_path = format!("bounces+{token}@{domain}");
+        let return_path = crate::links::verp_address(&token, domain);
         let headers = compose::Headers {
             from: &from,
             reply_to: config.sender.reply_to.as_deref(),

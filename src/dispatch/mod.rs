@@ -25,7 +25,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compose;
-use crate::links::{Purpose, Signer, Urls};
+use crate::links::{self, Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
 use crate::store::deliveries::{self as db, CampaignRow, InFlight, Job, Outcome};
 use crate::store::now;
@@ -716,20 +716,20 @@ async fn worker(
             break;
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
-        let message_id = format!("{token}@{domain}");
+        let message_id = links::message_id(&token, domain);
         let unsubscribe = s
             .urls
             .unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
         let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
-        let mailto = format!(
-            "unsubscribe+{}@{domain}",
-            s.signer.sign(
+        let mailto = links::unsubscribe_address(
+            &s.signer.sign(
                 Purpose::Unsubscribe,
                 job.subscriber_id,
-                shared.campaign.list_id
-            )
+                shared.campaign.list_id,
+            ),
+            domain,
         );
-        let return_path = format!("bounces+{token}@{domain}");
+        let return_path = links::verp_address(&token, domain);
         let attributes: Option<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_str(&job.attributes).ok();
         shared.frozen.compiled.personalise_into(

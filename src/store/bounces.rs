@@ -1,10 +1,11 @@
-//! SQL for returned mail: finding the person a bounce, complaint or mailto
-//! unsubscribe is about, and applying the rules in one transaction per
-//! message, recorded in `inbound` so the same message is applied once.
+//! SQL for returned mail: finding the delivery a signed bounce or complaint
+//! is about, applying the rules in one transaction per message, recorded in
+//! `inbound` so the same message is applied once, and keeping the mail that
+//! proved nothing in `unmatched` for review.
 
 use sqlx::Row;
 
-use super::{Result, Store, events, subscribers::canonical};
+use super::{Result, Store, events};
 use crate::address;
 
 /// What one message does to one person.
@@ -38,6 +39,30 @@ pub enum Applied {
     Recorded,
     /// Unsubscribed from the list.
     Unsubscribed,
+}
+
+/// The person and campaign of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOwner {
+    pub subscriber: i64,
+    pub campaign: i64,
+    /// `None` once the person is erased.
+    pub email: Option<String>,
+}
+
+/// Returned mail that proved nothing and changed nobody, for review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmatchedMail {
+    /// sha256 hex of the raw message.
+    pub hash: String,
+    /// bounce, complaint or unsubscribe.
+    pub kind: String,
+    /// The From address of the message, as written.
+    pub sender: String,
+    pub subject: String,
+    /// Why it was not matched, e.g. "no VERP token and no Message-ID of ours".
+    pub reason: String,
+    pub received_at: i64,
 }
 
 /// A bounce or complaint event, for `bounces list`.
@@ -74,26 +99,73 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The subscriber and campaign of a delivery (from a VERP token).
-    pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<(i64, i64)>> {
-        let row = sqlx::query("SELECT subscriber_id, campaign_id FROM deliveries WHERE id = ?")
-            .bind(delivery_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+    /// Who a delivery (named by a VERP or Message-ID token) went to.
+    pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<DeliveryOwner>> {
+        let row = sqlx::query(
+            "SELECT d.subscriber_id, d.campaign_id, s.email FROM deliveries d
+             LEFT JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = ?",
+        )
+        .bind(delivery_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| DeliveryOwner {
+            subscriber: r.get(0),
+            campaign: r.get(1),
+            email: r.get(2),
+        }))
     }
 
-    /// The id of the subscriber with this address, if stored.
-    pub async fn subscriber_id(&self, email: &str) -> Result<Option<i64>> {
-        let Ok(email) = canonical(email) else {
-            return Ok(None);
-        };
-        Ok(
-            sqlx::query_scalar("SELECT id FROM subscribers WHERE email = ?")
-                .bind(email)
-                .fetch_optional(self.pool())
-                .await?,
+    /// Keeps a message that changed nobody for review, and marks it
+    /// processed, in one transaction; `false` if it was processed before.
+    pub async fn record_unmatched(&self, mail: &UnmatchedMail) -> Result<bool> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let fresh =
+            sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
+                .bind(&mail.hash)
+                .bind(&mail.kind)
+                .bind(mail.received_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if fresh {
+            sqlx::query(
+                "INSERT INTO unmatched (hash, kind, sender, subject, reason, received_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&mail.hash)
+            .bind(&mail.kind)
+            .bind(&mail.sender)
+            .bind(&mail.subject)
+            .bind(&mail.reason)
+            .bind(mail.received_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Messages kept for review since `since`, oldest first.
+    pub async fn unmatched_since(&self, since: i64) -> Result<Vec<UnmatchedMail>> {
+        let rows = sqlx::query(
+            "SELECT hash, kind, sender, subject, reason, received_at FROM unmatched
+             WHERE received_at >= ? ORDER BY id",
         )
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UnmatchedMail {
+                hash: r.get(0),
+                kind: r.get(1),
+                sender: r.get(2),
+                subject: r.get(3),
+                reason: r.get(4),
+                received_at: r.get(5),
+            })
+            .collect())
     }
 
     /// Applies `action` to `subscriber` for the message `hash`, once: a

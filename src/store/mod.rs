@@ -31,7 +31,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use bounces::{Action, Applied, BounceEvent, SoftRule};
+pub use bounces::{Action, Applied, BounceEvent, DeliveryOwner, SoftRule, UnmatchedMail};
 pub use events::Event;
 pub use export::{ExportRow, Selection};
 pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
