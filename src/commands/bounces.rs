@@ -165,7 +165,6 @@ async fn list_unmatched(store: &crate::store::Store, since: i64) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-
 fn parse_since(text: &str) -> Result<i64> {
     let t = if text.len() == 10 {
         format!("{text} 00:00")
