@@ -663,3 +663,136 @@ async fn send_without_a_terminal_needs_yes_and_sends_nothing() {
         "{stderr}"
     );
 }
+
+/// Reads the delivery status of each subscriber id for the only campaign.
+async fn delivery_status(env: &Env, ids: &[i64]) -> Vec<(String, Option<String>)> {
+    let store = bulletin::store::Store::open(&env.dir.path().join("b.db"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for id in ids {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT status, last_reply FROM deliveries WHERE subscriber_id = ?")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        out.push(row);
+    }
+    store.close().await;
+    out
+}
+
+// See: "Eligibility at the moment of sending": people who left five seconds
+// into a rate-limited send were mailed 15-20 s later, the erased one with
+// their address and name in To:.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_who_leave_during_a_send_are_skipped_not_mailed() {
+    use axum::http::StatusCode;
+    use bulletin::links::Urls;
+    use bulletin::store::Store;
+
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    let config = env.path("bulletin.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[smtp]\n", "[smtp]\nrate = 20\n")).unwrap();
+    // 200 people; the four who will leave come last in the send order.
+    let leavers = [
+        "oneclick@example.net",
+        "removed@example.net",
+        "erased@example.net",
+        "bounced@example.net",
+    ];
+    let mut csv = String::from("email,name,city\n");
+    let mut stayers = BTreeSet::new();
+    for i in 0..196 {
+        csv.push_str(&format!("person{i}@example.net,Person {i},City {i}\n"));
+        stayers.insert(format!("person{i}@example.net"));
+    }
+    for email in leavers {
+        csv.push_str(&format!("{email},Leaving Person,Gone\n"));
+    }
+    std::fs::write(env.path("people.csv"), csv).unwrap();
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    env.ok(&["subscribers", "import", "people.csv", "--list", "news"])
+        .await;
+    let store = Store::open(&env.path("b.db")).await.unwrap();
+    let list = store.list("news").await.unwrap().unwrap();
+    let mut ids = Vec::new();
+    for email in leavers {
+        ids.push(store.subscriber(email).await.unwrap().unwrap().id);
+    }
+
+    let child = env
+        .command(&["send", "campaigns/news-1.md", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second into the send (20 messages at 20/s), four people leave.
+    assert!(sink.wait_for(20, Duration::from_secs(60)).await >= 20);
+    let signer = Signer::new(SECRET.as_bytes(), &[]);
+    let url = Urls::new("https://news.example.org").unsubscribe(&signer, ids[0], list.id);
+    let path = url.strip_prefix("https://news.example.org").unwrap();
+    let app = bulletin::web::router(crate::web::app_state(store.clone(), signer, None));
+    let body = b"List-Unsubscribe=One-Click".to_vec();
+    let form = Some("application/x-www-form-urlencoded");
+    let r = crate::web::call(&app, crate::web::request("POST", path, form, body)).await;
+    assert_eq!(r.status, StatusCode::OK, "one-click unsubscribe");
+    env.ok(&["subscribers", "remove", leavers[1], "--list", "news"])
+        .await;
+    env.ok(&["subscribers", "forget", leavers[2]]).await;
+    store
+        .set_status(
+            ids[3],
+            "bounced",
+            "bounce",
+            Some("test"),
+            bulletin::store::now(),
+        )
+        .await
+        .unwrap();
+    let during = sink.messages().len();
+    assert!(during < 196, "they left while the send ran ({during} sent)");
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sent 196") && stdout.contains("skipped 4"),
+        "{stdout}"
+    );
+    let messages = sink.messages();
+    let got = assert_no_duplicates(&messages);
+    assert_eq!(got, stayers, "everyone else got one copy, the four none");
+    for m in &messages {
+        let data = String::from_utf8_lossy(&m.data);
+        assert!(!data.contains("Leaving Person"), "{data}");
+        for email in leavers {
+            assert!(!data.contains(email), "{email} in a message");
+        }
+    }
+    let rows = delivery_status(&env, &ids).await;
+    for (email, (status, reason)) in leavers.iter().zip(&rows) {
+        assert_eq!(status, "skipped", "{email}: {reason:?}");
+    }
+    let reasons: Vec<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "subscription unsubscribed before their turn",
+            "subscription unsubscribed before their turn",
+            // Erasure scrubs SMTP replies; the skip comes after it.
+            "erased before their turn",
+            "bounced before their turn",
+        ]
+    );
+    store.close().await;
+}

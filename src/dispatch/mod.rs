@@ -15,7 +15,6 @@
 pub mod transport;
 pub mod verdict;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -577,9 +576,11 @@ async fn pass(
 }
 
 /// Owns the delivery log writes: each batch of requests becomes one
-/// transaction (outcomes recorded, claims marked `sending`), committed
-/// before the claims are answered. Jobs are read ahead only between
-/// commits, so a row is never handed out twice.
+/// transaction that records the outcomes and claims exactly one row per
+/// waiting worker, re-checking in the claim statement that each person may
+/// still be mailed and reading their data in the same transaction. Claims
+/// are answered only after the commit, and nothing is read ahead, so a row
+/// is never handed out twice and nobody who left reaches a worker.
 async fn ledger(
     pool: SqlitePool,
     shared: Arc<Shared>,
@@ -587,88 +588,43 @@ async fn ledger(
 ) -> Result<Summary> {
     let s = &shared.settings;
     let c = &shared.campaign;
-    let mut buffer: VecDeque<Job> = VecDeque::new();
+    let mut waiting: Vec<oneshot::Sender<Option<Job>>> = Vec::new();
+    let mut outcomes = Vec::new();
     let mut exhausted = false;
-    let mut pending: VecDeque<oneshot::Sender<Option<Job>>> = VecDeque::new();
     let mut summary = Summary::default();
     let mut last_renew = tokio::time::Instant::now();
     let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
-    let mut outcomes = Vec::new();
-    loop {
-        // Wait for work unless waiting claims can be served now.
-        let can_serve = !pending.is_empty() && (!buffer.is_empty() || !exhausted);
-        if !can_serve {
-            match rx.recv().await {
-                Some(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
-                Some(Request::Claim(reply)) => pending.push_back(reply),
-                None => break,
-            }
-        }
+    while let Some(first) = rx.recv().await {
+        let mut take = |request| match request {
+            Request::Done(d, sub, o) => outcomes.push((d, sub, o)),
+            Request::Claim(reply) => waiting.push(reply),
+        };
+        take(first);
         for _ in 0..512 {
             match rx.try_recv() {
-                Ok(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
-                Ok(Request::Claim(reply)) => pending.push_back(reply),
+                Ok(request) => take(request),
                 Err(_) => break,
             }
         }
-        // Every earlier claim is committed: reading ahead is safe here.
-        if buffer.is_empty() && !exhausted && !pending.is_empty() {
-            let fresh = db::due_jobs(&pool, c.id, c.list_id, now(), 500).await?;
-            exhausted = fresh.is_empty();
-            buffer.extend(fresh);
-        }
-        let mut claimed = Vec::new();
-        let mut answers = Vec::new();
-        while let Some(reply) = pending.pop_front() {
-            let job = loop {
-                match buffer.pop_front() {
-                    Some(j) if !j.eligible => outcomes.push((
-                        j.delivery_id,
-                        j.subscriber_id,
-                        Outcome::Skipped {
-                            reason: "left the list before their turn".into(),
-                        },
-                    )),
-                    other => break other,
-                }
-            };
-            match job {
-                Some(mut j) => {
-                    // Counts this attempt, as the claim below does.
-                    j.attempts += 1;
-                    claimed.push(j.delivery_id);
-                    answers.push((reply, Some(j)));
-                }
-                None if exhausted => answers.push((reply, None)),
-                None => {
-                    // Served after the next read-ahead.
-                    pending.push_front(reply);
-                    break;
-                }
-            }
-        }
-        for (_, _, o) in &outcomes {
-            match o {
-                Outcome::Sent { .. } => summary.sent += 1,
-                Outcome::Deferred { .. } => summary.deferred += 1,
-                Outcome::Failed { .. } => summary.failed += 1,
-                Outcome::Unknown { .. } => summary.unknown += 1,
-                Outcome::Skipped { .. } => {
-                    summary.skipped += 1;
-                    shared.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Unclaimed => {}
-            }
-        }
-        if !claimed.is_empty() || !outcomes.is_empty() {
-            db::commit(&pool, c.id, &claimed, &outcomes, now()).await?;
+        count(&mut summary, &outcomes);
+        let want = if exhausted { 0 } else { waiting.len() };
+        if want > 0 || !outcomes.is_empty() {
+            let claimed = db::commit(&pool, c, want, &outcomes, now()).await?;
             outcomes.clear();
-        }
-        for (reply, job) in answers {
-            if let Err(Some(job)) = reply.send(job) {
-                // The worker went away: the row goes back to the queue.
-                outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
+            summary.skipped += claimed.skipped;
+            let skipped = &shared.progress.skipped;
+            skipped.fetch_add(claimed.skipped, Ordering::Relaxed);
+            exhausted |= claimed.exhausted;
+            for (reply, job) in waiting.drain(..claimed.jobs.len()).zip(claimed.jobs) {
+                if let Err(Some(job)) = reply.send(Some(job)) {
+                    // The worker went away: the row goes back to the queue.
+                    outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
+                }
             }
+        }
+        // Nothing more is due in this pass: the workers stop.
+        for reply in waiting.drain(..) {
+            let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
             if !db::renew_lease(&pool, c.id, &s.owner, now() + s.lease_secs).await? {
@@ -678,12 +634,30 @@ async fn ledger(
         }
     }
     if !outcomes.is_empty() {
-        db::commit(&pool, c.id, &[], &outcomes, now()).await?;
+        db::commit(&pool, c, 0, &outcomes, now()).await?;
     }
     Ok(summary)
 }
 
-async fn claim(tx: &mpsc::Sender<Request>) -> Option<Job> {
+/// Adds reported outcomes to the run's summary.
+fn count(summary: &mut Summary, outcomes: &[(i64, i64, Outcome)]) {
+    for (_, _, o) in outcomes {
+        match o {
+            Outcome::Sent { .. } => summary.sent += 1,
+            Outcome::Deferred { .. } => summary.deferred += 1,
+            Outcome::Failed { .. } => summary.failed += 1,
+            Outcome::Unknown { .. } => summary.unknown += 1,
+            Outcome::Skipped { .. } => summary.skipped += 1,
+            Outcome::Unclaimed => {}
+        }
+    }
+}
+
+/// Asks the ledger for the next recipient, once the rate allows another
+/// message: pacing comes before the claim, so the eligibility check in the
+/// claim is at most one composition away from the SMTP transaction.
+async fn claim(shared: &Shared, tx: &mpsc::Sender<Request>) -> Option<Job> {
+    shared.pacer.wait().await;
     let (reply, rx) = oneshot::channel();
     tx.send(Request::Claim(reply)).await.ok()?;
     rx.await.ok().flatten()
@@ -707,7 +681,9 @@ async fn worker(
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
             break;
         }
-        let Some(job) = claim(&tx).await else { break };
+        let Some(job) = claim(&shared, &tx).await else {
+            break;
+        };
         // Hands the job back unsent: it is queued again.
         let unclaim =
             |job: &Job| Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed);
@@ -773,7 +749,6 @@ async fn worker(
                 continue;
             }
         };
-        shared.pacer.wait().await;
         let name = job.delivery_id.to_string();
         let attempt = sender.send(message.envelope(), &bytes, &name, s.messages_per_connection);
         let result = tokio::select! {

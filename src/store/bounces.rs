@@ -6,7 +6,6 @@
 use sqlx::Row;
 
 use super::{Result, Store, events};
-use crate::address;
 
 /// What one message does to one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +196,7 @@ impl Store {
         if !fresh {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT email, status FROM subscribers WHERE id = ?")
+        let row = sqlx::query("SELECT email_hash, status FROM subscribers WHERE id = ?")
             .bind(subscriber)
             .fetch_optional(&mut *tx)
             .await?;
@@ -205,7 +204,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Some(Applied::Recorded));
         };
-        let (email, status): (Option<String>, String) = (row.get(0), row.get(1));
+        let (hash, status): (Option<String>, String) = (row.get(0), row.get(1));
         let set_status = |new: &'static str| -> Option<&'static str> {
             (status == "active"
                 || (new == "complained" && status != "erased" && status != "complained"))
@@ -213,24 +212,7 @@ impl Store {
         };
         let applied = match action {
             Action::Hard { reason } => {
-                bounce_event(
-                    &mut tx,
-                    subscriber,
-                    campaign,
-                    "bounced",
-                    &format!("hard: {reason}"),
-                    now,
-                )
-                .await?;
-                self::stop(
-                    &mut tx,
-                    subscriber,
-                    email.as_deref(),
-                    set_status("bounced"),
-                    "bounced",
-                    now,
-                )
-                .await?
+                record_hard_bounce(&mut tx, subscriber, campaign, "bounce", reason, now).await?
             }
             Action::Soft { reason } => {
                 bounce_event(
@@ -260,7 +242,7 @@ impl Store {
                     self::stop(
                         &mut tx,
                         subscriber,
-                        email.as_deref(),
+                        hash.as_deref(),
                         set_status("bounced"),
                         "bounced",
                         now,
@@ -298,7 +280,7 @@ impl Store {
                 self::stop(
                     &mut tx,
                     subscriber,
-                    email.as_deref(),
+                    hash.as_deref(),
                     set_status("complained"),
                     "complained",
                     now,
@@ -363,6 +345,33 @@ impl Store {
     }
 }
 
+/// Records a hard bounce, inside the caller's transaction: a `bounced`
+/// event naming the campaign, the address suppressed, an active person
+/// marked `bounced`. The one way a hard bounce is recorded, whether it comes
+/// back as returned mail (`source` "bounce") or as the dispatcher's SMTP
+/// reply ("dispatch").
+pub(super) async fn record_hard_bounce(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    source: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Applied> {
+    let detail = format!("hard: {reason}");
+    event(tx, subscriber, campaign, "bounced", source, &detail, now).await?;
+    let person: Option<(Option<String>, String)> =
+        sqlx::query_as("SELECT email_hash, status FROM subscribers WHERE id = ?")
+            .bind(subscriber)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((hash, status)) = person else {
+        return Ok(Applied::Recorded);
+    };
+    let new = (status == "active").then_some("bounced");
+    stop(tx, subscriber, hash.as_deref(), new, "bounced", now).await
+}
+
 /// Appends a bounce-handling event that names the campaign it came from.
 async fn bounce_event(
     tx: &mut sqlx::SqliteConnection,
@@ -372,13 +381,26 @@ async fn bounce_event(
     detail: &str,
     now: i64,
 ) -> Result<()> {
+    event(tx, subscriber, campaign, kind, "bounce", detail, now).await
+}
+
+async fn event(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    kind: &str,
+    source: &str,
+    detail: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (subscriber_id, campaign_id, kind, source, detail, created_at)
-         VALUES (?, ?, ?, 'bounce', ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(subscriber)
     .bind(campaign)
     .bind(kind)
+    .bind(source)
     .bind(detail)
     .bind(now)
     .execute(&mut *tx)
@@ -386,22 +408,18 @@ async fn bounce_event(
     Ok(())
 }
 
-/// Sets the person's status (when `new` is given) and suppresses the address.
+/// Sets the person's status (when `new` is given) and suppresses the
+/// address (by its hash; an erased person has none left to suppress).
 async fn stop(
     tx: &mut sqlx::SqliteConnection,
     subscriber: i64,
-    email: Option<&str>,
+    hash: Option<&str>,
     new: Option<&'static str>,
     reason: &str,
     now: i64,
 ) -> Result<Applied> {
-    if let Some(email) = email {
-        sqlx::query("INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
-            .bind(address::hash(email))
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    if let Some(hash) = hash {
+        super::suppress_hash(tx, hash, reason, now).await?;
     }
     match new {
         Some(status) => {

@@ -9,16 +9,16 @@ use sqlx::{FromRow, Row, SqliteConnection};
 use super::{Error, Event, List, Result, Store, events, lists};
 use crate::address;
 
-/// Who receives a campaign sent to list `?1`: a confirmed subscription, an
-/// active subscriber, and an address that is not suppressed. Ordered by
-/// subscriber id so a dispatcher can resume after the last id it queued.
-pub const AUDIENCE_SQL: &str = "\
-SELECT s.id, s.email, s.name, s.attributes \
-FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
-WHERE sub.list_id = ?1 AND sub.status = 'confirmed' \
-  AND s.status = 'active' AND s.email IS NOT NULL \
-  AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash) \
-ORDER BY sub.subscriber_id";
+/// Who receives a campaign sent to list `?1`: the mailable rule
+/// ([`super::MAILABLE`]) on the list. Ordered by subscriber id so a
+/// dispatcher can resume after the last id it queued.
+pub const AUDIENCE_SQL: &str = concat!(
+    "SELECT s.id, s.email, s.name, s.attributes \
+     FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+     WHERE sub.list_id = ?1 AND ",
+    mailable!(),
+    " ORDER BY sub.subscriber_id"
+);
 
 /// A person as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -389,15 +389,7 @@ impl Store {
             return Err(Error::NoSubscriber(format!("#{subscriber_id}")));
         };
         if let (Some(hash), true) = (hash, matches!(status, "bounced" | "complained")) {
-            sqlx::query(
-                "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (hash) DO NOTHING",
-            )
-            .bind(hash)
-            .bind(status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            super::suppress_hash(&mut tx, &hash, status, now).await?;
         }
         events::append(&mut tx, subscriber_id, None, status, source, detail, now).await?;
         tx.commit().await?;
@@ -472,14 +464,7 @@ impl Store {
             .await?;
             events::append(&mut tx, p.id, None, "erased", source, None, now).await?;
         }
-        sqlx::query(
-            "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, 'erased', ?) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(address::hash(&email))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        super::suppress_hash(&mut tx, &address::hash(&email), "erased", now).await?;
         tx.commit().await?;
         // The write-ahead log still holds the pages as they were; fold it
         // into the file (where secure_delete has zeroed them) and empty it.
