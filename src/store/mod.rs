@@ -376,6 +376,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn erasure_removes_unmatched_mail_that_names_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let kept = |hash: &str, sender: &str, subject: &str| bounces::UnmatchedMail {
+            hash: hash.into(),
+            kind: "complaint".into(),
+            sender: sender.into(),
+            subject: subject.into(),
+            reason: "no VERP token and no Message-ID of ours".into(),
+            received_at: 5,
+        };
+        for mail in [
+            kept("a", "Ann <Ann@Example.org>", "Fwd: spam"),
+            kept("b", "abuse@isp.example", "complaint about ann@example.org"),
+            kept("c", "Bob <bob@example.org>", "Out of office"),
+        ] {
+            assert!(store.record_unmatched(&mail).await.unwrap());
+        }
+        store.forget("ann@example.org", "cli", 6).await.unwrap();
+        let left = store.unmatched_since(0).await.unwrap();
+        let senders: Vec<_> = left.iter().map(|m| m.sender.as_str()).collect();
+        assert_eq!(senders, ["Bob <bob@example.org>"]);
+    }
+
+    #[tokio::test]
     async fn corrupt_file_is_one_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.db");

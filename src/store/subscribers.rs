@@ -465,6 +465,15 @@ impl Store {
             events::append(&mut tx, p.id, None, "erased", source, None, now).await?;
         }
         super::suppress_hash(&mut tx, &address::hash(&email), "erased", now).await?;
+        // Returned mail kept for review may name the address (a complaint
+        // forwarded by hand, an auto-reply): it goes too.
+        sqlx::query(
+            "DELETE FROM unmatched WHERE instr(lower(sender), ?1) > 0 \
+             OR instr(lower(subject), ?1) > 0",
+        )
+        .bind(email.to_lowercase())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         // The write-ahead log still holds the pages as they were; fold it
         // into the file (where secure_delete has zeroed them) and empty it.
