@@ -197,3 +197,21 @@ CREATE TABLE IF NOT EXISTS campaign_runs (
     started_at  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS campaign_runs_campaign ON campaign_runs (campaign_id);
+
+-- step 4: returned mail kept for review
+
+-- Bounces, complaints and mailto unsubscribes that carried no valid signed
+-- token (VERP address, unsubscribe address or quoted Message-ID) and so
+-- changed nobody: kept for `bulletin bounces list --unmatched`. `reason`
+-- says why the message was not matched. One row per message (the same hash
+-- as `inbound`).
+CREATE TABLE IF NOT EXISTS unmatched (
+    id          INTEGER PRIMARY KEY,
+    hash        TEXT    NOT NULL UNIQUE,
+    kind        TEXT    NOT NULL,
+    sender      TEXT    NOT NULL,
+    subject     TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS unmatched_time ON unmatched (received_at);

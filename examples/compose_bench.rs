@@ -1,5 +1,6 @@
-//! Benchmark (not a test): compile time of the example campaign, and
-//! personalised HTML+text bodies per second on one core.
+//! Benchmark (not a test): compile time of the example campaign, compile
+//! time of generated campaigns of 1,000 and 10,000 articles (it should grow
+//! linearly), and personalised HTML+text bodies per second on one core.
 //!
 //!     cargo run --release --example compose_bench
 
@@ -38,6 +39,19 @@ fn main() {
         per.as_secs_f64() * 1e3
     );
 
+    // Compile time by size: 10x the articles should take about 10x the time.
+    for articles in [1_000, 10_000] {
+        let text = generated(articles);
+        let start = Instant::now();
+        let c = campaign::parse("generated.md", &text).expect("campaign");
+        black_box(renderer.compile(&c, &ctx).expect("compile"));
+        println!(
+            "compile:      {:>8.3} s for {articles} articles ({} KiB)",
+            start.elapsed().as_secs_f64(),
+            text.len() / 1024
+        );
+    }
+
     // Personalise: fill subject, HTML and text for distinct recipients.
     let compiled = compile();
     let names: Vec<String> = (0..1000)
@@ -75,6 +89,25 @@ fn main() {
         out.html.len(),
         out.text.len()
     );
+}
+
+/// A campaign of `articles` articles in sections of ten, each with a
+/// paragraph holding a link and a button.
+fn generated(articles: usize) -> String {
+    let mut text = String::from(
+        "+++\nsubject = \"Generated\"\npreheader = \"p\"\nlist = \"news\"\n+++\n\nDear {{subscriber.name}},\n\n",
+    );
+    for i in 0..articles {
+        if i % 10 == 0 {
+            text.push_str(&format!("# Section {}\n\n", i / 10));
+        }
+        text.push_str(&format!(
+            "## Article {i}\n\nSome *text* for article {i}, with [a link](https://example.org/a/{i}) \
+             and more words to make a paragraph of ordinary length.\n\n\
+             [Read more](https://example.org/more/{i})\n\n"
+        ));
+    }
+    text
 }
 
 /// Runs `f` repeatedly for about `budget`; returns (runs, elapsed).

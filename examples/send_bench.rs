@@ -1,13 +1,19 @@
-//! Benchmark (not a test): send N personalised copies of the example
+//! Benchmark (not a test): send personalised copies of the example
 //! e-bulletin through the dispatcher to Postfix's `smtp-sink` on loopback,
-//! and compare with Postfix's own `smtp-source` against the same sink.
+//! at several campaign sizes in the same run, and compare with Postfix's own
+//! `smtp-source` against the same sink.
 //!
-//!     cargo run --release --example send_bench -- [N] [CONNECTIONS]
+//!     cargo run --release --example send_bench -- [SIZES...]
 //!
-//! Prints messages per second and the peak memory of the sending phase
-//! (VmHWM, reset after the setup with /proc/self/clear_refs). Needs
-//! /usr/sbin/smtp-sink and /usr/sbin/smtp-source (Debian's `postfix`).
+//! SIZES defaults to `10000 1000000`; `BENCH_CONNECTIONS` sets the number of
+//! SMTP connections (default 10). For each size it prints messages per
+//! second and the peak memory of the sending phase (VmHWM of a process that
+//! only sends: the subscribers are imported by a child process first), then
+//! the rate of the largest size as a share of the smallest and of
+//! smtp-source's (run with the largest size, at most 100,000 messages).
+//! Needs /usr/sbin/smtp-sink and /usr/sbin/smtp-source (Debian's `postfix`).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +25,11 @@ use bulletin::dispatch::transport::{SmtpUrl, Transport};
 use bulletin::dispatch::{self, Frozen, Progress, Settings};
 use bulletin::links::{Signer, Urls};
 use bulletin::render::{self, Renderer};
-use bulletin::store::deliveries::{self as db, InFlight, NewCampaign};
+use bulletin::store::deliveries::{self as db, CampaignRow, InFlight, NewCampaign};
 use bulletin::store::{ImportOptions, Store};
+
+/// smtp-source sends at most this many messages.
+const SOURCE_CAP: usize = 100_000;
 
 fn peak_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -67,16 +76,10 @@ fn start_sink(port: u16) -> Sink {
     panic!("smtp-sink did not start");
 }
 
-#[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
-    let dir = tempfile::tempdir().unwrap();
-
-    // Setup: N subscribers and the example campaign, frozen.
-    let store = Store::open(&dir.path().join("bench.db")).await.unwrap();
-    let csv = dir.path().join("people.csv");
+/// The child process's job: `n` subscribers imported into `db`.
+async fn import(db: &Path, n: usize) {
+    let store = Store::open(db).await.unwrap();
+    let csv = db.with_extension("csv");
     {
         use std::io::Write;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
@@ -95,10 +98,16 @@ async fn main() {
         )
         .await
         .unwrap();
+    std::fs::remove_file(&csv).unwrap();
     eprintln!(
         "setup: imported {n} subscribers in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    store.close().await;
+}
+
+/// The example campaign, compiled and frozen for the bench list.
+async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/campaigns/2026-11-ebulletin.md"
@@ -135,10 +144,11 @@ async fn main() {
     .await
     .unwrap();
     let row = db::campaign_by_id(store.pool(), id).await.unwrap().unwrap();
+    (row, frozen)
+}
 
-    let port = free_port();
-    let _sink = start_sink(port);
-    let settings = Settings {
+fn settings(port: u16, connections: usize) -> Settings {
+    Settings {
         transport: Transport::Smtp {
             url: SmtpUrl::parse(&format!("smtp://127.0.0.1:{port}?tls=none"), None).unwrap(),
             timeout: Duration::from_secs(30),
@@ -157,93 +167,144 @@ async fn main() {
         in_flight: InFlight::Unknown,
         dkim: None,
         owner: dispatch::owner_name(),
-    };
+    }
+}
 
+/// The size of one sent message, for smtp-source's -l: rebuild one.
+fn message_size(frozen: &Frozen, settings: &Settings, slug: &str) -> usize {
+    let unsubscribe = settings.urls.unsubscribe(&settings.signer, 1, 1);
+    let body = frozen.compiled.personalise(&bulletin::render::Recipient {
+        email: "reader1@example.net",
+        name: "Reader Number 1",
+        attributes: None,
+        unsubscribe_url: &unsubscribe,
+        preferences_url: &settings.urls.preferences(&settings.signer, 1),
+        archive_url: &settings.urls.archive(slug),
+    });
+    let headers = bulletin::compose::Headers {
+        from: &frozen.from,
+        reply_to: None,
+        to_email: "reader1@example.net",
+        to_name: "Reader Number 1",
+        date: std::time::SystemTime::now(),
+        message_id: "aeaqaacukk2fv3k4hdibuou5we@bench.example",
+        list_id: Some("\"E-bulletin\" <ebulletin.bench.example>"),
+        unsubscribe_url: Some(&unsubscribe),
+        unsubscribe_mailto: Some("unsubscribe+aeaqaacukk2fv3k4hdibuou5we@bench.example"),
+        return_path: Some("bounces+aeaqaacukk2fv3k4hdibuou5we@bench.example"),
+        test: false,
+        feedback_id: None,
+    };
+    bulletin::compose::message(&headers, &body)
+        .unwrap()
+        .formatted()
+        .len()
+}
+
+/// What one size measured.
+struct Figures {
+    n: usize,
+    rate: f64,
+    peak_mb: f64,
+    size: usize,
+}
+
+/// Imports `n` people in a child process, then sends to them from this one.
+async fn send(dir: &Path, n: usize, port: u16, connections: usize) -> Figures {
+    let path = dir.join(format!("bench-{n}.db"));
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--import", &n.to_string()])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "setup child failed");
+    let store = Store::open(&path).await.unwrap();
+    let (row, frozen) = freeze(&store).await;
+    let settings = settings(port, connections);
     // Reset the peak so it measures the sending phase alone.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let base_kb = peak_kb();
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    let summary = dispatch::run(
-        store.pool(),
-        &row,
-        &settings,
-        Arc::new(Progress::default()),
-        stop,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let progress = Arc::new(Progress::default());
+    let summary = dispatch::run(store.pool(), &row, &settings, progress, stop)
+        .await
+        .unwrap()
+        .unwrap();
     let elapsed = t.elapsed().as_secs_f64();
-    let peak = peak_kb();
+    let peak_mb = peak_kb() as f64 / 1024.0;
     assert_eq!(summary.sent as usize, n, "{summary:?}");
-    // The size of one sent message, for smtp-source's -l: rebuild one.
-    let size = {
-        let body = frozen.compiled.personalise(&bulletin::render::Recipient {
-            email: "reader1@example.net",
-            name: "Reader Number 1",
-            attributes: None,
-            unsubscribe_url: &settings.urls.unsubscribe(&settings.signer, 1, 1),
-            preferences_url: &settings.urls.preferences(&settings.signer, 1),
-            archive_url: &settings.urls.archive(&c.slug),
-        });
-        let headers = bulletin::compose::Headers {
-            from: &frozen.from,
-            reply_to: None,
-            to_email: "reader1@example.net",
-            to_name: "Reader Number 1",
-            date: std::time::SystemTime::now(),
-            message_id: "aeaqaacukk2fv3k4hdibuou5we@bench.example",
-            list_id: Some("\"E-bulletin\" <ebulletin.bench.example>"),
-            unsubscribe_url: Some(&settings.urls.unsubscribe(&settings.signer, 1, 1)),
-            unsubscribe_mailto: Some("unsubscribe+aeaqaacukk2fv3k4hdibuou5we@bench.example"),
-            return_path: Some("bounces+aeaqaacukk2fv3k4hdibuou5we@bench.example"),
-            test: false,
-            feedback_id: None,
-        };
-        bulletin::compose::message(&headers, &body)
-            .unwrap()
-            .formatted()
-            .len()
-    };
+    let rate = n as f64 / elapsed;
     println!(
-        "bulletin:     {n} messages in {elapsed:.2} s = {:.0} messages/s over {connections} connections; \
-         peak RSS while sending {:.1} MB (at start {:.1} MB)",
-        n as f64 / elapsed,
-        peak as f64 / 1024.0,
-        base_kb as f64 / 1024.0
+        "bulletin:     {n} messages in {elapsed:.1} s = {rate:.0} messages/s over {connections} \
+         connections; peak RSS while sending {peak_mb:.1} MB"
     );
+    store.close().await;
+    std::fs::remove_file(&path).unwrap();
+    Figures {
+        n,
+        rate,
+        peak_mb,
+        size: message_size(&frozen, &settings, &row.slug),
+    }
+}
 
-    // Postfix's own client against the same sink, same count and size.
+/// Postfix's own client against the same sink; returns messages/s.
+fn smtp_source(n: usize, size: usize, port: u16, connections: usize) -> f64 {
     let t = Instant::now();
     let status = Command::new("/usr/sbin/smtp-source")
-        .args([
-            "-d",
-            "-s",
-            &connections.to_string(),
-            "-l",
-            &size.to_string(),
-            "-m",
-            &n.to_string(),
-        ])
-        .args([
-            "-f",
-            "bench@bench.example",
-            "-t",
-            "reader@example.net",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["-d", "-s", &connections.to_string()])
+        .args(["-l", &size.to_string(), "-m", &n.to_string()])
+        .args(["-f", "bench@bench.example", "-t", "reader@example.net"])
+        .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .status()
         .expect("/usr/sbin/smtp-source");
-    let source = t.elapsed().as_secs_f64();
     assert!(status.success());
+    let elapsed = t.elapsed().as_secs_f64();
+    let rate = n as f64 / elapsed;
     println!(
-        "smtp-source:  {n} messages of {size} bytes in {source:.2} s = {:.0} messages/s (-d -s 10)",
-        n as f64 / source
+        "smtp-source:  {n} messages of {size} bytes in {elapsed:.1} s = {rate:.0} messages/s \
+         (-d -s {connections})"
     );
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--import") {
+        return import(Path::new(&args[2]), args[1].parse().unwrap()).await;
+    }
+    let mut sizes: Vec<usize> = args
+        .iter()
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("size {a:?}: not a number"))
+        })
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![10_000, 1_000_000];
+    }
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sink = start_sink(port);
+    let mut figures = Vec::new();
+    for &n in &sizes {
+        figures.push(send(dir.path(), n, port, connections).await);
+    }
+    let (first, last) = (&figures[0], &figures[figures.len() - 1]);
+    let source = smtp_source(last.n.min(SOURCE_CAP), last.size, port, connections);
     println!(
-        "ratio:        {:.0} % of smtp-source",
-        100.0 * source / elapsed
+        "ratio:        {} messages at {:.0} % of the rate at {}; {:.0} % of smtp-source's",
+        last.n,
+        100.0 * last.rate / first.rate,
+        first.n,
+        100.0 * last.rate / source
     );
+    let peak = figures.iter().map(|f| f.peak_mb).fold(0.0, f64::max);
+    println!("peak memory:  {peak:.1} MB (VmHWM of the sending phase, largest of the runs)");
 }

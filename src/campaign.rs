@@ -104,6 +104,11 @@ impl Campaign {
 /// Default layout when the front matter names none.
 pub const DEFAULT_TEMPLATE: &str = "ebulletin";
 
+/// The largest campaign file compiled: 2 MiB. Gmail clips an email after
+/// 102 KB, so a real campaign is far smaller; the limit keeps a hostile or
+/// mistaken file from costing minutes and gigabytes.
+pub const MAX_SOURCE_BYTES: usize = 2 * 1024 * 1024;
+
 /// Parses a campaign file's text. `file` is used in messages and for the slug.
 pub fn parse(file: &str, text: &str) -> Result<Campaign> {
     let err = |line: usize, message: String| Error {
@@ -111,6 +116,17 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
         line,
         message,
     };
+    if text.len() > MAX_SOURCE_BYTES {
+        return Err(err(
+            1,
+            format!(
+                "the file is {:.1} MB, over the limit of {} MB; a campaign is read whole \
+                 and mail clients clip email over 102 KB, so shorten it or split it",
+                text.len() as f64 / (1024.0 * 1024.0),
+                MAX_SOURCE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.split_inclusive('\n');
     let first = lines.next().unwrap_or("");

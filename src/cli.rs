@@ -209,6 +209,10 @@ pub enum BouncesCommand {
         /// Only since this date or time (2026-11-01, or 2026-11-01 09:00)
         #[arg(long, value_name = "DATE")]
         since: Option<String>,
+        /// Instead, returned mail that carried no valid token and changed
+        /// nobody: date, from, subject and why
+        #[arg(long)]
+        unmatched: bool,
     },
 }
 
@@ -307,6 +311,9 @@ pub enum SubscribersCommand {
     },
     /// Erase a person: delete their data, keep only a hashed suppression entry
     Forget { email: String },
+    /// Return a bounced address to active (never undoes an unsubscribe,
+    /// complaint or erasure)
+    Reactivate { email: String },
 }
 
 /// Output format of report commands.

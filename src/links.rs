@@ -2,6 +2,13 @@
 //! unsubscribe, preferences, confirm (subscriber, list) and the VERP bounce
 //! address (delivery). No IO.
 //!
+//! The addresses that carry a token are formatted and parsed here, side by
+//! side, so the dispatcher that writes them and `bounce` that reads them
+//! cannot drift apart: `verp_address`/`parse_verp` (the envelope sender
+//! `bounces+TOKEN@domain`), `unsubscribe_address`/`parse_unsubscribe` (the
+//! List-Unsubscribe mailto `unsubscribe+TOKEN@domain`) and
+//! `message_id`/`parse_message_id` (`TOKEN@domain`, the same delivery token).
+//!
 //! A token is `version, purpose, a, b` (ids as LEB128 varints) followed by the
 //! first 12 bytes of HMAC-SHA256 over those bytes, written in lowercase
 //! base32 so it survives mail servers that fold the case of local parts.
@@ -180,6 +187,63 @@ impl Urls {
     }
 }
 
+/// Local-part prefix of the VERP return path.
+const VERP_PREFIX: &str = "bounces+";
+/// Local-part prefix of the List-Unsubscribe mailto address.
+const UNSUBSCRIBE_PREFIX: &str = "unsubscribe+";
+
+/// The VERP envelope sender of one delivery: `bounces+TOKEN@domain`, where
+/// TOKEN is `sign(Purpose::Bounce, delivery, 0)`.
+pub fn verp_address(token: &str, domain: &str) -> String {
+    format!("{VERP_PREFIX}{token}@{domain}")
+}
+
+/// The token of a VERP local part (`bounces+TOKEN`, any case); `None` for
+/// any other local part. The token still has to be verified.
+pub fn parse_verp(local: &str) -> Option<&str> {
+    tagged_token(local, VERP_PREFIX)
+}
+
+/// The List-Unsubscribe mailto address: `unsubscribe+TOKEN@domain`, where
+/// TOKEN is `sign(Purpose::Unsubscribe, subscriber, list)`.
+pub fn unsubscribe_address(token: &str, domain: &str) -> String {
+    format!("{UNSUBSCRIBE_PREFIX}{token}@{domain}")
+}
+
+/// The token of an unsubscribe local part (`unsubscribe+TOKEN`, any case).
+pub fn parse_unsubscribe(local: &str) -> Option<&str> {
+    tagged_token(local, UNSUBSCRIBE_PREFIX)
+}
+
+/// The Message-ID (without angle brackets) of one delivery: `TOKEN@domain`
+/// with the same token as its VERP address, so a report that quotes only
+/// the original's Message-ID still names the delivery.
+pub fn message_id(token: &str, domain: &str) -> String {
+    format!("{token}@{domain}")
+}
+
+/// The token of a Message-ID written by [`message_id`] (angle brackets
+/// allowed); `None` when the left part cannot be a token.
+pub fn parse_message_id(id: &str) -> Option<&str> {
+    let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+    let (local, _domain) = id.rsplit_once('@')?;
+    is_token_text(local).then_some(local)
+}
+
+fn tagged_token<'a>(local: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = local.get(..prefix.len())?;
+    let token = &local[prefix.len()..];
+    (head.eq_ignore_ascii_case(prefix) && is_token_text(token)).then_some(token)
+}
+
+/// Base32 in either case, as mail servers may fold it.
+fn is_token_text(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
+}
+
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let byte = (v & 0x7f) as u8;
@@ -327,6 +391,70 @@ mod tests {
     fn tokens_are_short_enough_for_a_local_part() {
         let s = Signer::new(b"k", &[]);
         let t = s.sign(Purpose::Bounce, i64::MAX, 0);
-        assert!("bounces+".len() + t.len() <= 64, "{}", t.len());
+        assert!(VERP_PREFIX.len() + t.len() <= 64, "{}", t.len());
+        let t = s.sign(Purpose::Unsubscribe, i64::MAX, i64::MAX);
+        assert!(UNSUBSCRIBE_PREFIX.len() + t.len() <= 64, "{}", t.len());
+    }
+
+    fn local(address: &str) -> &str {
+        address.split('@').next().unwrap()
+    }
+
+    #[test]
+    fn verp_address_round_trips() {
+        let s = Signer::new(b"k", &[]);
+        let token = s.sign(Purpose::Bounce, 42, 0);
+        let address = verp_address(&token, "news.example.org");
+        assert_eq!(address, format!("bounces+{token}@news.example.org"));
+        assert_eq!(parse_verp(local(&address)), Some(token.as_str()));
+        let folded = address.to_ascii_uppercase();
+        let parsed = parse_verp(local(&folded)).unwrap();
+        assert_eq!(s.verify_for(parsed, Purpose::Bounce).unwrap().a, 42);
+        // Neither recipe reads the other's address.
+        assert_eq!(parse_unsubscribe(local(&address)), None);
+    }
+
+    #[test]
+    fn unsubscribe_address_round_trips() {
+        let s = Signer::new(b"k", &[]);
+        let token = s.sign(Purpose::Unsubscribe, 7, 3);
+        let address = unsubscribe_address(&token, "news.example.org");
+        assert_eq!(address, format!("unsubscribe+{token}@news.example.org"));
+        let parsed = parse_unsubscribe(local(&address)).unwrap();
+        assert_eq!(parsed, token);
+        let claims = s.verify_for(parsed, Purpose::Unsubscribe).unwrap();
+        assert_eq!((claims.a, claims.b), (7, 3));
+        assert_eq!(parse_verp(local(&address)), None);
+    }
+
+    #[test]
+    fn message_id_round_trips() {
+        let s = Signer::new(b"k", &[]);
+        let token = s.sign(Purpose::Bounce, 9, 0);
+        let id = message_id(&token, "news.example.org");
+        assert_eq!(parse_message_id(&id), Some(token.as_str()));
+        assert_eq!(parse_message_id(&format!("<{id}>")), Some(token.as_str()));
+        assert_eq!(s.verify_for(&token, Purpose::Bounce).unwrap().a, 9);
+    }
+
+    #[test]
+    fn other_local_parts_are_not_tokens() {
+        for local in [
+            "bounces+",
+            "bounces",
+            "xbounces+abc",
+            "bounces+ab-c",
+            "bounces+ab.c",
+            "news",
+            "",
+            "bounces+abc19",
+        ] {
+            assert_eq!(parse_verp(local), None, "{local}");
+        }
+        assert_eq!(parse_unsubscribe("unsubscribe+"), None);
+        assert_eq!(parse_unsubscribe("Unsubscribe+ZZ7"), Some("ZZ7"));
+        for id in ["c7.s42@example.org", "no-at-sign", "@example.org", "<>"] {
+            assert_eq!(parse_message_id(id), None, "{id}");
+        }
     }
 }

@@ -359,3 +359,155 @@ async fn ingest_with_an_unusable_database_asks_the_mta_to_retry() {
         "EX_TEMPFAIL keeps the message queued: {out:?}"
     );
 }
+
+/// A delivery status report with one `Final-Recipient` block per line,
+/// sent to `to` (a VERP address, or the bare bounce address when the
+/// envelope was lost), quoting `message_id` when given.
+fn report_to(to: &str, message_id: Option<&str>, lines: &[(String, &str)]) -> Vec<u8> {
+    let blocks: String = lines
+        .iter()
+        .map(|(rcpt, status)| {
+            format!(
+                "Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n\
+                 Diagnostic-Code: smtp; 550 {status} <{rcpt}>: refused\r\n\r\n"
+            )
+        })
+        .collect();
+    let quoted = message_id.map_or(String::new(), |m| format!("Message-ID: {m}\r\n"));
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
+         To: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+         MIME-Version: 1.0\r\nMessage-ID: <dsn.{n}@mx.example.net>\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
+         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+         {blocks}--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n{quoted}From: news@alliance.example\r\n\r\n--b1--\r\n",
+        n = lines.len() + to.len() + quoted.len(),
+    )
+    .into_bytes()
+}
+
+/// One person per line of `subscribers export` (those who would get mail).
+async fn mailable(env: &Env) -> Vec<String> {
+    let csv = env.ok(&["subscribers", "export", "--list", "news"]).await;
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect()
+}
+
+async fn status_of(env: &Env, email: &str) -> String {
+    let show = env.ok(&["subscribers", "show", email]).await;
+    show.lines()
+        .find_map(|l| l.strip_prefix("status:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+// See: "only our own mail changes anyone" (forged DSN with 300
+// Final-Recipient lines; forged ARF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_or_quoted_mail_changes_anyone() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port());
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    let people: Vec<String> = (0..300).map(|i| format!("p{i:03}@example.net")).collect();
+    let csv = format!("email\n{}\n", people.join("\n"));
+    std::fs::write(env.dir.path().join("people.csv"), csv).unwrap();
+    env.ok(&["subscribers", "import", "people.csv", "--list", "news"])
+        .await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let sent = sink.messages();
+    assert_eq!(sent.len(), 300);
+    let ingest = |raw: Vec<u8>| async {
+        let out = env.run(&["bounces", "ingest"], Some(raw)).await;
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    // A forged report with no token naming all 300 as hard bounces.
+    let every_one: Vec<(String, &str)> = people.iter().map(|p| (p.clone(), "5.1.1")).collect();
+    let out = ingest(report_to("bounces@alliance.example", None, &every_one)).await;
+    assert!(out.contains("bounce unmatched"), "{out}");
+    assert_eq!(mailable(&env).await.len(), 300, "nobody changed");
+
+    // A forged abuse report naming p001, quoting a Message-ID we never wrote.
+    let forged_arf = "From: complaints@isp.example\r\nTo: abuse@alliance.example\r\nSubject: Abuse report\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"b2\"\r\n\r\n\
+         --b2\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\r\n\
+         --b2\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\
+         Original-Rcpt-To: p001@example.net\r\n\r\n\
+         --b2\r\nContent-Type: message/rfc822\r\n\r\nFrom: News <news@alliance.example>\r\nTo: p001@example.net\r\n\
+         Subject: News 1\r\nMessage-ID: <c7.s43@alliance.example>\r\n\r\nHello.\r\n\r\n--b2--\r\n";
+    let out = ingest(forged_arf.as_bytes().to_vec()).await;
+    assert!(out.contains("complaint unmatched"), "{out}");
+    assert_eq!(status_of(&env, "p001@example.net").await, "active");
+
+    // A genuine report to p002's VERP address that also names eight others:
+    // only p002 changes.
+    let p002 = received_for(&sent, "p002@example.net");
+    let mut lines: Vec<(String, &str)> = vec![(people[2].clone(), "5.1.1")];
+    lines.extend(people[3..11].iter().map(|p| (p.clone(), "5.1.1")));
+    let out = ingest(report_to(&p002.mail_from, None, &lines)).await;
+    assert!(out.contains("hard bounce: subscriber"), "{out}");
+    assert_eq!(status_of(&env, "p002@example.net").await, "bounced");
+    for p in &people[3..11] {
+        assert_eq!(status_of(&env, p).await, "active", "{p}");
+    }
+    // Its own line decides: p011's soft line is not made hard by others'.
+    let p011 = received_for(&sent, "p011@example.net");
+    let lines = [(people[12].clone(), "5.1.1"), (people[11].clone(), "4.2.2")];
+    let out = ingest(report_to(&p011.mail_from, None, &lines)).await;
+    assert!(out.contains("soft bounce: recorded"), "{out}");
+    assert_eq!(status_of(&env, "p011@example.net").await, "active");
+    assert_eq!(status_of(&env, "p012@example.net").await, "active");
+
+    // The envelope lost, but the report quotes p020's signed Message-ID: p020,
+    // whatever address the report names (a forwarding address here).
+    let p020 = received_for(&sent, "p020@example.net");
+    let mid = header(p020, "Message-ID");
+    let lines = [("p020@forwarded.example".to_string(), "5.1.1")];
+    let out = ingest(report_to("bounces@alliance.example", Some(&mid), &lines)).await;
+    assert!(out.contains("hard bounce: subscriber"), "{out}");
+    assert_eq!(status_of(&env, "p020@example.net").await, "bounced");
+
+    // p030's Message-ID with one character of its signature changed.
+    let mid = header(received_for(&sent, "p030@example.net"), "Message-ID");
+    let at = mid.find('@').unwrap() - 2;
+    let mut forged = mid.clone().into_bytes();
+    forged[at] = if forged[at] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).unwrap();
+    let lines = [(people[30].clone(), "5.1.1")];
+    let out = ingest(report_to("bounces@alliance.example", Some(&forged), &lines)).await;
+    assert!(out.contains("bounce unmatched"), "{out}");
+    assert!(out.contains("is not signed by us"), "{out}");
+    assert_eq!(status_of(&env, "p030@example.net").await, "active");
+
+    let mut left = mailable(&env).await;
+    left.sort();
+    let mut expected: Vec<String> = people.clone();
+    expected.retain(|p| p != "p002@example.net" && p != "p020@example.net");
+    assert_eq!(left, expected);
+
+    // The three forgeries are kept for review, with why; nothing else is.
+    let list = env.ok(&["bounces", "list", "--unmatched"]).await;
+    let rows: Vec<&str> = list.lines().collect();
+    assert_eq!(rows.len(), 3, "{list}");
+    assert!(rows[0].contains("bounce") && rows[0].contains("MAILER-DAEMON@mx.example.net"));
+    assert!(rows[0].contains("Undelivered Mail Returned to Sender"));
+    assert!(
+        rows[0].contains("no VERP token and no Message-ID of ours"),
+        "{list}"
+    );
+    assert!(rows[1].contains("complaint") && rows[1].contains("complaints@isp.example"));
+    assert!(rows[1].contains("Abuse report"));
+    assert!(
+        rows[1].contains("Message-ID <c7.s43@alliance.example> is not one of ours"),
+        "{list}"
+    );
+    assert!(rows[2].contains("is not signed by us"), "{list}");
+    // The main list shows only what was acted on.
+    let acted = env.ok(&["bounces", "list"]).await;
+    assert_eq!(acted.matches("hard:").count(), 2, "{acted}");
+}

@@ -363,6 +363,8 @@ fn cli_bounces_parse() {
     assert!(lines[0]["file"].as_str().unwrap().ends_with("qmail.eml"));
     assert_eq!(lines[0]["kind"], "bounce");
     assert_eq!(lines[0]["verp_token"], "abc234");
+    assert_eq!(lines[0]["from"], "MAILER-DAEMON@mx.example.net");
+    assert_eq!(lines[0]["subject"], "failure notice");
     assert_eq!(lines[0]["recipients"][0]["address"], "full@example.net");
     assert_eq!(lines[0]["recipients"][0]["class"], "soft");
     assert_eq!(lines[0]["recipients"][0]["status"], "5.2.2");

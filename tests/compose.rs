@@ -231,6 +231,104 @@ fn bad_mjml_does_not_compile() {
     );
 }
 
+// See: "compile is safe on hostile campaigns" (10,000 nested quotes or
+// <div>s overflowed the stack with no file or line).
+#[test]
+fn bad_deep_nesting_exits_2_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let front = "+++\nsubject = \"s\"\npreheader = \"p\"\nlist = \"l\"\n+++\n\nHello.\n\n";
+    let divs = format!("{}deep{}", "<div>".repeat(10_000), "</div>".repeat(10_000));
+    let cases = [
+        (
+            "quotes.md",
+            format!("{front}{} deep\n", ">".repeat(10_000)),
+            9,
+            "quotes, lists or emphasis",
+        ),
+        (
+            "lists.md",
+            format!(
+                "{front}{}",
+                (0..1_000)
+                    .map(|i| format!("{}- item\n", "  ".repeat(i)))
+                    .collect::<String>()
+            ),
+            34,
+            "quotes, lists or emphasis",
+        ),
+        (
+            "divs.md",
+            format!("{front}{divs}\n"),
+            9,
+            "HTML or MJML elements",
+        ),
+        (
+            "divs.mjml",
+            format!(
+                "{front}<mjml><mj-body><mj-section><mj-column><mj-text>\n{divs}\n</mj-text></mj-column></mj-section></mj-body></mjml>\n"
+            ),
+            10,
+            "HTML or MJML elements",
+        ),
+    ];
+    for (name, text, line, what) in cases {
+        write(dir.path(), &format!("campaigns/{name}"), &text);
+        let out = bulletin(dir.path())
+            .args(["build", &format!("campaigns/{name}")])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "bulletin: campaigns/{name}:{line}: {what} nested more than 50 deep; flatten"
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(!dir.path().join("out").exists(), "{name}: nothing written");
+    }
+}
+
+#[test]
+fn nesting_at_the_limit_compiles_on_a_small_stack() {
+    // Test threads have 2 MB stacks, less than the binary's main thread:
+    // the deepest campaign allowed must still compile here.
+    let front = "+++\nsubject = \"s\"\npreheader = \"p\"\nlist = \"l\"\n+++\n\n";
+    let quotes = format!("{front}{} deep\n", ">".repeat(49));
+    let html = compile("campaigns/q.md", &quotes)
+        .unwrap()
+        .personalise(&recipient())
+        .html;
+    assert_eq!(html.matches("<blockquote>").count(), 49);
+    let divs = format!("{}deep{}", "<div>".repeat(50), "</div>".repeat(50));
+    let both = format!("{front}{} {divs}\n", ">".repeat(48));
+    let html = compile("campaigns/b.md", &both)
+        .unwrap()
+        .personalise(&recipient())
+        .html;
+    assert_eq!(html.matches("<div>").count(), 50, "{html}");
+    // One level more is refused.
+    let e = error(
+        "campaigns/q.md",
+        &format!("{front}{} deep\n", ">".repeat(50)),
+    );
+    assert!(
+        e.starts_with("campaigns/q.md:7: quotes, lists or emphasis nested more than 50 deep"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_oversize_campaign() {
+    let front = "+++\nsubject = \"s\"\nlist = \"l\"\n+++\n";
+    let text = format!("{front}{}", "A paragraph of news.\n\n".repeat(200_000));
+    assert_eq!(
+        error("campaigns/big.md", &text),
+        "campaigns/big.md:1: the file is 4.2 MB, over the limit of 2 MB; a campaign is read \
+         whole and mail clients clip email over 102 KB, so shorten it or split it"
+    );
+}
+
 #[test]
 fn bad_template_syntax_names_template_file() {
     let mut t = Templates::builtin();

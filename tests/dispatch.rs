@@ -266,27 +266,34 @@ async fn rejections_fail_and_bounce_deferrals_retry() {
     assert!(!got.contains("full@example.net"));
     assert!(!got.contains("dropme@example.net"));
     assert_eq!(got.len(), 21, "the 20 plain ones and flaky");
-    // One bad address never stopped the campaign; the rejected one is a hard bounce.
+    // One bad address never stopped the campaign; the unknown user is a
+    // hard bounce, the full mailbox is not the address's fault.
     let status = env.status().await;
     assert_eq!(status["deliveries"]["sent"], 21);
-    assert_eq!(status["deliveries"]["failed"], 3, "{status}");
+    assert_eq!(status["deliveries"]["failed"], 2, "{status}");
     let show = env.ok(&["subscribers", "show", "reject@example.net"]).await;
-    assert!(show.contains("bounced"), "{show}");
-    // The dropped connection was retried up to max_attempts, not counted as a bounce.
+    assert!(show.contains("status:      bounced"), "{show}");
+    let show = env.ok(&["subscribers", "show", "full@example.net"]).await;
+    assert!(show.contains("status:      active"), "{show}");
+    // The connection dropped after the whole message: maybe delivered, so
+    // `unknown`, sent once, never again, and not a bounce.
+    assert_eq!(status["deliveries"]["unknown"], 1, "{status}");
+    assert_eq!(sink.rcpt_attempts("dropme@example.net"), 1);
     let show = env.ok(&["subscribers", "show", "dropme@example.net"]).await;
-    assert!(!show.contains("status: bounced"), "{show}");
+    assert!(show.contains("status:      active"), "{show}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_messages_are_sent_by_a_later_dispatch() {
     let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
-    let env = Env::new(sink.port(), "retry_wait_secs = 0");
+    // A retry 3 s ahead: not due again within a run slowed by a busy machine.
+    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 3");
     env.subscribers(5, &["slow@example.net"]).await;
     let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert!(out.contains("deferred 1"), "{out}");
     assert_eq!(sink.messages().len(), 5);
     assert_eq!(env.status().await["status"], "sending");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let out = env.ok(&["dispatch"]).await;
     assert!(out.contains("news-1: sent 1 (finished)"), "{out}");
     let got = assert_no_duplicates(&sink.messages());
@@ -655,4 +662,137 @@ async fn send_without_a_terminal_needs_yes_and_sends_nothing() {
         stderr.contains("campaigns/news-1.md:4: list \"nope\" does not exist"),
         "{stderr}"
     );
+}
+
+/// Reads the delivery status of each subscriber id for the only campaign.
+async fn delivery_status(env: &Env, ids: &[i64]) -> Vec<(String, Option<String>)> {
+    let store = bulletin::store::Store::open(&env.dir.path().join("b.db"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for id in ids {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT status, last_reply FROM deliveries WHERE subscriber_id = ?")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        out.push(row);
+    }
+    store.close().await;
+    out
+}
+
+// See: "Eligibility at the moment of sending": people who left five seconds
+// into a rate-limited send were mailed 15-20 s later, the erased one with
+// their address and name in To:.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_who_leave_during_a_send_are_skipped_not_mailed() {
+    use axum::http::StatusCode;
+    use bulletin::links::Urls;
+    use bulletin::store::Store;
+
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    let config = env.path("bulletin.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[smtp]\n", "[smtp]\nrate = 20\n")).unwrap();
+    // 200 people; the four who will leave come last in the send order.
+    let leavers = [
+        "oneclick@example.net",
+        "removed@example.net",
+        "erased@example.net",
+        "bounced@example.net",
+    ];
+    let mut csv = String::from("email,name,city\n");
+    let mut stayers = BTreeSet::new();
+    for i in 0..196 {
+        csv.push_str(&format!("person{i}@example.net,Person {i},City {i}\n"));
+        stayers.insert(format!("person{i}@example.net"));
+    }
+    for email in leavers {
+        csv.push_str(&format!("{email},Leaving Person,Gone\n"));
+    }
+    std::fs::write(env.path("people.csv"), csv).unwrap();
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    env.ok(&["subscribers", "import", "people.csv", "--list", "news"])
+        .await;
+    let store = Store::open(&env.path("b.db")).await.unwrap();
+    let list = store.list("news").await.unwrap().unwrap();
+    let mut ids = Vec::new();
+    for email in leavers {
+        ids.push(store.subscriber(email).await.unwrap().unwrap().id);
+    }
+
+    let child = env
+        .command(&["send", "campaigns/news-1.md", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second into the send (20 messages at 20/s), four people leave.
+    assert!(sink.wait_for(20, Duration::from_secs(60)).await >= 20);
+    let signer = Signer::new(SECRET.as_bytes(), &[]);
+    let url = Urls::new("https://news.example.org").unsubscribe(&signer, ids[0], list.id);
+    let path = url.strip_prefix("https://news.example.org").unwrap();
+    let app = bulletin::web::router(crate::web::app_state(store.clone(), signer, None));
+    let body = b"List-Unsubscribe=One-Click".to_vec();
+    let form = Some("application/x-www-form-urlencoded");
+    let r = crate::web::call(&app, crate::web::request("POST", path, form, body)).await;
+    assert_eq!(r.status, StatusCode::OK, "one-click unsubscribe");
+    env.ok(&["subscribers", "remove", leavers[1], "--list", "news"])
+        .await;
+    env.ok(&["subscribers", "forget", leavers[2]]).await;
+    store
+        .set_status(
+            ids[3],
+            "bounced",
+            "bounce",
+            Some("test"),
+            bulletin::store::now(),
+        )
+        .await
+        .unwrap();
+    let during = sink.messages().len();
+    assert!(during < 196, "they left while the send ran ({during} sent)");
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sent 196") && stdout.contains("skipped 4"),
+        "{stdout}"
+    );
+    let messages = sink.messages();
+    let got = assert_no_duplicates(&messages);
+    assert_eq!(got, stayers, "everyone else got one copy, the four none");
+    for m in &messages {
+        let data = String::from_utf8_lossy(&m.data);
+        assert!(!data.contains("Leaving Person"), "{data}");
+        for email in leavers {
+            assert!(!data.contains(email), "{email} in a message");
+        }
+    }
+    let rows = delivery_status(&env, &ids).await;
+    for (email, (status, reason)) in leavers.iter().zip(&rows) {
+        assert_eq!(status, "skipped", "{email}: {reason:?}");
+    }
+    let reasons: Vec<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "subscription unsubscribed before their turn",
+            "subscription unsubscribed before their turn",
+            // Erasure scrubs SMTP replies; the skip comes after it.
+            "erased before their turn",
+            "bounced before their turn",
+        ]
+    );
+    store.close().await;
 }

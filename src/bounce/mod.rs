@@ -29,6 +29,8 @@ use std::sync::LazyLock;
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
+use crate::links;
+
 pub use classify::classify;
 
 /// What kind of message came back.
@@ -94,6 +96,10 @@ pub struct Report {
     /// ARF Feedback-Type: abuse, auth-failure, opt-out, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback_type: Option<String>,
+    /// The message's own From address and Subject, for people reviewing
+    /// mail that matched nobody; empty when absent.
+    pub from: String,
+    pub subject: String,
 }
 
 impl Report {
@@ -105,6 +111,8 @@ impl Report {
             unsubscribe_token: None,
             original_message_id: None,
             feedback_type: None,
+            from: String::new(),
+            subject: String::new(),
         }
     }
 
@@ -137,8 +145,8 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
     let mut report = Report::new(Kind::None);
     let Some(msg) = PARSER.parse(raw) else {
         if let Some(env) = envelope_recipient {
-            report.verp_token = token(env, "bounces+");
-            report.unsubscribe_token = token(env, "unsubscribe+");
+            report.verp_token = token(env, links::parse_verp);
+            report.unsubscribe_token = token(env, links::parse_unsubscribe);
         }
         return report;
     };
@@ -160,8 +168,10 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
             }
         }
     }
-    report.verp_token = to_values.iter().find_map(|v| token(v, "bounces+"));
-    report.unsubscribe_token = to_values.iter().find_map(|v| token(v, "unsubscribe+"));
+    report.verp_token = to_values.iter().find_map(|v| token(v, links::parse_verp));
+    report.unsubscribe_token = to_values
+        .iter()
+        .find_map(|v| token(v, links::parse_unsubscribe));
 
     let parts = Parts::collect(&msg);
     report.original_message_id = parts.original_message_id.clone().or_else(|| {
@@ -176,6 +186,8 @@ fn parse_at(raw: &[u8], envelope_recipient: Option<&str>, depth: usize) -> Repor
         .unwrap_or_default();
     let from_name = from.and_then(|a| a.name()).unwrap_or("");
     let subject = msg.subject().unwrap_or("");
+    report.from = from.and_then(|a| a.address()).unwrap_or("").to_string();
+    report.subject = subject.to_string();
 
     if report.unsubscribe_token.is_some() {
         report.kind = Kind::Unsubscribe;
@@ -441,23 +453,20 @@ fn is_autoreply(msg: &Message<'_>, subject: &str, body: &str) -> bool {
         || text::looks_like_autoreply(subject, body)
 }
 
-/// `bounces+TOKEN@...` -> `TOKEN` (lower-case base32).
-fn token(value: &str, prefix: &str) -> Option<String> {
+/// The token of the first address in `value` (an address or a header
+/// value) whose local part `parse` accepts, lower-cased: `bounces+TOKEN@...`
+/// with `links::parse_verp`.
+fn token(value: &str, parse: fn(&str) -> Option<&str>) -> Option<String> {
     let lower = value.to_ascii_lowercase();
-    let mut rest = lower.as_str();
-    while let Some(i) = rest.find(prefix) {
-        let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
-        let after = &rest[i + prefix.len()..];
-        let len = after
-            .bytes()
-            .take_while(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b))
-            .count();
-        if before_ok && len > 0 && after.as_bytes().get(len) == Some(&b'@') {
-            return Some(after[..len].to_string());
-        }
-        rest = &rest[i + prefix.len()..];
-    }
-    None
+    let is_local = |b: &u8| b.is_ascii_alphanumeric() || b"+-._=".contains(b);
+    lower.match_indices('@').find_map(|(at, _)| {
+        // Non-ASCII bytes end the local part, so `start` is a char boundary.
+        let start = lower.as_bytes()[..at]
+            .iter()
+            .rposition(|b| !is_local(b))
+            .map_or(0, |i| i + 1);
+        parse(&lower[start..at]).map(str::to_string)
+    })
 }
 
 /// The parts of a message, sorted by what they are.
@@ -568,18 +577,25 @@ mod tests {
 
     #[test]
     fn tokens() {
+        let verp = links::parse_verp;
         assert_eq!(
-            token("Bounces+ABC234@news.example.org", "bounces+").as_deref(),
+            token("Bounces+ABC234@news.example.org", verp).as_deref(),
             Some("abc234")
         );
         assert_eq!(
-            token("<bounces+abc@x.example>", "bounces+").as_deref(),
+            token("<bounces+abc@x.example>", verp).as_deref(),
             Some("abc")
         );
-        assert_eq!(token("xbounces+abc@x", "bounces+"), None);
-        assert_eq!(token("bounces+ab-c@x", "bounces+"), None);
         assert_eq!(
-            token("unsubscribe+zz7@x", "unsubscribe+").as_deref(),
+            token("News <news@x>, Bounces <bounces+abc@x>", verp).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(token("xbounces+abc@x", verp), None);
+        assert_eq!(token("bounces+ab-c@x", verp), None);
+        assert_eq!(token("bounces+abc@", verp).as_deref(), Some("abc"));
+        assert_eq!(token("é@bounces+abc", verp), None);
+        assert_eq!(
+            token("unsubscribe+zz7@x", links::parse_unsubscribe).as_deref(),
             Some("zz7")
         );
     }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::bounce::{self, Report};
-use crate::cli::BouncesParseArgs;
+use crate::cli::{BouncesParseArgs, EX_TEMPFAIL};
 
 mod imap; // `bounces imap`: the IMAP mailbox loop
 
@@ -120,11 +120,14 @@ pub(crate) fn run(
             }
             BouncesCommand::Scan { maildir } => ctx.scan(maildir).await,
             BouncesCommand::Imap { once } => imap::run(config, &ctx, *once).await,
-            BouncesCommand::List { since } => {
+            BouncesCommand::List { since, unmatched } => {
                 let since = match since {
                     None => 0,
                     Some(s) => parse_since(s)?,
                 };
+                if *unmatched {
+                    return list_unmatched(&ctx.store, since).await;
+                }
                 let events = ctx.store.bounce_events(since).await?;
                 if events.is_empty() {
                     println!("no bounces or complaints recorded");
@@ -145,7 +148,25 @@ pub(crate) fn run(
     })
 }
 
-use crate::cli::EX_TEMPFAIL;
+/// `bounces list --unmatched`: returned mail that changed nobody, with why.
+async fn list_unmatched(store: &crate::store::Store, since: i64) -> Result<ExitCode> {
+    let mails = store.unmatched_since(since).await?;
+    if mails.is_empty() {
+        println!("no unmatched mail recorded");
+    }
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    for m in mails {
+        println!(
+            "{}  {:<11}  {:<32}  {:<40}  {}",
+            super::setup::fmt_time(m.received_at),
+            m.kind,
+            one_line(&m.sender),
+            one_line(&m.subject),
+            m.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 fn parse_since(text: &str) -> Result<i64> {
     let t = if text.len() == 10 {
@@ -173,6 +194,14 @@ struct Ingested {
     report: bool,
 }
 
+/// What one report does, to whom: the person a signed token or a quoted
+/// signed Message-ID names, and nobody else.
+struct Target {
+    subscriber: i64,
+    campaign: Option<i64>,
+    action: crate::store::Action,
+}
+
 impl Ingest {
     /// The one entry point for mail read from a mailbox (`source` says which
     /// kind): parses, matches and applies `raw` like `bounces ingest`.
@@ -183,21 +212,116 @@ impl Ingest {
         Ok(Ingested { line, report })
     }
 
-    /// The delivery a VERP or Message-ID token names: (subscriber, campaign).
-    async fn by_token(&self, token: Option<&str>) -> Result<Option<(i64, i64)>> {
-        let (Some(signer), Some(token)) = (&self.signer, token) else {
-            return Ok(None);
+    /// The delivery that a token signed for `Purpose::Bounce` names; `Err`
+    /// says why there is none.
+    async fn delivery(
+        &self,
+        token: &str,
+        source: &str,
+    ) -> Result<Result<crate::store::DeliveryOwner, String>> {
+        let claims = self
+            .signer
+            .as_ref()
+            .and_then(|s| s.verify_for(token, crate::links::Purpose::Bounce));
+        let Some(claims) = claims else {
+            return Ok(Err(format!("{source} is not signed by us")));
         };
-        match signer.verify_for(token, crate::links::Purpose::Bounce) {
-            Some(c) => Ok(self.store.delivery_owner(c.a).await?),
-            None => Ok(None),
+        Ok(self
+            .store
+            .delivery_owner(claims.a)
+            .await?
+            .ok_or_else(|| format!("{source} names delivery {} that is not stored", claims.a)))
+    }
+
+    /// The delivery a report is about: its VERP token, else the token of the
+    /// returned original's Message-ID. Addresses in the report prove nothing
+    /// (anyone can write them), so they never name the person.
+    async fn reported_delivery(
+        &self,
+        report: &Report,
+    ) -> Result<Result<crate::store::DeliveryOwner, String>> {
+        let mut why = Vec::new();
+        if let Some(token) = report.verp_token.as_deref() {
+            match self.delivery(token, "the VERP token").await? {
+                Ok(owner) => return Ok(Ok(owner)),
+                Err(e) => why.push(e),
+            }
         }
+        if let Some(id) = report.original_message_id.as_deref() {
+            let found = match crate::links::parse_message_id(id) {
+                Some(token) => self.delivery(token, &format!("Message-ID <{id}>")).await?,
+                None => Err(format!("Message-ID <{id}> is not one of ours")),
+            };
+            match found {
+                Ok(owner) => return Ok(Ok(owner)),
+                Err(e) => why.push(e),
+            }
+        }
+        if why.is_empty() {
+            why.push("no VERP token and no Message-ID of ours".into());
+        }
+        Ok(Err(why.join("; ")))
+    }
+
+    /// The one change a report makes; `Err` says why it makes none.
+    async fn target(&self, report: &Report) -> Result<Result<Target, String>> {
+        use crate::bounce::{Class, Kind};
+        use crate::store::Action;
+        if report.kind == Kind::Unsubscribe {
+            let claims = match (&self.signer, report.unsubscribe_token.as_deref()) {
+                (Some(s), Some(t)) => s.verify_for(t, crate::links::Purpose::Unsubscribe),
+                _ => None,
+            };
+            return Ok(claims
+                .map(|c| Target {
+                    subscriber: c.a,
+                    campaign: None,
+                    action: Action::Unsubscribe { list_id: c.b },
+                })
+                .ok_or_else(|| "the unsubscribe address is not signed by us".to_string()));
+        }
+        let owner = match self.reported_delivery(report).await? {
+            Ok(owner) => owner,
+            Err(why) => return Ok(Err(why)),
+        };
+        let action = if report.kind == Kind::Complaint {
+            let ty = report.feedback_type.as_deref().unwrap_or("abuse");
+            Action::Complaint {
+                reason: format!("complaint: {ty}"),
+            }
+        } else {
+            // The delivery's own line of the report; other lines are about
+            // other people (or forged) and change nothing.
+            let own = |r: &&bounce::Recipient| {
+                let canonical = r.address.as_deref().map(crate::address::normalize);
+                matches!((canonical, &owner.email), (Some(Ok(a)), Some(e)) if &a == e)
+            };
+            let Some(r) = report
+                .bounced()
+                .find(own)
+                .or_else(|| report.bounced().next())
+            else {
+                return Ok(Err("no failed recipient".into()));
+            };
+            let reason = format!("{} {}", r.status.as_deref().unwrap_or("-"), r.reason)
+                .trim()
+                .to_string();
+            match r.class {
+                Some(Class::Hard) => Action::Hard { reason },
+                _ => Action::Soft { reason },
+            }
+        };
+        Ok(Ok(Target {
+            subscriber: owner.subscriber,
+            campaign: Some(owner.campaign),
+            action,
+        }))
     }
 
     /// Processes one message; returns the line to print.
     async fn process(&self, raw: &[u8], envelope: Option<&str>) -> Result<String> {
-        use crate::bounce::{Class, Kind};
-        use crate::store::{Action, Applied};
+        use crate::bounce::Kind;
+        use crate::store::{Action, Applied, UnmatchedMail};
         use sha2::{Digest, Sha256};
         let hash: String = Sha256::digest(raw)
             .iter()
@@ -212,135 +336,60 @@ impl Ingest {
             .as_str()
             .unwrap_or("none")
             .to_string();
-        // Who: the VERP token, then the returned original's Message-ID, then addresses.
-        let message_token = report
-            .original_message_id
-            .as_deref()
-            .map(|id| id.trim_matches(|c| c == '<' || c == '>'))
-            .and_then(|id| id.split('@').next());
-        let by_token = match self.by_token(report.verp_token.as_deref()).await? {
-            Some(owner) => Some(owner),
-            None => self.by_token(message_token).await?,
+        let ignored = match report.kind {
+            Kind::AutoReply => Some("auto-reply, ignored".to_string()),
+            Kind::None => Some(match &report.feedback_type {
+                Some(t) => format!("feedback report ({t}), logged only"),
+                None => "not a bounce, ignored".to_string(),
+            }),
+            Kind::Bounce if report.bounced().next().is_none() => {
+                Some("delay notice, nothing to do".to_string())
+            }
+            _ => None,
         };
-        let mut targets: Vec<(i64, Option<i64>, Action)> = Vec::new();
-        match report.kind {
-            Kind::Unsubscribe => {
-                let claims = match (&self.signer, report.unsubscribe_token.as_deref()) {
-                    (Some(s), Some(t)) => s.verify_for(t, crate::links::Purpose::Unsubscribe),
-                    _ => None,
-                };
-                if let Some(c) = claims {
-                    targets.push((c.a, None, Action::Unsubscribe { list_id: c.b }));
-                }
-            }
-            Kind::Bounce => {
-                let worst = report
-                    .bounced()
-                    .map(|r| r.class)
-                    .max_by_key(|c| matches!(c, Some(Class::Hard)));
-                let reason = |r: &bounce::Recipient| {
-                    format!("{} {}", r.status.as_deref().unwrap_or("-"), r.reason)
-                        .trim()
-                        .to_string()
-                };
-                match by_token {
-                    Some((sub, campaign)) => {
-                        if let Some(r) = report
-                            .bounced()
-                            .find(|r| Some(r.class) == worst)
-                            .or_else(|| report.bounced().next())
-                        {
-                            let action = match r.class {
-                                Some(Class::Hard) => Action::Hard { reason: reason(r) },
-                                _ => Action::Soft { reason: reason(r) },
-                            };
-                            targets.push((sub, Some(campaign), action));
-                        }
-                    }
-                    None => {
-                        for r in report.bounced() {
-                            let Some(addr) = &r.address else { continue };
-                            if let Some(sub) = self.store.subscriber_id(addr).await? {
-                                let action = match r.class {
-                                    Some(Class::Hard) => Action::Hard { reason: reason(r) },
-                                    _ => Action::Soft { reason: reason(r) },
-                                };
-                                targets.push((sub, None, action));
-                            }
-                        }
-                    }
-                }
-            }
-            Kind::Complaint => {
-                let reason = format!(
-                    "complaint: {}",
-                    report.feedback_type.as_deref().unwrap_or("abuse")
-                );
-                match by_token {
-                    Some((sub, campaign)) => {
-                        targets.push((sub, Some(campaign), Action::Complaint { reason }))
-                    }
-                    None => {
-                        for r in &report.recipients {
-                            if let Some(addr) = &r.address
-                                && let Some(sub) = self.store.subscriber_id(addr).await?
-                            {
-                                targets.push((
-                                    sub,
-                                    None,
-                                    Action::Complaint {
-                                        reason: reason.clone(),
-                                    },
-                                ));
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Kind::AutoReply | Kind::None => {}
-        }
-        if targets.is_empty() {
+        if let Some(what) = ignored {
             self.store.inbound_record(&hash, &kind, now).await?;
-            let what = match report.kind {
-                Kind::AutoReply => "auto-reply, ignored".to_string(),
-                Kind::None => match &report.feedback_type {
-                    Some(t) => format!("feedback report ({t}), logged only"),
-                    None => "not a bounce, ignored".to_string(),
-                },
-                Kind::Bounce if report.bounced().next().is_none() => {
-                    "delay notice, nothing to do".to_string()
-                }
-                _ => format!("{kind}: matches no subscriber"),
-            };
             return Ok(what);
         }
-        let mut lines = Vec::new();
-        for (i, (sub, campaign, action)) in targets.iter().enumerate() {
-            let key = if i == 0 {
-                hash.clone()
-            } else {
-                format!("{hash}:{i}")
-            };
-            let applied = self
-                .store
-                .apply_inbound(&key, *sub, *campaign, action, self.soft, now)
-                .await?;
-            let what = match action {
-                Action::Hard { .. } => "hard bounce",
-                Action::Soft { .. } => "soft bounce",
-                Action::Complaint { .. } => "complaint",
-                Action::Unsubscribe { .. } => "unsubscribe by mail",
-            };
-            let result = match applied {
-                None => "already processed".to_string(),
-                Some(Applied::Status(s)) => format!("subscriber {sub} is now {s}"),
-                Some(Applied::Unsubscribed) => format!("subscriber {sub} unsubscribed"),
-                Some(Applied::Recorded) => format!("recorded for subscriber {sub}"),
-            };
-            lines.push(format!("{what}: {result}"));
-        }
-        Ok(lines.join("; "))
+        let target = match self.target(&report).await? {
+            Ok(target) => target,
+            Err(reason) => {
+                let line = format!("{kind} unmatched ({reason}): changed nobody, kept for review");
+                self.store
+                    .record_unmatched(&UnmatchedMail {
+                        hash,
+                        kind,
+                        sender: report.from,
+                        subject: report.subject,
+                        reason,
+                        received_at: now,
+                    })
+                    .await?;
+                return Ok(line);
+            }
+        };
+        let Target {
+            subscriber: sub,
+            campaign,
+            action,
+        } = target;
+        let applied = self
+            .store
+            .apply_inbound(&hash, sub, campaign, &action, self.soft, now)
+            .await?;
+        let what = match action {
+            Action::Hard { .. } => "hard bounce",
+            Action::Soft { .. } => "soft bounce",
+            Action::Complaint { .. } => "complaint",
+            Action::Unsubscribe { .. } => "unsubscribe by mail",
+        };
+        let result = match applied {
+            None => "already processed".to_string(),
+            Some(Applied::Status(s)) => format!("subscriber {sub} is now {s}"),
+            Some(Applied::Unsubscribed) => format!("subscriber {sub} unsubscribed"),
+            Some(Applied::Recorded) => format!("recorded for subscriber {sub}"),
+        };
+        Ok(format!("{what}: {result}"))
     }
 
     /// Processes `maildir/new`, moving each message to `cur/` only after it

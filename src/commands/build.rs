@@ -73,14 +73,12 @@ pub(crate) fn sample_eml(config: &Config, built: &Built, body: &Personalised) ->
     let urls = Urls::new(&config.base_url);
     let domain = config.bounce_domain();
     let unsubscribe = urls.unsubscribe(&signer, 0, 0);
-    let mailto = format!(
-        "unsubscribe+{}@{domain}",
-        signer.sign(crate::links::Purpose::Unsubscribe, 0, 0)
+    let mailto = crate::links::unsubscribe_address(
+        &signer.sign(crate::links::Purpose::Unsubscribe, 0, 0),
+        &domain,
     );
-    let bounce = format!(
-        "bounces+{}@{domain}",
-        signer.sign(crate::links::Purpose::Bounce, 0, 0)
-    );
+    let bounce =
+        crate::links::verp_address(&signer.sign(crate::links::Purpose::Bounce, 0, 0), &domain);
     let message_id = format!("{}.sample@{}", built.campaign.slug, domain);
     let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, &domain);
     let from = built

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::build::{SAMPLE_NAME, compile_file, format_warning};
 use super::setup::{fmt_time, settings, stop_on_signal};
@@ -28,6 +29,7 @@ async fn run_one(
     campaign: &CampaignRow,
     settings: &Settings,
     show_bar: bool,
+    stop: watch::Receiver<bool>,
 ) -> Result<Option<Summary>> {
     let progress = Arc::new(Progress::default());
     let verb = delivered_verb(&settings.transport);
@@ -69,14 +71,7 @@ async fn run_one(
     store
         .record_run(campaign.id, kind, &target, crate::store::now())
         .await?;
-    let result = dispatch::run(
-        store.pool(),
-        campaign,
-        settings,
-        progress.clone(),
-        stop_on_signal(),
-    )
-    .await;
+    let result = dispatch::run(store.pool(), campaign, settings, progress.clone(), stop).await;
     if let Some(t) = ticker {
         t.abort();
     }
@@ -118,6 +113,12 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
     }
     if s.skipped > 0 {
         parts.push(format!("skipped {} (left the list)", s.skipped));
+    }
+    if s.unknown > 0 {
+        parts.push(format!(
+            "unknown {} (sent, no answer from the server; not sent again)",
+            s.unknown
+        ));
     }
     if s.in_flight_resolved > 0 {
         parts.push(format!(
@@ -269,9 +270,10 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             db::set_campaign_status(pool, campaign.id, "sending", now).await?;
         }
         let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
-        let summary = run_one(&store, &campaign, &settings, std::io::stderr().is_terminal()).await?;
+        let show_bar = std::io::stderr().is_terminal();
+        let summary = run_one(&store, &campaign, &settings, show_bar, stop_on_signal()).await?;
         Ok(match summary {
-            Some(s) if s.failed > 0 || s.interrupted => ExitCode::from(1),
+            Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(1),
         })
@@ -303,9 +305,15 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
             return Ok(if trouble { ExitCode::from(1) } else { ExitCode::SUCCESS });
         }
         let settings = settings(config, &store).await?;
+        // One signal stops the whole command, not just the campaign in hand.
+        let stop = stop_on_signal();
         for c in due {
-            match run_one(&store, &c, &settings, false).await? {
-                Some(s) if s.failed > 0 || s.interrupted => trouble = true,
+            if *stop.borrow() {
+                trouble = true;
+                break;
+            }
+            match run_one(&store, &c, &settings, false, stop.clone()).await? {
+                Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => trouble = true,
                 Some(_) => {}
                 None => {}
             }
@@ -472,7 +480,7 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             .from
             .clone()
             .unwrap_or_else(|| config.sender.from.clone());
-        let return_path = format!("bounces+{token}@{domain}");
+        let return_path = crate::links::verp_address(&token, domain);
         let headers = compose::Headers {
             from: &from,
             reply_to: config.sender.reply_to.as_deref(),

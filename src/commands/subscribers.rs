@@ -1,4 +1,5 @@
-//! `bulletin subscribers ...`: add, remove, show, import, export, forget.
+//! `bulletin subscribers ...`: add, remove, show, import, export, forget,
+//! reactivate.
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -8,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::cli::SubscribersCommand;
 use crate::config::Config;
-use crate::store::{self, Added, ImportOptions, Selection, Store};
+use crate::store::{self, Added, ImportOptions, Reactivated, Selection, Store};
 
 pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
@@ -82,6 +83,17 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                         "{} was not stored; a hash of the address is now suppressed so it is never mailed",
                         canonical(email)
                     );
+                }
+            }
+            SubscribersCommand::Reactivate { email } => {
+                match store.reactivate(email, "cli", now).await.map_err(db)? {
+                    Reactivated::Reactivated => println!(
+                        "reactivated {}: active again and no longer suppressed; the next campaign to their lists includes them",
+                        canonical(email)
+                    ),
+                    Reactivated::AlreadyActive => {
+                        println!("{} is already active; nothing changed", canonical(email))
+                    }
                 }
             }
         }

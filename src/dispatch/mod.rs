@@ -6,10 +6,15 @@
 //! delivery log: a row is marked `sending` (committed) before its SMTP
 //! transaction and its outcome is committed after. The only module that
 //! holds a transport.
+//!
+//! What a failed attempt means is decided in `verdict` (bounce, refused,
+//! retry, stop, unknown); the worker here turns the verdict into an
+//! outcome, keeps the streak of alike refusals that stops a run, and
+//! abandons a send `STOP_GRACE` after SIGINT/SIGTERM.
 
 pub mod transport;
+pub mod verdict;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -19,14 +24,24 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compose;
-use crate::links::{Purpose, Signer, Urls};
+use crate::links::{self, Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
 use crate::store::deliveries::{self as db, CampaignRow, InFlight, Job, Outcome};
 use crate::store::now;
 use transport::Transport;
+pub use verdict::Verdict;
 
-/// Errors of a run. `is_transient` / `is_permanent` / `status` classify SMTP
-/// replies; `bounce` and the ledger branch on them.
+/// How long work in flight may take after SIGINT/SIGTERM before it is
+/// abandoned: a run ends within seconds whatever the server does.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The same refusal (not the recipients' fault) for this many recipients
+/// in a row stops the run: the server is refusing us, not them.
+pub const STREAK_LIMIT: usize = 20;
+
+/// Errors of a run. `verdict` says what a failed attempt means for the
+/// recipient (the worker branches on it); `is_transient` / `is_permanent` /
+/// `status` classify SMTP replies more coarsely.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A reply from the server to one message.
@@ -36,9 +51,18 @@ pub enum Error {
         code: u16,
         message: String,
     },
-    /// The connection broke mid-message; the message is retried.
+    /// The connection broke before the message was sent; it is retried.
     #[error("connection lost: {0}")]
     Dropped(String),
+    /// No answer after the message was sent (timeout, closed connection):
+    /// it may have been delivered, so it is not simply retried.
+    #[error("no answer after the message was sent ({0}); it may have been delivered")]
+    Unanswered(String),
+    /// The same refusal for many recipients in a row: the run stops.
+    #[error(
+        "{count} recipients in a row refused with \"{reply}\": the server refuses our mail, not them; nobody was marked bounced and they stay queued"
+    )]
+    Refusing { count: usize, reply: String },
     /// Cannot talk to the server at all (down, TLS, auth): the run stops.
     #[error("{0}")]
     Fatal(String),
@@ -79,23 +103,47 @@ impl Error {
         matches!(self, Error::NoSmtpUtf8(_))
             || self.status().is_some_and(|c| (500..600).contains(&c))
     }
+    /// What this failure means for the recipient (see `verdict`).
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Error::Reply {
+                stage,
+                code,
+                message,
+            } => verdict::judge(stage, *code, message),
+            Error::Dropped(_) => Verdict::Retry,
+            Error::Unanswered(_) => Verdict::Unknown,
+            // Not a reply, yet permanent for this delivery alone (an address
+            // this server cannot take): refused, the subscriber untouched.
+            other if other.is_permanent() => Verdict::Refused,
+            // Server down, TLS, AUTH, the outbox, the database: stop.
+            _ => Verdict::Stop,
+        }
+    }
+    /// What makes two refusals "the same": stage, code and enhanced code.
+    fn refusal_key(&self) -> String {
+        match self {
+            Error::Reply {
+                stage,
+                code,
+                message,
+            } => format!(
+                "{stage}: {code} {}",
+                verdict::enhanced_code(message).unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+            other => other.to_string(),
+        }
+    }
 
     fn from_smtp(e: lettre::transport::smtp::Error, stage: &'static str) -> Error {
         match e.status() {
-            Some(code) => {
-                let text = e.to_string();
-                // lettre: "permanent error (550): 5.1.1 user unknown"
-                let message = text
-                    .split_once("): ")
-                    .map_or(text.as_str(), |(_, m)| m)
-                    .trim()
-                    .to_string();
-                Error::Reply {
-                    stage,
-                    code: u16::from(code),
-                    message,
-                }
-            }
+            Some(code) => Error::Reply {
+                stage,
+                code: u16::from(code),
+                message: reply_text(&e),
+            },
             None if e.is_timeout() => Error::Dropped(format!("{stage}: timed out")),
             None => Error::Dropped(format!("{stage}: {e}")),
         }
@@ -106,11 +154,21 @@ impl Error {
             Some(code) if (400..500).contains(&u16::from(code)) => Error::Reply {
                 stage: "connect",
                 code: u16::from(code),
-                message: e.to_string(),
+                message: format!("{} (from {addr})", reply_text(&e)),
             },
             _ => Error::Fatal(format!("{addr}: {e}")),
         }
     }
+}
+
+/// The server's reply text of a lettre error: "permanent error (550):
+/// 5.1.1 user unknown" -> "5.1.1 user unknown".
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let text = e.to_string();
+    text.split_once("): ")
+        .map_or(text.as_str(), |(_, m)| m)
+        .trim()
+        .to_string()
 }
 
 /// The campaign as frozen in the database when it is queued: later edits to
@@ -231,6 +289,8 @@ pub struct Summary {
     pub deferred: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Sent without an answer (timeout, closed): maybe delivered, not resent.
+    pub unknown: u64,
     /// Rows left in flight by an earlier run and settled by policy.
     pub in_flight_resolved: u64,
     /// The campaign has nothing left to send.
@@ -348,6 +408,7 @@ async fn run_leased(
         campaign: campaign.clone(),
         progress,
         pacer: Pacer::new(settings.rate),
+        streak: Default::default(),
     });
 
     loop {
@@ -356,6 +417,7 @@ async fn run_leased(
         summary.deferred += pass.deferred;
         summary.failed += pass.failed;
         summary.skipped += pass.skipped;
+        summary.unknown += pass.unknown;
         if pass.interrupted || *stop.borrow() {
             summary.interrupted = true;
             break;
@@ -400,6 +462,43 @@ struct Shared {
     campaign: CampaignRow,
     progress: Arc<Progress>,
     pacer: Pacer,
+    streak: tokio::sync::Mutex<Streak>,
+}
+
+/// Refusals that were not the recipients' fault, in a row across workers.
+#[derive(Default)]
+struct Streak {
+    /// `Error::refusal_key` of the refusals in the streak.
+    key: String,
+    /// Their (delivery, subscriber), already recorded as failed.
+    members: Vec<(i64, i64)>,
+    /// Reached `STREAK_LIMIT`: every later refusal is queued again too.
+    tripped: bool,
+}
+
+impl Streak {
+    /// Adds a refusal; once the streak trips, returns the deliveries to
+    /// queue again (the earlier members and this one).
+    fn refused(&mut self, key: String, job: (i64, i64)) -> Option<Vec<(i64, i64)>> {
+        if self.tripped {
+            return Some(vec![job]);
+        }
+        if key != self.key {
+            self.key = key;
+            self.members.clear();
+        }
+        self.members.push(job);
+        if self.members.len() < STREAK_LIMIT {
+            return None;
+        }
+        self.tripped = true;
+        Some(std::mem::take(&mut self.members))
+    }
+
+    /// Any other outcome ends the streak (a tripped one stays tripped).
+    fn broken(&mut self) {
+        self.members.clear();
+    }
 }
 
 /// Spaces sends to a rate across all workers.
@@ -477,9 +576,11 @@ async fn pass(
 }
 
 /// Owns the delivery log writes: each batch of requests becomes one
-/// transaction (outcomes recorded, claims marked `sending`), committed
-/// before the claims are answered. Jobs are read ahead only between
-/// commits, so a row is never handed out twice.
+/// transaction that records the outcomes and claims exactly one row per
+/// waiting worker, re-checking in the claim statement that each person may
+/// still be mailed and reading their data in the same transaction. Claims
+/// are answered only after the commit, and nothing is read ahead, so a row
+/// is never handed out twice and nobody who left reaches a worker.
 async fn ledger(
     pool: SqlitePool,
     shared: Arc<Shared>,
@@ -487,85 +588,43 @@ async fn ledger(
 ) -> Result<Summary> {
     let s = &shared.settings;
     let c = &shared.campaign;
-    let mut buffer: VecDeque<Job> = VecDeque::new();
+    let mut waiting: Vec<oneshot::Sender<Option<Job>>> = Vec::new();
+    let mut outcomes = Vec::new();
     let mut exhausted = false;
-    let mut pending: VecDeque<oneshot::Sender<Option<Job>>> = VecDeque::new();
     let mut summary = Summary::default();
     let mut last_renew = tokio::time::Instant::now();
     let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
-    let mut outcomes = Vec::new();
-    loop {
-        // Wait for work unless waiting claims can be served now.
-        let can_serve = !pending.is_empty() && (!buffer.is_empty() || !exhausted);
-        if !can_serve {
-            match rx.recv().await {
-                Some(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
-                Some(Request::Claim(reply)) => pending.push_back(reply),
-                None => break,
-            }
-        }
+    while let Some(first) = rx.recv().await {
+        let mut take = |request| match request {
+            Request::Done(d, sub, o) => outcomes.push((d, sub, o)),
+            Request::Claim(reply) => waiting.push(reply),
+        };
+        take(first);
         for _ in 0..512 {
             match rx.try_recv() {
-                Ok(Request::Done(d, sub, o)) => outcomes.push((d, sub, o)),
-                Ok(Request::Claim(reply)) => pending.push_back(reply),
+                Ok(request) => take(request),
                 Err(_) => break,
             }
         }
-        // Every earlier claim is committed: reading ahead is safe here.
-        if buffer.is_empty() && !exhausted && !pending.is_empty() {
-            let fresh = db::due_jobs(&pool, c.id, c.list_id, now(), 500).await?;
-            exhausted = fresh.is_empty();
-            buffer.extend(fresh);
-        }
-        let mut claimed = Vec::new();
-        let mut answers = Vec::new();
-        while let Some(reply) = pending.pop_front() {
-            let job = loop {
-                match buffer.pop_front() {
-                    Some(j) if !j.eligible => outcomes.push((
-                        j.delivery_id,
-                        j.subscriber_id,
-                        Outcome::Skipped {
-                            reason: "left the list before their turn".into(),
-                        },
-                    )),
-                    other => break other,
-                }
-            };
-            match job {
-                Some(j) => {
-                    claimed.push(j.delivery_id);
-                    answers.push((reply, Some(j)));
-                }
-                None if exhausted => answers.push((reply, None)),
-                None => {
-                    // Served after the next read-ahead.
-                    pending.push_front(reply);
-                    break;
-                }
-            }
-        }
-        for (_, _, o) in &outcomes {
-            match o {
-                Outcome::Sent { .. } => summary.sent += 1,
-                Outcome::Deferred { .. } => summary.deferred += 1,
-                Outcome::Failed { .. } => summary.failed += 1,
-                Outcome::Skipped { .. } => {
-                    summary.skipped += 1;
-                    shared.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Unclaimed => {}
-            }
-        }
-        if !claimed.is_empty() || !outcomes.is_empty() {
-            db::commit(&pool, c.id, &claimed, &outcomes, now()).await?;
+        count(&mut summary, &outcomes);
+        let want = if exhausted { 0 } else { waiting.len() };
+        if want > 0 || !outcomes.is_empty() {
+            let claimed = db::commit(&pool, c, want, &outcomes, now()).await?;
             outcomes.clear();
-        }
-        for (reply, job) in answers {
-            if let Err(Some(job)) = reply.send(job) {
-                // The worker went away: the row goes back to the queue.
-                outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
+            summary.skipped += claimed.skipped;
+            let skipped = &shared.progress.skipped;
+            skipped.fetch_add(claimed.skipped, Ordering::Relaxed);
+            exhausted |= claimed.exhausted;
+            for (reply, job) in waiting.drain(..claimed.jobs.len()).zip(claimed.jobs) {
+                if let Err(Some(job)) = reply.send(Some(job)) {
+                    // The worker went away: the row goes back to the queue.
+                    outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
+                }
             }
+        }
+        // Nothing more is due in this pass: the workers stop.
+        for reply in waiting.drain(..) {
+            let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
             if !db::renew_lease(&pool, c.id, &s.owner, now() + s.lease_secs).await? {
@@ -575,12 +634,30 @@ async fn ledger(
         }
     }
     if !outcomes.is_empty() {
-        db::commit(&pool, c.id, &[], &outcomes, now()).await?;
+        db::commit(&pool, c, 0, &outcomes, now()).await?;
     }
     Ok(summary)
 }
 
-async fn claim(tx: &mpsc::Sender<Request>) -> Option<Job> {
+/// Adds reported outcomes to the run's summary.
+fn count(summary: &mut Summary, outcomes: &[(i64, i64, Outcome)]) {
+    for (_, _, o) in outcomes {
+        match o {
+            Outcome::Sent { .. } => summary.sent += 1,
+            Outcome::Deferred { .. } => summary.deferred += 1,
+            Outcome::Failed { .. } => summary.failed += 1,
+            Outcome::Unknown { .. } => summary.unknown += 1,
+            Outcome::Skipped { .. } => summary.skipped += 1,
+            Outcome::Unclaimed => {}
+        }
+    }
+}
+
+/// Asks the ledger for the next recipient, once the rate allows another
+/// message: pacing comes before the claim, so the eligibility check in the
+/// claim is at most one composition away from the SMTP transaction.
+async fn claim(shared: &Shared, tx: &mpsc::Sender<Request>) -> Option<Job> {
+    shared.pacer.wait().await;
     let (reply, rx) = oneshot::channel();
     tx.send(Request::Claim(reply)).await.ok()?;
     rx.await.ok().flatten()
@@ -604,7 +681,9 @@ async fn worker(
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
             break;
         }
-        let Some(job) = claim(&tx).await else { break };
+        let Some(job) = claim(&shared, &tx).await else {
+            break;
+        };
         // Hands the job back unsent: it is queued again.
         let unclaim =
             |job: &Job| Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed);
@@ -613,20 +692,20 @@ async fn worker(
             break;
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
-        let message_id = format!("{token}@{domain}");
+        let message_id = links::message_id(&token, domain);
         let unsubscribe = s
             .urls
             .unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
         let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
-        let mailto = format!(
-            "unsubscribe+{}@{domain}",
-            s.signer.sign(
+        let mailto = links::unsubscribe_address(
+            &s.signer.sign(
                 Purpose::Unsubscribe,
                 job.subscriber_id,
-                shared.campaign.list_id
-            )
+                shared.campaign.list_id,
+            ),
+            domain,
         );
-        let return_path = format!("bounces+{token}@{domain}");
+        let return_path = links::verp_address(&token, domain);
         let attributes: Option<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_str(&job.attributes).ok();
         shared.frozen.compiled.personalise_into(
@@ -670,64 +749,35 @@ async fn worker(
                 continue;
             }
         };
-        shared.pacer.wait().await;
-        let outcome = match sender
-            .send(
-                message.envelope(),
-                &bytes,
-                &job.delivery_id.to_string(),
-                s.messages_per_connection,
-            )
-            .await
-        {
-            Ok(reply) => {
-                consecutive_transient = 0;
-                shared.progress.sent.fetch_add(1, Ordering::Relaxed);
-                Outcome::Sent { reply, message_id }
-            }
-            Err(e) if e.is_permanent() => {
-                consecutive_transient = 0;
-                shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                let hard = matches!(
-                    &e,
-                    Error::Reply {
-                        stage: "RCPT" | "DATA",
-                        ..
-                    }
-                );
-                Outcome::Failed {
-                    reply: e.to_string(),
-                    hard_bounce: hard,
-                }
-            }
-            Err(e) if e.is_transient() => {
-                consecutive_transient += 1;
-                if job.attempts >= s.max_attempts {
-                    shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Failed {
-                        reply: format!("gave up after {} attempts: {e}", job.attempts),
-                        hard_bounce: false,
+        let name = job.delivery_id.to_string();
+        let attempt = sender.send(message.envelope(), &bytes, &name, s.messages_per_connection);
+        let result = tokio::select! {
+            result = attempt => result,
+            () = stopped(stop.clone(), STOP_GRACE) => {
+                // Stopped, and the server did not finish in time.
+                // The in-flight policy, as for rows a killed run left.
+                let o = if sender.message_sent() && s.in_flight == InFlight::Unknown {
+                    Outcome::Unknown {
+                        reply: "stopped by a signal while waiting for the server's answer; it may have been delivered".into(),
                     }
                 } else {
-                    shared.progress.deferred.fetch_add(1, Ordering::Relaxed);
-                    let delay =
-                        s.retry_base_secs.max(1) * (1i64 << (job.attempts - 1).clamp(0, 20));
-                    Outcome::Deferred {
-                        reply: e.to_string(),
-                        retry_at: now() + delay,
-                    }
-                }
-            }
-            Err(e) => {
-                // Server down, TLS or auth: this message was not sent; stop.
-                let _ = tx.send(unclaim(&job)).await;
-                sender.close().await;
-                return Err(e);
+                    Outcome::Unclaimed
+                };
+                sender.discard();
+                report(&tx, &job, o).await;
+                return Ok(());
             }
         };
-        let _ = tx
-            .send(Request::Done(job.delivery_id, job.subscriber_id, outcome))
-            .await;
+        let transient = matches!(&result, Err(e) if e.verdict() == Verdict::Retry);
+        if let Err(e) = settle(&shared, &tx, &job, result, message_id).await {
+            sender.close().await;
+            return Err(e);
+        }
+        consecutive_transient = if transient {
+            consecutive_transient + 1
+        } else {
+            0
+        };
         if consecutive_transient >= 3 {
             // The server is throttling this connection: back off a little.
             tokio::time::sleep(Duration::from_millis(
@@ -738,6 +788,118 @@ async fn worker(
     }
     sender.close().await;
     Ok(())
+}
+
+/// Resolves `grace` after the stop signal; never when no signal can come.
+async fn stopped(mut stop: watch::Receiver<bool>, grace: Duration) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
+async fn report(tx: &mpsc::Sender<Request>, job: &Job, outcome: Outcome) {
+    let _ = tx
+        .send(Request::Done(job.delivery_id, job.subscriber_id, outcome))
+        .await;
+}
+
+/// Records what one attempt came to, as its `Verdict` says. An error stops
+/// the run; the job was queued again first.
+async fn settle(
+    shared: &Shared,
+    tx: &mpsc::Sender<Request>,
+    job: &Job,
+    result: Result<String>,
+    message_id: String,
+) -> Result<()> {
+    let (s, progress) = (&shared.settings, &shared.progress);
+    let verdict = result.as_ref().err().map(Error::verdict);
+    if verdict != Some(Verdict::Refused) {
+        shared.streak.lock().await.broken();
+    }
+    let outcome = match (result, verdict) {
+        (Ok(reply), _) => {
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            Outcome::Sent { reply, message_id }
+        }
+        (Err(e), Some(Verdict::Bounce)) => {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::Failed {
+                reply: e.to_string(),
+                hard_bounce: true,
+            }
+        }
+        (Err(e), Some(Verdict::Refused)) => return refused(shared, tx, job, e).await,
+        (Err(e), Some(Verdict::Retry)) => {
+            let reply = format!("gave up after {} attempts: {e}", job.attempts);
+            let last = Outcome::Failed {
+                reply,
+                hard_bounce: false,
+            };
+            deferred_or(s, progress, job, &e, last)
+        }
+        // Unknown after the dot is sent again only when the policy says so.
+        (Err(e), Some(Verdict::Unknown)) if s.in_flight == InFlight::Resend => {
+            let reply = format!("gave up after {} attempts: {e}", job.attempts);
+            deferred_or(s, progress, job, &e, Outcome::Unknown { reply })
+        }
+        (Err(e), Some(Verdict::Unknown)) => {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::Unknown {
+                reply: e.to_string(),
+            }
+        }
+        // Server down, a 421, TLS or auth: not this recipient's fault.
+        (Err(e), _) => {
+            report(tx, job, Outcome::Unclaimed).await;
+            return Err(e);
+        }
+    };
+    report(tx, job, outcome).await;
+    Ok(())
+}
+
+/// Deferred with exponential backoff, or `last` once the attempts are used.
+fn deferred_or(s: &Settings, progress: &Progress, job: &Job, e: &Error, last: Outcome) -> Outcome {
+    if job.attempts >= s.max_attempts {
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+        return last;
+    }
+    progress.deferred.fetch_add(1, Ordering::Relaxed);
+    let delay = s.retry_base_secs.max(1) * (1i64 << (job.attempts - 1).clamp(0, 20));
+    Outcome::Deferred {
+        reply: e.to_string(),
+        retry_at: now() + delay,
+    }
+}
+
+/// A refusal that is not the recipient's fault: the delivery fails, unless
+/// it makes `STREAK_LIMIT` alike in a row; then the streak is queued again
+/// and the run stops. Reported under the streak's lock, so a failure is
+/// always recorded before it is queued again.
+async fn refused(shared: &Shared, tx: &mpsc::Sender<Request>, job: &Job, e: Error) -> Result<()> {
+    let mut streak = shared.streak.lock().await;
+    let Some(again) = streak.refused(e.refusal_key(), (job.delivery_id, job.subscriber_id)) else {
+        shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+        let o = Outcome::Failed {
+            reply: e.to_string(),
+            hard_bounce: false,
+        };
+        report(tx, job, o).await;
+        return Ok(());
+    };
+    let counted = again.len().saturating_sub(1) as u64;
+    shared.progress.failed.fetch_sub(counted, Ordering::Relaxed);
+    for (delivery, subscriber) in again {
+        let _ = tx
+            .send(Request::Done(delivery, subscriber, Outcome::Unclaimed))
+            .await;
+    }
+    Err(Error::Refusing {
+        count: STREAK_LIMIT,
+        reply: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -782,6 +944,45 @@ mod tests {
         assert!(
             utf8.to_string()
                 .contains("the SMTP server does not support SMTPUTF8")
+        );
+    }
+
+    #[test]
+    fn errors_without_a_reply_have_verdicts() {
+        assert_eq!(Error::Dropped("eof".into()).verdict(), Verdict::Retry);
+        assert_eq!(
+            Error::Unanswered("no answer within 30 s".into()).verdict(),
+            Verdict::Unknown
+        );
+        assert_eq!(Error::Fatal("refused".into()).verdict(), Verdict::Stop);
+        let e = Error::Reply {
+            stage: verdict::RCPT,
+            code: 550,
+            message: "5.1.1 unknown".into(),
+        };
+        assert_eq!(e.verdict(), Verdict::Bounce);
+        assert_eq!(e.refusal_key(), "RCPT: 550 5.1.1");
+    }
+
+    #[test]
+    fn a_streak_trips_on_alike_refusals_in_a_row_only() {
+        let mut streak = Streak::default();
+        for i in 0..(STREAK_LIMIT as i64 - 1) {
+            assert_eq!(streak.refused("DATA: 554 5.7.1".into(), (i, i)), None);
+        }
+        // Another refusal, or any other outcome, starts it again.
+        assert_eq!(streak.refused("MAIL: 554".into(), (100, 100)), None);
+        streak.broken();
+        for i in 0..(STREAK_LIMIT as i64 - 1) {
+            assert_eq!(streak.refused("DATA: 554 5.7.1".into(), (i, i)), None);
+        }
+        let again = streak.refused("DATA: 554 5.7.1".into(), (99, 99)).unwrap();
+        assert_eq!(again.len(), STREAK_LIMIT);
+        assert_eq!(again.last(), Some(&(99, 99)));
+        // Tripped: every later refusal is queued again too.
+        assert_eq!(
+            streak.refused("MAIL: 554".into(), (7, 7)),
+            Some(vec![(7, 7)])
         );
     }
 }

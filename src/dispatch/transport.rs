@@ -8,6 +8,15 @@
 //! implicit TLS still work on it. We also run MAIL/RCPT/DATA ourselves
 //! instead of `send()`, which drops the connection on any negative reply:
 //! a rejected recipient is answered with RSET and the connection is kept.
+//!
+//! Every wait is bounded: connecting, each TLS and AUTH step and the answer
+//! to the message text by the configured timeout, a whole transaction by
+//! four times it, QUIT by `QUIT_WAIT`. A connection that timed out or broke
+//! is dropped without QUIT. The sender remembers whether the current
+//! message's text was sent (`Sender::message_sent`): a missing answer from
+//! then on is an unknown outcome (`Error::Unanswered`), not a failure to
+//! retry; a server that stops answering before that stops the run
+//! (`Error::Fatal`), since every recipient would wait the same.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +28,21 @@ use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
 use super::Error;
+use super::verdict::END_OF_DATA;
+
+/// The longest wait for the reply to QUIT: the messages are settled by
+/// then, so the reply does not matter.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
+
+/// How far one message got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, or MAIL/RCPT/DATA: nothing was delivered yet.
+    Envelope,
+    /// The message text is being sent or its answer awaited: from here a
+    /// lost answer leaves the outcome unknown.
+    Message,
+}
 
 /// TLS mode of an SMTP URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +186,7 @@ pub enum Sender {
         hello: ClientId,
         conn: Option<Box<Conn>>,
         sent_on_conn: usize,
+        phase: Phase,
     },
     Outbox(PathBuf),
 }
@@ -179,6 +204,7 @@ impl Transport {
                 hello: ClientId::Domain(hello.clone()),
                 conn: None,
                 sent_on_conn: 0,
+                phase: Phase::Envelope,
             },
             Transport::Outbox(dir) => Sender::Outbox(dir.clone()),
         }
@@ -220,11 +246,13 @@ impl Sender {
                 hello,
                 conn,
                 sent_on_conn,
+                phase,
             } => {
+                *phase = Phase::Envelope;
                 if (conn.as_ref().is_some_and(|c| c.has_broken()) || *sent_on_conn >= max_per_conn)
-                    && let Some(mut c) = conn.take()
+                    && let Some(c) = conn.take()
                 {
-                    let _ = tokio::time::timeout(*timeout, c.quit()).await;
+                    quit(c, *timeout).await;
                 }
                 if conn.is_none() {
                     *conn = Some(Box::new(connect(url, *timeout, hello).await?));
@@ -238,27 +266,28 @@ impl Sender {
                     // Nothing was sent for this message: the connection stays.
                     return Err(Error::NoSmtpUtf8(address));
                 }
-                let result =
-                    tokio::time::timeout(*timeout * 4, transaction(c, pipelining, envelope, bytes))
-                        .await;
+                // A backstop: each stage inside has its own bound too.
+                let result = tokio::time::timeout(
+                    *timeout * 4,
+                    transaction(c, pipelining, envelope, bytes, *timeout, phase),
+                )
+                .await;
                 let result = match result {
                     Ok(r) => r,
-                    Err(_) => Err(Error::Dropped("timed out waiting for the server".into())),
+                    Err(_) if *phase == Phase::Message => Err(Error::Unanswered(format!(
+                        "no answer within {} s",
+                        timeout.as_secs()
+                    ))),
+                    Err(_) => Err(Error::Fatal(format!(
+                        "{}:{}: the server stopped answering (no reply within {} s before the message was sent)",
+                        url.host,
+                        url.port,
+                        (*timeout * 4).as_secs()
+                    ))),
                 };
                 match &result {
                     Ok(_) => *sent_on_conn += 1,
-                    Err(Error::Dropped(_)) | Err(Error::Fatal(_)) => {
-                        if let Some(mut c) = conn.take() {
-                            c.abort().await;
-                        }
-                    }
-                    Err(e) if e.status() == Some(421) => {
-                        // 421: the server is closing the connection.
-                        if let Some(mut c) = conn.take() {
-                            c.abort().await;
-                        }
-                    }
-                    Err(_) => {
+                    Err(Error::Reply { code, .. }) if *code != 421 => {
                         // A rejected message: reset and keep the connection.
                         if tokio::time::timeout(*timeout, c.command(Rset))
                             .await
@@ -266,24 +295,49 @@ impl Sender {
                         {
                             return result;
                         }
-                        if let Some(mut c) = conn.take() {
-                            c.abort().await;
-                        }
+                        *conn = None;
                     }
+                    // Timed out, broken, or a 421 (the server is closing):
+                    // drop the connection without waiting for anything.
+                    Err(_) => *conn = None,
                 }
                 result
             }
         }
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely: QUIT, waiting a bounded time.
     pub async fn close(&mut self) {
         if let Sender::Smtp { conn, timeout, .. } = self
-            && let Some(mut c) = conn.take()
+            && let Some(c) = conn.take()
         {
-            let _ = tokio::time::timeout(*timeout, c.quit()).await;
+            quit(c, *timeout).await;
         }
     }
+
+    /// Drops the connection at once, without QUIT: after a send was
+    /// abandoned half-way the conversation is in no known state.
+    pub fn discard(&mut self) {
+        if let Sender::Smtp { conn, .. } = self {
+            *conn = None;
+        }
+    }
+
+    /// Whether the last message's text had started to go out: a send
+    /// abandoned after that may have been delivered.
+    pub fn message_sent(&self) -> bool {
+        match self {
+            Sender::Smtp { phase, .. } => *phase == Phase::Message,
+            // A file is written whole or not at all.
+            Sender::Outbox(_) => false,
+        }
+    }
+}
+
+/// QUIT, waiting at most `QUIT_WAIT` (or `timeout` when shorter) for the
+/// answer; the socket closes when `c` is dropped either way.
+async fn quit(mut c: Box<Conn>, timeout: Duration) {
+    let _ = tokio::time::timeout(QUIT_WAIT.min(timeout), c.quit()).await;
 }
 
 /// A connection and whether its server pipelines (RFC 2920).
@@ -322,6 +376,8 @@ async fn transaction(
     pipelining: bool,
     envelope: &Envelope,
     bytes: &[u8],
+    timeout: Duration,
+    phase: &mut Phase,
 ) -> Result<String, Error> {
     let mut params = Vec::new();
     if !bytes.is_ascii() && c.server_info().supports_feature(Extension::EightBitMime) {
@@ -381,10 +437,19 @@ async fn transaction(
             .await
             .map_err(|e| Error::from_smtp(e, "DATA"))?;
     }
-    let reply = c
-        .message(bytes)
-        .await
-        .map_err(|e| Error::from_smtp(e, "DATA"))?;
+    // From here a lost answer may mean the message was delivered.
+    *phase = Phase::Message;
+    let reply = match tokio::time::timeout(timeout, c.message(bytes)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) if e.status().is_some() => return Err(Error::from_smtp(e, END_OF_DATA)),
+        Ok(Err(e)) => return Err(Error::Unanswered(e.to_string())),
+        Err(_) => {
+            return Err(Error::Unanswered(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            )));
+        }
+    };
     Ok(format!(
         "{} {}",
         reply.code(),

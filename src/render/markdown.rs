@@ -2,10 +2,13 @@
 //! (HTML, image alone on a line, link alone on a line as a button), plus the
 //! plain-text rendering of the same blocks. No IO.
 
+use std::collections::HashMap;
+
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 use serde::Serialize;
 
 use super::Warning;
+use super::nesting::MAX_NESTING;
 
 /// The body, structured for the layout.
 #[derive(Debug, Default, Serialize)]
@@ -63,17 +66,27 @@ pub const WIDTH: usize = 78;
 #[derive(Debug, Default)]
 pub struct References {
     pub urls: Vec<String>,
+    /// url -> its number, so numbering stays linear in the number of links.
+    numbers: HashMap<String, usize>,
 }
 
 impl References {
     /// The number of `url`, adding it when new.
     pub fn number(&mut self, url: &str) -> usize {
-        if let Some(i) = self.urls.iter().position(|u| u == url) {
-            return i + 1;
+        if let Some(&n) = self.numbers.get(url) {
+            return n;
         }
         self.urls.push(url.to_string());
+        self.numbers.insert(url.to_string(), self.urls.len());
         self.urls.len()
     }
+}
+
+/// Quotes, lists or emphasis nested deeper than `nesting::MAX_NESTING`,
+/// starting at byte offset `at` of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    pub at: usize,
 }
 
 /// Structures a Markdown body. `line_of` maps a byte offset of `body` to a
@@ -83,7 +96,7 @@ pub fn structure(
     line_of: &dyn Fn(usize) -> usize,
     refs: &mut References,
     warnings: &mut Vec<Warning>,
-) -> Content {
+) -> Result<Content, TooDeep> {
     let opts =
         Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_SMART_PUNCTUATION;
     let events: Vec<(Event, std::ops::Range<usize>)> =
@@ -96,6 +109,11 @@ pub fn structure(
         let mut depth = 0usize;
         loop {
             match &events[i].0 {
+                Event::Start(_) if depth == MAX_NESTING => {
+                    return Err(TooDeep {
+                        at: events[i].1.start,
+                    });
+                }
                 Event::Start(_) => depth += 1,
                 Event::End(_) => depth -= 1,
                 _ => {}
@@ -158,7 +176,7 @@ pub fn structure(
             }
         }
     }
-    content
+    Ok(content)
 }
 
 fn current_section(content: &mut Content) -> &mut Section {
@@ -530,7 +548,8 @@ mod tests {
             &|at| crate::config::line_of(md, at),
             &mut refs,
             &mut warnings,
-        );
+        )
+        .unwrap();
         (c, refs, warnings)
     }
 

@@ -11,8 +11,9 @@
 
 pub mod html_text;
 pub mod markdown;
+pub mod nesting;
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use handlebars::Handlebars;
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use crate::assets::Templates;
 use crate::campaign::{Campaign, Error, Format, Result};
 use crate::config::{Organisation, line_of};
+use nesting::MAX_NESTING;
 
 /// A deliverability warning; an error under `--strict`.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +51,7 @@ impl Warning {
 pub const GMAIL_CLIP_BYTES: usize = 102_000;
 
 /// A value filled in per recipient.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Field {
     Name { fallback: String },
     Email,
@@ -300,6 +302,31 @@ impl Compiled {
     }
 }
 
+/// Line numbers of byte offsets in one text, each in O(log n): a campaign
+/// with thousands of articles asks for thousands of them, and counting
+/// newlines from the start each time made compiling quadratic.
+pub(crate) struct LineIndex {
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// The 1-based line of byte offset `at`, as `config::line_of` counts.
+    pub(crate) fn line(&self, at: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < at) + 1
+    }
+}
+
 /// Compile-time settings that are not in the campaign file.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
@@ -310,17 +337,17 @@ pub struct Context<'a> {
 #[derive(Default)]
 struct FieldTable {
     fields: Vec<Field>,
+    /// field -> its slot, so thousands of distinct placeholders stay linear.
+    slots: HashMap<Field, usize>,
 }
 
 impl FieldTable {
     fn slot(&mut self, f: Field) -> String {
-        let i = match self.fields.iter().position(|x| *x == f) {
-            Some(i) => i,
-            None => {
-                self.fields.push(f);
-                self.fields.len() - 1
-            }
-        };
+        let next = self.fields.len();
+        let i = *self.slots.entry(f.clone()).or_insert(next);
+        if i == next {
+            self.fields.push(f);
+        }
         sentinel(i)
     }
 
@@ -331,6 +358,7 @@ impl FieldTable {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         let mut consumed = 0;
+        let mut lines: Option<LineIndex> = None;
         while let Some(open) = rest.find("{{") {
             let Some(close) = rest[open..].find("}}") else {
                 break;
@@ -347,7 +375,11 @@ impl FieldTable {
             match Field::parse(inner_clean) {
                 Some(f) => out.push_str(&self.slot(f)),
                 None => warnings.push(Warning::at(
-                    first_line + line_of(text, consumed + open) - 1,
+                    first_line
+                        + lines
+                            .get_or_insert_with(|| LineIndex::new(text))
+                            .line(consumed + open)
+                        - 1,
                     format!(
                         "placeholder {{{{{inner_clean}}}}} names nothing a recipient has and will \
                          be empty; use subscriber.name, subscriber.email, subscriber.<attribute>, \
@@ -403,6 +435,20 @@ impl Renderer {
             .map(|p| table.substitute(p, c.line_of_key("preheader"), &mut warnings));
         let body = table.substitute(&c.body, c.body_line, &mut warnings);
         let org = ctx.organisation;
+        let body_lines = LineIndex::new(&body);
+        let line_in_file = |at: usize| c.body_line + body_lines.line(at) - 1;
+        let too_deep = |at: usize, what: &str| {
+            c.error(
+                line_in_file(at),
+                format!(
+                    "{what} nested more than {MAX_NESTING} deep; flatten the structure here \
+                     (no mail client shows that many levels)"
+                ),
+            )
+        };
+        if let Some(at) = nesting::too_deep(&body, MAX_NESTING) {
+            return Err(too_deep(at, "HTML or MJML elements"));
+        }
 
         let (mjml, text) = match c.format {
             Format::Markdown => {
@@ -418,8 +464,8 @@ impl Renderer {
                     ));
                 }
                 let mut refs = markdown::References::default();
-                let line_in_file = |at: usize| c.body_line + line_of(&body, at) - 1;
-                let content = markdown::structure(&body, &line_in_file, &mut refs, &mut warnings);
+                let content = markdown::structure(&body, &line_in_file, &mut refs, &mut warnings)
+                    .map_err(|e| too_deep(e.at, "quotes, lists or emphasis"))?;
                 let data = json!({
                     "campaign": { "subject": subject, "preheader": preheader, "slug": c.slug },
                     "org": org,
@@ -448,9 +494,10 @@ impl Renderer {
 
         let parsed = mrml::parse(&mjml)
             .map_err(|e| self.mjml_error(c, &mjml, &e.to_string(), mrml_position(&e)))?;
+        let mjml_lines = LineIndex::new(&mjml);
         for w in &parsed.warnings {
             let line = match c.format {
-                Format::Mjml => Some(c.body_line + line_of(&mjml, w.span.start) - 1),
+                Format::Mjml => Some(c.body_line + mjml_lines.line(w.span.start) - 1),
                 Format::Markdown => None,
             };
             warnings.push(Warning {
@@ -700,8 +747,12 @@ fn check(c: &Campaign, compiled: &Compiled, warnings: &mut Vec<Warning>) {
         )));
     }
     // Links and images in the final HTML that the Markdown checks cannot see
-    // (templates, raw MJML).
-    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    // (templates, raw MJML). Sets say what was reported already, and only the
+    // first few are located in the file (each search reads the whole body),
+    // so a campaign with thousands of links still compiles in linear time.
+    let mut insecure = warned_urls(warnings, "insecure link ", ";");
+    let mut no_alt = warned_urls(warnings, "image ", " has no alt text");
+    let mut found: Vec<(String, String)> = Vec::new();
     let html: String = compiled
         .html
         .parts
@@ -718,13 +769,9 @@ fn check(c: &Campaign, compiled: &Compiled, warnings: &mut Vec<Warning>) {
                 .chars()
                 .take_while(|&c| c != '"')
                 .collect();
-            if seen.insert(url.clone(), ()).is_none()
-                && !warnings.iter().any(|w| w.message.contains(&url))
-            {
-                warnings.push(Warning {
-                    line: find_line(c, &url),
-                    message: format!("insecure link {url}; use https://"),
-                });
+            if insecure.insert(url.clone()) {
+                let message = format!("insecure link {url}; use https://");
+                found.push((url, message));
             }
         }
     }
@@ -737,17 +784,36 @@ fn check(c: &Campaign, compiled: &Compiled, warnings: &mut Vec<Warning>) {
                 .and_then(|s| s.split('"').next())
                 .unwrap_or("")
                 .to_string();
-            if !warnings
-                .iter()
-                .any(|w| w.message.contains(&src) && w.message.contains("alt"))
-            {
-                warnings.push(Warning {
-                    line: find_line(c, &src),
-                    message: format!("image {src} has no alt text"),
-                });
+            if no_alt.insert(src.clone()) {
+                let message = format!("image {src} has no alt text");
+                found.push((src, message));
             }
         }
     }
+    let more = found.len().saturating_sub(MAX_HTML_WARNINGS);
+    for (url, message) in found.into_iter().take(MAX_HTML_WARNINGS) {
+        warnings.push(Warning {
+            line: find_line(c, &url),
+            message,
+        });
+    }
+    if more > 0 {
+        warnings.push(Warning::general(format!(
+            "{more} more insecure links or images without alt text in the HTML"
+        )));
+    }
+}
+
+/// Link and image warnings located in the file, at most; the rest are counted.
+const MAX_HTML_WARNINGS: usize = 20;
+
+/// The URLs that warnings already name, as `{prefix}URL{suffix}...`.
+fn warned_urls(warnings: &[Warning], prefix: &str, suffix: &str) -> HashSet<String> {
+    warnings
+        .iter()
+        .filter_map(|w| w.message.strip_prefix(prefix)?.split_once(suffix))
+        .map(|(url, _)| url.to_string())
+        .collect()
 }
 
 /// The campaign line where `needle` occurs, if it does.
@@ -763,6 +829,26 @@ fn find_line(c: &Campaign, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_index_counts_as_line_of() {
+        for text in ["", "a", "\n", "a\nb\n\nc", "\n\nx\n"] {
+            let index = LineIndex::new(text);
+            for at in 0..=text.len() + 1 {
+                assert_eq!(index.line(at), line_of(text, at), "{text:?} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_distinct_field_gets_one_slot() {
+        let mut table = FieldTable::default();
+        let a = table.slot(Field::Email);
+        let b = table.slot(Field::UnsubscribeUrl);
+        assert_eq!(table.slot(Field::Email), a);
+        assert_ne!(a, b);
+        assert_eq!(table.fields, [Field::Email, Field::UnsubscribeUrl]);
+    }
 
     #[test]
     fn template_splits_at_sentinels() {

@@ -1,11 +1,11 @@
-//! SQL for returned mail: finding the person a bounce, complaint or mailto
-//! unsubscribe is about, and applying the rules in one transaction per
-//! message, recorded in `inbound` so the same message is applied once.
+//! SQL for returned mail: finding the delivery a signed bounce or complaint
+//! is about, applying the rules in one transaction per message, recorded in
+//! `inbound` so the same message is applied once, and keeping the mail that
+//! proved nothing in `unmatched` for review.
 
 use sqlx::Row;
 
-use super::{Result, Store, events, subscribers::canonical};
-use crate::address;
+use super::{Result, Store, events};
 
 /// What one message does to one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,30 @@ pub enum Applied {
     Recorded,
     /// Unsubscribed from the list.
     Unsubscribed,
+}
+
+/// The person and campaign of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOwner {
+    pub subscriber: i64,
+    pub campaign: i64,
+    /// `None` once the person is erased.
+    pub email: Option<String>,
+}
+
+/// Returned mail that proved nothing and changed nobody, for review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmatchedMail {
+    /// sha256 hex of the raw message.
+    pub hash: String,
+    /// bounce, complaint or unsubscribe.
+    pub kind: String,
+    /// The From address of the message, as written.
+    pub sender: String,
+    pub subject: String,
+    /// Why it was not matched, e.g. "no VERP token and no Message-ID of ours".
+    pub reason: String,
+    pub received_at: i64,
 }
 
 /// A bounce or complaint event, for `bounces list`.
@@ -74,26 +98,73 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The subscriber and campaign of a delivery (from a VERP token).
-    pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<(i64, i64)>> {
-        let row = sqlx::query("SELECT subscriber_id, campaign_id FROM deliveries WHERE id = ?")
-            .bind(delivery_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+    /// Who a delivery (named by a VERP or Message-ID token) went to.
+    pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<DeliveryOwner>> {
+        let row = sqlx::query(
+            "SELECT d.subscriber_id, d.campaign_id, s.email FROM deliveries d
+             LEFT JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = ?",
+        )
+        .bind(delivery_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| DeliveryOwner {
+            subscriber: r.get(0),
+            campaign: r.get(1),
+            email: r.get(2),
+        }))
     }
 
-    /// The id of the subscriber with this address, if stored.
-    pub async fn subscriber_id(&self, email: &str) -> Result<Option<i64>> {
-        let Ok(email) = canonical(email) else {
-            return Ok(None);
-        };
-        Ok(
-            sqlx::query_scalar("SELECT id FROM subscribers WHERE email = ?")
-                .bind(email)
-                .fetch_optional(self.pool())
-                .await?,
+    /// Keeps a message that changed nobody for review, and marks it
+    /// processed, in one transaction; `false` if it was processed before.
+    pub async fn record_unmatched(&self, mail: &UnmatchedMail) -> Result<bool> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let fresh =
+            sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
+                .bind(&mail.hash)
+                .bind(&mail.kind)
+                .bind(mail.received_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if fresh {
+            sqlx::query(
+                "INSERT INTO unmatched (hash, kind, sender, subject, reason, received_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&mail.hash)
+            .bind(&mail.kind)
+            .bind(&mail.sender)
+            .bind(&mail.subject)
+            .bind(&mail.reason)
+            .bind(mail.received_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Messages kept for review since `since`, oldest first.
+    pub async fn unmatched_since(&self, since: i64) -> Result<Vec<UnmatchedMail>> {
+        let rows = sqlx::query(
+            "SELECT hash, kind, sender, subject, reason, received_at FROM unmatched
+             WHERE received_at >= ? ORDER BY id",
         )
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UnmatchedMail {
+                hash: r.get(0),
+                kind: r.get(1),
+                sender: r.get(2),
+                subject: r.get(3),
+                reason: r.get(4),
+                received_at: r.get(5),
+            })
+            .collect())
     }
 
     /// Applies `action` to `subscriber` for the message `hash`, once: a
@@ -125,7 +196,7 @@ impl Store {
         if !fresh {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT email, status FROM subscribers WHERE id = ?")
+        let row = sqlx::query("SELECT email_hash, status FROM subscribers WHERE id = ?")
             .bind(subscriber)
             .fetch_optional(&mut *tx)
             .await?;
@@ -133,7 +204,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Some(Applied::Recorded));
         };
-        let (email, status): (Option<String>, String) = (row.get(0), row.get(1));
+        let (hash, status): (Option<String>, String) = (row.get(0), row.get(1));
         let set_status = |new: &'static str| -> Option<&'static str> {
             (status == "active"
                 || (new == "complained" && status != "erased" && status != "complained"))
@@ -141,24 +212,7 @@ impl Store {
         };
         let applied = match action {
             Action::Hard { reason } => {
-                bounce_event(
-                    &mut tx,
-                    subscriber,
-                    campaign,
-                    "bounced",
-                    &format!("hard: {reason}"),
-                    now,
-                )
-                .await?;
-                self::stop(
-                    &mut tx,
-                    subscriber,
-                    email.as_deref(),
-                    set_status("bounced"),
-                    "bounced",
-                    now,
-                )
-                .await?
+                record_hard_bounce(&mut tx, subscriber, campaign, "bounce", reason, now).await?
             }
             Action::Soft { reason } => {
                 bounce_event(
@@ -188,7 +242,7 @@ impl Store {
                     self::stop(
                         &mut tx,
                         subscriber,
-                        email.as_deref(),
+                        hash.as_deref(),
                         set_status("bounced"),
                         "bounced",
                         now,
@@ -226,7 +280,7 @@ impl Store {
                 self::stop(
                     &mut tx,
                     subscriber,
-                    email.as_deref(),
+                    hash.as_deref(),
                     set_status("complained"),
                     "complained",
                     now,
@@ -291,6 +345,33 @@ impl Store {
     }
 }
 
+/// Records a hard bounce, inside the caller's transaction: a `bounced`
+/// event naming the campaign, the address suppressed, an active person
+/// marked `bounced`. The one way a hard bounce is recorded, whether it comes
+/// back as returned mail (`source` "bounce") or as the dispatcher's SMTP
+/// reply ("dispatch").
+pub(super) async fn record_hard_bounce(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    source: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Applied> {
+    let detail = format!("hard: {reason}");
+    event(tx, subscriber, campaign, "bounced", source, &detail, now).await?;
+    let person: Option<(Option<String>, String)> =
+        sqlx::query_as("SELECT email_hash, status FROM subscribers WHERE id = ?")
+            .bind(subscriber)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((hash, status)) = person else {
+        return Ok(Applied::Recorded);
+    };
+    let new = (status == "active").then_some("bounced");
+    stop(tx, subscriber, hash.as_deref(), new, "bounced", now).await
+}
+
 /// Appends a bounce-handling event that names the campaign it came from.
 async fn bounce_event(
     tx: &mut sqlx::SqliteConnection,
@@ -300,13 +381,26 @@ async fn bounce_event(
     detail: &str,
     now: i64,
 ) -> Result<()> {
+    event(tx, subscriber, campaign, kind, "bounce", detail, now).await
+}
+
+async fn event(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    kind: &str,
+    source: &str,
+    detail: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (subscriber_id, campaign_id, kind, source, detail, created_at)
-         VALUES (?, ?, ?, 'bounce', ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(subscriber)
     .bind(campaign)
     .bind(kind)
+    .bind(source)
     .bind(detail)
     .bind(now)
     .execute(&mut *tx)
@@ -314,22 +408,18 @@ async fn bounce_event(
     Ok(())
 }
 
-/// Sets the person's status (when `new` is given) and suppresses the address.
+/// Sets the person's status (when `new` is given) and suppresses the
+/// address (by its hash; an erased person has none left to suppress).
 async fn stop(
     tx: &mut sqlx::SqliteConnection,
     subscriber: i64,
-    email: Option<&str>,
+    hash: Option<&str>,
     new: Option<&'static str>,
     reason: &str,
     now: i64,
 ) -> Result<Applied> {
-    if let Some(email) = email {
-        sqlx::query("INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
-            .bind(address::hash(email))
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    if let Some(hash) = hash {
+        super::suppress_hash(tx, hash, reason, now).await?;
     }
     match new {
         Some(status) => {

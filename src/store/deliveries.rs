@@ -8,7 +8,7 @@
 //! the messages that were in flight; `resolve_in_flight` settles them.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqlitePool};
+use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
 
 use super::Result;
 
@@ -248,7 +248,8 @@ pub async fn resolve_in_flight(
     Ok(done.rows_affected())
 }
 
-/// One recipient to send to.
+/// One recipient handed to a worker: read in the transaction whose claim
+/// statement found them still mailable and marked the row `sending`.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub delivery_id: i64,
@@ -257,8 +258,6 @@ pub struct Job {
     pub name: String,
     pub attributes: String,
     pub attempts: i64,
-    /// Still subscribed, active, confirmed and not suppressed at claim time.
-    pub eligible: bool,
 }
 
 impl FromRow<'_, SqliteRow> for Job {
@@ -270,37 +269,105 @@ impl FromRow<'_, SqliteRow> for Job {
             name: r.try_get("name")?,
             attributes: r.try_get("attributes")?,
             attempts: r.try_get("attempts")?,
-            eligible: r.try_get("eligible")?,
         })
     }
 }
 
-/// The next deliveries due: queued, or deferred with their retry due.
-pub async fn due_jobs(
-    pool: &SqlitePool,
-    campaign_id: i64,
-    list_id: i64,
+/// What one claim handed out.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Marked `sending`, with the recipient's data, in claim order.
+    pub jobs: Vec<Job>,
+    /// Rows whose person may no longer be mailed, marked `skipped`.
+    pub skipped: u64,
+    /// Fewer jobs than asked for: nothing else is due now.
+    pub exhausted: bool,
+}
+
+/// The claim: up to `?4` due rows of campaign `?1` (retries whose time `?3`
+/// has come, then queued rows), each re-checked against the mailable rule on
+/// the campaign's list `?2` in this same statement. Who may still be mailed
+/// becomes `sending`; who left becomes `skipped` with the reason. Both
+/// searches walk `deliveries_work` in order and stop at the limit, so a
+/// claim reads the rows it hands out, whatever the size of the campaign.
+pub const CLAIM_SQL: &str = concat!(
+    "WITH due(id) AS (
+         SELECT id FROM (SELECT id FROM deliveries
+             WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
+             ORDER BY next_attempt_at, id LIMIT ?4)
+         UNION ALL
+         SELECT id FROM (SELECT id FROM deliveries
+             WHERE campaign_id = ?1 AND status = 'queued'
+             ORDER BY next_attempt_at, id LIMIT ?4)
+         LIMIT ?4),
+     verdict(id, why) AS (
+         SELECT d.id, COALESCE((SELECT CASE
+                 WHEN ",
+    mailable!(),
+    " THEN ''
+                 WHEN s.status != 'active' THEN s.status || ' before their turn'
+                 WHEN sub.status IS NULL THEN 'not on the list at their turn'
+                 WHEN sub.status != 'confirmed' THEN 'subscription ' || sub.status || ' before their turn'
+                 ELSE 'address suppressed before their turn' END
+             FROM subscribers s
+             LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2
+             WHERE s.id = d.subscriber_id), 'no such subscriber')
+         FROM due JOIN deliveries d ON d.id = due.id)
+     UPDATE deliveries SET
+         status = CASE WHEN v.why = '' THEN 'sending' ELSE 'skipped' END,
+         attempts = attempts + (v.why = ''),
+         last_reply = CASE WHEN v.why = '' THEN last_reply ELSE v.why END,
+         next_attempt_at = CASE WHEN v.why = '' THEN next_attempt_at END,
+         updated_at = ?5
+     FROM verdict v WHERE deliveries.id = v.id
+     RETURNING deliveries.id, deliveries.status"
+);
+
+/// The recipients of rows just claimed (`?1`: a JSON array of delivery
+/// ids), read in the claim's transaction: what a worker may use.
+const CLAIMED_JOBS_SQL: &str = "\
+SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.attributes, d.attempts \
+FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
+JOIN subscribers s ON s.id = d.subscriber_id";
+
+/// Claims up to `want` due rows inside the caller's transaction (see
+/// [`CLAIM_SQL`]); rows skipped along the way do not count against `want`.
+async fn claim(
+    tx: &mut SqliteConnection,
+    campaign: &CampaignRow,
+    want: usize,
     now: i64,
-    limit: i64,
-) -> Result<Vec<Job>> {
-    Ok(sqlx::query_as(
-        "SELECT d.id AS delivery_id, d.subscriber_id, COALESCE(s.email, '') AS email, s.name, s.attributes, d.attempts,
-                (s.status = 'active' AND s.email IS NOT NULL AND COALESCE(sub.status, '') = 'confirmed'
-                 AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)) AS eligible
-         FROM deliveries d
-         JOIN subscribers s ON s.id = d.subscriber_id
-         LEFT JOIN subscriptions sub ON sub.subscriber_id = d.subscriber_id AND sub.list_id = ?2
-         WHERE d.campaign_id = ?1
-           AND (d.status = 'queued' OR (d.status = 'deferred' AND d.next_attempt_at <= ?3))
-         ORDER BY d.id
-         LIMIT ?4",
-    )
-    .bind(campaign_id)
-    .bind(list_id)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+) -> Result<Claimed> {
+    let mut claimed = Claimed::default();
+    let mut sending = Vec::with_capacity(want);
+    while sending.len() < want {
+        let rows: Vec<(i64, String)> = sqlx::query_as(CLAIM_SQL)
+            .bind(campaign.id)
+            .bind(campaign.list_id)
+            .bind(now)
+            .bind((want - sending.len()) as i64)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            claimed.exhausted = true;
+            break;
+        }
+        for (id, status) in rows {
+            match status.as_str() {
+                "sending" => sending.push(id),
+                _ => claimed.skipped += 1,
+            }
+        }
+    }
+    if !sending.is_empty() {
+        let ids = serde_json::to_string(&sending).expect("ids serialise");
+        claimed.jobs = sqlx::query_as(CLAIMED_JOBS_SQL)
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    }
+    Ok(claimed)
 }
 
 /// The result of one delivery attempt.
@@ -315,6 +382,11 @@ pub enum Outcome {
         reply: String,
         retry_at: i64,
     },
+    /// The message was sent but no answer came (timeout, closed
+    /// connection): it may have been delivered. Never sent again.
+    Unknown {
+        reply: String,
+    },
     /// Permanently refused; `hard_bounce` also marks the subscriber bounced.
     Failed {
         reply: String,
@@ -328,43 +400,23 @@ pub enum Outcome {
     Unclaimed,
 }
 
-/// Marks `ids` as in flight, and records `outcomes`, in one transaction.
-/// This is the group commit that brackets every SMTP transaction.
+/// Records `outcomes` and claims up to `want` rows ([`CLAIM_SQL`]) in one
+/// transaction: the group commit that brackets every SMTP transaction.
 pub async fn commit(
     pool: &SqlitePool,
-    campaign_id: i64,
-    claim: &[i64],
+    campaign: &CampaignRow,
+    want: usize,
     outcomes: &[(i64, i64, Outcome)],
     now: i64,
-) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    // The common case, sent, is one statement per batch.
-    let sent: Vec<(i64, &str, &str)> = outcomes
-        .iter()
-        .filter_map(|(d, _, o)| match o {
-            Outcome::Sent { reply, message_id } => Some((*d, reply.as_str(), message_id.as_str())),
-            _ => None,
-        })
-        .collect();
-    for chunk in sent.chunks(300) {
-        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "WITH v(id, reply, mid) AS (VALUES {values})
-             UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
-                 next_attempt_at = NULL, updated_at = ?, sent_at = ?
-             FROM v WHERE deliveries.id = v.id"
-        );
-        let mut q = sqlx::query(&sql);
-        for (id, reply, mid) in chunk {
-            q = q.bind(id).bind(reply).bind(mid);
-        }
-        q.bind(now).bind(now).execute(&mut *tx).await?;
-    }
+) -> Result<Claimed> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    record_sent(&mut tx, outcomes, now).await?;
     for (delivery_id, subscriber_id, outcome) in outcomes {
         let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
             Outcome::Sent { .. } => continue,
             Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
             Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
+            Outcome::Unknown { reply } => ("unknown", Some(reply), None),
             Outcome::Skipped { reason } => ("skipped", Some(reason), None),
             Outcome::Unclaimed => ("queued", None, None),
         };
@@ -386,35 +438,54 @@ pub async fn commit(
             hard_bounce: true,
         } = outcome
         {
-            sqlx::query("UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ? AND status = 'active'")
-                .bind(now)
-                .bind(subscriber_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO events (subscriber_id, campaign_id, kind, source, detail, created_at)
-                 VALUES (?, ?, 'bounced', 'dispatch', ?, ?)",
+            let campaign = Some(campaign.id);
+            super::bounces::record_hard_bounce(
+                &mut tx,
+                *subscriber_id,
+                campaign,
+                "dispatch",
+                reply,
+                now,
             )
-            .bind(subscriber_id)
-            .bind(campaign_id)
-            .bind(format!("hard: {reply}"))
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
         }
     }
-    for chunk in claim.chunks(400) {
-        let ids = vec!["?"; chunk.len()].join(", ");
-        let sql = format!(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id IN ({ids})"
-        );
-        let mut q = sqlx::query(&sql).bind(now);
-        for id in chunk {
-            q = q.bind(id);
-        }
-        q.execute(&mut *tx).await?;
-    }
+    let claimed = if want > 0 {
+        claim(&mut tx, campaign, want, now).await?
+    } else {
+        Claimed::default()
+    };
     tx.commit().await?;
+    Ok(claimed)
+}
+
+/// The common outcome, sent, as one statement per 300 rows.
+async fn record_sent(
+    tx: &mut SqliteConnection,
+    outcomes: &[(i64, i64, Outcome)],
+    now: i64,
+) -> Result<()> {
+    let sent: Vec<(i64, &str, &str)> = outcomes
+        .iter()
+        .filter_map(|(d, _, o)| match o {
+            Outcome::Sent { reply, message_id } => Some((*d, reply.as_str(), message_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    for chunk in sent.chunks(300) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "WITH v(id, reply, mid) AS (VALUES {values})
+             UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
+                 next_attempt_at = NULL, updated_at = ?, sent_at = ?
+             FROM v WHERE deliveries.id = v.id"
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, reply, mid) in chunk {
+            q = q.bind(id).bind(reply).bind(mid);
+        }
+        q.bind(now).bind(now).execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
@@ -430,14 +501,17 @@ pub async fn counts(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<(String, 
         .collect())
 }
 
+/// When campaign `?1`'s next deferred delivery is due: one step into
+/// `deliveries_work`.
+const NEXT_RETRY_SQL: &str =
+    "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = ?1 AND status = 'deferred'";
+
 /// When the next deferred delivery is due, if any.
 pub async fn next_retry(pool: &SqlitePool, campaign_id: i64) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = ? AND status = 'deferred'",
-    )
-    .bind(campaign_id)
-    .fetch_one(pool)
-    .await?)
+    Ok(sqlx::query_scalar(NEXT_RETRY_SQL)
+        .bind(campaign_id)
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Rows still to settle: queued, sending or deferred.
@@ -502,5 +576,95 @@ impl super::Store {
         .bind(subscriber_id)
         .fetch_all(self.pool())
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// The plan of `sql` with every parameter bound to 1, one line a step.
+    async fn plan(store: &Store, sql: &str, params: usize) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query(&explain);
+        for _ in 0..params {
+            q = q.bind(1i64);
+        }
+        q.fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn claims_and_retries_read_the_work_index_in_order_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        for (sql, params) in [(CLAIM_SQL, 5), (NEXT_RETRY_SQL, 1)] {
+            let steps = plan(&store, sql, params).await;
+            let text = steps.join("\n");
+            assert!(!text.contains("TEMP B-TREE"), "a sort in\n{text}");
+            assert!(
+                steps.iter().all(|s| !s.starts_with("SCAN deliveries")),
+                "a full scan in\n{text}"
+            );
+            assert!(text.contains("INDEX deliveries_work"), "{text}");
+        }
+        // Both searches of the claim (retries due, then queued rows).
+        let claim = plan(&store, CLAIM_SQL, 5).await;
+        let searches = claim
+            .iter()
+            .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
+            .count();
+        assert_eq!(searches, 2, "{claim:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_hard_bounce_at_send_time_suppresses_the_address_as_returned_mail_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store.create_list("news", "News", "", false, false, 1).await;
+        let list = list.unwrap();
+        for email in ["ann@example.org", "bob@example.org"] {
+            store
+                .add_subscriber(email, None, "news", "cli", 1)
+                .await
+                .unwrap();
+        }
+        let new = NewCampaign {
+            slug: "c",
+            list_id: list.id,
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let id = insert_campaign(store.pool(), &new).await.unwrap();
+        let campaign = campaign_by_id(store.pool(), id).await.unwrap().unwrap();
+        materialise(store.pool(), id, list.id, 1).await.unwrap();
+        let claimed = commit(store.pool(), &campaign, 2, &[], 2).await.unwrap();
+        let ann = claimed.jobs.iter().find(|j| j.email == "ann@example.org");
+        let ann = ann.unwrap();
+        let failed = Outcome::Failed {
+            reply: "RCPT: 550 5.1.1 no such user".into(),
+            hard_bounce: true,
+        };
+        let outcomes = [(ann.delivery_id, ann.subscriber_id, failed)];
+        commit(store.pool(), &campaign, 0, &outcomes, 3)
+            .await
+            .unwrap();
+
+        assert!(store.is_suppressed("ann@example.org").await.unwrap());
+        assert!(!store.is_suppressed("bob@example.org").await.unwrap());
+        let profile = store.profile("ann@example.org").await.unwrap().unwrap();
+        assert_eq!(profile.subscriber.status, "bounced");
+        let event = profile.events.iter().find(|e| e.kind == "bounced").unwrap();
+        assert_eq!(event.source, "dispatch");
+        let counts = counts(store.pool(), id).await.unwrap();
+        assert_eq!(counts, [("failed".into(), 1), ("sending".into(), 1)]);
     }
 }

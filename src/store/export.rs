@@ -60,8 +60,7 @@ impl Selection {
         match self {
             Selection::Audience(_) => Clauses {
                 from: ON_LIST,
-                filter: "sub.list_id = ?1 AND sub.status = 'confirmed' AND s.status = 'active' \
-                 AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)",
+                filter: concat!("sub.list_id = ?1 AND ", mailable!()),
                 status: "sub.status",
                 order: "sub.subscriber_id",
             },
@@ -79,8 +78,7 @@ impl Selection {
             },
             Selection::Active => Clauses {
                 from: "subscribers s",
-                filter: "s.status = 'active' \
-                 AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)",
+                filter: super::MAILABLE_PERSON,
                 status: "s.status",
                 order: "s.id",
             },

@@ -143,16 +143,16 @@ impl Store {
 
     /// Every list, by slug, with its counts.
     pub async fn lists(&self) -> Result<Vec<ListCounts>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(concat!(
             "SELECT l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at, \
                (SELECT count(*) FROM subscriptions WHERE list_id = l.id AND status = 'confirmed') AS confirmed, \
                (SELECT count(*) FROM subscriptions WHERE list_id = l.id AND status = 'pending') AS pending, \
                (SELECT count(*) FROM subscriptions WHERE list_id = l.id AND status = 'unsubscribed') AS unsubscribed, \
                (SELECT count(*) FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
-                 WHERE sub.list_id = l.id AND sub.status = 'confirmed' AND s.status = 'active' \
-                   AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)) AS audience \
-             FROM lists l ORDER BY l.slug",
-        )
+                 WHERE sub.list_id = l.id AND ",
+            mailable!(),
+            ") AS audience FROM lists l ORDER BY l.slug"
+        ))
         .fetch_all(self.pool())
         .await?)
     }

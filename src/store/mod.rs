@@ -7,10 +7,29 @@
 //! in by the caller (`now`), so tests control the clock.
 //!
 //! The rule the store exists to keep: a person who left, bounced, complained
-//! or was erased is never selected to receive mail. Every query that selects
-//! recipients ([`Store::audience`], the default export, the counts) requires a
-//! confirmed subscription, an active subscriber, and an address whose hash is
-//! not in `suppressions`.
+//! or was erased is never selected to receive mail. The rule is written once,
+//! as [`MAILABLE`] (and its person half [`MAILABLE_PERSON`]), and every query
+//! that selects recipients ([`Store::audience`], the dispatcher's claim, the
+//! default exports, the counts) embeds it. Every path that stops mail to an
+//! address (bounce, complaint, erasure, manual) records it with `suppress_hash`.
+
+/// The person half of the mailable rule, over `subscribers s`: an active
+/// person (so not erased), with an address, whose hash is not suppressed.
+/// A macro so that queries can embed the rule in `concat!` constants.
+macro_rules! mailable_person {
+    () => {
+        "(s.status = 'active' AND s.email IS NOT NULL \
+          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash))"
+    };
+}
+
+/// The one mailable rule, over `subscribers s` and their `subscriptions sub`
+/// row for the list the query names (see [`MAILABLE`]).
+macro_rules! mailable {
+    () => {
+        concat!("(sub.status = 'confirmed' AND ", mailable_person!(), ")")
+    };
+}
 
 pub mod archive; // which sent campaigns the public archive shows
 mod bounces; // returned mail: matching people, applying bounce and complaint rules
@@ -31,13 +50,25 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use bounces::{Action, Applied, BounceEvent, SoftRule};
+pub use bounces::{Action, Applied, BounceEvent, DeliveryOwner, SoftRule, UnmatchedMail};
 pub use events::Event;
 pub use export::{ExportRow, Selection};
 pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
 pub use lists::{List, ListCounts};
 pub use runs::RunTransport;
-pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
+pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
+
+/// Who may be mailed, whatever the list: [`MAILABLE`] without the
+/// subscription. Used alone only where no list is named (export of everyone).
+pub const MAILABLE_PERSON: &str = mailable_person!();
+
+/// Who may be mailed on a list: the one mailable rule, as an SQL condition
+/// over `subscribers s` joined to their `subscriptions sub` row for the list
+/// (the query names the list). A confirmed subscription, an active person,
+/// an address, not suppressed. Every query that selects people to mail
+/// embeds this text (through the `mailable!` macro); none spells the rule
+/// out itself.
+pub const MAILABLE: &str = mailable!();
 
 /// How long a statement waits for another writer before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +114,8 @@ pub enum Error {
         "{0} unsubscribed from {1:?}; not subscribed again (they can sign up again themselves)"
     )]
     Unsubscribed(String, String),
+    #[error("{email} {why}; not reactivated (reactivate returns only bounced addresses)")]
+    NotReactivated { email: String, why: String },
     #[error("{0} is suppressed (erased, bounced or complained); never subscribed again")]
     Suppressed(String),
     #[error("invalid status {0:?}: use one of {1}")]
@@ -283,16 +316,8 @@ impl Store {
     /// complained, manual). Keeps an existing entry and its reason.
     pub async fn suppress(&self, email: &str, reason: &str, now: i64) -> Result<()> {
         let canonical = crate::address::normalize(email).map_err(|e| Error::address(email, e))?;
-        sqlx::query(
-            "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(crate::address::hash(&canonical))
-        .bind(reason)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        suppress_hash(&mut conn, &crate::address::hash(&canonical), reason, now).await
     }
 
     /// A value from `settings`.
@@ -319,6 +344,28 @@ impl Store {
     }
 }
 
+/// Records that the address with this hash (`address::hash`) must never be
+/// mailed again, inside the caller's transaction. The one function that
+/// writes `suppressions`: bounces, complaints, erasure and manual entries all
+/// come here. Keeps an existing entry and its reason.
+pub(crate) async fn suppress_hash(
+    conn: &mut sqlx::SqliteConnection,
+    hash: &str,
+    reason: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
+         ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(hash)
+    .bind(reason)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The current time as unix seconds, for callers at the edges.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -327,6 +374,31 @@ pub fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn erasure_removes_unmatched_mail_that_names_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let kept = |hash: &str, sender: &str, subject: &str| bounces::UnmatchedMail {
+            hash: hash.into(),
+            kind: "complaint".into(),
+            sender: sender.into(),
+            subject: subject.into(),
+            reason: "no VERP token and no Message-ID of ours".into(),
+            received_at: 5,
+        };
+        for mail in [
+            kept("a", "Ann <Ann@Example.org>", "Fwd: spam"),
+            kept("b", "abuse@isp.example", "complaint about ann@example.org"),
+            kept("c", "Bob <bob@example.org>", "Out of office"),
+        ] {
+            assert!(store.record_unmatched(&mail).await.unwrap());
+        }
+        store.forget("ann@example.org", "cli", 6).await.unwrap();
+        let left = store.unmatched_since(0).await.unwrap();
+        let senders: Vec<_> = left.iter().map(|m| m.sender.as_str()).collect();
+        assert_eq!(senders, ["Bob <bob@example.org>"]);
+    }
 
     #[tokio::test]
     async fn corrupt_file_is_one_clear_error() {
@@ -397,5 +469,198 @@ mod tests {
         assert!(!s.is_suppressed("Ann@Example.org").await.unwrap());
         s.suppress("ann@example.org", "manual", 1).await.unwrap();
         assert!(s.is_suppressed(" ANN@EXAMPLE.ORG").await.unwrap());
+    }
+
+    /// One person per way of leaving, all confirmed on `news` and queued for
+    /// a campaign first; then each leaves their way.
+    const CASES: [(&str, &str, bool, bool); 8] = [
+        // (address, how they left, mailable on the list, mailable anywhere)
+        ("ok@example.org", "stays", true, true),
+        ("pending@example.org", "subscription pending", false, true),
+        (
+            "left@example.org",
+            "unsubscribed from the list",
+            false,
+            true,
+        ),
+        ("gone@example.org", "person unsubscribed", false, false),
+        ("bounced@example.org", "person bounced", false, false),
+        ("complained@example.org", "person complained", false, false),
+        ("suppressed@example.org", "address suppressed", false, false),
+        ("erased@example.org", "erased (email NULL)", false, false),
+    ];
+
+    async fn leave(s: &Store, list: i64, email: &str, how: &str) {
+        let id = s.subscriber(email).await.unwrap().unwrap().id;
+        let person = |status: &'static str| {
+            sqlx::query("UPDATE subscribers SET status = ? WHERE id = ?")
+                .bind(status)
+                .bind(id)
+                .execute(s.pool())
+        };
+        match how {
+            "stays" => {}
+            "subscription pending" => {
+                people::set_subscription(s.pool(), id, list, "pending", "web", 2)
+                    .await
+                    .unwrap();
+            }
+            "unsubscribed from the list" => {
+                s.remove_subscriber(email, Some("news"), "cli", 2)
+                    .await
+                    .unwrap();
+            }
+            "person unsubscribed" => {
+                person("unsubscribed").await.unwrap();
+            }
+            // The person's status alone (no suppression entry).
+            "person bounced" => {
+                person("bounced").await.unwrap();
+            }
+            "person complained" => {
+                person("complained").await.unwrap();
+            }
+            "address suppressed" => s.suppress(email, "manual", 2).await.unwrap(),
+            "erased (email NULL)" => assert!(s.forget(email, "cli", 2).await.unwrap()),
+            other => unreachable!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_query_that_selects_people_to_mail_keeps_the_one_rule() {
+        use futures_util::TryStreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = s
+            .create_list("news", "News", "", false, false, 1)
+            .await
+            .unwrap();
+        for (email, ..) in CASES {
+            s.add_subscriber(email, None, "news", "cli", 1)
+                .await
+                .unwrap();
+        }
+        let campaign = deliveries::NewCampaign {
+            slug: "c",
+            list_id: list.id,
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let campaign_id = deliveries::insert_campaign(s.pool(), &campaign)
+            .await
+            .unwrap();
+        let campaign = deliveries::campaign_by_id(s.pool(), campaign_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let queued = deliveries::materialise(s.pool(), campaign_id, list.id, 1)
+            .await
+            .unwrap();
+        assert_eq!(queued, CASES.len() as u64);
+        for (email, how, ..) in CASES {
+            leave(&s, list.id, email, how).await;
+        }
+        let on_list: Vec<&str> = CASES.iter().filter(|c| c.2).map(|c| c.0).collect();
+        let anywhere: Vec<&str> = CASES.iter().filter(|c| c.3).map(|c| c.0).collect();
+
+        let audience: Vec<String> = s
+            .audience(list.id)
+            .map_ok(|r| r.email)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(audience, on_list, "Store::audience");
+        assert_eq!(
+            s.audience_count(list.id).await.unwrap(),
+            1,
+            "audience_count"
+        );
+        assert_eq!(s.lists().await.unwrap()[0].audience, 1, "Store::lists");
+        for (selection, expected) in [
+            (Selection::Audience(list.id), &on_list),
+            (Selection::Active, &anywhere),
+        ] {
+            let mut got = Vec::new();
+            s.export(&selection, |row| {
+                got.push(row.email);
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(&got, expected, "export {selection:?}");
+            let count = s.count(&selection).await.unwrap();
+            assert_eq!(count, expected.len() as i64, "count {selection:?}");
+        }
+        // The dispatcher's claim, on rows queued while everyone was mailable.
+        let claimed = deliveries::commit(s.pool(), &campaign, 8, &[], 3)
+            .await
+            .unwrap();
+        let mailed: Vec<&str> = claimed.jobs.iter().map(|j| j.email.as_str()).collect();
+        assert_eq!(mailed, on_list, "the claim");
+        assert_eq!(claimed.skipped, 7);
+        assert!(claimed.exhausted);
+        let skipped: Vec<(String, String)> = sqlx::query_as(
+            "SELECT status, last_reply FROM deliveries WHERE status != 'sending' ORDER BY id",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+        let reasons: Vec<&str> = skipped.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(
+            skipped.iter().all(|(status, _)| status == "skipped"),
+            "{skipped:?}"
+        );
+        assert_eq!(
+            reasons,
+            [
+                "subscription pending before their turn",
+                "subscription unsubscribed before their turn",
+                "unsubscribed before their turn",
+                "bounced before their turn",
+                "complained before their turn",
+                "address suppressed before their turn",
+                "erased before their turn",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_mailable_rule_is_spelled_out_in_one_place() {
+        use deliveries::CLAIM_SQL;
+        use subscribers::AUDIENCE_SQL;
+        for sql in [AUDIENCE_SQL, CLAIM_SQL] {
+            assert!(sql.contains(MAILABLE), "{sql}");
+        }
+        assert!(MAILABLE.contains(MAILABLE_PERSON));
+        // The suppression check, the heart of the rule, appears in no other
+        // store file: each query embeds the rule instead.
+        let check = "x.hash = s.email_hash";
+        for (file, text) in [
+            ("subscribers.rs", include_str!("subscribers.rs")),
+            ("lists.rs", include_str!("lists.rs")),
+            ("export.rs", include_str!("export.rs")),
+            ("deliveries.rs", include_str!("deliveries.rs")),
+            ("people.rs", include_str!("people.rs")),
+            ("bounces.rs", include_str!("bounces.rs")),
+            ("import.rs", include_str!("import.rs")),
+        ] {
+            assert!(!text.contains(check), "{file} spells out the mailable rule");
+        }
+        // And one function writes suppressions.
+        for (file, text) in [
+            ("subscribers.rs", include_str!("subscribers.rs")),
+            ("bounces.rs", include_str!("bounces.rs")),
+            ("deliveries.rs", include_str!("deliveries.rs")),
+            ("people.rs", include_str!("people.rs")),
+            ("import.rs", include_str!("import.rs")),
+        ] {
+            assert!(
+                !text.contains("INTO suppressions"),
+                "{file} writes suppressions"
+            );
+        }
     }
 }

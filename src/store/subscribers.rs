@@ -9,16 +9,16 @@ use sqlx::{FromRow, Row, SqliteConnection};
 use super::{Error, Event, List, Result, Store, events, lists};
 use crate::address;
 
-/// Who receives a campaign sent to list `?1`: a confirmed subscription, an
-/// active subscriber, and an address that is not suppressed. Ordered by
-/// subscriber id so a dispatcher can resume after the last id it queued.
-pub const AUDIENCE_SQL: &str = "\
-SELECT s.id, s.email, s.name, s.attributes \
-FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
-WHERE sub.list_id = ?1 AND sub.status = 'confirmed' \
-  AND s.status = 'active' AND s.email IS NOT NULL \
-  AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash) \
-ORDER BY sub.subscriber_id";
+/// Who receives a campaign sent to list `?1`: the mailable rule
+/// ([`super::MAILABLE`]) on the list. Ordered by subscriber id so a
+/// dispatcher can resume after the last id it queued.
+pub const AUDIENCE_SQL: &str = concat!(
+    "SELECT s.id, s.email, s.name, s.attributes \
+     FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+     WHERE sub.list_id = ?1 AND ",
+    mailable!(),
+    " ORDER BY sub.subscriber_id"
+);
 
 /// A person as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +124,15 @@ pub enum Added {
 pub struct Removed {
     /// Lists whose subscription changed to unsubscribed.
     pub lists: Vec<String>,
+}
+
+/// What `reactivate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reactivated {
+    /// Was bounced; now active, the bounce suppression lifted.
+    Reactivated,
+    /// Was active and unsuppressed already: nothing changed.
+    AlreadyActive,
 }
 
 const SUBSCRIBER_COLUMNS: &str = "id, email, name, attributes, status, created_at, updated_at";
@@ -380,15 +389,7 @@ impl Store {
             return Err(Error::NoSubscriber(format!("#{subscriber_id}")));
         };
         if let (Some(hash), true) = (hash, matches!(status, "bounced" | "complained")) {
-            sqlx::query(
-                "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (hash) DO NOTHING",
-            )
-            .bind(hash)
-            .bind(status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            super::suppress_hash(&mut tx, &hash, status, now).await?;
         }
         events::append(&mut tx, subscriber_id, None, status, source, detail, now).await?;
         tx.commit().await?;
@@ -463,12 +464,14 @@ impl Store {
             .await?;
             events::append(&mut tx, p.id, None, "erased", source, None, now).await?;
         }
+        super::suppress_hash(&mut tx, &address::hash(&email), "erased", now).await?;
+        // Returned mail kept for review may name the address (a complaint
+        // forwarded by hand, an auto-reply): it goes too.
         sqlx::query(
-            "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, 'erased', ?) \
-             ON CONFLICT (hash) DO NOTHING",
+            "DELETE FROM unmatched WHERE instr(lower(sender), ?1) > 0 \
+             OR instr(lower(subject), ?1) > 0",
         )
-        .bind(address::hash(&email))
-        .bind(now)
+        .bind(email.to_lowercase())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -481,6 +484,62 @@ impl Store {
             .execute(self.pool())
             .await;
         Ok(person.is_some())
+    }
+
+    /// Returns a bounced person to active and lifts the bounce suppression
+    /// of their address, recorded as a `reactivated` event. Never overrides
+    /// an unsubscribe, a complaint, an erasure or a manual suppression.
+    pub async fn reactivate(&self, email: &str, source: &str, now: i64) -> Result<Reactivated> {
+        let email = canonical(email)?;
+        let hash = address::hash(&email);
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let suppression: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let refuse = |why: &str| Error::NotReactivated {
+            email: email.clone(),
+            why: why.to_string(),
+        };
+        let Some(person) = find_by_email(&mut tx, &email).await? else {
+            return Err(match suppression.as_deref() {
+                Some("erased") => refuse("was erased at their request"),
+                _ => Error::NoSubscriber(email.clone()),
+            });
+        };
+        match (person.status.as_str(), suppression.as_deref()) {
+            ("unsubscribed", _) => return Err(refuse("unsubscribed; only they can sign up again")),
+            ("complained", _) | (_, Some("complained")) => {
+                return Err(refuse("complained about our mail (marked it as spam)"));
+            }
+            ("active", None) => return Ok(Reactivated::AlreadyActive),
+            ("active" | "bounced", None | Some("bounced")) => {}
+            (_, Some(reason)) => return Err(refuse(&format!("is suppressed ({reason})"))),
+            (status, None) => return Err(refuse(&format!("is {status}"))),
+        }
+        sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(person.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM suppressions WHERE hash = ? AND reason = 'bounced'")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("was {}", person.status);
+        events::append(
+            &mut tx,
+            person.id,
+            None,
+            "reactivated",
+            source,
+            Some(&detail),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Reactivated::Reactivated)
     }
 
     /// The people a campaign to `list_id` goes to ([`AUDIENCE_SQL`]),

@@ -199,13 +199,12 @@ async fn find(state: &AppState, event: &Event) -> Result<Option<(i64, Option<i64
     let message_token = event
         .message_id
         .as_deref()
-        .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>'))
-        .and_then(|id| id.split('@').next());
+        .and_then(crate::links::parse_message_id);
     for token in [event.verp.as_deref(), message_token].into_iter().flatten() {
         if let Some(claims) = state.inner.signer.verify_for(token, Purpose::Bounce)
-            && let Some((subscriber, campaign)) = store.delivery_owner(claims.a).await?
+            && let Some(owner) = store.delivery_owner(claims.a).await?
         {
-            return Ok(Some((subscriber, Some(campaign))));
+            return Ok(Some((owner.subscriber, Some(owner.campaign))));
         }
     }
     if crate::address::normalize(&event.address).is_err() {
@@ -217,15 +216,12 @@ async fn find(state: &AppState, event: &Event) -> Result<Option<(i64, Option<i64
         .map(|subscriber| (subscriber.id, None)))
 }
 
-/// The VERP token in a return path `bounces+TOKEN@domain`.
+/// The VERP token in a return path `bounces+TOKEN@domain` (parsed by
+/// `links`, the one place that knows the format).
 fn verp_token(return_path: &str) -> Option<String> {
-    let local = return_path
-        .trim()
-        .trim_matches(|c| c == '<' || c == '>')
-        .split('@')
-        .next()?;
-    let (_, token) = local.split_once('+')?;
-    Some(token.to_string())
+    let address = return_path.trim().trim_matches(|c| c == '<' || c == '>');
+    let (local, _domain) = address.rsplit_once('@')?;
+    crate::links::parse_verp(local).map(String::from)
 }
 
 /// Compares secrets without stopping at the first difference.
@@ -273,10 +269,10 @@ mod tests {
 
     #[test]
     fn verp_tokens() {
-        assert_eq!(
-            verp_token("<bounces+abc.def@alliance.example>").as_deref(),
-            Some("abc.def")
-        );
+        let signer = crate::links::Signer::new(b"a test secret of at least 32 bytes!", &[]);
+        let token = signer.sign(crate::links::Purpose::Bounce, 7, 0);
+        let address = crate::links::verp_address(&token, "alliance.example");
+        assert_eq!(verp_token(&format!("<{address}>")), Some(token));
         assert_eq!(verp_token("news@alliance.example"), None);
     }
 

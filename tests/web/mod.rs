@@ -49,7 +49,7 @@ const NOW: i64 = 1_750_000_000;
 const FORM: &str = "application/x-www-form-urlencoded";
 
 /// The application as `bulletin serve` wires it, on `store`.
-fn app_state(store: Store, signer: Signer, mailer: Option<Mailer>) -> AppState {
+pub(crate) fn app_state(store: Store, signer: Signer, mailer: Option<Mailer>) -> AppState {
     let org = Organisation {
         name: "Test Alliance".into(),
         address: "1 Road, Town".into(),
@@ -60,8 +60,8 @@ fn app_state(store: Store, signer: Signer, mailer: Option<Mailer>) -> AppState {
 }
 
 /// A response, read whole.
-struct Reply {
-    status: StatusCode,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
     headers: HeaderMap,
     body: String,
 }
@@ -75,7 +75,7 @@ impl Reply {
     }
 }
 
-async fn call(app: &Router, request: Request<Body>) -> Reply {
+pub(crate) async fn call(app: &Router, request: Request<Body>) -> Reply {
     let response = app.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -86,7 +86,12 @@ async fn call(app: &Router, request: Request<Body>) -> Reply {
     }
 }
 
-fn request(method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {
+pub(crate) fn request(
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Request<Body> {
     let mut r = Request::builder().method(method).uri(path);
     if let Some(ct) = content_type {
         r = r.header(header::CONTENT_TYPE, ct);
