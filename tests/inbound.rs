@@ -477,6 +477,14 @@ fn imap_two_hundred_messages_killed_midway_each_applied_once() {
     for to in &soft {
         assert_eq!(count(&list, &format!(" {to} ")), 1, "{to}: {list}");
     }
+    // Where each came from.
+    for to in hard.iter().chain(&soft) {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(" {to} ")))
+            .unwrap();
+        assert!(line.contains(" imap "), "{line}");
+    }
     let show = env.ok(&["subscribers", "show", &hard[0]]);
     assert!(show.contains("bounced"), "{show}");
     let show = env.ok(&["subscribers", "show", &soft[0]]);
@@ -707,4 +715,54 @@ fn doctor_checks_the_imap_login() {
         line.starts_with("FAIL") && line.contains("login as bob refused"),
         "{line}"
     );
+}
+
+#[test]
+fn bounces_list_says_where_each_report_came_from() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
+    let env = Env::new(sink.port(), 1);
+    env.ok(&["lists", "add", "news", "--name", "News"]);
+    let people = [
+        "piped@example.net",
+        "filed@example.net",
+        "scanned@example.net",
+    ];
+    for p in people {
+        env.ok(&["subscribers", "add", p, "--list", "news"]);
+    }
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]);
+    let sent = sink.messages();
+    let dsn_for = |to: &str| {
+        let m = sent.iter().find(|m| m.rcpt_to == [to]).unwrap();
+        dsn(m, "5.1.1", "550 5.1.1 user unknown")
+    };
+    // Standard input, as an MTA pipe.
+    let mut child = env
+        .command(&["bounces", "ingest"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &dsn_for(people[0])).unwrap();
+    assert!(child.wait().unwrap().success());
+    // A file.
+    std::fs::write(env.dir.path().join("b.eml"), dsn_for(people[1])).unwrap();
+    env.ok(&["bounces", "ingest", "b.eml"]);
+    // A Maildir.
+    let maildir = env.dir.path().join("Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::fs::write(maildir.join("new/1.host"), dsn_for(people[2])).unwrap();
+    env.ok(&["bounces", "scan", "Maildir"]);
+
+    let list = env.ok(&["bounces", "list"]);
+    for (who, source) in people.iter().zip([" pipe ", " file ", " maildir "]) {
+        let line = list
+            .lines()
+            .find(|l| l.contains(who))
+            .unwrap_or_else(|| panic!("{list}"));
+        assert!(line.contains(source), "{line}");
+    }
 }

@@ -308,6 +308,13 @@ async fn postmark_basic_auth_bounce_and_complaint_applied_once() {
         ("complained".into(), 1)
     );
     assert_eq!(site.person("soft@example.org").await, ("active".into(), 0));
+    // `bounces list` names the webhook.
+    let events = site.store.bounce_events(0).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events.iter().all(|e| e.source == "webhook:postmark"),
+        "{events:?}"
+    );
 }
 
 fn mailgun_body(timestamp: i64, id: &str, event: &str, severity: &str, key: &str) -> Vec<u8> {

@@ -169,7 +169,15 @@ pub(super) async fn apply(
         match (action, target) {
             (Some(action), Some((subscriber, campaign))) => {
                 match store
-                    .apply_inbound(&key, subscriber, campaign, &action, soft, now)
+                    .apply_inbound(
+                        &key,
+                        subscriber,
+                        campaign,
+                        &action,
+                        soft,
+                        &format!("webhook:{service}"),
+                        now,
+                    )
                     .await?
                 {
                     Some(_) => outcome.applied += 1,
