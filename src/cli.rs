@@ -79,7 +79,8 @@ pub enum Command {
 impl Command {
     /// The exit code when the command fails with an error: 75
     /// (EX_TEMPFAIL, "try again later") for `bounces ingest`, so that an MTA
-    /// keeps the message and retries instead of losing it; 2 otherwise.
+    /// keeps the message and retries instead of losing it; 2 otherwise
+    /// (`bounces imap` picks 75 itself for a mailbox it could not reach).
     pub fn error_exit_code(&self) -> u8 {
         match self {
             Command::Bounces(BouncesCommand::Ingest { .. }) => EX_TEMPFAIL,
@@ -100,7 +101,9 @@ impl Command {
             | Command::Quickstart => true,
             Command::Bounces(b) => matches!(
                 b,
-                BouncesCommand::Ingest { .. } | BouncesCommand::Scan { .. }
+                BouncesCommand::Ingest { .. }
+                    | BouncesCommand::Scan { .. }
+                    | BouncesCommand::Imap { .. }
             ),
             Command::Status(_)
             | Command::Lists(_)
@@ -192,6 +195,14 @@ pub enum BouncesCommand {
     Scan {
         #[arg(value_name = "MAILDIR")]
         maildir: PathBuf,
+    },
+    /// Read the bounce mailbox of [bounces.imap] (password from
+    /// BULLETIN_IMAP_PASSWORD): each unseen message is processed like `ingest`,
+    /// then marked seen and moved to the processed folder; other mail stays
+    Imap {
+        /// Process what is there and exit, instead of staying connected
+        #[arg(long)]
+        once: bool,
     },
     /// Bounces and complaints recorded, oldest first
     List {

@@ -237,6 +237,37 @@ pub struct Bounces {
     pub soft_limit: i64,
     /// Window in days in which those soft bounces must fall.
     pub soft_window_days: i64,
+    /// `[bounces.imap]`: the mailbox `bulletin bounces imap` reads.
+    pub imap: Option<Imap>,
+}
+
+/// `[bounces.imap]`: a bounce mailbox read over IMAP. The password comes
+/// from `BULLETIN_IMAP_PASSWORD`, never the file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Imap {
+    /// `imaps://user@host:993/INBOX` (TLS), `imap://user@host/INBOX`
+    /// (STARTTLS; plain only to a loopback address).
+    pub url: String,
+    /// Folder that processed bounces are moved to (created when missing).
+    #[serde(default = "default_processed_folder")]
+    pub processed: String,
+    /// Seconds between checks when the server does not offer IDLE (and the
+    /// longest an IDLE lasts before it is renewed).
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+    /// PEM file of a certificate authority to trust besides the public ones
+    /// (a self-hosted server with its own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_processed_folder() -> String {
+    "processed".into()
+}
+
+fn default_poll_secs() -> u64 {
+    60
 }
 
 impl Default for Bounces {
@@ -244,8 +275,75 @@ impl Default for Bounces {
         Bounces {
             soft_limit: 3,
             soft_window_days: 30,
+            imap: None,
         }
     }
+}
+
+/// `[webhooks.*]`: the sending services whose bounce and complaint
+/// notifications `bulletin serve` accepts. Each is off unless its section is
+/// there; the secrets come from the environment.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// `POST /webhooks/ses`: Amazon SES events through an SNS topic.
+    pub ses: Option<SesWebhook>,
+    /// `POST /webhooks/postmark`: basic auth, password `BULLETIN_POSTMARK_PASSWORD`.
+    pub postmark: Option<PostmarkWebhook>,
+    /// `POST /webhooks/mailgun`: signed with `BULLETIN_MAILGUN_SIGNING_KEY`.
+    pub mailgun: Option<MailgunWebhook>,
+    /// `POST /webhooks/sendgrid`: signed Event Webhook batches.
+    pub sendgrid: Option<SendgridWebhook>,
+}
+
+/// `[webhooks.ses]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SesWebhook {
+    /// The SNS topic the SES events are published to; others are refused.
+    pub topic_arn: String,
+    /// Folder of SNS signing certificates (`<name>.pem`, as in the
+    /// certificate URL): a certificate found here is used as it is, one
+    /// missing is fetched from its `sns.<region>.amazonaws.com` URL and kept.
+    #[serde(default = "default_sns_certificates")]
+    pub certificates: PathBuf,
+}
+
+fn default_sns_certificates() -> PathBuf {
+    "sns-certificates".into()
+}
+
+/// `[webhooks.postmark]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostmarkWebhook {
+    /// The basic-auth user name set in the webhook URL at Postmark.
+    pub user: String,
+}
+
+/// `[webhooks.mailgun]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MailgunWebhook {
+    /// Oldest signature timestamp accepted, in seconds.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: i64,
+}
+
+/// `[webhooks.sendgrid]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SendgridWebhook {
+    /// The verification key SendGrid shows for the signed Event Webhook
+    /// (base64, a public key: it may sit in the file).
+    pub public_key: String,
+    /// Oldest signature timestamp accepted, in seconds.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: i64,
+}
+
+fn default_max_age_secs() -> i64 {
+    300
 }
 
 /// `bulletin serve`'s defences against clients that hold connections.
@@ -288,6 +386,7 @@ struct File {
     dispatch: Dispatch,
     bounces: Bounces,
     serve: Serve,
+    webhooks: Webhooks,
 }
 
 /// The link-signing secret and the previous ones still accepted.
@@ -358,10 +457,17 @@ pub struct Config {
     pub sender: Sender,
     pub smtp: Smtp,
     pub smtp_password: Option<String>,
+    /// `BULLETIN_IMAP_PASSWORD`: the `[bounces.imap]` mailbox's password.
+    pub imap_password: Option<String>,
     pub dkim: Option<Dkim>,
     pub dispatch: Dispatch,
     pub bounces: Bounces,
     pub serve: Serve,
+    pub webhooks: Webhooks,
+    /// `BULLETIN_POSTMARK_PASSWORD`: the `[webhooks.postmark]` basic-auth password.
+    pub postmark_password: Option<String>,
+    /// `BULLETIN_MAILGUN_SIGNING_KEY`: the `[webhooks.mailgun]` signing key.
+    pub mailgun_signing_key: Option<String>,
     pub secrets: Secrets,
 }
 
@@ -456,8 +562,24 @@ impl Config {
                 "serve.max_connections must be at least 1".into(),
             ));
         }
+        if let Some(imap) = &file.bounces.imap
+            && url_has_password(&imap.url)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: bounces.imap.url carries a password; put it in BULLETIN_IMAP_PASSWORD instead",
+                path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
+        }
         if smtp.connections == 0 {
             return Err(Error::Invalid("smtp.connections must be at least 1".into()));
+        }
+        let mut bounces = file.bounces;
+        if let Some(imap) = &mut bounces.imap {
+            imap.ca_file = imap.ca_file.take().map(&rel);
+        }
+        let mut webhooks = file.webhooks;
+        if let Some(ses) = &mut webhooks.ses {
+            ses.certificates = rel(ses.certificates.clone());
         }
         let dkim = file.dkim.map(|mut d| {
             d.key_file = rel(d.key_file);
@@ -497,10 +619,14 @@ impl Config {
             sender,
             smtp,
             smtp_password: env("BULLETIN_SMTP_PASSWORD"),
+            imap_password: env("BULLETIN_IMAP_PASSWORD"),
             dkim,
             dispatch: file.dispatch,
-            bounces: file.bounces,
+            bounces,
             serve: file.serve,
+            webhooks,
+            postmark_password: env("BULLETIN_POSTMARK_PASSWORD"),
+            mailgun_signing_key: env("BULLETIN_MAILGUN_SIGNING_KEY"),
             secrets,
         })
     }
@@ -716,6 +842,51 @@ mod tests {
         };
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("b.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn imap_and_webhooks_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "[bounces.imap]\nurl = \"imaps://b@imap.example.org/INBOX\"\n\
+             [webhooks.ses]\ntopic_arn = \"arn:t\"\n[webhooks.mailgun]\n\
+             [webhooks.postmark]\nuser = \"pm\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load(
+            &flags,
+            &[
+                ("BULLETIN_IMAP_PASSWORD", "pw"),
+                ("BULLETIN_MAILGUN_SIGNING_KEY", "key"),
+            ],
+        )
+        .unwrap();
+        let imap = c.bounces.imap.unwrap();
+        assert_eq!((imap.processed.as_str(), imap.poll_secs), ("processed", 60));
+        assert_eq!(c.imap_password.as_deref(), Some("pw"));
+        assert_eq!(c.mailgun_signing_key.as_deref(), Some("key"));
+        assert_eq!(c.webhooks.mailgun.unwrap().max_age_secs, 300);
+        assert_eq!(c.webhooks.postmark.unwrap().user, "pm");
+        assert!(c.webhooks.sendgrid.is_none());
+        // The certificate folder is relative to the file.
+        assert_eq!(
+            c.webhooks.ses.unwrap().certificates,
+            dir.path().join("sns-certificates")
+        );
+        // A password in the IMAP URL is refused, naming where it goes.
+        std::fs::write(&path, "[bounces.imap]\nurl = \"imaps://b:pw@h/INBOX\"\n").unwrap();
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("BULLETIN_IMAP_PASSWORD"), "{err}");
+        // A misspelt key names the line.
+        std::fs::write(&path, "[webhooks.mailgun]\nmax_age = 3\n").unwrap();
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("b.toml:2"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::bounce::{self, Report};
 use crate::cli::{BouncesParseArgs, EX_TEMPFAIL};
 
+mod imap; // `bounces imap`: the IMAP mailbox loop
+
 /// One output line: the file and its report.
 #[derive(Debug, Serialize)]
 pub struct ParseLine<'a> {
@@ -84,7 +86,7 @@ pub(crate) fn run(
                 let envelope = std::env::var("ORIGINAL_RECIPIENT")
                     .or_else(|_| std::env::var("RECIPIENT"))
                     .ok();
-                match ctx.process(&raw, envelope.as_deref()).await {
+                match ctx.process(&raw, envelope.as_deref(), "pipe").await {
                     Ok(line) => {
                         println!("-: {line}");
                         Ok(ExitCode::SUCCESS)
@@ -99,7 +101,7 @@ pub(crate) fn run(
                 let mut failed = false;
                 for path in files {
                     let result = match read(path) {
-                        Ok(raw) => ctx.process(&raw, None).await,
+                        Ok(raw) => ctx.process(&raw, None, "file").await,
                         Err(e) => Err(e.into()),
                     };
                     match result {
@@ -117,6 +119,7 @@ pub(crate) fn run(
                 })
             }
             BouncesCommand::Scan { maildir } => ctx.scan(maildir).await,
+            BouncesCommand::Imap { once } => imap::run(config, &ctx, *once).await,
             BouncesCommand::List { since, unmatched } => {
                 let since = match since {
                     None => 0,
@@ -131,11 +134,12 @@ pub(crate) fn run(
                 }
                 for e in events {
                     println!(
-                        "{}  {:<10}  {:<32}  {:<20}  {}",
+                        "{}  {:<10}  {:<32}  {:<20}  {:<16}  {}",
                         super::setup::fmt_time(e.at),
                         e.kind,
                         e.email.as_deref().unwrap_or("(erased)"),
                         e.campaign.as_deref().unwrap_or("-"),
+                        e.source,
                         e.detail.as_deref().unwrap_or("").replace('\n', " ")
                     );
                 }
@@ -182,6 +186,15 @@ struct Ingest {
     soft: crate::store::SoftRule,
 }
 
+/// What [`Ingest::ingest`] made of one message.
+struct Ingested {
+    /// What was done, to print.
+    line: String,
+    /// A bounce, complaint or mailto unsubscribe (filed away once applied);
+    /// false for other mail, which a person may want to read.
+    report: bool,
+}
+
 /// What one report does, to whom: the person a signed token or a quoted
 /// signed Message-ID names, and nobody else.
 struct Target {
@@ -191,6 +204,15 @@ struct Target {
 }
 
 impl Ingest {
+    /// The one entry point for mail read from a mailbox (`source` says which
+    /// kind): parses, matches and applies `raw` like `bounces ingest`.
+    async fn ingest(&self, raw: &[u8], source: &str) -> Result<Ingested> {
+        use crate::bounce::Kind;
+        let report = !matches!(bounce::parse(raw).kind, Kind::None | Kind::AutoReply);
+        let line = self.process(raw, None, source).await?;
+        Ok(Ingested { line, report })
+    }
+
     /// The delivery that a token signed for `Purpose::Bounce` names; `Err`
     /// says why there is none.
     async fn delivery(
@@ -297,8 +319,9 @@ impl Ingest {
         }))
     }
 
-    /// Processes one message; returns the line to print.
-    async fn process(&self, raw: &[u8], envelope: Option<&str>) -> Result<String> {
+    /// Processes one message that came from `source` (pipe, file, maildir,
+    /// imap); returns the line to print.
+    async fn process(&self, raw: &[u8], envelope: Option<&str>, source: &str) -> Result<String> {
         use crate::bounce::Kind;
         use crate::store::{Action, Applied, UnmatchedMail};
         use sha2::{Digest, Sha256};
@@ -354,7 +377,7 @@ impl Ingest {
         } = target;
         let applied = self
             .store
-            .apply_inbound(&hash, sub, campaign, &action, self.soft, now)
+            .apply_inbound(&hash, sub, campaign, &action, self.soft, source, now)
             .await?;
         let what = match action {
             Action::Hard { .. } => "hard bounce",
@@ -396,7 +419,7 @@ impl Ingest {
                 .unwrap_or_default()
                 .to_string();
             let result = match read(&path) {
-                Ok(raw) => self.process(&raw, None).await,
+                Ok(raw) => self.process(&raw, None, "maildir").await,
                 Err(e) => Err(e.into()),
             };
             match result {

@@ -1,8 +1,9 @@
 //! `bulletin doctor`: the preflight a team runs before the first real send
 //! and after any change. One line per check (`ok`, `warn`, `FAIL`), then a
 //! verdict; exit 0 when all is ok, 1 with warnings only, 2 with a failure.
-//! Talks to no host but the configured SMTP server (and `base_url` with
-//! `--web`); sends a message only with `--send-test`.
+//! Talks to no host but the configured SMTP server, the `[bounces.imap]`
+//! mailbox when there is one (a login, nothing read or moved), and
+//! `base_url` with `--web`; sends a message only with `--send-test`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -70,6 +71,7 @@ pub(crate) fn run(config: &Config, global: &Global, args: &DoctorArgs) -> Result
         .and_then(|file| campaign_size(&mut r, config, dkim.as_deref(), file));
     super::runtime()?.block_on(async {
         smtp(&mut r, config, message_size).await;
+        imap(&mut r, config).await;
         if args.web {
             web(&mut r, config).await;
         }
@@ -372,6 +374,40 @@ async fn smtp(r: &mut Report, config: &Config, message_size: Option<usize>) {
         return;
     }
     advertised(r, &probe, message_size);
+}
+
+/// Logs in to the `[bounces.imap]` mailbox, when configured, and out again.
+async fn imap(r: &mut Report, config: &Config) {
+    let access = match setup::imap_access(config) {
+        Ok(Some(access)) => access,
+        Ok(None) => return,
+        Err(e) => return r.line(Level::Fail, "imap", format!("{e:#}")),
+    };
+    let opened = crate::imap::Mailbox::open(
+        &access.url,
+        &access.password,
+        &access.processed,
+        &access.roots,
+        setup::IMAP_CONNECT_TIMEOUT,
+    )
+    .await;
+    match opened {
+        Ok(mailbox) => {
+            mailbox.close().await;
+            r.line(
+                Level::Ok,
+                "imap",
+                format!(
+                    "logged in to {} as {}; {} and {} are there",
+                    access.url.server(),
+                    access.url.user,
+                    access.url.mailbox,
+                    access.processed
+                ),
+            );
+        }
+        Err(e) => r.line(Level::Fail, "imap", e.to_string()),
+    }
 }
 
 fn tls_line(r: &mut Report, url: &SmtpUrl, probe: &transport::Probe) {

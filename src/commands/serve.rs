@@ -22,6 +22,8 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
         let signer = super::setup::signer(config, &store, &transport).await?;
         let mailer =
             Mailer::new(transport, &config.bounce_domain()).with_dkim(super::setup::dkim(config)?);
+        let webhooks = webhooks(config)?;
+        let enabled = webhooks.enabled();
         let state = AppState::new(
             store,
             signer,
@@ -29,7 +31,8 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
             pages,
             Some(mailer),
             config.sender.from.clone(),
-        );
+        )
+        .with_webhooks(webhooks);
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listen on {listen}"))?;
@@ -38,6 +41,9 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
             listener.local_addr()?,
             config.base_url
         );
+        if !enabled.is_empty() {
+            println!("webhooks on: /webhooks/{}", enabled.join(", /webhooks/"));
+        }
         let limits = web::Limits {
             header_timeout: Duration::from_secs(config.serve.header_timeout_secs),
             idle_timeout: Duration::from_secs(config.serve.idle_timeout_secs),
@@ -46,4 +52,42 @@ pub(crate) fn run(config: &Config, args: &ServeArgs) -> Result<ExitCode> {
         web::serve_with(listener, state, limits, super::setup::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The `[webhooks.*]` sections as the web layer takes them; a section whose
+/// secret is missing from the environment is an error naming both.
+fn webhooks(config: &Config) -> Result<web::webhooks::Settings> {
+    let file = config
+        .file
+        .as_ref()
+        .map_or("bulletin.toml".into(), |f| f.display().to_string());
+    let hooks = &config.webhooks;
+    let mut settings = web::webhooks::Settings::new(crate::store::SoftRule {
+        limit: config.bounces.soft_limit.max(1),
+        window_secs: config.bounces.soft_window_days.max(1) * 86_400,
+    });
+    if let Some(postmark) = &hooks.postmark {
+        let password = config.postmark_password.as_deref().ok_or_else(|| {
+            anyhow!("[webhooks.postmark] in {file} needs BULLETIN_POSTMARK_PASSWORD (the basic-auth password set at Postmark)")
+        })?;
+        settings = settings.postmark(&postmark.user, password);
+    }
+    if let Some(mailgun) = &hooks.mailgun {
+        let key = config.mailgun_signing_key.as_deref().ok_or_else(|| {
+            anyhow!("[webhooks.mailgun] in {file} needs BULLETIN_MAILGUN_SIGNING_KEY (the HTTP webhook signing key Mailgun shows)")
+        })?;
+        settings = settings.mailgun(key, mailgun.max_age_secs);
+    }
+    if let Some(sendgrid) = &hooks.sendgrid {
+        settings = settings
+            .sendgrid(&sendgrid.public_key, sendgrid.max_age_secs)
+            .map_err(|e| anyhow!("{file}: {e}"))?;
+    }
+    if let Some(ses) = &hooks.ses {
+        settings = settings.ses(web::webhooks::Ses::new(
+            &ses.topic_arn,
+            web::webhooks::CertificateCache::new(ses.certificates.clone()),
+        ));
+    }
+    Ok(settings)
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Local, Utc};
 use tokio::sync::watch;
 
@@ -176,4 +176,64 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The config file's name for messages ("bulletin.toml" when none was read).
+pub(crate) fn config_file_name(config: &Config) -> String {
+    config
+        .file
+        .as_ref()
+        .map_or("bulletin.toml".into(), |f| f.display().to_string())
+}
+
+/// How long connecting and logging in to the IMAP mailbox may take.
+pub(crate) const IMAP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What reaching the `[bounces.imap]` mailbox takes (`bounces imap`, `doctor`).
+pub(crate) struct ImapAccess {
+    pub url: crate::imap::ImapUrl,
+    pub password: String,
+    pub processed: String,
+    pub roots: crate::imap::Roots,
+    pub poll: Duration,
+}
+
+/// `[bounces.imap]` resolved: the URL parsed, the password from
+/// `BULLETIN_IMAP_PASSWORD`, the `ca_file` read; `None` when the section is
+/// not there. Each error names the setting and the file.
+pub(crate) fn imap_access(config: &Config) -> Result<Option<ImapAccess>> {
+    let Some(settings) = &config.bounces.imap else {
+        return Ok(None);
+    };
+    let file = config_file_name(config);
+    let url = crate::imap::ImapUrl::parse(&settings.url).map_err(|e| anyhow!("{file}: {e}"))?;
+    let password = config.imap_password.clone().ok_or_else(|| {
+        anyhow!(
+            "BULLETIN_IMAP_PASSWORD is not set (the password of {} at {}, [bounces.imap] in {file})",
+            url.user,
+            url.server()
+        )
+    })?;
+    let roots = match &settings.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow!("{} (bounces.imap.ca_file in {file}): {e}", path.display()))?;
+            let roots = crate::imap::pem_certificates(&pem);
+            if roots.is_empty() {
+                bail!(
+                    "{} (bounces.imap.ca_file in {file}): no PEM certificate in it",
+                    path.display()
+                );
+            }
+            roots
+        }
+        None => Vec::new(),
+    };
+    Ok(Some(ImapAccess {
+        url,
+        password,
+        processed: settings.processed.clone(),
+        roots,
+        poll: Duration::from_secs(settings.poll_secs.max(1)),
+    }))
 }

@@ -169,6 +169,9 @@ impl Store {
 
     /// Applies `action` to `subscriber` for the message `hash`, once: a
     /// message already in `inbound` changes nothing and returns `None`.
+    /// `source` says where the report came from (pipe, file, maildir, imap,
+    /// webhook:ses...); the events it writes carry it, for `bounces list`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply_inbound(
         &self,
         hash: &str,
@@ -176,6 +179,7 @@ impl Store {
         campaign: Option<i64>,
         action: &Action,
         soft: SoftRule,
+        source: &str,
         now: i64,
     ) -> Result<Option<Applied>> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
@@ -212,7 +216,7 @@ impl Store {
         };
         let applied = match action {
             Action::Hard { reason } => {
-                record_hard_bounce(&mut tx, subscriber, campaign, "bounce", reason, now).await?
+                record_hard_bounce(&mut tx, subscriber, campaign, source, reason, now).await?
             }
             Action::Soft { reason } => {
                 bounce_event(
@@ -220,6 +224,7 @@ impl Store {
                     subscriber,
                     campaign,
                     "bounced",
+                    source,
                     &format!("soft: {reason}"),
                     now,
                 )
@@ -238,7 +243,10 @@ impl Store {
                         "{count} soft bounces within {} days",
                         soft.window_secs / 86_400
                     );
-                    bounce_event(&mut tx, subscriber, campaign, "bounced", &detail, now).await?;
+                    bounce_event(
+                        &mut tx, subscriber, campaign, "bounced", source, &detail, now,
+                    )
+                    .await?;
                     self::stop(
                         &mut tx,
                         subscriber,
@@ -276,7 +284,16 @@ impl Store {
                     )
                     .await?;
                 }
-                bounce_event(&mut tx, subscriber, campaign, "complained", reason, now).await?;
+                bounce_event(
+                    &mut tx,
+                    subscriber,
+                    campaign,
+                    "complained",
+                    source,
+                    reason,
+                    now,
+                )
+                .await?;
                 self::stop(
                     &mut tx,
                     subscriber,
@@ -348,8 +365,8 @@ impl Store {
 /// Records a hard bounce, inside the caller's transaction: a `bounced`
 /// event naming the campaign, the address suppressed, an active person
 /// marked `bounced`. The one way a hard bounce is recorded, whether it comes
-/// back as returned mail (`source` "bounce") or as the dispatcher's SMTP
-/// reply ("dispatch").
+/// back as returned mail or a webhook (`source` pipe, file, maildir, imap,
+/// webhook:ses...) or as the dispatcher's SMTP reply ("dispatch").
 pub(super) async fn record_hard_bounce(
     tx: &mut sqlx::SqliteConnection,
     subscriber: i64,
@@ -372,16 +389,18 @@ pub(super) async fn record_hard_bounce(
     stop(tx, subscriber, hash.as_deref(), new, "bounced", now).await
 }
 
-/// Appends a bounce-handling event that names the campaign it came from.
+/// Appends a bounce-handling event that names the campaign and the source
+/// of the report it came from.
 async fn bounce_event(
     tx: &mut sqlx::SqliteConnection,
     subscriber: i64,
     campaign: Option<i64>,
     kind: &str,
+    source: &str,
     detail: &str,
     now: i64,
 ) -> Result<()> {
-    event(tx, subscriber, campaign, kind, "bounce", detail, now).await
+    event(tx, subscriber, campaign, kind, source, detail, now).await
 }
 
 async fn event(

@@ -13,6 +13,7 @@ pub mod preview;
 mod server;
 mod signup;
 mod subscriber;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,9 @@ struct Inner {
     /// Work that outlives its request (sign-ups and their emails), so that
     /// shutdown can wait for it.
     tasks: TaskTracker,
+    /// The sending services whose notifications are accepted; `None`: all
+    /// webhook routes answer 404.
+    webhooks: Option<webhooks::Settings>,
 }
 
 impl AppState {
@@ -77,9 +81,19 @@ impl AppState {
                 limiter: RateLimiter::new(10, Duration::from_secs(600)),
                 writer: people::Writer::spawn(store.pool().clone()),
                 tasks: TaskTracker::new(),
+                webhooks: None,
                 store,
             }),
         }
+    }
+
+    /// Turns on the webhooks `settings` configures. Call it on a state just
+    /// made, before it is shared.
+    pub fn with_webhooks(mut self, settings: webhooks::Settings) -> AppState {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_webhooks is called before the state is shared")
+            .webhooks = Some(settings);
+        self
     }
 }
 
@@ -101,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .merge(subscriber::router())
         .merge(signup::router())
         .merge(archive::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::map_response(security_headers))
@@ -182,6 +197,8 @@ pub enum Error {
     /// Unknown route, or a link that is not valid: the same page for both.
     NotFound,
     BadRequest(&'static str),
+    /// A webhook whose credentials or signature do not check out.
+    Unauthorized(&'static str),
     TooManyRequests,
     /// The database stayed locked: try again (mail clients retry a one-click
     /// unsubscribe on 503).
@@ -215,6 +232,7 @@ impl IntoResponse for Error {
                  check that the whole link was copied.",
             ),
             Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "Something is missing", *m),
+            Error::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "Not authorised", *m),
             Error::TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "Please wait a moment",
