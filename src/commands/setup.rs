@@ -145,8 +145,9 @@ pub(crate) async fn settings(config: &Config, store: &Store) -> Result<Settings>
 /// A stop signal that flips on SIGINT or SIGTERM: take no new work.
 pub(crate) fn stop_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         let _ = tx.send(true);
     });
     rx
@@ -162,20 +163,19 @@ pub(crate) fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes right
+/// after a server printed its address must not kill the process.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    async move {
         tokio::select! {
-            _ = ctrl_c => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// The config file's name for messages ("bulletin.toml" when none was read).
