@@ -140,12 +140,27 @@ pub async fn http(
     parse_reply(&raw)
 }
 
-/// A free TCP port on loopback, for a child process that must be told one.
+/// A free TCP port on loopback, for a child process that must be told one
+/// and binds it itself. Ports come from below the kernel's ephemeral range (32768 and up), so a
+/// socket bound to port 0 elsewhere in the tests can never take the port
+/// before the child does; a process-wide counter keeps two callers apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start at a place of this process's own, so two test runs at once
+    // rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % 4000) as u16 * 3,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = 20_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed on drop.

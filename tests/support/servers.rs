@@ -6,7 +6,7 @@
 //! otherwise the starters print a notice and return `None`, and the test
 //! returns early.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,7 +173,7 @@ pub fn postfix_smtp_sink() -> Option<Server> {
         );
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let port = crate::util::free_port();
     let mut cmd = Command::new(SMTP_SINK);
     if is_root() {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
@@ -248,7 +248,7 @@ pub fn aiosmtpd_with(options: &[&str]) -> Option<Server> {
     std::fs::create_dir_all(&handler_dir).unwrap();
     std::fs::create_dir_all(&dump_dir).unwrap();
     std::fs::write(handler_dir.join("bulletin_store.py"), AIOSMTPD_HANDLER).unwrap();
-    let port = free_port();
+    let port = crate::util::free_port();
     let mut cmd = Command::new(PYTHON);
     cmd.env("PYTHONPATH", &handler_dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -293,11 +293,6 @@ fn spawn(kind: Kind, mut cmd: Command, port: u16, tmp: tempfile::TempDir, dump: 
 
 /// A port that was free a moment ago. Another process could take it before
 /// the server binds it; on loopback in a test run that is rare enough.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
