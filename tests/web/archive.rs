@@ -1,0 +1,225 @@
+//! Subscriber pages: the archive and the real server.
+
+use super::*;
+
+/// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
+struct Served {
+    child: Child,
+    /// Where it listens, as it printed.
+    addr: String,
+    /// Its standard error.
+    log: PathBuf,
+    /// Kept open: the server may print more.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Served {
+    async fn start(env: &Env) -> Served {
+        let log = env.dir.path().join("serve.log");
+        let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = Child(cmd.spawn().expect("spawn bulletin serve"));
+        let stdout = child.0.stdout.take().unwrap();
+        // The first line names the address.
+        let (line, stdout) = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            (line, reader)
+        })
+        .await
+        .unwrap();
+        let addr = line
+            .strip_prefix("serving on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "bulletin serve printed {line:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Served {
+            child,
+            addr,
+            log,
+            _stdout: stdout,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The https URL of a List-Unsubscribe header.
+fn one_click_url(list_unsubscribe: &str) -> &str {
+    list_unsubscribe
+        .split(',')
+        .map(|part| part.trim().trim_start_matches('<').trim_end_matches('>'))
+        .find(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no https URL in {list_unsubscribe}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(1, &["ana@example.net"]).await;
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    // A scheduled campaign is not public yet.
+    std::fs::write(
+        env.dir.path().join("campaigns/later.md"),
+        "+++\nsubject = \"Not yet\"\nlist = \"news\"\n+++\n# S\n\n## A\n\nLater.\n",
+    )
+    .unwrap();
+    env.ok(&[
+        "send",
+        "campaigns/later.md",
+        "--at",
+        "2099-01-01 09:00",
+        "--yes",
+    ])
+    .await;
+    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let app = web::router(app_state(
+        store.clone(),
+        Signer::new(SECRET.as_bytes(), &[]),
+        None,
+    ));
+    let get = |path: &'static str| call(&app, request("GET", path, None, Vec::new()));
+
+    let index = get("/archive").await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert!(
+        index.body.contains("<h1>Past bulletins</h1>"),
+        "{}",
+        index.body
+    );
+    assert!(
+        index
+            .body
+            .contains("<a href=\"/archive/news-1\">News for you</a>"),
+        "the subject as the archive page shows it: {}",
+        index.body
+    );
+    assert!(!index.body.contains("{{"), "{}", index.body);
+    assert!(!index.body.contains("later") && !index.body.contains("Not yet"));
+
+    let page = get("/archive/news-1").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.header(header::CONTENT_TYPE).starts_with("text/html"));
+    assert_security_headers("archive page", &page);
+    let html = &page.body;
+    assert!(html.contains("Hello , from ."), "fields blanked: {html}");
+    for personal in [
+        "ana@example.net",
+        "person0",
+        "Special",
+        "Here",
+        "/unsubscribe/",
+        "/preferences/",
+        "QQbltn",
+    ] {
+        assert!(!html.contains(personal), "{personal} in {html}");
+    }
+    assert!(html.contains(&format!("{BASE}/subscribe")), "{html}");
+    assert!(html.contains(&format!("{BASE}/archive/news-1")), "{html}");
+
+    for path in ["/archive/later", "/archive/nope", "/archive/news-1/x"] {
+        let r = get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(1, &["ana@example.net"]).await;
+    let server = Served::start(&env).await;
+    let addr = &server.addr;
+
+    env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 2);
+    let ana = messages
+        .iter()
+        .find(|m| m.rcpt_to == ["ana@example.net"])
+        .expect("ana's copy");
+    let raw = unfold(&ana.data);
+    assert_eq!(
+        mail_header(&raw, "List-Unsubscribe-Post"),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let url = one_click_url(mail_header(&raw, "List-Unsubscribe").unwrap());
+    // The public base URL is a proxy in front of this server.
+    let path = url.strip_prefix(BASE).expect("our base URL");
+
+    // As Gmail and Yahoo do: a POST with the body RFC 8058 prescribes.
+    for attempt in 0..2 {
+        let r = http(
+            addr,
+            "POST",
+            path,
+            &[("Content-Type", FORM), ("User-Agent", "mail-client/1.0")],
+            b"List-Unsubscribe=One-Click",
+        )
+        .await;
+        assert_eq!(r.status, 200, "attempt {attempt}: {r:?}");
+        assert_eq!(r.header("Location"), None, "no redirect");
+        assert!(r.body.contains("You are unsubscribed"), "{}", r.body);
+        assert_eq!(r.header("Referrer-Policy"), Some("no-referrer"));
+    }
+    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let profile = store.profile("ana@example.net").await.unwrap().unwrap();
+    assert_eq!(profile.subscriptions.len(), 1);
+    assert_eq!(profile.subscriptions[0].status, "unsubscribed");
+    assert_eq!(profile.subscriptions[0].source, "web");
+
+    // The next campaign to the list goes to everyone else only.
+    std::fs::write(
+        env.dir.path().join("campaigns/news-2.md"),
+        "+++\nsubject = \"Second\"\nlist = \"news\"\n+++\n# S\n\n## A\n\nAgain.\n",
+    )
+    .unwrap();
+    let out = env.ok(&["send", "campaigns/news-2.md", "--yes"]).await;
+    assert!(out.contains("news-2: sent 1 (finished)"), "{out}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[2].rcpt_to, ["person0@example.net"]);
+    let log = server.log();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(!log.contains("ana@") && !log.contains("person0@"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_cleanly_on_sigterm() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    // `serve` never creates the database.
+    env.ok(&["init"]).await;
+    let mut server = Served::start(&env).await;
+    let r = http(&server.addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+
+    let pid = server.child.0.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Generous: this bounds a hang, it does not measure anything.
+    let mut status = None;
+    for _ in 0..300 {
+        if let Some(s) = server.child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("bulletin serve still running 30 s after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status:?}: {}", server.log());
+}

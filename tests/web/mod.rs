@@ -1,0 +1,370 @@
+//! The subscriber pages of `bulletin serve`. Every route is called through
+//! the router with `oneshot` on a real SQLite file, and each test checks the
+//! status, the page and what is stored: one-click unsubscribe, the
+//! preference center, download and erasure, sign-up with double opt-in,
+//! the archive, every kind of bad token, security headers, body limits.
+//! Then over real sockets: a campaign sent through the dispatcher to the
+//! SMTP sink, its List-Unsubscribe URL POSTed to `bulletin serve` as a mail
+//! client does, and the next send skipping that person; `bulletin serve`
+//! stopping on SIGTERM; and headless Chromium through the preference page
+//! (`BULLETIN_BROWSER=1` requires it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use tower::ServiceExt as _;
+
+use bulletin::assets::Templates;
+use bulletin::config::Organisation;
+use bulletin::dispatch::Mailer;
+use bulletin::dispatch::transport::Transport;
+use bulletin::links::{Purpose, Signer, Urls};
+use bulletin::store::{List, Store};
+use bulletin::web::{self, AppState, BODY_LIMIT, Pages};
+
+use crate::dispatch::{Env, SECRET, header as mail_header, unfold};
+use crate::support::smtp_sink::{Behaviour, SmtpSink};
+use crate::util::{Child, free_port, http};
+
+mod after_answer;
+mod archive; // The archive and the real server
+mod browser; // Headless Chromium
+mod health; // Health, unknown routes, headers, limits
+mod one_click; // One-click unsubscribe (RFC 8058)
+mod preferences; // Preference center
+mod signup; // Sign-up and confirmation
+mod tokens; // Bad tokens // Work after the answer, and forms that went stale
+
+const BASE: &str = "https://news.example.org";
+const FROM: &str = "Test Alliance <news@alliance.example>";
+const NOW: i64 = 1_750_000_000;
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The application as `bulletin serve` wires it, on `store`.
+fn app_state(store: Store, signer: Signer, mailer: Option<Mailer>) -> AppState {
+    let org = Organisation {
+        name: "Test Alliance".into(),
+        address: "1 Road, Town".into(),
+        ..Organisation::default()
+    };
+    let pages = Pages::new(&Templates::builtin(), &org).expect("built-in pages parse");
+    AppState::new(store, signer, Urls::new(BASE), pages, mailer, FROM.into())
+}
+
+/// A response, read whole.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn call(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn request(method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    let mut r = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        r = r.header(header::CONTENT_TYPE, ct);
+    }
+    r.header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn encode(fields: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
+/// A multipart/form-data body with one field, as some mail clients POST
+/// the one-click unsubscribe.
+fn multipart(name: &str, value: &str) -> (String, Vec<u8>) {
+    let body = format!(
+        "--XyZzy\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n--XyZzy--\r\n"
+    );
+    (
+        "multipart/form-data; boundary=XyZzy".into(),
+        body.into_bytes(),
+    )
+}
+
+/// Every row of every table, as text: "nothing changed" is an equal dump,
+/// and "nothing left" is a dump without the string.
+async fn dump(store: &Store) -> String {
+    let pool = store.pool();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = String::new();
+    for t in tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let row = columns
+            .iter()
+            .map(|c| format!("quote(\"{c}\")"))
+            .collect::<Vec<_>>()
+            .join(" || ' | ' || ");
+        let mut rows: Vec<String> = sqlx::query_scalar(&format!("SELECT {row} FROM \"{t}\""))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.sort();
+        out.push_str(&format!("{t}:\n"));
+        for r in rows {
+            out.push_str(&format!("  {r}\n"));
+        }
+    }
+    out
+}
+
+/// A database with three lists and a few people, served by the router.
+///
+/// - `news` ("News"): public; ann and bob are confirmed on it.
+/// - `events` ("Events"): public, double opt-in; nobody on it.
+/// - `staff` ("Staff"): not public; ann is confirmed on it.
+/// - eve was on `events` (pending) and has been erased; carl@example.org
+///   bounced long ago, so only his suppression is stored.
+struct Site {
+    dir: tempfile::TempDir,
+    store: Store,
+    signer: Signer,
+    state: AppState,
+    app: Router,
+    news: List,
+    events: List,
+    staff: List,
+    ann: i64,
+    bob: i64,
+    eve: i64,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("web.db")).await.unwrap();
+        let news = store
+            .create_list("news", "News", "What we did this month", false, true, NOW)
+            .await
+            .unwrap();
+        let events = store
+            .create_list("events", "Events", "", true, true, NOW)
+            .await
+            .unwrap();
+        let staff = store
+            .create_list("staff", "Staff", "", false, false, NOW)
+            .await
+            .unwrap();
+        for (email, name, list) in [
+            ("ann@example.org", "Ann", "news"),
+            ("ann@example.org", "Ann", "staff"),
+            ("bob@example.org", "Bob", "news"),
+            ("eve@example.org", "Eve", "events"),
+        ] {
+            store
+                .add_subscriber(email, Some(name), list, "cli", NOW)
+                .await
+                .unwrap();
+        }
+        let id = |e: &'static str| {
+            let store = store.clone();
+            async move { store.subscriber(e).await.unwrap().unwrap().id }
+        };
+        let (ann, bob, eve) = (
+            id("ann@example.org").await,
+            id("bob@example.org").await,
+            id("eve@example.org").await,
+        );
+        store.forget("eve@example.org", "cli", NOW).await.unwrap();
+        store
+            .suppress("carl@example.org", "bounced", NOW)
+            .await
+            .unwrap();
+        let outbox = dir.path().join("outbox");
+        std::fs::create_dir_all(&outbox).unwrap();
+        let signer = Signer::new(SECRET.as_bytes(), &[]);
+        let mailer = Mailer::new(Transport::Outbox(outbox), "alliance.example");
+        let state = app_state(store.clone(), signer.clone(), Some(mailer));
+        let app = web::router(state.clone());
+        Site {
+            dir,
+            store,
+            signer,
+            state,
+            app,
+            news,
+            events,
+            staff,
+            ann,
+            bob,
+            eve,
+        }
+    }
+
+    fn token(&self, purpose: Purpose, a: i64, b: i64) -> String {
+        self.signer.sign(purpose, a, b)
+    }
+
+    fn unsubscribe_path(&self, who: i64, list: &List) -> String {
+        format!(
+            "/unsubscribe/{}",
+            self.token(Purpose::Unsubscribe, who, list.id)
+        )
+    }
+
+    fn preferences_path(&self, who: i64) -> String {
+        format!("/preferences/{}", self.token(Purpose::Preferences, who, 0))
+    }
+
+    fn csrf(&self, who: i64) -> String {
+        self.token(Purpose::Csrf, who, 0)
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        call(&self.app, request("GET", path, None, Vec::new())).await
+    }
+
+    /// A POST, and then the work it left running (sign-ups) is done.
+    async fn post(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        let reply = call(
+            &self.app,
+            request("POST", path, Some(content_type), body.into()),
+        )
+        .await;
+        self.state.drain().await;
+        reply
+    }
+
+    async fn form(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        self.post(path, FORM, encode(fields)).await
+    }
+
+    async fn subscription(&self, who: i64, list: &List) -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+        )
+        .bind(who)
+        .bind(list.id)
+        .fetch_optional(self.store.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn audience(&self, list: &List) -> i64 {
+        self.store.audience_count(list.id).await.unwrap()
+    }
+
+    /// (kind, list id, source) of each event of a person.
+    async fn history(&self, who: i64) -> Vec<(String, Option<i64>, String)> {
+        sqlx::query_as(
+            "SELECT kind, list_id, source FROM events WHERE subscriber_id = ? ORDER BY id",
+        )
+        .bind(who)
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn dump(&self) -> String {
+        dump(&self.store).await
+    }
+
+    /// The messages in the outbox now, in no particular order.
+    fn outbox(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            // Undo quoted-printable soft breaks, should lettre choose it.
+            .map(|p| std::fs::read_to_string(p).unwrap().replace("=\r\n", ""))
+            .collect()
+    }
+
+    /// The messages the pages sent (the outbox), in no particular order,
+    /// once there are at least `expected` (confirmation emails go out after
+    /// the answer), and a moment later, so that any extra ones show too.
+    async fn mails(&self, expected: usize) -> Vec<String> {
+        let read = || self.outbox();
+        for _ in 0..400 {
+            if read().len() >= expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        read()
+    }
+
+    /// The page every bad link and unknown route gets.
+    async fn not_found_page(&self) -> String {
+        let r = self.get("/no-such-page").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        r.body
+    }
+}
+
+/// The path of the confirmation link in a double opt-in email.
+fn confirm_path(mail: &str) -> String {
+    let start = mail
+        .find(&format!("{BASE}/confirm/"))
+        .unwrap_or_else(|| panic!("no confirm link in {mail}"));
+    let url: String = mail[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    url.strip_prefix(BASE).unwrap().to_string()
+}
+
+fn assert_security_headers(what: &str, r: &Reply) {
+    let csp = r.header(header::CONTENT_SECURITY_POLICY);
+    assert!(
+        csp.contains("frame-ancestors 'none'"),
+        "{what}: CSP {csp:?}"
+    );
+    assert!(csp.contains("default-src 'none'"), "{what}: CSP {csp:?}");
+    assert_eq!(r.header(header::REFERRER_POLICY), "no-referrer", "{what}");
+    assert_eq!(
+        r.header(header::X_CONTENT_TYPE_OPTIONS),
+        "nosniff",
+        "{what}"
+    );
+    assert_eq!(r.header(header::X_FRAME_OPTIONS), "DENY", "{what}");
+    assert_eq!(r.header(header::CACHE_CONTROL), "no-store", "{what}");
+}
+
+fn is_ticked(page: &str, slug: &str) -> bool {
+    let input = format!("name=\"list\" value=\"{slug}\"");
+    let at = page
+        .find(&input)
+        .unwrap_or_else(|| panic!("no box for {slug} in {page}"));
+    page[at + input.len()..].starts_with(" checked")
+}
