@@ -17,4 +17,5 @@ pub mod dispatch; // sending: lease, delivery log, SMTP/outbox workers; the only
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql
+pub mod text; // names and attribute values people type: control characters out, length limits (no IO)
 pub mod web; // axum: preview server (and later the subscriber pages)

@@ -23,6 +23,11 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
         let now = store::now();
         match command {
             SubscribersCommand::Add { email, name, list } => {
+                let name = name
+                    .as_deref()
+                    .map(|n| crate::text::clean(n, crate::text::Field::Name))
+                    .transpose()
+                    .context("--name")?;
                 let added = store
                     .add_subscriber(email, name.as_deref(), list, "cli", now)
                     .await

@@ -34,6 +34,7 @@ use sqlx::{Connection as _, SqliteConnection};
 
 use super::{Error, Result, Store, lists};
 use crate::address;
+use crate::text::{self, Field};
 
 /// Rows per transaction unless told otherwise: large enough that the
 /// per-statement costs vanish, small enough (0.1 to 0.2 s of work) that
@@ -203,16 +204,26 @@ fn parse_row(header: &Header, record: &csv::ByteRecord) -> Result<Row, String> {
             format!("{raw:?}: {e}")
         }
     })?;
+    // The one rule for typed values (`text::clean`): control characters
+    // out, a value over its limit refuses the row.
+    let clean = |i: usize, field: Field| {
+        let column = if field == Field::Name {
+            "name"
+        } else {
+            header.keys[i].as_deref().unwrap_or_default()
+        };
+        text::clean(text(i)?, field).map_err(|e| format!("{column}: {e}"))
+    };
     let name = match header.name {
-        Some(i) => text(i)?.to_string(),
+        Some(i) => clean(i, Field::Name)?,
         None => String::new(),
     };
     let mut attributes = Vec::new();
     for (i, key) in header.keys.iter().enumerate() {
         if key.is_some() {
-            let v = text(i)?;
+            let v = clean(i, Field::Value)?;
             if !v.is_empty() {
-                attributes.push((i, v.to_string()));
+                attributes.push((i, v));
             }
         }
     }

@@ -229,6 +229,13 @@ pub(crate) fn without_addresses(text: &str) -> String {
         .join(" ")
 }
 
+/// A name from a form, cleaned by the one rule for typed values
+/// (`text::clean`); too long is the person's to fix.
+fn typed_name(raw: &str) -> Result<String, Error> {
+    crate::text::clean(raw, crate::text::Field::Name)
+        .map_err(|_| Error::BadRequest("That name is too long. Go back and shorten it."))
+}
+
 /// The living person a token names; erased or unknown: the plain 404.
 async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, Error> {
     match state.inner.store.subscriber_by_id(id).await? {

@@ -78,10 +78,7 @@ async fn subscribe(
     let email = crate::address::normalize(&email).map_err(|_| {
         Error::BadRequest("That does not look like an email address. Go back and check it.")
     })?;
-    let name = get("name").unwrap_or_default();
-    if name.chars().count() > 200 {
-        return Err(Error::BadRequest("That name is too long."));
-    }
+    let name = super::typed_name(&get("name").unwrap_or_default())?;
     let public = people::public_lists(state.inner.store.pool()).await?;
     let chosen: Vec<_> = fields
         .iter()

@@ -227,12 +227,9 @@ async fn save_preferences(
     let writer = &state.inner.writer;
     let leave_all = fields.iter().any(|(k, v)| k == "action" && v == "leave");
     if let Some((_, name)) = fields.iter().find(|(k, _)| k == "name") {
-        let name = name.trim();
-        if name.chars().count() > 200 {
-            return Err(Error::BadRequest("That name is too long."));
-        }
+        let name = super::typed_name(name)?;
         if name != p.name {
-            people::set_name(pool, p.id, name, now()).await?;
+            people::set_name(pool, p.id, &name, now()).await?;
         }
     }
     if leave_all {

@@ -32,14 +32,15 @@ use crate::dispatch::{Env, SECRET, header as mail_header, unfold};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 use crate::util::{Child, free_port, http};
 
-mod after_answer;
+mod after_answer; // Work after the answer, and forms that went stale
 mod archive; // The archive and the real server
 mod browser; // Headless Chromium
 mod health; // Health, unknown routes, headers, limits
 mod one_click; // One-click unsubscribe (RFC 8058)
 mod preferences; // Preference center
 mod signup; // Sign-up and confirmation
-mod tokens; // Bad tokens // Work after the answer, and forms that went stale
+mod tokens; // Bad tokens
+mod typed_values; // What people type: control characters out, length limits, every way in
 
 const BASE: &str = "https://news.example.org";
 const FROM: &str = "Test Alliance <news@alliance.example>";
