@@ -14,6 +14,7 @@ pub mod commands; // one function per CLI command; the only place that prints
 pub mod compose; // compiled campaign + recipient -> MIME message (no IO)
 pub mod config; // `Config`: defaults < file < env < flags
 pub mod dispatch; // sending: lease, delivery log, SMTP/outbox workers; the only transport holder
+pub mod import; // lists from other tools: formats, column mapping, cell rules (no IO)
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql

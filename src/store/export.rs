@@ -1,11 +1,12 @@
-//! Export: subscribers as rows for CSV, streamed from SQLite so that memory
-//! stays flat at any size. The CSV writing itself is the caller's.
+//! Export: subscribers as rows, with their list memberships and consent
+//! records, streamed from SQLite so that memory stays flat at any size.
+//! Writing CSV or JSON is the caller's.
 
 use futures_util::TryStreamExt as _;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{FromRow, Row, Sqlite};
 
-use super::{Error, Result, Store};
+use super::{Consent, Error, Result, Store};
 
 /// Which people to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,7 @@ impl Selection {
             "subscribers s CROSS JOIN subscriptions sub ON sub.subscriber_id = s.id";
         match self {
             Selection::Audience(_) => Clauses {
+                consent: LIST_CONSENT,
                 from: ON_LIST,
                 filter: "sub.list_id = ?1 AND sub.status = 'confirmed' AND s.status = 'active' \
                  AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)",
@@ -66,18 +68,21 @@ impl Selection {
                 order: "sub.subscriber_id",
             },
             Selection::ListStatus(..) => Clauses {
+                consent: LIST_CONSENT,
                 from: ON_LIST,
                 filter: "sub.list_id = ?1 AND sub.status = ?2 AND s.email IS NOT NULL",
                 status: "sub.status",
                 order: "sub.subscriber_id",
             },
             Selection::ListPersonStatus(..) => Clauses {
+                consent: LIST_CONSENT,
                 from: PERSON_ON_LIST,
                 filter: "sub.list_id = ?1 AND s.status = ?2 AND s.email IS NOT NULL",
                 status: "s.status",
                 order: "s.id",
             },
             Selection::Active => Clauses {
+                consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.status = 'active' \
                  AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)",
@@ -85,6 +90,7 @@ impl Selection {
                 order: "s.id",
             },
             Selection::PersonStatus(_) => Clauses {
+                consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.status = ?1 AND s.email IS NOT NULL",
                 status: "s.status",
@@ -100,9 +106,18 @@ impl Selection {
             filter,
             status,
             order,
+            consent,
         } = self.clauses();
+        // Every subscription of the person, with its consent record: the
+        // primary key (subscriber_id, list_id) finds them without a sort.
         format!(
-            "SELECT s.email, s.name, {status} AS status, s.attributes \
+            "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, \
+               (SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
+                  'source', x.source, 'since', x.created_at, 'consent_at', x.consent_at, \
+                  'consent_ip', x.consent_ip, 'confirmed_at', x.confirmed_at, \
+                  'confirmed_ip', x.confirmed_ip, 'consent_source', x.consent_source)) \
+                FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+                WHERE x.subscriber_id = s.id) AS lists \
              FROM {from} WHERE {filter} ORDER BY {order}"
         )
     }
@@ -124,8 +139,17 @@ impl Selection {
     }
 }
 
+/// The consent record of a list export: the subscription's.
+const LIST_CONSENT: &str = "sub.consent_at, sub.consent_ip, sub.confirmed_at, sub.confirmed_ip, \
+     sub.consent_source";
+/// Exports of people (not of a list) carry consent per subscription only.
+const NO_CONSENT: &str = "NULL AS consent_at, NULL AS consent_ip, NULL AS confirmed_at, \
+     NULL AS confirmed_ip, NULL AS consent_source";
+
 /// The SQL pieces of a selection.
 struct Clauses {
+    /// The consent columns of the rows.
+    consent: &'static str,
     from: &'static str,
     filter: &'static str,
     /// The status column of the rows.
@@ -142,12 +166,42 @@ pub struct ExportRow {
     /// The subscription state for a list export, else the person's status.
     pub status: String,
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The consent record of the exported list's subscription (empty when
+    /// the export is not of one list).
+    pub consent: Consent,
+    /// Every subscription of the person, with its consent record.
+    pub lists: Vec<ListMembership>,
+}
+
+/// One subscription of an exported person.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListMembership {
+    pub list: String,
+    pub status: String,
+    pub source: String,
+    /// When the subscription was created (unix seconds).
+    pub since: i64,
+    pub consent_at: Option<i64>,
+    pub consent_ip: Option<String>,
+    pub confirmed_at: Option<i64>,
+    pub confirmed_ip: Option<String>,
+    pub consent_source: Option<String>,
 }
 
 impl FromRow<'_, SqliteRow> for ExportRow {
     fn from_row(row: &SqliteRow) -> sqlx::Result<ExportRow> {
         let attributes: &str = row.try_get("attributes")?;
+        let lists: &str = row.try_get("lists")?;
+        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
         Ok(ExportRow {
+            consent: Consent {
+                at: row.try_get("consent_at")?,
+                ip: row.try_get("consent_ip")?,
+                confirmed_at: row.try_get("confirmed_at")?,
+                confirmed_ip: row.try_get("confirmed_ip")?,
+                source: row.try_get("consent_source")?,
+            },
+            lists: serde_json::from_str(lists).map_err(decode)?,
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             status: row.try_get("status")?,

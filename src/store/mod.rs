@@ -32,8 +32,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use bounces::{Action, Applied, BounceEvent, SoftRule};
 pub use events::Event;
-pub use export::{ExportRow, Selection};
-pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
+pub use export::{ExportRow, ListMembership, Selection};
+pub use import::{
+    Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
+};
 pub use lists::{List, ListCounts};
 pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Recipient, Removed, Subscriber, Subscription};
@@ -88,8 +90,8 @@ pub enum Error {
     BadStatus(String, &'static str),
     #[error("empty file: no header row")]
     EmptyFile,
-    #[error("no \"email\" column in the header (found: {})", .0.join(", "))]
-    NoEmailColumn(Vec<String>),
+    #[error(transparent)]
+    Header(#[from] crate::import::Error),
     #[error("line {line}: {message}")]
     Read { line: u64, message: String },
 }
