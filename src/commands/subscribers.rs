@@ -144,6 +144,9 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
             time(sub.updated_at),
             time(sub.created_at)
         );
+        if let Some(consent) = consent_line(&sub.consent) {
+            println!("    consent: {consent}");
+        }
     }
     println!("history:");
     for e in &profile.events {
@@ -160,6 +163,33 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// A consent record in one line: "opted in 2023-01-15 10:20:30 UTC from
+/// 203.0.113.5, confirmed … (recorded by mailchimp)".
+fn consent_line(consent: &store::Consent) -> Option<String> {
+    if consent.is_empty() {
+        return None;
+    }
+    let part = |what: &str, at: Option<i64>, ip: &Option<String>| {
+        let mut s = what.to_string();
+        if let Some(at) = at {
+            s.push_str(&format!(" {}", time(at)));
+        }
+        if let Some(ip) = ip {
+            s.push_str(&format!(" from {ip}"));
+        }
+        s
+    };
+    let mut parts = Vec::new();
+    if consent.at.is_some() || consent.ip.is_some() {
+        parts.push(part("opted in", consent.at, &consent.ip));
+    }
+    if consent.confirmed_at.is_some() || consent.confirmed_ip.is_some() {
+        parts.push(part("confirmed", consent.confirmed_at, &consent.confirmed_ip));
+    }
+    let by = consent.source.as_deref().unwrap_or("unknown");
+    Some(format!("{} (recorded by {by})", parts.join(", ")))
 }
 
 pub(super) async fn import(

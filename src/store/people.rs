@@ -273,11 +273,31 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
     };
     let (email, name, attributes, status): (Option<String>, String, String, String) =
         (p.get(0), p.get(1), p.get(2), p.get(3));
-    let lists: Vec<_> = lists_of(pool, subscriber)
-        .await?
-        .into_iter()
-        .map(|(l, status)| json!({ "list": l.slug, "name": l.name, "status": status }))
-        .collect();
+    let lists: Vec<_> = sqlx::query(
+        "SELECT l.slug, l.name, sub.status, sub.consent_at, sub.consent_ip, sub.confirmed_at,
+                sub.confirmed_ip, sub.consent_source
+         FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
+         WHERE sub.subscriber_id = ? ORDER BY l.name",
+    )
+    .bind(subscriber)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        json!({
+            "list": r.get::<String, _>(0),
+            "name": r.get::<String, _>(1),
+            "status": r.get::<String, _>(2),
+            "consent": {
+                "optin_at": r.get::<Option<i64>, _>(3),
+                "optin_ip": r.get::<Option<String>, _>(4),
+                "confirmed_at": r.get::<Option<i64>, _>(5),
+                "confirmed_ip": r.get::<Option<String>, _>(6),
+                "recorded_by": r.get::<Option<String>, _>(7),
+            },
+        })
+    })
+    .collect();
     let events: Vec<_> = sqlx::query(
         "SELECT e.kind, e.source, e.detail, e.created_at, l.slug AS list, c.slug AS campaign
          FROM events e LEFT JOIN lists l ON l.id = e.list_id LEFT JOIN campaigns c ON c.id = e.campaign_id
@@ -408,14 +428,29 @@ pub async fn sign_up(
 /// person who had left everything is active again. Anything else (already
 /// confirmed, unsubscribed since, erased) is left alone.
 pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
+    confirm_from(pool, subscriber, list, None, now).await
+}
+
+/// `confirm`, recording the click as the consent record: its time and the
+/// address it came from (`ip`), with the sign-up time as the opt-in.
+pub async fn confirm_from(
+    pool: &SqlitePool,
+    subscriber: i64,
+    list: i64,
+    ip: Option<std::net::IpAddr>,
+    now: i64,
+) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let confirmed = sqlx::query(
-        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
-         WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'",
+        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?1,
+             confirmed_at = ?1, confirmed_ip = ?4, consent_at = coalesce(consent_at, created_at),
+             consent_source = coalesce(consent_source, 'web')
+         WHERE subscriber_id = ?2 AND list_id = ?3 AND status = 'pending'",
     )
     .bind(now)
     .bind(subscriber)
     .bind(list)
+    .bind(ip.map(|ip| ip.to_string()))
     .execute(&mut *tx)
     .await?
     .rows_affected()
