@@ -121,10 +121,12 @@ impl Mapping {
             .iter()
             .map(|h| {
                 let column = formats::column(format, h);
-                // A repeated column (or attribute key) keeps its first
-                // column; later ones are reported, not merged.
+                // A repeated email, name, status or consent column keeps
+                // its first column. Attribute columns with the same key
+                // (`Country`, `country`) are one attribute: the first
+                // non-empty value of a row wins.
                 match &column {
-                    Column::Ignored(_) => column,
+                    Column::Ignored(_) | Column::Attribute(_) => column,
                     c if !seen.insert(c.clone()) => Column::Ignored("repeats an earlier column"),
                     _ => column,
                 }
