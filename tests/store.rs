@@ -559,9 +559,12 @@ fn cli_export_import_round_trip() {
         .unwrap();
     assert!(first.status.success());
     let first = String::from_utf8(first.stdout).unwrap();
-    assert_eq!(first.lines().next(), Some(
+    assert_eq!(
+        first.lines().next(),
+        Some(
             "email,name,status,city,note,optin_time,optin_ip,confirm_time,confirm_ip,consent_source"
-        ));
+        )
+    );
     assert!(
         first.contains(
             "ann@example.org,Ann,confirmed,Paris; France,\"likes \"\"quotes\"\", commas\",,,,,\n"

@@ -50,7 +50,8 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
             LIST,
             crate::cli::ImportFrom::Auto,
             false,
-        ).await?;
+        )
+        .await?;
         anyhow::Ok(())
     })?;
     let slug = "2026-11-ebulletin";

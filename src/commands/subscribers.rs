@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 
 use crate::cli::{ExportFormat, ImportFrom, SubscribersCommand};
-use crate::import::Format;
 use crate::config::Config;
+use crate::import::Format;
 use crate::store::{self, Added, ImportOptions, ImportReport, Selection, Store};
 
 pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitCode> {
@@ -186,7 +186,11 @@ fn consent_line(consent: &store::Consent) -> Option<String> {
         parts.push(part("opted in", consent.at, &consent.ip));
     }
     if consent.confirmed_at.is_some() || consent.confirmed_ip.is_some() {
-        parts.push(part("confirmed", consent.confirmed_at, &consent.confirmed_ip));
+        parts.push(part(
+            "confirmed",
+            consent.confirmed_at,
+            &consent.confirmed_ip,
+        ));
     }
     let by = consent.source.as_deref().unwrap_or("unknown");
     Some(format!("{} (recorded by {by})", parts.join(", ")))
@@ -203,7 +207,8 @@ pub(super) async fn import(
     let name = file.display().to_string();
     let mut input = std::fs::File::open(file).with_context(|| name.clone())?;
     let mut magic = [0u8; 4];
-    let is_zip = input.read(&mut magic).with_context(|| name.clone())? == 4 && magic == *b"PK\x03\x04";
+    let is_zip =
+        input.read(&mut magic).with_context(|| name.clone())? == 4 && magic == *b"PK\x03\x04";
     input.rewind().with_context(|| name.clone())?;
     let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
     let options = ImportOptions {
@@ -220,8 +225,8 @@ pub(super) async fn import(
         };
         total = import_one(store, config, input, size, &name, list, &options).await?;
     } else {
-        let mut archive =
-            zip::ZipArchive::new(input).with_context(|| format!("{name}: not a readable zip file"))?;
+        let mut archive = zip::ZipArchive::new(input)
+            .with_context(|| format!("{name}: not a readable zip file"))?;
         let entries = zip_csv_files(&archive);
         if entries.is_empty() {
             anyhow::bail!("{name}: no .csv file in the zip");
@@ -278,9 +283,7 @@ fn zip_csv_files<R: std::io::Read + std::io::Seek>(
                 .and_then(Result::ok)
                 .map(|n| (i, n.into_owned()))
         })
-        .filter(|(_, n)| {
-            n.to_lowercase().ends_with(".csv") && !n.starts_with("__MACOSX/")
-        })
+        .filter(|(_, n)| n.to_lowercase().ends_with(".csv") && !n.starts_with("__MACOSX/"))
         .collect();
     let order = |n: &str| {
         let n = base_name(n).to_lowercase();
@@ -425,8 +428,12 @@ async fn export(
             export_record(format, list.is_some(), &keys, row, &mut record);
             // Every cell neutralised for spreadsheets; bulletin's import
             // undoes it (`import::restore`).
-            out.write_record(record.iter().map(|c| crate::import::neutralise(c).into_owned()))
-                .map_err(csv_error)
+            out.write_record(
+                record
+                    .iter()
+                    .map(|c| crate::import::neutralise(c).into_owned()),
+            )
+            .map_err(csv_error)
         })
         .await?;
     out.flush()?;
@@ -438,7 +445,9 @@ async fn export(
 /// record of that list; an export of people lists their memberships.
 fn export_header(format: ExportFormat, one_list: bool, keys: &[String]) -> Vec<String> {
     let mut header: Vec<String> = match format {
-        ExportFormat::Mailchimp => ["Email Address", "First Name", "Last Name"].map(String::from).to_vec(),
+        ExportFormat::Mailchimp => ["Email Address", "First Name", "Last Name"]
+            .map(String::from)
+            .to_vec(),
         _ => ["email", "name", "status"].map(String::from).to_vec(),
     };
     if format != ExportFormat::Mailchimp && !one_list {
@@ -448,7 +457,13 @@ fn export_header(format: ExportFormat, one_list: bool, keys: &[String]) -> Vec<S
     if one_list {
         let consent: &[&str] = match format {
             ExportFormat::Mailchimp => &["OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME", "CONFIRM_IP"],
-            _ => &["optin_time", "optin_ip", "confirm_time", "confirm_ip", "consent_source"],
+            _ => &[
+                "optin_time",
+                "optin_ip",
+                "confirm_time",
+                "confirm_ip",
+                "consent_source",
+            ],
         };
         header.extend(consent.iter().map(|c| c.to_string()));
     }

@@ -48,17 +48,36 @@ const EMAIL_NAMES: &[&str] = &[
     "endereçodeemail",
 ];
 const FIRST_NAMES: &[&str] = &[
-    "firstname", "fname", "givenname", "vorname", "prénom", "prenom", "nombre", "nome", "voornaam",
+    "firstname",
+    "fname",
+    "givenname",
+    "vorname",
+    "prénom",
+    "prenom",
+    "nombre",
+    "nome",
+    "voornaam",
 ];
 const LAST_NAMES: &[&str] = &[
-    "lastname", "lname", "surname", "familyname", "nachname", "nom", "nomdefamille", "apellido",
-    "apellidos", "cognome", "achternaam", "sobrenome",
+    "lastname",
+    "lname",
+    "surname",
+    "familyname",
+    "nachname",
+    "nom",
+    "nomdefamille",
+    "apellido",
+    "apellidos",
+    "cognome",
+    "achternaam",
+    "sobrenome",
 ];
 
 /// The format whose signature columns `header` has; `Csv` when none.
 pub fn detect(header: &[String]) -> Format {
     let has = |name: &str| header.iter().any(|h| loose(h) == name);
-    if has("optintime") || has("memberrating") || has("leid") || has("euid") {
+    // OPTIN_TIME alone is not enough: bulletin's own exports have it too.
+    if has("memberrating") || has("leid") || has("euid") {
         Format::Mailchimp
     } else if has("uuid") && has("attributes") && has("status") {
         Format::Listmonk
@@ -138,7 +157,11 @@ pub(super) fn column(format: Format, name: &str) -> Column {
 /// The standing of every row of a file, when the file says it: Mailchimp
 /// exports members of each status in their own file, recognised by its name
 /// or else by the columns only that file has.
-pub(super) fn file_standing(format: Format, file_name: Option<&str>, header: &[String]) -> Standing {
+pub(super) fn file_standing(
+    format: Format,
+    file_name: Option<&str>,
+    header: &[String],
+) -> Standing {
     if format != Format::Mailchimp {
         return Standing::Subscribed;
     }
@@ -204,12 +227,34 @@ mod tests {
     #[test]
     fn detection_by_header() {
         let cases = [
-            ("Email Address,First Name,Last Name,MEMBER_RATING,OPTIN_TIME", Format::Mailchimp),
-            ("E-Mail-Adresse,Vorname,Nachname,MEMBER_RATING,OPTIN_TIME", Format::Mailchimp),
-            ("uuid,email,name,attributes,status,created_at,updated_at", Format::Listmonk),
-            ("Email,First name,Last name,Data,Status,External ID", Format::Keila),
-            ("id,email,name,note,subscribed_to_emails,complimentary_plan", Format::Ghost),
-            ("email,active_subscription,expiry,plan,email_disabled", Format::Substack),
+            (
+                "Email Address,First Name,Last Name,MEMBER_RATING,OPTIN_TIME",
+                Format::Mailchimp,
+            ),
+            (
+                "email,name,status,optin_time,optin_ip,consent_source",
+                Format::Csv,
+            ),
+            (
+                "E-Mail-Adresse,Vorname,Nachname,MEMBER_RATING,OPTIN_TIME",
+                Format::Mailchimp,
+            ),
+            (
+                "uuid,email,name,attributes,status,created_at,updated_at",
+                Format::Listmonk,
+            ),
+            (
+                "Email,First name,Last name,Data,Status,External ID",
+                Format::Keila,
+            ),
+            (
+                "id,email,name,note,subscribed_to_emails,complimentary_plan",
+                Format::Ghost,
+            ),
+            (
+                "email,active_subscription,expiry,plan,email_disabled",
+                Format::Substack,
+            ),
             ("email,name,city", Format::Csv),
         ];
         for (h, f) in cases {
@@ -219,7 +264,13 @@ mod tests {
 
     #[test]
     fn columns_match_loosely() {
-        for email in ["Email Address", "E-mail", "email_address", "EMAIL", "Adresse e-mail"] {
+        for email in [
+            "Email Address",
+            "E-mail",
+            "email_address",
+            "EMAIL",
+            "Adresse e-mail",
+        ] {
             assert_eq!(column(Format::Csv, email), Column::Email, "{email}");
         }
         assert_eq!(column(Format::Csv, "First Name"), Column::FirstName);
@@ -233,16 +284,26 @@ mod tests {
     #[test]
     fn mailchimp_files() {
         let h = header("Email Address,UNSUB_TIME");
-        assert_eq!(file_standing(Format::Mailchimp, None, &h), Standing::Unsubscribed);
+        assert_eq!(
+            file_standing(Format::Mailchimp, None, &h),
+            Standing::Unsubscribed
+        );
         let h = header("Email Address,OPTIN_TIME");
         assert_eq!(
             file_standing(Format::Mailchimp, Some("cleaned_members_export_1.csv"), &h),
             Standing::Bounced
         );
         assert_eq!(
-            file_standing(Format::Mailchimp, Some("nonsubscribed_members_export_1.csv"), &h),
+            file_standing(
+                Format::Mailchimp,
+                Some("nonsubscribed_members_export_1.csv"),
+                &h
+            ),
             Standing::NotSubscribed
         );
-        assert_eq!(file_standing(Format::Mailchimp, None, &h), Standing::Subscribed);
+        assert_eq!(
+            file_standing(Format::Mailchimp, None, &h),
+            Standing::Subscribed
+        );
     }
 }

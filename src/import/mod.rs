@@ -102,7 +102,11 @@ impl Mapping {
     /// The mapping of `header` read as `format` (`Format::Auto` detects it
     /// from the header). `file_name` (without folders) tells which
     /// Mailchimp file a header belongs to.
-    pub fn new(header: &[String], format: Format, file_name: Option<&str>) -> Result<Mapping, Error> {
+    pub fn new(
+        header: &[String],
+        format: Format,
+        file_name: Option<&str>,
+    ) -> Result<Mapping, Error> {
         let format = match format {
             Format::Auto => detect(header),
             f => f,
@@ -234,8 +238,7 @@ const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
 /// True when a cell, after any leading `'`, starts a formula.
 fn looks_like_formula(cell: &str) -> bool {
-    cell.trim_start_matches('\'')
-        .starts_with(FORMULA_STARTS)
+    cell.trim_start_matches('\'').starts_with(FORMULA_STARTS)
 }
 
 /// A cell made safe for spreadsheets: one `'` in front of a value that
@@ -277,7 +280,10 @@ mod tests {
         assert_eq!(parse_time("2023-01-15T10:20:30Z"), Some(1673778030));
         assert_eq!(parse_time("2023-01-15T10:20:30.000Z"), Some(1673778030));
         assert_eq!(parse_time("2023-01-15T12:20:30+02:00"), Some(1673778030));
-        assert_eq!(parse_time("2023-01-15 10:20:30.123+00:00"), Some(1673778030));
+        assert_eq!(
+            parse_time("2023-01-15 10:20:30.123+00:00"),
+            Some(1673778030)
+        );
         assert_eq!(parse_time("2023-01-15"), Some(1673740800));
         assert_eq!(parse_time("1673778030"), Some(1673778030));
         assert_eq!(parse_time("yesterday"), None);
@@ -290,7 +296,9 @@ mod tests {
 
     #[test]
     fn spreadsheet_cells_round_trip() {
-        for cell in ["=1+2", "+44 20", "-5", "@SUM(A1)", "\tx", "\rx", "'=x", "''-1"] {
+        for cell in [
+            "=1+2", "+44 20", "-5", "@SUM(A1)", "\tx", "\rx", "'=x", "''-1",
+        ] {
             let safe = neutralise(cell);
             assert!(safe.starts_with('\''), "{cell:?}");
             assert_eq!(restore(&safe), cell);

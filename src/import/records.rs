@@ -213,10 +213,7 @@ mod tests {
     #[test]
     fn an_unclosed_quote_costs_one_row() {
         let (rows, unclosed) = split("email,name\na@x.org,\"Ann\nb@x.org,Bob\r\nc@x.org,Cy");
-        assert_eq!(
-            unclosed,
-            vec![UnclosedQuote { line: 2, reread: 2 }]
-        );
+        assert_eq!(unclosed, vec![UnclosedQuote { line: 2, reread: 2 }]);
         let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
         assert_eq!(lines, vec![1, 3, 4]);
         assert_eq!(rows[1].1, "b@x.org|Bob\r");
