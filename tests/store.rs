@@ -137,12 +137,12 @@ async fn dirty_fixture_exact_counts_and_merged_data() {
     let ann = store.subscriber("ANN@example.org").await.unwrap().unwrap();
     assert_eq!(ann.email.as_deref(), Some("ann@example.org"));
     assert_eq!(ann.name, "Ann");
-    assert_eq!(ann.attributes["City"], "Paris; France");
-    assert_eq!(ann.attributes["Note"], "likes \"quotes\", commas");
+    assert_eq!(ann.attributes["city"], "Paris; France");
+    assert_eq!(ann.attributes["note"], "likes \"quotes\", commas");
     let bob = store.subscriber("bob@example.org").await.unwrap().unwrap();
-    assert_eq!(bob.attributes["City"], "Berlin");
+    assert_eq!(bob.attributes["city"], "Berlin");
     assert!(
-        !bob.attributes.contains_key("Note"),
+        !bob.attributes.contains_key("note"),
         "empty cells are not attributes"
     );
     let frank = store
@@ -152,7 +152,7 @@ async fn dirty_fixture_exact_counts_and_merged_data() {
         .unwrap();
     assert_eq!(frank.name, "Frank \"F\" Smith");
     // A line break in a quoted cell becomes a space (`text::clean`).
-    assert_eq!(frank.attributes["City"], "a multi-line");
+    assert_eq!(frank.attributes["city"], "a multi-line");
     let jose = store
         .subscriber("josé@bücher.example")
         .await
@@ -162,7 +162,7 @@ async fn dirty_fixture_exact_counts_and_merged_data() {
     // ivy gained a name and a city; hank kept his.
     let ivy = store.subscriber("ivy@example.org").await.unwrap().unwrap();
     assert_eq!(
-        (ivy.name.as_str(), &ivy.attributes["City"]),
+        (ivy.name.as_str(), &ivy.attributes["city"]),
         ("Ivy", &"Oslo".into())
     );
 
@@ -368,7 +368,7 @@ async fn import_larger_than_a_batch_exact_counts_and_reimport_changes_nothing() 
 
     let p0 = store.subscriber("p0@example.org").await.unwrap().unwrap();
     assert_eq!(p0.name, "P0", "the first row wins");
-    assert_eq!(p0.attributes["City"], "City 0");
+    assert_eq!(p0.attributes["city"], "City 0");
     assert_eq!(p0.attributes["plan"], "pro", "a later batch fills a gap");
     let late = store
         .subscriber(&format!("p{}@example.org", n - 1000))
@@ -524,8 +524,8 @@ async fn missing_email_column_and_empty_file() {
     let store = fresh(dir.path()).await;
     for (text, want) in [
         (
-            "mail,name\nx@example.org,X\n",
-            "no \"email\" column in the header (found: mail, name)",
+            "contact,name\nx@example.org,X\n",
+            "no email column in the header (found: contact, name); name it `email` or `Email Address`",
         ),
         ("", "empty file: no header row"),
     ] {
@@ -686,7 +686,11 @@ fn cli_end_to_end() {
         "--status",
         "unsubscribed",
     ]);
-    assert_eq!(out, "email,name,status\nzoe@example.org,Zoe,unsubscribed\n");
+    assert_eq!(
+        out,
+        "email,name,status,optin_time,optin_ip,confirm_time,confirm_ip,consent_source\n\
+         zoe@example.org,Zoe,unsubscribed,,,,,\n"
+    );
     let (code, _, _) = run(&["subscribers", "forget", "zoe@example.org"]);
     assert_eq!(code, Some(0));
     let (code, _, err) = run(&["subscribers", "show", "zoe@example.org"]);
@@ -695,12 +699,12 @@ fn cli_end_to_end() {
         (Some(2), "bulletin: no subscriber zoe@example.org\n")
     );
 
-    write(d, "bad.csv", "mail,name\nx@example.org,X\n");
+    write(d, "bad.csv", "contact,name\nx@example.org,X\n");
     let (code, _, err) = run(&["subscribers", "import", "bad.csv", "--list", "other"]);
     assert_eq!(code, Some(2));
     assert_eq!(
         err,
-        "bulletin: bad.csv: no \"email\" column in the header (found: mail, name)\n"
+        "bulletin: bad.csv: no email column in the header (found: contact, name); name it `email` or `Email Address`\n"
     );
     let (_, out, _) = run(&["lists"]);
     assert!(!out.contains("other"), "nothing written: {out}");

@@ -117,7 +117,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
     if let Some(c) = common {
         return c;
     }
-    let specific = match (format, key.as_str()) {
+    match (format, key.as_str()) {
         (Format::Mailchimp, "optintime") => Column::OptinTime,
         (Format::Mailchimp, "optinip") => Column::OptinIp,
         (Format::Mailchimp, "confirmtime") => Column::ConfirmTime,
@@ -150,8 +150,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
                 Column::Attribute(key)
             }
         }
-    };
-    specific
+    }
 }
 
 /// The standing of every row of a file, when the file says it: Mailchimp

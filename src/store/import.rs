@@ -654,9 +654,11 @@ fn plan(
                 } else {
                     (Plan::Skip, &mut report.skipped.complained)
                 }
-            } else if suppressed.contains(&row.hash) && known.is_none() {
-                (Plan::Skip, &mut report.skipped.suppressed)
-            } else if suppressed.contains(&row.hash) && row.standing == Standing::Subscribed {
+            } else if suppressed.contains(&row.hash)
+                && (known.is_none() || row.standing == Standing::Subscribed)
+            {
+                // Erased (no longer known by address: nothing of theirs is
+                // stored again), or suppressed and asked to be subscribed.
                 (Plan::Skip, &mut report.skipped.suppressed)
             } else if row.standing == Standing::Subscribed {
                 plan_subscribed(row, known, report)
