@@ -540,3 +540,45 @@ async fn show_download_and_erasure_of_consent() {
         "the confirmation IP is gone from the database file"
     );
 }
+
+/// A sign-up confirmed through the web pages records the click: its time
+/// and address, with the sign-up time as the opt-in; it shows in exports.
+#[tokio::test]
+async fn web_confirmation_click_is_a_consent_record() {
+    use bulletin::store::people;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = Store::open(&d.join("t.db")).await.unwrap();
+    let list = store
+        .create_list("news", "News", "", true, true, 1_700_000_000)
+        .await
+        .unwrap();
+    let (id, _) = people::sign_up(
+        store.pool(),
+        "web@example.org",
+        "Web",
+        &[list.clone()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let ip: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+    assert!(
+        people::confirm_from(store.pool(), id, list.id, Some(ip), 1_700_000_600)
+            .await
+            .unwrap()
+    );
+    let p = store.profile("web@example.org").await.unwrap().unwrap();
+    let consent = &p.subscriptions[0].consent;
+    assert_eq!(consent.at, Some(1_700_000_000));
+    assert_eq!(consent.confirmed_at, Some(1_700_000_600));
+    assert_eq!(consent.confirmed_ip.as_deref(), Some("2001:db8::7"));
+    assert_eq!(consent.source.as_deref(), Some("web"));
+    store.close().await;
+    let csv = export(d, "t.db", &["--list", "news"]);
+    assert!(
+        csv.contains("web@example.org,Web,confirmed,2023-11-14T22:13:20Z,,2023-11-14T22:23:20Z,2001:db8::7,web"),
+        "{csv}"
+    );
+}
