@@ -557,7 +557,7 @@ async fn web_confirmation_click_is_a_consent_record() {
         store.pool(),
         "web@example.org",
         "Web",
-        &[list.clone()],
+        std::slice::from_ref(&list),
         1_700_000_000,
     )
     .await
