@@ -113,10 +113,11 @@ impl Selection {
         format!(
             "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, \
                (SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
-                  'source', x.source, 'since', x.created_at, 'consent_at', x.consent_at, \
-                  'consent_ip', x.consent_ip, 'confirmed_at', x.confirmed_at, \
-                  'confirmed_ip', x.confirmed_ip, 'consent_source', x.consent_source)) \
+                  'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
+                  'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
+                  'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
                 FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+                LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
                 WHERE x.subscriber_id = s.id) AS lists \
              FROM {from} WHERE {filter} ORDER BY {order}"
         )
@@ -139,12 +140,13 @@ impl Selection {
     }
 }
 
-/// The consent record of a list export: the subscription's.
-const LIST_CONSENT: &str = "sub.consent_at, sub.consent_ip, sub.confirmed_at, sub.confirmed_ip, \
-     sub.consent_source";
+/// The consent record of a list export: the subscription's, as one JSON
+/// object (found by the primary key of `consents`).
+const LIST_CONSENT: &str = "(SELECT json_object('at', c.consent_at, 'ip', c.consent_ip, \
+     'confirmed_at', c.confirmed_at, 'confirmed_ip', c.confirmed_ip, 'source', c.source) \
+     FROM consents c WHERE c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id) AS consent";
 /// Exports of people (not of a list) carry consent per subscription only.
-const NO_CONSENT: &str = "NULL AS consent_at, NULL AS consent_ip, NULL AS confirmed_at, \
-     NULL AS confirmed_ip, NULL AS consent_source";
+const NO_CONSENT: &str = "NULL AS consent";
 
 /// The SQL pieces of a selection.
 struct Clauses {
@@ -194,12 +196,9 @@ impl FromRow<'_, SqliteRow> for ExportRow {
         let lists: &str = row.try_get("lists")?;
         let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
         Ok(ExportRow {
-            consent: Consent {
-                at: row.try_get("consent_at")?,
-                ip: row.try_get("consent_ip")?,
-                confirmed_at: row.try_get("confirmed_at")?,
-                confirmed_ip: row.try_get("confirmed_ip")?,
-                source: row.try_get("consent_source")?,
+            consent: match row.try_get::<Option<&str>, _>("consent")? {
+                Some(json) => serde_json::from_str(json).map_err(decode)?,
+                None => Consent::default(),
             },
             lists: serde_json::from_str(lists).map_err(decode)?,
             email: row.try_get("email")?,

@@ -450,10 +450,11 @@ async fn lookup(
     // thousands.
     let found: String = sqlx::query_scalar(
         "SELECT json_group_array(json_array(s.id, s.email, s.name, s.attributes, s.status, sub.status, \
-                sub.consent_at IS NOT NULL OR sub.confirmed_at IS NOT NULL)) \
+                c.subscriber_id IS NOT NULL)) \
          FROM json_each(?1) j \
          JOIN subscribers s ON s.email = j.value \
-         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2",
+         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2 \
+         LEFT JOIN consents c ON c.subscriber_id = s.id AND c.list_id = ?2",
     )
     .bind(json_array(rows.iter().map(|r| r.email.as_str())))
     .bind(list_id)
@@ -792,7 +793,7 @@ async fn write(
         .await?;
     }
     confirm_pending(conn, list_id, confirm, now).await?;
-    fill_consents(conn, list_id, &consents).await?;
+    insert_consents(conn, list_id, &consents).await?;
     subscribe_confirmed(conn, list_id, &subscribe, now).await?;
     record_left(conn, list_id, &left, now).await?;
     Ok(())
@@ -830,22 +831,24 @@ async fn confirm_pending(
     Ok(())
 }
 
-/// A consent record only fills a gap: one stored is never overwritten.
-async fn fill_consents(
+/// Stores the consent records of a batch's subscriptions (each
+/// `[id, consent]`). A record only fills a gap: one stored is never
+/// overwritten.
+async fn insert_consents(
     conn: &mut SqliteConnection,
     list_id: i64,
     consents: &[Sub<'_>],
 ) -> Result<()> {
+    let consents: Vec<&Sub> = consents.iter().filter(|(_, c)| !c.is_empty()).collect();
     if consents.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "UPDATE subscriptions SET consent_at = j.value ->> '$[1].at', consent_ip = j.value ->> '$[1].ip', \
-             confirmed_at = j.value ->> '$[1].confirmed_at', confirmed_ip = j.value ->> '$[1].confirmed_ip', \
-             consent_source = j.value ->> '$[1].source' \
-         FROM json_each(?1) j \
-         WHERE subscriptions.subscriber_id = j.value ->> 0 AND subscriptions.list_id = ?2 \
-           AND subscriptions.consent_at IS NULL AND subscriptions.confirmed_at IS NULL",
+        "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
+         SELECT value ->> 0, ?2, value ->> '$[1].at', value ->> '$[1].ip', value ->> '$[1].confirmed_at', \
+             value ->> '$[1].confirmed_ip', value ->> '$[1].source' \
+         FROM json_each(?1) WHERE true \
+         ON CONFLICT (subscriber_id, list_id) DO NOTHING",
     )
     .bind(json_array(consents))
     .bind(list_id)
@@ -853,10 +856,6 @@ async fn fill_consents(
     .await?;
     Ok(())
 }
-
-/// The columns of a new subscription's consent record, from `value ->> 1`.
-const CONSENT_VALUES: &str = "value ->> '$[1].at', value ->> '$[1].ip', value ->> '$[1].confirmed_at', \
-     value ->> '$[1].confirmed_ip', value ->> '$[1].source'";
 
 async fn subscribe_confirmed(
     conn: &mut SqliteConnection,
@@ -868,11 +867,10 @@ async fn subscribe_confirmed(
         return Ok(());
     }
     let subs = json_array(subscribe);
-    sqlx::query(&format!(
-        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at, \
-             consent_at, consent_ip, confirmed_at, confirmed_ip, consent_source) \
-         SELECT value ->> 0, ?2, 'confirmed', 'import', ?3, ?3, {CONSENT_VALUES} FROM json_each(?1)"
-    ))
+    sqlx::query(
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT value ->> 0, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
+    )
     .bind(&subs)
     .bind(list_id)
     .bind(now)
@@ -887,7 +885,7 @@ async fn subscribe_confirmed(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    insert_consents(conn, list_id, subscribe).await
 }
 
 /// Records people who left in the source tool: the subscription to the
@@ -906,21 +904,20 @@ async fn record_left(
     if left.is_empty() {
         return Ok(());
     }
-    let rows = json_array(left.iter().map(|(id, hash, standing, consent)| {
+    let rows = json_array(left.iter().map(|(id, hash, standing, _)| {
         let (kind, person, suppression) = match standing {
             Standing::Bounced => ("bounced", Some("bounced"), Some("bounced")),
             Standing::Suppressed => ("suppressed", Some("unsubscribed"), Some("manual")),
             _ => ("unsubscribed", None, None),
         };
-        serde_json::json!([id, consent, kind, person, suppression, hash])
+        serde_json::json!([id, null, kind, person, suppression, hash])
     }));
-    sqlx::query(&format!(
-        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at, \
-             consent_at, consent_ip, confirmed_at, confirmed_ip, consent_source) \
-         SELECT value ->> 0, ?2, 'unsubscribed', 'import', ?3, ?3, {CONSENT_VALUES} FROM json_each(?1) WHERE true \
+    sqlx::query(
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT value ->> 0, ?2, 'unsubscribed', 'import', ?3, ?3 FROM json_each(?1) WHERE true \
          ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = 'unsubscribed', source = 'import', \
-             updated_at = excluded.updated_at WHERE status <> 'unsubscribed'"
-    ))
+             updated_at = excluded.updated_at WHERE status <> 'unsubscribed'",
+    )
     .bind(&rows)
     .bind(list_id)
     .bind(now)
@@ -954,7 +951,8 @@ async fn record_left(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    let consents: Vec<Sub> = left.iter().map(|(id, _, _, c)| (*id, *c)).collect();
+    insert_consents(conn, list_id, &consents).await
 }
 
 impl Store {

@@ -274,9 +274,10 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
     let (email, name, attributes, status): (Option<String>, String, String, String) =
         (p.get(0), p.get(1), p.get(2), p.get(3));
     let lists: Vec<_> = sqlx::query(
-        "SELECT l.slug, l.name, sub.status, sub.consent_at, sub.consent_ip, sub.confirmed_at,
-                sub.confirmed_ip, sub.consent_source
+        "SELECT l.slug, l.name, sub.status, c.consent_at, c.consent_ip, c.confirmed_at,
+                c.confirmed_ip, c.source
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
+         LEFT JOIN consents c ON c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id
          WHERE sub.subscriber_id = ? ORDER BY l.name",
     )
     .bind(subscriber)
@@ -442,20 +443,32 @@ pub async fn confirm_from(
 ) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let confirmed = sqlx::query(
-        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?1,
-             confirmed_at = ?1, confirmed_ip = ?4, consent_at = coalesce(consent_at, created_at),
-             consent_source = coalesce(consent_source, 'web')
-         WHERE subscriber_id = ?2 AND list_id = ?3 AND status = 'pending'",
+        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
+         WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'",
     )
     .bind(now)
     .bind(subscriber)
     .bind(list)
-    .bind(ip.map(|ip| ip.to_string()))
     .execute(&mut *tx)
     .await?
     .rows_affected()
         > 0;
     if confirmed {
+        // The click is the consent record: the sign-up is the opt-in.
+        sqlx::query(
+            "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
+             SELECT subscriber_id, list_id, created_at, ?3, ?4, 'web' FROM subscriptions
+             WHERE subscriber_id = ?1 AND list_id = ?2
+             ON CONFLICT (subscriber_id, list_id) DO UPDATE SET consent_at = excluded.consent_at,
+                 consent_ip = NULL, confirmed_at = excluded.confirmed_at,
+                 confirmed_ip = excluded.confirmed_ip, source = 'web'",
+        )
+        .bind(subscriber)
+        .bind(list)
+        .bind(now)
+        .bind(ip.map(|ip| ip.to_string()))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE subscribers SET status = 'active', updated_at = ?
              WHERE id = ? AND status = 'unsubscribed'",

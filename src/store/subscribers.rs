@@ -412,8 +412,9 @@ impl Store {
         };
         let subscriptions = sqlx::query_as(
             "SELECT l.slug AS list, s.list_id, s.status, s.source, s.created_at, s.updated_at, \
-                    s.consent_at, s.consent_ip, s.confirmed_at, s.confirmed_ip, s.consent_source \
+                    c.consent_at, c.consent_ip, c.confirmed_at, c.confirmed_ip, c.source AS consent_source \
              FROM subscriptions s JOIN lists l ON l.id = s.list_id \
+             LEFT JOIN consents c ON c.subscriber_id = s.subscriber_id AND c.list_id = s.list_id \
              WHERE s.subscriber_id = ? ORDER BY l.slug",
         )
         .bind(subscriber.id)
