@@ -45,6 +45,19 @@ fn scan(mut state: State, line: &[u8], delimiter: u8) -> State {
     state
 }
 
+/// The fields of one whole record (its line breaks inside quotes).
+fn count_fields(record: &[u8], delimiter: u8) -> usize {
+    let mut state = State::FieldStart;
+    let mut fields = 1;
+    for &b in record {
+        if b == delimiter && state != State::Quoted {
+            fields += 1;
+        }
+        state = scan(state, std::slice::from_ref(&b), delimiter);
+    }
+    fields
+}
+
 /// A quote that was never closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnclosedQuote {
@@ -67,6 +80,8 @@ pub struct Records<R> {
     starts: VecDeque<u64>,
     unclosed: Vec<UnclosedQuote>,
     bytes: u64,
+    /// The header's field count, once known.
+    header_fields: Option<usize>,
 }
 
 impl<R: BufRead> Records<R> {
@@ -81,7 +96,15 @@ impl<R: BufRead> Records<R> {
             starts: VecDeque::new(),
             unclosed: Vec::new(),
             bytes: 0,
+            header_fields: None,
         }
+    }
+
+    /// Tells the header's field count: a record over several lines with
+    /// more fields than that took in the rows after an unclosed quote (a
+    /// later quote closed it) and is split again.
+    pub fn set_header_fields(&mut self, fields: usize) {
+        self.header_fields = Some(fields);
     }
 
     /// The line where the next record the csv reader returns began.
@@ -139,7 +162,11 @@ impl<R: BufRead> Records<R> {
                 return Ok(());
             }
             // At the end of the input a field may end with its closing quote.
-            if state == State::Quoted || line_starts.len() > MAX_LINES_PER_RECORD {
+            let swallowed = line_starts.len() > 1
+                && self
+                    .header_fields
+                    .is_some_and(|n| count_fields(&self.record, self.delimiter) > n);
+            if state == State::Quoted || line_starts.len() > MAX_LINES_PER_RECORD || swallowed {
                 let again: Vec<Vec<u8>> = match line_starts.get(1) {
                     Some(&from) => self.record[from..]
                         .split_inclusive(|&b| b == b'\n')
@@ -194,6 +221,9 @@ mod tests {
         let mut rows = Vec::new();
         let mut record = csv::StringRecord::new();
         while csv.read_record(&mut record).unwrap() {
+            if rows.is_empty() {
+                csv.get_mut().set_header_fields(record.len());
+            }
             let line = csv.get_mut().claim_line();
             rows.push((line, record.iter().collect::<Vec<_>>().join("|")));
         }
@@ -217,6 +247,19 @@ mod tests {
         let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
         assert_eq!(lines, vec![1, 3, 4]);
         assert_eq!(rows[1].1, "b@x.org|Bob\r");
+        assert_eq!(rows[2].1, "c@x.org|Cy");
+    }
+
+    #[test]
+    fn a_later_quote_does_not_hide_the_rows_between() {
+        // Every field quoted, as Mailchimp writes them; row 2 lacks one
+        // closing quote, so row 3's first quote would close it.
+        let (rows, unclosed) = split(
+            "\"email\",\"name\"\n\"a@x.org\",\"Ann\n\"b@x.org\",\"Bob\"\n\"c@x.org\",\"Cy\"\n",
+        );
+        assert_eq!(unclosed, vec![UnclosedQuote { line: 2, reread: 1 }]);
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, vec![1, 3, 4]);
         assert_eq!(rows[2].1, "c@x.org|Cy");
     }
 }

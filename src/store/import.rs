@@ -995,6 +995,7 @@ impl Store {
             return Err(Error::EmptyFile);
         }
         csv.get_mut().claim_line();
+        csv.get_mut().set_header_fields(record.len());
         let header = parse_header(&record, options)?;
         lists::check_slug(slug)?;
 
