@@ -372,6 +372,10 @@ async fn plain_csv_loose_headers_status_short_rows_and_an_unclosed_quote() {
         "{err}"
     );
     let text = stdout(&out);
+    assert!(
+        text.contains("read as:             plain CSV (--from csv)"),
+        "{text}"
+    );
     assert!(text.contains("short rows:          1"), "{text}");
     let store = Store::open_existing(&d.join("t.db")).await.unwrap();
     let mailable = mailable_on_news(&store).await;

@@ -341,7 +341,13 @@ async fn import_one(
         ""
     };
     println!("{name} -> {list}{would}");
-    println!("  read as:             {} export", report.format);
+    match report.format {
+        Format::Csv => println!("  read as:             plain CSV (--from csv)"),
+        format => println!(
+            "  read as:             {format} export (--from {})",
+            format.to_string().to_lowercase()
+        ),
+    }
     if options.dry_run {
         println!("  columns:");
         for (header, column) in &report.mapping {
