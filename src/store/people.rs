@@ -442,6 +442,23 @@ pub async fn confirm_from(
     now: i64,
 ) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // The click is the consent record, and the sign-up (when the
+    // subscription became pending) the opt-in. Written first, while the
+    // subscription is still pending; nothing when it is not.
+    sqlx::query(
+        "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
+         SELECT subscriber_id, list_id, updated_at, ?3, ?4, 'web' FROM subscriptions
+         WHERE subscriber_id = ?1 AND list_id = ?2 AND status = 'pending'
+         ON CONFLICT (subscriber_id, list_id) DO UPDATE SET consent_at = excluded.consent_at,
+             consent_ip = NULL, confirmed_at = excluded.confirmed_at,
+             confirmed_ip = excluded.confirmed_ip, source = 'web'",
+    )
+    .bind(subscriber)
+    .bind(list)
+    .bind(now)
+    .bind(ip.map(|ip| ip.to_string()))
+    .execute(&mut *tx)
+    .await?;
     let confirmed = sqlx::query(
         "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
          WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'",
@@ -454,21 +471,6 @@ pub async fn confirm_from(
     .rows_affected()
         > 0;
     if confirmed {
-        // The click is the consent record: the sign-up is the opt-in.
-        sqlx::query(
-            "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
-             SELECT subscriber_id, list_id, created_at, ?3, ?4, 'web' FROM subscriptions
-             WHERE subscriber_id = ?1 AND list_id = ?2
-             ON CONFLICT (subscriber_id, list_id) DO UPDATE SET consent_at = excluded.consent_at,
-                 consent_ip = NULL, confirmed_at = excluded.confirmed_at,
-                 confirmed_ip = excluded.confirmed_ip, source = 'web'",
-        )
-        .bind(subscriber)
-        .bind(list)
-        .bind(now)
-        .bind(ip.map(|ip| ip.to_string()))
-        .execute(&mut *tx)
-        .await?;
         sqlx::query(
             "UPDATE subscribers SET status = 'active', updated_at = ?
              WHERE id = ? AND status = 'unsubscribed'",
