@@ -412,7 +412,7 @@ async fn export(
     let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if format == ExportFormat::Json {
         store
-            .export(&selection, |row| -> Result<()> {
+            .export_with_lists(&selection, |row| -> Result<()> {
                 serde_json::to_writer(&mut stdout, &export_json(row))?;
                 stdout.write_all(b"\n")?;
                 Ok(())
@@ -428,20 +428,24 @@ async fn export(
     let header = export_header(format, list.is_some(), &keys);
     out.write_record(&header).map_err(csv_error)?;
     let mut record: Vec<String> = Vec::with_capacity(header.len());
-    store
-        .export(&selection, |row| -> Result<()> {
-            record.clear();
-            export_record(format, list.is_some(), &keys, row, &mut record);
-            // Every cell neutralised for spreadsheets; bulletin's import
-            // undoes it (`import::restore`).
-            out.write_record(
-                record
-                    .iter()
-                    .map(|c| crate::import::neutralise(c).into_owned()),
-            )
-            .map_err(csv_error)
-        })
-        .await?;
+    let each = |row| -> Result<()> {
+        record.clear();
+        export_record(format, list.is_some(), &keys, row, &mut record);
+        // Every cell neutralised for spreadsheets; bulletin's import
+        // undoes it (`import::restore`).
+        out.write_record(
+            record
+                .iter()
+                .map(|c| crate::import::neutralise(c).into_owned()),
+        )
+        .map_err(csv_error)
+    };
+    // An export of people names their lists; a list export does not need to.
+    if list.is_some() {
+        store.export(&selection, each).await?;
+    } else {
+        store.export_with_lists(&selection, each).await?;
+    }
     out.flush()?;
     Ok(())
 }

@@ -199,6 +199,13 @@ pub fn attribute_key(name: &str) -> String {
 /// date, or unix seconds. `None` for anything else.
 pub fn parse_time(value: &str) -> Option<i64> {
     let value = value.trim();
+    // Mailchimp's form first: every row of its exports has two.
+    if value.len() == 19
+        && value.as_bytes()[10] == b' '
+        && let Ok(t) = chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S")
+    {
+        return Some(t.and_utc().timestamp());
+    }
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
         return Some(t.timestamp());
     }

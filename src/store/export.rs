@@ -99,8 +99,9 @@ impl Selection {
         }
     }
 
-    /// The query of `Store::export`.
-    fn export_sql(&self) -> String {
+    /// The query of `Store::export`; `with_lists` adds every subscription
+    /// of each person (a lookup per row, so only when asked).
+    fn export_sql(&self, with_lists: bool) -> String {
         let Clauses {
             from,
             filter,
@@ -109,16 +110,21 @@ impl Selection {
             consent,
         } = self.clauses();
         // Every subscription of the person, with its consent record: the
-        // primary key (subscriber_id, list_id) finds them without a sort.
+        // primary keys of `subscriptions` and `consents` find them without a
+        // sort.
+        let lists = if with_lists {
+            "(SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
+               'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
+               'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
+               'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
+             FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+             LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
+             WHERE x.subscriber_id = s.id)"
+        } else {
+            "'[]'"
+        };
         format!(
-            "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, \
-               (SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
-                  'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
-                  'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
-                  'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
-                FROM subscriptions x JOIN lists l ON l.id = x.list_id \
-                LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
-                WHERE x.subscriber_id = s.id) AS lists \
+            "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, {lists} AS lists \
              FROM {from} WHERE {filter} ORDER BY {order}"
         )
     }
@@ -227,13 +233,32 @@ impl Store {
     }
 
     /// Streams the selected people, in id order, to `each`; returns how many.
-    /// `each` may fail (a closed pipe, say): the export stops there.
+    /// `each` may fail (a closed pipe, say): the export stops there. Rows
+    /// carry no `lists` (see `export_with_lists`).
     pub async fn export<E: From<Error>>(
         &self,
         selection: &Selection,
+        each: impl FnMut(ExportRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.export_rows(selection, false, each).await
+    }
+
+    /// `export`, with every subscription of each person in `lists`.
+    pub async fn export_with_lists<E: From<Error>>(
+        &self,
+        selection: &Selection,
+        each: impl FnMut(ExportRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.export_rows(selection, true, each).await
+    }
+
+    async fn export_rows<E: From<Error>>(
+        &self,
+        selection: &Selection,
+        with_lists: bool,
         mut each: impl FnMut(ExportRow) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let sql = selection.export_sql();
+        let sql = selection.export_sql(with_lists);
         let mut rows = sqlx::query_as_with::<Sqlite, ExportRow, _>(&sql, selection.arguments())
             .fetch(self.pool());
         let mut n = 0;
@@ -288,7 +313,7 @@ mod tests {
             Selection::Active,
             Selection::PersonStatus("bounced".into()),
         ] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql());
+            let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql(true));
             let plan: Vec<String> = sqlx::query_with::<Sqlite, _>(&sql, selection.arguments())
                 .fetch_all(store.pool())
                 .await
