@@ -215,3 +215,25 @@ CREATE TABLE IF NOT EXISTS unmatched (
     received_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS unmatched_time ON unmatched (received_at);
+
+-- step 5: consent records per subscription
+
+-- When and from where a person gave consent to a list: one row per
+-- subscription that has a record, deleted with it (erasure deletes the
+-- subscriptions, so these go too).
+-- consent_at/consent_ip: the opt-in (the sign-up, or the source tool's
+-- OPTIN_TIME/OPTIN_IP or created_at); confirmed_at/confirmed_ip: the double
+-- opt-in click. source: who recorded it (web, or the tool an import came
+-- from: mailchimp, listmonk, ...). NULL when not known.
+CREATE TABLE IF NOT EXISTS consents (
+    subscriber_id INTEGER NOT NULL,
+    list_id       INTEGER NOT NULL,
+    consent_at    INTEGER,
+    consent_ip    TEXT,
+    confirmed_at  INTEGER,
+    confirmed_ip  TEXT,
+    source        TEXT,
+    PRIMARY KEY (subscriber_id, list_id),
+    FOREIGN KEY (subscriber_id, list_id)
+        REFERENCES subscriptions (subscriber_id, list_id) ON DELETE CASCADE
+) WITHOUT ROWID;

@@ -292,28 +292,59 @@ pub enum SubscribersCommand {
     },
     /// Everything stored about one person, with their history
     Show { email: String },
-    /// Import a CSV file with an `email` column
+    /// Import a list: a CSV file with an email column, or an export of
+    /// Mailchimp (the zip or its CSV files), listmonk, Keila, Ghost or Substack
     Import {
         file: PathBuf,
         #[arg(long)]
         list: String,
-        /// Check and count, write nothing
+        /// The tool that wrote the file [default: recognised by its header]
+        #[arg(long, value_enum, default_value_t = ImportFrom::Auto)]
+        from: ImportFrom,
+        /// Show the format and what each column becomes, check and count; write nothing
         #[arg(long)]
         dry_run: bool,
     },
-    /// Write subscribers as CSV to standard output
+    /// Write subscribers to standard output, with statuses and consent records
     Export {
         #[arg(long)]
         list: Option<String>,
         /// Subscription or subscriber status to export [default: those who would receive mail]
         #[arg(long)]
         status: Option<String>,
+        /// csv (re-imports into bulletin), json (one object per line, for
+        /// tools) or mailchimp (columns Mailchimp's import expects)
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// Start with a byte order mark, so that Excel reads the CSV as UTF-8
+        #[arg(long)]
+        bom: bool,
     },
     /// Erase a person: delete their data, keep only a hashed suppression entry
     Forget { email: String },
     /// Return a bounced address to active (never undoes an unsubscribe,
     /// complaint or erasure)
     Reactivate { email: String },
+}
+
+/// `subscribers import --from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFrom {
+    Auto,
+    Mailchimp,
+    Listmonk,
+    Keila,
+    Ghost,
+    Substack,
+    Csv,
+}
+
+/// `subscribers export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+    Mailchimp,
 }
 
 /// Output format of report commands.

@@ -16,6 +16,7 @@ pub mod config; // `Config`: defaults < file < env < flags
 pub mod dispatch; // sending: lease, delivery log, SMTP/outbox workers; the only transport holder
 pub mod dkim; // DKIM: signs the final message bytes, prints the DNS record (no IO)
 pub mod imap; // the IMAP bounce mailbox: connect, unseen messages, file or keep (no bulletin rules)
+pub mod import; // lists from other tools: formats, column mapping, cell rules (no IO)
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql

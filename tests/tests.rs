@@ -10,6 +10,7 @@ mod dispatch; // the dispatcher against the in-process sink: exactly once, fault
 mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
 mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
 mod faults; // SMTP faults against scripted servers: bounce vs refusal, unknown after the dot, stops, SIGTERM, reactivate
+mod import; // lists from Mailchimp (zip), listmonk, Keila, Ghost, Substack, plain CSV; exports, consent, round trips
 mod inbound; // `bounces imap` against Dovecot on loopback (BULLETIN_INTEROP=1 requires it): 200 messages, kill -9, exactly once
 mod inbound_webhooks; // POST /webhooks/{ses,postmark,mailgun,sendgrid} over a real socket: signatures, replays, stale, malformed
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)

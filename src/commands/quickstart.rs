@@ -43,7 +43,15 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
                 .await?;
             println!("created list {LIST}");
         }
-        super::subscribers::import(&store, &config, PEOPLE.as_ref(), LIST, false).await?;
+        super::subscribers::import(
+            &store,
+            &config,
+            PEOPLE.as_ref(),
+            LIST,
+            crate::cli::ImportFrom::Auto,
+            false,
+        )
+        .await?;
         anyhow::Ok(())
     })?;
     let slug = "2026-11-ebulletin";

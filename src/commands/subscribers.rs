@@ -1,15 +1,16 @@
 //! `bulletin subscribers ...`: add, remove, show, import, export, forget,
 //! reactivate.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Read as _, Seek as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::SubscribersCommand;
+use crate::cli::{ExportFormat, ImportFrom, SubscribersCommand};
 use crate::config::Config;
-use crate::store::{self, Added, ImportOptions, Reactivated, Selection, Store};
+use crate::import::Format;
+use crate::store::{self, Added, ImportOptions, ImportReport, Reactivated, Selection, Store};
 
 pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
@@ -67,11 +68,15 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
             SubscribersCommand::Import {
                 file,
                 list,
+                from,
                 dry_run,
-            } => return import(&store, config, file, list, *dry_run).await,
-            SubscribersCommand::Export { list, status } => {
-                export(&store, config, list.as_deref(), status.as_deref()).await?
-            }
+            } => return import(&store, config, file, list, *from, *dry_run).await,
+            SubscribersCommand::Export {
+                list,
+                status,
+                format,
+                bom,
+            } => export(&store, config, list.as_deref(), status.as_deref(), *format, *bom).await?,
             SubscribersCommand::Forget { email } => {
                 if store.forget(email, "cli", now).await.map_err(db)? {
                     println!(
@@ -151,6 +156,9 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
             time(sub.updated_at),
             time(sub.created_at)
         );
+        if let Some(consent) = consent_line(&sub.consent) {
+            println!("    consent: {consent}");
+        }
     }
     println!("history:");
     for e in &profile.events {
@@ -169,16 +177,147 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
     Ok(())
 }
 
+/// A consent record in one line: "opted in 2023-01-15 10:20:30 UTC from
+/// 203.0.113.5, confirmed … (recorded by mailchimp)".
+fn consent_line(consent: &store::Consent) -> Option<String> {
+    if consent.is_empty() {
+        return None;
+    }
+    let part = |what: &str, at: Option<i64>, ip: &Option<String>| {
+        let mut s = what.to_string();
+        if let Some(at) = at {
+            s.push_str(&format!(" {}", time(at)));
+        }
+        if let Some(ip) = ip {
+            s.push_str(&format!(" from {ip}"));
+        }
+        s
+    };
+    let mut parts = Vec::new();
+    if consent.at.is_some() || consent.ip.is_some() {
+        parts.push(part("opted in", consent.at, &consent.ip));
+    }
+    if consent.confirmed_at.is_some() || consent.confirmed_ip.is_some() {
+        parts.push(part(
+            "confirmed",
+            consent.confirmed_at,
+            &consent.confirmed_ip,
+        ));
+    }
+    let by = consent.source.as_deref().unwrap_or("unknown");
+    Some(format!("{} (recorded by {by})", parts.join(", ")))
+}
+
 pub(super) async fn import(
     store: &Store,
     config: &Config,
     file: &Path,
     list: &str,
+    from: ImportFrom,
     dry_run: bool,
 ) -> Result<ExitCode> {
     let name = file.display().to_string();
-    let input = std::fs::File::open(file).with_context(|| name.clone())?;
-    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut input = std::fs::File::open(file).with_context(|| name.clone())?;
+    let mut magic = [0u8; 4];
+    let is_zip =
+        input.read(&mut magic).with_context(|| name.clone())? == 4 && magic == *b"PK\x03\x04";
+    input.rewind().with_context(|| name.clone())?;
+    let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
+    let options = ImportOptions {
+        dry_run,
+        from: import_format(from),
+        ..ImportOptions::new(store::now())
+    };
+    let mut total = ImportReport::default();
+    if !is_zip {
+        let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let options = ImportOptions {
+            file_name,
+            ..options
+        };
+        total = import_one(store, config, input, size, &name, list, &options).await?;
+    } else {
+        let mut archive = zip::ZipArchive::new(input)
+            .with_context(|| format!("{name}: not a readable zip file"))?;
+        let entries = zip_csv_files(&archive);
+        if entries.is_empty() {
+            anyhow::bail!("{name}: no .csv file in the zip");
+        }
+        for (index, entry_name) in entries {
+            let entry = archive
+                .by_index(index)
+                .with_context(|| format!("{name}: {entry_name}"))?;
+            let size = entry.size();
+            let options = ImportOptions {
+                file_name: Some(base_name(&entry_name).to_string()),
+                ..options.clone()
+            };
+            let label = format!("{name}: {entry_name}");
+            let report = import_one(store, config, entry, size, &label, list, &options).await?;
+            total.add(&report);
+        }
+        println!("{name}: all files");
+        print_counts(&total);
+    }
+    Ok(if total.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn import_format(from: ImportFrom) -> Format {
+    match from {
+        ImportFrom::Auto => Format::Auto,
+        ImportFrom::Mailchimp => Format::Mailchimp,
+        ImportFrom::Listmonk => Format::Listmonk,
+        ImportFrom::Keila => Format::Keila,
+        ImportFrom::Ghost => Format::Ghost,
+        ImportFrom::Substack => Format::Substack,
+        ImportFrom::Csv => Format::Csv,
+    }
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The CSV files of a zip (Mailchimp's audience export), subscribed
+/// members first and those who left last, so that a person in two files
+/// ends up recorded as having left.
+fn zip_csv_files<R: std::io::Read + std::io::Seek>(
+    archive: &zip::ZipArchive<R>,
+) -> Vec<(usize, String)> {
+    let mut entries: Vec<(usize, String)> = (0..archive.len())
+        .filter_map(|i| {
+            archive
+                .name_for_index(i)
+                .and_then(Result::ok)
+                .map(|n| (i, n.into_owned()))
+        })
+        .filter(|(_, n)| n.to_lowercase().ends_with(".csv") && !n.starts_with("__MACOSX/"))
+        .collect();
+    let order = |n: &str| {
+        let n = base_name(n).to_lowercase();
+        ["subscribed", "nonsubscribed", "unsubscribed", "cleaned"]
+            .iter()
+            .position(|p| n.starts_with(p))
+            .unwrap_or(4)
+    };
+    entries.sort_by_key(|(i, n)| (order(n), *i));
+    entries
+}
+
+/// Imports one CSV stream and prints its summary.
+async fn import_one(
+    store: &Store,
+    config: &Config,
+    input: impl std::io::Read,
+    size: u64,
+    name: &str,
+    list: &str,
+    options: &ImportOptions,
+) -> Result<ImportReport> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
@@ -189,12 +328,8 @@ pub(super) async fn import(
         );
         bar
     });
-    let options = ImportOptions {
-        dry_run,
-        ..ImportOptions::new(store::now())
-    };
     let result = store
-        .import(input, list, &options, |bytes| {
+        .import(input, list, options, |bytes| {
             if let Some(bar) = &bar {
                 bar.set_position(bytes)
             }
@@ -204,27 +339,54 @@ pub(super) async fn import(
         bar.finish_and_clear();
     }
     let (report, errors) = result.map_err(|e| match e {
-        store::Error::EmptyFile | store::Error::NoEmailColumn(_) | store::Error::Read { .. } => {
-            anyhow::Error::new(e).context(name.clone())
+        store::Error::EmptyFile | store::Error::Header(_) | store::Error::Read { .. } => {
+            anyhow::Error::new(e).context(name.to_string())
         }
         other => super::db_error(config)(other),
     })?;
     for e in &errors {
         eprintln!("{name}:{}: {}", e.line, e.reason);
     }
-    let would = if dry_run {
+    let would = if options.dry_run {
         " (dry run: nothing written)"
     } else {
         ""
     };
     println!("{name} -> {list}{would}");
+    match report.format {
+        Format::Csv => println!("  read as:             plain CSV (--from csv)"),
+        format => println!(
+            "  read as:             {format} export (--from {})",
+            format.to_string().to_lowercase()
+        ),
+    }
+    if options.dry_run {
+        println!("  columns:");
+        for (header, column) in &report.mapping {
+            println!("    {header:?} -> {column}");
+        }
+    }
     if report.list_created {
         println!("  list {list} created");
     }
+    print_counts(&report);
+    Ok(report)
+}
+
+fn print_counts(report: &ImportReport) {
     println!("  rows read:           {}", report.read);
     println!("  newly subscribed:    {}", report.imported);
     println!("  updated:             {}", report.updated);
     println!("  already subscribed:  {}", report.unchanged);
+    let l = report.left;
+    println!(
+        "  recorded as left:    {} (unsubscribed {}, bounced {}, blocklisted {}; never subscribed, stored without a subscription {})",
+        l.total(),
+        l.unsubscribed,
+        l.bounced,
+        l.suppressed,
+        l.not_subscribed
+    );
     println!("  duplicates in file:  {}", report.duplicates);
     let s = report.skipped;
     println!(
@@ -236,11 +398,12 @@ pub(super) async fn import(
         s.suppressed
     );
     println!("  rejected:            {}", report.rejected);
-    Ok(if report.rejected > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    if report.short_rows > 0 {
+        println!(
+            "  short rows:          {} (fewer fields than the header; the missing ones read as empty)",
+            report.short_rows
+        );
+    }
 }
 
 async fn export(
@@ -248,6 +411,8 @@ async fn export(
     config: &Config,
     list: Option<&str>,
     status: Option<&str>,
+    format: ExportFormat,
+    bom: bool,
 ) -> Result<()> {
     let db = super::db_error(config);
     let list_id = match list {
@@ -256,30 +421,156 @@ async fn export(
     };
     let selection = Selection::new(list_id, status)?;
     let keys = store.attribute_keys(&selection).await.map_err(&db)?;
-    let stdout = std::io::stdout().lock();
-    let mut out = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 16, stdout));
-    let mut header = vec!["email", "name", "status"];
-    header.extend(keys.iter().map(String::as_str));
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if format == ExportFormat::Json {
+        store
+            .export_with_lists(&selection, |row| -> Result<()> {
+                serde_json::to_writer(&mut stdout, &export_json(row))?;
+                stdout.write_all(b"\n")?;
+                Ok(())
+            })
+            .await?;
+        stdout.flush()?;
+        return Ok(());
+    }
+    if bom {
+        stdout.write_all("\u{feff}".as_bytes())?;
+    }
+    let mut out = csv::Writer::from_writer(stdout);
+    let header = export_header(format, list.is_some(), &keys);
     out.write_record(&header).map_err(csv_error)?;
     let mut record: Vec<String> = Vec::with_capacity(header.len());
-    store
-        .export(&selection, |row| -> Result<()> {
-            record.clear();
-            record.push(row.email);
-            record.push(row.name);
-            record.push(row.status);
-            for k in &keys {
-                record.push(match row.attributes.get(k) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Null) | None => String::new(),
-                    Some(other) => other.to_string(),
-                });
-            }
-            out.write_record(&record).map_err(csv_error)
-        })
-        .await?;
+    let each = |row| -> Result<()> {
+        record.clear();
+        export_record(format, list.is_some(), &keys, row, &mut record);
+        // Every cell neutralised for spreadsheets; bulletin's import
+        // undoes it (`import::restore`).
+        out.write_record(
+            record
+                .iter()
+                .map(|c| crate::import::neutralise(c).into_owned()),
+        )
+        .map_err(csv_error)
+    };
+    // An export of people names their lists; a list export does not need to.
+    if list.is_some() {
+        store.export(&selection, each).await?;
+    } else {
+        store.export_with_lists(&selection, each).await?;
+    }
     out.flush()?;
     Ok(())
+}
+
+/// The columns of a CSV export: bulletin's own (which re-imports as it
+/// is) or Mailchimp's import columns. A list export carries the consent
+/// record of that list; an export of people lists their memberships.
+fn export_header(format: ExportFormat, one_list: bool, keys: &[String]) -> Vec<String> {
+    let mut header: Vec<String> = match format {
+        ExportFormat::Mailchimp => ["Email Address", "First Name", "Last Name"]
+            .map(String::from)
+            .to_vec(),
+        _ => ["email", "name", "status"].map(String::from).to_vec(),
+    };
+    if format != ExportFormat::Mailchimp && !one_list {
+        header.push("lists".into());
+    }
+    header.extend(keys.iter().cloned());
+    if one_list {
+        let consent: &[&str] = match format {
+            ExportFormat::Mailchimp => &["OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME", "CONFIRM_IP"],
+            _ => &[
+                "optin_time",
+                "optin_ip",
+                "confirm_time",
+                "confirm_ip",
+                "consent_source",
+            ],
+        };
+        header.extend(consent.iter().map(|c| c.to_string()));
+    }
+    header
+}
+
+fn export_record(
+    format: ExportFormat,
+    one_list: bool,
+    keys: &[String],
+    row: store::ExportRow,
+    record: &mut Vec<String>,
+) {
+    let mailchimp = format == ExportFormat::Mailchimp;
+    record.push(row.email);
+    if mailchimp {
+        let (first, last) = row.name.split_once(' ').unwrap_or((&row.name, ""));
+        record.push(first.to_string());
+        record.push(last.to_string());
+    } else {
+        record.push(row.name);
+        record.push(row.status);
+        if !one_list {
+            let lists: Vec<String> = row
+                .lists
+                .iter()
+                .map(|m| format!("{} ({})", m.list, m.status))
+                .collect();
+            record.push(lists.join(", "));
+        }
+    }
+    for k in keys {
+        record.push(match row.attributes.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        });
+    }
+    if one_list {
+        let time = |t: Option<i64>| match t {
+            Some(t) if mailchimp => crate::import::format_mailchimp_time(t),
+            Some(t) => crate::import::format_time(t),
+            None => String::new(),
+        };
+        let c = row.consent;
+        record.push(time(c.at));
+        record.push(c.ip.unwrap_or_default());
+        record.push(time(c.confirmed_at));
+        record.push(c.confirmed_ip.unwrap_or_default());
+        if !mailchimp {
+            record.push(c.source.unwrap_or_default());
+        }
+    }
+}
+
+/// One person as a JSON object for tools: every subscription with its
+/// consent record, times in RFC 3339.
+fn export_json(row: store::ExportRow) -> serde_json::Value {
+    let time = |t: Option<i64>| t.map(crate::import::format_time);
+    let lists: Vec<serde_json::Value> = row
+        .lists
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "list": m.list,
+                "status": m.status,
+                "source": m.source,
+                "since": crate::import::format_time(m.since),
+                "consent": {
+                    "optin_time": time(m.consent_at),
+                    "optin_ip": m.consent_ip,
+                    "confirm_time": time(m.confirmed_at),
+                    "confirm_ip": m.confirmed_ip,
+                    "recorded_by": m.consent_source,
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "email": row.email,
+        "name": row.name,
+        "status": row.status,
+        "attributes": row.attributes,
+        "lists": lists,
+    })
 }
 
 /// Keeps the `io::Error` inside a csv error visible, so a closed pipe is

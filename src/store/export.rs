@@ -1,11 +1,12 @@
-//! Export: subscribers as rows for CSV, streamed from SQLite so that memory
-//! stays flat at any size. The CSV writing itself is the caller's.
+//! Export: subscribers as rows, with their list memberships and consent
+//! records, streamed from SQLite so that memory stays flat at any size.
+//! Writing CSV or JSON is the caller's.
 
 use futures_util::TryStreamExt as _;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{FromRow, Row, Sqlite};
 
-use super::{Error, Result, Store};
+use super::{Consent, Error, Result, Store};
 
 /// Which people to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,30 +60,35 @@ impl Selection {
             "subscribers s CROSS JOIN subscriptions sub ON sub.subscriber_id = s.id";
         match self {
             Selection::Audience(_) => Clauses {
+                consent: LIST_CONSENT,
                 from: ON_LIST,
                 filter: concat!("sub.list_id = ?1 AND ", mailable!()),
                 status: "sub.status",
                 order: "sub.subscriber_id",
             },
             Selection::ListStatus(..) => Clauses {
+                consent: LIST_CONSENT,
                 from: ON_LIST,
                 filter: "sub.list_id = ?1 AND sub.status = ?2 AND s.email IS NOT NULL",
                 status: "sub.status",
                 order: "sub.subscriber_id",
             },
             Selection::ListPersonStatus(..) => Clauses {
+                consent: LIST_CONSENT,
                 from: PERSON_ON_LIST,
                 filter: "sub.list_id = ?1 AND s.status = ?2 AND s.email IS NOT NULL",
                 status: "s.status",
                 order: "s.id",
             },
             Selection::Active => Clauses {
+                consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: super::MAILABLE_PERSON,
                 status: "s.status",
                 order: "s.id",
             },
             Selection::PersonStatus(_) => Clauses {
+                consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.status = ?1 AND s.email IS NOT NULL",
                 status: "s.status",
@@ -91,16 +97,32 @@ impl Selection {
         }
     }
 
-    /// The query of `Store::export`.
-    fn export_sql(&self) -> String {
+    /// The query of `Store::export`; `with_lists` adds every subscription
+    /// of each person (a lookup per row, so only when asked).
+    fn export_sql(&self, with_lists: bool) -> String {
         let Clauses {
             from,
             filter,
             status,
             order,
+            consent,
         } = self.clauses();
+        // Every subscription of the person, with its consent record: the
+        // primary keys of `subscriptions` and `consents` find them without a
+        // sort.
+        let lists = if with_lists {
+            "(SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
+               'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
+               'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
+               'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
+             FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+             LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
+             WHERE x.subscriber_id = s.id)"
+        } else {
+            "'[]'"
+        };
         format!(
-            "SELECT s.email, s.name, {status} AS status, s.attributes \
+            "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, {lists} AS lists \
              FROM {from} WHERE {filter} ORDER BY {order}"
         )
     }
@@ -122,8 +144,18 @@ impl Selection {
     }
 }
 
+/// The consent record of a list export: the subscription's, as one JSON
+/// object (found by the primary key of `consents`).
+const LIST_CONSENT: &str = "(SELECT json_object('at', c.consent_at, 'ip', c.consent_ip, \
+     'confirmed_at', c.confirmed_at, 'confirmed_ip', c.confirmed_ip, 'source', c.source) \
+     FROM consents c WHERE c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id) AS consent";
+/// Exports of people (not of a list) carry consent per subscription only.
+const NO_CONSENT: &str = "NULL AS consent";
+
 /// The SQL pieces of a selection.
 struct Clauses {
+    /// The consent columns of the rows.
+    consent: &'static str,
     from: &'static str,
     filter: &'static str,
     /// The status column of the rows.
@@ -140,12 +172,39 @@ pub struct ExportRow {
     /// The subscription state for a list export, else the person's status.
     pub status: String,
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The consent record of the exported list's subscription (empty when
+    /// the export is not of one list).
+    pub consent: Consent,
+    /// Every subscription of the person, with its consent record.
+    pub lists: Vec<ListMembership>,
+}
+
+/// One subscription of an exported person.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListMembership {
+    pub list: String,
+    pub status: String,
+    pub source: String,
+    /// When the subscription was created (unix seconds).
+    pub since: i64,
+    pub consent_at: Option<i64>,
+    pub consent_ip: Option<String>,
+    pub confirmed_at: Option<i64>,
+    pub confirmed_ip: Option<String>,
+    pub consent_source: Option<String>,
 }
 
 impl FromRow<'_, SqliteRow> for ExportRow {
     fn from_row(row: &SqliteRow) -> sqlx::Result<ExportRow> {
         let attributes: &str = row.try_get("attributes")?;
+        let lists: &str = row.try_get("lists")?;
+        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
         Ok(ExportRow {
+            consent: match row.try_get::<Option<&str>, _>("consent")? {
+                Some(json) => serde_json::from_str(json).map_err(decode)?,
+                None => Consent::default(),
+            },
+            lists: serde_json::from_str(lists).map_err(decode)?,
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             status: row.try_get("status")?,
@@ -172,13 +231,32 @@ impl Store {
     }
 
     /// Streams the selected people, in id order, to `each`; returns how many.
-    /// `each` may fail (a closed pipe, say): the export stops there.
+    /// `each` may fail (a closed pipe, say): the export stops there. Rows
+    /// carry no `lists` (see `export_with_lists`).
     pub async fn export<E: From<Error>>(
         &self,
         selection: &Selection,
+        each: impl FnMut(ExportRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.export_rows(selection, false, each).await
+    }
+
+    /// `export`, with every subscription of each person in `lists`.
+    pub async fn export_with_lists<E: From<Error>>(
+        &self,
+        selection: &Selection,
+        each: impl FnMut(ExportRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.export_rows(selection, true, each).await
+    }
+
+    async fn export_rows<E: From<Error>>(
+        &self,
+        selection: &Selection,
+        with_lists: bool,
         mut each: impl FnMut(ExportRow) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let sql = selection.export_sql();
+        let sql = selection.export_sql(with_lists);
         let mut rows = sqlx::query_as_with::<Sqlite, ExportRow, _>(&sql, selection.arguments())
             .fetch(self.pool());
         let mut n = 0;
@@ -233,7 +311,7 @@ mod tests {
             Selection::Active,
             Selection::PersonStatus("bounced".into()),
         ] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql());
+            let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql(true));
             let plan: Vec<String> = sqlx::query_with::<Sqlite, _>(&sql, selection.arguments())
                 .fetch_all(store.pool())
                 .await

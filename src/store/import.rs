@@ -1,11 +1,15 @@
-//! CSV import into one list.
+//! Import of a list export (bulletin's own, Mailchimp, listmonk, Keila,
+//! Ghost, Substack or any CSV with an email column) into one list.
 //!
-//! The file has a header row with a required `email` column (any case); a
-//! `name` column is the name, a `status` column is ignored (exports carry
-//! one for information; an import never sets anyone's status), and every
-//! other column becomes an attribute. UTF-8 with or without a BOM; `,` or
-//! `;` (whichever the header line uses more); quoted fields; LF or CRLF
-//! line ends; blank lines (all fields empty) are not rows.
+//! `crate::import` says what each column of the header means (`Mapping`)
+//! and what a row's status says about the person (`Standing`); this module
+//! reads the rows and writes them. UTF-8 with or without a BOM; `,` or `;`
+//! (whichever the header line uses more); quoted fields; LF or CRLF line
+//! ends; blank lines are not rows; a row with fewer fields than the header
+//! reads the missing ones as empty (counted); a quote never closed costs
+//! its row only (`import::records`). Every name and attribute value goes
+//! through `text::clean`; attribute keys are snake_case and merge with
+//! stored keys whatever their case.
 //!
 //! Rules, which make a re-import of the same file change nothing:
 //! * Addresses are validated and folded by `address::normalize`; a row that
@@ -18,6 +22,13 @@
 //! * People who unsubscribed (from this list or from all), bounced,
 //!   complained or were erased (their hash is in `suppressions`) are never
 //!   subscribed again: they are counted under `skipped`.
+//! * Rows the source marks unsubscribed, bounced (cleaned) or blocklisted
+//!   are recorded as such (`record_left`): an unsubscribed subscription to
+//!   the list, and for bounced and blocklisted addresses a suppression. They
+//!   are never mailed and never resubscribed by a later import. Rows never
+//!   subscribed in the source are stored without a subscription.
+//! * Consent records (opt-in and confirmation time and IP) are stored on the
+//!   subscription, and, like other data, only fill a gap.
 //!
 //! Rows are written in batches (10,000 by default), each in one IMMEDIATE
 //! transaction, so other processes get the database between batches. The
@@ -29,11 +40,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
 
 use sqlx::{Connection as _, SqliteConnection};
 
 use super::{Error, Result, Store, lists};
 use crate::address;
+use crate::import::{self, Column, Format, Mapping, Standing, records::Records};
 use crate::text::{self, Field};
 
 /// Rows per transaction unless told otherwise: large enough that the
@@ -50,6 +63,11 @@ pub struct ImportOptions {
     pub batch_size: usize,
     /// The time recorded on every row and event.
     pub now: i64,
+    /// The tool that wrote the file (`Auto`: recognised by the header).
+    pub from: Format,
+    /// The file's name (without folders): tells a Mailchimp
+    /// `unsubscribed_…` file from a `subscribed_…` one.
+    pub file_name: Option<String>,
 }
 
 impl ImportOptions {
@@ -58,6 +76,8 @@ impl ImportOptions {
             dry_run: false,
             batch_size: DEFAULT_BATCH_SIZE,
             now,
+            from: Format::Auto,
+            file_name: None,
         }
     }
 }
@@ -79,28 +99,80 @@ impl Skipped {
     }
 }
 
+/// Rows the source says are not subscribers: recorded so that they are
+/// never mailed (and never resubscribed by a later import), or stored
+/// without a subscription.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Left {
+    /// Recorded as unsubscribed from the list.
+    pub unsubscribed: u64,
+    /// Recorded as bounced (Mailchimp "cleaned"): suppressed.
+    pub bounced: u64,
+    /// Blocklisted or complained in the source: suppressed.
+    pub suppressed: u64,
+    /// Never subscribed in the source (Mailchimp "nonsubscribed"): stored,
+    /// not put on the list.
+    pub not_subscribed: u64,
+}
+
+impl Left {
+    pub fn total(&self) -> u64 {
+        self.unsubscribed + self.bounced + self.suppressed + self.not_subscribed
+    }
+}
+
 /// What an import did (or, with `dry_run`, would do). Every data row lands
-/// in exactly one of imported, updated, unchanged, skipped, rejected and
-/// duplicates, so they add up to `read`.
+/// in exactly one of imported, updated, unchanged, left, skipped, rejected
+/// and duplicates, so they add up to `read`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportReport {
+    /// The format read (detected, or as asked).
+    pub format: Format,
+    /// Each header field and what it became.
+    pub mapping: Vec<(String, Column)>,
     /// Data rows read (the header not counted).
     pub read: u64,
     /// Newly subscribed to the list (new people, or known people new to it).
     pub imported: u64,
-    /// Already on the list; the row added a name or attributes, or
-    /// confirmed a pending subscription.
+    /// Already on the list; the row added a name, attributes or a consent
+    /// record, or confirmed a pending subscription.
     pub updated: u64,
     /// Already on the list; nothing to add.
     pub unchanged: u64,
+    /// Unsubscribed, bounced, blocklisted or never subscribed in the source.
+    pub left: Left,
     pub skipped: Skipped,
     /// Rows refused (see the `RowError`s).
     pub rejected: u64,
     /// Rows repeating an address seen earlier in the file (merged into it).
     pub duplicates: u64,
+    /// Rows with fewer fields than the header, read with the rest empty.
+    pub short_rows: u64,
     /// The list did not exist and was (or would be) created.
     pub list_created: bool,
     pub dry_run: bool,
+}
+
+impl ImportReport {
+    /// Adds the counts of another file of the same import (a Mailchimp zip).
+    pub fn add(&mut self, other: &ImportReport) {
+        self.read += other.read;
+        self.imported += other.imported;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.left.unsubscribed += other.left.unsubscribed;
+        self.left.bounced += other.left.bounced;
+        self.left.suppressed += other.left.suppressed;
+        self.left.not_subscribed += other.left.not_subscribed;
+        self.skipped.unsubscribed += other.skipped.unsubscribed;
+        self.skipped.bounced += other.skipped.bounced;
+        self.skipped.complained += other.skipped.complained;
+        self.skipped.suppressed += other.skipped.suppressed;
+        self.rejected += other.rejected;
+        self.duplicates += other.duplicates;
+        self.short_rows += other.short_rows;
+        self.list_created |= other.list_created;
+    }
 }
 
 /// A refused row.
@@ -111,13 +183,37 @@ pub struct RowError {
     pub reason: String,
 }
 
+/// When and from where a person consented to a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Consent {
+    /// Opt-in (sign-up) time, unix seconds, and address.
+    pub at: Option<i64>,
+    pub ip: Option<String>,
+    /// Double opt-in confirmation time and address.
+    pub confirmed_at: Option<i64>,
+    pub confirmed_ip: Option<String>,
+    /// Who recorded it: `web`, or the tool an import came from.
+    pub source: Option<String>,
+}
+
+impl Consent {
+    pub fn is_empty(&self) -> bool {
+        self.at.is_none()
+            && self.ip.is_none()
+            && self.confirmed_at.is_none()
+            && self.confirmed_ip.is_none()
+    }
+}
+
 /// A parsed, valid row waiting in a batch.
 struct Row {
     email: String,
     hash: String,
     name: String,
-    /// (column index, value); empty values are dropped.
-    attributes: Vec<(usize, String)>,
+    /// (key, value); empty values are dropped, the first of a key wins.
+    attributes: Vec<(Arc<str>, String)>,
+    standing: Standing,
+    consent: Consent,
     /// The address appeared earlier in the file, in an earlier batch.
     duplicate: bool,
 }
@@ -133,38 +229,41 @@ impl Row {
                 self.attributes.push((k, v));
             }
         }
+        if self.consent.is_empty() {
+            self.consent = other.consent;
+        }
     }
 }
 
-/// The header: where the email and name are, and the attribute names.
+/// The header row read against the format: the mapping, and the attribute
+/// key of each column shared by every row.
 struct Header {
-    email: usize,
-    name: Option<usize>,
-    /// Attribute name per column; `None` for email, name, status and
-    /// unnamed columns.
-    keys: Vec<Option<String>>,
+    mapping: Mapping,
+    names: Vec<String>,
+    keys: Vec<Option<Arc<str>>>,
+    consent_source: String,
 }
 
-fn parse_header(fields: &csv::ByteRecord) -> Result<Header> {
+fn parse_header(fields: &csv::ByteRecord, options: &ImportOptions) -> Result<Header> {
     let names: Vec<String> = fields
         .iter()
         .map(|f| String::from_utf8_lossy(f).trim().to_string())
         .collect();
-    let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
-    let email = find("email").ok_or_else(|| Error::NoEmailColumn(names.clone()))?;
-    let name = find("name");
-    let status = find("status");
-    let mut seen = HashSet::new();
-    let keys = names
+    let mapping = Mapping::new(&names, options.from, options.file_name.as_deref())?;
+    let keys = mapping
+        .columns
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let special = i == email || Some(i) == name || Some(i) == status;
-            // A repeated column name keeps its first column.
-            (!special && !n.is_empty() && seen.insert(n.clone())).then(|| n.clone())
+        .map(|c| match c {
+            Column::Attribute(k) => Some(Arc::from(k.as_str())),
+            _ => None,
         })
         .collect();
-    Ok(Header { email, name, keys })
+    Ok(Header {
+        consent_source: mapping.format.to_string().to_lowercase(),
+        mapping,
+        names,
+        keys,
+    })
 }
 
 /// `;` when the header line has more semicolons than commas outside quotes.
@@ -182,21 +281,27 @@ fn sniff_delimiter(first_line: &[u8]) -> u8 {
     if semis > commas { b';' } else { b',' }
 }
 
-/// Validates one data record into a `Row`.
-fn parse_row(header: &Header, record: &csv::ByteRecord) -> Result<Row, String> {
-    if record.len() != header.keys.len() {
+/// Validates one data record into a `Row`; `short` is set when the record
+/// has fewer fields than the header (the missing ones read as empty).
+fn parse_row(header: &Header, record: &csv::ByteRecord, short: &mut bool) -> Result<Row, String> {
+    let columns = &header.mapping.columns;
+    if record.len() > columns.len() {
         return Err(format!(
             "{} fields, but the header has {}",
             record.len(),
-            header.keys.len()
+            columns.len()
         ));
     }
-    let text = |i: usize| {
-        std::str::from_utf8(&record[i])
-            .map(str::trim)
-            .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
+    *short = record.len() < columns.len();
+    let text = |i: usize| -> Result<&str, String> {
+        match record.get(i) {
+            None => Ok(""),
+            Some(raw) => std::str::from_utf8(raw)
+                .map(|t| import::restore(t.trim()))
+                .map_err(|_| format!("{}: not valid UTF-8", header.names[i])),
+        }
     };
-    let raw = text(header.email)?;
+    let raw = text(header.mapping.email)?;
     let email = address::normalize(raw).map_err(|e| {
         if raw.is_empty() {
             e.to_string()
@@ -207,33 +312,93 @@ fn parse_row(header: &Header, record: &csv::ByteRecord) -> Result<Row, String> {
     // The one rule for typed values (`text::clean`): control characters
     // out, a value over its limit refuses the row.
     let clean = |i: usize, field: Field| {
-        let column = if field == Field::Name {
-            "name"
-        } else {
-            header.keys[i].as_deref().unwrap_or_default()
-        };
-        text::clean(text(i)?, field).map_err(|e| format!("{column}: {e}"))
+        text::clean(text(i)?, field).map_err(|e| format!("{}: {e}", header.names[i]))
     };
-    let name = match header.name {
-        Some(i) => clean(i, Field::Name)?,
-        None => String::new(),
-    };
-    let mut attributes = Vec::new();
-    for (i, key) in header.keys.iter().enumerate() {
-        if key.is_some() {
-            let v = clean(i, Field::Value)?;
-            if !v.is_empty() {
-                attributes.push((i, v));
-            }
+    let time = |i: usize| -> Result<Option<i64>, String> {
+        let v = text(i)?;
+        if v.is_empty() {
+            return Ok(None);
         }
-    }
-    Ok(Row {
+        import::parse_time(v)
+            .map(Some)
+            .ok_or_else(|| format!("{}: cannot read {v:?} as a time", header.names[i]))
+    };
+    let ip = |i: usize| clean(i, Field::Value).map(|v| (!v.is_empty()).then_some(v));
+    let mut row = Row {
         hash: address::hash(&email),
         email,
-        name,
-        attributes,
+        name: String::new(),
+        attributes: Vec::new(),
+        standing: header.mapping.standing,
+        consent: Consent::default(),
         duplicate: false,
-    })
+    };
+    let (mut first, mut last) = (String::new(), String::new());
+    for (i, column) in columns.iter().enumerate() {
+        match column {
+            Column::Email | Column::Ignored(_) => {}
+            Column::Name => row.name = clean(i, Field::Name)?,
+            Column::FirstName => first = clean(i, Field::Name)?,
+            Column::LastName => last = clean(i, Field::Name)?,
+            Column::Status => row.standing = header.mapping.standing_of(text(i)?),
+            Column::OptinTime => row.consent.at = time(i)?,
+            Column::OptinIp => row.consent.ip = ip(i)?,
+            Column::ConfirmTime => row.consent.confirmed_at = time(i)?,
+            Column::ConfirmIp => row.consent.confirmed_ip = ip(i)?,
+            Column::ConsentSource => row.consent.source = ip(i)?,
+            Column::Attribute(_) => {
+                let v = clean(i, Field::Value)?;
+                let key = header.keys[i].as_ref().expect("attribute column has a key");
+                if !v.is_empty() && !row.attributes.iter().any(|(k, _)| k == key) {
+                    row.attributes.push((key.clone(), v));
+                }
+            }
+            Column::JsonAttributes => json_attributes(header, i, text(i)?, &mut row.attributes)?,
+        }
+    }
+    if row.name.is_empty() {
+        row.name = match (first.is_empty(), last.is_empty()) {
+            (false, false) => format!("{first} {last}"),
+            (false, true) => first,
+            _ => last,
+        };
+    }
+    if row.consent.is_empty() {
+        row.consent.source = None;
+    } else if row.consent.source.is_none() {
+        row.consent.source = Some(header.consent_source.clone());
+    }
+    Ok(row)
+}
+
+/// The members of a JSON object column (listmonk `attributes`, Keila
+/// `Data`) as attributes: keys in snake_case, strings as they are, other
+/// values as JSON text.
+fn json_attributes(
+    header: &Header,
+    i: usize,
+    value: &str,
+    attributes: &mut Vec<(Arc<str>, String)>,
+) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let column = &header.names[i];
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(value).map_err(|e| format!("{column}: not a JSON object ({e})"))?;
+    for (k, v) in object {
+        let key = import::attribute_key(&k);
+        let v = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => continue,
+            other => other.to_string(),
+        };
+        let v = text::clean(&v, Field::Value).map_err(|e| format!("{column}.{k}: {e}"))?;
+        if !key.is_empty() && !v.is_empty() && !attributes.iter().any(|(k2, _)| **k2 == *key) {
+            attributes.push((Arc::from(key), v));
+        }
+    }
+    Ok(())
 }
 
 /// First 8 bytes of the hex SHA-256: the in-file duplicate key. A collision
@@ -251,6 +416,8 @@ struct Known {
     status: String,
     /// The subscription to the list being imported into, if any.
     subscription: Option<String>,
+    /// That subscription has a consent record.
+    has_consent: bool,
 }
 
 /// A JSON array of `items`: one bound parameter that SQL expands with
@@ -282,17 +449,28 @@ async fn lookup(
     // answer is one JSON array too: one row to hand over instead of
     // thousands.
     let found: String = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(s.id, s.email, s.name, s.attributes, s.status, sub.status)) \
+        "SELECT json_group_array(json_array(s.id, s.email, s.name, s.attributes, s.status, sub.status, \
+                c.subscriber_id IS NOT NULL)) \
          FROM json_each(?1) j \
          JOIN subscribers s ON s.email = j.value \
-         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2",
+         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2 \
+         LEFT JOIN consents c ON c.subscriber_id = s.id AND c.list_id = ?2",
     )
     .bind(json_array(rows.iter().map(|r| r.email.as_str())))
     .bind(list_id)
     .fetch_one(&mut *conn)
     .await?;
-    let found: Vec<(i64, String, String, String, String, Option<String>)> = from_json(&found)?;
-    for (id, email, name, attributes, status, subscription) in found {
+    type Found = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+    );
+    let found: Vec<Found> = from_json(&found)?;
+    for (id, email, name, attributes, status, subscription, has_consent) in found {
         let attributes = serde_json::from_str(&attributes).unwrap_or_default();
         known.insert(
             email.to_lowercase(),
@@ -302,6 +480,7 @@ async fn lookup(
                 attributes,
                 status,
                 subscription,
+                has_consent: has_consent == Some(1),
             },
         );
     }
@@ -319,18 +498,26 @@ async fn lookup(
 /// The fate of one row.
 enum Plan {
     Skip,
-    /// A new person, subscribed.
-    Insert,
+    /// A new person, subscribed (or, with `None`, stored without a
+    /// subscription: never subscribed in the source).
+    Insert(Option<&'static str>),
+    /// A new person who left in the source.
+    InsertLeft(Standing),
     /// A known person, new to the list.
     Subscribe {
         id: i64,
         merged: Option<Merged>,
     },
-    /// A known person on the list (pending confirmed, or data added).
+    /// A known person on the list (pending confirmed, data or consent added).
     Update {
         id: i64,
         confirm: bool,
         merged: Option<Merged>,
+    },
+    /// A known person who left in the source.
+    Leave {
+        id: i64,
+        standing: Standing,
     },
     Unchanged,
 }
@@ -341,13 +528,17 @@ struct Merged {
     attributes: String,
 }
 
-fn merge(known: &Known, row: &Row, header: &Header) -> Option<Merged> {
+/// A stored key the same as `key` but for case or punctuation.
+fn has_key(attributes: &serde_json::Map<String, serde_json::Value>, key: &str) -> bool {
+    attributes.contains_key(key) || attributes.keys().any(|k| import::attribute_key(k) == key)
+}
+
+fn merge(known: &Known, row: &Row) -> Option<Merged> {
     let fill_name = known.name.is_empty() && !row.name.is_empty();
     let mut added = row
         .attributes
         .iter()
-        .map(|(i, v)| (header.keys[*i].as_deref().unwrap_or_default(), v))
-        .filter(|(k, _)| !known.attributes.contains_key(*k))
+        .filter(|(k, _)| !has_key(&known.attributes, k))
         .peekable();
     if !fill_name && added.peek().is_none() {
         return None;
@@ -362,24 +553,91 @@ fn merge(known: &Known, row: &Row, header: &Header) -> Option<Merged> {
     })
 }
 
-fn new_attributes(row: &Row, header: &Header) -> String {
+fn new_attributes(row: &Row) -> String {
     let map: serde_json::Map<String, serde_json::Value> = row
         .attributes
         .iter()
-        .map(|(i, v)| {
-            (
-                header.keys[*i].clone().unwrap_or_default(),
-                v.clone().into(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), v.clone().into()))
         .collect();
     serde_json::Value::Object(map).to_string()
+}
+
+/// The plan of a row the source says is subscribed, and its count.
+fn plan_subscribed<'r>(
+    row: &Row,
+    known: Option<&Known>,
+    report: &'r mut ImportReport,
+) -> (Plan, &'r mut u64) {
+    let Some(k) = known else {
+        return (Plan::Insert(Some("confirmed")), &mut report.imported);
+    };
+    match (k.status.as_str(), k.subscription.as_deref()) {
+        // Unsubscribed from everything (erased people have no address, so
+        // they are caught by the suppression check before this).
+        (status, _) if status != "active" => (Plan::Skip, &mut report.skipped.unsubscribed),
+        (_, Some("unsubscribed")) => (Plan::Skip, &mut report.skipped.unsubscribed),
+        (_, None) => (
+            Plan::Subscribe {
+                id: k.id,
+                merged: merge(k, row),
+            },
+            &mut report.imported,
+        ),
+        (_, Some(sub)) => {
+            let confirm = sub == "pending";
+            let consent = !k.has_consent && !row.consent.is_empty();
+            match merge(k, row) {
+                None if !confirm && !consent => (Plan::Unchanged, &mut report.unchanged),
+                merged => (
+                    Plan::Update {
+                        id: k.id,
+                        confirm,
+                        merged,
+                    },
+                    &mut report.updated,
+                ),
+            }
+        }
+    }
+}
+
+/// The plan of a row the source says left or never subscribed.
+fn plan_left<'r>(
+    row: &Row,
+    known: Option<&Known>,
+    report: &'r mut ImportReport,
+) -> (Plan, &'r mut u64) {
+    let bucket = match row.standing {
+        Standing::Unsubscribed => &mut report.left.unsubscribed,
+        Standing::Bounced => &mut report.left.bounced,
+        Standing::Suppressed => &mut report.left.suppressed,
+        Standing::Subscribed | Standing::NotSubscribed => &mut report.left.not_subscribed,
+    };
+    let plan = match (known, row.standing) {
+        (None, Standing::NotSubscribed) => Plan::Insert(None),
+        (None, standing) => Plan::InsertLeft(standing),
+        (Some(_), Standing::NotSubscribed) => Plan::Unchanged,
+        (Some(k), standing) => {
+            // Already recorded: a re-import of the same file changes nothing.
+            let done = k.subscription.as_deref() == Some("unsubscribed")
+                && match standing {
+                    Standing::Bounced => k.status == "bounced",
+                    Standing::Suppressed => k.status != "active",
+                    _ => true,
+                };
+            if done {
+                Plan::Unchanged
+            } else {
+                Plan::Leave { id: k.id, standing }
+            }
+        }
+    };
+    (plan, bucket)
 }
 
 /// Decides every row of a batch and counts the non-duplicates.
 fn plan(
     rows: &[Row],
-    header: &Header,
     known: &HashMap<String, Known>,
     suppressed: &HashSet<String>,
     report: &mut ImportReport,
@@ -397,40 +655,16 @@ fn plan(
                 } else {
                     (Plan::Skip, &mut report.skipped.complained)
                 }
-            } else if suppressed.contains(&row.hash) {
+            } else if suppressed.contains(&row.hash)
+                && (known.is_none() || row.standing == Standing::Subscribed)
+            {
+                // Erased (no longer known by address: nothing of theirs is
+                // stored again), or suppressed and asked to be subscribed.
                 (Plan::Skip, &mut report.skipped.suppressed)
-            } else if let Some(k) = known {
-                match (k.status.as_str(), k.subscription.as_deref()) {
-                    // Unsubscribed from everything (erased people have no
-                    // address, so they are caught by the suppression above).
-                    (status, _) if status != "active" => {
-                        (Plan::Skip, &mut report.skipped.unsubscribed)
-                    }
-                    (_, Some("unsubscribed")) => (Plan::Skip, &mut report.skipped.unsubscribed),
-                    (_, None) => (
-                        Plan::Subscribe {
-                            id: k.id,
-                            merged: merge(k, row, header),
-                        },
-                        &mut report.imported,
-                    ),
-                    (_, Some(sub)) => {
-                        let confirm = sub == "pending";
-                        match merge(k, row, header) {
-                            None if !confirm => (Plan::Unchanged, &mut report.unchanged),
-                            merged => (
-                                Plan::Update {
-                                    id: k.id,
-                                    confirm,
-                                    merged,
-                                },
-                                &mut report.updated,
-                            ),
-                        }
-                    }
-                }
+            } else if row.standing == Standing::Subscribed {
+                plan_subscribed(row, known, report)
             } else {
-                (Plan::Insert, &mut report.imported)
+                plan_left(row, known, report)
             };
             if row.duplicate {
                 report.duplicates += 1;
@@ -442,58 +676,90 @@ fn plan(
         .collect()
 }
 
+/// Inserts the batch's new people (status per plan) in one statement and
+/// returns their ids, in the order of `plans`' inserts.
+async fn insert_people(
+    conn: &mut SqliteConnection,
+    rows: &[Row],
+    plans: &[Plan],
+    now: i64,
+) -> Result<Vec<i64>> {
+    let new: Vec<(&str, &str, &str, String, &str)> = rows
+        .iter()
+        .zip(plans)
+        .filter_map(|(r, p)| {
+            let status = match p {
+                Plan::Insert(_) | Plan::InsertLeft(Standing::Unsubscribed) => "active",
+                Plan::InsertLeft(Standing::Bounced) => "bounced",
+                Plan::InsertLeft(_) => "unsubscribed",
+                _ => return None,
+            };
+            Some((
+                r.email.as_str(),
+                r.hash.as_str(),
+                r.name.as_str(),
+                new_attributes(r),
+                status,
+            ))
+        })
+        .collect();
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let emails = json_array(new.iter().map(|n| n.0));
+    sqlx::query(
+        "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2, ?2 \
+         FROM json_each(?1)",
+    )
+    .bind(json_array(new))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    // Their ids, looked up by address in one query (rows of `RETURNING`
+    // would cross to us one by one).
+    let ids: String = sqlx::query_scalar(
+        "SELECT json_group_array(s.id) FROM json_each(?1) j JOIN subscribers s ON s.email = j.value",
+    )
+    .bind(emails)
+    .fetch_one(&mut *conn)
+    .await?;
+    from_json(&ids)
+}
+
+/// A subscription to write: subscriber id and consent record.
+type Sub<'a> = (i64, &'a Consent);
+
 /// Writes one planned batch inside `conn`'s transaction: a handful of
 /// statements per batch, each taking the whole batch as one JSON array.
 async fn write(
     conn: &mut SqliteConnection,
     list_id: i64,
-    header: &Header,
     rows: &[Row],
     plans: &[Plan],
     now: i64,
 ) -> Result<()> {
-    // New people, all at once; then their ids, looked up by address in
-    // one query (rows of `RETURNING` would cross to us one by one).
-    let new: Vec<(&str, &str, &str, String)> = rows
-        .iter()
-        .zip(plans)
-        .filter(|(_, p)| matches!(p, Plan::Insert))
-        .map(|(r, _)| {
-            let attributes = new_attributes(r, header);
-            (
-                r.email.as_str(),
-                r.hash.as_str(),
-                r.name.as_str(),
-                attributes,
-            )
-        })
-        .collect();
-    let mut subscribe: Vec<i64> = Vec::new();
-    if !new.is_empty() {
-        let emails = json_array(new.iter().map(|n| n.0));
-        sqlx::query(
-            "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'active', ?2, ?2 \
-             FROM json_each(?1)",
-        )
-        .bind(json_array(new))
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        let ids: String = sqlx::query_scalar(
-            "SELECT json_group_array(s.id) FROM json_each(?1) j JOIN subscribers s ON s.email = j.value",
-        )
-        .bind(emails)
-        .fetch_one(&mut *conn)
-        .await?;
-        subscribe = from_json(&ids)?;
-    }
+    let mut new_ids = insert_people(conn, rows, plans, now).await?.into_iter();
+    let mut subscribe: Vec<Sub> = Vec::new();
+    let mut left: Vec<(i64, &str, Standing, &Consent)> = Vec::new();
     let mut merged: Vec<(i64, &str, &str)> = Vec::new();
     let mut confirm: Vec<i64> = Vec::new();
-    for plan in plans {
+    let mut consents: Vec<Sub> = Vec::new();
+    for (row, plan) in rows.iter().zip(plans) {
         match plan {
+            Plan::Insert(Some(_)) => subscribe.push((new_ids.next().unwrap_or(0), &row.consent)),
+            Plan::Insert(None) => {
+                new_ids.next();
+            }
+            Plan::InsertLeft(standing) => left.push((
+                new_ids.next().unwrap_or(0),
+                &row.hash,
+                *standing,
+                &row.consent,
+            )),
+            Plan::Leave { id, standing } => left.push((*id, &row.hash, *standing, &row.consent)),
             Plan::Subscribe { id, merged: m } => {
-                subscribe.push(*id);
+                subscribe.push((*id, &row.consent));
                 if let Some(m) = m {
                     merged.push((*id, &m.name, &m.attributes));
                 }
@@ -509,8 +775,11 @@ async fn write(
                 if *c {
                     confirm.push(*id);
                 }
+                if !row.consent.is_empty() {
+                    consents.push((*id, &row.consent));
+                }
             }
-            Plan::Skip | Plan::Insert | Plan::Unchanged => {}
+            Plan::Skip | Plan::Unchanged => {}
         }
     }
     if !merged.is_empty() {
@@ -523,57 +792,175 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    if !confirm.is_empty() {
-        let ids = json_array(confirm);
-        sqlx::query(
-            "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
-             WHERE list_id = ?2 AND status = 'pending' \
-               AND subscriber_id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(&ids)
-        .bind(list_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-             SELECT value, ?2, 'confirmed', 'import', ?3 FROM json_each(?1)",
-        )
-        .bind(&ids)
-        .bind(list_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !subscribe.is_empty() {
-        let ids = json_array(subscribe);
-        sqlx::query(
-            "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
-             SELECT value, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
-        )
-        .bind(&ids)
-        .bind(list_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-             SELECT value, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
-        )
-        .bind(&ids)
-        .bind(list_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
+    confirm_pending(conn, list_id, confirm, now).await?;
+    insert_consents(conn, list_id, &consents).await?;
+    subscribe_confirmed(conn, list_id, &subscribe, now).await?;
+    record_left(conn, list_id, &left, now).await?;
     Ok(())
+}
+
+async fn confirm_pending(
+    conn: &mut SqliteConnection,
+    list_id: i64,
+    confirm: Vec<i64>,
+    now: i64,
+) -> Result<()> {
+    if confirm.is_empty() {
+        return Ok(());
+    }
+    let ids = json_array(confirm);
+    sqlx::query(
+        "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
+         WHERE list_id = ?2 AND status = 'pending' \
+           AND subscriber_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(&ids)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT value, ?2, 'confirmed', 'import', ?3 FROM json_each(?1)",
+    )
+    .bind(&ids)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the consent records of a batch's subscriptions (each
+/// `[id, consent]`). A record only fills a gap: one stored is never
+/// overwritten.
+async fn insert_consents(
+    conn: &mut SqliteConnection,
+    list_id: i64,
+    consents: &[Sub<'_>],
+) -> Result<()> {
+    let consents: Vec<&Sub> = consents.iter().filter(|(_, c)| !c.is_empty()).collect();
+    if consents.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
+         SELECT value ->> 0, ?2, value ->> '$[1].at', value ->> '$[1].ip', value ->> '$[1].confirmed_at', \
+             value ->> '$[1].confirmed_ip', value ->> '$[1].source' \
+         FROM json_each(?1) WHERE true \
+         ON CONFLICT (subscriber_id, list_id) DO NOTHING",
+    )
+    .bind(json_array(consents))
+    .bind(list_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn subscribe_confirmed(
+    conn: &mut SqliteConnection,
+    list_id: i64,
+    subscribe: &[Sub<'_>],
+    now: i64,
+) -> Result<()> {
+    if subscribe.is_empty() {
+        return Ok(());
+    }
+    let subs = json_array(subscribe);
+    sqlx::query(
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT value ->> 0, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
+    )
+    .bind(&subs)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT value ->> 0, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
+    )
+    .bind(&subs)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    insert_consents(conn, list_id, subscribe).await
+}
+
+/// Records people who left in the source tool: the subscription to the
+/// list becomes (or is created) `unsubscribed`; a bounced address also
+/// marks the person bounced, a blocklisted one unsubscribed from all; both
+/// are added to `suppressions`. Each change is an event.
+///
+/// This is the import's one writer of unsubscribes and bounces; the
+/// suppressions go through the store's one writer (`suppress_hashes`).
+async fn record_left(
+    conn: &mut SqliteConnection,
+    list_id: i64,
+    left: &[(i64, &str, Standing, &Consent)],
+    now: i64,
+) -> Result<()> {
+    if left.is_empty() {
+        return Ok(());
+    }
+    let rows = json_array(left.iter().map(|(id, hash, standing, _)| {
+        let (kind, person, suppression) = match standing {
+            Standing::Bounced => ("bounced", Some("bounced"), Some("bounced")),
+            Standing::Suppressed => ("suppressed", Some("unsubscribed"), Some("manual")),
+            _ => ("unsubscribed", None, None),
+        };
+        serde_json::json!([id, null, kind, person, suppression, hash])
+    }));
+    sqlx::query(
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT value ->> 0, ?2, 'unsubscribed', 'import', ?3, ?3 FROM json_each(?1) WHERE true \
+         ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = 'unsubscribed', source = 'import', \
+             updated_at = excluded.updated_at WHERE status <> 'unsubscribed'",
+    )
+    .bind(&rows)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE subscribers SET status = j.value ->> 3, updated_at = ?2 \
+         FROM json_each(?1) j \
+         WHERE subscribers.id = j.value ->> 0 AND j.value ->> 3 IS NOT NULL \
+           AND subscribers.status IN ('active', 'unsubscribed') AND subscribers.status <> j.value ->> 3",
+    )
+    .bind(&rows)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let suppressed: Vec<(&str, &str)> = left
+        .iter()
+        .filter_map(|(_, hash, standing, _)| match standing {
+            Standing::Bounced => Some((*hash, "bounced")),
+            Standing::Suppressed => Some((*hash, "manual")),
+            _ => None,
+        })
+        .collect();
+    super::suppress_hashes(conn, &suppressed, now).await?;
+    sqlx::query(
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT value ->> 0, ?2, value ->> 2, 'import', ?3 FROM json_each(?1)",
+    )
+    .bind(&rows)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let consents: Vec<Sub> = left.iter().map(|(id, _, _, c)| (*id, *c)).collect();
+    insert_consents(conn, list_id, &consents).await
 }
 
 impl Store {
     /// Imports CSV from `input` into the list `slug` (created when missing,
-    /// named after its slug). `progress` is called after each batch with the
-    /// number of bytes read so far. Returns the counts and the refused rows;
-    /// an `Err` is a problem with the whole file or the database.
+    /// named after its slug), read as `options.from`. `progress` is called
+    /// after each batch with the number of bytes read so far. Returns the
+    /// counts and the refused rows; an `Err` is a problem with the whole
+    /// file or the database.
     pub async fn import(
         &self,
         input: impl Read,
@@ -597,10 +984,8 @@ impl Store {
             .flexible(true)
             .delimiter(delimiter)
             // Lines end at LF; a CR before it is trimmed with the field.
-            // (With CR as a terminator too, csv reports CRLF files' line
-            // numbers one short.)
             .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(input);
+            .from_reader(Records::new(input, delimiter));
         let fatal = |e: csv::Error| Error::Read {
             line: e.position().map(|p| p.line()).unwrap_or(0),
             message: e.to_string(),
@@ -609,11 +994,20 @@ impl Store {
         if !csv.read_byte_record(&mut record).map_err(fatal)? {
             return Err(Error::EmptyFile);
         }
-        let header = parse_header(&record)?;
+        csv.get_mut().claim_line();
+        csv.get_mut().set_header_fields(record.len());
+        let header = parse_header(&record, options)?;
         lists::check_slug(slug)?;
 
         let mut report = ImportReport {
             dry_run: options.dry_run,
+            format: header.mapping.format,
+            mapping: header
+                .names
+                .iter()
+                .cloned()
+                .zip(header.mapping.columns.iter().cloned())
+                .collect(),
             ..ImportReport::default()
         };
         // One connection for the whole import: its statements stay prepared
@@ -640,17 +1034,28 @@ impl Store {
         let mut in_batch: HashMap<String, usize> = HashMap::with_capacity(batch_size);
         loop {
             let more = csv.read_byte_record(&mut record).map_err(fatal)?;
-            // A blank line (or a lone CR) is no row.
-            let blank = more && record.iter().all(|f| f.trim_ascii().is_empty());
-            if more && !blank {
+            for u in csv.get_mut().take_unclosed() {
                 report.read += 1;
-                let line = record.position().map(|p| p.line()).unwrap_or(0);
-                match parse_row(&header, &record) {
+                report.rejected += 1;
+                errors.push(RowError {
+                    line: u.line,
+                    reason: format!(
+                        "a quoted field opens on this line and is never closed; row skipped, the {} lines after it read as rows",
+                        u.reread
+                    ),
+                });
+            }
+            if more {
+                report.read += 1;
+                let line = csv.get_mut().claim_line();
+                let mut short = false;
+                match parse_row(&header, &record, &mut short) {
                     Err(reason) => {
                         report.rejected += 1;
                         errors.push(RowError { line, reason });
                     }
                     Ok(mut row) => {
+                        report.short_rows += u64::from(short);
                         if let Some(&i) = in_batch.get(&row.email) {
                             report.duplicates += 1;
                             batch[i].absorb(row);
@@ -668,16 +1073,17 @@ impl Store {
                 }
             }
             if batch.len() >= batch_size || (!more && !batch.is_empty()) {
-                import_batch(&mut conn, list_id, &header, &batch, options, &mut report).await?;
+                import_batch(&mut conn, list_id, &batch, options, &mut report).await?;
                 batch.clear();
                 in_batch.clear();
-                progress(csv.position().byte());
+                progress(csv.get_ref().bytes());
             }
             if !more {
                 break;
             }
         }
-        progress(csv.position().byte());
+        errors.sort_by_key(|e| e.line);
+        progress(csv.get_ref().bytes());
         Ok((report, errors))
     }
 }
@@ -687,20 +1093,19 @@ impl Store {
 async fn import_batch(
     conn: &mut SqliteConnection,
     list_id: i64,
-    header: &Header,
     rows: &[Row],
     options: &ImportOptions,
     report: &mut ImportReport,
 ) -> Result<()> {
     if options.dry_run {
         let (known, suppressed) = lookup(conn, list_id, rows).await?;
-        plan(rows, header, &known, &suppressed, report);
+        plan(rows, &known, &suppressed, report);
         return Ok(());
     }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let (known, suppressed) = lookup(&mut tx, list_id, rows).await?;
-    let plans = plan(rows, header, &known, &suppressed, report);
-    write(&mut tx, list_id, header, rows, &plans, options.now).await?;
+    let plans = plan(rows, &known, &suppressed, report);
+    write(&mut tx, list_id, rows, &plans, options.now).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -718,22 +1123,28 @@ mod tests {
 
     #[test]
     fn header_columns() {
-        let h = parse_header(&csv::ByteRecord::from(vec![
-            " Email ", "Name", "city", "", "status", "city",
-        ]))
+        let options = ImportOptions::new(0);
+        let h = parse_header(
+            &csv::ByteRecord::from(vec![" Email ", "Name", "City", "", "status", "city"]),
+            &options,
+        )
         .unwrap();
-        assert_eq!(h.email, 0);
-        assert_eq!(h.name, Some(1));
+        assert_eq!(h.mapping.email, 0);
+        assert_eq!(h.keys[2].as_deref(), Some("city"));
         assert_eq!(
-            h.keys,
-            vec![None, None, Some("city".to_string()), None, None, None]
+            h.keys[5].as_deref(),
+            Some("city"),
+            "one attribute, whatever the case"
         );
-        let err = parse_header(&csv::ByteRecord::from(vec!["mail", "name"]))
-            .err()
-            .unwrap();
+        let err = parse_header(
+            &csv::ByteRecord::from(vec!["mail address", "name"]),
+            &options,
+        )
+        .err()
+        .unwrap();
         assert_eq!(
             err.to_string(),
-            "no \"email\" column in the header (found: mail, name)"
+            "no email column in the header (found: mail address, name); name it `email` or `Email Address`"
         );
     }
 }

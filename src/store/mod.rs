@@ -52,8 +52,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use bounces::{Action, Applied, BounceEvent, DeliveryOwner, SoftRule, UnmatchedMail};
 pub use events::Event;
-pub use export::{ExportRow, Selection};
-pub use import::{DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, RowError, Skipped};
+pub use export::{ExportRow, ListMembership, Selection};
+pub use import::{
+    Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
+};
 pub use lists::{List, ListCounts};
 pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
@@ -122,8 +124,8 @@ pub enum Error {
     BadStatus(String, &'static str),
     #[error("empty file: no header row")]
     EmptyFile,
-    #[error("no \"email\" column in the header (found: {})", .0.join(", "))]
-    NoEmailColumn(Vec<String>),
+    #[error(transparent)]
+    Header(#[from] crate::import::Error),
     #[error("line {line}: {message}")]
     Read { line: u64, message: String },
 }
@@ -354,12 +356,26 @@ pub(crate) async fn suppress_hash(
     reason: &str,
     now: i64,
 ) -> Result<()> {
+    suppress_hashes(conn, &[(hash, reason)], now).await
+}
+
+/// `suppress_hash` for a batch of (hash, reason) pairs in one statement (an
+/// import's people who left): the one statement that writes `suppressions`.
+pub(crate) async fn suppress_hashes(
+    conn: &mut sqlx::SqliteConnection,
+    pairs: &[(&str, &str)],
+    now: i64,
+) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let rows = serde_json::to_string(pairs).expect("strings serialise");
     sqlx::query(
-        "INSERT INTO suppressions (hash, reason, created_at) VALUES (?, ?, ?) \
+        "INSERT INTO suppressions (hash, reason, created_at) \
+         SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true \
          ON CONFLICT (hash) DO NOTHING",
     )
-    .bind(hash)
-    .bind(reason)
+    .bind(rows)
     .bind(now)
     .execute(conn)
     .await?;

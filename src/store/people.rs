@@ -273,11 +273,32 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
     };
     let (email, name, attributes, status): (Option<String>, String, String, String) =
         (p.get(0), p.get(1), p.get(2), p.get(3));
-    let lists: Vec<_> = lists_of(pool, subscriber)
-        .await?
-        .into_iter()
-        .map(|(l, status)| json!({ "list": l.slug, "name": l.name, "status": status }))
-        .collect();
+    let lists: Vec<_> = sqlx::query(
+        "SELECT l.slug, l.name, sub.status, c.consent_at, c.consent_ip, c.confirmed_at,
+                c.confirmed_ip, c.source
+         FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
+         LEFT JOIN consents c ON c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id
+         WHERE sub.subscriber_id = ? ORDER BY l.name",
+    )
+    .bind(subscriber)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        json!({
+            "list": r.get::<String, _>(0),
+            "name": r.get::<String, _>(1),
+            "status": r.get::<String, _>(2),
+            "consent": {
+                "optin_at": r.get::<Option<i64>, _>(3),
+                "optin_ip": r.get::<Option<String>, _>(4),
+                "confirmed_at": r.get::<Option<i64>, _>(5),
+                "confirmed_ip": r.get::<Option<String>, _>(6),
+                "recorded_by": r.get::<Option<String>, _>(7),
+            },
+        })
+    })
+    .collect();
     let events: Vec<_> = sqlx::query(
         "SELECT e.kind, e.source, e.detail, e.created_at, l.slug AS list, c.slug AS campaign
          FROM events e LEFT JOIN lists l ON l.id = e.list_id LEFT JOIN campaigns c ON c.id = e.campaign_id
@@ -471,7 +492,36 @@ async fn count_confirmation(
 /// lifted (only a confirmed sign-up does that). Anything else (already
 /// confirmed, unsubscribed since, erased) is left alone.
 pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
+    confirm_from(pool, subscriber, list, None, now).await
+}
+
+/// `confirm`, recording the click as the consent record: its time and the
+/// address it came from (`ip`), with the sign-up time as the opt-in.
+pub async fn confirm_from(
+    pool: &SqlitePool,
+    subscriber: i64,
+    list: i64,
+    ip: Option<std::net::IpAddr>,
+    now: i64,
+) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // The click is the consent record, and the sign-up (when the
+    // subscription became pending) the opt-in. Written first, while the
+    // subscription is still pending; nothing when it is not.
+    sqlx::query(
+        "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
+         SELECT subscriber_id, list_id, updated_at, ?3, ?4, 'web' FROM subscriptions
+         WHERE subscriber_id = ?1 AND list_id = ?2 AND status = 'pending'
+         ON CONFLICT (subscriber_id, list_id) DO UPDATE SET consent_at = excluded.consent_at,
+             consent_ip = NULL, confirmed_at = excluded.confirmed_at,
+             confirmed_ip = excluded.confirmed_ip, source = 'web'",
+    )
+    .bind(subscriber)
+    .bind(list)
+    .bind(now)
+    .bind(ip.map(|ip| ip.to_string()))
+    .execute(&mut *tx)
+    .await?;
     let confirmed = sqlx::query(
         "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
          WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'

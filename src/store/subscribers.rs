@@ -83,6 +83,8 @@ pub struct Subscription {
     pub source: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When and from where the person consented to the list.
+    pub consent: super::Consent,
 }
 
 impl FromRow<'_, SqliteRow> for Subscription {
@@ -94,6 +96,13 @@ impl FromRow<'_, SqliteRow> for Subscription {
             source: row.try_get("source")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            consent: super::Consent {
+                at: row.try_get("consent_at")?,
+                ip: row.try_get("consent_ip")?,
+                confirmed_at: row.try_get("confirmed_at")?,
+                confirmed_ip: row.try_get("confirmed_ip")?,
+                source: row.try_get("consent_source")?,
+            },
         })
     }
 }
@@ -403,8 +412,10 @@ impl Store {
             return Ok(None);
         };
         let subscriptions = sqlx::query_as(
-            "SELECT l.slug AS list, s.list_id, s.status, s.source, s.created_at, s.updated_at \
+            "SELECT l.slug AS list, s.list_id, s.status, s.source, s.created_at, s.updated_at, \
+                    c.consent_at, c.consent_ip, c.confirmed_at, c.confirmed_ip, c.source AS consent_source \
              FROM subscriptions s JOIN lists l ON l.id = s.list_id \
+             LEFT JOIN consents c ON c.subscriber_id = s.subscriber_id AND c.list_id = s.list_id \
              WHERE s.subscriber_id = ? ORDER BY l.slug",
         )
         .bind(subscriber.id)

@@ -211,11 +211,15 @@ async fn confirm_page(
         .map_err(Error::Internal)
 }
 
-async fn confirm(State(state): State<AppState>, link: ConfirmLink) -> Result<Html<String>, Error> {
+async fn confirm(
+    State(state): State<AppState>,
+    ip: super::ClientIp,
+    link: ConfirmLink,
+) -> Result<Html<String>, Error> {
     let claims = link.0;
     let pool = state.inner.store.pool();
     let list = list_for(&state, &claims).await?;
-    let confirmed = people::confirm(pool, claims.a, claims.b, now()).await?;
+    let confirmed = people::confirm_from(pool, claims.a, claims.b, ip.0, now()).await?;
     // Not pending any more: confirmed by an earlier click, or left since the
     // link was sent, in which case the person's latest choice stands.
     let subscribed = confirmed

@@ -176,7 +176,7 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
             .fetch_one(store.pool())
             .await
             .unwrap();
-    assert_eq!(attributes, r#"{"City":"Paris France"}"#);
+    assert_eq!(attributes, r#"{"city":"Paris France"}"#);
     assert!(store.subscriber("big@example.org").await.unwrap().is_none());
     assert!(
         store
