@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::build::{SAMPLE_NAME, compile_file, format_warning};
-use super::setup::{fmt_time, settings, stop_on_signal};
-use crate::cli::{Format, SendArgs, StatusArgs, TestArgs};
+use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
+use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
 use crate::config::Config;
 use crate::dispatch::transport::Transport;
@@ -21,7 +21,9 @@ use crate::dispatch::{self, Frozen, NotStarted, Progress, Settings, Summary};
 use crate::links::Purpose;
 use crate::render::Recipient;
 use crate::store::Store;
-use crate::store::deliveries::{self as db, CampaignRow, NewCampaign};
+use crate::store::deliveries::{
+    self as db, CampaignRow, CampaignStatus, Cancel, NewCampaign, Refreeze, Replace,
+};
 
 /// Runs one campaign with a progress bar on a terminal; prints its line.
 async fn run_one(
@@ -126,7 +128,9 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
             s.in_flight_resolved
         ));
     }
-    let state = if s.interrupted {
+    let state = if s.cancelled {
+        "cancelled; nothing more is sent"
+    } else if s.interrupted {
         "interrupted; run `bulletin dispatch` to resume"
     } else if s.finished {
         "finished"
@@ -134,6 +138,32 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
         "retries pending; `bulletin dispatch` continues"
     };
     format!("{slug}: {} ({state})", parts.join(", "))
+}
+
+/// Asks `question` on the terminal; `--yes` answers yes, and without a
+/// terminal the command refuses with `refusal` (one line, naming --yes).
+fn confirm(yes: bool, question: &str, refusal: &str) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{refusal}");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The SHA-256 of the campaign file, hex: tells whether it changed since
+/// it was frozen.
+fn source_hash(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read(path)?;
+    Ok(Sha256::digest(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
@@ -146,13 +176,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         (Some(at), _) => Some(crate::campaign::parse_time(at).map_err(|m| anyhow!("--at: {m}"))?),
         (None, from_file) => from_file,
     };
-    let source_hash = {
-        let text = std::fs::read(&args.campaign)?;
-        Sha256::digest(&text)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let source_hash = source_hash(&args.campaign)?;
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let pool = store.pool();
@@ -169,17 +193,100 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
         let send_at = at.map_or(now, |t| t.timestamp());
+        let (list_id, list_name) = (list.id, list.name.clone());
+        let frozen = || -> Result<String> {
+            Ok(serde_json::to_string(&Frozen {
+                compiled: built.compiled.clone(),
+                from: built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone()),
+                reply_to: config.sender.reply_to.clone(),
+                list_slug: built.campaign.list.clone(),
+                list_name: list_name.clone(),
+                archive: built.campaign.archive,
+            })?)
+        };
 
         // A campaign already frozen: resume it, never freeze it twice.
         let mut slug = built.campaign.slug.clone();
         let existing = db::campaign_by_slug(pool, &slug).await?;
+        if existing.is_none() && (args.replace || args.only_new) {
+            bail!(
+                "campaign {slug} was never sent, so there is nothing to {}; send it without {}",
+                if args.replace { "replace" } else { "send to new subscribers" },
+                if args.replace { "--replace" } else { "--only-new" }
+            );
+        }
+        let mut moved = false;
         let campaign = match existing {
-            Some(c) if c.status == "sent" || c.status == "cancelled" => {
+            Some(c) if args.replace => {
+                if send_at <= now
+                    && !confirm(
+                        args.yes,
+                        &format!("{slug}: the new time {} is not in the future; send the replaced campaign now?", fmt_time(send_at)),
+                        &format!("{slug}: not replaced: the new time {} is not in the future; add --yes to send it now, or give --at TIME", fmt_time(send_at)),
+                    )?
+                {
+                    println!("not replaced");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let replaced = store
+                    .replace_campaign(&Refreeze {
+                        id: c.id,
+                        list_id,
+                        subject: &built.campaign.subject,
+                        compiled: &frozen()?,
+                        source_hash: &source_hash,
+                        send_at,
+                    })
+                    .await?;
+                if let Replace::Refused(status, attempted) = replaced {
+                    bail!(
+                        "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
+                    );
+                }
+                println!("{slug}: replaced from {file} (subject \"{}\")", built.campaign.subject);
+                moved = true;
+                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
+            }
+            Some(c) if args.only_new => {
+                if c.status == CampaignStatus::Cancelled {
+                    bail!("campaign {slug} was cancelled; it is not sent to anyone any more");
+                }
+                let first_time = store.first_time_count(c.id, c.list_id).await?;
+                if first_time == 0 {
+                    println!("{slug}: every subscriber of {} already has it; nothing to send", built.campaign.list);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let question = format!(
+                    "Send \"{}\" to the {first_time} subscribers of list {} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+                    c.subject,
+                    built.campaign.list,
+                    settings.transport.describe()
+                );
+                let refusal = format!("not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {} for the first time; nobody twice)", built.campaign.list);
+                if !confirm(args.yes, &question, &refusal)? {
+                    println!("not sent");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                db::set_campaign_status(pool, c.id, CampaignStatus::Sending, now).await?;
+                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
+            }
+            Some(c) if c.status.is_over() => {
                 if !args.again {
                     bail!(
-                        "campaign {slug} was already sent (finished {}); use --again to send it once more as a new campaign",
+                        "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
+                        if c.status == CampaignStatus::Cancelled { "cancelled" } else { "sent" },
                         c.finished_at.map_or("earlier".into(), fmt_time)
                     );
+                }
+                let received = store.received_count(c.id).await?;
+                let question = format!(
+                    "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
+                    built.campaign.list
+                );
+                let refusal = format!("not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)");
+                if !confirm(args.yes, &question, &refusal)? {
+                    println!("not sent");
+                    return Ok(ExitCode::SUCCESS);
                 }
                 let mut n = 2;
                 while db::campaign_by_slug(pool, &format!("{slug}-{n}")).await?.is_some() {
@@ -190,33 +297,39 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             }
             Some(c) => {
                 if c.source_hash != source_hash {
-                    eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then");
+                    eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)");
                 }
-                if c.status == "scheduled" && args.at.is_some() {
+                if args.at.is_some() && c.status == CampaignStatus::Scheduled && c.send_at != send_at {
+                    if send_at <= now
+                        && !confirm(
+                            args.yes,
+                            &format!("{slug}: {} is not in the future; send it now?", fmt_time(send_at)),
+                            &format!("{slug}: not moved: {} is not in the future; add --yes to send it now", fmt_time(send_at)),
+                        )?
+                    {
+                        println!("not moved; still scheduled for {}", fmt_time(c.send_at));
+                        return Ok(ExitCode::SUCCESS);
+                    }
                     db::set_send_at(pool, c.id, send_at).await?;
+                    println!("{slug}: moved from {} to {}", fmt_time(c.send_at), fmt_time(send_at));
+                    moved = true;
                 }
-                Some(c)
+                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
             }
             None => None,
         };
 
-        let (list_id, list_name) = (list.id, list.name.clone());
         let recipients = store.audience_count(list_id).await?;
         let when = if send_at > now { format!("at {}", fmt_time(send_at)) } else { "now".into() };
-        if campaign.is_none() && !args.yes {
-            if !std::io::stdin().is_terminal() {
-                bail!("not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})", built.campaign.list);
-            }
-            eprint!(
-                "Send \"{}\"\n  to {recipients} recipients of list {} ({list_name}) {when}\n  via {}? [y/N] ",
+        if campaign.is_none() && !args.again {
+            let question = format!(
+                "Send \"{}\"\n  to {recipients} recipients of list {} ({list_name}) {when}\n  via {}?",
                 built.campaign.subject,
                 built.campaign.list,
                 settings.transport.describe()
             );
-            std::io::stderr().flush()?;
-            let mut answer = String::new();
-            std::io::stdin().read_line(&mut answer)?;
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            let refusal = format!("not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})", built.campaign.list);
+            if !confirm(args.yes, &question, &refusal)? {
                 println!("not sent");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -224,21 +337,13 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         let campaign = match campaign {
             Some(c) => c,
             None => {
-                let frozen = Frozen {
-                    compiled: built.compiled.clone(),
-                    from: built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone()),
-                    reply_to: config.sender.reply_to.clone(),
-                    list_slug: built.campaign.list.clone(),
-                    list_name: list_name.clone(),
-                    archive: built.campaign.archive,
-                };
                 let id = db::insert_campaign(
                     pool,
                     &NewCampaign {
                         slug: &slug,
                         list_id,
                         subject: &built.campaign.subject,
-                        compiled: &serde_json::to_string(&frozen)?,
+                        compiled: &frozen()?,
                         source_hash: &source_hash,
                         send_at,
                         now,
@@ -257,17 +362,20 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                 db::campaign_by_id(pool, id).await?.expect("just inserted")
             }
         };
-        if campaign.status == "scheduled" && campaign.send_at.max(send_at) > now {
+        if campaign.status == CampaignStatus::Cancelled {
+            bail!("campaign {} was cancelled; nothing more is sent", campaign.slug);
+        }
+        if campaign.status == CampaignStatus::Scheduled && campaign.send_at > now {
             println!(
                 "{}: scheduled for {} to the {recipients} recipients of {}; `bulletin dispatch` (cron) sends it then",
                 campaign.slug,
-                fmt_time(campaign.send_at.max(send_at)),
+                fmt_time(campaign.send_at),
                 built.campaign.list
             );
             return Ok(ExitCode::SUCCESS);
         }
-        if campaign.status == "held" {
-            db::set_campaign_status(pool, campaign.id, "sending", now).await?;
+        if campaign.status == CampaignStatus::Held || moved {
+            db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, now).await?;
         }
         let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
         let show_bar = std::io::stderr().is_terminal();
@@ -280,6 +388,29 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     })
 }
 
+/// `bulletin cancel`: stops a scheduled, held or sending campaign.
+pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
+    super::runtime()?.block_on(async {
+        let store = super::open_store(config).await?;
+        let campaign = find_campaign(&store, &args.campaign).await?;
+        match store.cancel_campaign(campaign.id, crate::store::now()).await? {
+            Cancel::Done { dropped } => {
+                let sent = store.received_count(campaign.id).await?;
+                println!(
+                    "{}: cancelled; {dropped} not sent, {sent} sent before (a run in progress stops after the messages in flight); `bulletin report {}` lists who got it",
+                    campaign.slug, campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::Refused(status) => bail!(
+                "campaign {} cannot be cancelled: it is already {}",
+                campaign.slug,
+                if status == CampaignStatus::Finished { "finished (every message sent)" } else { status.as_str() }
+            ),
+        }
+    })
+}
+
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
@@ -289,8 +420,8 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
         // Long-overdue scheduled campaigns are held, not sent silently.
         let hold_before = now - config.dispatch.hold_after_hours * 3600;
         for c in db::due_campaigns(pool, now).await? {
-            if c.status == "scheduled" && c.send_at < hold_before {
-                db::set_campaign_status(pool, c.id, "held", now).await?;
+            if c.status == CampaignStatus::Scheduled && c.send_at < hold_before {
+                db::set_campaign_status(pool, c.id, CampaignStatus::Held, now).await?;
                 println!(
                     "{}: held, it was due {} ({} hours ago); send it anyway with `bulletin send` on its file",
                     c.slug,
@@ -322,15 +453,20 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     })
 }
 
+/// One campaign as `status` shows it; JSON keeps machine times (ISO 8601,
+/// UTC), the text human ones.
 #[derive(serde::Serialize)]
 struct StatusReport {
     campaign: String,
     subject: String,
     list: String,
-    status: String,
-    send_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
+    status: CampaignStatus,
+    /// When `send` froze it.
+    frozen_at: String,
+    /// When it is (or was) due.
+    send_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
     deliveries: std::collections::BTreeMap<String, i64>,
     /// How the runs delivered: SMTP servers and outbox folders.
     transports: Vec<crate::store::RunTransport>,
@@ -345,11 +481,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         let pool = store.pool();
         let mut campaigns = db::campaigns(pool).await?;
         if let Some(name) = &args.campaign {
-            let stem = std::path::Path::new(name)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or(name)
-                .to_string();
+            let stem = campaign_name(name);
             campaigns.retain(|c| c.slug == *name || c.slug == stem);
             if campaigns.is_empty() {
                 bail!("no campaign named {name:?}; `bulletin status` lists them all");
@@ -358,21 +490,16 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         let mut reports = Vec::new();
         for c in &campaigns {
             let since = c.started_at.unwrap_or(c.send_at);
-            let list = sqlx::query_scalar::<_, String>("SELECT slug FROM lists WHERE id = ?")
-                .bind(c.list_id)
-                .fetch_optional(pool)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let list = store.list_slug(c.list_id).await?.unwrap_or_default();
             reports.push(StatusReport {
                 campaign: c.slug.clone(),
                 subject: c.subject.clone(),
                 list,
-                status: c.status.clone(),
-                send_at: c.send_at,
-                started_at: c.started_at,
-                finished_at: c.finished_at,
+                status: c.status,
+                frozen_at: iso_time(c.created_at),
+                send_at: iso_time(c.send_at),
+                started_at: c.started_at.map(iso_time),
+                finished_at: c.finished_at.map(iso_time),
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
                 transports: store.run_transports(c.id).await?,
                 bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
@@ -391,23 +518,19 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 if reports.is_empty() {
                     println!("no campaigns yet; `bulletin send CAMPAIGN` queues one");
                 }
-                for r in &reports {
+                for (r, c) in reports.iter().zip(&campaigns) {
                     println!(
                         "{}  [{}]  list {}  \"{}\"",
                         r.campaign, r.status, r.list, r.subject
                     );
-                    let when = match (r.started_at, r.finished_at) {
-                        (_, Some(f)) => format!("finished {}", fmt_time(f)),
-                        (Some(s), None) => format!("started {}", fmt_time(s)),
-                        _ => format!("due {}", fmt_time(r.send_at)),
-                    };
+                    println!("  {}", when(c));
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
                         .map(|(k, v)| format!("{} {v}", delivered_label(k, &r.transports)))
                         .collect();
                     println!(
-                        "  {when}; deliveries: {}",
+                        "  deliveries: {}",
                         if counts.is_empty() {
                             "none yet".into()
                         } else {
@@ -423,6 +546,28 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A campaign's times in words: frozen, due, started, finished or cancelled.
+fn when(c: &CampaignRow) -> String {
+    let mut parts = vec![format!("frozen {}", fmt_time(c.created_at))];
+    match c.status {
+        CampaignStatus::Scheduled => parts.push(format!("scheduled for {}", fmt_time(c.send_at))),
+        CampaignStatus::Held => parts.push(format!(
+            "held: was due {}; `bulletin send` on its file starts it",
+            fmt_time(c.send_at)
+        )),
+        _ => parts.push(format!("due {}", fmt_time(c.send_at))),
+    }
+    if let Some(t) = c.started_at {
+        parts.push(format!("started {}", fmt_time(t)));
+    }
+    match (c.status, c.finished_at) {
+        (CampaignStatus::Cancelled, Some(t)) => parts.push(format!("cancelled {}", fmt_time(t))),
+        (CampaignStatus::Finished, Some(t)) => parts.push(format!("finished {}", fmt_time(t))),
+        _ => {}
+    }
+    parts.join("; ")
 }
 
 /// The status of a delivery as `status` prints it: `sent` is "written to
