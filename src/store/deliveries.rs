@@ -931,6 +931,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_report_walks_the_work_index_state_by_state_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let steps = plan(&store, REPORT_SQL.as_str(), 2).await;
+        let text = steps.join("\n");
+        assert!(!text.contains("TEMP B-TREE"), "a sort in\n{text}");
+        assert!(
+            steps.iter().all(|s| !s.starts_with("SCAN d")),
+            "a full scan in\n{text}"
+        );
+        let searches = steps
+            .iter()
+            .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
+            .count();
+        assert_eq!(searches, REPORT_ORDER.len(), "{text}");
+    }
+
+    #[test]
+    fn the_lifecycle_allows_only_its_moves() {
+        use CampaignStatus::*;
+        for s in CampaignStatus::ALL {
+            assert_eq!(CampaignStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CampaignStatus::parse("sent"), Some(Finished));
+        assert!(Scheduled.can_cancel() && Sending.can_cancel() && Held.can_cancel());
+        assert!(!Finished.can_cancel() && !Cancelled.can_cancel());
+        assert!(Scheduled.can_replace() && Held.can_replace());
+        assert!(!Sending.can_replace() && !Finished.can_replace() && !Cancelled.can_replace());
+        // Nothing leaves `cancelled`; only `send --only-new` reopens `sent`.
+        for to in CampaignStatus::ALL {
+            assert!(!to.comes_from().contains(&Cancelled), "{to} from cancelled");
+        }
+        let from_finished: Vec<_> = CampaignStatus::ALL
+            .into_iter()
+            .filter(|to| to.comes_from().contains(&Finished))
+            .collect();
+        assert_eq!(from_finished, [Sending]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_campaign_gets_no_new_rows_and_is_not_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store
+            .create_list("news", "News", "", false, false, 1)
+            .await
+            .unwrap();
+        store
+            .add_subscriber("a@example.net", None, "news", "cli", 1)
+            .await
+            .unwrap();
+        let new = NewCampaign {
+            slug: "c",
+            list_id: list.id,
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let id = insert_campaign(store.pool(), &new).await.unwrap();
+        assert_eq!(
+            store.cancel_campaign(id, 2).await.unwrap(),
+            Cancel::Done { dropped: 0 }
+        );
+        assert_eq!(materialise(store.pool(), id, list.id, 3).await.unwrap(), 0);
+        for to in [CampaignStatus::Sending, CampaignStatus::Finished] {
+            assert!(!set_campaign_status(store.pool(), id, to, 3).await.unwrap());
+        }
+        assert_eq!(
+            store.cancel_campaign(id, 4).await.unwrap(),
+            Cancel::Refused(CampaignStatus::Cancelled)
+        );
+    }
+
+    #[tokio::test]
     async fn a_hard_bounce_at_send_time_suppresses_the_address_as_returned_mail_does() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
