@@ -311,3 +311,60 @@ async fn report_lists_every_recipient_failures_first() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_sends_to_new_people_while_the_campaign_opts_in() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(5, &[]).await;
+    let path = env.dir.path().join(FILE);
+    let until = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
+    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
+        "list = \"news\"\n",
+        &format!("list = \"news\"\nresend_to_new = true\nresend_until = \"{until}\"\n"),
+        1,
+    );
+    std::fs::write(&path, opted_in).unwrap();
+    env.ok(&["send", FILE, "--yes"]).await;
+    assert_eq!(sink.messages().len(), 5);
+    // Nobody new: dispatch does nothing.
+    env.ok(&["dispatch"]).await;
+    assert_eq!(sink.messages().len(), 5);
+
+    let new = add_people(&env, 2).await;
+    let out = env.ok(&["dispatch"]).await;
+    assert!(out.contains("joined its list since"), "{out}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 7);
+    let late: BTreeSet<String> = messages[5..]
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    assert_eq!(late, new.into_iter().collect());
+    assert!(per_recipient(&messages).values().all(|&n| n == 1));
+    assert_eq!(status_json(&env).await["status"], "sent");
+    env.ok(&["dispatch"]).await;
+    assert_eq!(sink.messages().len(), 7, "nobody twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_to_new_without_an_end_date_is_refused_with_the_key() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(1, &[]).await;
+    let path = env.dir.path().join(FILE);
+    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
+        "list = \"news\"\n",
+        "list = \"news\"\nresend_to_new = true\n",
+        1,
+    );
+    std::fs::write(&path, opted_in).unwrap();
+    let out = env.run(&["send", FILE, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("news-1.md:5") && err.contains("resend_until"),
+        "{err}"
+    );
+    assert_eq!(sink.messages().len(), 0);
+}

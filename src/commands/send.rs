@@ -202,6 +202,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                 list_slug: built.campaign.list.clone(),
                 list_name: list_name.clone(),
                 archive: built.campaign.archive,
+                resend_until: built.campaign.resend_until.map(|t| t.timestamp()),
             })?)
         };
 
@@ -430,6 +431,10 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
                 );
                 trouble = true;
             }
+        }
+        // Sent campaigns that opted in (`resend_to_new`) go to who joined since.
+        for c in store.reopen_for_new(now).await? {
+            println!("{c}: sending to the people who joined its list since it was sent");
         }
         let due = db::due_campaigns(pool, now).await?;
         if due.is_empty() {

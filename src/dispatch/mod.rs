@@ -184,6 +184,11 @@ pub struct Frozen {
     /// true). `store::archive` reads it from the row.
     #[serde(default = "archive_by_default")]
     pub archive: bool,
+    /// Front matter `resend_to_new`/`resend_until` (unix seconds): until
+    /// then `dispatch` reopens the sent campaign for people who joined
+    /// since (`Store::reopen_for_new`, which reads it from the row).
+    #[serde(default)]
+    pub resend_until: Option<i64>,
 }
 
 fn archive_by_default() -> bool {

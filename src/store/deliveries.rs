@@ -840,6 +840,30 @@ impl super::Store {
         .await?)
     }
 
+    /// Moves back to `sending` every sent campaign whose frozen
+    /// `resend_until` (front matter `resend_to_new`) is still ahead and whose
+    /// list has someone with no row for it; returns their slugs. The run
+    /// that follows queues only those people (`materialise`).
+    pub async fn reopen_for_new(&self, now: i64) -> Result<Vec<String>> {
+        let candidates: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT id, list_id, slug FROM campaigns
+             WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
+             ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reopened = Vec::new();
+        for (id, list_id, slug) in candidates {
+            if self.first_time_count(id, list_id).await? > 0
+                && set_campaign_status(self.pool(), id, CampaignStatus::Sending, now).await?
+            {
+                reopened.push(slug);
+            }
+        }
+        Ok(reopened)
+    }
+
     /// The slug of the list a campaign goes to (for `status`).
     pub async fn list_slug(&self, list_id: i64) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT slug FROM lists WHERE id = ?")
