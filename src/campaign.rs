@@ -327,6 +327,34 @@ mod tests {
     }
 
     #[test]
+    fn resend_to_new_needs_an_end_and_the_end_needs_it() {
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_to_new = true\nresend_until = 2026-12-31T00:00:00Z\n+++\n";
+        let c = parse("x.md", t).unwrap();
+        assert_eq!(
+            c.resend_until.unwrap().to_rfc3339(),
+            "2026-12-31T00:00:00+00:00"
+        );
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_to_new = true\n+++\n";
+        let e = parse("x.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.md:4: ") && e.contains("resend_until"),
+            "{e}"
+        );
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_until = \"2026-12-31 09:00\"\n+++\n";
+        let e = parse("x.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.md:4: ") && e.contains("resend_to_new = true"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("x.md", "+++\nsubject = \"s\"\nlist = \"l\"\n+++\n")
+                .unwrap()
+                .resend_until,
+            None
+        );
+    }
+
+    #[test]
     fn archive_false_keeps_a_campaign_out_of_the_archive() {
         let t = "+++\nsubject = \"s\"\nlist = \"l\"\narchive = false\n+++\n";
         assert!(!parse("x.md", t).unwrap().archive);

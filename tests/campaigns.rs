@@ -368,3 +368,23 @@ async fn resend_to_new_without_an_end_date_is_refused_with_the_key() {
     );
     assert_eq!(sink.messages().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_campaign_moved_ahead_is_scheduled_again_not_sent() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "hold_after_hours = 0");
+    env.subscribers(2, &[]).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok(&["send", FILE, "--yes", "--at", &soon]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    env.run(&["dispatch"]).await;
+    assert_eq!(status_json(&env).await["status"], "held");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = env.ok(&["send", FILE, "--yes", "--at", &later]).await;
+    assert!(
+        out.contains("moved from") && out.contains("scheduled for"),
+        "{out}"
+    );
+    assert_eq!(status_json(&env).await["status"], "scheduled");
+    assert_eq!(sink.messages().len(), 0);
+}

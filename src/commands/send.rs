@@ -300,7 +300,8 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                 if c.source_hash != source_hash {
                     eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)");
                 }
-                if args.at.is_some() && c.status == CampaignStatus::Scheduled && c.send_at != send_at {
+                let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
+                if args.at.is_some() && movable && c.send_at != send_at {
                     if send_at <= now
                         && !confirm(
                             args.yes,
@@ -312,6 +313,10 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                         return Ok(ExitCode::SUCCESS);
                     }
                     db::set_send_at(pool, c.id, send_at).await?;
+                    if c.status == CampaignStatus::Held && send_at > now {
+                        // A new time ahead makes a held campaign scheduled again.
+                        db::set_campaign_status(pool, c.id, CampaignStatus::Scheduled, now).await?;
+                    }
                     println!("{slug}: moved from {} to {}", fmt_time(c.send_at), fmt_time(send_at));
                     moved = true;
                 }
