@@ -131,6 +131,13 @@ async fn replace_before_sending_changes_what_is_sent_and_refuses_after() {
     env.subscribers(3, &[]).await;
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     env.ok(&["send", FILE, "--yes", "--at", &later]).await;
+    // Not sent yet: --only-new has nothing to add and says so.
+    let early = env.run(&["send", FILE, "--only-new", "--yes"]).await;
+    assert_eq!(early.status.code(), Some(2));
+    assert!(
+        text(&early.stderr).contains("has not been sent yet"),
+        "{early:?}"
+    );
     // Moving the schedule prints the new time.
     let even_later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
     let moved = env.ok(&["send", FILE, "--yes", "--at", &even_later]).await;

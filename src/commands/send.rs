@@ -249,8 +249,16 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                 Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
             }
             Some(c) if args.only_new => {
-                if c.status == CampaignStatus::Cancelled {
-                    bail!("campaign {slug} was cancelled; it is not sent to anyone any more");
+                match c.status {
+                    CampaignStatus::Cancelled => {
+                        bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
+                    }
+                    CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
+                        "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
+                        c.status,
+                        fmt_time(c.send_at)
+                    ),
+                    CampaignStatus::Sending | CampaignStatus::Finished => {}
                 }
                 let first_time = store.first_time_count(c.id, c.list_id).await?;
                 if first_time == 0 {
