@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{SAMPLE_NAME, compile_file, format_warning};
+use super::build::{Built, SAMPLE_NAME, compile_file, format_warning};
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
 use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
@@ -166,6 +166,34 @@ fn source_hash(path: &std::path::Path) -> Result<String> {
         .collect())
 }
 
+/// What `send` works with once the file is compiled and the store open.
+struct Plan<'a> {
+    store: &'a Store,
+    args: &'a SendArgs,
+    built: &'a Built,
+    file: String,
+    settings: &'a Settings,
+    now: i64,
+    /// `--at`, else the file's `send_at`, else now.
+    send_at: i64,
+    list_id: i64,
+    list_name: String,
+    source_hash: String,
+    /// The `Frozen` content as stored.
+    frozen: String,
+}
+
+/// What `send` does next, once it has looked at the frozen campaign.
+enum Step {
+    /// Run (or report as scheduled) this campaign; `moved`: its time or
+    /// content was just changed by this command.
+    Run(CampaignRow, bool),
+    /// Freeze a new campaign under this slug (`--again`: `NAME-2`).
+    Freeze(String),
+    /// Nothing to do (declined, or nothing new); already printed.
+    Done,
+}
+
 pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     let built = compile_file(config, &args.campaign)?;
     let file = args.campaign.display().to_string();
@@ -179,227 +207,317 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     let source_hash = source_hash(&args.campaign)?;
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let pool = store.pool();
         let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
-            crate::campaign::Error {
-                file: file.clone(),
-                line: built.campaign.line_of_key("list"),
-                message: format!(
+            built.campaign.error(
+                built.campaign.line_of_key("list"),
+                format!(
                     "list {:?} does not exist; create it with `bulletin lists add {} --name NAME`",
                     built.campaign.list, built.campaign.list
                 ),
-            }
+            )
         })?;
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
-        let send_at = at.map_or(now, |t| t.timestamp());
-        let (list_id, list_name) = (list.id, list.name.clone());
-        let frozen = || -> Result<String> {
-            Ok(serde_json::to_string(&Frozen {
-                compiled: built.compiled.clone(),
-                from: built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone()),
-                reply_to: config.sender.reply_to.clone(),
-                list_slug: built.campaign.list.clone(),
-                list_name: list_name.clone(),
-                archive: built.campaign.archive,
-                resend_until: built.campaign.resend_until.map(|t| t.timestamp()),
-            })?)
+        let frozen = serde_json::to_string(&Frozen {
+            compiled: built.compiled.clone(),
+            from: built
+                .campaign
+                .from
+                .clone()
+                .unwrap_or_else(|| config.sender.from.clone()),
+            reply_to: config.sender.reply_to.clone(),
+            list_slug: built.campaign.list.clone(),
+            list_name: list.name.clone(),
+            archive: built.campaign.archive,
+            resend_until: built.campaign.resend_until.map(|t| t.timestamp()),
+        })?;
+        let plan = Plan {
+            store: &store,
+            args,
+            built: &built,
+            file,
+            settings: &settings,
+            now,
+            send_at: at.map_or(now, |t| t.timestamp()),
+            list_id: list.id,
+            list_name: list.name.clone(),
+            source_hash,
+            frozen,
         };
+        plan.run().await
+    })
+}
 
-        // A campaign already frozen: resume it, never freeze it twice.
-        let mut slug = built.campaign.slug.clone();
-        let existing = db::campaign_by_slug(pool, &slug).await?;
-        if existing.is_none() && (args.replace || args.only_new) {
-            bail!(
+impl Plan<'_> {
+    /// Looks at the frozen campaign of this name (never freezes one twice),
+    /// then runs, schedules or freezes as the flags say.
+    async fn run(&self) -> Result<ExitCode> {
+        let (args, pool) = (self.args, self.store.pool());
+        let slug = &self.built.campaign.slug;
+        let step = match db::campaign_by_slug(pool, slug).await? {
+            None if args.replace || args.only_new => bail!(
                 "campaign {slug} was never sent, so there is nothing to {}; send it without {}",
-                if args.replace { "replace" } else { "send to new subscribers" },
-                if args.replace { "--replace" } else { "--only-new" }
-            );
-        }
-        let mut moved = false;
-        let campaign = match existing {
-            Some(c) if args.replace => {
-                if send_at <= now
-                    && !confirm(
-                        args.yes,
-                        &format!("{slug}: the new time {} is not in the future; send the replaced campaign now?", fmt_time(send_at)),
-                        &format!("{slug}: not replaced: the new time {} is not in the future; add --yes to send it now, or give --at TIME", fmt_time(send_at)),
-                    )?
-                {
-                    println!("not replaced");
-                    return Ok(ExitCode::SUCCESS);
+                if args.replace {
+                    "replace"
+                } else {
+                    "send to new subscribers"
+                },
+                if args.replace {
+                    "--replace"
+                } else {
+                    "--only-new"
                 }
-                let replaced = store
-                    .replace_campaign(&Refreeze {
-                        id: c.id,
-                        list_id,
-                        subject: &built.campaign.subject,
-                        compiled: &frozen()?,
-                        source_hash: &source_hash,
-                        send_at,
-                    })
-                    .await?;
-                if let Replace::Refused(status, attempted) = replaced {
-                    bail!(
-                        "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
-                    );
-                }
-                println!("{slug}: replaced from {file} (subject \"{}\")", built.campaign.subject);
-                moved = true;
-                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
-            }
-            Some(c) if args.only_new => {
-                match c.status {
-                    CampaignStatus::Cancelled => {
-                        bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
-                    }
-                    CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
-                        "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
-                        c.status,
-                        fmt_time(c.send_at)
-                    ),
-                    CampaignStatus::Sending | CampaignStatus::Finished => {}
-                }
-                let first_time = store.first_time_count(c.id, c.list_id).await?;
-                if first_time == 0 {
-                    println!("{slug}: every subscriber of {} already has it; nothing to send", built.campaign.list);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let question = format!(
-                    "Send \"{}\" to the {first_time} subscribers of list {} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
-                    c.subject,
-                    built.campaign.list,
-                    settings.transport.describe()
-                );
-                let refusal = format!("not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {} for the first time; nobody twice)", built.campaign.list);
-                if !confirm(args.yes, &question, &refusal)? {
-                    println!("not sent");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                db::set_campaign_status(pool, c.id, CampaignStatus::Sending, now).await?;
-                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
-            }
-            Some(c) if c.status.is_over() => {
-                if !args.again {
-                    bail!(
-                        "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
-                        if c.status == CampaignStatus::Cancelled { "cancelled" } else { "sent" },
-                        c.finished_at.map_or("earlier".into(), fmt_time)
-                    );
-                }
-                let received = store.received_count(c.id).await?;
-                let question = format!(
-                    "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
-                    built.campaign.list
-                );
-                let refusal = format!("not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)");
-                if !confirm(args.yes, &question, &refusal)? {
-                    println!("not sent");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut n = 2;
-                while db::campaign_by_slug(pool, &format!("{slug}-{n}")).await?.is_some() {
-                    n += 1;
-                }
-                slug = format!("{slug}-{n}");
-                None
-            }
-            Some(c) => {
-                if c.source_hash != source_hash {
-                    eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)");
-                }
-                let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
-                if args.at.is_some() && movable && c.send_at != send_at {
-                    if send_at <= now
-                        && !confirm(
-                            args.yes,
-                            &format!("{slug}: {} is not in the future; send it now?", fmt_time(send_at)),
-                            &format!("{slug}: not moved: {} is not in the future; add --yes to send it now", fmt_time(send_at)),
-                        )?
-                    {
-                        println!("not moved; still scheduled for {}", fmt_time(c.send_at));
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    db::set_send_at(pool, c.id, send_at).await?;
-                    if c.status == CampaignStatus::Held && send_at > now {
-                        // A new time ahead makes a held campaign scheduled again.
-                        db::set_campaign_status(pool, c.id, CampaignStatus::Scheduled, now).await?;
-                    }
-                    println!("{slug}: moved from {} to {}", fmt_time(c.send_at), fmt_time(send_at));
-                    moved = true;
-                }
-                Some(db::campaign_by_id(pool, c.id).await?.expect("exists"))
-            }
-            None => None,
+            ),
+            None => Step::Freeze(slug.clone()),
+            Some(c) if args.replace => self.replace(c).await?,
+            Some(c) if args.only_new => self.only_new(c).await?,
+            Some(c) if c.status.is_over() => self.again(c).await?,
+            Some(c) => self.resume(c).await?,
         };
-
-        let recipients = store.audience_count(list_id).await?;
-        let when = if send_at > now { format!("at {}", fmt_time(send_at)) } else { "now".into() };
-        if campaign.is_none() && !args.again {
-            let question = format!(
-                "Send \"{}\"\n  to {recipients} recipients of list {} ({list_name}) {when}\n  via {}?",
-                built.campaign.subject,
-                built.campaign.list,
-                settings.transport.describe()
-            );
-            let refusal = format!("not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})", built.campaign.list);
-            if !confirm(args.yes, &question, &refusal)? {
-                println!("not sent");
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        let campaign = match campaign {
-            Some(c) => c,
-            None => {
-                let id = db::insert_campaign(
-                    pool,
-                    &NewCampaign {
-                        slug: &slug,
-                        list_id,
-                        subject: &built.campaign.subject,
-                        compiled: &frozen()?,
-                        source_hash: &source_hash,
-                        send_at,
-                        now,
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    if e.is_duplicate() {
-                        anyhow!(
-                            "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
-                        )
-                    } else {
-                        e.into()
-                    }
-                })?;
-                db::campaign_by_id(pool, id).await?.expect("just inserted")
-            }
+        let (campaign, moved) = match step {
+            Step::Done => return Ok(ExitCode::SUCCESS),
+            Step::Run(c, moved) => (c, moved),
+            Step::Freeze(slug) => match self.freeze(&slug).await? {
+                Some(c) => (c, false),
+                None => return Ok(ExitCode::SUCCESS),
+            },
         };
         if campaign.status == CampaignStatus::Cancelled {
-            bail!("campaign {} was cancelled; nothing more is sent", campaign.slug);
+            bail!(
+                "campaign {} was cancelled; nothing more is sent",
+                campaign.slug
+            );
         }
-        if campaign.status == CampaignStatus::Scheduled && campaign.send_at > now {
+        if campaign.status == CampaignStatus::Scheduled && campaign.send_at > self.now {
             println!(
-                "{}: scheduled for {} to the {recipients} recipients of {}; `bulletin dispatch` (cron) sends it then",
+                "{}: scheduled for {} to the {} recipients of {}; `bulletin dispatch` (cron) sends it then",
                 campaign.slug,
                 fmt_time(campaign.send_at),
-                built.campaign.list
+                self.store.audience_count(self.list_id).await?,
+                self.built.campaign.list
             );
             return Ok(ExitCode::SUCCESS);
         }
         if campaign.status == CampaignStatus::Held || moved {
-            db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, now).await?;
+            db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, self.now).await?;
         }
-        let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
+        let campaign = db::campaign_by_id(pool, campaign.id)
+            .await?
+            .expect("exists");
         let show_bar = std::io::stderr().is_terminal();
-        let summary = run_one(&store, &campaign, &settings, show_bar, stop_on_signal()).await?;
+        let summary = run_one(
+            self.store,
+            &campaign,
+            self.settings,
+            show_bar,
+            stop_on_signal(),
+        )
+        .await?;
         Ok(match summary {
             Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(1),
         })
-    })
+    }
+
+    /// `--replace`: refreezes from the file, asking first when the new time
+    /// is not ahead; refused once a message went out.
+    async fn replace(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, at) = (&c.slug, fmt_time(self.send_at));
+        if self.send_at <= self.now
+            && !confirm(
+                self.args.yes,
+                &format!(
+                    "{slug}: the new time {at} is not in the future; send the replaced campaign now?"
+                ),
+                &format!(
+                    "{slug}: not replaced: the new time {at} is not in the future; add --yes to send it now, or give --at TIME"
+                ),
+            )?
+        {
+            println!("not replaced");
+            return Ok(Step::Done);
+        }
+        let replaced = self
+            .store
+            .replace_campaign(&Refreeze {
+                id: c.id,
+                list_id: self.list_id,
+                subject: &self.built.campaign.subject,
+                compiled: &self.frozen,
+                source_hash: &self.source_hash,
+                send_at: self.send_at,
+            })
+            .await?;
+        if let Replace::Refused(status, attempted) = replaced {
+            bail!(
+                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
+            );
+        }
+        println!(
+            "{slug}: replaced from {} (subject \"{}\")",
+            self.file, self.built.campaign.subject
+        );
+        let c = db::campaign_by_id(self.store.pool(), c.id)
+            .await?
+            .expect("exists");
+        Ok(Step::Run(c, true))
+    }
+
+    /// `--only-new`: the people of the list with no row for it, once.
+    async fn only_new(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, list) = (&c.slug, &self.built.campaign.list);
+        match c.status {
+            CampaignStatus::Cancelled => {
+                bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
+            }
+            CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
+                "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
+                c.status,
+                fmt_time(c.send_at)
+            ),
+            CampaignStatus::Sending | CampaignStatus::Finished => {}
+        }
+        let first_time = self.store.first_time_count(c.id, c.list_id).await?;
+        if first_time == 0 {
+            println!("{slug}: every subscriber of {list} already has it; nothing to send");
+            return Ok(Step::Done);
+        }
+        let question = format!(
+            "Send \"{}\" to the {first_time} subscribers of list {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            c.subject,
+            self.settings.transport.describe()
+        );
+        let refusal = format!(
+            "not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {list} for the first time; nobody twice)"
+        );
+        if !confirm(self.args.yes, &question, &refusal)? {
+            println!("not sent");
+            return Ok(Step::Done);
+        }
+        let pool = self.store.pool();
+        db::set_campaign_status(pool, c.id, CampaignStatus::Sending, self.now).await?;
+        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        Ok(Step::Run(c, false))
+    }
+
+    /// A sent or cancelled campaign: refused, unless `--again` (a new
+    /// campaign `NAME-N` to everyone, after saying how many have it).
+    async fn again(&self, c: CampaignRow) -> Result<Step> {
+        let slug = &c.slug;
+        if !self.args.again {
+            bail!(
+                "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
+                if c.status == CampaignStatus::Cancelled {
+                    "cancelled"
+                } else {
+                    "sent"
+                },
+                c.finished_at.map_or("earlier".into(), fmt_time)
+            );
+        }
+        let received = self.store.received_count(c.id).await?;
+        let question = format!(
+            "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
+            self.built.campaign.list
+        );
+        let refusal = format!(
+            "not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)"
+        );
+        if !confirm(self.args.yes, &question, &refusal)? {
+            println!("not sent");
+            return Ok(Step::Done);
+        }
+        let mut n = 2;
+        while db::campaign_by_slug(self.store.pool(), &format!("{slug}-{n}"))
+            .await?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(Step::Freeze(format!("{slug}-{n}")))
+    }
+
+    /// A queued or half-sent campaign: resumed as frozen; `--at` moves a
+    /// scheduled or held one (asking first when the time is not ahead).
+    async fn resume(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, file, pool) = (&c.slug, &self.file, self.store.pool());
+        if c.source_hash != self.source_hash {
+            eprintln!(
+                "bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)"
+            );
+        }
+        let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
+        if self.args.at.is_none() || !movable || c.send_at == self.send_at {
+            return Ok(Step::Run(c, false));
+        }
+        let at = fmt_time(self.send_at);
+        if self.send_at <= self.now
+            && !confirm(
+                self.args.yes,
+                &format!("{slug}: {at} is not in the future; send it now?"),
+                &format!("{slug}: not moved: {at} is not in the future; add --yes to send it now"),
+            )?
+        {
+            println!("not moved; still scheduled for {}", fmt_time(c.send_at));
+            return Ok(Step::Done);
+        }
+        db::set_send_at(pool, c.id, self.send_at).await?;
+        if c.status == CampaignStatus::Held && self.send_at > self.now {
+            // A new time ahead makes a held campaign scheduled again.
+            db::set_campaign_status(pool, c.id, CampaignStatus::Scheduled, self.now).await?;
+        }
+        println!("{slug}: moved from {} to {at}", fmt_time(c.send_at));
+        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        Ok(Step::Run(c, true))
+    }
+
+    /// Asks, then freezes a new campaign; `None` when the answer is no.
+    async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
+        let (built, pool) = (self.built, self.store.pool());
+        if !self.args.again {
+            let recipients = self.store.audience_count(self.list_id).await?;
+            let when = if self.send_at > self.now {
+                format!("at {}", fmt_time(self.send_at))
+            } else {
+                "now".into()
+            };
+            let question = format!(
+                "Send \"{}\"\n  to {recipients} recipients of list {} ({}) {when}\n  via {}?",
+                built.campaign.subject,
+                built.campaign.list,
+                self.list_name,
+                self.settings.transport.describe()
+            );
+            let refusal = format!(
+                "not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})",
+                built.campaign.list
+            );
+            if !confirm(self.args.yes, &question, &refusal)? {
+                println!("not sent");
+                return Ok(None);
+            }
+        }
+        let new = NewCampaign {
+            slug,
+            list_id: self.list_id,
+            subject: &built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at: self.send_at,
+            now: self.now,
+        };
+        let id = db::insert_campaign(pool, &new).await.map_err(|e| {
+            if e.is_duplicate() {
+                anyhow!(
+                    "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(db::campaign_by_id(pool, id).await?)
+    }
 }
 
 /// `bulletin cancel`: stops a scheduled, held or sending campaign.
