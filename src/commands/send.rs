@@ -718,8 +718,9 @@ fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> S
     if status != "sent" || outboxes.is_empty() {
         return status.to_string();
     }
+    let every_run_wrote_files = outboxes.len() == transports.len();
     let outboxes = outboxes.join(", ");
-    if outboxes.len() == transports.len() {
+    if every_run_wrote_files {
         format!("written to the outbox {outboxes}")
     } else {
         format!("sent or written to the outbox {outboxes}")
