@@ -127,6 +127,7 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
         list_slug: list.slug.clone(),
         list_name: list.name.clone(),
         archive: false,
+        resend_until: None,
     };
     let now = bulletin::store::now();
     let id = db::insert_campaign(

@@ -55,6 +55,10 @@ struct RawFront {
     send_at: Option<toml::Value>,
     #[serde(default)]
     archive: Option<bool>,
+    #[serde(default)]
+    resend_to_new: Option<bool>,
+    #[serde(default)]
+    resend_until: Option<toml::Value>,
 }
 
 /// A parsed campaign file.
@@ -74,6 +78,9 @@ pub struct Campaign {
     /// Shown in the public archive once sent (`archive = false` keeps it
     /// out; a campaign to a private list is never shown).
     pub archive: bool,
+    /// `resend_to_new = true` with `resend_until = TIME`: `dispatch` sends
+    /// the campaign to people who join its list later, until then.
+    pub resend_until: Option<DateTime<Utc>>,
     pub format: Format,
     pub body: String,
     /// 1-based line of the first body line in the file.
@@ -219,18 +226,29 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
             ),
         ));
     }
-    let send_at = match raw.send_at {
-        None => None,
-        Some(v) => {
-            let text = match &v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Datetime(d) => d.to_string(),
-                _ => String::new(),
-            };
-            Some(
-                parse_time(&text)
-                    .map_err(|m| err(key_line("send_at"), format!("front matter: send_at: {m}")))?,
-            )
+    let time = |key: &str, v: &toml::Value| {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Datetime(d) => d.to_string(),
+            _ => String::new(),
+        };
+        parse_time(&text).map_err(|m| err(key_line(key), format!("front matter: {key}: {m}")))
+    };
+    let send_at = raw.send_at.map(|v| time("send_at", &v)).transpose()?;
+    let resend_until = match (raw.resend_to_new.unwrap_or(false), &raw.resend_until) {
+        (false, None) => None,
+        (true, Some(v)) => Some(time("resend_until", v)?),
+        (true, None) => {
+            return Err(err(
+                key_line("resend_to_new"),
+                "front matter: resend_to_new = true needs resend_until = TIME (until when people who join later get it)".into(),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(err(
+                key_line("resend_until"),
+                "front matter: resend_until needs resend_to_new = true".into(),
+            ));
         }
     };
     let body = &text[body_start..];
@@ -252,6 +270,7 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
         from: raw.from,
         send_at,
         archive: raw.archive.unwrap_or(true),
+        resend_until,
         format: Format::from_file_name(file),
         body: body.to_string(),
         body_line: line_of(text, body_start),
@@ -305,6 +324,34 @@ mod tests {
         assert_eq!(c.format, Format::Markdown);
         assert_eq!(c.line_of_key("list"), 3);
         assert!(c.archive, "archived unless the front matter says not");
+    }
+
+    #[test]
+    fn resend_to_new_needs_an_end_and_the_end_needs_it() {
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_to_new = true\nresend_until = 2026-12-31T00:00:00Z\n+++\n";
+        let c = parse("x.md", t).unwrap();
+        assert_eq!(
+            c.resend_until.unwrap().to_rfc3339(),
+            "2026-12-31T00:00:00+00:00"
+        );
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_to_new = true\n+++\n";
+        let e = parse("x.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.md:4: ") && e.contains("resend_until"),
+            "{e}"
+        );
+        let t = "+++\nsubject = \"s\"\nlist = \"l\"\nresend_until = \"2026-12-31 09:00\"\n+++\n";
+        let e = parse("x.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.md:4: ") && e.contains("resend_to_new = true"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("x.md", "+++\nsubject = \"s\"\nlist = \"l\"\n+++\n")
+                .unwrap()
+                .resend_until,
+            None
+        );
     }
 
     #[test]

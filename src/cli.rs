@@ -55,6 +55,10 @@ pub enum Command {
     Dispatch,
     /// Delivery counts per campaign, with bounces, complaints and unsubscribes
     Status(StatusArgs),
+    /// Stop a scheduled or partly sent campaign: nothing more is sent
+    Cancel(CancelArgs),
+    /// Who got a campaign: one row per recipient, failures first
+    Report(ReportArgs),
     /// Send one test copy of a campaign to an address (not logged as a delivery)
     Test(TestArgs),
     /// Serve the subscriber pages: unsubscribe, preferences, sign-up, archive
@@ -106,6 +110,8 @@ impl Command {
                     | BouncesCommand::Imap { .. }
             ),
             Command::Status(_)
+            | Command::Cancel(_)
+            | Command::Report(_)
             | Command::Lists(_)
             | Command::Subscribers(_)
             | Command::Init
@@ -159,8 +165,44 @@ pub struct SendArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Send a campaign that was already sent once more, as a new campaign
-    #[arg(long)]
+    /// (everyone gets it again)
+    #[arg(long, conflicts_with_all = ["only_new", "replace"])]
     pub again: bool,
+    /// Send an already sent campaign to the people of its list who have not
+    /// had it (joined since); nobody gets it twice
+    #[arg(long, conflicts_with = "replace")]
+    pub only_new: bool,
+    /// Refreeze a queued campaign from the file as it is now (subject, body,
+    /// time); refused once a message went out
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Campaign name (file stem) or file
+    pub campaign: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Campaign name (file stem) or file
+    pub campaign: String,
+    /// Only recipients in this state: failed, unknown, deferred, skipped,
+    /// sending, queued, sent
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+/// Output format of `bulletin report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ReportFormat {
+    #[default]
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod util; // shared helpers: running the binary, temp dirs, fixtures, a tiny HTT
 
 mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/complaint/mailto rules, scan
 mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
+mod campaigns; // the campaign lifecycle: cancel mid-run, --replace, --only-new, --again prompts, report, status
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails

@@ -23,6 +23,7 @@ mod doctor;
 mod lists;
 mod preview;
 mod quickstart;
+mod report;
 mod send;
 mod serve;
 mod setup;
@@ -102,6 +103,8 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Send(args) => send::send(&config, &args),
         Command::Dispatch => send::dispatch(&config),
         Command::Status(args) => send::status(&config, &args),
+        Command::Cancel(args) => send::cancel(&config, &args),
+        Command::Report(args) => report::run(&config, &args),
         Command::Test(args) => send::test(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
         Command::Quickstart => quickstart::run(&config),

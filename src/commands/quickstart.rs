@@ -60,7 +60,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
         anyhow::Ok(
             store::deliveries::campaign_by_slug(store.pool(), slug)
                 .await?
-                .is_some_and(|c| c.status == "sent"),
+                .is_some_and(|c| c.status == crate::store::deliveries::CampaignStatus::Finished),
         )
     })?;
     if already {
@@ -77,6 +77,8 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
             at: None,
             yes: true,
             again: false,
+            only_new: false,
+            replace: false,
         },
     )
 }

@@ -11,9 +11,9 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{SAMPLE_NAME, compile_file, format_warning};
-use super::setup::{fmt_time, settings, stop_on_signal};
-use crate::cli::{Format, SendArgs, StatusArgs, TestArgs};
+use super::build::{Built, SAMPLE_NAME, compile_file, format_warning};
+use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
+use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
 use crate::config::Config;
 use crate::dispatch::transport::Transport;
@@ -21,7 +21,9 @@ use crate::dispatch::{self, Frozen, NotStarted, Progress, Settings, Summary};
 use crate::links::Purpose;
 use crate::render::Recipient;
 use crate::store::Store;
-use crate::store::deliveries::{self as db, CampaignRow, NewCampaign};
+use crate::store::deliveries::{
+    self as db, CampaignRow, CampaignStatus, Cancel, NewCampaign, Refreeze, Replace,
+};
 
 /// Runs one campaign with a progress bar on a terminal; prints its line.
 async fn run_one(
@@ -126,7 +128,9 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
             s.in_flight_resolved
         ));
     }
-    let state = if s.interrupted {
+    let state = if s.cancelled {
+        "cancelled; nothing more is sent"
+    } else if s.interrupted {
         "interrupted; run `bulletin dispatch` to resume"
     } else if s.finished {
         "finished"
@@ -134,6 +138,60 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
         "retries pending; `bulletin dispatch` continues"
     };
     format!("{slug}: {} ({state})", parts.join(", "))
+}
+
+/// Asks `question` on the terminal; `--yes` answers yes, and without a
+/// terminal the command refuses with `refusal` (one line, naming --yes).
+fn confirm(yes: bool, question: &str, refusal: &str) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{refusal}");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The SHA-256 of the campaign file, hex: tells whether it changed since
+/// it was frozen.
+fn source_hash(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read(path)?;
+    Ok(Sha256::digest(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// What `send` works with once the file is compiled and the store open.
+struct Plan<'a> {
+    store: &'a Store,
+    args: &'a SendArgs,
+    built: &'a Built,
+    file: String,
+    settings: &'a Settings,
+    now: i64,
+    /// `--at`, else the file's `send_at`, else now.
+    send_at: i64,
+    list_id: i64,
+    list_name: String,
+    source_hash: String,
+    /// The `Frozen` content as stored.
+    frozen: String,
+}
+
+/// What `send` does next, once it has looked at the frozen campaign.
+enum Step {
+    /// Run (or report as scheduled) this campaign; `moved`: its time or
+    /// content was just changed by this command.
+    Run(CampaignRow, bool),
+    /// Freeze a new campaign under this slug (`--again`: `NAME-2`).
+    Freeze(String),
+    /// Nothing to do (declined, or nothing new); already printed.
+    Done,
 }
 
 pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
@@ -146,137 +204,342 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         (Some(at), _) => Some(crate::campaign::parse_time(at).map_err(|m| anyhow!("--at: {m}"))?),
         (None, from_file) => from_file,
     };
-    let source_hash = {
-        let text = std::fs::read(&args.campaign)?;
-        Sha256::digest(&text)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let source_hash = source_hash(&args.campaign)?;
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let pool = store.pool();
         let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
-            crate::campaign::Error {
-                file: file.clone(),
-                line: built.campaign.line_of_key("list"),
-                message: format!(
+            built.campaign.error(
+                built.campaign.line_of_key("list"),
+                format!(
                     "list {:?} does not exist; create it with `bulletin lists add {} --name NAME`",
                     built.campaign.list, built.campaign.list
                 ),
-            }
+            )
         })?;
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
-        let send_at = at.map_or(now, |t| t.timestamp());
-
-        // A campaign already frozen: resume it, never freeze it twice.
-        let mut slug = built.campaign.slug.clone();
-        let existing = db::campaign_by_slug(pool, &slug).await?;
-        let campaign = match existing {
-            Some(c) if c.status == "sent" || c.status == "cancelled" => {
-                if !args.again {
-                    bail!(
-                        "campaign {slug} was already sent (finished {}); use --again to send it once more as a new campaign",
-                        c.finished_at.map_or("earlier".into(), fmt_time)
-                    );
-                }
-                let mut n = 2;
-                while db::campaign_by_slug(pool, &format!("{slug}-{n}")).await?.is_some() {
-                    n += 1;
-                }
-                slug = format!("{slug}-{n}");
-                None
-            }
-            Some(c) => {
-                if c.source_hash != source_hash {
-                    eprintln!("bulletin: note: {file} changed since {slug} was queued; sending the version frozen then");
-                }
-                if c.status == "scheduled" && args.at.is_some() {
-                    db::set_send_at(pool, c.id, send_at).await?;
-                }
-                Some(c)
-            }
-            None => None,
+        let frozen = serde_json::to_string(&Frozen {
+            compiled: built.compiled.clone(),
+            from: built
+                .campaign
+                .from
+                .clone()
+                .unwrap_or_else(|| config.sender.from.clone()),
+            reply_to: config.sender.reply_to.clone(),
+            list_slug: built.campaign.list.clone(),
+            list_name: list.name.clone(),
+            archive: built.campaign.archive,
+            resend_until: built.campaign.resend_until.map(|t| t.timestamp()),
+        })?;
+        let plan = Plan {
+            store: &store,
+            args,
+            built: &built,
+            file,
+            settings: &settings,
+            now,
+            send_at: at.map_or(now, |t| t.timestamp()),
+            list_id: list.id,
+            list_name: list.name.clone(),
+            source_hash,
+            frozen,
         };
+        plan.run().await
+    })
+}
 
-        let (list_id, list_name) = (list.id, list.name.clone());
-        let recipients = store.audience_count(list_id).await?;
-        let when = if send_at > now { format!("at {}", fmt_time(send_at)) } else { "now".into() };
-        if campaign.is_none() && !args.yes {
-            if !std::io::stdin().is_terminal() {
-                bail!("not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})", built.campaign.list);
-            }
-            eprint!(
-                "Send \"{}\"\n  to {recipients} recipients of list {} ({list_name}) {when}\n  via {}? [y/N] ",
-                built.campaign.subject,
-                built.campaign.list,
-                settings.transport.describe()
+impl Plan<'_> {
+    /// Looks at the frozen campaign of this name (never freezes one twice),
+    /// then runs, schedules or freezes as the flags say.
+    async fn run(&self) -> Result<ExitCode> {
+        let (args, pool) = (self.args, self.store.pool());
+        let slug = &self.built.campaign.slug;
+        let step = match db::campaign_by_slug(pool, slug).await? {
+            None if args.replace || args.only_new => bail!(
+                "campaign {slug} was never sent, so there is nothing to {}; send it without {}",
+                if args.replace {
+                    "replace"
+                } else {
+                    "send to new subscribers"
+                },
+                if args.replace {
+                    "--replace"
+                } else {
+                    "--only-new"
+                }
+            ),
+            None => Step::Freeze(slug.clone()),
+            Some(c) if args.replace => self.replace(c).await?,
+            Some(c) if args.only_new => self.only_new(c).await?,
+            Some(c) if c.status.is_over() => self.again(c).await?,
+            Some(c) => self.resume(c).await?,
+        };
+        let (campaign, moved) = match step {
+            Step::Done => return Ok(ExitCode::SUCCESS),
+            Step::Run(c, moved) => (c, moved),
+            Step::Freeze(slug) => match self.freeze(&slug).await? {
+                Some(c) => (c, false),
+                None => return Ok(ExitCode::SUCCESS),
+            },
+        };
+        if campaign.status == CampaignStatus::Cancelled {
+            bail!(
+                "campaign {} was cancelled; nothing more is sent",
+                campaign.slug
             );
-            std::io::stderr().flush()?;
-            let mut answer = String::new();
-            std::io::stdin().read_line(&mut answer)?;
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                println!("not sent");
-                return Ok(ExitCode::SUCCESS);
-            }
         }
-        let campaign = match campaign {
-            Some(c) => c,
-            None => {
-                let frozen = Frozen {
-                    compiled: built.compiled.clone(),
-                    from: built.campaign.from.clone().unwrap_or_else(|| config.sender.from.clone()),
-                    reply_to: config.sender.reply_to.clone(),
-                    list_slug: built.campaign.list.clone(),
-                    list_name: list_name.clone(),
-                    archive: built.campaign.archive,
-                };
-                let id = db::insert_campaign(
-                    pool,
-                    &NewCampaign {
-                        slug: &slug,
-                        list_id,
-                        subject: &built.campaign.subject,
-                        compiled: &serde_json::to_string(&frozen)?,
-                        source_hash: &source_hash,
-                        send_at,
-                        now,
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    if e.is_duplicate() {
-                        anyhow!(
-                            "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
-                        )
-                    } else {
-                        e.into()
-                    }
-                })?;
-                db::campaign_by_id(pool, id).await?.expect("just inserted")
-            }
-        };
-        if campaign.status == "scheduled" && campaign.send_at.max(send_at) > now {
+        if campaign.status == CampaignStatus::Scheduled && campaign.send_at > self.now {
             println!(
-                "{}: scheduled for {} to the {recipients} recipients of {}; `bulletin dispatch` (cron) sends it then",
+                "{}: scheduled for {} to the {} recipients of {}; `bulletin dispatch` (cron) sends it then",
                 campaign.slug,
-                fmt_time(campaign.send_at.max(send_at)),
-                built.campaign.list
+                fmt_time(campaign.send_at),
+                self.store.audience_count(self.list_id).await?,
+                self.built.campaign.list
             );
             return Ok(ExitCode::SUCCESS);
         }
-        if campaign.status == "held" {
-            db::set_campaign_status(pool, campaign.id, "sending", now).await?;
+        if campaign.status == CampaignStatus::Held || moved {
+            db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, self.now).await?;
         }
-        let campaign = db::campaign_by_id(pool, campaign.id).await?.expect("exists");
+        let campaign = db::campaign_by_id(pool, campaign.id)
+            .await?
+            .expect("exists");
         let show_bar = std::io::stderr().is_terminal();
-        let summary = run_one(&store, &campaign, &settings, show_bar, stop_on_signal()).await?;
+        let summary = run_one(
+            self.store,
+            &campaign,
+            self.settings,
+            show_bar,
+            stop_on_signal(),
+        )
+        .await?;
         Ok(match summary {
             Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => ExitCode::from(1),
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(1),
         })
+    }
+
+    /// `--replace`: refreezes from the file, asking first when the new time
+    /// is not ahead; refused once a message went out.
+    async fn replace(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, at) = (&c.slug, fmt_time(self.send_at));
+        if self.send_at <= self.now
+            && !confirm(
+                self.args.yes,
+                &format!(
+                    "{slug}: the new time {at} is not in the future; send the replaced campaign now?"
+                ),
+                &format!(
+                    "{slug}: not replaced: the new time {at} is not in the future; add --yes to send it now, or give --at TIME"
+                ),
+            )?
+        {
+            println!("not replaced");
+            return Ok(Step::Done);
+        }
+        let replaced = self
+            .store
+            .replace_campaign(&Refreeze {
+                id: c.id,
+                list_id: self.list_id,
+                subject: &self.built.campaign.subject,
+                compiled: &self.frozen,
+                source_hash: &self.source_hash,
+                send_at: self.send_at,
+            })
+            .await?;
+        if let Replace::Refused(status, attempted) = replaced {
+            bail!(
+                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
+            );
+        }
+        println!(
+            "{slug}: replaced from {} (subject \"{}\")",
+            self.file, self.built.campaign.subject
+        );
+        let c = db::campaign_by_id(self.store.pool(), c.id)
+            .await?
+            .expect("exists");
+        Ok(Step::Run(c, true))
+    }
+
+    /// `--only-new`: the people of the list with no row for it, once.
+    async fn only_new(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, list) = (&c.slug, &self.built.campaign.list);
+        match c.status {
+            CampaignStatus::Cancelled => {
+                bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
+            }
+            CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
+                "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
+                c.status,
+                fmt_time(c.send_at)
+            ),
+            CampaignStatus::Sending | CampaignStatus::Finished => {}
+        }
+        let first_time = self.store.first_time_count(c.id, c.list_id).await?;
+        if first_time == 0 {
+            println!("{slug}: every subscriber of {list} already has it; nothing to send");
+            return Ok(Step::Done);
+        }
+        let question = format!(
+            "Send \"{}\" to the {first_time} subscribers of list {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            c.subject,
+            self.settings.transport.describe()
+        );
+        let refusal = format!(
+            "not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {list} for the first time; nobody twice)"
+        );
+        if !confirm(self.args.yes, &question, &refusal)? {
+            println!("not sent");
+            return Ok(Step::Done);
+        }
+        let pool = self.store.pool();
+        db::set_campaign_status(pool, c.id, CampaignStatus::Sending, self.now).await?;
+        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        Ok(Step::Run(c, false))
+    }
+
+    /// A sent or cancelled campaign: refused, unless `--again` (a new
+    /// campaign `NAME-N` to everyone, after saying how many have it).
+    async fn again(&self, c: CampaignRow) -> Result<Step> {
+        let slug = &c.slug;
+        if !self.args.again {
+            bail!(
+                "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
+                if c.status == CampaignStatus::Cancelled {
+                    "cancelled"
+                } else {
+                    "sent"
+                },
+                c.finished_at.map_or("earlier".into(), fmt_time)
+            );
+        }
+        let received = self.store.received_count(c.id).await?;
+        let question = format!(
+            "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
+            self.built.campaign.list
+        );
+        let refusal = format!(
+            "not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)"
+        );
+        if !confirm(self.args.yes, &question, &refusal)? {
+            println!("not sent");
+            return Ok(Step::Done);
+        }
+        let mut n = 2;
+        while db::campaign_by_slug(self.store.pool(), &format!("{slug}-{n}"))
+            .await?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(Step::Freeze(format!("{slug}-{n}")))
+    }
+
+    /// A queued or half-sent campaign: resumed as frozen; `--at` moves a
+    /// scheduled or held one (asking first when the time is not ahead).
+    async fn resume(&self, c: CampaignRow) -> Result<Step> {
+        let (slug, file, pool) = (&c.slug, &self.file, self.store.pool());
+        if c.source_hash != self.source_hash {
+            eprintln!(
+                "bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)"
+            );
+        }
+        let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
+        if self.args.at.is_none() || !movable || c.send_at == self.send_at {
+            return Ok(Step::Run(c, false));
+        }
+        let at = fmt_time(self.send_at);
+        if self.send_at <= self.now
+            && !confirm(
+                self.args.yes,
+                &format!("{slug}: {at} is not in the future; send it now?"),
+                &format!("{slug}: not moved: {at} is not in the future; add --yes to send it now"),
+            )?
+        {
+            println!("not moved; still scheduled for {}", fmt_time(c.send_at));
+            return Ok(Step::Done);
+        }
+        db::set_send_at(pool, c.id, self.send_at).await?;
+        if c.status == CampaignStatus::Held && self.send_at > self.now {
+            // A new time ahead makes a held campaign scheduled again.
+            db::set_campaign_status(pool, c.id, CampaignStatus::Scheduled, self.now).await?;
+        }
+        println!("{slug}: moved from {} to {at}", fmt_time(c.send_at));
+        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        Ok(Step::Run(c, true))
+    }
+
+    /// Asks, then freezes a new campaign; `None` when the answer is no.
+    async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
+        let (built, pool) = (self.built, self.store.pool());
+        if !self.args.again {
+            let recipients = self.store.audience_count(self.list_id).await?;
+            let when = if self.send_at > self.now {
+                format!("at {}", fmt_time(self.send_at))
+            } else {
+                "now".into()
+            };
+            let question = format!(
+                "Send \"{}\"\n  to {recipients} recipients of list {} ({}) {when}\n  via {}?",
+                built.campaign.subject,
+                built.campaign.list,
+                self.list_name,
+                self.settings.transport.describe()
+            );
+            let refusal = format!(
+                "not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})",
+                built.campaign.list
+            );
+            if !confirm(self.args.yes, &question, &refusal)? {
+                println!("not sent");
+                return Ok(None);
+            }
+        }
+        let new = NewCampaign {
+            slug,
+            list_id: self.list_id,
+            subject: &built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at: self.send_at,
+            now: self.now,
+        };
+        let id = db::insert_campaign(pool, &new).await.map_err(|e| {
+            if e.is_duplicate() {
+                anyhow!(
+                    "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(db::campaign_by_id(pool, id).await?)
+    }
+}
+
+/// `bulletin cancel`: stops a scheduled, held or sending campaign.
+pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
+    super::runtime()?.block_on(async {
+        let store = super::open_store(config).await?;
+        let campaign = find_campaign(&store, &args.campaign).await?;
+        match store.cancel_campaign(campaign.id, crate::store::now()).await? {
+            Cancel::Done { dropped } => {
+                let sent = store.received_count(campaign.id).await?;
+                println!(
+                    "{}: cancelled; {dropped} not sent, {sent} sent before (a run in progress stops after the messages in flight); `bulletin report {}` lists who got it",
+                    campaign.slug, campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::Refused(status) => bail!(
+                "campaign {} cannot be cancelled: it is already {}",
+                campaign.slug,
+                if status == CampaignStatus::Finished { "finished (every message sent)" } else { status.as_str() }
+            ),
+        }
     })
 }
 
@@ -289,8 +552,8 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
         // Long-overdue scheduled campaigns are held, not sent silently.
         let hold_before = now - config.dispatch.hold_after_hours * 3600;
         for c in db::due_campaigns(pool, now).await? {
-            if c.status == "scheduled" && c.send_at < hold_before {
-                db::set_campaign_status(pool, c.id, "held", now).await?;
+            if c.status == CampaignStatus::Scheduled && c.send_at < hold_before {
+                db::set_campaign_status(pool, c.id, CampaignStatus::Held, now).await?;
                 println!(
                     "{}: held, it was due {} ({} hours ago); send it anyway with `bulletin send` on its file",
                     c.slug,
@@ -299,6 +562,10 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
                 );
                 trouble = true;
             }
+        }
+        // Sent campaigns that opted in (`resend_to_new`) go to who joined since.
+        for c in store.reopen_for_new(now).await? {
+            println!("{c}: sending to the people who joined its list since it was sent");
         }
         let due = db::due_campaigns(pool, now).await?;
         if due.is_empty() {
@@ -322,15 +589,20 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     })
 }
 
+/// One campaign as `status` shows it; JSON keeps machine times (ISO 8601,
+/// UTC), the text human ones.
 #[derive(serde::Serialize)]
 struct StatusReport {
     campaign: String,
     subject: String,
     list: String,
-    status: String,
-    send_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
+    status: CampaignStatus,
+    /// When `send` froze it.
+    frozen_at: String,
+    /// When it is (or was) due.
+    send_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
     deliveries: std::collections::BTreeMap<String, i64>,
     /// How the runs delivered: SMTP servers and outbox folders.
     transports: Vec<crate::store::RunTransport>,
@@ -345,11 +617,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         let pool = store.pool();
         let mut campaigns = db::campaigns(pool).await?;
         if let Some(name) = &args.campaign {
-            let stem = std::path::Path::new(name)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or(name)
-                .to_string();
+            let stem = campaign_name(name);
             campaigns.retain(|c| c.slug == *name || c.slug == stem);
             if campaigns.is_empty() {
                 bail!("no campaign named {name:?}; `bulletin status` lists them all");
@@ -358,21 +626,16 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         let mut reports = Vec::new();
         for c in &campaigns {
             let since = c.started_at.unwrap_or(c.send_at);
-            let list = sqlx::query_scalar::<_, String>("SELECT slug FROM lists WHERE id = ?")
-                .bind(c.list_id)
-                .fetch_optional(pool)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let list = store.list_slug(c.list_id).await?.unwrap_or_default();
             reports.push(StatusReport {
                 campaign: c.slug.clone(),
                 subject: c.subject.clone(),
                 list,
-                status: c.status.clone(),
-                send_at: c.send_at,
-                started_at: c.started_at,
-                finished_at: c.finished_at,
+                status: c.status,
+                frozen_at: iso_time(c.created_at),
+                send_at: iso_time(c.send_at),
+                started_at: c.started_at.map(iso_time),
+                finished_at: c.finished_at.map(iso_time),
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
                 transports: store.run_transports(c.id).await?,
                 bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
@@ -391,23 +654,19 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 if reports.is_empty() {
                     println!("no campaigns yet; `bulletin send CAMPAIGN` queues one");
                 }
-                for r in &reports {
+                for (r, c) in reports.iter().zip(&campaigns) {
                     println!(
                         "{}  [{}]  list {}  \"{}\"",
                         r.campaign, r.status, r.list, r.subject
                     );
-                    let when = match (r.started_at, r.finished_at) {
-                        (_, Some(f)) => format!("finished {}", fmt_time(f)),
-                        (Some(s), None) => format!("started {}", fmt_time(s)),
-                        _ => format!("due {}", fmt_time(r.send_at)),
-                    };
+                    println!("  {}", when(c));
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
                         .map(|(k, v)| format!("{} {v}", delivered_label(k, &r.transports)))
                         .collect();
                     println!(
-                        "  {when}; deliveries: {}",
+                        "  deliveries: {}",
                         if counts.is_empty() {
                             "none yet".into()
                         } else {
@@ -425,6 +684,28 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     })
 }
 
+/// A campaign's times in words: frozen, due, started, finished or cancelled.
+fn when(c: &CampaignRow) -> String {
+    let mut parts = vec![format!("frozen {}", fmt_time(c.created_at))];
+    match c.status {
+        CampaignStatus::Scheduled => parts.push(format!("scheduled for {}", fmt_time(c.send_at))),
+        CampaignStatus::Held => parts.push(format!(
+            "held: was due {}; `bulletin send` on its file starts it",
+            fmt_time(c.send_at)
+        )),
+        _ => parts.push(format!("due {}", fmt_time(c.send_at))),
+    }
+    if let Some(t) = c.started_at {
+        parts.push(format!("started {}", fmt_time(t)));
+    }
+    match (c.status, c.finished_at) {
+        (CampaignStatus::Cancelled, Some(t)) => parts.push(format!("cancelled {}", fmt_time(t))),
+        (CampaignStatus::Finished, Some(t)) => parts.push(format!("finished {}", fmt_time(t))),
+        _ => {}
+    }
+    parts.join("; ")
+}
+
 /// The status of a delivery as `status` prints it: `sent` is "written to
 /// the outbox DIR" when every run of the campaign wrote to an outbox, and
 /// "sent or written to the outbox" when runs used both.
@@ -437,8 +718,9 @@ fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> S
     if status != "sent" || outboxes.is_empty() {
         return status.to_string();
     }
+    let every_run_wrote_files = outboxes.len() == transports.len();
     let outboxes = outboxes.join(", ");
-    if outboxes.len() == transports.len() {
+    if every_run_wrote_files {
         format!("written to the outbox {outboxes}")
     } else {
         format!("sent or written to the outbox {outboxes}")

@@ -1,13 +1,14 @@
 //! Shared setup for the commands that send or verify: the transport, the
 //! link signer and verifier, the DKIM signer, dispatcher `Settings`, the
-//! SIGINT/SIGTERM stop signal and the time format. Commands import this
+//! SIGINT/SIGTERM stop signal, the time format and finding a frozen
+//! campaign by name. Commands import this
 //! module, never each other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Local, SecondsFormat, Utc};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -16,7 +17,7 @@ use crate::dispatch::{self, Settings};
 use crate::dkim::DkimSigner;
 use crate::links::{Signer, Urls};
 use crate::store::Store;
-use crate::store::deliveries::{self as db, InFlight};
+use crate::store::deliveries::{self as db, CampaignRow, InFlight};
 
 /// The transport the config names: SMTP when a URL is set, else the outbox
 /// when one was named (flag, environment, config file, `quickstart`). With
@@ -163,6 +164,13 @@ pub(crate) fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+/// Unix seconds as ISO 8601 in UTC, for machines.
+pub(crate) fn iso_time(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
 /// called, not when the future is first polled: a signal that comes right
 /// after a server printed its address must not kill the process.
@@ -236,4 +244,25 @@ pub(crate) fn imap_access(config: &Config) -> Result<Option<ImapAccess>> {
         roots,
         poll: Duration::from_secs(settings.poll_secs.max(1)),
     }))
+}
+
+/// The campaign's file stem, or the name itself: what `status`, `cancel`
+/// and `report` accept.
+pub(crate) fn campaign_name(name: &str) -> String {
+    std::path::Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name)
+        .to_string()
+}
+
+/// The frozen campaign by name or file, or a one-line error.
+pub(crate) async fn find_campaign(store: &Store, name: &str) -> Result<CampaignRow> {
+    let pool = store.pool();
+    if let Some(c) = db::campaign_by_slug(pool, name).await? {
+        return Ok(c);
+    }
+    db::campaign_by_slug(pool, &campaign_name(name))
+        .await?
+        .ok_or_else(|| anyhow!("no campaign named {name:?}; `bulletin status` lists them all"))
 }

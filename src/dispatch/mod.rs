@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::compose;
 use crate::links::{self, Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
-use crate::store::deliveries::{self as db, CampaignRow, InFlight, Job, Outcome};
+use crate::store::deliveries::{self as db, CampaignRow, CampaignStatus, InFlight, Job, Outcome};
 use crate::store::now;
 use transport::Transport;
 pub use verdict::Verdict;
@@ -184,6 +184,11 @@ pub struct Frozen {
     /// true). `store::archive` reads it from the row.
     #[serde(default = "archive_by_default")]
     pub archive: bool,
+    /// Front matter `resend_to_new`/`resend_until` (unix seconds): until
+    /// then `dispatch` reopens the sent campaign for people who joined
+    /// since (`Store::reopen_for_new`, which reads it from the row).
+    #[serde(default)]
+    pub resend_until: Option<i64>,
 }
 
 fn archive_by_default() -> bool {
@@ -297,6 +302,8 @@ pub struct Summary {
     pub finished: bool,
     /// Stopped by a signal before the end.
     pub interrupted: bool,
+    /// `bulletin cancel` stopped the campaign (before or during this run).
+    pub cancelled: bool,
 }
 
 /// The lease owner name of this process.
@@ -381,8 +388,13 @@ async fn run_leased(
             .await?,
         ..Summary::default()
     };
-    if campaign.status == "scheduled" {
-        db::set_campaign_status(pool, campaign.id, "sending", now()).await?;
+    // A campaign cancelled since it was picked up is not started: the
+    // transition fails and nothing is queued (`materialise` also checks).
+    if campaign.status != CampaignStatus::Sending
+        && !db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, now()).await?
+    {
+        summary.cancelled = true;
+        return Ok(summary);
     }
     db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
     let total: i64 = db::counts(pool, campaign.id)
@@ -449,9 +461,14 @@ async fn run_leased(
             _ => break,
         }
     }
+    // `cancel` skips every open row in its own transaction, so a run
+    // cancelled midway ends here with nothing open but must not finish it.
     if db::open_count(pool, campaign.id).await? == 0 {
-        db::set_campaign_status(pool, campaign.id, "sent", now()).await?;
-        summary.finished = true;
+        if db::set_campaign_status(pool, campaign.id, CampaignStatus::Finished, now()).await? {
+            summary.finished = true;
+        } else {
+            summary.cancelled = true;
+        }
     }
     Ok(summary)
 }

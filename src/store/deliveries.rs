@@ -6,11 +6,101 @@
 //! retry is due. `sending` is committed before the SMTP transaction and the
 //! outcome after it, so after a crash the rows still `sending` are exactly
 //! the messages that were in flight; `resolve_in_flight` settles them.
+//!
+//! A campaign moves between the states of [`CampaignStatus`]; which moves
+//! are allowed is written once, in [`CampaignStatus::comes_from`], and
+//! [`set_campaign_status`] enforces it in its `UPDATE`.
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
 
 use super::Result;
+
+/// Where a campaign is in its life. Stored as text in `campaigns.status`
+/// (`Finished` is `sent` there, which `status --format json` also shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "&'static str")]
+pub enum CampaignStatus {
+    /// Frozen, waiting for its time (`send --at`, or not yet started).
+    Scheduled,
+    /// A run has started it; resumable.
+    Sending,
+    /// Every delivery settled.
+    Finished,
+    /// `bulletin cancel`: nothing more is sent.
+    Cancelled,
+    /// Long overdue when `dispatch` found it; only `send` starts it.
+    Held,
+}
+
+impl CampaignStatus {
+    pub const ALL: [CampaignStatus; 5] = [
+        CampaignStatus::Scheduled,
+        CampaignStatus::Sending,
+        CampaignStatus::Finished,
+        CampaignStatus::Cancelled,
+        CampaignStatus::Held,
+    ];
+
+    /// The text stored in `campaigns.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignStatus::Scheduled => "scheduled",
+            CampaignStatus::Sending => "sending",
+            CampaignStatus::Finished => "sent",
+            CampaignStatus::Cancelled => "cancelled",
+            CampaignStatus::Held => "held",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CampaignStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The lifecycle, in one place: the states a campaign may enter `self`
+    /// from. `scheduled` is entered only by freezing (and by `--replace`,
+    /// which stays in it); `sending` from a due schedule, a held campaign
+    /// that `send` starts, or a finished one that `send --only-new` reopens.
+    pub fn comes_from(self) -> &'static [CampaignStatus] {
+        use CampaignStatus::*;
+        match self {
+            Scheduled => &[Scheduled, Held],
+            Sending => &[Scheduled, Held, Finished],
+            Finished => &[Sending],
+            Cancelled => &[Scheduled, Sending, Held],
+            Held => &[Scheduled],
+        }
+    }
+
+    /// `bulletin cancel` may stop it: it is not over yet.
+    pub fn can_cancel(self) -> bool {
+        CampaignStatus::Cancelled.comes_from().contains(&self)
+    }
+
+    /// `send --replace` may refreeze it: no run has started it. (A
+    /// `sending` campaign that sent nothing yet is refused too: a run may be
+    /// about to claim.)
+    pub fn can_replace(self) -> bool {
+        CampaignStatus::Scheduled.comes_from().contains(&self)
+    }
+
+    /// Over: neither sending nor waiting.
+    pub fn is_over(self) -> bool {
+        matches!(self, CampaignStatus::Finished | CampaignStatus::Cancelled)
+    }
+}
+
+impl From<CampaignStatus> for &'static str {
+    fn from(s: CampaignStatus) -> &'static str {
+        s.as_str()
+    }
+}
+
+impl std::fmt::Display for CampaignStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A campaign row.
 #[derive(Debug, Clone)]
@@ -21,7 +111,7 @@ pub struct CampaignRow {
     pub subject: String,
     pub compiled: String,
     pub source_hash: String,
-    pub status: String,
+    pub status: CampaignStatus,
     pub send_at: i64,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -39,7 +129,13 @@ impl FromRow<'_, SqliteRow> for CampaignRow {
             subject: r.try_get("subject")?,
             compiled: r.try_get("compiled")?,
             source_hash: r.try_get("source_hash")?,
-            status: r.try_get("status")?,
+            status: {
+                let text: String = r.try_get("status")?;
+                CampaignStatus::parse(&text).ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "status".into(),
+                    source: format!("unknown campaign status {text:?}").into(),
+                })?
+            },
             send_at: r.try_get("send_at")?,
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
@@ -111,20 +207,29 @@ pub async fn insert_campaign(pool: &SqlitePool, c: &NewCampaign<'_>) -> Result<i
     Ok(id)
 }
 
-/// Sets a campaign's status (and the start or finish time it implies).
-pub async fn set_campaign_status(pool: &SqlitePool, id: i64, status: &str, now: i64) -> Result<()> {
-    sqlx::query(
+/// Moves a campaign to `status` (setting the start or finish time it
+/// implies) if its current state allows it ([`CampaignStatus::comes_from`]);
+/// false if it was in another state (e.g. cancelled meanwhile).
+pub async fn set_campaign_status(
+    pool: &SqlitePool,
+    id: i64,
+    status: CampaignStatus,
+    now: i64,
+) -> Result<bool> {
+    let from: Vec<&str> = status.comes_from().iter().map(|s| s.as_str()).collect();
+    let done = sqlx::query(
         "UPDATE campaigns SET status = ?2,
              started_at = CASE WHEN ?2 = 'sending' THEN COALESCE(started_at, ?3) ELSE started_at END,
-             finished_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE finished_at END
-         WHERE id = ?1",
+             finished_at = CASE WHEN ?2 IN ('sent', 'cancelled') THEN ?3 ELSE finished_at END
+         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(now)
+    .bind(serde_json::to_string(&from).expect("strings serialise"))
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Moves a scheduled campaign's time (`send --at` on a queued campaign).
@@ -195,7 +300,9 @@ pub async fn release_lease(pool: &SqlitePool, id: i64, owner: &str) -> Result<()
 }
 
 /// Queues one delivery per audience member, once: run again, it adds only
-/// people who joined since. One statement; memory stays flat.
+/// people who joined since (what `send --only-new` relies on). No row is
+/// added to a cancelled campaign, whatever run was starting. One
+/// statement; memory stays flat.
 pub async fn materialise(
     pool: &SqlitePool,
     campaign_id: i64,
@@ -204,7 +311,8 @@ pub async fn materialise(
 ) -> Result<u64> {
     let done = sqlx::query(&format!(
         "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT ?2, a.id, 'queued', 0, ?3 FROM ({}) a",
+         SELECT ?2, a.id, 'queued', 0, ?3 FROM ({}) a
+         WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')",
         super::subscribers::AUDIENCE_SQL
     ))
     .bind(list_id)
@@ -566,7 +674,231 @@ pub async fn setting_or_insert(pool: &SqlitePool, key: &str, value: &str) -> Res
         .unwrap_or_else(|| value.to_string()))
 }
 
+/// The states of a delivery in the order `report` lists them: what needs a
+/// look first (failed, unknown), then what is still open, then the rest.
+pub const REPORT_ORDER: [&str; 7] = [
+    "failed", "unknown", "deferred", "skipped", "sending", "queued", "sent",
+];
+
+/// One line of `bulletin report`: a recipient of a campaign.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportRow {
+    /// `None` once the person was erased.
+    pub email: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    /// The server's last reply, or why the row was skipped.
+    pub last_reply: Option<String>,
+    /// When the row last changed (unix seconds).
+    pub updated_at: i64,
+}
+
+impl FromRow<'_, SqliteRow> for ReportRow {
+    fn from_row(r: &SqliteRow) -> sqlx::Result<Self> {
+        Ok(ReportRow {
+            email: r.try_get("email")?,
+            state: r.try_get("status")?,
+            attempts: r.try_get("attempts")?,
+            last_reply: r.try_get("last_reply")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+/// What `cancel_campaign` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// Cancelled; `dropped` queued or deferred rows will not be sent.
+    Done { dropped: u64 },
+    /// The campaign was already in this state, which cannot be cancelled.
+    Refused(CampaignStatus),
+}
+
+/// What `replace_campaign` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replace {
+    Done,
+    /// Not replaceable: in this state, with this many messages attempted.
+    Refused(CampaignStatus, i64),
+}
+
+/// The replacement content of a campaign (`send --replace`).
+#[derive(Debug, Clone)]
+pub struct Refreeze<'a> {
+    pub id: i64,
+    pub list_id: i64,
+    pub subject: &'a str,
+    pub compiled: &'a str,
+    pub source_hash: &'a str,
+    pub send_at: i64,
+}
+
+/// Rows of a campaign that a message was attempted for (anything but
+/// `queued` and `skipped`): once there is one, the campaign cannot change.
+const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
+    WHERE campaign_id = ?1 AND status NOT IN ('queued', 'skipped')";
+
+/// The rows of campaign `?1` (only state `?2` unless it is NULL), one
+/// `UNION ALL` part per state in [`REPORT_ORDER`], each an index walk.
+static REPORT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    REPORT_ORDER
+        .iter()
+        .map(|state| {
+            format!(
+                "SELECT * FROM (SELECT s.email, d.status, d.attempts, d.last_reply, d.updated_at \
+                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id \
+                 WHERE d.campaign_id = ?1 AND d.status = '{state}' AND (?2 IS NULL OR ?2 = '{state}'))"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+});
+
 impl super::Store {
+    /// Cancels a campaign in one IMMEDIATE transaction: its status becomes
+    /// `cancelled` and its queued and deferred rows `skipped` ("campaign
+    /// cancelled"), so no claim after the commit finds anything. Rows
+    /// already `sending` finish and are recorded; sent rows stay.
+    pub async fn cancel_campaign(&self, id: i64, now: i64) -> Result<Cancel> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
+        if !status.can_cancel() {
+            return Ok(Cancel::Refused(status));
+        }
+        sqlx::query("UPDATE campaigns SET status = 'cancelled', finished_at = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let dropped = sqlx::query(
+            "UPDATE deliveries SET status = 'skipped', last_reply = 'campaign cancelled',
+                 next_attempt_at = NULL, updated_at = ?2
+             WHERE campaign_id = ?1 AND status IN ('queued', 'deferred')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Cancel::Done { dropped })
+    }
+
+    /// Refreezes a campaign that has attempted no message yet, in one
+    /// IMMEDIATE transaction: new subject, content, list and time; its
+    /// queued rows are dropped (the next run queues the audience again).
+    pub async fn replace_campaign(&self, new: &Refreeze<'_>) -> Result<Replace> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+            .bind(new.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
+        let attempted: i64 = sqlx::query_scalar(ATTEMPTED_SQL)
+            .bind(new.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !status.can_replace() || attempted > 0 {
+            return Ok(Replace::Refused(status, attempted));
+        }
+        sqlx::query("DELETE FROM deliveries WHERE campaign_id = ?")
+            .bind(new.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE campaigns SET list_id = ?2, subject = ?3, compiled = ?4, source_hash = ?5,
+                 send_at = ?6, status = 'scheduled'
+             WHERE id = ?1",
+        )
+        .bind(new.id)
+        .bind(new.list_id)
+        .bind(new.subject)
+        .bind(new.compiled)
+        .bind(new.source_hash)
+        .bind(new.send_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Replace::Done)
+    }
+
+    /// How many of the campaign's audience have no delivery row for it yet:
+    /// who `send --only-new` would mail for the first time.
+    pub async fn first_time_count(&self, campaign_id: i64, list_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM ({}) a WHERE NOT EXISTS
+                 (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?2 AND d.subscriber_id = a.id)",
+            super::subscribers::AUDIENCE_SQL
+        ))
+        .bind(list_id)
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Moves back to `sending` every sent campaign whose frozen
+    /// `resend_until` (front matter `resend_to_new`) is still ahead and whose
+    /// list has someone with no row for it; returns their slugs. The run
+    /// that follows queues only those people (`materialise`).
+    pub async fn reopen_for_new(&self, now: i64) -> Result<Vec<String>> {
+        let candidates: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT id, list_id, slug FROM campaigns
+             WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
+             ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reopened = Vec::new();
+        for (id, list_id, slug) in candidates {
+            if self.first_time_count(id, list_id).await? > 0
+                && set_campaign_status(self.pool(), id, CampaignStatus::Sending, now).await?
+            {
+                reopened.push(slug);
+            }
+        }
+        Ok(reopened)
+    }
+
+    /// The slug of the list a campaign goes to (for `status`).
+    pub async fn list_slug(&self, list_id: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT slug FROM lists WHERE id = ?")
+            .bind(list_id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// How many people a campaign was sent to (`sent` or `unknown` rows).
+    pub async fn received_count(&self, campaign_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('sent', 'unknown')",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Every recipient of a campaign, in [`REPORT_ORDER`] (or only `state`),
+    /// streamed: each state is one walk of `deliveries_work`, so nothing is
+    /// sorted or held in memory whatever the size of the campaign.
+    pub fn report(
+        &self,
+        campaign_id: i64,
+        state: Option<String>,
+    ) -> futures_util::stream::BoxStream<'_, Result<ReportRow>> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        sqlx::query_as::<_, ReportRow>(REPORT_SQL.as_str())
+            .bind(campaign_id)
+            .bind(state)
+            .fetch(self.pool())
+            .map_err(super::Error::from)
+            .boxed()
+    }
+
     /// One person's deliveries, newest first: (status, last SMTP reply or
     /// failure reason).
     pub async fn deliveries_of(&self, subscriber_id: i64) -> Result<Vec<(String, Option<String>)>> {
@@ -620,6 +952,82 @@ mod tests {
             .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
             .count();
         assert_eq!(searches, 2, "{claim:#?}");
+    }
+
+    #[tokio::test]
+    async fn the_report_walks_the_work_index_state_by_state_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let steps = plan(&store, REPORT_SQL.as_str(), 2).await;
+        let text = steps.join("\n");
+        assert!(!text.contains("TEMP B-TREE"), "a sort in\n{text}");
+        assert!(
+            steps.iter().all(|s| !s.starts_with("SCAN d")),
+            "a full scan in\n{text}"
+        );
+        let searches = steps
+            .iter()
+            .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
+            .count();
+        assert_eq!(searches, REPORT_ORDER.len(), "{text}");
+    }
+
+    #[test]
+    fn the_lifecycle_allows_only_its_moves() {
+        use CampaignStatus::*;
+        for s in CampaignStatus::ALL {
+            assert_eq!(CampaignStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CampaignStatus::parse("sent"), Some(Finished));
+        assert!(Scheduled.can_cancel() && Sending.can_cancel() && Held.can_cancel());
+        assert!(!Finished.can_cancel() && !Cancelled.can_cancel());
+        assert!(Scheduled.can_replace() && Held.can_replace());
+        assert!(!Sending.can_replace() && !Finished.can_replace() && !Cancelled.can_replace());
+        // Nothing leaves `cancelled`; only `send --only-new` reopens `sent`.
+        for to in CampaignStatus::ALL {
+            assert!(!to.comes_from().contains(&Cancelled), "{to} from cancelled");
+        }
+        let from_finished: Vec<_> = CampaignStatus::ALL
+            .into_iter()
+            .filter(|to| to.comes_from().contains(&Finished))
+            .collect();
+        assert_eq!(from_finished, [Sending]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_campaign_gets_no_new_rows_and_is_not_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store
+            .create_list("news", "News", "", false, false, 1)
+            .await
+            .unwrap();
+        store
+            .add_subscriber("a@example.net", None, "news", "cli", 1)
+            .await
+            .unwrap();
+        let new = NewCampaign {
+            slug: "c",
+            list_id: list.id,
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let id = insert_campaign(store.pool(), &new).await.unwrap();
+        assert_eq!(
+            store.cancel_campaign(id, 2).await.unwrap(),
+            Cancel::Done { dropped: 0 }
+        );
+        assert_eq!(materialise(store.pool(), id, list.id, 3).await.unwrap(), 0);
+        for to in [CampaignStatus::Sending, CampaignStatus::Finished] {
+            assert!(!set_campaign_status(store.pool(), id, to, 3).await.unwrap());
+        }
+        assert_eq!(
+            store.cancel_campaign(id, 4).await.unwrap(),
+            Cancel::Refused(CampaignStatus::Cancelled)
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,93 @@
+//! `bulletin report`: who got a campaign, one line per recipient (address,
+//! state, attempts, last reply from the server, time), failures and
+//! unknowns first, streamed from the store as a table, CSV or JSON lines.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use futures_util::TryStreamExt as _;
+
+use super::setup::{find_campaign, fmt_time, iso_time};
+use crate::cli::{ReportArgs, ReportFormat};
+use crate::store::deliveries::{REPORT_ORDER, ReportRow};
+
+/// What an erased person's address shows as.
+const ERASED: &str = "(erased)";
+
+pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<ExitCode> {
+    if let Some(state) = &args.state
+        && !REPORT_ORDER.contains(&state.as_str())
+    {
+        bail!(
+            "--state {state:?}: not a delivery state; use one of {}",
+            REPORT_ORDER.join(", ")
+        );
+    }
+    super::runtime()?.block_on(async {
+        let store = super::open_store(config).await?;
+        let campaign = find_campaign(&store, &args.campaign).await?;
+        let mut rows = store.report(campaign.id, args.state.clone());
+        match args.format {
+            ReportFormat::Table => println!(
+                "{:<40} {:<9} {:>8}  {:<22} last reply",
+                "address", "state", "attempts", "time"
+            ),
+            ReportFormat::Csv => println!("address,state,attempts,last_reply,time"),
+            ReportFormat::Json => {}
+        }
+        let mut count = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            println!("{}", line(args.format, &row)?);
+            count += 1;
+        }
+        if count == 0 && args.format == ReportFormat::Table {
+            println!(
+                "(no recipients{})",
+                match &args.state {
+                    Some(s) => format!(" in state {s}"),
+                    None => String::new(),
+                }
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// One recipient in `format`; times are human in the table and ISO 8601
+/// (UTC) in CSV and JSON.
+fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
+    let address = row.email.as_deref().unwrap_or(ERASED);
+    let reply = row.last_reply.as_deref().unwrap_or("");
+    Ok(match format {
+        ReportFormat::Table => format!(
+            "{address:<40} {:<9} {:>8}  {:<22} {}",
+            row.state,
+            row.attempts,
+            fmt_time(row.updated_at),
+            reply.replace(['\r', '\n'], " ")
+        ),
+        ReportFormat::Csv => {
+            let mut out = csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(Vec::new());
+            out.write_record([
+                address,
+                &row.state,
+                &row.attempts.to_string(),
+                reply,
+                &iso_time(row.updated_at),
+            ])?;
+            let bytes = out.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+            String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\n')
+                .to_string()
+        }
+        ReportFormat::Json => serde_json::to_string(&serde_json::json!({
+            "address": row.email,
+            "state": row.state,
+            "attempts": row.attempts,
+            "last_reply": row.last_reply,
+            "time": iso_time(row.updated_at),
+        }))?,
+    })
+}
