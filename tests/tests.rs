@@ -11,6 +11,7 @@ mod dkim; // DKIM signatures on received messages, verified by viadkim and pytho
 mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
 mod faults; // SMTP faults against scripted servers: bounce vs refusal, unknown after the dot, stops, SIGTERM, reactivate
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
+mod operator; // small operator commands: subscribers add on double opt-in lists, test --to/--as, lists rename/edit/remove
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
