@@ -1,6 +1,6 @@
 //! The `lists` table and the per-list counts: creating, renaming, editing
-//! and removing lists (a removed list keeps its row, see `removed_at` in
-//! `subscribers.sql`, so no history is lost).
+//! and removing lists (a removed list keeps its row, recorded in
+//! `removed_lists`, so no history is lost).
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row, SqliteConnection};
@@ -74,7 +74,8 @@ pub(super) fn check_slug(slug: &str) -> Result<()> {
 
 pub(super) async fn find(conn: &mut SqliteConnection, slug: &str) -> Result<Option<List>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {LIST_COLUMNS} FROM lists WHERE slug = ? AND removed_at IS NULL"
+        "SELECT {LIST_COLUMNS} FROM lists WHERE slug = ? \
+             AND id NOT IN (SELECT list_id FROM removed_lists)"
     ))
     .bind(slug)
     .fetch_optional(conn)
@@ -179,7 +180,7 @@ impl Store {
         sqlx::query_as(&format!(
             "UPDATE lists SET name = coalesce(?, name), description = coalesce(?, description), \
              double_opt_in = coalesce(?, double_opt_in), public = coalesce(?, public) \
-             WHERE slug = ? AND removed_at IS NULL RETURNING {LIST_COLUMNS}"
+             WHERE slug = ? AND id NOT IN (SELECT list_id FROM removed_lists) RETURNING {LIST_COLUMNS}"
         ))
         .bind(&changes.name)
         .bind(&changes.description)
@@ -193,8 +194,8 @@ impl Store {
 
     /// Removes the list `slug`: refused while anyone is confirmed or
     /// pending on it (unless `force`) and while a campaign to it may still
-    /// be sent. Nothing is deleted: the row stays, marked `removed_at`, with
-    /// its slug freed (`~removed-ID`), not public, so no page shows it, no
+    /// be sent. Nothing is deleted: the row stays, recorded in
+    /// `removed_lists`, with its slug freed (`~removed-ID`), not public, so no page shows it, no
     /// command finds it and no campaign goes to it; people, subscriptions,
     /// deliveries and events stay as they were.
     pub async fn remove_list(&self, slug: &str, force: bool, now: i64) -> Result<RemovedList> {
@@ -210,13 +211,15 @@ impl Store {
         if campaigns > 0 {
             return Err(Error::ListInUse(slug.to_string(), campaigns));
         }
-        sqlx::query(
-            "UPDATE lists SET removed_at = ?, public = 0, slug = slug || '~removed-' || id WHERE id = ?",
-        )
-        .bind(now)
-        .bind(list.id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO removed_lists (list_id, removed_at) VALUES (?, ?)")
+            .bind(list.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE lists SET public = 0, slug = slug || '~removed-' || id WHERE id = ?")
+            .bind(list.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(RemovedList { list, members })
     }
@@ -267,7 +270,8 @@ impl Store {
                (SELECT count(*) FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
                  WHERE sub.list_id = l.id AND ",
             mailable!(),
-            ") AS audience FROM lists l WHERE l.removed_at IS NULL ORDER BY l.slug"
+            ") AS audience FROM lists l WHERE l.id NOT IN (SELECT list_id FROM removed_lists) \
+             ORDER BY l.slug"
         ))
         .fetch_all(self.pool())
         .await?)

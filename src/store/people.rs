@@ -26,7 +26,7 @@ pub async fn list_for(pool: &SqlitePool, subscriber: i64, list: i64) -> Result<O
 
 pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<List>> {
     let rows = sqlx::query(&format!(
-        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 AND l.removed_at IS NULL ORDER BY l.name"
+        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .fetch_all(pool)
     .await?;
@@ -41,7 +41,7 @@ pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, S
     let rows = sqlx::query(&format!(
         "SELECT {LIST_COLUMNS}, sub.status AS sub_status
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
-         WHERE sub.subscriber_id = ? AND l.removed_at IS NULL ORDER BY l.name"
+         WHERE sub.subscriber_id = ? AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .bind(subscriber)
     .fetch_all(pool)
