@@ -293,6 +293,74 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_removed_list_is_found_nowhere_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store
+            .create_list("news", "News", "", false, true, 1)
+            .await
+            .unwrap();
+        store
+            .add_subscriber("ann@example.org", None, "news", "cli", 1)
+            .await
+            .unwrap();
+        let ann = store.subscriber("ann@example.org").await.unwrap().unwrap();
+        let err = store.remove_list("news", false, 2).await.unwrap_err();
+        assert!(matches!(err, Error::ListNotEmpty(_, 1)), "{err}");
+        let removed = store.remove_list("news", true, 2).await.unwrap();
+        assert_eq!((removed.list.id, removed.members), (list.id, 1));
+        assert!(store.list("news").await.unwrap().is_none());
+        assert!(store.lists().await.unwrap().is_empty());
+        let pool = store.pool();
+        assert!(
+            super::super::people::public_lists(pool)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            super::super::people::lists_of(pool, ann.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Unsubscribe links in mail already sent still find it.
+        assert!(
+            super::super::people::list_for(pool, ann.id, list.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let kept: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM subscriptions WHERE list_id = ?1), \
+                    (SELECT count(*) FROM events WHERE list_id = ?1)",
+        )
+        .bind(list.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, (1, 1), "subscription and history kept");
+        // The slug is free again; a removed list cannot be renamed or edited.
+        store
+            .create_list("news", "News", "", false, false, 3)
+            .await
+            .unwrap();
+        let changes = ListChanges {
+            name: Some("X".into()),
+            ..ListChanges::default()
+        };
+        let slug = format!("news~removed-{}", list.id);
+        assert!(matches!(
+            store.edit_list(&slug, &changes).await,
+            Err(Error::NoList(_))
+        ));
+        assert!(matches!(
+            store.rename_list(&slug, "old").await,
+            Err(Error::NoList(_))
+        ));
+    }
+
     #[test]
     fn slugs() {
         assert!(check_slug("news").is_ok());
