@@ -237,3 +237,15 @@ CREATE TABLE IF NOT EXISTS consents (
     FOREIGN KEY (subscriber_id, list_id)
         REFERENCES subscriptions (subscriber_id, list_id) ON DELETE CASCADE
 ) WITHOUT ROWID;
+
+-- step 6: lists can be removed without losing their history
+
+-- `lists remove` records the list here instead of deleting its row:
+-- campaigns and events keep pointing at it, so nobody's history changes. A
+-- removed list is found by no slug (its slug gets a `~removed-ID` suffix,
+-- which a slug can never contain, so the name is free again), shown nowhere
+-- and mailed never. (A table rather than a column: steps stay idempotent.)
+CREATE TABLE IF NOT EXISTS removed_lists (
+    list_id    INTEGER PRIMARY KEY REFERENCES lists(id),
+    removed_at INTEGER NOT NULL
+);

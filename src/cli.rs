@@ -44,7 +44,7 @@ pub enum Command {
     Build(BuildArgs),
     /// Serve the rendered campaign on localhost, re-rendering on change
     Preview(PreviewArgs),
-    /// Show mailing lists with counts, or add one
+    /// Show mailing lists with counts, or add, rename, edit or remove one
     Lists(ListsArgs),
     /// Add, remove, show, import, export or erase subscribers
     #[command(subcommand)]
@@ -59,7 +59,7 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Who got a campaign: one row per recipient, failures first
     Report(ReportArgs),
-    /// Send one test copy of a campaign to an address (not logged as a delivery)
+    /// Send a test copy of a campaign to each address given (not logged as a delivery)
     Test(TestArgs),
     /// Serve the subscriber pages: unsubscribe, preferences, sign-up, archive
     Serve(ServeArgs),
@@ -217,9 +217,14 @@ pub struct StatusArgs {
 pub struct TestArgs {
     /// Campaign file
     pub campaign: PathBuf,
-    /// Where to send the test copy
-    #[arg(long, value_name = "ADDR")]
-    pub to: String,
+    /// Where to send a test copy: repeat `--to A --to B` or give `--to A,B`;
+    /// each address gets its own copy
+    #[arg(long, value_name = "ADDR", required = true, value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub to: Vec<String>,
+    /// Fill the copy with this subscriber's name and attributes instead of
+    /// the sample ("Sample Recipient")
+    #[arg(long = "as", value_name = "ADDR")]
+    pub as_subscriber: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,17 +319,53 @@ pub enum ListsCommand {
         #[arg(long)]
         public: bool,
     },
+    /// Change a list's slug (what campaign files name); its subscribers,
+    /// campaigns and history stay with it
+    Rename { slug: String, new_slug: String },
+    /// Change a list's name, description, or whether it is public or asks
+    /// new subscribers to confirm
+    Edit {
+        slug: String,
+        /// Human-readable name
+        #[arg(long)]
+        name: Option<String>,
+        /// Description shown on the sign-up page
+        #[arg(long)]
+        description: Option<String>,
+        /// yes/no: new subscribers must confirm by email (those already on
+        /// the list are not changed)
+        #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+        double_opt_in: Option<bool>,
+        /// yes/no: shown on the sign-up page and in the preference center
+        #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+        public: Option<bool>,
+    },
+    /// Remove a list: refused while anyone is confirmed or pending on it,
+    /// unless --force; people, their subscriptions and history are never
+    /// deleted
+    Remove {
+        slug: String,
+        /// Remove it even though people are on it (they stay, with their
+        /// history; only the list is gone)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SubscribersCommand {
-    /// Subscribe an address to a list
+    /// Subscribe an address to a list; on a double opt-in list this sends
+    /// the confirmation email, unless --confirmed
     Add {
         email: String,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
         list: String,
+        /// You have the person's consent on record: subscribe them confirmed
+        /// at once, with no confirmation email
+        #[arg(long)]
+        confirmed: bool,
     },
     /// Unsubscribe an address from one list, or from all lists
     Remove {
@@ -431,6 +472,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["bulletin", "bounces", "parse"]).is_err());
+    }
+
+    #[test]
+    fn test_to_repeats_and_splits_on_commas() {
+        for args in [
+            &[
+                "bulletin", "test", "c.md", "--to", "a@x.org", "--to", "b@x.org",
+            ][..],
+            &["bulletin", "test", "c.md", "--to", "a@x.org,b@x.org"][..],
+        ] {
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Test(t) => assert_eq!(t.to, ["a@x.org", "b@x.org"], "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["bulletin", "test", "c.md"]).is_err());
     }
 
     #[test]

@@ -632,6 +632,8 @@ fn cli_end_to_end() {
             "created database x.db (set by --db flag)\ncreated list news (double opt-in)\n"
         )
     );
+    // A double opt-in list: the confirmation email goes out (here to an
+    // outbox), and the person stays pending until they open it.
     let (code, out, _) = run(&[
         "subscribers",
         "add",
@@ -640,11 +642,17 @@ fn cli_end_to_end() {
         "Zoe",
         "--list",
         "news",
+        "--outbox",
+        "outbox",
     ]);
     assert_eq!(
         (code, out.as_str()),
-        (Some(0), "subscribed zoe@example.org to news (pending)\n")
+        (
+            Some(0),
+            "subscribed zoe@example.org to news (pending): confirmation email written to the outbox outbox; they are on the list once they open its link\n"
+        )
     );
+    assert_eq!(std::fs::read_dir(d.join("outbox")).unwrap().count(), 1);
     let (_, out, _) = run(&["lists"]);
     assert_eq!(
         out,

@@ -1,8 +1,9 @@
-//! `bulletin lists`: the lists with their counts, and `lists add`.
+//! `bulletin lists`: the lists with their counts, and `lists add`,
+//! `rename`, `edit` and `remove`.
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::cli::{ListsArgs, ListsCommand};
 use crate::config::Config;
@@ -11,11 +12,12 @@ use crate::store;
 pub(crate) fn run(config: &Config, args: &ListsArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = match &args.command {
-            None => super::open_store(config).await?,
             Some(ListsCommand::Add { .. }) => super::create_store(config).await?,
+            _ => super::open_store(config).await?,
         };
+        let db = super::db_error(config);
         match &args.command {
-            None => show(config, &store).await,
+            None => return show(config, &store).await,
             Some(ListsCommand::Add {
                 slug,
                 name,
@@ -33,12 +35,84 @@ pub(crate) fn run(config: &Config, args: &ListsArgs) -> Result<ExitCode> {
                         store::now(),
                     )
                     .await
-                    .map_err(super::db_error(config))?;
+                    .map_err(db)?;
                 println!("created list {} ({})", list.slug, flags(&list));
-                Ok(ExitCode::SUCCESS)
+            }
+            Some(ListsCommand::Rename { slug, new_slug }) => {
+                let list = store.rename_list(slug, new_slug).await.map_err(db)?;
+                println!(
+                    "renamed list {slug} to {}: campaign files must now say list = \"{}\"",
+                    list.slug, list.slug
+                );
+            }
+            Some(ListsCommand::Edit {
+                slug,
+                name,
+                description,
+                double_opt_in,
+                public,
+            }) => {
+                edit(
+                    &store,
+                    config,
+                    slug,
+                    name,
+                    description,
+                    *double_opt_in,
+                    *public,
+                )
+                .await?
+            }
+            Some(ListsCommand::Remove { slug, force }) => {
+                let removed = store
+                    .remove_list(slug, *force, store::now())
+                    .await
+                    .map_err(db)?;
+                println!(
+                    "removed list {slug}; {} subscriber(s) on it kept with their history",
+                    removed.members
+                );
             }
         }
+        Ok(ExitCode::SUCCESS)
     })
+}
+
+async fn edit(
+    store: &store::Store,
+    config: &Config,
+    slug: &str,
+    name: &Option<String>,
+    description: &Option<String>,
+    double_opt_in: Option<bool>,
+    public: Option<bool>,
+) -> Result<()> {
+    let changes = store::ListChanges {
+        name: name.clone(),
+        description: description.clone(),
+        double_opt_in,
+        public,
+    };
+    if changes.is_empty() {
+        bail!(
+            "lists edit {slug}: nothing to change; give --name, --description, --double-opt-in yes|no or --public yes|no"
+        );
+    }
+    if changes.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        bail!("lists edit {slug}: --name is empty; a list needs a name");
+    }
+    let list = store
+        .edit_list(slug, &changes)
+        .await
+        .map_err(super::db_error(config))?;
+    println!(
+        "list {}: name {:?}, description {:?} ({})",
+        list.slug,
+        list.name,
+        list.description,
+        flags(&list)
+    );
+    Ok(())
 }
 
 fn flags(list: &store::List) -> String {

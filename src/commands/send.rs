@@ -736,70 +736,111 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let settings = settings(config, &store).await?;
-        let urls = &settings.urls;
-        let domain = &settings.bounce_domain;
-        // Links in a test copy are signed for nobody (subscriber 0).
-        let unsubscribe = urls.unsubscribe(&settings.signer, 0, 0);
-        let preferences = urls.preferences(&settings.signer, 0);
-        let archive = urls.archive(&built.campaign.slug);
-        let body = built.compiled.personalise(&Recipient {
-            email: &args.to,
-            name: SAMPLE_NAME,
-            attributes: None,
-            unsubscribe_url: &unsubscribe,
-            preferences_url: &preferences,
-            archive_url: &archive,
-        });
-        let token = settings.signer.sign(Purpose::Bounce, 0, 0);
-        let message_id = format!(
-            "test.{}.{}@{domain}",
-            built.campaign.slug,
-            crate::store::now()
-        );
-        let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
-        let from = built
-            .campaign
-            .from
-            .clone()
-            .unwrap_or_else(|| config.sender.from.clone());
-        let return_path = crate::links::verp_address(&token, domain);
-        let headers = compose::Headers {
-            from: &from,
-            reply_to: config.sender.reply_to.as_deref(),
-            to_email: &args.to,
-            to_name: "",
-            date: SystemTime::now(),
-            message_id: &message_id,
-            list_id: Some(&list_id),
-            unsubscribe_url: Some(&unsubscribe),
-            unsubscribe_mailto: None,
-            return_path: Some(&return_path),
-            test: true,
-            feedback_id: None,
+        let person = match &args.as_subscriber {
+            None => None,
+            Some(addr) => Some(test_person(config, &store, addr).await?),
         };
-        let message = compose::message(&headers, &body)?;
-        let bytes = compose::wire_bytes(&message, settings.dkim.as_deref())?;
         let mut sender = settings.transport.sender();
-        let name = format!("test-{}", crate::store::now());
-        let reply = sender
-            .send(message.envelope(), &bytes, &name, 1)
-            .await
-            .map_err(|e| anyhow!("test copy to {}: {e}", args.to))?;
-        sender.close().await;
-        match &settings.transport {
-            Transport::Outbox(dir) => println!(
-                "test copy of {} to {} written to the outbox {}: {reply}",
-                built.campaign.slug,
-                args.to,
-                dir.display()
-            ),
-            Transport::Smtp { .. } => println!(
-                "sent a test copy of {} to {} via {}: {reply}",
-                built.campaign.slug,
-                args.to,
-                settings.transport.describe()
-            ),
+        for to in &args.to {
+            let message = test_copy(config, &settings, &built, to, person.as_ref())?;
+            let bytes = compose::wire_bytes(&message, settings.dkim.as_deref())?;
+            let name = format!("test-{}", crate::store::now());
+            let reply = sender
+                .send(message.envelope(), &bytes, &name, 1)
+                .await
+                .map_err(|e| anyhow!("test copy to {to}: {e}"))?;
+            let filled = match &args.as_subscriber {
+                Some(addr) => format!(" (filled as {addr})"),
+                None => String::new(),
+            };
+            match &settings.transport {
+                Transport::Outbox(dir) => println!(
+                    "test copy of {}{filled} to {to} written to the outbox {}: {reply}",
+                    built.campaign.slug,
+                    dir.display()
+                ),
+                Transport::Smtp { .. } => println!(
+                    "sent a test copy of {}{filled} to {to} via {}: {reply}",
+                    built.campaign.slug,
+                    settings.transport.describe()
+                ),
+            }
         }
+        sender.close().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The subscriber `test --as ADDR` fills the copy with; not stored (or
+/// erased) is an error naming the flag and the database.
+async fn test_person(
+    config: &Config,
+    store: &Store,
+    addr: &str,
+) -> Result<crate::store::Subscriber> {
+    let found = store
+        .subscriber(addr)
+        .await
+        .map_err(|e| anyhow!("--as {addr}: {e}"))?;
+    found
+        .filter(|s| s.email.is_some())
+        .ok_or_else(|| {
+            anyhow!(
+                "--as {addr}: no subscriber with that address in {}; give a subscriber's address or leave out --as",
+                config.db.display()
+            )
+        })
+}
+
+/// One test copy to `to`, filled with `person`'s data or the sample. Its
+/// links are signed for nobody (subscriber 0), so clicking them in a test
+/// copy changes no one's subscription, even with `--as`.
+fn test_copy(
+    config: &Config,
+    settings: &Settings,
+    built: &super::build::Built,
+    to: &str,
+    person: Option<&crate::store::Subscriber>,
+) -> Result<lettre::Message> {
+    let urls = &settings.urls;
+    let domain = &settings.bounce_domain;
+    let unsubscribe = urls.unsubscribe(&settings.signer, 0, 0);
+    let preferences = urls.preferences(&settings.signer, 0);
+    let archive = urls.archive(&built.campaign.slug);
+    let body = built.compiled.personalise(&Recipient {
+        email: person.and_then(|p| p.email.as_deref()).unwrap_or(to),
+        name: person.map_or(SAMPLE_NAME, |p| p.name.as_str()),
+        attributes: person.map(|p| &p.attributes),
+        unsubscribe_url: &unsubscribe,
+        preferences_url: &preferences,
+        archive_url: &archive,
+    });
+    let token = settings.signer.sign(Purpose::Bounce, 0, 0);
+    let message_id = format!(
+        "test.{}.{}@{domain}",
+        built.campaign.slug,
+        crate::store::now()
+    );
+    let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
+    let from = built
+        .campaign
+        .from
+        .clone()
+        .unwrap_or_else(|| config.sender.from.clone());
+    let return_path = crate::links::verp_address(&token, domain);
+    let headers = compose::Headers {
+        from: &from,
+        reply_to: config.sender.reply_to.as_deref(),
+        to_email: to,
+        to_name: "",
+        date: SystemTime::now(),
+        message_id: &message_id,
+        list_id: Some(&list_id),
+        unsubscribe_url: Some(&unsubscribe),
+        unsubscribe_mailto: None,
+        return_path: Some(&return_path),
+        test: true,
+        feedback_id: None,
+    };
+    Ok(compose::message(&headers, &body)?)
 }

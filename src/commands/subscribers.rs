@@ -24,25 +24,12 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
         let db = super::db_error(config);
         let now = store::now();
         match command {
-            SubscribersCommand::Add { email, name, list } => {
-                let name = name
-                    .as_deref()
-                    .map(|n| crate::text::clean(n, crate::text::Field::Name))
-                    .transpose()
-                    .context("--name")?;
-                let added = store
-                    .add_subscriber(email, name.as_deref(), list, "cli", now)
-                    .await
-                    .map_err(db)?;
-                match added {
-                    Added::Subscribed { status, .. } => {
-                        println!("subscribed {} to {list} ({status})", canonical(email))
-                    }
-                    Added::Already { status } => {
-                        println!("{} is already on {list} ({status})", canonical(email))
-                    }
-                }
-            }
+            SubscribersCommand::Add {
+                email,
+                name,
+                list,
+                confirmed,
+            } => return add(&store, config, email, name.as_deref(), list, *confirmed).await,
             SubscribersCommand::Remove { email, list } => {
                 let removed = store
                     .remove_subscriber(email, list.as_deref(), "cli", now)
@@ -104,6 +91,147 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `subscribers add`: on a double opt-in list the confirmation email goes
+/// out (set up before anything is written, so a missing SMTP server writes
+/// nothing), unless `--confirmed` says the consent is on record.
+async fn add(
+    store: &Store,
+    config: &Config,
+    email: &str,
+    name: Option<&str>,
+    slug: &str,
+    confirmed: bool,
+) -> Result<ExitCode> {
+    let name = name
+        .map(|n| crate::text::clean(n, crate::text::Field::Name))
+        .transpose()
+        .context("--name")?;
+    let db = super::db_error(config);
+    let list = store.require_list(slug).await.map_err(&db)?;
+    let mail = match list.double_opt_in && !confirmed {
+        true => Some(ConfirmationMail::new(config, store).await?),
+        false => None,
+    };
+    let added = store
+        .subscribe(email, name.as_deref(), slug, confirmed, "cli", store::now())
+        .await
+        .map_err(&db)?;
+    let who = canonical(email);
+    let pending = match added {
+        Added::Subscribed { status, .. } if status == "pending" => {
+            format!("subscribed {who} to {slug} (pending)")
+        }
+        Added::Already { status } if status == "pending" => {
+            format!("{who} is already on {slug} (pending)")
+        }
+        Added::Subscribed { status, .. } if confirmed && list.double_opt_in => {
+            println!(
+                "subscribed {who} to {slug} ({status}): consent on record (--confirmed), no confirmation email sent"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Added::Subscribed { status, .. } => {
+            println!("subscribed {who} to {slug} ({status})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Added::Already { status } => {
+            println!("{who} is already on {slug} ({status})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Added::Confirmed => {
+            println!(
+                "confirmed {who} on {slug}: consent on record (--confirmed), no confirmation email sent"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let mail = mail.expect("set up for a double opt-in list");
+    mail.send(store, config, &who, &list, &pending).await
+}
+
+/// What sending a confirmation email from the command line needs: the same
+/// pages, links and mailer as `bulletin serve`.
+struct ConfirmationMail {
+    pages: crate::web::Pages,
+    urls: crate::links::Urls,
+    signer: crate::links::Signer,
+    mailer: crate::dispatch::Mailer,
+    via: String,
+}
+
+impl ConfirmationMail {
+    async fn new(config: &Config, store: &Store) -> Result<ConfirmationMail> {
+        config.secrets.check()?;
+        let templates = crate::assets::Templates::load(&config.templates)?;
+        let pages = crate::web::Pages::new(&templates, &config.organisation)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let transport = super::setup::transport(config)
+            .context("the list asks new subscribers to confirm by email (or add --confirmed when you have their consent on record)")?;
+        let signer = super::setup::signer(config, store, &transport).await?;
+        let via = match &transport {
+            crate::dispatch::transport::Transport::Outbox(dir) => {
+                format!("written to the outbox {}", dir.display())
+            }
+            smtp => format!("sent via {}", smtp.describe()),
+        };
+        let mailer = crate::dispatch::Mailer::new(transport, &config.bounce_domain())
+            .with_dkim(super::setup::dkim(config)?);
+        Ok(ConfirmationMail {
+            pages,
+            urls: crate::links::Urls::new(&config.base_url),
+            signer,
+            mailer,
+            via,
+        })
+    }
+
+    /// Counts and sends the email for `list`; `done` says what was stored.
+    async fn send(
+        &self,
+        store: &Store,
+        config: &Config,
+        who: &str,
+        list: &store::List,
+        done: &str,
+    ) -> Result<ExitCode> {
+        let db = super::db_error(config);
+        let person = store
+            .subscriber(who)
+            .await
+            .map_err(&db)?
+            .ok_or_else(|| store::Error::NoSubscriber(who.to_string()))?;
+        if !store
+            .count_confirmation(person.id, "cli", store::now())
+            .await
+            .map_err(&db)?
+        {
+            println!(
+                "{done}; no confirmation email sent: the address had {} in the last 24 hours",
+                store::people::CONFIRMATIONS_PER_WINDOW
+            );
+            return Ok(ExitCode::from(1));
+        }
+        let confirmations = crate::web::Confirmations {
+            pages: &self.pages,
+            urls: &self.urls,
+            signer: &self.signer,
+            mailer: &self.mailer,
+            from: &config.sender.from,
+        };
+        confirmations
+            .send(person.id, who, &person.name, &[list])
+            .await
+            .with_context(|| {
+                format!("{done}, but the confirmation email to {who} was not sent (run the same command again to retry)")
+            })?;
+        println!(
+            "{done}: confirmation email {}; they are on the list once they open its link",
+            self.via
+        );
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn time(t: i64) -> String {

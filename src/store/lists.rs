@@ -1,4 +1,6 @@
-//! The `lists` table and the per-list counts.
+//! The `lists` table and the per-list counts: creating, renaming, editing
+//! and removing lists (a removed list keeps its row, recorded in
+//! `removed_lists`, so no history is lost).
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row, SqliteConnection};
@@ -71,12 +73,13 @@ pub(super) fn check_slug(slug: &str) -> Result<()> {
 }
 
 pub(super) async fn find(conn: &mut SqliteConnection, slug: &str) -> Result<Option<List>> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {LIST_COLUMNS} FROM lists WHERE slug = ?"))
-            .bind(slug)
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_as(&format!(
+        "SELECT {LIST_COLUMNS} FROM lists WHERE slug = ? \
+             AND id NOT IN (SELECT list_id FROM removed_lists)"
+    ))
+    .bind(slug)
+    .fetch_optional(conn)
+    .await?)
 }
 
 pub(super) async fn insert(
@@ -104,7 +107,123 @@ pub(super) async fn insert(
     list.ok_or_else(|| Error::ListExists(slug.to_string()))
 }
 
+/// What `lists edit` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub double_opt_in: Option<bool>,
+    pub public: Option<bool>,
+}
+
+impl ListChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == ListChanges::default()
+    }
+}
+
+/// What `remove_list` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedList {
+    pub list: List,
+    /// Confirmed and pending subscriptions the list had (kept as they were).
+    pub members: i64,
+}
+
+/// Confirmed or pending subscriptions: who a list would mail or ask.
+async fn members(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM subscriptions WHERE list_id = ? AND status IN ('confirmed', 'pending')",
+    )
+    .bind(list_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Campaigns to the list that the dispatcher may still send.
+async fn campaigns_to_come(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM campaigns WHERE list_id = ? AND status IN ('scheduled', 'sending', 'held')",
+    )
+    .bind(list_id)
+    .fetch_one(conn)
+    .await?)
+}
+
 impl Store {
+    /// Gives the list `slug` the slug `new_slug`; its subscriptions,
+    /// campaigns and history stay with it (they hold its id).
+    pub async fn rename_list(&self, slug: &str, new_slug: &str) -> Result<List> {
+        check_slug(new_slug)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let list = find(&mut tx, slug)
+            .await?
+            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        if slug != new_slug && find(&mut tx, new_slug).await?.is_some() {
+            return Err(Error::ListExists(new_slug.to_string()));
+        }
+        let renamed = sqlx::query_as(&format!(
+            "UPDATE lists SET slug = ? WHERE id = ? RETURNING {LIST_COLUMNS}"
+        ))
+        .bind(new_slug)
+        .bind(list.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(renamed)
+    }
+
+    /// Changes the list's name, description and flags; fields left `None`
+    /// stay. Subscriptions already pending or confirmed are not changed by
+    /// switching double opt-in: it applies to those who join from now on.
+    pub async fn edit_list(&self, slug: &str, changes: &ListChanges) -> Result<List> {
+        sqlx::query_as(&format!(
+            "UPDATE lists SET name = coalesce(?, name), description = coalesce(?, description), \
+             double_opt_in = coalesce(?, double_opt_in), public = coalesce(?, public) \
+             WHERE slug = ? AND id NOT IN (SELECT list_id FROM removed_lists) RETURNING {LIST_COLUMNS}"
+        ))
+        .bind(&changes.name)
+        .bind(&changes.description)
+        .bind(changes.double_opt_in)
+        .bind(changes.public)
+        .bind(slug)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| Error::NoList(slug.to_string()))
+    }
+
+    /// Removes the list `slug`: refused while anyone is confirmed or
+    /// pending on it (unless `force`) and while a campaign to it may still
+    /// be sent. Nothing is deleted: the row stays, recorded in
+    /// `removed_lists`, with its slug freed (`~removed-ID`), not public, so no page shows it, no
+    /// command finds it and no campaign goes to it; people, subscriptions,
+    /// deliveries and events stay as they were.
+    pub async fn remove_list(&self, slug: &str, force: bool, now: i64) -> Result<RemovedList> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let list = find(&mut tx, slug)
+            .await?
+            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        let members = members(&mut tx, list.id).await?;
+        if members > 0 && !force {
+            return Err(Error::ListNotEmpty(slug.to_string(), members));
+        }
+        let campaigns = campaigns_to_come(&mut tx, list.id).await?;
+        if campaigns > 0 {
+            return Err(Error::ListInUse(slug.to_string(), campaigns));
+        }
+        sqlx::query("INSERT INTO removed_lists (list_id, removed_at) VALUES (?, ?)")
+            .bind(list.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE lists SET public = 0, slug = slug || '~removed-' || id WHERE id = ?")
+            .bind(list.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RemovedList { list, members })
+    }
+
     /// Creates a list; an existing slug is an error.
     pub async fn create_list(
         &self,
@@ -151,7 +270,8 @@ impl Store {
                (SELECT count(*) FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
                  WHERE sub.list_id = l.id AND ",
             mailable!(),
-            ") AS audience FROM lists l ORDER BY l.slug"
+            ") AS audience FROM lists l WHERE l.id NOT IN (SELECT list_id FROM removed_lists) \
+             ORDER BY l.slug"
         ))
         .fetch_all(self.pool())
         .await?)
@@ -172,6 +292,74 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_removed_list_is_found_nowhere_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store
+            .create_list("news", "News", "", false, true, 1)
+            .await
+            .unwrap();
+        store
+            .add_subscriber("ann@example.org", None, "news", "cli", 1)
+            .await
+            .unwrap();
+        let ann = store.subscriber("ann@example.org").await.unwrap().unwrap();
+        let err = store.remove_list("news", false, 2).await.unwrap_err();
+        assert!(matches!(err, Error::ListNotEmpty(_, 1)), "{err}");
+        let removed = store.remove_list("news", true, 2).await.unwrap();
+        assert_eq!((removed.list.id, removed.members), (list.id, 1));
+        assert!(store.list("news").await.unwrap().is_none());
+        assert!(store.lists().await.unwrap().is_empty());
+        let pool = store.pool();
+        assert!(
+            super::super::people::public_lists(pool)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            super::super::people::lists_of(pool, ann.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Unsubscribe links in mail already sent still find it.
+        assert!(
+            super::super::people::list_for(pool, ann.id, list.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let kept: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM subscriptions WHERE list_id = ?1), \
+                    (SELECT count(*) FROM events WHERE list_id = ?1)",
+        )
+        .bind(list.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, (1, 1), "subscription and history kept");
+        // The slug is free again; a removed list cannot be renamed or edited.
+        store
+            .create_list("news", "News", "", false, false, 3)
+            .await
+            .unwrap();
+        let changes = ListChanges {
+            name: Some("X".into()),
+            ..ListChanges::default()
+        };
+        let slug = format!("news~removed-{}", list.id);
+        assert!(matches!(
+            store.edit_list(&slug, &changes).await,
+            Err(Error::NoList(_))
+        ));
+        assert!(matches!(
+            store.rename_list(&slug, "old").await,
+            Err(Error::NoList(_))
+        ));
+    }
 
     #[test]
     fn slugs() {

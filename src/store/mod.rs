@@ -56,7 +56,7 @@ pub use export::{ExportRow, ListMembership, Selection};
 pub use import::{
     Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
 };
-pub use lists::{List, ListCounts};
+pub use lists::{List, ListChanges, ListCounts, RemovedList};
 pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
@@ -106,6 +106,14 @@ pub enum Error {
     NoList(String),
     #[error("list {0:?} already exists")]
     ListExists(String),
+    #[error(
+        "list {0:?} has {1} confirmed or pending subscriber(s); not removed (add --force to remove it anyway: people and their history are kept)"
+    )]
+    ListNotEmpty(String, i64),
+    #[error(
+        "list {0:?} has {1} campaign(s) scheduled, sending or held; not removed (let them finish or cancel them first)"
+    )]
+    ListInUse(String, i64),
     #[error("invalid list slug {0:?}: use lower-case letters, digits, '-' and '_'")]
     BadSlug(String),
     #[error("no subscriber {0}")]

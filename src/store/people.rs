@@ -26,7 +26,7 @@ pub async fn list_for(pool: &SqlitePool, subscriber: i64, list: i64) -> Result<O
 
 pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<List>> {
     let rows = sqlx::query(&format!(
-        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 ORDER BY l.name"
+        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .fetch_all(pool)
     .await?;
@@ -41,7 +41,7 @@ pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, S
     let rows = sqlx::query(&format!(
         "SELECT {LIST_COLUMNS}, sub.status AS sub_status
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
-         WHERE sub.subscriber_id = ? ORDER BY l.name"
+         WHERE sub.subscriber_id = ? AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .bind(subscriber)
     .fetch_all(pool)
@@ -446,7 +446,7 @@ pub async fn sign_up(
         outcomes.push(outcome);
     }
     let send_confirmation =
-        outcomes.contains(&SignUp::Pending) && count_confirmation(&mut tx, id, now).await?;
+        outcomes.contains(&SignUp::Pending) && count_confirmation(&mut tx, id, "web", now).await?;
     tx.commit().await?;
     Ok(Some(SignedUp {
         subscriber: id,
@@ -460,6 +460,7 @@ pub async fn sign_up(
 async fn count_confirmation(
     conn: &mut SqliteConnection,
     subscriber: i64,
+    source: &str,
     now: i64,
 ) -> Result<bool> {
     let recent: i64 = sqlx::query_scalar(
@@ -478,12 +479,30 @@ async fn count_confirmation(
         subscriber,
         None,
         "confirmation sent",
-        "web",
+        source,
         None,
         now,
     )
     .await?;
     Ok(true)
+}
+
+impl super::Store {
+    /// Counts a confirmation email to `subscriber` sent by `source` (the
+    /// CLI's `subscribers add`) against the same daily limit as the sign-up
+    /// form; false when the address had [`CONFIRMATIONS_PER_WINDOW`] already
+    /// and nothing may be sent.
+    pub async fn count_confirmation(
+        &self,
+        subscriber: i64,
+        source: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let may_send = count_confirmation(&mut tx, subscriber, source, now).await?;
+        tx.commit().await?;
+        Ok(may_send)
+    }
 }
 
 /// Double opt-in confirmed: a pending subscription becomes confirmed, and a

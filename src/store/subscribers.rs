@@ -126,6 +126,8 @@ pub enum Added {
     Subscribed { status: String, new_person: bool },
     /// Already subscribed; nothing changed (but the name, when given).
     Already { status: String },
+    /// Was pending; confirmed now on the operator's word (`--confirmed`).
+    Confirmed,
 }
 
 /// What `remove_subscriber` did.
@@ -143,6 +145,10 @@ pub enum Reactivated {
     /// Was active and unsuppressed already: nothing changed.
     AlreadyActive,
 }
+
+/// The event detail of a subscription the operator confirmed without a
+/// confirmation email (`subscribers add --confirmed`).
+const CONSENT_ON_RECORD: &str = "confirmed by the operator: consent on record";
 
 const SUBSCRIBER_COLUMNS: &str = "id, email, name, attributes, status, created_at, updated_at";
 
@@ -202,6 +208,21 @@ impl Store {
         source: &str,
         now: i64,
     ) -> Result<Added> {
+        self.subscribe(email, name, slug, false, source, now).await
+    }
+
+    /// [`Store::add_subscriber`]; with `consent_on_record` a double opt-in
+    /// list subscribes the person confirmed at once (the operator holds
+    /// their consent), and a pending subscription becomes confirmed.
+    pub async fn subscribe(
+        &self,
+        email: &str,
+        name: Option<&str>,
+        slug: &str,
+        consent_on_record: bool,
+        source: &str,
+        now: i64,
+    ) -> Result<Added> {
         let email = canonical(email)?;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let list: List = lists::find(&mut tx, slug)
@@ -251,17 +272,30 @@ impl Store {
         .bind(list.id)
         .fetch_optional(&mut *tx)
         .await?;
+        let pending = list.double_opt_in && !consent_on_record;
         let added = match existing.as_deref() {
             Some("unsubscribed") => return Err(Error::Unsubscribed(email, list.slug)),
+            Some("pending") if consent_on_record => {
+                sqlx::query(
+                    "UPDATE subscriptions SET status = 'confirmed', source = ?, updated_at = ? \
+                     WHERE subscriber_id = ? AND list_id = ?",
+                )
+                .bind(source)
+                .bind(now)
+                .bind(id)
+                .bind(list.id)
+                .execute(&mut *tx)
+                .await?;
+                let detail = Some(CONSENT_ON_RECORD);
+                events::append(&mut tx, id, Some(list.id), "confirmed", source, detail, now)
+                    .await?;
+                Added::Confirmed
+            }
             Some(status) => Added::Already {
                 status: status.to_string(),
             },
             None => {
-                let status = if list.double_opt_in {
-                    "pending"
-                } else {
-                    "confirmed"
-                };
+                let status = if pending { "pending" } else { "confirmed" };
                 sqlx::query(
                     "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
                      VALUES (?, ?, ?, ?, ?, ?)",
@@ -274,7 +308,11 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let detail = list.double_opt_in.then_some("pending confirmation");
+                let detail = if pending {
+                    Some("pending confirmation")
+                } else {
+                    (list.double_opt_in).then_some(CONSENT_ON_RECORD)
+                };
                 events::append(
                     &mut tx,
                     id,

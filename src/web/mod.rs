@@ -33,6 +33,7 @@ use crate::links::{Claims, Purpose, Signer, Urls};
 use crate::store::{Store, people};
 pub use pages::Pages;
 pub use server::{Limits, RETRY_AFTER_SECS};
+pub use signup::{ConfirmationError, Confirmations};
 
 /// Largest request body accepted; forms here are small.
 pub const BODY_LIMIT: usize = 16 * 1024;

@@ -1,4 +1,5 @@
-//! Sign-up with double opt-in. The answer to a sign-up is the same whether
+//! Sign-up with double opt-in, and the confirmation email (`Confirmations`,
+//! also sent by `bulletin subscribers add`). The answer to a sign-up is the same whether
 //! or not the address is known, so the form reveals nothing about who is on
 //! a list; a honeypot field and a per-client rate limit keep bots out.
 
@@ -9,7 +10,9 @@ use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
 
-use super::{AppState, ClientIp, ConfirmLink, Error, list_for};
+use super::{AppState, ClientIp, ConfirmLink, Error, Pages, list_for};
+use crate::dispatch::Mailer;
+use crate::links::{Signer, Urls};
 use crate::store::people;
 use crate::store::{List, now};
 
@@ -146,8 +149,8 @@ async fn sign_up(state: &AppState, email: &str, name: &str, lists: &[List]) {
     }
 }
 
-/// Sends the double opt-in email, one link per list; failures are logged
-/// (without the address) and do not change the answer.
+/// Sends the double opt-in email through the page state's mailer; failures
+/// are logged (without the address) and do not change the answer.
 async fn send_confirmation(
     state: &AppState,
     subscriber: i64,
@@ -161,32 +164,67 @@ async fn send_confirmation(
         );
         return;
     };
-    let (urls, signer) = (&state.inner.urls, &state.inner.signer);
-    let links: Vec<_> = lists
-        .iter()
-        .map(|l| json!({ "name": l.name, "confirm_url": urls.confirm(signer, subscriber, l.id) }))
-        .collect();
-    let text = match state
-        .inner
-        .pages
-        .text("confirm-email", &json!({ "name": name, "lists": links }))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("confirm-email template: {e}");
-            return;
-        }
+    let confirmations = Confirmations {
+        pages: &state.inner.pages,
+        urls: &state.inner.urls,
+        signer: &state.inner.signer,
+        mailer,
+        from: &state.inner.from,
     };
-    let names: Vec<&str> = lists.iter().map(|l| l.name.as_str()).collect();
-    let subject = format!("Please confirm: {}", names.join(", "));
-    if let Err(e) = mailer
-        .send_text(&state.inner.from, email, &subject, &text)
-        .await
-    {
+    if let Err(e) = confirmations.send(subscriber, email, name, lists).await {
         tracing::warn!(
             "confirmation for subscriber {subscriber} not sent: {}",
             super::without_addresses(&e.to_string())
         );
+    }
+}
+
+/// The double opt-in email, one confirmation link per list: the one recipe
+/// for the sign-up form and `bulletin subscribers add`. Callers count it
+/// first (`people::sign_up`, `Store::count_confirmation`).
+pub struct Confirmations<'a> {
+    pub pages: &'a Pages,
+    pub urls: &'a Urls,
+    pub signer: &'a Signer,
+    pub mailer: &'a Mailer,
+    pub from: &'a str,
+}
+
+/// Why a confirmation email was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmationError {
+    #[error("confirm-email template: {0}")]
+    Template(String),
+    #[error("{0}")]
+    Send(#[from] crate::dispatch::Error),
+}
+
+impl Confirmations<'_> {
+    /// Sends it; returns the server's reply.
+    pub async fn send(
+        &self,
+        subscriber: i64,
+        email: &str,
+        name: &str,
+        lists: &[&List],
+    ) -> Result<String, ConfirmationError> {
+        let links: Vec<_> = lists
+            .iter()
+            .map(|l| {
+                let url = self.urls.confirm(self.signer, subscriber, l.id);
+                json!({ "name": l.name, "confirm_url": url })
+            })
+            .collect();
+        let text = self
+            .pages
+            .text("confirm-email", &json!({ "name": name, "lists": links }))
+            .map_err(ConfirmationError::Template)?;
+        let names: Vec<&str> = lists.iter().map(|l| l.name.as_str()).collect();
+        let subject = format!("Please confirm: {}", names.join(", "));
+        Ok(self
+            .mailer
+            .send_text(self.from, email, &subject, &text)
+            .await?)
     }
 }
 
