@@ -324,6 +324,26 @@ async fn twenty_alike_refusals_in_a_row_stop_the_run_and_keep_everyone_queued() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_rejects_our_sender_at_rcpt_bounces_nobody() {
+    // Postfix with delayed reject says it at RCPT, with a 5.1.x code.
+    let sender = "550 5.1.0 <bounces@alliance.example>: Sender address rejected: User unknown";
+    let server = Scripted::start(Script::new().rcpt("", sender));
+    let env = env(server.port(), 5, "");
+    env.subscribers(30, &[]).await;
+    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("20 recipients in a row refused") && stderr.contains("Sender address"),
+        "{stderr}"
+    );
+    assert_all(&deliveries(&env).await, 30, "queued", 0);
+    assert_nobody_bounced(&people(&env).await);
+    assert_eq!(campaign_status(&env).await, "sending");
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_a_run_against_a_hung_server_within_seconds() {
     let server = Scripted::start(Script::new().dot(Dot::Never));
     // No timeout would end this run soon: only the signal can.

@@ -673,8 +673,16 @@ fn count(summary: &mut Summary, outcomes: &[(i64, i64, Outcome)]) {
 /// Asks the ledger for the next recipient, once the rate allows another
 /// message: pacing comes before the claim, so the eligibility check in the
 /// claim is at most one composition away from the SMTP transaction.
-async fn claim(shared: &Shared, tx: &mpsc::Sender<Request>) -> Option<Job> {
-    shared.pacer.wait().await;
+async fn claim(
+    shared: &Shared,
+    tx: &mpsc::Sender<Request>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Job> {
+    // A slow `rate` must not hold up a stop: the wait ends with the signal.
+    tokio::select! {
+        () = shared.pacer.wait() => {}
+        _ = stop.wait_for(|s| *s) => return None,
+    }
     let (reply, rx) = oneshot::channel();
     tx.send(Request::Claim(reply)).await.ok()?;
     rx.await.ok().flatten()
@@ -698,7 +706,7 @@ async fn worker(
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
             break;
         }
-        let Some(job) = claim(&shared, &tx).await else {
+        let Some(job) = claim(&shared, &tx, stop.clone()).await else {
             break;
         };
         // Hands the job back unsent: it is queued again.

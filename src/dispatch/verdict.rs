@@ -110,7 +110,31 @@ pub fn reason(stage: &str, code: u16, text: &str) -> &'static str {
     rule_for(stage, code, text).map_or("not an error reply", |r| r.5)
 }
 
+/// A 5xx at RCPT whose text blames our sender address or the relay
+/// ("Sender address rejected", "Sender verify failed", "relay not
+/// permitted"): said at RCPT, often with a 5.1.x code or a bare 550, yet not
+/// about the recipient. Checked before the table, so such a refusal of every
+/// recipient stops the run instead of bouncing the whole list.
+static BLAMES_SENDER_OR_RELAY: Rule = Rule(
+    At::Rcpt,
+    500,
+    599,
+    "",
+    Verdict::Refused,
+    "the reply blames the sender or the relay",
+);
+
+fn blames_sender_or_relay(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["sender", "relay", "return path", "reverse path"]
+        .iter()
+        .any(|word| text.contains(word))
+}
+
 fn rule_for(stage: &str, code: u16, text: &str) -> Option<&'static Rule> {
+    if stage == RCPT && (500..=599).contains(&code) && blames_sender_or_relay(text) {
+        return Some(&BLAMES_SENDER_OR_RELAY);
+    }
     let enhanced = enhanced_code(text).unwrap_or("");
     RULES.iter().find(|Rule(at, low, high, prefix, _, _)| {
         at.matches(stage)
@@ -149,6 +173,15 @@ mod tests {
             (RCPT, 550, "5.2.1 mailbox disabled", Bounce),
             (RCPT, 550, "5.4.4 unrouteable address", Bounce),
             // Not the recipient.
+            (
+                RCPT,
+                550,
+                "5.1.0 <bounces+x@org.example>: Sender address rejected: User unknown",
+                Refused,
+            ),
+            (RCPT, 550, "Sender verify failed", Refused),
+            (RCPT, 550, "relay not permitted", Refused),
+            (RCPT, 551, "5.1.1 we do not relay for you", Refused),
             (RCPT, 550, "5.7.1 relaying denied", Refused),
             (RCPT, 554, "5.7.1 access denied", Refused),
             (RCPT, 500, "5.5.2 syntax error", Refused),
