@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bulletin::store::Store;
 
 use crate::dispatch::Env;
-use crate::support::scripted::{Dot, SILENT, Script, Scripted};
+use crate::support::scripted::{CLOSE, Dot, SILENT, Script, Scripted};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 
 /// An `Env` sending to `server`, with `[smtp] timeout_secs` set.
@@ -229,6 +229,15 @@ async fn a_server_silent_at_mail_stops_the_run_without_charging_anyone() {
     let env = env(server.port(), 3, "");
     env.subscribers(5, &[]).await;
     assert_stops_and_resumes(env, 5, "the server stopped answering").await;
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_at_mail_stops_the_run_without_charging_anyone() {
+    let server = Scripted::start(Script::new().mail(CLOSE));
+    let env = env(server.port(), 3, "");
+    env.subscribers(5, &[]).await;
+    assert_stops_and_resumes(env, 5, "closed a new connection").await;
     assert!(server.received().is_empty());
 }
 

@@ -254,7 +254,8 @@ impl Sender {
                 {
                     quit(c, *timeout).await;
                 }
-                if conn.is_none() {
+                let fresh = conn.is_none();
+                if fresh {
                     *conn = Some(Box::new(connect(url, *timeout, hello).await?));
                     *sent_on_conn = 0;
                 }
@@ -301,7 +302,18 @@ impl Sender {
                     // drop the connection without waiting for anything.
                     Err(_) => *conn = None,
                 }
-                result
+                match result {
+                    // A connection that breaks before the first message on
+                    // it went out is the server's trouble, not the
+                    // recipient's: stop the run without charging anyone.
+                    Err(Error::Dropped(e)) if fresh && *phase != Phase::Message => {
+                        Err(Error::Fatal(format!(
+                            "{}:{}: the server closed a new connection before the first message was sent ({e})",
+                            url.host, url.port
+                        )))
+                    }
+                    other => other,
+                }
             }
         }
     }

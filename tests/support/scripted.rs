@@ -35,6 +35,9 @@ pub enum Dot {
 /// A reply that never comes: the server hangs at that phase.
 pub const SILENT: &str = "";
 
+/// No reply: the server closes the connection at that phase.
+pub const CLOSE: &str = "<close>";
+
 /// The answers per phase. Defaults accept everything; [`SILENT`] at any
 /// phase hangs there.
 #[derive(Clone, Debug)]
@@ -272,6 +275,10 @@ impl Session {
 async fn send(w: &mut tokio::net::tcp::OwnedWriteHalf, reply: &str) -> std::io::Result<()> {
     if reply == SILENT {
         std::future::pending::<()>().await;
+    }
+    if reply == CLOSE {
+        w.shutdown().await?;
+        return Err(std::io::ErrorKind::ConnectionAborted.into());
     }
     w.write_all(format!("{reply}\r\n").as_bytes()).await?;
     w.flush().await
