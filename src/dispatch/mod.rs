@@ -763,14 +763,13 @@ async fn worker(
         let (bytes, message) = match composed {
             Ok(composed) => composed,
             Err(e) => {
-                let o = Outcome::Failed {
-                    reply: e.to_string(),
-                    hard_bounce: false,
-                };
-                shared.progress.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx
-                    .send(Request::Done(job.delivery_id, job.subscriber_id, o))
-                    .await;
+                // Not the recipient's fault; the same failure for every
+                // recipient (a DKIM key, a From that does not parse) stops
+                // the run through the refusal streak instead of failing all.
+                if let Err(e) = refused(&shared, &tx, &job, Error::Compose(e)).await {
+                    sender.close().await;
+                    return Err(e);
+                }
                 continue;
             }
         };
