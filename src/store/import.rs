@@ -904,13 +904,19 @@ async fn record_left(
     if left.is_empty() {
         return Ok(());
     }
+    // One reading of each standing: the event, the person's new status and
+    // the suppression reason (for the store's one suppression writer).
+    let mut suppressed: Vec<(&str, &str)> = Vec::new();
     let rows = json_array(left.iter().map(|(id, hash, standing, _)| {
         let (kind, person, suppression) = match standing {
             Standing::Bounced => ("bounced", Some("bounced"), Some("bounced")),
             Standing::Suppressed => ("suppressed", Some("unsubscribed"), Some("manual")),
             _ => ("unsubscribed", None, None),
         };
-        serde_json::json!([id, null, kind, person, suppression, hash])
+        if let Some(reason) = suppression {
+            suppressed.push((hash, reason));
+        }
+        serde_json::json!([id, null, kind, person])
     }));
     sqlx::query(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
@@ -933,14 +939,6 @@ async fn record_left(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let suppressed: Vec<(&str, &str)> = left
-        .iter()
-        .filter_map(|(_, hash, standing, _)| match standing {
-            Standing::Bounced => Some((*hash, "bounced")),
-            Standing::Suppressed => Some((*hash, "manual")),
-            _ => None,
-        })
-        .collect();
     super::suppress_hashes(conn, &suppressed, now).await?;
     sqlx::query(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
