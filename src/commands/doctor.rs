@@ -17,12 +17,10 @@ use crate::campaign;
 use crate::cli::{DoctorArgs, Global};
 use crate::compose;
 use crate::config::Config;
+use crate::config::MIN_SECRET_BYTES;
 use crate::dispatch::transport::{self, SmtpUrl, Transport};
 use crate::links::{Purpose, Signer, Urls};
 use crate::render::{self, Recipient, Renderer};
-
-/// The shortest link-signing secret doctor accepts, in bytes.
-const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
