@@ -249,3 +249,21 @@ CREATE TABLE IF NOT EXISTS removed_lists (
     list_id    INTEGER PRIMARY KEY REFERENCES lists(id),
     removed_at INTEGER NOT NULL
 );
+
+-- step 7: soft-bounce scores
+
+-- One row per person with a soft-bounce score (`store::bounces`): the score
+-- as it was at `computed_at` (unix seconds). It halves every `half_life`
+-- seconds after that (`soft_window_days` when it was last raised, kept here
+-- so the dispatcher can lower it without the bounce settings), computed
+-- when it is read or changed (`bounce::score`), so nothing rewrites it as
+-- time passes. Each soft bounce from a campaign not yet counted adds 1; a
+-- successful delivery halves it; `subscribers reactivate` deletes the row.
+-- Every change is also an event (`soft_bounce`, `bounce_score_lowered`)
+-- whose detail starts with the new score, for `subscribers show`.
+CREATE TABLE IF NOT EXISTS bounce_scores (
+    subscriber_id INTEGER PRIMARY KEY REFERENCES subscribers(id) ON DELETE CASCADE,
+    score         REAL    NOT NULL,
+    computed_at   INTEGER NOT NULL,
+    half_life     INTEGER NOT NULL CHECK (half_life > 0)
+);

@@ -233,9 +233,10 @@ impl Default for Dispatch {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Bounces {
-    /// Soft bounces from different campaigns that make a subscriber bounced.
+    /// The soft-bounce score that makes a subscriber bounced: each soft
+    /// bounce from another campaign adds 1 (`bounce::score`).
     pub soft_limit: i64,
-    /// Window in days in which those soft bounces must fall.
+    /// Days in which the soft-bounce score halves.
     pub soft_window_days: i64,
     /// `[bounces.imap]`: the mailbox `bulletin bounces imap` reads.
     pub imap: Option<Imap>,
@@ -597,6 +598,13 @@ impl Config {
                 })
                 .unwrap_or_default(),
         };
+        if let Some(at) = env("BULLETIN_NOW")
+            && at.trim().parse::<i64>().is_err()
+        {
+            return Err(Error::Invalid(format!(
+                "BULLETIN_NOW: {at:?} is not a time in unix seconds (it replaces the clock, for tests)"
+            )));
+        }
         if env("BULLETIN_TRACKING").is_some() {
             return Err(Error::Invalid(format!(
                 "BULLETIN_TRACKING: {TRACKING_REMOVED}"
@@ -803,6 +811,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("BULLETIN_TRACKING"), "{err}");
+    }
+
+    #[test]
+    fn a_clock_that_is_not_a_number_is_refused() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let err = load(&flags, &[("BULLETIN_NOW", "tomorrow")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("BULLETIN_NOW: \"tomorrow\""), "{err}");
+        assert!(load(&flags, &[("BULLETIN_NOW", "1800000000")]).is_ok());
     }
 
     #[test]

@@ -39,6 +39,16 @@ impl Env {
     }
 
     async fn run(&self, args: &[&str], stdin: Option<Vec<u8>>) -> std::process::Output {
+        self.run_at(args, stdin, None).await
+    }
+
+    /// Runs with the clock set to `now` (unix seconds, `BULLETIN_NOW`).
+    async fn run_at(
+        &self,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        now: Option<i64>,
+    ) -> std::process::Output {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
         for (k, _) in std::env::vars() {
             if k.starts_with("BULLETIN_") {
@@ -53,6 +63,9 @@ impl Env {
             .env("BULLETIN_SMTP_URL", &self.smtp)
             .args(["--config", "bulletin.toml"])
             .args(args);
+        if let Some(now) = now {
+            cmd.env("BULLETIN_NOW", now.to_string());
+        }
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             cmd.stdin(std::process::Stdio::piped())
@@ -71,7 +84,11 @@ impl Env {
     }
 
     async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, None).await;
+        self.ok_at(args, None).await
+    }
+
+    async fn ok_at(&self, args: &[&str], now: Option<i64>) -> String {
+        let out = self.run_at(args, None, now).await;
         assert!(
             out.status.success(),
             "{args:?}: {}{}",
@@ -294,7 +311,7 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     let list = env.ok(&["bounces", "list"]).await;
     assert!(list.contains("hard: 5.1.1"), "{list}");
     assert!(list.contains("complained"), "{list}");
-    assert!(list.contains("3 soft bounces within 30 days"), "{list}");
+    assert!(list.contains("soft-bounce score 3.0 reached 3"), "{list}");
     let status = env.ok(&["status", "news-1", "--format", "json"]).await;
     let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
     assert!(status["bounces"].as_i64().unwrap() >= 1, "{status}");
@@ -510,4 +527,178 @@ async fn only_signed_or_quoted_mail_changes_anyone() {
     // The main list shows only what was acted on.
     let acted = env.ok(&["bounces", "list"]).await;
     assert_eq!(acted.matches("hard:").count(), 2, "{acted}");
+}
+
+/// The "bounce score X of Y" line of `subscribers show`.
+async fn score_of(env: &Env, email: &str, now: i64) -> String {
+    let show = env.ok_at(&["subscribers", "show", email], Some(now)).await;
+    show.lines()
+        .find(|l| l.starts_with("bounce score "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Ingests the soft bounce (552 mailbox full) of `m` at `now`; the output line.
+async fn soft_bounce_at(env: &Env, m: &Received, diagnostic: &str, now: i64) -> String {
+    let out = env
+        .run_at(
+            &["bounces", "ingest"],
+            Some(dsn(m, "5.2.2", &format!("552 5.2.2 {diagnostic}"))),
+            Some(now),
+        )
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// See: issue 13 item 3, the soft-bounce score (adds 1 per campaign, halves
+// every soft_window_days, halved by a delivery, bounced at soft_limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_bounce_score_decays_and_bounces_at_the_limit() {
+    const HOUR: i64 = 3_600;
+    const DAY: i64 = 86_400;
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port());
+    crate::util::write(
+        env.dir.path(),
+        "campaigns/news-4.md",
+        "+++\nsubject = \"News 4\"\npreheader = \"p\"\nlist = \"news\"\n+++\nHello.\n",
+    );
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    let people = [
+        "often@example.net",
+        "seldom@example.net",
+        "retried@example.net",
+        "recovers@example.net",
+    ];
+    for p in people {
+        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
+    }
+    for n in 1..=3 {
+        env.ok(&["send", &format!("campaigns/news-{n}.md"), "--yes"])
+            .await;
+    }
+    let sent = sink.messages();
+    assert_eq!(sent.len(), 12);
+    let of = |campaign: usize, to: &str| -> Received {
+        received_for(&sent[(campaign - 1) * 4..campaign * 4], to).clone()
+    };
+    // Returned mail arrives from a day after the sends on.
+    let t0 = bulletin::store::now() + DAY;
+
+    // Three campaigns bounce within two hours: 3.0 of 3, bounced.
+    let to = "often@example.net";
+    let out = soft_bounce_at(&env, &of(1, to), "mailbox full", t0).await;
+    assert!(out.contains("soft bounce: recorded"), "{out}");
+    soft_bounce_at(&env, &of(2, to), "mailbox full", t0 + HOUR).await;
+    assert_eq!(
+        score_of(&env, to, t0 + HOUR).await,
+        "bounce score 2.0 of 3 (halves every 30 days)"
+    );
+    let out = soft_bounce_at(&env, &of(3, to), "mailbox full", t0 + 2 * HOUR).await;
+    assert!(out.contains("is now bounced"), "{out}");
+    assert_eq!(status_of(&env, to).await, "bounced");
+    let show = env
+        .ok_at(&["subscribers", "show", to], Some(t0 + 2 * HOUR))
+        .await;
+    assert!(
+        show.contains("bounce score 3.0 of 3 (halves every 30 days)"),
+        "{show}"
+    );
+    assert!(show.contains("suppressed:  yes"), "{show}");
+    // The history: time, campaign, reason, score after.
+    let t = |at: i64| {
+        chrono::DateTime::from_timestamp(at, 0)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string()
+    };
+    for (at, campaign, score) in [
+        (t0, "news-1", "1.0"),
+        (t0 + HOUR, "news-2", "2.0"),
+        (t0 + 2 * HOUR, "news-3", "3.0"),
+    ] {
+        let line = format!(
+            "  {}  {campaign}  5.2.2 552 5.2.2 mailbox full -> {score}",
+            t(at)
+        );
+        assert!(show.contains(&line), "{line:?} in {show}");
+    }
+    assert!(!mailable(&env).await.contains(&to.to_string()));
+
+    // The same three, 31 days apart: each has more than halved before the
+    // next, so the score stays under 2 and the person stays.
+    let to = "seldom@example.net";
+    for (n, at) in [(1, t0), (2, t0 + 31 * DAY), (3, t0 + 62 * DAY)] {
+        let out = soft_bounce_at(&env, &of(n, to), "mailbox full", at).await;
+        assert!(out.contains("soft bounce: recorded"), "{out}");
+    }
+    assert_eq!(status_of(&env, to).await, "active");
+    // 1 + 2^(-31/30) * (1 + 2^(-31/30)) = 1.727...
+    assert_eq!(
+        score_of(&env, to, t0 + 62 * DAY).await,
+        "bounce score 1.7 of 3 (halves every 30 days)"
+    );
+    // And it keeps fading: 30 days later, half.
+    assert_eq!(
+        score_of(&env, to, t0 + 92 * DAY).await,
+        "bounce score 0.9 of 3 (halves every 30 days)"
+    );
+
+    // One campaign's message bouncing three times (retries) counts once.
+    let to = "retried@example.net";
+    for (i, why) in ["mailbox full", "over quota", "mailbox full, try later"]
+        .iter()
+        .enumerate()
+    {
+        let out = soft_bounce_at(&env, &of(1, to), why, t0 + i as i64 * HOUR).await;
+        assert!(out.contains("soft bounce: recorded"), "{out}");
+    }
+    let show = env
+        .ok_at(&["subscribers", "show", to], Some(t0 + 2 * HOUR))
+        .await;
+    assert!(show.contains("bounce score 1.0 of 3"), "{show}");
+    assert_eq!(show.matches("  news-1  5.2.2").count(), 1, "{show}");
+
+    // A delivery in between halves it: 2.0 -> 1.0, so a third campaign's
+    // bounce makes 2.0, not 3.0.
+    let to = "recovers@example.net";
+    soft_bounce_at(&env, &of(1, to), "mailbox full", t0).await;
+    soft_bounce_at(&env, &of(2, to), "mailbox full", t0).await;
+    assert_eq!(
+        score_of(&env, to, t0).await,
+        "bounce score 2.0 of 3 (halves every 30 days)"
+    );
+    env.ok_at(&["send", "campaigns/news-4.md", "--yes"], Some(t0 + HOUR))
+        .await;
+    assert!(sink.messages()[12..].iter().any(|m| m.rcpt_to == [to]));
+    let show = env
+        .ok_at(&["subscribers", "show", to], Some(t0 + HOUR))
+        .await;
+    assert!(show.contains("bounce score 1.0 of 3"), "{show}");
+    assert!(
+        show.contains(&format!("  {}  news-4  delivered -> 1.0", t(t0 + HOUR))),
+        "{show}"
+    );
+    let out = soft_bounce_at(&env, &of(3, to), "mailbox full", t0 + 2 * HOUR).await;
+    assert!(out.contains("soft bounce: recorded"), "{out}");
+    assert_eq!(
+        score_of(&env, to, t0 + 2 * HOUR).await,
+        "bounce score 2.0 of 3 (halves every 30 days)"
+    );
+    // Unless that delivery bounces after all: its halving is undone, 3.0.
+    let news4 = sink.messages()[12..]
+        .iter()
+        .find(|m| m.rcpt_to == [to])
+        .unwrap()
+        .clone();
+    let out = soft_bounce_at(&env, &news4, "mailbox full", t0 + 3 * HOUR).await;
+    assert!(out.contains("is now bounced"), "{out}");
+
+    // `reactivate` starts the score again from nothing.
+    env.ok(&["subscribers", "reactivate", to]).await;
+    assert_eq!(
+        score_of(&env, to, t0 + 4 * HOUR).await,
+        "bounce score 0.0 of 3 (halves every 30 days)"
+    );
 }

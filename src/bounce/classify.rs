@@ -10,11 +10,14 @@
 //!    temporary, ...) makes it soft whatever the code: a 5.x.x code alone
 //!    is not hard (`550 5.2.2 mailbox full`, `550 5.7.1 blocked by policy`).
 //!    A few [`HARD_FIRST`] phrases are checked before it.
-//! 4. A [`HARD`] phrase (user or host unknown, moved, no mail accepted)
-//!    makes it hard, except "user unknown" said only after the content was
+//! 4. A `5.7.x` status (security, policy) is soft whatever the words:
+//!    "550 5.7.1 User Unknown" is a filter speaking; where the code and the
+//!    words disagree, the safe class wins.
+//! 5. A [`HARD`] phrase (user or host unknown, moved, no mail accepted), or
+//!    "host NAME not found", makes it hard, except "user unknown" said only after the content was
 //!    sent (end of DATA), which is a content filter, and KDDI's
 //!    "550 : User unknown", which is the recipient's own sender filter.
-//! 5. Without a telling phrase, the status decides: `5.1.0`, `5.1.1` (bad
+//! 6. Without a telling phrase, the status decides: `5.1.0`, `5.1.1` (bad
 //!    mailbox), `5.1.2`, `5.1.10`, `5.4.4` (bad or null-MX domain) and
 //!    `5.1.6` (moved) are hard; everything else is soft.
 //!
@@ -226,12 +229,18 @@ pub fn classify(status: Option<&str>, diagnostic: &str, action: Option<&str>) ->
     if first_match(&text, SOFT).is_some() {
         return Class::Soft;
     }
+    // A security or policy code (X.7.x) says the address was not the
+    // problem, whatever words come with it: "550 5.7.1 User Unknown" is a
+    // filter. (Not X.2.x: "5.2.1 User Unknown" is as often a bad address.)
+    if status.is_some_and(policy_status) {
+        return Class::Soft;
+    }
     // KDDI (ezweb.ne.jp, au.com) answers "550 : User unknown" when the
     // recipient's own filter refuses the sender: the address exists.
     if text.contains("550 : user unknown") || text.contains("550: : user unknown") {
         return Class::Soft;
     }
-    if first_match(&text, HARD).is_some() {
+    if first_match(&text, HARD).is_some() || names_unknown_host(&text) {
         let after_data = text.contains("end of data")
             || text.contains(">>> data")
             || text.contains("after data");
@@ -264,6 +273,25 @@ pub fn has_phrase(text: &str) -> bool {
 /// The position of the earliest phrase of `table` in `text`.
 fn first_match(text: &str, table: &[&str]) -> Option<usize> {
     table.iter().filter_map(|p| text.find(p)).min()
+}
+
+/// `5.7.x`: security or policy, not the address.
+fn policy_status(status: &str) -> bool {
+    status.starts_with("5.7.")
+}
+
+/// "host mx.example.org not found" (DragonFly's "DNS lookup failure: host
+/// … not found", Sendmail's "Host unknown"'s cousins): a named host that
+/// does not exist.
+fn names_unknown_host(text: &str) -> bool {
+    text.match_indices("host ").any(|(i, m)| {
+        let mut rest = text[i + m.len()..].splitn(2, char::is_whitespace);
+        let name = rest.next().unwrap_or("");
+        name.contains('.')
+            && rest
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with("not found"))
+    })
 }
 
 /// Status codes that name a permanently bad address.
@@ -360,6 +388,39 @@ mod tests {
         check(Some("5.1.2"), "", None, Class::Hard);
         check(None, "The mailbox has moved", None, Class::Hard);
         check(Some("5.1.10"), "null MX", None, Class::Hard);
+    }
+
+    #[test]
+    fn a_policy_code_wins_over_user_unknown() {
+        check(
+            Some("5.7.1"),
+            "550 5.7.1 550 User Unknown: a@b.example",
+            None,
+            Class::Soft,
+        );
+        // Only the policy class: a mailbox code with those words is hard.
+        check(
+            Some("5.2.1"),
+            "550 5.2.1 <a@b.example>... User Unknown",
+            None,
+            Class::Hard,
+        );
+    }
+
+    #[test]
+    fn a_named_host_not_found_is_hard() {
+        check(
+            None,
+            "dns lookup failure: host cx.example.org not found",
+            None,
+            Class::Hard,
+        );
+        check(
+            None,
+            "the host you asked for was not found",
+            None,
+            Class::Soft,
+        );
     }
 
     #[test]

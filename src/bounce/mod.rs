@@ -22,6 +22,7 @@
 mod arf;
 mod classify;
 mod dsn;
+pub mod score;
 mod text;
 
 use std::sync::LazyLock;

@@ -102,6 +102,8 @@ const ORIGINAL_MARKERS: &[&str] = &[
     "original message header",
     "this is a copy of the headers",
     "headers of the original message",
+    "header of the original message",
+    "message headers follow",
     "----- unsent message follows",
     "----- message header follows",
     "returned message follows",
@@ -290,9 +292,10 @@ pub fn recipients(text: &str, exclude: &[String]) -> Vec<TextRecipient> {
             if is_header_line(line) {
                 continue;
             }
+            let diagnostic = explanation(&lines, n, &addr);
             out.push(TextRecipient {
                 address: addr,
-                diagnostic: explanation(&lines, n),
+                diagnostic,
             });
         }
     }
@@ -331,18 +334,42 @@ fn is_header_line(line: &str) -> bool {
 }
 
 /// The line naming a recipient and the lines after it up to a blank line
-/// (at most a few), joined: where MTAs put the reason.
-fn explanation(lines: &[&str], n: usize) -> String {
+/// (at most a few), joined: where MTAs put the reason. A reply with another
+/// code that does not name `address` ends it: in a transcript, Sendmail's
+/// "421 ... Deferred: Connection timed out" after "550 <a@b>... User
+/// unknown" is about the connection, not this recipient.
+fn explanation(lines: &[&str], n: usize, address: &str) -> String {
     let mut out = String::from(lines[n].trim());
+    let mut code = reply_code_at_start(lines[n]);
     for l in lines.iter().skip(n + 1).take(6) {
         let t = l.trim();
         if t.is_empty() {
             break;
         }
+        if let Some(this) = reply_code_at_start(t) {
+            let names = t.to_ascii_lowercase().contains(address);
+            if code.is_some_and(|c| c != this) && !names {
+                break;
+            }
+            code = Some(this);
+        }
         out.push(' ');
         out.push_str(t);
     }
     out
+}
+
+/// The SMTP reply code a transcript line starts with: `550 ...`,
+/// `550-...`, `<<< 550 ...`.
+fn reply_code_at_start(line: &str) -> Option<&str> {
+    let t = line.trim_start().trim_start_matches("<<<").trim_start();
+    let b = t.as_bytes();
+    let ok = b.len() >= 4
+        && matches!(b[0], b'2' | b'4' | b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b[3], b' ' | b'-');
+    ok.then(|| &t[..3])
 }
 
 /// The first `Message-ID:` line in a text body (a copied original),
@@ -464,6 +491,41 @@ mod tests {
         let found = find_addresses("to <a@b.example>, c@d.example. and @nope");
         let addrs: Vec<_> = found.into_iter().map(|a| a.0).collect();
         assert_eq!(addrs, ["a@b.example", "c@d.example"]);
+    }
+
+    #[test]
+    fn a_later_reply_about_the_connection_is_not_the_reason() {
+        let text = "   ----- Transcript of session follows -----\n\
+            >>> RCPT To:<a@b.example>\n\
+            <<< 550 <a@b.example>, User Unknown\n\
+            550 <a@b.example>... User unknown\n\
+            421 b.example (smtp)... Deferred: Connection timed out\n";
+        let r = recipients(text, &[]);
+        assert_eq!(r[0].address, "a@b.example");
+        assert!(r[0].diagnostic.ends_with("User unknown"), "{:?}", r[0]);
+        // Continuation lines of one reply stay.
+        let text = "<a@b.example>: host mx.b.example said:\n\
+            550-5.1.1 The email account that you tried to reach does not exist.\n\
+            550-5.1.1 Please try double-checking the recipient's email address\n";
+        let r = recipients(text, &[]);
+        assert!(r[0].diagnostic.contains("double-checking"), "{:?}", r[0]);
+    }
+
+    #[test]
+    fn quoted_headers_are_not_recipients() {
+        for marker in [
+            "--- The header of the original message is following. ---",
+            "Message headers follow.",
+        ] {
+            let text = format!(
+                "The following address(es) failed:\n\nto@x.example:\n550 5.2.0 rejected\n\n\
+                 {marker}\n\nTo: other@y.example\n"
+            );
+            let r = recipients(&text, &[]);
+            let addrs: Vec<_> = r.iter().map(|r| r.address.as_str()).collect();
+            assert_eq!(addrs, ["to@x.example"], "{marker}");
+            assert_eq!(original_to_in(&text).as_deref(), Some("other@y.example"));
+        }
     }
 
     #[test]

@@ -71,10 +71,10 @@ pub(crate) fn run(
         let store = super::open_store(config).await?;
         let ctx = Ingest {
             signer: super::setup::verifier(config, &store).await?,
-            soft: crate::store::SoftRule {
-                limit: config.bounces.soft_limit.max(1),
-                window_secs: config.bounces.soft_window_days.max(1) * 86_400,
-            },
+            soft: crate::store::SoftRule::from_settings(
+                config.bounces.soft_limit,
+                config.bounces.soft_window_days,
+            ),
             store,
         };
         match command {

@@ -62,10 +62,10 @@ fn webhooks(config: &Config) -> Result<web::webhooks::Settings> {
         .as_ref()
         .map_or("bulletin.toml".into(), |f| f.display().to_string());
     let hooks = &config.webhooks;
-    let mut settings = web::webhooks::Settings::new(crate::store::SoftRule {
-        limit: config.bounces.soft_limit.max(1),
-        window_secs: config.bounces.soft_window_days.max(1) * 86_400,
-    });
+    let mut settings = web::webhooks::Settings::new(crate::store::SoftRule::from_settings(
+        config.bounces.soft_limit,
+        config.bounces.soft_window_days,
+    ));
     if let Some(postmark) = &hooks.postmark {
         let password = config.postmark_password.as_deref().ok_or_else(|| {
             anyhow!("[webhooks.postmark] in {file} needs BULLETIN_POSTMARK_PASSWORD (the basic-auth password set at Postmark)")

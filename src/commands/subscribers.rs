@@ -261,6 +261,7 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
         "deliveries:  {} ({} sent)",
         profile.deliveries, profile.sent
     );
+    print_bounce_score(store, config, s.id).await?;
     println!("attributes:");
     if s.attributes.is_empty() {
         println!("  (none)");
@@ -301,6 +302,33 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
             line.push_str(&format!(": {d}"));
         }
         println!("{line}");
+    }
+    Ok(())
+}
+
+/// "bounce score 1.6 of 3 (halves every 30 days)" and the changes that
+/// led there, one line each: time, campaign, why, score after.
+async fn print_bounce_score(store: &Store, config: &Config, subscriber: i64) -> Result<()> {
+    let rule =
+        store::SoftRule::from_settings(config.bounces.soft_limit, config.bounces.soft_window_days);
+    let score = store
+        .bounce_score(subscriber, store::now())
+        .await
+        .map_err(super::db_error(config))?;
+    let value = score.as_ref().map_or(0.0, |s| s.score);
+    println!(
+        "bounce score {value:.1} of {} (halves every {} days)",
+        rule.limit,
+        rule.window_secs / 86_400
+    );
+    for change in score.iter().flat_map(|s| &s.history) {
+        println!(
+            "  {}  {}  {} -> {:.1}",
+            time(change.at),
+            change.campaign.as_deref().unwrap_or("-"),
+            change.why,
+            change.score
+        );
     }
     Ok(())
 }

@@ -21,12 +21,45 @@ pub enum Action {
     Unsubscribe { list_id: i64 },
 }
 
-/// Soft-bounce rule: `limit` soft bounces from different campaigns within
-/// `window_secs` make a subscriber bounced.
+/// Soft-bounce rule: a subscriber whose soft-bounce score reaches `limit`
+/// is bounced; the score halves every `window_secs` (`bounce::score`).
 #[derive(Debug, Clone, Copy)]
 pub struct SoftRule {
     pub limit: i64,
     pub window_secs: i64,
+}
+
+impl SoftRule {
+    /// The rule from the `[bounces]` settings `soft_limit` and
+    /// `soft_window_days` (each at least 1).
+    pub fn from_settings(limit: i64, window_days: i64) -> SoftRule {
+        SoftRule {
+            limit: limit.max(1),
+            window_secs: window_days.max(1) * 86_400,
+        }
+    }
+}
+
+/// A person's soft-bounce score now and how it got there, for
+/// `subscribers show`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BounceScore {
+    /// The score at the time asked for, decayed.
+    pub score: f64,
+    /// Each change, oldest first.
+    pub history: Vec<ScoreChange>,
+}
+
+/// One change of a soft-bounce score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreChange {
+    pub at: i64,
+    /// The campaign's slug, when the change came from one.
+    pub campaign: Option<String>,
+    /// What changed it: the bounce's status and reason, or "delivered".
+    pub why: String,
+    /// The score right after the change.
+    pub score: f64,
 }
 
 /// What applying an action changed.
@@ -229,35 +262,26 @@ impl Store {
                     now,
                 )
                 .await?;
-                // Distinct campaigns (an unmatched campaign counts on its own).
-                let count: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(DISTINCT COALESCE(campaign_id, -id)) FROM events
-                     WHERE subscriber_id = ? AND kind = 'bounced' AND detail LIKE 'soft:%' AND created_at >= ?",
-                )
-                .bind(subscriber)
-                .bind(now - soft.window_secs)
-                .fetch_one(&mut *tx)
-                .await?;
-                if count >= soft.limit {
-                    let detail = format!(
-                        "{count} soft bounces within {} days",
-                        soft.window_secs / 86_400
-                    );
-                    bounce_event(
-                        &mut tx, subscriber, campaign, "bounced", source, &detail, now,
-                    )
-                    .await?;
-                    self::stop(
-                        &mut tx,
-                        subscriber,
-                        hash.as_deref(),
-                        set_status("bounced"),
-                        "bounced",
-                        now,
-                    )
-                    .await?
-                } else {
-                    Applied::Recorded
+                let score =
+                    raise_score(&mut tx, subscriber, campaign, source, reason, soft, now).await?;
+                match score {
+                    Some(score) if crate::bounce::score::reaches(score, soft.limit) => {
+                        let detail = format!("soft-bounce score {score:.1} reached {}", soft.limit);
+                        bounce_event(
+                            &mut tx, subscriber, campaign, "bounced", source, &detail, now,
+                        )
+                        .await?;
+                        self::stop(
+                            &mut tx,
+                            subscriber,
+                            hash.as_deref(),
+                            set_status("bounced"),
+                            "bounced",
+                            now,
+                        )
+                        .await?
+                    }
+                    _ => Applied::Recorded,
                 }
             }
             Action::Complaint { reason } => {
@@ -336,6 +360,46 @@ impl Store {
         Ok(Some(applied))
     }
 
+    /// `subscriber`'s soft-bounce score at `now` and its history; `None`
+    /// when it never had one.
+    pub async fn bounce_score(&self, subscriber: i64, now: i64) -> Result<Option<BounceScore>> {
+        let rows = sqlx::query(
+            "SELECT e.created_at, c.slug, e.detail FROM events e
+             LEFT JOIN campaigns c ON c.id = e.campaign_id
+             WHERE e.subscriber_id = ? AND e.kind IN ('soft_bounce', 'bounce_score_lowered')
+             ORDER BY e.id",
+        )
+        .bind(subscriber)
+        .fetch_all(self.pool())
+        .await?;
+        let history: Vec<ScoreChange> = rows
+            .iter()
+            .filter_map(|r| {
+                let detail: Option<String> = r.get(2);
+                let (score, why) = parse_score_detail(detail.as_deref()?)?;
+                Some(ScoreChange {
+                    at: r.get(0),
+                    campaign: r.get(1),
+                    why: why.to_string(),
+                    score,
+                })
+            })
+            .collect();
+        if history.is_empty() {
+            return Ok(None);
+        }
+        let stored: Option<(f64, i64, i64)> = sqlx::query_as(
+            "SELECT score, computed_at, half_life FROM bounce_scores WHERE subscriber_id = ?",
+        )
+        .bind(subscriber)
+        .fetch_optional(self.pool())
+        .await?;
+        let score = stored.map_or(0.0, |(score, at, half_life)| {
+            crate::bounce::score::decayed(score, at, now, half_life)
+        });
+        Ok(Some(BounceScore { score, history }))
+    }
+
     /// Bounce and complaint events since `since`, newest last.
     pub async fn bounce_events(&self, since: i64) -> Result<Vec<BounceEvent>> {
         let rows = sqlx::query(
@@ -387,6 +451,189 @@ pub(super) async fn record_hard_bounce(
     };
     let new = (status == "active").then_some("bounced");
     stop(tx, subscriber, hash.as_deref(), new, "bounced", now).await
+}
+
+/// The detail of a score-change event: the score after the change, then
+/// why. Read back by [`parse_score_detail`].
+fn score_detail(score: f64, why: &str) -> String {
+    format!("score {score:.2}: {why}")
+}
+
+/// `score 1.60: 552 5.2.2 mailbox full` -> (1.6, "552 5.2.2 mailbox full").
+fn parse_score_detail(detail: &str) -> Option<(f64, &str)> {
+    let (score, why) = detail.strip_prefix("score ")?.split_once(": ")?;
+    Some((score.parse().ok()?, why))
+}
+
+/// Adds a soft bounce to `subscriber`'s score, inside the caller's
+/// transaction, and returns the new score; `None` when the campaign's soft
+/// bounce was counted before (a retried message that bounces three times is
+/// one problem). The change is a `soft_bounce` event.
+///
+/// A server that accepted the message and bounced it later made the
+/// dispatcher halve the score first (the delivery looked successful); the
+/// bounce undoes that halving (`bounce::score::undo_delivery`). Otherwise a
+/// mailbox full on every campaign would settle at a score of 2 and never
+/// bounce.
+async fn raise_score(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    campaign: Option<i64>,
+    source: &str,
+    reason: &str,
+    soft: SoftRule,
+    now: i64,
+) -> Result<Option<f64>> {
+    use crate::bounce::score;
+    if let Some(campaign) = campaign {
+        let counted: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM events WHERE subscriber_id = ? AND campaign_id = ? AND kind = 'soft_bounce'",
+        )
+        .bind(subscriber)
+        .bind(campaign)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if counted.is_some() {
+            return Ok(None);
+        }
+    }
+    // What this campaign's delivery, if the dispatcher counted it a success,
+    // did to the score: (when, the score it left).
+    let halved: Option<(i64, Option<String>)> = match campaign {
+        None => None,
+        Some(campaign) => {
+            sqlx::query_as(
+                "SELECT created_at, detail FROM events
+                 WHERE subscriber_id = ? AND campaign_id = ? AND kind = 'bounce_score_lowered'",
+            )
+            .bind(subscriber)
+            .bind(campaign)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    let stored: Option<(f64, i64, i64)> = sqlx::query_as(
+        "SELECT score, computed_at, half_life FROM bounce_scores WHERE subscriber_id = ?",
+    )
+    .bind(subscriber)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let half_life = stored.map_or(soft.window_secs.max(1), |(_, _, h)| h);
+    let mut current = stored.map_or(0.0, |(s, at, _)| score::decayed(s, at, now, half_life));
+    if let Some((halved_at, detail)) = halved
+        && let Some((halved_to, _)) = detail.as_deref().and_then(parse_score_detail)
+    {
+        current = score::undo_delivery(current, halved_to, halved_at, now, half_life);
+    }
+    let new = score::after_soft_bounce(current);
+    sqlx::query(
+        "INSERT INTO bounce_scores (subscriber_id, score, computed_at, half_life) VALUES (?, ?, ?, ?)
+         ON CONFLICT (subscriber_id) DO UPDATE SET
+             score = excluded.score, computed_at = excluded.computed_at, half_life = excluded.half_life",
+    )
+    .bind(subscriber)
+    .bind(new)
+    .bind(now)
+    .bind(soft.window_secs.max(1))
+    .execute(&mut *tx)
+    .await?;
+    let detail = score_detail(new, reason);
+    event(
+        tx,
+        subscriber,
+        campaign,
+        "soft_bounce",
+        source,
+        &detail,
+        now,
+    )
+    .await?;
+    Ok(Some(new))
+}
+
+/// Halves the soft-bounce score of each of `delivered` that has one, inside
+/// the dispatcher's commit of their `sent` rows: a delivery that succeeds
+/// after soft bounces says the problem may be over. Each change is a
+/// `bounce_score_lowered` event; a score that becomes negligible is dropped.
+pub(super) async fn lower_scores_after_delivery(
+    tx: &mut sqlx::SqliteConnection,
+    campaign: i64,
+    delivered: &[i64],
+    now: i64,
+) -> Result<()> {
+    use crate::bounce::score;
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let ids = serde_json::to_string(delivered).expect("integers serialise");
+    let scored: Vec<(i64, f64, i64, i64)> = sqlx::query_as(
+        "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
+         WHERE subscriber_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (subscriber, stored, at, half_life) in scored {
+        let new = score::after_delivery(score::decayed(stored, at, now, half_life));
+        if new < score::NEGLIGIBLE {
+            sqlx::query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
+                .bind(subscriber)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE bounce_scores SET score = ?, computed_at = ? WHERE subscriber_id = ?",
+            )
+            .bind(new)
+            .bind(now)
+            .bind(subscriber)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let detail = score_detail(new, "delivered");
+        let kind = "bounce_score_lowered";
+        event(
+            tx,
+            subscriber,
+            Some(campaign),
+            kind,
+            "dispatch",
+            &detail,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops `subscriber`'s soft-bounce score, inside the caller's transaction
+/// (`subscribers reactivate`: the operator says the address works again),
+/// with a `bounce_score_lowered` event when there was one.
+pub(super) async fn reset_score(
+    tx: &mut sqlx::SqliteConnection,
+    subscriber: i64,
+    source: &str,
+    now: i64,
+) -> Result<()> {
+    let dropped = sqlx::query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
+        .bind(subscriber)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if dropped > 0 {
+        let detail = score_detail(0.0, "reactivated");
+        event(
+            tx,
+            subscriber,
+            None,
+            "bounce_score_lowered",
+            source,
+            &detail,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Appends a bounce-handling event that names the campaign and the source

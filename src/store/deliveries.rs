@@ -519,6 +519,12 @@ pub async fn commit(
 ) -> Result<Claimed> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     record_sent(&mut tx, outcomes, now).await?;
+    let delivered: Vec<i64> = outcomes
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
+        .map(|(_, subscriber, _)| *subscriber)
+        .collect();
+    super::bounces::lower_scores_after_delivery(&mut tx, campaign.id, &delivered, now).await?;
     for (delivery_id, subscriber_id, outcome) in outcomes {
         let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
             Outcome::Sent { .. } => continue,

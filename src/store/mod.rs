@@ -50,7 +50,9 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use bounces::{Action, Applied, BounceEvent, DeliveryOwner, SoftRule, UnmatchedMail};
+pub use bounces::{
+    Action, Applied, BounceEvent, BounceScore, DeliveryOwner, ScoreChange, SoftRule, UnmatchedMail,
+};
 pub use events::Event;
 pub use export::{ExportRow, ListMembership, Selection};
 pub use import::{
@@ -391,8 +393,16 @@ pub(crate) async fn suppress_hashes(
 }
 
 /// The current time as unix seconds, for callers at the edges.
+/// `BULLETIN_NOW` (unix seconds, read once) replaces the clock: tests apply
+/// returned mail at the times they choose with it. `config` refuses a value
+/// that is not a number; here one is ignored.
 pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    static FIXED: std::sync::LazyLock<Option<i64>> = std::sync::LazyLock::new(|| {
+        std::env::var("BULLETIN_NOW")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    FIXED.unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
 #[cfg(test)]

@@ -576,6 +576,7 @@ impl Store {
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
+        super::bounces::reset_score(&mut tx, person.id, source, now).await?;
         let detail = format!("was {}", person.status);
         events::append(
             &mut tx,
