@@ -249,3 +249,17 @@ CREATE TABLE IF NOT EXISTS removed_lists (
     list_id    INTEGER PRIMARY KEY REFERENCES lists(id),
     removed_at INTEGER NOT NULL
 );
+
+-- step 7: welcome campaigns
+
+-- A campaign with `trigger = "welcome"` in its front matter: not sent to
+-- the list when frozen, but once to each person whose subscription to the
+-- list becomes confirmed while it is active (`sending`); `cancel` ends it.
+-- One row per triggered campaign; ordinary campaigns have none. (A table
+-- rather than a column: steps stay idempotent.) At most one active welcome
+-- campaign per list: `Store::freeze_welcome` checks it in the transaction
+-- that freezes one.
+CREATE TABLE IF NOT EXISTS campaign_triggers (
+    campaign_id INTEGER PRIMARY KEY REFERENCES campaigns(id),
+    trigger     TEXT    NOT NULL CHECK (trigger IN ('welcome'))
+);

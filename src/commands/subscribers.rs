@@ -57,7 +57,8 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                 list,
                 from,
                 dry_run,
-            } => return import(&store, config, file, list, *from, *dry_run).await,
+                welcome,
+            } => return import(&store, config, file, list, *from, *dry_run, *welcome).await,
             SubscribersCommand::Export {
                 list,
                 status,
@@ -343,8 +344,12 @@ pub(super) async fn import(
     list: &str,
     from: ImportFrom,
     dry_run: bool,
+    welcome: bool,
 ) -> Result<ExitCode> {
     let name = file.display().to_string();
+    if welcome {
+        check_welcome(store, config, list).await?;
+    }
     let mut input = std::fs::File::open(file).with_context(|| name.clone())?;
     let mut magic = [0u8; 4];
     let is_zip =
@@ -353,6 +358,7 @@ pub(super) async fn import(
     let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
     let options = ImportOptions {
         dry_run,
+        welcome,
         from: import_format(from),
         ..ImportOptions::new(store::now())
     };
@@ -385,13 +391,29 @@ pub(super) async fn import(
             total.add(&report);
         }
         println!("{name}: all files");
-        print_counts(&total);
+        print_counts(&total, welcome);
     }
     Ok(if total.rejected > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--welcome` needs a welcome mail to send: the list must have an active
+/// one, or the import is refused before it reads a row.
+async fn check_welcome(store: &Store, config: &Config, list: &str) -> Result<()> {
+    let db = super::db_error(config);
+    let active = match store.list(list).await.map_err(&db)? {
+        Some(l) => store.active_welcome(l.id).await.map_err(&db)?,
+        None => None,
+    };
+    if active.is_none() {
+        anyhow::bail!(
+            "--welcome: list {list} has no welcome mail to send; `bulletin send FILE` with trigger = \"welcome\" in its front matter makes one, or import without --welcome"
+        );
+    }
+    Ok(())
 }
 
 fn import_format(from: ImportFrom) -> Format {
@@ -497,11 +519,11 @@ async fn import_one(
     if report.list_created {
         println!("  list {list} created");
     }
-    print_counts(&report);
+    print_counts(&report, options.welcome);
     Ok(report)
 }
 
-fn print_counts(report: &ImportReport) {
+fn print_counts(report: &ImportReport, welcome: bool) {
     println!("  rows read:           {}", report.read);
     println!("  newly subscribed:    {}", report.imported);
     println!("  updated:             {}", report.updated);
@@ -526,6 +548,13 @@ fn print_counts(report: &ImportReport) {
         s.suppressed
     );
     println!("  rejected:            {}", report.rejected);
+    if report.welcomed > 0 || welcome {
+        let verb = if report.dry_run { "would get" } else { "get" };
+        println!(
+            "  welcome mail:        {} newly confirmed {verb} the list's welcome mail (`bulletin dispatch` sends it)",
+            report.welcomed
+        );
+    }
     if report.short_rows > 0 {
         println!(
             "  short rows:          {} (fewer fields than the header; the missing ones read as empty)",

@@ -42,6 +42,7 @@ pub mod people; // what the subscriber pages read and change
 mod runs; // which transport each campaign run used
 pub mod schema;
 mod subscribers;
+pub mod welcome; // welcome campaigns: the active one per list, `queue_welcome`
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
