@@ -468,7 +468,11 @@ async fn run_leased(
     // `cancel` skips every open row in its own transaction, so a run
     // cancelled midway ends here with nothing open but must not finish it.
     // A welcome campaign never finishes: people confirmed later get it.
-    if !campaign.welcome && db::open_count(pool, campaign.id).await? == 0 {
+    if campaign.welcome {
+        summary.cancelled = db::campaign_by_id(pool, campaign.id)
+            .await?
+            .is_some_and(|c| c.status == CampaignStatus::Cancelled);
+    } else if db::open_count(pool, campaign.id).await? == 0 {
         if db::set_campaign_status(pool, campaign.id, CampaignStatus::Finished, now()).await? {
             summary.finished = true;
         } else {
