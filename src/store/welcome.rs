@@ -49,13 +49,22 @@ pub(crate) async fn queue_welcome(
     if subscriber_ids.is_empty() {
         return Ok(0);
     }
+    // The campaign first, then one insert over the ids: the insert's cost
+    // is the rows it adds, whatever the number of campaigns.
+    let campaign: Option<i64> = sqlx::query_scalar(ACTIVE_SQL)
+        .bind(list_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(campaign) = campaign else {
+        return Ok(0);
+    };
     let ids = serde_json::to_string(subscriber_ids).expect("numbers serialise");
-    let done = sqlx::query(&format!(
+    let done = sqlx::query(
         "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT w.id, j.value, 'queued', 0, ?3 FROM ({ACTIVE_SQL}) w, json_each(?2) j WHERE true
-         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
-    ))
-    .bind(list_id)
+         SELECT ?1, value, 'queued', 0, ?3 FROM json_each(?2) WHERE true
+         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
+    )
+    .bind(campaign)
     .bind(ids)
     .bind(now)
     .execute(&mut *conn)
