@@ -164,15 +164,20 @@ async fn subscribers_add_gets_one_and_dispatch_twice_sends_nobody_twice() {
         .await;
     assert!(out.contains("welcome: replaced from"), "{out}");
 
-    env.ok(&[
-        "subscribers",
-        "add",
-        "ola@example.org",
-        "--list",
-        "club",
-        "--confirmed",
-    ])
-    .await;
+    let out = env
+        .ok(&[
+            "subscribers",
+            "add",
+            "ola@example.org",
+            "--list",
+            "club",
+            "--confirmed",
+        ])
+        .await;
+    assert!(
+        out.contains("welcome mail welcome: sent to them by the next `bulletin dispatch`"),
+        "{out}"
+    );
     // Pending (a confirmation email), then confirmed with consent on record.
     env.ok(&["subscribers", "add", "pia@example.org", "--list", "club"])
         .await;
@@ -188,15 +193,17 @@ async fn subscribers_add_gets_one_and_dispatch_twice_sends_nobody_twice() {
     env.ok(&["dispatch"]).await;
     env.ok(&["dispatch"]).await;
     // Added again: already confirmed, nothing queued.
-    env.ok(&[
-        "subscribers",
-        "add",
-        "ola@example.org",
-        "--list",
-        "club",
-        "--confirmed",
-    ])
-    .await;
+    let out = env
+        .ok(&[
+            "subscribers",
+            "add",
+            "ola@example.org",
+            "--list",
+            "club",
+            "--confirmed",
+        ])
+        .await;
+    assert!(!out.contains("welcome mail"), "{out}");
     env.ok(&["dispatch"]).await;
     assert_eq!(
         welcomes(&sink, "Welcome, reader"),

@@ -120,6 +120,12 @@ async fn add(
         .await
         .map_err(&db)?;
     let who = canonical(email);
+    let newly_confirmed = match &added {
+        Added::Subscribed { status, .. } => status == "confirmed",
+        Added::Confirmed => true,
+        Added::Already { .. } => false,
+    };
+    let done = || welcome_note(store, config, list.id, newly_confirmed);
     let pending = match added {
         Added::Subscribed { status, .. } if status == "pending" => {
             format!("subscribed {who} to {slug} (pending)")
@@ -131,25 +137,45 @@ async fn add(
             println!(
                 "subscribed {who} to {slug} ({status}): consent on record (--confirmed), no confirmation email sent"
             );
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Subscribed { status, .. } => {
             println!("subscribed {who} to {slug} ({status})");
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Already { status } => {
             println!("{who} is already on {slug} ({status})");
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Confirmed => {
             println!(
                 "confirmed {who} on {slug}: consent on record (--confirmed), no confirmation email sent"
             );
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
     };
     let mail = mail.expect("set up for a double opt-in list");
     mail.send(store, config, &who, &list, &pending).await
+}
+
+/// After `subscribers add` confirmed someone: says that the list's welcome
+/// mail (if it has one) goes to them at the next `dispatch`.
+async fn welcome_note(
+    store: &Store,
+    config: &Config,
+    list_id: i64,
+    newly_confirmed: bool,
+) -> Result<ExitCode> {
+    if newly_confirmed {
+        let active = store
+            .active_welcome(list_id)
+            .await
+            .map_err(super::db_error(config))?;
+        if let Some(welcome) = active {
+            println!("  welcome mail {welcome}: sent to them by the next `bulletin dispatch`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What sending a confirmation email from the command line needs: the same
