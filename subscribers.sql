@@ -267,3 +267,17 @@ CREATE TABLE IF NOT EXISTS bounce_scores (
     computed_at   INTEGER NOT NULL,
     half_life     INTEGER NOT NULL CHECK (half_life > 0)
 );
+
+-- step 8: welcome campaigns
+
+-- A campaign with `trigger = "welcome"` in its front matter: not sent to
+-- the list when frozen, but once to each person whose subscription to the
+-- list becomes confirmed while it is active (`sending`); `cancel` ends it.
+-- One row per triggered campaign; ordinary campaigns have none. (A table
+-- rather than a column: steps stay idempotent.) At most one active welcome
+-- campaign per list: `Store::freeze_welcome` checks it in the transaction
+-- that freezes one.
+CREATE TABLE IF NOT EXISTS campaign_triggers (
+    campaign_id INTEGER PRIMARY KEY REFERENCES campaigns(id),
+    trigger     TEXT    NOT NULL CHECK (trigger IN ('welcome'))
+);

@@ -59,6 +59,36 @@ struct RawFront {
     resend_to_new: Option<bool>,
     #[serde(default)]
     resend_until: Option<toml::Value>,
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+/// What sends a campaign other than `bulletin send` itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `trigger = "welcome"`: sent once to each person whose subscription
+    /// to the list becomes confirmed, from `send` on; never to the people
+    /// already on it.
+    Welcome,
+}
+
+impl Trigger {
+    /// The values `trigger` may take, as written in front matter.
+    pub const ALLOWED: [&str; 1] = ["welcome"];
+
+    pub fn parse(text: &str) -> Option<Trigger> {
+        match text {
+            "welcome" => Some(Trigger::Welcome),
+            _ => None,
+        }
+    }
+
+    /// The front matter value (and the value stored with the campaign).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Welcome => "welcome",
+        }
+    }
 }
 
 /// A parsed campaign file.
@@ -81,6 +111,8 @@ pub struct Campaign {
     /// `resend_to_new = true` with `resend_until = TIME`: `dispatch` sends
     /// the campaign to people who join its list later, until then.
     pub resend_until: Option<DateTime<Utc>>,
+    /// `trigger = "welcome"`: a welcome mail, not a one-off send.
+    pub trigger: Option<Trigger>,
     pub format: Format,
     pub body: String,
     /// 1-based line of the first body line in the file.
@@ -251,6 +283,11 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
             ));
         }
     };
+    let trigger = raw
+        .trigger
+        .map(|t| trigger(&t, send_at.is_some(), resend_until.is_some()))
+        .transpose()
+        .map_err(|m| err(key_line("trigger"), format!("front matter: {m}")))?;
     let body = &text[body_start..];
     let name = file.rsplit(['/', '\\']).next().unwrap_or(file);
     let slug = name
@@ -271,11 +308,40 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
         send_at,
         archive: raw.archive.unwrap_or(true),
         resend_until,
+        trigger,
         format: Format::from_file_name(file),
         body: body.to_string(),
         body_line: line_of(text, body_start),
         key_lines,
     })
+}
+
+/// The `trigger` value, checked against the keys it cannot go with: a
+/// welcome mail has no send time of its own and goes to nobody already on
+/// the list.
+fn trigger(value: &str, send_at: bool, resend: bool) -> std::result::Result<Trigger, String> {
+    let trigger = Trigger::parse(value.trim()).ok_or_else(|| {
+        format!(
+            "trigger {value:?} is not a trigger; the allowed value is {} (sent once to each \
+             person confirmed on the list); leave `trigger` out for an ordinary campaign",
+            Trigger::ALLOWED.map(|t| format!("{t:?}")).join(", ")
+        )
+    })?;
+    if send_at {
+        return Err(
+            "trigger = \"welcome\" goes with no send_at: each person gets it when \
+                    confirmed; remove send_at"
+                .into(),
+        );
+    }
+    if resend {
+        return Err(
+            "trigger = \"welcome\" goes with no resend_to_new: every person \
+                    confirmed later gets it anyway; remove resend_to_new and resend_until"
+                .into(),
+        );
+    }
+    Ok(trigger)
 }
 
 /// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
@@ -376,6 +442,35 @@ mod tests {
         let e = parse("x.md", t).unwrap_err();
         assert_eq!(e.line, 4);
         assert!(e.message.contains("not a time"), "{e}");
+    }
+
+    #[test]
+    fn trigger_welcome_and_its_errors() {
+        let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\ntrigger = \"welcome\"\n+++\n";
+        assert_eq!(parse("w.md", t).unwrap().trigger, Some(Trigger::Welcome));
+        assert_eq!(parse("x.md", GOOD).unwrap().trigger, None);
+        let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\ntrigger = \"signup\"\n+++\n";
+        let e = parse("w.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("w.md:4: front matter: trigger \"signup\""),
+            "{e}"
+        );
+        assert!(e.contains("\"welcome\""), "names the allowed value: {e}");
+        let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\n\ntrigger = 1\n+++\n";
+        let e = parse("w.md", t).unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\nsend_at = 2026-12-01T09:00:00Z\ntrigger = \"welcome\"\n+++\n";
+        let e = parse("w.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("w.md:5: ") && e.contains("remove send_at"),
+            "{e}"
+        );
+        let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\ntrigger = \"welcome\"\nresend_to_new = true\nresend_until = 2026-12-31T00:00:00Z\n+++\n";
+        let e = parse("w.md", t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("w.md:4: ") && e.contains("resend_to_new"),
+            "{e}"
+        );
     }
 
     #[test]

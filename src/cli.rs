@@ -387,6 +387,10 @@ pub enum SubscribersCommand {
         /// Show the format and what each column becomes, check and count; write nothing
         #[arg(long)]
         dry_run: bool,
+        /// Send the list's welcome mail to each person this import confirms
+        /// (without it, an import sends no welcome mail)
+        #[arg(long)]
+        welcome: bool,
     },
     /// Write subscribers to standard output, with statuses and consent records
     Export {

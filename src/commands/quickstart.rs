@@ -50,6 +50,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
             LIST,
             crate::cli::ImportFrom::Auto,
             false,
+            false,
         )
         .await?;
         anyhow::Ok(())

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::build::{Built, SAMPLE_NAME, compile_file, format_warning};
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
+use crate::campaign::Trigger;
 use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::store::Store;
 use crate::store::deliveries::{
     self as db, CampaignRow, CampaignStatus, Cancel, NewCampaign, Refreeze, Replace,
 };
+use crate::store::welcome::FreezeWelcome;
 
 /// Runs one campaign with a progress bar on a terminal; prints its line.
 async fn run_one(
@@ -82,7 +84,10 @@ async fn run_one(
     }
     match result {
         Ok(Ok(summary)) => {
-            println!("{}", summary_line(&campaign.slug, &verb, &summary));
+            println!(
+                "{}",
+                summary_line(&campaign.slug, &verb, &summary, campaign.welcome)
+            );
             Ok(Some(summary))
         }
         Ok(Err(NotStarted::Busy(owner))) => {
@@ -105,7 +110,7 @@ fn delivered_verb(transport: &Transport) -> String {
     }
 }
 
-fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
+fn summary_line(slug: &str, verb: &str, s: &Summary, welcome: bool) -> String {
     let mut parts = vec![format!("{verb} {}", s.sent)];
     if s.deferred > 0 {
         parts.push(format!("deferred {}", s.deferred));
@@ -134,6 +139,8 @@ fn summary_line(slug: &str, verb: &str, s: &Summary) -> String {
         "interrupted; run `bulletin dispatch` to resume"
     } else if s.finished {
         "finished"
+    } else if welcome && s.deferred == 0 {
+        "welcome mail; whoever is confirmed next gets it at the next `bulletin dispatch`"
     } else {
         "retries pending; `bulletin dispatch` continues"
     };
@@ -254,7 +261,14 @@ impl Plan<'_> {
     async fn run(&self) -> Result<ExitCode> {
         let (args, pool) = (self.args, self.store.pool());
         let slug = &self.built.campaign.slug;
+        if self.built.campaign.trigger == Some(Trigger::Welcome) {
+            return self.welcome().await;
+        }
         let step = match db::campaign_by_slug(pool, slug).await? {
+            Some(c) if c.welcome => bail!(
+                "campaign {slug} is a welcome mail, but {} no longer says trigger = \"welcome\"; put the line back, or save the campaign under a new file name",
+                self.file
+            ),
             None if args.replace || args.only_new => bail!(
                 "campaign {slug} was never sent, so there is nothing to {}; send it without {}",
                 if args.replace {
@@ -318,6 +332,129 @@ impl Plan<'_> {
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(1),
         })
+    }
+
+    /// A file with `trigger = "welcome"`: frozen as its list's welcome
+    /// mail (mailing nobody now), replaced, or reported as it stands.
+    async fn welcome(&self) -> Result<ExitCode> {
+        let args = self.args;
+        let (slug, list) = (&self.built.campaign.slug, &self.built.campaign.list);
+        let flag = [
+            (args.at.is_some(), "--at"),
+            (args.only_new, "--only-new"),
+            (args.again, "--again"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = flag {
+            bail!(
+                "{flag}: {} is a welcome mail (trigger = \"welcome\"): each person confirmed on {list} gets it once, when confirmed; send it without {flag}",
+                self.file
+            );
+        }
+        match db::campaign_by_slug(self.store.pool(), slug).await? {
+            None if args.replace => bail!(
+                "campaign {slug} was never sent, so there is nothing to replace; send it without --replace"
+            ),
+            None => self.freeze_welcome(slug).await,
+            Some(c) if !c.welcome => bail!(
+                "campaign {slug} was sent as an ordinary campaign, not a welcome mail; save the welcome mail under a new file name"
+            ),
+            Some(c) if c.status == CampaignStatus::Cancelled => bail!(
+                "welcome mail {slug} was cancelled; nobody gets it any more. To welcome people again, save the file under a new name and send that"
+            ),
+            Some(c) if args.replace => self.replace_welcome(c).await,
+            Some(c) => {
+                if c.source_hash != self.source_hash {
+                    eprintln!(
+                        "bulletin: note: {} changed since {slug} was frozen; people get the version frozen then (`bulletin send {} --replace` refreezes it)",
+                        self.file, self.file
+                    );
+                }
+                println!(
+                    "{slug}: already the welcome mail of {list}: each person confirmed on it gets this once ({} so far); `bulletin dispatch` (cron) sends it, `bulletin cancel {slug}` stops it",
+                    self.store.received_count(c.id).await?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+
+    /// Asks, then freezes the file as its list's welcome mail; refused when
+    /// the list has an active one.
+    async fn freeze_welcome(&self, slug: &str) -> Result<ExitCode> {
+        let (built, file) = (self.built, &self.file);
+        let list = &built.campaign.list;
+        let question = format!(
+            "Make \"{}\" the welcome mail of list {list} ({})?\n  From now on, each person confirmed on {list} gets this once, via {}; nobody already on the list gets it.",
+            built.campaign.subject,
+            self.list_name,
+            self.settings.transport.describe()
+        );
+        let refusal = format!(
+            "not sending without confirmation: add --yes (would make {slug:?} the welcome mail of {list}: from now on, each person confirmed on {list} gets this once)"
+        );
+        if !confirm(self.args.yes, &question, &refusal)? {
+            println!("not sent");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let new = NewCampaign {
+            slug,
+            list_id: self.list_id,
+            subject: &built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at: self.now,
+            now: self.now,
+        };
+        let frozen = self.store.freeze_welcome(&new).await.map_err(|e| {
+            if e.is_duplicate() {
+                anyhow!("campaign {slug} was frozen a moment ago by another `bulletin send`; `bulletin status {slug}` shows it")
+            } else {
+                e.into()
+            }
+        })?;
+        match frozen {
+            FreezeWelcome::Busy(active) => bail!(
+                "list {list} already has a welcome mail, {active} (one per list); `bulletin cancel {active}` stops it, then send {file} again"
+            ),
+            FreezeWelcome::Frozen(_) => println!(
+                "{slug}: from now on, each person confirmed on {list} gets this once (welcome mail; nobody already on the list gets it); `bulletin dispatch` (cron) sends it, `bulletin cancel {slug}` stops it"
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--replace` of a welcome mail: new subject and content for whoever
+    /// is confirmed next, while no welcome message went out yet.
+    async fn replace_welcome(&self, c: CampaignRow) -> Result<ExitCode> {
+        let (slug, list) = (&c.slug, &self.built.campaign.list);
+        if c.list_id != self.list_id {
+            bail!(
+                "welcome mail {slug} belongs to another list than {list}; `bulletin cancel {slug}` stops it, then send the file for {list} under a new name"
+            );
+        }
+        let replaced = self
+            .store
+            .replace_welcome(&Refreeze {
+                id: c.id,
+                list_id: self.list_id,
+                subject: &self.built.campaign.subject,
+                compiled: &self.frozen,
+                source_hash: &self.source_hash,
+                send_at: c.send_at,
+            })
+            .await?;
+        if let Replace::Refused(_, attempted) = replaced {
+            bail!(
+                "welcome mail {slug} cannot be replaced: {attempted} welcome messages already went out; `bulletin cancel {slug}` stops it, then send the new version under a new file name"
+            );
+        }
+        println!(
+            "{slug}: replaced from {} (subject \"{}\"); each person confirmed on {list} gets this version once",
+            self.file, self.built.campaign.subject
+        );
+        Ok(ExitCode::SUCCESS)
     }
 
     /// `--replace`: refreezes from the file, asking first when the new time
@@ -526,6 +663,15 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
         let store = super::open_store(config).await?;
         let campaign = find_campaign(&store, &args.campaign).await?;
         match store.cancel_campaign(campaign.id, crate::store::now()).await? {
+            Cancel::Done { dropped } if campaign.welcome => {
+                println!(
+                    "{}: welcome mail stopped; nobody confirmed from now on gets it, {dropped} waiting for it not sent, {} sent before; `bulletin report {}` lists who got it",
+                    campaign.slug,
+                    store.received_count(campaign.id).await?,
+                    campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Cancel::Done { dropped } => {
                 let sent = store.received_count(campaign.id).await?;
                 println!(
@@ -597,6 +743,9 @@ struct StatusReport {
     subject: String,
     list: String,
     status: CampaignStatus,
+    /// `welcome` for a welcome mail (sent to each person when confirmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger: Option<&'static str>,
     /// When `send` froze it.
     frozen_at: String,
     /// When it is (or was) due.
@@ -632,6 +781,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 subject: c.subject.clone(),
                 list,
                 status: c.status,
+                trigger: c.welcome.then_some(Trigger::Welcome.as_str()),
                 frozen_at: iso_time(c.created_at),
                 send_at: iso_time(c.send_at),
                 started_at: c.started_at.map(iso_time),
@@ -657,7 +807,10 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 for (r, c) in reports.iter().zip(&campaigns) {
                     println!(
                         "{}  [{}]  list {}  \"{}\"",
-                        r.campaign, r.status, r.list, r.subject
+                        r.campaign,
+                        state_label(c),
+                        r.list,
+                        r.subject
                     );
                     println!("  {}", when(c));
                     let counts: Vec<String> = r
@@ -684,10 +837,27 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     })
 }
 
+/// A campaign's state as `status` prints it: a welcome mail is "welcome
+/// (active)" while people confirmed get it.
+fn state_label(c: &CampaignRow) -> String {
+    match (c.welcome, c.status) {
+        (true, CampaignStatus::Sending) => "welcome (active)".into(),
+        (true, status) => format!("welcome ({status})"),
+        (false, status) => status.to_string(),
+    }
+}
+
 /// A campaign's times in words: frozen, due, started, finished or cancelled.
 fn when(c: &CampaignRow) -> String {
     let mut parts = vec![format!("frozen {}", fmt_time(c.created_at))];
     match c.status {
+        _ if c.welcome => {
+            parts.push("sent to each person confirmed on its list since then".into());
+            if let Some(t) = c.finished_at {
+                parts.push(format!("cancelled {}", fmt_time(t)));
+            }
+            return parts.join("; ");
+        }
         CampaignStatus::Scheduled => parts.push(format!("scheduled for {}", fmt_time(c.send_at))),
         CampaignStatus::Held => parts.push(format!(
             "held: was due {}; `bulletin send` on its file starts it",

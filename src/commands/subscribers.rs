@@ -57,7 +57,8 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
                 list,
                 from,
                 dry_run,
-            } => return import(&store, config, file, list, *from, *dry_run).await,
+                welcome,
+            } => return import(&store, config, file, list, *from, *dry_run, *welcome).await,
             SubscribersCommand::Export {
                 list,
                 status,
@@ -119,6 +120,12 @@ async fn add(
         .await
         .map_err(&db)?;
     let who = canonical(email);
+    let newly_confirmed = match &added {
+        Added::Subscribed { status, .. } => status == "confirmed",
+        Added::Confirmed => true,
+        Added::Already { .. } => false,
+    };
+    let done = || welcome_note(store, config, list.id, newly_confirmed);
     let pending = match added {
         Added::Subscribed { status, .. } if status == "pending" => {
             format!("subscribed {who} to {slug} (pending)")
@@ -130,25 +137,45 @@ async fn add(
             println!(
                 "subscribed {who} to {slug} ({status}): consent on record (--confirmed), no confirmation email sent"
             );
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Subscribed { status, .. } => {
             println!("subscribed {who} to {slug} ({status})");
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Already { status } => {
             println!("{who} is already on {slug} ({status})");
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
         Added::Confirmed => {
             println!(
                 "confirmed {who} on {slug}: consent on record (--confirmed), no confirmation email sent"
             );
-            return Ok(ExitCode::SUCCESS);
+            return done().await;
         }
     };
     let mail = mail.expect("set up for a double opt-in list");
     mail.send(store, config, &who, &list, &pending).await
+}
+
+/// After `subscribers add` confirmed someone: says that the list's welcome
+/// mail (if it has one) goes to them at the next `dispatch`.
+async fn welcome_note(
+    store: &Store,
+    config: &Config,
+    list_id: i64,
+    newly_confirmed: bool,
+) -> Result<ExitCode> {
+    if newly_confirmed {
+        let active = store
+            .active_welcome(list_id)
+            .await
+            .map_err(super::db_error(config))?;
+        if let Some(welcome) = active {
+            println!("  welcome mail {welcome}: sent to them by the next `bulletin dispatch`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What sending a confirmation email from the command line needs: the same
@@ -371,8 +398,12 @@ pub(super) async fn import(
     list: &str,
     from: ImportFrom,
     dry_run: bool,
+    welcome: bool,
 ) -> Result<ExitCode> {
     let name = file.display().to_string();
+    if welcome {
+        check_welcome(store, config, list).await?;
+    }
     let mut input = std::fs::File::open(file).with_context(|| name.clone())?;
     let mut magic = [0u8; 4];
     let is_zip =
@@ -381,6 +412,7 @@ pub(super) async fn import(
     let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
     let options = ImportOptions {
         dry_run,
+        welcome,
         from: import_format(from),
         ..ImportOptions::new(store::now())
     };
@@ -413,13 +445,29 @@ pub(super) async fn import(
             total.add(&report);
         }
         println!("{name}: all files");
-        print_counts(&total);
+        print_counts(&total, welcome);
     }
     Ok(if total.rejected > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--welcome` needs a welcome mail to send: the list must have an active
+/// one, or the import is refused before it reads a row.
+async fn check_welcome(store: &Store, config: &Config, list: &str) -> Result<()> {
+    let db = super::db_error(config);
+    let active = match store.list(list).await.map_err(&db)? {
+        Some(l) => store.active_welcome(l.id).await.map_err(&db)?,
+        None => None,
+    };
+    if active.is_none() {
+        anyhow::bail!(
+            "--welcome: list {list} has no welcome mail to send; `bulletin send FILE` with trigger = \"welcome\" in its front matter makes one, or import without --welcome"
+        );
+    }
+    Ok(())
 }
 
 fn import_format(from: ImportFrom) -> Format {
@@ -525,11 +573,11 @@ async fn import_one(
     if report.list_created {
         println!("  list {list} created");
     }
-    print_counts(&report);
+    print_counts(&report, options.welcome);
     Ok(report)
 }
 
-fn print_counts(report: &ImportReport) {
+fn print_counts(report: &ImportReport, welcome: bool) {
     println!("  rows read:           {}", report.read);
     println!("  newly subscribed:    {}", report.imported);
     println!("  updated:             {}", report.updated);
@@ -554,6 +602,13 @@ fn print_counts(report: &ImportReport) {
         s.suppressed
     );
     println!("  rejected:            {}", report.rejected);
+    if report.welcomed > 0 || welcome {
+        let verb = if report.dry_run { "would get" } else { "get" };
+        println!(
+            "  welcome mail:        {} newly confirmed {verb} the list's welcome mail (`bulletin dispatch` sends it)",
+            report.welcomed
+        );
+    }
     if report.short_rows > 0 {
         println!(
             "  short rows:          {} (fewer fields than the header; the missing ones read as empty)",

@@ -396,7 +396,11 @@ async fn run_leased(
         summary.cancelled = true;
         return Ok(summary);
     }
-    db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
+    // A welcome campaign's rows come from confirmations (`queue_welcome`),
+    // never from its list.
+    if !campaign.welcome {
+        db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
+    }
     let total: i64 = db::counts(pool, campaign.id)
         .await?
         .iter()
@@ -463,7 +467,12 @@ async fn run_leased(
     }
     // `cancel` skips every open row in its own transaction, so a run
     // cancelled midway ends here with nothing open but must not finish it.
-    if db::open_count(pool, campaign.id).await? == 0 {
+    // A welcome campaign never finishes: people confirmed later get it.
+    if campaign.welcome {
+        summary.cancelled = db::campaign_by_id(pool, campaign.id)
+            .await?
+            .is_some_and(|c| c.status == CampaignStatus::Cancelled);
+    } else if db::open_count(pool, campaign.id).await? == 0 {
         if db::set_campaign_status(pool, campaign.id, CampaignStatus::Finished, now()).await? {
             summary.finished = true;
         } else {

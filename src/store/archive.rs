@@ -1,8 +1,9 @@
 //! SQL of the public archive: the one rule for which campaigns anyone may
 //! read. A campaign is shown when it started sending, went to a list that is
 //! public now, and its front matter did not say `archive = false` (kept in
-//! the frozen row, `dispatch::Frozen::archive`). Test copies are never
-//! stored as campaigns, so they never appear.
+//! the frozen row, `dispatch::Frozen::archive`) and it is not a welcome
+//! mail (`store::welcome`: one person's greeting, not an issue). Test
+//! copies are never stored as campaigns, so they never appear.
 
 use sqlx::SqlitePool;
 
@@ -12,7 +13,8 @@ use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
 /// The archive rule, as a condition on a `campaigns` row.
 const SHOWN: &str = "status IN ('sending', 'sent')
      AND list_id IN (SELECT id FROM lists WHERE public != 0)
-     AND coalesce(json_extract(compiled, '$.archive'), 1) != 0";
+     AND coalesce(json_extract(compiled, '$.archive'), 1) != 0
+     AND id NOT IN (SELECT campaign_id FROM campaign_triggers)";
 
 /// The campaigns the archive lists, newest first.
 pub async fn campaigns(pool: &SqlitePool) -> Result<Vec<CampaignRow>> {

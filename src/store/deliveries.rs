@@ -118,6 +118,9 @@ pub struct CampaignRow {
     pub finished_at: Option<i64>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
+    /// A welcome campaign (`store::welcome`): its rows come from
+    /// confirmations, never from the list, and it never finishes by itself.
+    pub welcome: bool,
 }
 
 impl FromRow<'_, SqliteRow> for CampaignRow {
@@ -142,12 +145,15 @@ impl FromRow<'_, SqliteRow> for CampaignRow {
             finished_at: r.try_get("finished_at")?,
             lease_owner: r.try_get("lease_owner")?,
             lease_until: r.try_get("lease_until")?,
+            welcome: r.try_get("welcome")?,
         })
     }
 }
 
 pub(super) const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
-     created_at, started_at, finished_at, lease_owner, lease_until";
+     created_at, started_at, finished_at, lease_owner, lease_until, \
+     EXISTS (SELECT 1 FROM campaign_triggers t WHERE t.campaign_id = campaigns.id \
+         AND t.trigger = 'welcome') AS welcome";
 
 /// A campaign to freeze.
 #[derive(Debug, Clone)]
@@ -243,11 +249,16 @@ pub async fn set_send_at(pool: &SqlitePool, id: i64, send_at: i64) -> Result<()>
 }
 
 /// Campaigns with work: scheduled and due, or sending (resumes and retries).
+/// A welcome campaign is always `sending`; it has work only when a row is
+/// queued, due for a retry, or left `sending` by a dead run.
 pub async fn due_campaigns(pool: &SqlitePool, now: i64) -> Result<Vec<CampaignRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
-         WHERE (status = 'scheduled' AND send_at <= ?) OR status = 'sending'
-         ORDER BY send_at, id"
+         WHERE ((status = 'scheduled' AND send_at <= ?1) OR status = 'sending')
+           AND (campaigns.id NOT IN (SELECT campaign_id FROM campaign_triggers)
+                OR {})
+         ORDER BY send_at, id",
+        super::welcome::HAS_WORK
     ))
     .bind(now)
     .fetch_all(pool)
@@ -741,7 +752,7 @@ pub struct Refreeze<'a> {
 
 /// Rows of a campaign that a message was attempted for (anything but
 /// `queued` and `skipped`): once there is one, the campaign cannot change.
-const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
+pub(super) const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
     WHERE campaign_id = ?1 AND status NOT IN ('queued', 'skipped')";
 
 /// The rows of campaign `?1` (only state `?2` unless it is NULL), one

@@ -68,6 +68,10 @@ pub struct ImportOptions {
     /// The file's name (without folders): tells a Mailchimp
     /// `unsubscribed_…` file from a `subscribed_…` one.
     pub file_name: Option<String>,
+    /// `--welcome`: people this import confirms on the list get its active
+    /// welcome campaign (`store::welcome`); without it an import queues no
+    /// welcome mail.
+    pub welcome: bool,
 }
 
 impl ImportOptions {
@@ -78,6 +82,7 @@ impl ImportOptions {
             now,
             from: Format::Auto,
             file_name: None,
+            welcome: false,
         }
     }
 }
@@ -150,6 +155,9 @@ pub struct ImportReport {
     pub short_rows: u64,
     /// The list did not exist and was (or would be) created.
     pub list_created: bool,
+    /// With `welcome`: people confirmed on the list by this import, who get
+    /// (or, in a dry run, would get) its welcome mail.
+    pub welcomed: u64,
     pub dry_run: bool,
 }
 
@@ -172,6 +180,7 @@ impl ImportReport {
         self.duplicates += other.duplicates;
         self.short_rows += other.short_rows;
         self.list_created |= other.list_created;
+        self.welcomed += other.welcomed;
     }
 }
 
@@ -522,6 +531,17 @@ enum Plan {
     Unchanged,
 }
 
+impl Plan {
+    /// The row makes the person's subscription to the list confirmed (what
+    /// `write` passes to `queue_welcome`).
+    fn confirms(&self) -> bool {
+        matches!(
+            self,
+            Plan::Insert(Some(_)) | Plan::Subscribe { .. } | Plan::Update { confirm: true, .. }
+        )
+    }
+}
+
 /// New name and attributes JSON of a known person.
 struct Merged {
     name: String,
@@ -732,13 +752,16 @@ type Sub<'a> = (i64, &'a Consent);
 
 /// Writes one planned batch inside `conn`'s transaction: a handful of
 /// statements per batch, each taking the whole batch as one JSON array.
+/// With `welcome`, queues the welcome mail of everyone it confirmed on the
+/// list and returns how many.
 async fn write(
     conn: &mut SqliteConnection,
     list_id: i64,
     rows: &[Row],
     plans: &[Plan],
     now: i64,
-) -> Result<()> {
+    welcome: bool,
+) -> Result<u64> {
     let mut new_ids = insert_people(conn, rows, plans, now).await?.into_iter();
     let mut subscribe: Vec<Sub> = Vec::new();
     let mut left: Vec<(i64, &str, Standing, &Consent)> = Vec::new();
@@ -792,11 +815,19 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
+    let confirmed: Vec<i64> = match welcome {
+        true => confirm
+            .iter()
+            .copied()
+            .chain(subscribe.iter().map(|s| s.0))
+            .collect(),
+        false => Vec::new(),
+    };
     confirm_pending(conn, list_id, confirm, now).await?;
     insert_consents(conn, list_id, &consents).await?;
     subscribe_confirmed(conn, list_id, &subscribe, now).await?;
     record_left(conn, list_id, &left, now).await?;
-    Ok(())
+    super::welcome::queue_welcome(conn, list_id, &confirmed, now).await
 }
 
 async fn confirm_pending(
@@ -1097,13 +1128,16 @@ async fn import_batch(
 ) -> Result<()> {
     if options.dry_run {
         let (known, suppressed) = lookup(conn, list_id, rows).await?;
-        plan(rows, &known, &suppressed, report);
+        let plans = plan(rows, &known, &suppressed, report);
+        if options.welcome {
+            report.welcomed += plans.iter().filter(|p| p.confirms()).count() as u64;
+        }
         return Ok(());
     }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let (known, suppressed) = lookup(&mut tx, list_id, rows).await?;
     let plans = plan(rows, &known, &suppressed, report);
-    write(&mut tx, list_id, rows, &plans, options.now).await?;
+    report.welcomed += write(&mut tx, list_id, rows, &plans, options.now, options.welcome).await?;
     tx.commit().await?;
     Ok(())
 }

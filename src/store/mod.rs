@@ -42,6 +42,7 @@ pub mod people; // what the subscriber pages read and change
 mod runs; // which transport each campaign run used
 pub mod schema;
 mod subscribers;
+pub mod welcome; // welcome campaigns: the active one per list, `queue_welcome`
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -659,6 +660,38 @@ mod tests {
                 "erased before their turn",
             ]
         );
+    }
+
+    /// No confirming path without `queue_welcome`: every store file with a
+    /// statement that makes a subscription confirmed calls it (the
+    /// behaviour of each path is checked in `welcome::tests`).
+    #[test]
+    fn every_file_that_confirms_subscriptions_queues_the_welcome_mail() {
+        let mut confirming = Vec::new();
+        for (file, text) in [
+            ("subscribers.rs", include_str!("subscribers.rs")),
+            ("lists.rs", include_str!("lists.rs")),
+            ("export.rs", include_str!("export.rs")),
+            ("deliveries.rs", include_str!("deliveries.rs")),
+            ("people.rs", include_str!("people.rs")),
+            ("bounces.rs", include_str!("bounces.rs")),
+            ("import.rs", include_str!("import.rs")),
+            ("events.rs", include_str!("events.rs")),
+            ("runs.rs", include_str!("runs.rs")),
+            ("archive.rs", include_str!("archive.rs")),
+        ] {
+            let confirms = ["SET status = 'confirmed'", "'confirmed', 'import'"]
+                .iter()
+                .any(|statement| text.contains(statement));
+            if confirms {
+                confirming.push(file);
+                assert!(
+                    text.contains("welcome::queue_welcome("),
+                    "{file} confirms subscriptions without queue_welcome"
+                );
+            }
+        }
+        assert_eq!(confirming, ["subscribers.rs", "people.rs", "import.rs"]);
     }
 
     #[test]

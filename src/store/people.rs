@@ -106,6 +106,9 @@ async fn set_subscription_in(
     .bind(now)
     .execute(&mut *conn)
     .await?;
+    if status == "confirmed" {
+        super::welcome::queue_welcome(conn, list, &[subscriber], now).await?;
+    }
     if status == "confirmed" && person == "unsubscribed" {
         sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
             .bind(now)
@@ -554,6 +557,7 @@ pub async fn confirm_from(
     .rows_affected()
         > 0;
     if confirmed {
+        super::welcome::queue_welcome(&mut tx, list, &[subscriber], now).await?;
         sqlx::query(
             "UPDATE subscribers SET status = 'active', updated_at = ?
              WHERE id = ? AND status IN ('unsubscribed', 'bounced', 'complained')",

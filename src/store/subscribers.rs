@@ -286,6 +286,7 @@ impl Store {
                 .bind(list.id)
                 .execute(&mut *tx)
                 .await?;
+                super::welcome::queue_welcome(&mut tx, list.id, &[id], now).await?;
                 let detail = Some(CONSENT_ON_RECORD);
                 events::append(&mut tx, id, Some(list.id), "confirmed", source, detail, now)
                     .await?;
@@ -308,6 +309,9 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if !pending {
+                    super::welcome::queue_welcome(&mut tx, list.id, &[id], now).await?;
+                }
                 let detail = if pending {
                     Some("pending confirmation")
                 } else {
