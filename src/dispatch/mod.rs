@@ -15,6 +15,7 @@
 pub mod transport;
 pub mod verdict;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -178,8 +179,14 @@ pub struct Frozen {
     pub compiled: Compiled,
     pub from: String,
     pub reply_to: Option<String>,
+    /// The first list (`campaigns.list_id`).
     pub list_slug: String,
     pub list_name: String,
+    /// Every list the campaign goes to, in front matter order, the first
+    /// included. Empty in campaigns frozen before campaigns had several
+    /// lists: their one list is `list_slug`.
+    #[serde(default)]
+    pub lists: Vec<FrozenList>,
     /// The front matter's `archive` (campaigns frozen before it existed:
     /// true). `store::archive` reads it from the row.
     #[serde(default = "archive_by_default")]
@@ -189,6 +196,31 @@ pub struct Frozen {
     /// since (`Store::reopen_for_new`, which reads it from the row).
     #[serde(default)]
     pub resend_until: Option<i64>,
+}
+
+/// One list of a frozen campaign, as its List-Id header names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FrozenList {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+}
+
+impl Frozen {
+    /// The List-Id header value of each of the campaign's lists, by list
+    /// id; `first_list` is `campaigns.list_id`, the one list of campaigns
+    /// frozen before several.
+    fn list_headers(&self, first_list: i64, domain: &str) -> HashMap<i64, String> {
+        let mut headers: HashMap<i64, String> = self
+            .lists
+            .iter()
+            .map(|l| (l.id, compose::list_id(&l.name, &l.slug, domain)))
+            .collect();
+        headers
+            .entry(first_list)
+            .or_insert_with(|| compose::list_id(&self.list_name, &self.list_slug, domain));
+        headers
+    }
 }
 
 fn archive_by_default() -> bool {
@@ -396,7 +428,7 @@ async fn run_leased(
         summary.cancelled = true;
         return Ok(summary);
     }
-    db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
+    db::materialise(pool, campaign.id, now()).await?;
     let total: i64 = db::counts(pool, campaign.id)
         .await?
         .iter()
@@ -699,7 +731,7 @@ async fn worker(
     let mut sender = s.transport.sender();
     let mut body = Personalised::default();
     let domain = &s.bounce_domain;
-    let list_id = compose::list_id(&shared.frozen.list_name, &shared.frozen.list_slug, domain);
+    let list_headers = shared.frozen.list_headers(shared.campaign.list_id, domain);
     let archive = s.urls.archive(&shared.campaign.slug);
     let mut consecutive_transient = 0u32;
     loop {
@@ -718,16 +750,22 @@ async fn worker(
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
         let message_id = links::message_id(&token, domain);
+        // Everything that names a list names the one this person gets it
+        // through (the claim set it: the row's list or the one it switched to).
+        // (Every row's list is one of the campaign's; the first list is the
+        // fallback rather than a panic in a worker.)
+        let list_id = list_headers
+            .get(&job.list_id)
+            .unwrap_or(&list_headers[&shared.campaign.list_id]);
         let unsubscribe = s
             .urls
-            .unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
-        let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
+            .unsubscribe(&s.signer, job.subscriber_id, job.list_id);
+        let preferences = s
+            .urls
+            .preferences_via(&s.signer, job.subscriber_id, job.list_id);
         let mailto = links::unsubscribe_address(
-            &s.signer.sign(
-                Purpose::Unsubscribe,
-                job.subscriber_id,
-                shared.campaign.list_id,
-            ),
+            &s.signer
+                .sign(Purpose::Unsubscribe, job.subscriber_id, job.list_id),
             domain,
         );
         let return_path = links::verp_address(&token, domain);
@@ -751,7 +789,7 @@ async fn worker(
             to_name: &job.name,
             date: SystemTime::now(),
             message_id: &message_id,
-            list_id: Some(&list_id),
+            list_id: Some(list_id),
             unsubscribe_url: Some(&unsubscribe),
             unsubscribe_mailto: Some(&mailto),
             return_path: Some(&return_path),

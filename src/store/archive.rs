@@ -1,6 +1,6 @@
 //! SQL of the public archive: the one rule for which campaigns anyone may
-//! read. A campaign is shown when it started sending, went to a list that is
-//! public now, and its front matter did not say `archive = false` (kept in
+//! read. A campaign is shown when it started sending, went only to lists
+//! that are public now (every one of several), and its front matter did not say `archive = false` (kept in
 //! the frozen row, `dispatch::Frozen::archive`). Test copies are never
 //! stored as campaigns, so they never appear.
 
@@ -12,6 +12,8 @@ use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
 /// The archive rule, as a condition on a `campaigns` row.
 const SHOWN: &str = "status IN ('sending', 'sent')
      AND list_id IN (SELECT id FROM lists WHERE public != 0)
+     AND NOT EXISTS (SELECT 1 FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
+                     WHERE cl.campaign_id = campaigns.id AND l.public = 0)
      AND coalesce(json_extract(compiled, '$.archive'), 1) != 0";
 
 /// The campaigns the archive lists, newest first.
