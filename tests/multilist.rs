@@ -320,3 +320,76 @@ async fn duplicate_empty_or_unknown_lists_are_refused_naming_the_line() {
     let status = env.ok(&["status"]).await;
     assert!(status.contains("no campaigns yet"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_takes_the_new_lists_and_their_order_and_cancel_stops_them_all() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    list_with(&env, "ebulletin", "E-bulletin", &people(0..3)).await;
+    list_with(&env, "partners", "Partners", &people(2..4)).await;
+    list_with(&env, "staff", "Staff", &people(10..11)).await;
+    campaign(&env, "[\"ebulletin\", \"staff\"]");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = env.ok(&["send", FILE, "--yes", "--at", &later]).await;
+    assert!(
+        out.contains("4 people on ebulletin, staff (0 on more than one, mailed once)"),
+        "{out}"
+    );
+    // Replaced before it went out: other lists, another order.
+    campaign(&env, "[\"partners\", \"ebulletin\"]");
+    let out = env.ok(&["send", FILE, "--replace", "--yes"]).await;
+    assert!(out.contains("both: sent 4 (finished)"), "{out}");
+    let seen = by_recipient(&sink.messages());
+    let mut got: Vec<(String, String)> = seen
+        .iter()
+        .map(|(who, copies)| {
+            assert_eq!(copies.len(), 1, "{who}");
+            (who.clone(), list_id_slug(&copies[0]))
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("p0@example.net", "ebulletin"),
+        ("p1@example.net", "ebulletin"),
+        ("p2@example.net", "partners"),
+        ("p3@example.net", "partners"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want, "staff is no longer a list of it");
+    assert_eq!(
+        status_json(&env).await["lists"],
+        serde_json::json!(["partners", "ebulletin"])
+    );
+
+    // Cancelled while scheduled: nobody on any of its lists gets it.
+    std::fs::write(
+        env.dir.path().join("campaigns/later.md"),
+        "+++\nsubject = \"Later\"\npreheader = \"p\"\nlist = [\"staff\", \"partners\"]\n+++\n# S\n\n## A\n\nText.\n",
+    )
+    .unwrap();
+    env.ok(&["send", "campaigns/later.md", "--yes", "--at", &later])
+        .await;
+    env.ok(&["cancel", "later"]).await;
+    env.ok(&["dispatch"]).await;
+    assert_eq!(sink.messages().len(), 4);
+    // A list that a scheduled campaign goes to cannot be removed, even
+    // when it is not its first list.
+    env.ok(&[
+        "send",
+        "campaigns/later.md",
+        "--yes",
+        "--again",
+        "--at",
+        &later,
+    ])
+    .await;
+    let removed = env.run(&["lists", "remove", "partners", "--force"]).await;
+    assert_eq!(removed.status.code(), Some(2), "{removed:?}");
+    assert!(
+        text(&removed.stderr).contains("campaign(s) scheduled"),
+        "{removed:?}"
+    );
+}
