@@ -187,6 +187,21 @@ async fn campaign_lists(
     Ok(lists)
 }
 
+/// Who `lists` (slugs: `names`) reach now, in words: "300 recipients of
+/// news", or "500 people on ebulletin, partners (100 on more than one,
+/// mailed once)".
+async fn audience_of(store: &Store, lists: &[i64], names: &str) -> Result<String> {
+    if let [one] = lists[..] {
+        let n = store.audience_count(one).await?;
+        return Ok(format!("{n} recipients of {names}"));
+    }
+    let a = store.audience_of_lists(lists).await?;
+    Ok(format!(
+        "{} people on {names} ({} on more than one, mailed once)",
+        a.people, a.on_several
+    ))
+}
+
 /// What `send` works with once the file is compiled and the store open.
 struct Plan<'a> {
     store: &'a Store,
@@ -276,19 +291,15 @@ impl Plan<'_> {
         self.built.campaign.lists.join(", ")
     }
 
-    /// Who gets it now, in words: "300 recipients of news", or "500
-    /// people on ebulletin, partners (100 on more than one, mailed once)".
+    /// The frozen campaign's list slugs, for messages (an edited file may
+    /// name others).
+    async fn frozen_lists_text(&self, c: &CampaignRow) -> Result<String> {
+        Ok(self.store.campaign_list_slugs(c.id).await?.join(", "))
+    }
+
+    /// Who the file's lists reach now, in words ([`audience_of`]).
     async fn audience(&self) -> Result<String> {
-        let lists = self.lists_text();
-        if let [one] = self.list_ids[..] {
-            let n = self.store.audience_count(one).await?;
-            return Ok(format!("{n} recipients of {lists}"));
-        }
-        let a = self.store.audience_of_lists(&self.list_ids).await?;
-        Ok(format!(
-            "{} people on {lists} ({} on more than one, mailed once)",
-            a.people, a.on_several
-        ))
+        audience_of(self.store, &self.list_ids, &self.lists_text()).await
     }
 
     /// Looks at the frozen campaign of this name (never freezes one twice),
@@ -331,11 +342,14 @@ impl Plan<'_> {
             );
         }
         if campaign.status == CampaignStatus::Scheduled && campaign.send_at > self.now {
+            // The frozen lists, which an edited file may no longer name.
+            let lists = db::campaign_lists(pool, campaign.id).await?;
+            let names = self.store.campaign_list_slugs(campaign.id).await?;
             println!(
                 "{}: scheduled for {} to {}; `bulletin dispatch` (cron) sends it then",
                 campaign.slug,
                 fmt_time(campaign.send_at),
-                self.audience().await?
+                audience_of(self.store, &lists, &names.join(", ")).await?
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -407,7 +421,7 @@ impl Plan<'_> {
 
     /// `--only-new`: the people of the list with no row for it, once.
     async fn only_new(&self, c: CampaignRow) -> Result<Step> {
-        let (slug, list) = (&c.slug, &self.lists_text());
+        let (slug, list) = (&c.slug, &self.frozen_lists_text(&c).await?);
         match c.status {
             CampaignStatus::Cancelled => {
                 bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
@@ -460,7 +474,7 @@ impl Plan<'_> {
         let received = self.store.received_count(c.id).await?;
         let question = format!(
             "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
-            self.lists_text()
+            self.frozen_lists_text(&c).await?
         );
         let refusal = format!(
             "not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)"
