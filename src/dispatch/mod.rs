@@ -1047,4 +1047,42 @@ mod tests {
             Some(vec![(7, 7)])
         );
     }
+
+    #[test]
+    fn each_list_of_a_frozen_campaign_has_its_list_id_and_old_campaigns_their_one() {
+        let text = "+++\nsubject = \"s\"\npreheader = \"p\"\nlist = [\"a\", \"b\"]\n+++\n# S\n\n## A\n\nText.\n";
+        let c = crate::campaign::parse("c.md", text).unwrap();
+        let org = crate::config::Organisation::default();
+        let compiled = crate::render::Renderer::new(&crate::assets::Templates::builtin())
+            .unwrap()
+            .compile(&c, &crate::render::Context { organisation: &org })
+            .unwrap();
+        let list = |id: i64, slug: &str, name: &str| FrozenList {
+            id,
+            slug: slug.into(),
+            name: name.into(),
+        };
+        let frozen = Frozen {
+            compiled,
+            from: "N <n@example.org>".into(),
+            reply_to: None,
+            list_slug: "a".into(),
+            list_name: "Alpha".into(),
+            lists: vec![list(7, "a", "Alpha"), list(9, "b", "Beta")],
+            archive: true,
+            resend_until: None,
+        };
+        let headers = frozen.list_headers(7, "example.org");
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[&7], compose::list_id("Alpha", "a", "example.org"));
+        assert_eq!(headers[&9], compose::list_id("Beta", "b", "example.org"));
+        // Frozen before several lists: no `lists` in the stored JSON.
+        let mut old = serde_json::to_value(&frozen).unwrap();
+        old.as_object_mut().unwrap().remove("lists");
+        let old: Frozen = serde_json::from_value(old).unwrap();
+        assert!(old.lists.is_empty());
+        let headers = old.list_headers(7, "example.org");
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[&7], compose::list_id("Alpha", "a", "example.org"));
+    }
 }

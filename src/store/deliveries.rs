@@ -1307,4 +1307,32 @@ mod tests {
                 .all(|(_, l)| *l == a)
         );
     }
+
+    #[tokio::test]
+    async fn campaigns_frozen_before_several_lists_get_their_one_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store.create_list("news", "News", "", false, false, 1).await;
+        let list = list.unwrap().id;
+        // A campaign row as step 6 wrote it: no campaign_lists row.
+        sqlx::query(
+            "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
+             VALUES ('old', ?, 's', '{}', 'h', 'sent', 1, 1)",
+        )
+        .bind(list)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::raw_sql("PRAGMA user_version = 6")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        crate::store::schema::apply(store.pool()).await.unwrap();
+        let old = campaign_by_slug(store.pool(), "old")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(campaign_lists(store.pool(), old.id).await.unwrap(), [list]);
+        assert_eq!(store.campaign_list_slugs(old.id).await.unwrap(), ["news"]);
+    }
 }
