@@ -34,3 +34,53 @@ pub async fn campaign(pool: &SqlitePool, slug: &str) -> Result<Option<CampaignRo
     .fetch_optional(pool)
     .await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::deliveries::{self, CampaignStatus, NewCampaign};
+
+    #[tokio::test]
+    async fn a_campaign_to_several_lists_is_shown_only_when_every_one_is_public() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let open = store.create_list("open", "Open", "", false, true, 1).await;
+        let closed = store.create_list("closed", "Closed", "", false, false, 1);
+        let (open, closed) = (open.unwrap().id, closed.await.unwrap().id);
+        for (slug, lists) in [
+            ("open-only", &[open][..]),
+            ("open-then-closed", &[open, closed]),
+            ("closed-then-open", &[closed, open]),
+        ] {
+            let new = NewCampaign {
+                slug,
+                lists,
+                subject: "s",
+                compiled: "{}",
+                source_hash: "h",
+                send_at: 1,
+                now: 1,
+            };
+            let id = deliveries::insert_campaign(store.pool(), &new).await;
+            let id = id.unwrap();
+            let sending = CampaignStatus::Sending;
+            deliveries::set_campaign_status(store.pool(), id, sending, 2)
+                .await
+                .unwrap();
+        }
+        let shown: Vec<String> = campaigns(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.slug)
+            .collect();
+        assert_eq!(shown, ["open-only"]);
+        assert!(
+            campaign(store.pool(), "open-then-closed")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
