@@ -439,7 +439,7 @@ impl Plan<'_> {
             return Ok(Step::Done);
         }
         let question = format!(
-            "Send \"{}\" to the {first_time} subscribers of list {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            "Send \"{}\" to the {first_time} subscribers of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
             c.subject,
             self.settings.transport.describe()
         );
