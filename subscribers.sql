@@ -9,7 +9,8 @@
 --     user_version to its number, so a step is applied entirely or not at all.
 --   * Applied steps are never edited: a change to the schema is a new step at
 --     the end. Statements use IF NOT EXISTS where they can, so running a step
---     twice is harmless too.
+--     twice is harmless too; a one-line `ALTER TABLE T ADD COLUMN C ...;` is
+--     left out when the column exists (store::schema), for the same reason.
 --
 -- Conventions inside the tables: times are INTEGER unix seconds (UTC);
 -- booleans are INTEGER 0/1; email addresses are stored in the canonical form
@@ -281,3 +282,28 @@ CREATE TABLE IF NOT EXISTS campaign_triggers (
     campaign_id INTEGER PRIMARY KEY REFERENCES campaigns(id),
     trigger     TEXT    NOT NULL CHECK (trigger IN ('welcome'))
 );
+
+-- step 9: campaigns to several lists
+
+-- The lists a campaign goes to, in front matter order (`position` 0 is
+-- `campaigns.list_id`, which stays the first list). Filled for every
+-- campaign; campaigns frozen before this step get their one list here.
+CREATE TABLE IF NOT EXISTS campaign_lists (
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    list_id     INTEGER NOT NULL REFERENCES lists(id),
+    position    INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, list_id)
+) WITHOUT ROWID;
+-- The claim looks for a person's earliest other list in this order.
+CREATE UNIQUE INDEX IF NOT EXISTS campaign_lists_position ON campaign_lists (campaign_id, position);
+-- `lists remove` asks which campaigns still go to a list.
+CREATE INDEX IF NOT EXISTS campaign_lists_list ON campaign_lists (list_id);
+INSERT OR IGNORE INTO campaign_lists (campaign_id, list_id, position)
+    SELECT id, list_id, 0 FROM campaigns;
+
+-- The list through which this person receives this campaign: the earliest
+-- of the campaign's lists they were mailable on when queued, or the one the
+-- claim switched to when they had left that one. Names the List-Id and the
+-- unsubscribe link. NULL in rows queued before this step: the campaign's
+-- first list.
+ALTER TABLE deliveries ADD COLUMN list_id INTEGER REFERENCES lists(id);

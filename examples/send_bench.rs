@@ -126,6 +126,7 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
         reply_to: None,
         list_slug: list.slug.clone(),
         list_name: list.name.clone(),
+        lists: Vec::new(),
         archive: false,
         resend_until: None,
     };
@@ -134,7 +135,7 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
         store.pool(),
         &NewCampaign {
             slug: &c.slug,
-            list_id: list.id,
+            lists: &[list.id],
             subject: &c.subject,
             compiled: &serde_json::to_string(&frozen).unwrap(),
             source_hash: "bench",

@@ -48,7 +48,8 @@ struct RawFront {
     preheader: Option<String>,
     #[serde(default)]
     template: Option<String>,
-    list: Option<String>,
+    /// One slug or an array of slugs.
+    list: Option<toml::Value>,
     #[serde(default)]
     from: Option<String>,
     #[serde(default)]
@@ -102,7 +103,10 @@ pub struct Campaign {
     pub subject: String,
     pub preheader: Option<String>,
     pub template: String,
-    pub list: String,
+    /// The lists it goes to (`list = "news"` or `list = ["news", "partners"]`),
+    /// in front matter order, never empty, no slug twice. A person on
+    /// several gets it once, through the earliest of them.
+    pub lists: Vec<String>,
     pub from: Option<String>,
     pub send_at: Option<DateTime<Utc>>,
     /// Shown in the public archive once sent (`archive = false` keeps it
@@ -230,17 +234,8 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
             ));
         }
     };
-    let list = match raw.list.map(|s| s.trim().to_string()) {
-        Some(s) if !s.is_empty() => s,
-        _ => {
-            return Err(err(
-                1,
-                "front matter: missing `list`; add `list = \"SLUG\"` naming the audience \
-                 (see `bulletin lists`)"
-                    .into(),
-            ));
-        }
-    };
+    let lists = parse_lists(raw.list.as_ref())
+        .map_err(|m| err(key_line("list"), format!("front matter: {m}")))?;
     let template = raw
         .template
         .map(|t| t.trim().to_string())
@@ -285,7 +280,7 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
     };
     let trigger = raw
         .trigger
-        .map(|t| trigger(&t, send_at.is_some(), resend_until.is_some()))
+        .map(|t| trigger(&t, send_at.is_some(), resend_until.is_some(), lists.len()))
         .transpose()
         .map_err(|m| err(key_line("trigger"), format!("front matter: {m}")))?;
     let body = &text[body_start..];
@@ -303,7 +298,7 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty()),
         template,
-        list,
+        lists,
         from: raw.from,
         send_at,
         archive: raw.archive.unwrap_or(true),
@@ -319,7 +314,12 @@ pub fn parse(file: &str, text: &str) -> Result<Campaign> {
 /// The `trigger` value, checked against the keys it cannot go with: a
 /// welcome mail has no send time of its own and goes to nobody already on
 /// the list.
-fn trigger(value: &str, send_at: bool, resend: bool) -> std::result::Result<Trigger, String> {
+fn trigger(
+    value: &str,
+    send_at: bool,
+    resend: bool,
+    lists: usize,
+) -> std::result::Result<Trigger, String> {
     let trigger = Trigger::parse(value.trim()).ok_or_else(|| {
         format!(
             "trigger {value:?} is not a trigger; the allowed value is {} (sent once to each \
@@ -334,6 +334,13 @@ fn trigger(value: &str, send_at: bool, resend: bool) -> std::result::Result<Trig
                 .into(),
         );
     }
+    if lists > 1 {
+        return Err(
+            "trigger = \"welcome\" goes with one list: each list has its own welcome \
+             mail; write one file per list"
+                .into(),
+        );
+    }
     if resend {
         return Err(
             "trigger = \"welcome\" goes with no resend_to_new: every person \
@@ -342,6 +349,41 @@ fn trigger(value: &str, send_at: bool, resend: bool) -> std::result::Result<Trig
         );
     }
     Ok(trigger)
+}
+
+/// The `list` value: one slug or an array of distinct slugs, not empty.
+/// The error is the message without its place.
+fn parse_lists(value: Option<&toml::Value>) -> std::result::Result<Vec<String>, String> {
+    const HOW: &str = "write `list = \"SLUG\"`, or `list = [\"SLUG\", \"SLUG\"]` for several, \
+                       naming the audience (see `bulletin lists`)";
+    let items: Vec<&toml::Value> = match value {
+        None => return Err(format!("missing `list`; {HOW}")),
+        Some(toml::Value::Array(items)) if items.is_empty() => {
+            return Err(format!("`list` is an empty array; {HOW}"));
+        }
+        Some(toml::Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+    };
+    let mut lists: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let slug = match item {
+            toml::Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+            toml::Value::String(_) => return Err(format!("`list` names an empty slug; {HOW}")),
+            other => {
+                return Err(format!(
+                    "`list` holds {}, not a list slug in quotes; {HOW}",
+                    other.type_str()
+                ));
+            }
+        };
+        if lists.contains(&slug) {
+            return Err(format!(
+                "`list` names {slug:?} twice; name each list once (a person on several lists gets the campaign once anyway)"
+            ));
+        }
+        lists.push(slug);
+    }
+    Ok(lists)
 }
 
 /// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
@@ -381,7 +423,7 @@ mod tests {
     fn parses_front_matter_and_body() {
         let c = parse("campaigns/2026-11-x.md", GOOD).unwrap();
         assert_eq!(c.subject, "Hello");
-        assert_eq!(c.list, "news");
+        assert_eq!(c.lists, ["news"]);
         assert_eq!(c.preheader.as_deref(), Some("pre"));
         assert_eq!(c.template, "ebulletin");
         assert_eq!(c.slug, "2026-11-x");
@@ -390,6 +432,37 @@ mod tests {
         assert_eq!(c.format, Format::Markdown);
         assert_eq!(c.line_of_key("list"), 3);
         assert!(c.archive, "archived unless the front matter says not");
+    }
+
+    #[test]
+    fn list_is_one_slug_or_an_array_of_distinct_slugs() {
+        let with = |list: &str| format!("+++\nsubject = \"s\"\nlist = {list}\n+++\n");
+        let c = parse("x.md", &with("[\"ebulletin\", \" partners \"]")).unwrap();
+        assert_eq!(c.lists, ["ebulletin", "partners"], "in order, trimmed");
+        assert_eq!(parse("x.md", &with("[\"news\"]")).unwrap().lists, ["news"]);
+        // An array over several lines: the error names the `list` line.
+        let t = "+++\nsubject = \"s\"\nlist = [\n  \"a\",\n  \"b\",\n  \"a\",\n]\n+++\n";
+        let e = parse("x.md", t).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("names \"a\" twice"), "{e}");
+        for (list, says) in [
+            ("[]", "empty array"),
+            ("[\"a\", \"\"]", "empty slug"),
+            ("\"  \"", "empty slug"),
+            ("[\"a\", 3]", "holds integer"),
+            ("[[\"a\"]]", "holds array"),
+            ("7", "holds integer"),
+        ] {
+            let e = parse("c.md", &with(list)).unwrap_err();
+            assert_eq!((e.file.as_str(), e.line), ("c.md", 3), "{list}: {e}");
+            assert!(e.message.contains(says), "{list}: {e}");
+            assert!(
+                e.message.contains("list = [\"SLUG\""),
+                "{list}: the fix: {e}"
+            );
+        }
+        let e = parse("c.md", "+++\nsubject = \"s\"\n+++\n").unwrap_err();
+        assert!(e.message.contains("missing `list`"), "{e}");
     }
 
     #[test]
@@ -449,6 +522,9 @@ mod tests {
         let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\ntrigger = \"welcome\"\n+++\n";
         assert_eq!(parse("w.md", t).unwrap().trigger, Some(Trigger::Welcome));
         assert_eq!(parse("x.md", GOOD).unwrap().trigger, None);
+        let t = "+++\nsubject = \"Hi\"\nlist = [\"l\", \"m\"]\ntrigger = \"welcome\"\n+++\n";
+        let e = parse("w.md", t).unwrap_err().to_string();
+        assert!(e.contains("goes with one list"), "{e}");
         let t = "+++\nsubject = \"Hi\"\nlist = \"l\"\ntrigger = \"signup\"\n+++\n";
         let e = parse("w.md", t).unwrap_err().to_string();
         assert!(

@@ -166,10 +166,16 @@ impl Urls {
     }
 
     pub fn preferences(&self, signer: &Signer, subscriber: i64) -> String {
+        self.preferences_via(signer, subscriber, 0)
+    }
+
+    /// The preference center from an email received through `list` (the
+    /// page marks that list; 0 names none).
+    pub fn preferences_via(&self, signer: &Signer, subscriber: i64, list: i64) -> String {
         format!(
             "{}/preferences/{}",
             self.base,
-            signer.sign(Purpose::Preferences, subscriber, 0)
+            signer.sign(Purpose::Preferences, subscriber, list)
         )
     }
 

@@ -266,7 +266,7 @@ async fn report_lists_every_recipient_failures_first() {
     let mut reader = csv::Reader::from_reader(csv.as_bytes());
     assert_eq!(
         reader.headers().unwrap(),
-        vec!["address", "state", "attempts", "last_reply", "time"]
+        vec!["address", "state", "attempts", "last_reply", "time", "list"]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), all.len());

@@ -15,6 +15,7 @@ mod import; // lists from Mailchimp (zip), listmonk, Keila, Ghost, Substack, pla
 mod inbound; // `bounces imap` against Dovecot on loopback (BULLETIN_INTEROP=1 requires it): 200 messages, kill -9, exactly once
 mod inbound_webhooks; // POST /webhooks/{ses,postmark,mailgun,sendgrid} over a real socket: signatures, replays, stale, malformed
 mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=1 requires them)
+mod multilist; // campaigns to several lists: each person once, through the earliest list; List-Id, unsubscribe and preferences per list; the claim switching lists
 mod operator; // small operator commands: subscribers add on double opt-in lists, test --to/--as, lists rename/edit/remove
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining

@@ -80,7 +80,7 @@ pub(crate) fn sample_eml(config: &Config, built: &Built, body: &Personalised) ->
     let bounce =
         crate::links::verp_address(&signer.sign(crate::links::Purpose::Bounce, 0, 0), &domain);
     let message_id = format!("{}.sample@{}", built.campaign.slug, domain);
-    let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, &domain);
+    let list_id = compose::list_id(&built.campaign.lists[0], &built.campaign.lists[0], &domain);
     let from = built
         .campaign
         .from
@@ -137,7 +137,7 @@ pub(crate) fn run(config: &Config, args: &BuildArgs) -> Result<ExitCode> {
         ));
     }
     println!("subject:  {}", body.subject);
-    println!("list:     {}", built.campaign.list);
+    println!("list:     {}", built.campaign.lists.join(", "));
     for (name, bytes) in &outputs {
         let path = args.out.join(name);
         std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;

@@ -302,7 +302,7 @@ fn sample_message(
     });
     let domain = config.bounce_domain();
     let token = signer.sign(Purpose::Bounce, 0, 0);
-    let list_id = compose::list_id(&campaign.list, &campaign.list, &domain);
+    let list_id = compose::list_id(&campaign.lists[0], &campaign.lists[0], &domain);
     let headers = compose::Headers {
         from: campaign.from.as_deref().unwrap_or(&config.sender.from),
         reply_to: config.sender.reply_to.as_deref(),

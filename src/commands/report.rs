@@ -1,5 +1,6 @@
 //! `bulletin report`: who got a campaign, one line per recipient (address,
-//! state, attempts, last reply from the server, time), failures and
+//! state, attempts, last reply from the server, time, the list through
+//! which they got it), failures and
 //! unknowns first, streamed from the store as a table, CSV or JSON lines.
 
 use std::process::ExitCode;
@@ -29,10 +30,10 @@ pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<E
         let mut rows = store.report(campaign.id, args.state.clone());
         match args.format {
             ReportFormat::Table => println!(
-                "{:<40} {:<9} {:>8}  {:<22} last reply",
-                "address", "state", "attempts", "time"
+                "{:<40} {:<9} {:>8}  {:<22} {:<16} last reply",
+                "address", "state", "attempts", "time", "list"
             ),
-            ReportFormat::Csv => println!("address,state,attempts,last_reply,time"),
+            ReportFormat::Csv => println!("address,state,attempts,last_reply,time,list"),
             ReportFormat::Json => {}
         }
         let mut count = 0u64;
@@ -58,9 +59,10 @@ pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<E
 fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
     let address = row.email.as_deref().unwrap_or(ERASED);
     let reply = row.last_reply.as_deref().unwrap_or("");
+    let list = row.list.as_deref().unwrap_or("");
     Ok(match format {
         ReportFormat::Table => format!(
-            "{address:<40} {:<9} {:>8}  {:<22} {}",
+            "{address:<40} {:<9} {:>8}  {:<22} {list:<16} {}",
             row.state,
             row.attempts,
             fmt_time(row.updated_at),
@@ -76,6 +78,7 @@ fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
                 &row.attempts.to_string(),
                 reply,
                 &iso_time(row.updated_at),
+                list,
             ])?;
             let bytes = out.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
             String::from_utf8_lossy(&bytes)
@@ -88,6 +91,7 @@ fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
             "attempts": row.attempts,
             "last_reply": row.last_reply,
             "time": iso_time(row.updated_at),
+            "list": row.list,
         }))?,
     })
 }

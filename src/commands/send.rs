@@ -18,7 +18,7 @@ use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
 use crate::config::Config;
 use crate::dispatch::transport::Transport;
-use crate::dispatch::{self, Frozen, NotStarted, Progress, Settings, Summary};
+use crate::dispatch::{self, Frozen, FrozenList, NotStarted, Progress, Settings, Summary};
 use crate::links::Purpose;
 use crate::render::Recipient;
 use crate::store::Store;
@@ -173,6 +173,42 @@ fn source_hash(path: &std::path::Path) -> Result<String> {
         .collect())
 }
 
+/// The lists the campaign names, in order; a missing one is an error at the
+/// `list` line of the file.
+async fn campaign_lists(
+    store: &Store,
+    campaign: &crate::campaign::Campaign,
+) -> Result<Vec<crate::store::List>> {
+    let mut lists = Vec::with_capacity(campaign.lists.len());
+    for slug in &campaign.lists {
+        let list = store.list(slug).await?.ok_or_else(|| {
+            campaign.error(
+                campaign.line_of_key("list"),
+                format!(
+                    "list {slug:?} does not exist; create it with `bulletin lists add {slug} --name NAME`"
+                ),
+            )
+        })?;
+        lists.push(list);
+    }
+    Ok(lists)
+}
+
+/// Who `lists` (slugs: `names`) reach now, in words: "300 recipients of
+/// news", or "500 people on ebulletin, partners (100 on more than one,
+/// mailed once)".
+async fn audience_of(store: &Store, lists: &[i64], names: &str) -> Result<String> {
+    if let [one] = lists[..] {
+        let n = store.audience_count(one).await?;
+        return Ok(format!("{n} recipients of {names}"));
+    }
+    let a = store.audience_of_lists(lists).await?;
+    Ok(format!(
+        "{} people on {names} ({} on more than one, mailed once)",
+        a.people, a.on_several
+    ))
+}
+
 /// What `send` works with once the file is compiled and the store open.
 struct Plan<'a> {
     store: &'a Store,
@@ -183,8 +219,9 @@ struct Plan<'a> {
     now: i64,
     /// `--at`, else the file's `send_at`, else now.
     send_at: i64,
-    list_id: i64,
-    list_name: String,
+    /// The campaign's lists, in front matter order.
+    list_ids: Vec<i64>,
+    list_names: Vec<String>,
     source_hash: String,
     /// The `Frozen` content as stored.
     frozen: String,
@@ -214,15 +251,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     let source_hash = source_hash(&args.campaign)?;
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
-            built.campaign.error(
-                built.campaign.line_of_key("list"),
-                format!(
-                    "list {:?} does not exist; create it with `bulletin lists add {} --name NAME`",
-                    built.campaign.list, built.campaign.list
-                ),
-            )
-        })?;
+        let lists = campaign_lists(&store, &built.campaign).await?;
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
         let frozen = serde_json::to_string(&Frozen {
@@ -233,8 +262,16 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| config.sender.from.clone()),
             reply_to: config.sender.reply_to.clone(),
-            list_slug: built.campaign.list.clone(),
-            list_name: list.name.clone(),
+            list_slug: lists[0].slug.clone(),
+            list_name: lists[0].name.clone(),
+            lists: lists
+                .iter()
+                .map(|l| FrozenList {
+                    id: l.id,
+                    slug: l.slug.clone(),
+                    name: l.name.clone(),
+                })
+                .collect(),
             archive: built.campaign.archive,
             resend_until: built.campaign.resend_until.map(|t| t.timestamp()),
         })?;
@@ -246,8 +283,8 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             settings: &settings,
             now,
             send_at: at.map_or(now, |t| t.timestamp()),
-            list_id: list.id,
-            list_name: list.name.clone(),
+            list_ids: lists.iter().map(|l| l.id).collect(),
+            list_names: lists.iter().map(|l| l.name.clone()).collect(),
             source_hash,
             frozen,
         };
@@ -256,6 +293,22 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
 }
 
 impl Plan<'_> {
+    /// The campaign's list slugs, for messages: `news`, `ebulletin, partners`.
+    fn lists_text(&self) -> String {
+        self.built.campaign.lists.join(", ")
+    }
+
+    /// The frozen campaign's list slugs, for messages (an edited file may
+    /// name others).
+    async fn frozen_lists_text(&self, c: &CampaignRow) -> Result<String> {
+        Ok(self.store.campaign_list_slugs(c.id).await?.join(", "))
+    }
+
+    /// Who the file's lists reach now, in words ([`audience_of`]).
+    async fn audience(&self) -> Result<String> {
+        audience_of(self.store, &self.list_ids, &self.lists_text()).await
+    }
+
     /// Looks at the frozen campaign of this name (never freezes one twice),
     /// then runs, schedules or freezes as the flags say.
     async fn run(&self) -> Result<ExitCode> {
@@ -303,12 +356,14 @@ impl Plan<'_> {
             );
         }
         if campaign.status == CampaignStatus::Scheduled && campaign.send_at > self.now {
+            // The frozen lists, which an edited file may no longer name.
+            let lists = db::campaign_lists(pool, campaign.id).await?;
+            let names = self.store.campaign_list_slugs(campaign.id).await?;
             println!(
-                "{}: scheduled for {} to the {} recipients of {}; `bulletin dispatch` (cron) sends it then",
+                "{}: scheduled for {} to {}; `bulletin dispatch` (cron) sends it then",
                 campaign.slug,
                 fmt_time(campaign.send_at),
-                self.store.audience_count(self.list_id).await?,
-                self.built.campaign.list
+                audience_of(self.store, &lists, &names.join(", ")).await?
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -338,7 +393,7 @@ impl Plan<'_> {
     /// mail (mailing nobody now), replaced, or reported as it stands.
     async fn welcome(&self) -> Result<ExitCode> {
         let args = self.args;
-        let (slug, list) = (&self.built.campaign.slug, &self.built.campaign.list);
+        let (slug, list) = (&self.built.campaign.slug, &self.built.campaign.lists[0]);
         let flag = [
             (args.at.is_some(), "--at"),
             (args.only_new, "--only-new"),
@@ -384,11 +439,11 @@ impl Plan<'_> {
     /// the list has an active one.
     async fn freeze_welcome(&self, slug: &str) -> Result<ExitCode> {
         let (built, file) = (self.built, &self.file);
-        let list = &built.campaign.list;
+        let list = &built.campaign.lists[0];
         let question = format!(
             "Make \"{}\" the welcome mail of list {list} ({})?\n  From now on, each person confirmed on {list} gets this once, via {}; nobody already on the list gets it.",
             built.campaign.subject,
-            self.list_name,
+            self.list_names[0],
             self.settings.transport.describe()
         );
         let refusal = format!(
@@ -400,7 +455,7 @@ impl Plan<'_> {
         }
         let new = NewCampaign {
             slug,
-            list_id: self.list_id,
+            lists: &self.list_ids,
             subject: &built.campaign.subject,
             compiled: &self.frozen,
             source_hash: &self.source_hash,
@@ -428,8 +483,8 @@ impl Plan<'_> {
     /// `--replace` of a welcome mail: new subject and content for whoever
     /// is confirmed next, while no welcome message went out yet.
     async fn replace_welcome(&self, c: CampaignRow) -> Result<ExitCode> {
-        let (slug, list) = (&c.slug, &self.built.campaign.list);
-        if c.list_id != self.list_id {
+        let (slug, list) = (&c.slug, &self.built.campaign.lists[0]);
+        if c.list_id != self.list_ids[0] {
             bail!(
                 "welcome mail {slug} belongs to another list than {list}; `bulletin cancel {slug}` stops it, then send the file for {list} under a new name"
             );
@@ -438,7 +493,7 @@ impl Plan<'_> {
             .store
             .replace_welcome(&Refreeze {
                 id: c.id,
-                list_id: self.list_id,
+                lists: &self.list_ids,
                 subject: &self.built.campaign.subject,
                 compiled: &self.frozen,
                 source_hash: &self.source_hash,
@@ -479,7 +534,7 @@ impl Plan<'_> {
             .store
             .replace_campaign(&Refreeze {
                 id: c.id,
-                list_id: self.list_id,
+                lists: &self.list_ids,
                 subject: &self.built.campaign.subject,
                 compiled: &self.frozen,
                 source_hash: &self.source_hash,
@@ -503,7 +558,7 @@ impl Plan<'_> {
 
     /// `--only-new`: the people of the list with no row for it, once.
     async fn only_new(&self, c: CampaignRow) -> Result<Step> {
-        let (slug, list) = (&c.slug, &self.built.campaign.list);
+        let (slug, list) = (&c.slug, &self.frozen_lists_text(&c).await?);
         match c.status {
             CampaignStatus::Cancelled => {
                 bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
@@ -515,13 +570,13 @@ impl Plan<'_> {
             ),
             CampaignStatus::Sending | CampaignStatus::Finished => {}
         }
-        let first_time = self.store.first_time_count(c.id, c.list_id).await?;
+        let first_time = self.store.first_time_count(c.id).await?;
         if first_time == 0 {
             println!("{slug}: every subscriber of {list} already has it; nothing to send");
             return Ok(Step::Done);
         }
         let question = format!(
-            "Send \"{}\" to the {first_time} subscribers of list {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            "Send \"{}\" to the {first_time} subscribers of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
             c.subject,
             self.settings.transport.describe()
         );
@@ -556,7 +611,7 @@ impl Plan<'_> {
         let received = self.store.received_count(c.id).await?;
         let question = format!(
             "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
-            self.built.campaign.list
+            self.frozen_lists_text(&c).await?
         );
         let refusal = format!(
             "not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)"
@@ -613,22 +668,20 @@ impl Plan<'_> {
     async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let (built, pool) = (self.built, self.store.pool());
         if !self.args.again {
-            let recipients = self.store.audience_count(self.list_id).await?;
+            let recipients = self.audience().await?;
             let when = if self.send_at > self.now {
                 format!("at {}", fmt_time(self.send_at))
             } else {
                 "now".into()
             };
+            let names = self.list_names.join(", ");
             let question = format!(
-                "Send \"{}\"\n  to {recipients} recipients of list {} ({}) {when}\n  via {}?",
+                "Send \"{}\"\n  to {recipients} ({names}) {when}\n  via {}?",
                 built.campaign.subject,
-                built.campaign.list,
-                self.list_name,
                 self.settings.transport.describe()
             );
             let refusal = format!(
-                "not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})",
-                built.campaign.list
+                "not sending without confirmation: add --yes (would send {slug:?} to {recipients})"
             );
             if !confirm(self.args.yes, &question, &refusal)? {
                 println!("not sent");
@@ -637,7 +690,7 @@ impl Plan<'_> {
         }
         let new = NewCampaign {
             slug,
-            list_id: self.list_id,
+            lists: &self.list_ids,
             subject: &built.campaign.subject,
             compiled: &self.frozen,
             source_hash: &self.source_hash,
@@ -741,7 +794,10 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
 struct StatusReport {
     campaign: String,
     subject: String,
+    /// The first list (what campaigns to one list call their list).
     list: String,
+    /// Every list, in front matter order.
+    lists: Vec<String>,
     status: CampaignStatus,
     /// `welcome` for a welcome mail (sent to each person when confirmed).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -775,11 +831,12 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         let mut reports = Vec::new();
         for c in &campaigns {
             let since = c.started_at.unwrap_or(c.send_at);
-            let list = store.list_slug(c.list_id).await?.unwrap_or_default();
+            let lists = store.campaign_list_slugs(c.id).await?;
             reports.push(StatusReport {
                 campaign: c.slug.clone(),
                 subject: c.subject.clone(),
-                list,
+                list: lists.first().cloned().unwrap_or_default(),
+                lists,
                 status: c.status,
                 trigger: c.welcome.then_some(Trigger::Welcome.as_str()),
                 frozen_at: iso_time(c.created_at),
@@ -788,10 +845,9 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 finished_at: c.finished_at.map(iso_time),
                 deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
                 transports: store.run_transports(c.id).await?,
-                bounces: db::events_since(pool, c.list_id, c.id, "bounced", since).await?,
-                complaints: db::events_since(pool, c.list_id, c.id, "complained", since).await?,
-                unsubscribes: db::events_since(pool, c.list_id, c.id, "unsubscribed", since)
-                    .await?,
+                bounces: db::events_since(pool, c.id, "bounced", since).await?,
+                complaints: db::events_since(pool, c.id, "complained", since).await?,
+                unsubscribes: db::events_since(pool, c.id, "unsubscribed", since).await?,
             });
         }
         match args.format {
@@ -806,10 +862,11 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 }
                 for (r, c) in reports.iter().zip(&campaigns) {
                     println!(
-                        "{}  [{}]  list {}  \"{}\"",
+                        "{}  [{}]  {} {}  \"{}\"",
                         r.campaign,
                         state_label(c),
-                        r.list,
+                        if r.lists.len() > 1 { "lists" } else { "list" },
+                        r.lists.join(", "),
                         r.subject
                     );
                     println!("  {}", when(c));
@@ -991,7 +1048,7 @@ fn test_copy(
         built.campaign.slug,
         crate::store::now()
     );
-    let list_id = compose::list_id(&built.campaign.list, &built.campaign.list, domain);
+    let list_id = compose::list_id(&built.campaign.lists[0], &built.campaign.lists[0], domain);
     let from = built
         .campaign
         .from

@@ -15,6 +15,7 @@
 pub mod transport;
 pub mod verdict;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -178,8 +179,14 @@ pub struct Frozen {
     pub compiled: Compiled,
     pub from: String,
     pub reply_to: Option<String>,
+    /// The first list (`campaigns.list_id`).
     pub list_slug: String,
     pub list_name: String,
+    /// Every list the campaign goes to, in front matter order, the first
+    /// included. Empty in campaigns frozen before campaigns had several
+    /// lists: their one list is `list_slug`.
+    #[serde(default)]
+    pub lists: Vec<FrozenList>,
     /// The front matter's `archive` (campaigns frozen before it existed:
     /// true). `store::archive` reads it from the row.
     #[serde(default = "archive_by_default")]
@@ -189,6 +196,31 @@ pub struct Frozen {
     /// since (`Store::reopen_for_new`, which reads it from the row).
     #[serde(default)]
     pub resend_until: Option<i64>,
+}
+
+/// One list of a frozen campaign, as its List-Id header names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FrozenList {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+}
+
+impl Frozen {
+    /// The List-Id header value of each of the campaign's lists, by list
+    /// id; `first_list` is `campaigns.list_id`, the one list of campaigns
+    /// frozen before several.
+    fn list_headers(&self, first_list: i64, domain: &str) -> HashMap<i64, String> {
+        let mut headers: HashMap<i64, String> = self
+            .lists
+            .iter()
+            .map(|l| (l.id, compose::list_id(&l.name, &l.slug, domain)))
+            .collect();
+        headers
+            .entry(first_list)
+            .or_insert_with(|| compose::list_id(&self.list_name, &self.list_slug, domain));
+        headers
+    }
 }
 
 fn archive_by_default() -> bool {
@@ -397,9 +429,9 @@ async fn run_leased(
         return Ok(summary);
     }
     // A welcome campaign's rows come from confirmations (`queue_welcome`),
-    // never from its list.
+    // never from its lists.
     if !campaign.welcome {
-        db::materialise(pool, campaign.id, campaign.list_id, now()).await?;
+        db::materialise(pool, campaign.id, now()).await?;
     }
     let total: i64 = db::counts(pool, campaign.id)
         .await?
@@ -708,7 +740,7 @@ async fn worker(
     let mut sender = s.transport.sender();
     let mut body = Personalised::default();
     let domain = &s.bounce_domain;
-    let list_id = compose::list_id(&shared.frozen.list_name, &shared.frozen.list_slug, domain);
+    let list_headers = shared.frozen.list_headers(shared.campaign.list_id, domain);
     let archive = s.urls.archive(&shared.campaign.slug);
     let mut consecutive_transient = 0u32;
     loop {
@@ -727,16 +759,22 @@ async fn worker(
         }
         let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
         let message_id = links::message_id(&token, domain);
+        // Everything that names a list names the one this person gets it
+        // through (the claim set it: the row's list or the one it switched to).
+        // (Every row's list is one of the campaign's; the first list is the
+        // fallback rather than a panic in a worker.)
+        let list_id = list_headers
+            .get(&job.list_id)
+            .unwrap_or(&list_headers[&shared.campaign.list_id]);
         let unsubscribe = s
             .urls
-            .unsubscribe(&s.signer, job.subscriber_id, shared.campaign.list_id);
-        let preferences = s.urls.preferences(&s.signer, job.subscriber_id);
+            .unsubscribe(&s.signer, job.subscriber_id, job.list_id);
+        let preferences = s
+            .urls
+            .preferences_via(&s.signer, job.subscriber_id, job.list_id);
         let mailto = links::unsubscribe_address(
-            &s.signer.sign(
-                Purpose::Unsubscribe,
-                job.subscriber_id,
-                shared.campaign.list_id,
-            ),
+            &s.signer
+                .sign(Purpose::Unsubscribe, job.subscriber_id, job.list_id),
             domain,
         );
         let return_path = links::verp_address(&token, domain);
@@ -760,7 +798,7 @@ async fn worker(
             to_name: &job.name,
             date: SystemTime::now(),
             message_id: &message_id,
-            list_id: Some(&list_id),
+            list_id: Some(list_id),
             unsubscribe_url: Some(&unsubscribe),
             unsubscribe_mailto: Some(&mailto),
             return_path: Some(&return_path),
@@ -1017,5 +1055,43 @@ mod tests {
             streak.refused("MAIL: 554".into(), (7, 7)),
             Some(vec![(7, 7)])
         );
+    }
+
+    #[test]
+    fn each_list_of_a_frozen_campaign_has_its_list_id_and_old_campaigns_their_one() {
+        let text = "+++\nsubject = \"s\"\npreheader = \"p\"\nlist = [\"a\", \"b\"]\n+++\n# S\n\n## A\n\nText.\n";
+        let c = crate::campaign::parse("c.md", text).unwrap();
+        let org = crate::config::Organisation::default();
+        let compiled = crate::render::Renderer::new(&crate::assets::Templates::builtin())
+            .unwrap()
+            .compile(&c, &crate::render::Context { organisation: &org })
+            .unwrap();
+        let list = |id: i64, slug: &str, name: &str| FrozenList {
+            id,
+            slug: slug.into(),
+            name: name.into(),
+        };
+        let frozen = Frozen {
+            compiled,
+            from: "N <n@example.org>".into(),
+            reply_to: None,
+            list_slug: "a".into(),
+            list_name: "Alpha".into(),
+            lists: vec![list(7, "a", "Alpha"), list(9, "b", "Beta")],
+            archive: true,
+            resend_until: None,
+        };
+        let headers = frozen.list_headers(7, "example.org");
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[&7], compose::list_id("Alpha", "a", "example.org"));
+        assert_eq!(headers[&9], compose::list_id("Beta", "b", "example.org"));
+        // Frozen before several lists: no `lists` in the stored JSON.
+        let mut old = serde_json::to_value(&frozen).unwrap();
+        old.as_object_mut().unwrap().remove("lists");
+        let old: Frozen = serde_json::from_value(old).unwrap();
+        assert!(old.lists.is_empty());
+        let headers = old.list_headers(7, "example.org");
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[&7], compose::list_id("Alpha", "a", "example.org"));
     }
 }

@@ -1,9 +1,10 @@
 //! SQL of the public archive: the one rule for which campaigns anyone may
-//! read. A campaign is shown when it started sending, went to a list that is
-//! public now, and its front matter did not say `archive = false` (kept in
-//! the frozen row, `dispatch::Frozen::archive`) and it is not a welcome
-//! mail (`store::welcome`: one person's greeting, not an issue). Test
-//! copies are never stored as campaigns, so they never appear.
+//! read. A campaign is shown when it started sending, went only to lists
+//! that are public now (every one of several), its front matter did not say
+//! `archive = false` (kept in the frozen row, `dispatch::Frozen::archive`),
+//! and it is not a welcome mail (`store::welcome`: one person's greeting,
+//! not an issue). Test copies are never stored as campaigns, so they never
+//! appear.
 
 use sqlx::SqlitePool;
 
@@ -13,6 +14,8 @@ use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
 /// The archive rule, as a condition on a `campaigns` row.
 const SHOWN: &str = "status IN ('sending', 'sent')
      AND list_id IN (SELECT id FROM lists WHERE public != 0)
+     AND NOT EXISTS (SELECT 1 FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
+                     WHERE cl.campaign_id = campaigns.id AND l.public = 0)
      AND coalesce(json_extract(compiled, '$.archive'), 1) != 0
      AND id NOT IN (SELECT campaign_id FROM campaign_triggers)";
 
@@ -33,4 +36,54 @@ pub async fn campaign(pool: &SqlitePool, slug: &str) -> Result<Option<CampaignRo
     .bind(slug)
     .fetch_optional(pool)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::deliveries::{self, CampaignStatus, NewCampaign};
+
+    #[tokio::test]
+    async fn a_campaign_to_several_lists_is_shown_only_when_every_one_is_public() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let open = store.create_list("open", "Open", "", false, true, 1).await;
+        let closed = store.create_list("closed", "Closed", "", false, false, 1);
+        let (open, closed) = (open.unwrap().id, closed.await.unwrap().id);
+        for (slug, lists) in [
+            ("open-only", &[open][..]),
+            ("open-then-closed", &[open, closed]),
+            ("closed-then-open", &[closed, open]),
+        ] {
+            let new = NewCampaign {
+                slug,
+                lists,
+                subject: "s",
+                compiled: "{}",
+                source_hash: "h",
+                send_at: 1,
+                now: 1,
+            };
+            let id = deliveries::insert_campaign(store.pool(), &new).await;
+            let id = id.unwrap();
+            let sending = CampaignStatus::Sending;
+            deliveries::set_campaign_status(store.pool(), id, sending, 2)
+                .await
+                .unwrap();
+        }
+        let shown: Vec<String> = campaigns(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.slug)
+            .collect();
+        assert_eq!(shown, ["open-only"]);
+        assert!(
+            campaign(store.pool(), "open-then-closed")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -159,7 +159,9 @@ pub(super) const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled,
 #[derive(Debug, Clone)]
 pub struct NewCampaign<'a> {
     pub slug: &'a str,
-    pub list_id: i64,
+    /// The lists it goes to, in front matter order; the first is
+    /// `campaigns.list_id`. Never empty.
+    pub lists: &'a [i64],
     pub subject: &'a str,
     pub compiled: &'a str,
     pub source_hash: &'a str,
@@ -194,23 +196,58 @@ pub async fn campaigns(pool: &SqlitePool) -> Result<Vec<CampaignRow>> {
     .await?)
 }
 
-/// Freezes a campaign as `scheduled`; returns its id.
+/// Freezes a campaign as `scheduled` with its lists; returns its id.
 pub async fn insert_campaign(pool: &SqlitePool, c: &NewCampaign<'_>) -> Result<i64> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let id = sqlx::query(
         "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
          VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?)",
     )
     .bind(c.slug)
-    .bind(c.list_id)
+    .bind(c.lists[0])
     .bind(c.subject)
     .bind(c.compiled)
     .bind(c.source_hash)
     .bind(c.send_at)
     .bind(c.now)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .last_insert_rowid();
+    set_campaign_lists(&mut tx, id, c.lists).await?;
+    tx.commit().await?;
     Ok(id)
+}
+
+/// Records the lists of campaign `id` (`campaign_lists`), in order,
+/// replacing any it had.
+pub(super) async fn set_campaign_lists(
+    conn: &mut SqliteConnection,
+    id: i64,
+    lists: &[i64],
+) -> Result<()> {
+    sqlx::query("DELETE FROM campaign_lists WHERE campaign_id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO campaign_lists (campaign_id, list_id, position)
+         SELECT ?1, value, key FROM json_each(?2)",
+    )
+    .bind(id)
+    .bind(serde_json::to_string(lists).expect("ids serialise"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The lists a campaign goes to, in front matter order (ids).
+pub async fn campaign_lists(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
+    )
+    .bind(campaign_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Moves a campaign to `status` (setting the start or finish time it
@@ -312,24 +349,44 @@ pub async fn release_lease(pool: &SqlitePool, id: i64, owner: &str) -> Result<()
 
 /// Queues one delivery per audience member, once: run again, it adds only
 /// people who joined since (what `send --only-new` relies on). No row is
-/// added to a cancelled campaign, whatever run was starting. One
-/// statement; memory stays flat.
-pub async fn materialise(
-    pool: &SqlitePool,
+/// added to a cancelled campaign, whatever run was starting. Memory stays
+/// flat: one `INSERT ... SELECT` per list of the campaign.
+pub async fn materialise(pool: &SqlitePool, campaign_id: i64, now: i64) -> Result<u64> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let lists: Vec<i64> = sqlx::query_scalar(
+        "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
+    )
+    .bind(campaign_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut queued = 0;
+    for list_id in lists {
+        queued += queue_list(&mut tx, campaign_id, list_id, now).await?;
+    }
+    tx.commit().await?;
+    Ok(queued)
+}
+
+/// Queues the audience of one of the campaign's lists through that list.
+/// Lists go in front matter order and a person has one row per campaign
+/// (`INSERT OR IGNORE`), so someone on several lists is queued once,
+/// through the earliest list they may be mailed on.
+async fn queue_list(
+    conn: &mut SqliteConnection,
     campaign_id: i64,
     list_id: i64,
     now: i64,
 ) -> Result<u64> {
     let done = sqlx::query(&format!(
-        "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT ?2, a.id, 'queued', 0, ?3 FROM ({}) a
+        "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, list_id, status, attempts, updated_at)
+         SELECT ?2, a.id, ?1, 'queued', 0, ?3 FROM ({}) a
          WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')",
         super::subscribers::AUDIENCE_SQL
     ))
     .bind(list_id)
     .bind(campaign_id)
     .bind(now)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
 }
@@ -373,6 +430,9 @@ pub async fn resolve_in_flight(
 pub struct Job {
     pub delivery_id: i64,
     pub subscriber_id: i64,
+    /// The list through which this person receives the campaign: its
+    /// List-Id and unsubscribe link name it.
+    pub list_id: i64,
     pub email: String,
     pub name: String,
     pub attributes: String,
@@ -384,6 +444,7 @@ impl FromRow<'_, SqliteRow> for Job {
         Ok(Job {
             delivery_id: r.try_get("delivery_id")?,
             subscriber_id: r.try_get("subscriber_id")?,
+            list_id: r.try_get("list_id")?,
             email: r.try_get("email")?,
             name: r.try_get("name")?,
             attributes: r.try_get("attributes")?,
@@ -403,12 +464,33 @@ pub struct Claimed {
     pub exhausted: bool,
 }
 
+/// The claim's second chance, over a row `c` (`c.subscriber_id`) of
+/// campaign `?1` whose person left the row's list: the earliest other list
+/// of the campaign on which they may still be mailed, or NULL. A macro so
+/// that [`CLAIM_SQL`] can embed it in `concat!`.
+macro_rules! other_list_sql {
+    () => {
+        concat!(
+            "SELECT cl.list_id FROM campaign_lists cl
+                 JOIN subscriptions sub ON sub.subscriber_id = c.subscriber_id AND sub.list_id = cl.list_id
+                 JOIN subscribers s ON s.id = c.subscriber_id
+             WHERE cl.campaign_id = ?1 AND ",
+            mailable!(),
+            " ORDER BY cl.position LIMIT 1"
+        )
+    };
+}
+
 /// The claim: up to `?4` due rows of campaign `?1` (retries whose time `?3`
 /// has come, then queued rows), each re-checked against the mailable rule on
-/// the campaign's list `?2` in this same statement. Who may still be mailed
-/// becomes `sending`; who left becomes `skipped` with the reason. Both
-/// searches walk `deliveries_work` in order and stop at the limit, so a
-/// claim reads the rows it hands out, whatever the size of the campaign.
+/// the row's list (`?2`, the campaign's first list, for rows queued before
+/// rows had one) in this same statement. Who may still be mailed becomes
+/// `sending`; who left that list but may be mailed on another list of the
+/// campaign becomes `sending` through the earliest such list
+/// ([`OTHER_LIST_SQL`]); who left altogether becomes `skipped` with the
+/// reason. Both searches walk `deliveries_work` in order and stop at the
+/// limit, so a claim reads the rows it hands out, whatever the size of the
+/// campaign.
 pub const CLAIM_SQL: &str = concat!(
     "WITH due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
@@ -419,8 +501,11 @@ pub const CLAIM_SQL: &str = concat!(
              WHERE campaign_id = ?1 AND status = 'queued'
              ORDER BY next_attempt_at, id LIMIT ?4)
          LIMIT ?4),
-     verdict(id, why) AS (
-         SELECT d.id, COALESCE((SELECT CASE
+     home(id, subscriber_id, list_id) AS (
+         SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
+         FROM due JOIN deliveries d ON d.id = due.id),
+     checked(id, subscriber_id, list_id, why) AS (
+         SELECT h.id, h.subscriber_id, h.list_id, COALESCE((SELECT CASE
                  WHEN ",
     mailable!(),
     " THEN ''
@@ -429,23 +514,31 @@ pub const CLAIM_SQL: &str = concat!(
                  WHEN sub.status != 'confirmed' THEN 'subscription ' || sub.status || ' before their turn'
                  ELSE 'address suppressed before their turn' END
              FROM subscribers s
-             LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2
-             WHERE s.id = d.subscriber_id), 'no such subscriber')
-         FROM due JOIN deliveries d ON d.id = due.id)
+             LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = h.list_id
+             WHERE s.id = h.subscriber_id), 'no such subscriber')
+         FROM home h),
+     verdict(id, via, why) AS (
+         SELECT c.id, CASE WHEN c.why = '' THEN c.list_id ELSE (",
+    other_list_sql!(),
+    ") END, c.why FROM checked c)
      UPDATE deliveries SET
-         status = CASE WHEN v.why = '' THEN 'sending' ELSE 'skipped' END,
-         attempts = attempts + (v.why = ''),
-         last_reply = CASE WHEN v.why = '' THEN last_reply ELSE v.why END,
-         next_attempt_at = CASE WHEN v.why = '' THEN next_attempt_at END,
+         status = CASE WHEN v.via IS NOT NULL THEN 'sending' ELSE 'skipped' END,
+         list_id = COALESCE(v.via, deliveries.list_id),
+         attempts = attempts + (v.via IS NOT NULL),
+         last_reply = CASE WHEN v.via IS NOT NULL THEN last_reply ELSE v.why END,
+         next_attempt_at = CASE WHEN v.via IS NOT NULL THEN next_attempt_at END,
          updated_at = ?5
      FROM verdict v WHERE deliveries.id = v.id
      RETURNING deliveries.id, deliveries.status"
 );
 
+/// [`other_list_sql!`] as text, for documentation and tests.
+pub const OTHER_LIST_SQL: &str = other_list_sql!();
+
 /// The recipients of rows just claimed (`?1`: a JSON array of delivery
 /// ids), read in the claim's transaction: what a worker may use.
 const CLAIMED_JOBS_SQL: &str = "\
-SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.attributes, d.attempts \
+SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
 FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
 JOIN subscribers s ON s.id = d.subscriber_id";
 
@@ -649,19 +742,19 @@ pub async fn open_count(pool: &SqlitePool, campaign_id: i64) -> Result<i64> {
     .await?)
 }
 
-/// Events of a kind since a time, for a campaign's list (for `status`).
+/// Events of a kind since a time, for a campaign and its lists (for
+/// `status`).
 pub async fn events_since(
     pool: &SqlitePool,
-    list_id: i64,
     campaign_id: i64,
     kind: &str,
     since: i64,
 ) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events WHERE kind = ?3 AND created_at >= ?4
-             AND (campaign_id = ?2 OR (campaign_id IS NULL AND (list_id = ?1 OR list_id IS NULL)))",
+        "SELECT COUNT(*) FROM events WHERE kind = ?2 AND created_at >= ?3
+             AND (campaign_id = ?1 OR (campaign_id IS NULL AND (list_id IS NULL
+                 OR list_id IN (SELECT list_id FROM campaign_lists WHERE campaign_id = ?1))))",
     )
-    .bind(list_id)
     .bind(campaign_id)
     .bind(kind)
     .bind(since)
@@ -708,6 +801,8 @@ pub struct ReportRow {
     pub last_reply: Option<String>,
     /// When the row last changed (unix seconds).
     pub updated_at: i64,
+    /// The slug of the list through which the person receives it.
+    pub list: Option<String>,
 }
 
 impl FromRow<'_, SqliteRow> for ReportRow {
@@ -718,6 +813,7 @@ impl FromRow<'_, SqliteRow> for ReportRow {
             attempts: r.try_get("attempts")?,
             last_reply: r.try_get("last_reply")?,
             updated_at: r.try_get("updated_at")?,
+            list: r.try_get("list")?,
         })
     }
 }
@@ -743,7 +839,8 @@ pub enum Replace {
 #[derive(Debug, Clone)]
 pub struct Refreeze<'a> {
     pub id: i64,
-    pub list_id: i64,
+    /// The lists, in front matter order (the first is `campaigns.list_id`).
+    pub lists: &'a [i64],
     pub subject: &'a str,
     pub compiled: &'a str,
     pub source_hash: &'a str,
@@ -762,8 +859,10 @@ static REPORT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .iter()
         .map(|state| {
             format!(
-                "SELECT * FROM (SELECT s.email, d.status, d.attempts, d.last_reply, d.updated_at \
+                "SELECT * FROM (SELECT s.email, d.status, d.attempts, d.last_reply, d.updated_at, \
+                 l.slug AS list \
                  FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id \
+                 LEFT JOIN lists l ON l.id = COALESCE(d.list_id, (SELECT list_id FROM campaigns WHERE id = ?1)) \
                  WHERE d.campaign_id = ?1 AND d.status = '{state}' AND (?2 IS NULL OR ?2 = '{state}'))"
             )
         })
@@ -806,7 +905,7 @@ impl super::Store {
     }
 
     /// Refreezes a campaign that has attempted no message yet, in one
-    /// IMMEDIATE transaction: new subject, content, list and time; its
+    /// IMMEDIATE transaction: new subject, content, lists and time; its
     /// queued rows are dropped (the next run queues the audience again).
     pub async fn replace_campaign(&self, new: &Refreeze<'_>) -> Result<Replace> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
@@ -832,38 +931,41 @@ impl super::Store {
              WHERE id = ?1",
         )
         .bind(new.id)
-        .bind(new.list_id)
+        .bind(new.lists[0])
         .bind(new.subject)
         .bind(new.compiled)
         .bind(new.source_hash)
         .bind(new.send_at)
         .execute(&mut *tx)
         .await?;
+        set_campaign_lists(&mut tx, new.id, new.lists).await?;
         tx.commit().await?;
         Ok(Replace::Done)
     }
 
-    /// How many of the campaign's audience have no delivery row for it yet:
-    /// who `send --only-new` would mail for the first time.
-    pub async fn first_time_count(&self, campaign_id: i64, list_id: i64) -> Result<i64> {
+    /// How many of the campaign's audience (on any of its lists) have no
+    /// delivery row for it yet: who `send --only-new` would mail for the
+    /// first time.
+    pub async fn first_time_count(&self, campaign_id: i64) -> Result<i64> {
+        let lists = campaign_lists(self.pool(), campaign_id).await?;
         Ok(sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM ({}) a WHERE NOT EXISTS
                  (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?2 AND d.subscriber_id = a.id)",
-            super::subscribers::AUDIENCE_SQL
+            super::subscribers::AUDIENCE_OF_LISTS_SQL
         ))
-        .bind(list_id)
+        .bind(serde_json::to_string(&lists).expect("ids serialise"))
         .bind(campaign_id)
         .fetch_one(self.pool())
         .await?)
     }
 
     /// Moves back to `sending` every sent campaign whose frozen
-    /// `resend_until` (front matter `resend_to_new`) is still ahead and whose
-    /// list has someone with no row for it; returns their slugs. The run
-    /// that follows queues only those people (`materialise`).
+    /// `resend_until` (front matter `resend_to_new`) is still ahead and one
+    /// of whose lists has someone with no row for it; returns their slugs.
+    /// The run that follows queues only those people (`materialise`).
     pub async fn reopen_for_new(&self, now: i64) -> Result<Vec<String>> {
-        let candidates: Vec<(i64, i64, String)> = sqlx::query_as(
-            "SELECT id, list_id, slug FROM campaigns
+        let candidates: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, slug FROM campaigns
              WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
              ORDER BY id",
         )
@@ -871,8 +973,8 @@ impl super::Store {
         .fetch_all(self.pool())
         .await?;
         let mut reopened = Vec::new();
-        for (id, list_id, slug) in candidates {
-            if self.first_time_count(id, list_id).await? > 0
+        for (id, slug) in candidates {
+            if self.first_time_count(id).await? > 0
                 && set_campaign_status(self.pool(), id, CampaignStatus::Sending, now).await?
             {
                 reopened.push(slug);
@@ -881,12 +983,16 @@ impl super::Store {
         Ok(reopened)
     }
 
-    /// The slug of the list a campaign goes to (for `status`).
-    pub async fn list_slug(&self, list_id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT slug FROM lists WHERE id = ?")
-            .bind(list_id)
-            .fetch_optional(self.pool())
-            .await?)
+    /// The slugs of the lists a campaign goes to, in front matter order
+    /// (for `status`).
+    pub async fn campaign_list_slugs(&self, campaign_id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT l.slug FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
+             WHERE cl.campaign_id = ? ORDER BY cl.position",
+        )
+        .bind(campaign_id)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// How many people a campaign was sent to (`sent` or `unknown` rows).
@@ -1025,7 +1131,7 @@ mod tests {
             .unwrap();
         let new = NewCampaign {
             slug: "c",
-            list_id: list.id,
+            lists: &[list.id],
             subject: "s",
             compiled: "{}",
             source_hash: "h",
@@ -1037,7 +1143,7 @@ mod tests {
             store.cancel_campaign(id, 2).await.unwrap(),
             Cancel::Done { dropped: 0 }
         );
-        assert_eq!(materialise(store.pool(), id, list.id, 3).await.unwrap(), 0);
+        assert_eq!(materialise(store.pool(), id, 3).await.unwrap(), 0);
         for to in [CampaignStatus::Sending, CampaignStatus::Finished] {
             assert!(!set_campaign_status(store.pool(), id, to, 3).await.unwrap());
         }
@@ -1061,7 +1167,7 @@ mod tests {
         }
         let new = NewCampaign {
             slug: "c",
-            list_id: list.id,
+            lists: &[list.id],
             subject: "s",
             compiled: "{}",
             source_hash: "h",
@@ -1070,7 +1176,7 @@ mod tests {
         };
         let id = insert_campaign(store.pool(), &new).await.unwrap();
         let campaign = campaign_by_id(store.pool(), id).await.unwrap().unwrap();
-        materialise(store.pool(), id, list.id, 1).await.unwrap();
+        materialise(store.pool(), id, 1).await.unwrap();
         let claimed = commit(store.pool(), &campaign, 2, &[], 2).await.unwrap();
         let ann = claimed.jobs.iter().find(|j| j.email == "ann@example.org");
         let ann = ann.unwrap();
@@ -1091,5 +1197,163 @@ mod tests {
         assert_eq!(event.source, "dispatch");
         let counts = counts(store.pool(), id).await.unwrap();
         assert_eq!(counts, [("failed".into(), 1), ("sending".into(), 1)]);
+    }
+
+    /// Two lists, `a` and `b`, and a campaign to both (in that order): ann
+    /// on a only, bob on both, cy on b only.
+    async fn two_lists(store: &Store) -> (i64, i64, CampaignRow) {
+        let a = store.create_list("a", "A", "", false, false, 1).await;
+        let b = store.create_list("b", "B", "", false, false, 1).await;
+        let (a, b) = (a.unwrap().id, b.unwrap().id);
+        for (email, lists) in [
+            ("ann@example.org", &["a"][..]),
+            ("bob@example.org", &["a", "b"]),
+            ("cy@example.org", &["b"]),
+        ] {
+            for list in lists {
+                store
+                    .add_subscriber(email, None, list, "cli", 1)
+                    .await
+                    .unwrap();
+            }
+        }
+        let new = NewCampaign {
+            slug: "c",
+            lists: &[a, b],
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let id = insert_campaign(store.pool(), &new).await.unwrap();
+        let campaign = campaign_by_id(store.pool(), id).await.unwrap().unwrap();
+        (a, b, campaign)
+    }
+
+    /// Each claimed job's (email, list) in claim order.
+    fn jobs(claimed: &Claimed) -> Vec<(&str, i64)> {
+        claimed
+            .jobs
+            .iter()
+            .map(|j| (j.email.as_str(), j.list_id))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn several_lists_queue_each_person_once_through_their_earliest_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let (a, b, campaign) = two_lists(&store).await;
+        assert_eq!(campaign.list_id, a, "the first list is the campaign's list");
+        assert_eq!(
+            campaign_lists(store.pool(), campaign.id).await.unwrap(),
+            [a, b]
+        );
+        let audience = store.audience_of_lists(&[a, b]).await.unwrap();
+        assert_eq!((audience.people, audience.on_several), (3, 1));
+        assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 3);
+        assert_eq!(materialise(store.pool(), campaign.id, 2).await.unwrap(), 3);
+        assert_eq!(materialise(store.pool(), campaign.id, 2).await.unwrap(), 0);
+        assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 0);
+        let claimed = commit(store.pool(), &campaign, 5, &[], 3).await.unwrap();
+        let mut got = jobs(&claimed);
+        got.sort();
+        let want = [
+            ("ann@example.org", a),
+            ("bob@example.org", a),
+            ("cy@example.org", b),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn the_claim_sends_through_another_list_of_the_campaign_when_one_was_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let (a, b, campaign) = two_lists(&store).await;
+        materialise(store.pool(), campaign.id, 2).await.unwrap();
+        // After queueing: bob leaves a (still on b), ann leaves a (on nothing else).
+        for email in ["bob@example.org", "ann@example.org"] {
+            store
+                .remove_subscriber(email, Some("a"), "cli", 3)
+                .await
+                .unwrap();
+        }
+        let claimed = commit(store.pool(), &campaign, 5, &[], 4).await.unwrap();
+        let mut got = jobs(&claimed);
+        got.sort();
+        assert_eq!(got, [("bob@example.org", b), ("cy@example.org", b)]);
+        assert_eq!(claimed.skipped, 1);
+        let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT s.email, d.status, d.list_id, d.last_reply FROM deliveries d
+             JOIN subscribers s ON s.id = d.subscriber_id ORDER BY s.email",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let ann = &rows[0];
+        assert_eq!(
+            (ann.1.as_str(), ann.2, ann.3.as_deref()),
+            (
+                "skipped",
+                Some(a),
+                Some("subscription unsubscribed before their turn")
+            )
+        );
+        assert_eq!(
+            (rows[1].1.as_str(), rows[1].2),
+            ("sending", Some(b)),
+            "bob switched to b"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_queued_before_rows_had_a_list_go_through_the_first_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let (a, _, campaign) = two_lists(&store).await;
+        materialise(store.pool(), campaign.id, 2).await.unwrap();
+        sqlx::query("UPDATE deliveries SET list_id = NULL")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let claimed = commit(store.pool(), &campaign, 5, &[], 3).await.unwrap();
+        let got = jobs(&claimed);
+        // cy is not on a but is on b: the claim switches them, as for a leaver.
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got.iter()
+                .filter(|(e, _)| *e != "cy@example.org")
+                .all(|(_, l)| *l == a)
+        );
+    }
+
+    #[tokio::test]
+    async fn campaigns_frozen_before_several_lists_get_their_one_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let list = store.create_list("news", "News", "", false, false, 1).await;
+        let list = list.unwrap().id;
+        // A campaign row as step 6 wrote it: no campaign_lists row.
+        sqlx::query(
+            "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
+             VALUES ('old', ?, 's', '{}', 'h', 'sent', 1, 1)",
+        )
+        .bind(list)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::raw_sql("PRAGMA user_version = 6")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        crate::store::schema::apply(store.pool()).await.unwrap();
+        let old = campaign_by_slug(store.pool(), "old")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(campaign_lists(store.pool(), old.id).await.unwrap(), [list]);
+        assert_eq!(store.campaign_list_slugs(old.id).await.unwrap(), ["news"]);
     }
 }

@@ -143,7 +143,9 @@ async fn members(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
 /// Campaigns to the list that the dispatcher may still send.
 async fn campaigns_to_come(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM campaigns WHERE list_id = ? AND status IN ('scheduled', 'sending', 'held')",
+        "SELECT count(*) FROM campaigns c WHERE c.status IN ('scheduled', 'sending', 'held')
+             AND (c.list_id = ?1 OR EXISTS
+                 (SELECT 1 FROM campaign_lists cl WHERE cl.campaign_id = c.id AND cl.list_id = ?1))",
     )
     .bind(list_id)
     .fetch_one(conn)
@@ -277,6 +279,19 @@ impl Store {
         .await?)
     }
 
+    /// How many people would receive a campaign sent to `lists` now, each
+    /// counted once, and how many of them are on more than one of them.
+    pub async fn audience_of_lists(&self, lists: &[i64]) -> Result<ListsAudience> {
+        let (people, on_several): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*), COALESCE(SUM(a.lists > 1), 0) FROM ({}) a",
+            super::subscribers::AUDIENCE_OF_LISTS_SQL
+        ))
+        .bind(serde_json::to_string(lists).expect("ids serialise"))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ListsAudience { people, on_several })
+    }
+
     /// How many people would receive a campaign sent to the list now.
     pub async fn audience_count(&self, list_id: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(&format!(
@@ -287,6 +302,15 @@ impl Store {
         .fetch_one(self.pool())
         .await?)
     }
+}
+
+/// The audience of a campaign to several lists ([`Store::audience_of_lists`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListsAudience {
+    /// People who would get it, once each.
+    pub people: i64,
+    /// Of those, how many are on more than one of the lists.
+    pub on_several: i64,
 }
 
 #[cfg(test)]

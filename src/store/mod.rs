@@ -59,7 +59,7 @@ pub use export::{ExportRow, ListMembership, Selection};
 pub use import::{
     Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
 };
-pub use lists::{List, ListChanges, ListCounts, RemovedList};
+pub use lists::{List, ListChanges, ListCounts, ListsAudience, RemovedList};
 pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
@@ -577,7 +577,7 @@ mod tests {
         }
         let campaign = deliveries::NewCampaign {
             slug: "c",
-            list_id: list.id,
+            lists: &[list.id],
             subject: "s",
             compiled: "{}",
             source_hash: "h",
@@ -591,7 +591,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let queued = deliveries::materialise(s.pool(), campaign_id, list.id, 1)
+        let queued = deliveries::materialise(s.pool(), campaign_id, 1)
             .await
             .unwrap();
         assert_eq!(queued, CASES.len() as u64);
@@ -696,9 +696,14 @@ mod tests {
 
     #[test]
     fn the_mailable_rule_is_spelled_out_in_one_place() {
-        use deliveries::CLAIM_SQL;
-        use subscribers::AUDIENCE_SQL;
-        for sql in [AUDIENCE_SQL, CLAIM_SQL] {
+        use deliveries::{CLAIM_SQL, OTHER_LIST_SQL};
+        use subscribers::{AUDIENCE_OF_LISTS_SQL, AUDIENCE_SQL};
+        for sql in [
+            AUDIENCE_SQL,
+            AUDIENCE_OF_LISTS_SQL,
+            CLAIM_SQL,
+            OTHER_LIST_SQL,
+        ] {
             assert!(sql.contains(MAILABLE), "{sql}");
         }
         assert!(MAILABLE.contains(MAILABLE_PERSON));

@@ -74,7 +74,8 @@ pub async fn apply(pool: &SqlitePool) -> Result<i64> {
             tx.rollback().await?;
             continue;
         }
-        sqlx::raw_sql(&step.sql).execute(&mut *tx).await?;
+        let sql = without_columns_present(&mut tx, &step.sql).await?;
+        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
         // PRAGMA takes no bound parameters; the number comes from our file.
         sqlx::raw_sql(&format!("PRAGMA user_version = {}", step.number))
             .execute(&mut *tx)
@@ -83,6 +84,46 @@ pub async fn apply(pool: &SqlitePool) -> Result<i64> {
         version = step.number;
     }
     Ok(version)
+}
+
+/// The step's SQL without its `ALTER TABLE T ADD COLUMN C ...;` lines whose
+/// column exists already. SQLite has no `ADD COLUMN IF NOT EXISTS`; this is
+/// it, so a step that adds a column is harmless when run twice too. Such a
+/// statement must be on one line.
+async fn without_columns_present(conn: &mut sqlx::SqliteConnection, sql: &str) -> Result<String> {
+    let mut kept = String::with_capacity(sql.len());
+    for line in sql.lines() {
+        if let Some((table, column)) = added_column(line) {
+            let present: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *conn)
+            .await?;
+            if present > 0 {
+                continue;
+            }
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    Ok(kept)
+}
+
+/// `(table, column)` of a line `ALTER TABLE table ADD COLUMN column ...`.
+fn added_column(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.split_whitespace();
+    let mut next_is = |w: &str| words.next().is_some_and(|x| x.eq_ignore_ascii_case(w));
+    if !(next_is("ALTER") && next_is("TABLE")) {
+        return None;
+    }
+    let table = words.next()?;
+    let mut next_is = |w: &str| words.next().is_some_and(|x| x.eq_ignore_ascii_case(w));
+    if !(next_is("ADD") && next_is("COLUMN")) {
+        return None;
+    }
+    Some((table, words.next()?))
 }
 
 /// `PRAGMA user_version`: the last schema step applied.
@@ -116,6 +157,17 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].title, "b");
         assert_eq!(ok[1].sql, "B;\n");
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE deliveries ADD COLUMN list_id INTEGER;"),
+            Some(("deliveries", "list_id"))
+        );
+        assert_eq!(added_column("alter table t add column c"), Some(("t", "c")));
+        assert_eq!(added_column("ALTER TABLE t RENAME TO u;"), None);
+        assert_eq!(added_column("-- ALTER TABLE t ADD COLUMN c"), None);
     }
 
     #[tokio::test]

@@ -20,6 +20,18 @@ pub const AUDIENCE_SQL: &str = concat!(
     " ORDER BY sub.subscriber_id"
 );
 
+/// Who receives a campaign sent to the lists `?1` (a JSON array of list
+/// ids): every person mailable ([`super::MAILABLE`]) on at least one of
+/// them, once (`id`), with `lists`, on how many of them. Beside
+/// [`AUDIENCE_SQL`], which the queue uses list by list.
+pub const AUDIENCE_OF_LISTS_SQL: &str = concat!(
+    "SELECT sub.subscriber_id AS id, count(*) AS lists \
+     FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+     WHERE sub.list_id IN (SELECT value FROM json_each(?1)) AND ",
+    mailable!(),
+    " GROUP BY sub.subscriber_id"
+);
+
 /// A person as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscriber {

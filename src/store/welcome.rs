@@ -14,7 +14,9 @@
 
 use sqlx::SqliteConnection;
 
-use super::deliveries::{ATTEMPTED_SQL, CampaignStatus, NewCampaign, Refreeze, Replace};
+use super::deliveries::{
+    ATTEMPTED_SQL, CampaignStatus, NewCampaign, Refreeze, Replace, set_campaign_lists,
+};
 use super::{Result, Store};
 
 /// Whether a welcome campaign has work for `dispatch`, as a condition on a
@@ -91,7 +93,7 @@ impl Store {
         let active: Option<String> = sqlx::query_scalar(&format!(
             "SELECT slug FROM campaigns WHERE id IN ({ACTIVE_SQL})"
         ))
-        .bind(c.list_id)
+        .bind(c.lists[0])
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(slug) = active {
@@ -102,7 +104,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7) RETURNING id",
         )
         .bind(c.slug)
-        .bind(c.list_id)
+        .bind(c.lists[0])
         .bind(c.subject)
         .bind(c.compiled)
         .bind(c.source_hash)
@@ -110,6 +112,7 @@ impl Store {
         .bind(c.now)
         .fetch_one(&mut *tx)
         .await?;
+        set_campaign_lists(&mut tx, id, c.lists).await?;
         sqlx::query("INSERT INTO campaign_triggers (campaign_id, trigger) VALUES (?, 'welcome')")
             .bind(id)
             .execute(&mut *tx)
@@ -179,7 +182,7 @@ mod tests {
                 .unwrap();
             let new = NewCampaign {
                 slug: &format!("welcome-{slug}"),
-                list_id: list.id,
+                lists: &[list.id],
                 subject: "Welcome",
                 compiled: "{}",
                 source_hash: "h",
@@ -322,7 +325,7 @@ mod tests {
         let (_dir, store, [(open, first), _]) = store().await;
         let new = NewCampaign {
             slug: "welcome-2",
-            list_id: open,
+            lists: &[open],
             subject: "Welcome again",
             compiled: "{}",
             source_hash: "h",

@@ -72,7 +72,7 @@ async fn unsubscribe_page(
         &json!({
             "list": list,
             "action": format!("/unsubscribe/{token}"),
-            "preferences_url": urls.preferences(&state.inner.signer, claims.a),
+            "preferences_url": urls.preferences_via(&state.inner.signer, claims.a, claims.b),
         }),
     )
 }
@@ -131,10 +131,17 @@ struct ListChoice {
     description: String,
     subscribed: bool,
     pending: bool,
+    /// The email whose link opened the page came through this list.
+    via: bool,
 }
 
-/// The lists shown to a person: every public list and any list they are on.
-async fn choices(state: &AppState, subscriber: i64) -> Result<Vec<(List, ListChoice)>, Error> {
+/// The lists shown to a person: every public list and any list they are on;
+/// `via` is the list the email they came from was sent through (0: none).
+async fn choices(
+    state: &AppState,
+    subscriber: i64,
+    via: i64,
+) -> Result<Vec<(List, ListChoice)>, Error> {
     let pool = state.inner.store.pool();
     let mine = people::lists_of(pool, subscriber).await?;
     let mut out = Vec::new();
@@ -154,6 +161,7 @@ async fn choices(state: &AppState, subscriber: i64) -> Result<Vec<(List, ListCho
                 description: l.description.clone(),
                 subscribed: status == "confirmed" || status == "pending",
                 pending: status == "pending",
+                via: l.id == via,
             };
             (l, choice)
         })
@@ -175,7 +183,7 @@ async fn preferences(
         1: token,
     } = link;
     let p = person(&state, claims.a).await?;
-    let lists: Vec<ListChoice> = choices(&state, p.id)
+    let lists: Vec<ListChoice> = choices(&state, p.id, claims.b)
         .await?
         .into_iter()
         .map(|(_, c)| c)
@@ -257,7 +265,7 @@ async fn save_preferences(
         .filter_map(|(_, v)| v.rsplit_once(':'))
         .map(|(slug, state)| (slug, state == "on"))
         .collect();
-    for (list, choice) in choices(&state, p.id).await? {
+    for (list, choice) in choices(&state, p.id, claims.b).await? {
         let want = wanted.contains(&list.slug.as_str());
         let was = shown
             .iter()

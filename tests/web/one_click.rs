@@ -23,7 +23,9 @@ async fn unsubscribe_get_shows_a_button_and_changes_nothing() {
         "{}",
         r.body
     );
-    let prefs = format!("{BASE}{}", site.preferences_path(site.ann));
+    // The preference page it links to marks the list being left.
+    let token = site.token(Purpose::Preferences, site.ann, site.news.id);
+    let prefs = format!("{BASE}/preferences/{token}");
     assert!(
         r.body.contains(&prefs),
         "link to the preferences: {}",

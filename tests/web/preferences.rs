@@ -11,6 +11,61 @@ fn csrf_field(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_string()
 }
 
+/// The hint a list's box carries when the email came through that list.
+const VIA: &str = "The email you came from was sent to you through this list.";
+
+/// The `<label>` of list `slug`'s box.
+fn label<'a>(page: &'a str, slug: &str) -> &'a str {
+    let start = page
+        .find(&format!("<label class=\"check\" for=\"list-{slug}\">"))
+        .unwrap_or_else(|| panic!("no box for {slug} in {page}"));
+    let rest = &page[start..];
+    &rest[..rest.find("</label>").unwrap()]
+}
+
+#[tokio::test]
+async fn the_page_from_an_email_marks_the_list_it_came_through_among_all_of_the_persons() {
+    let site = Site::new().await;
+    // From a campaign to news and staff that reached ann through staff.
+    let token = site.token(Purpose::Preferences, site.ann, site.staff.id);
+    let page = site.get(&format!("/preferences/{token}")).await.body;
+    assert!(label(&page, "staff").contains(VIA), "{page}");
+    assert!(!label(&page, "news").contains(VIA), "{page}");
+    assert!(!label(&page, "events").contains(VIA), "{page}");
+    assert!(is_ticked(&page, "news") && is_ticked(&page, "staff"));
+    assert_eq!(page.matches(VIA).count(), 1, "{page}");
+    // A link that names no list (older emails, the unsubscribe page of a
+    // test copy) marks none.
+    let page = site.get(&site.preferences_path(site.ann)).await.body;
+    assert!(!page.contains(VIA), "{page}");
+    // Saving from the marked page works as from any other.
+    let path = format!("/preferences/{token}");
+    let csrf = site.csrf(site.ann);
+    let r = site
+        .form(
+            &path,
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "Ann"),
+                ("list", "news"),
+                ("shown", "news:on"),
+                ("shown", "staff:on"),
+                ("shown", "events:off"),
+                ("action", "save"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        site.subscription(site.ann, &site.staff).await.as_deref(),
+        Some("unsubscribed")
+    );
+    assert_eq!(
+        site.subscription(site.ann, &site.news).await.as_deref(),
+        Some("confirmed")
+    );
+}
+
 #[tokio::test]
 async fn preferences_page_shows_name_lists_and_a_csrf_field() {
     let site = Site::new().await;
