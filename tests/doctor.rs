@@ -241,3 +241,24 @@ async fn starttls_with_an_untrusted_certificate_fails_against_aiosmtpd() {
     );
     assert!(!out.contains("smtp auth: credentials"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_clock_fails() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = project(format!("smtp://127.0.0.1:{}?tls=none", sink.port())).await;
+    let mut cmd = env.command(&["doctor"]);
+    cmd.env("BULLETIN_SECRET", "x".repeat(32))
+        .env("BULLETIN_NOW", "1800000000");
+    let out: Output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let clock = line(&out, "clock");
+    assert_eq!(clock.0, "FAIL", "{out}");
+    assert!(clock.1.contains("BULLETIN_NOW=1800000000"), "{out}");
+    let (_, unset) = doctor(&env, &"x".repeat(32), &[]).await;
+    assert!(
+        !unset.contains("clock:"),
+        "no clock line without BULLETIN_NOW: {unset}"
+    );
+}

@@ -121,6 +121,16 @@ fn sources(r: &mut Report, config: &Config, global: &Global) {
             format!("{db} does not exist yet; create it with `bulletin init` or an import"),
         );
     }
+    if let Some(at) = std::env::var_os("BULLETIN_NOW") {
+        r.line(
+            Level::Fail,
+            "clock",
+            format!(
+                "BULLETIN_NOW={} fixes the clock (for tests): schedules, retries and leases stop moving; unset it",
+                at.to_string_lossy()
+            ),
+        );
+    }
 }
 
 fn secret(r: &mut Report, config: &Config) {
