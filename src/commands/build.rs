@@ -1,5 +1,7 @@
 //! `bulletin build`: compile a campaign and write its HTML, text and a
-//! sample `.eml` (and with `--mjml` the MJML that was compiled).
+//! sample `.eml` (and with `--mjml` the MJML that was compiled). With a
+//! database, the campaign's list must exist and its placeholders must name
+//! values its subscribers have (`send` makes the same checks).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,7 +15,8 @@ use crate::cli::BuildArgs;
 use crate::compose;
 use crate::config::Config;
 use crate::links::Urls;
-use crate::render::{self, Compiled, Personalised, Recipient, Renderer, Warning};
+use crate::render::{self, Compiled, Personalised, Recipient, Renderer, Warning, placeholders};
+use crate::store::{self, List, Store};
 
 /// A campaign read from disk and compiled.
 pub(crate) struct Built {
@@ -36,6 +39,56 @@ pub(crate) fn compile_file(config: &Config, path: &Path) -> Result<Built> {
         },
     )?;
     Ok(Built { campaign, compiled })
+}
+
+/// The campaign's list; a slug no list has is a `campaign::Error` at the
+/// `list` line, with the store's "did you mean".
+pub(crate) async fn campaign_list(store: &Store, campaign: &Campaign) -> Result<List> {
+    match store.require_list(&campaign.list).await {
+        Ok(list) => Ok(list),
+        Err(store::Error::NoList {
+            slug,
+            suggestion: None,
+        }) => Err(campaign
+            .error(
+                campaign.line_of_key("list"),
+                format!(
+                    "list {slug:?} does not exist; create it with `bulletin lists add {slug} --name NAME` (`bulletin lists` shows all)"
+                ),
+            )
+            .into()),
+        Err(e @ store::Error::NoList { .. }) => Err(campaign
+            .error(campaign.line_of_key("list"), e.to_string())
+            .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fails on a placeholder without fallback that no subscriber of `list` has
+/// a value for (`render::placeholders::check`).
+pub(crate) async fn check_placeholders(store: &Store, built: &Built, list: &List) -> Result<()> {
+    let keys = store.list_keys(list.id).await?;
+    placeholders::check(&built.campaign, &built.compiled, &list.slug, &keys)?;
+    Ok(())
+}
+
+/// `build`'s checks against the database: its list exists and provides the
+/// placeholders. Without a database file, a note says they were skipped.
+fn check_against_database(config: &Config, built: &Built) -> Result<()> {
+    if !config.db.is_file() {
+        eprintln!(
+            "bulletin: note: no database at {} (set by {}); placeholders not checked against the subscribers of list {}",
+            config.db.display(),
+            config.db_source,
+            built.campaign.list
+        );
+        return Ok(());
+    }
+    super::runtime()?.block_on(async {
+        let store = super::open_store(config).await?;
+        let list = campaign_list(&store, &built.campaign).await?;
+        check_placeholders(&store, built, &list).await
+    })
 }
 
 /// `file:line: warning: message`, or `file: warning: message`.
@@ -110,6 +163,7 @@ pub(crate) fn run(config: &Config, args: &BuildArgs) -> Result<ExitCode> {
     for w in &built.compiled.warnings {
         eprintln!("{}", format_warning(&file, w));
     }
+    check_against_database(config, &built)?;
     if args.strict && !built.compiled.warnings.is_empty() {
         return Err(campaign::Error {
             file: file.clone(),

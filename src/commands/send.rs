@@ -11,7 +11,9 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{Built, SAMPLE_NAME, compile_file, format_warning};
+use super::build::{
+    Built, SAMPLE_NAME, campaign_list, check_placeholders, compile_file, format_warning,
+};
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
 use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
 use crate::compose;
@@ -207,15 +209,8 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     let source_hash = source_hash(&args.campaign)?;
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let list = store.list(&built.campaign.list).await?.ok_or_else(|| {
-            built.campaign.error(
-                built.campaign.line_of_key("list"),
-                format!(
-                    "list {:?} does not exist; create it with `bulletin lists add {} --name NAME`",
-                    built.campaign.list, built.campaign.list
-                ),
-            )
-        })?;
+        let list = campaign_list(&store, &built.campaign).await?;
+        check_placeholders(&store, &built, &list).await?;
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
         let frozen = serde_json::to_string(&Frozen {
@@ -472,6 +467,21 @@ impl Plan<'_> {
         Ok(Step::Run(c, true))
     }
 
+    /// The prompt's lines for the placeholders without fallback that some
+    /// of the `recipients` have no value for.
+    async fn missing_values(&self, recipients: i64) -> Result<Vec<String>> {
+        let bare: Vec<String> = crate::render::placeholders::keys(&self.built.compiled)
+            .into_iter()
+            .filter(|u| u.bare)
+            .map(|u| u.key)
+            .collect();
+        let missing = self.store.missing_values(self.list_id, &bare).await?;
+        Ok(missing
+            .iter()
+            .map(|(key, n)| crate::render::placeholders::missing_line(key, *n, recipients))
+            .collect())
+    }
+
     /// Asks, then freezes a new campaign; `None` when the answer is no.
     async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let (built, pool) = (self.built, self.store.pool());
@@ -482,13 +492,24 @@ impl Plan<'_> {
             } else {
                 "now".into()
             };
+            let missing = self.missing_values(recipients).await?;
             let question = format!(
-                "Send \"{}\"\n  to {recipients} recipients of list {} ({}) {when}\n  via {}?",
+                "Send \"{}\"\n  to {recipients} recipients of list {} ({}) {when}\n  via {}?{}",
                 built.campaign.subject,
                 built.campaign.list,
                 self.list_name,
-                self.settings.transport.describe()
+                self.settings.transport.describe(),
+                missing
+                    .iter()
+                    .map(|l| format!("\n  {l}"))
+                    .collect::<String>()
             );
+            if self.args.yes {
+                // Unattended: what the prompt would say still reaches the log.
+                for line in &missing {
+                    eprintln!("bulletin: note: {line}");
+                }
+            }
             let refusal = format!(
                 "not sending without confirmation: add --yes (would send {slug:?} to {recipients} recipients of {})",
                 built.campaign.list

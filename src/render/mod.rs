@@ -12,6 +12,7 @@
 pub mod html_text;
 pub mod markdown;
 pub mod nesting;
+pub mod placeholders;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -266,6 +267,10 @@ pub struct Compiled {
     pub html: Template,
     pub text: Template,
     pub fields: Vec<Field>,
+    /// The campaign-file line where each field is first written (`None`:
+    /// only the layout uses it), for `placeholders::check`.
+    #[serde(skip)]
+    pub lines: Vec<Option<usize>>,
     /// The MJML that mrml compiled, for `build --mjml`.
     #[serde(skip)]
     pub mjml: String,
@@ -337,18 +342,32 @@ pub struct Context<'a> {
 #[derive(Default)]
 struct FieldTable {
     fields: Vec<Field>,
+    /// The campaign-file line of each field's first use, when it has one.
+    lines: Vec<Option<usize>>,
     /// field -> its slot, so thousands of distinct placeholders stay linear.
     slots: HashMap<Field, usize>,
 }
 
 impl FieldTable {
     fn slot(&mut self, f: Field) -> String {
+        sentinel(self.index(f))
+    }
+
+    /// The slot of `f`, recording `line` as where it is first written.
+    fn slot_at(&mut self, f: Field, line: usize) -> String {
+        let i = self.index(f);
+        self.lines[i].get_or_insert(line);
+        sentinel(i)
+    }
+
+    fn index(&mut self, f: Field) -> usize {
         let next = self.fields.len();
         let i = *self.slots.entry(f.clone()).or_insert(next);
         if i == next {
             self.fields.push(f);
+            self.lines.push(None);
         }
-        sentinel(i)
+        i
     }
 
     /// Replaces `{{ ... }}` placeholders in `text` by sentinels; unknown ones
@@ -372,14 +391,15 @@ impl FieldTable {
             }
             out.push_str(&rest[..open]);
             let inner_clean = inner.trim_matches(|c| c == '{' || c == '}').trim();
+            let line = first_line
+                + lines
+                    .get_or_insert_with(|| LineIndex::new(text))
+                    .line(consumed + open)
+                - 1;
             match Field::parse(inner_clean) {
-                Some(f) => out.push_str(&self.slot(f)),
+                Some(f) => out.push_str(&self.slot_at(f, line)),
                 None => warnings.push(Warning::at(
-                    first_line
-                        + lines
-                            .get_or_insert_with(|| LineIndex::new(text))
-                            .line(consumed + open)
-                        - 1,
+                    line,
                     format!(
                         "placeholder {{{{{inner_clean}}}}} names nothing a recipient has and will \
                          be empty; use subscriber.name, subscriber.email, subscriber.<attribute>, \
@@ -527,6 +547,7 @@ impl Renderer {
             html: Template::parse(&html),
             text: Template::parse(&text),
             fields: table.fields,
+            lines: table.lines,
             mjml,
             warnings: Vec::new(),
         };
