@@ -216,3 +216,104 @@ async fn a_misspelt_list_gets_did_you_mean_in_front_matter_and_flags() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_image_fails_until_assets_url_makes_it_absolute() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    import(&env, "email,name\nana@example.net,Ana\n").await;
+    let file = campaign(
+        &env,
+        "img.md",
+        "news",
+        "# News\n\n## Forum\n\n![The forum](images/forum.jpg)\n\nRead [the report](files/report.pdf), \
+         [write to us](mailto:info@example.org) or go [to the top](#top).\n",
+    );
+    let config = env.dir.path().join("bulletin.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    for args in [
+        vec!["build", &file, "--out", "out"],
+        vec!["send", &file, "--yes"],
+    ] {
+        let out = env.run(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains(
+                "campaigns/img.md:10: image URL \"images/forum.jpg\" is relative and would be \
+                 broken in every inbox; set assets_url in bulletin.toml"
+            ),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A relative logo in the configuration is named as such.
+    std::fs::write(
+        &config,
+        original.replace(
+            "[organisation]\n",
+            "[organisation]\nlogo_url = \"logo.png\"\n",
+        ),
+    )
+    .unwrap();
+    campaign(&env, "img.md", "news", "Hello.\n");
+    let out = env.run(&["send", &file, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "image URL \"logo.png\" (logo_url in [organisation] of the configuration) is relative"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sink.messages().is_empty(), "nothing sent");
+
+    // An assets_url that is not an absolute URL is refused, naming it.
+    let with_assets = |assets: &str| {
+        original
+            .replace(
+                "base_url = ",
+                &format!("assets_url = \"{assets}\"\nbase_url = "),
+            )
+            .replace(
+                "[organisation]\n",
+                "[organisation]\nlogo_url = \"logo.png\"\n",
+            )
+    };
+    std::fs::write(&config, with_assets("cdn.example.org/news")).unwrap();
+    let out = env.run(&["send", &file, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("assets_url \"cdn.example.org/news\" (set by assets_url in bulletin.toml)"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&config, with_assets("https://cdn.example.org/news")).unwrap();
+    campaign(
+        &env,
+        "img.md",
+        "news",
+        "# News\n\n## Forum\n\n![The forum](images/forum.jpg)\n\nRead [the report](files/report.pdf), \
+         [write to us](mailto:info@example.org) or go [to the top](#top).\n",
+    );
+    env.ok(&["send", &file, "--yes"]).await;
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let mail = body(&messages[0]);
+    let (text, html) = mail.split_once("text/html").unwrap();
+    for absolute in [
+        "src=\"https://cdn.example.org/news/images/forum.jpg\"",
+        "src=\"https://cdn.example.org/news/logo.png\"",
+        "href=\"https://cdn.example.org/news/files/report.pdf\"",
+        "href=\"mailto:info@example.org\"",
+        "href=\"#top\"",
+    ] {
+        assert!(html.contains(absolute), "{absolute}: {html}");
+    }
+    assert!(!html.contains("\"images/forum.jpg\""), "{html}");
+    assert!(
+        text.contains("https://cdn.example.org/news/files/report.pdf"),
+        "the text part's links too: {text}"
+    );
+}

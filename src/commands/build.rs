@@ -36,6 +36,10 @@ pub(crate) fn compile_file(config: &Config, path: &Path) -> Result<Built> {
         &campaign,
         &render::Context {
             organisation: &config.organisation,
+            bases: render::urls::Bases {
+                assets: config.assets_url.as_ref(),
+                pages: config.pages_url.as_ref(),
+            },
         },
     )?;
     Ok(Built { campaign, compiled })

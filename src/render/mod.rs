@@ -13,6 +13,7 @@ pub mod html_text;
 pub mod markdown;
 pub mod nesting;
 pub mod placeholders;
+pub mod urls;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -336,6 +337,9 @@ impl LineIndex {
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub organisation: &'a Organisation,
+    /// What relative image and link URLs resolve against (`assets_url`,
+    /// `base_url`); a URL none resolves is an error.
+    pub bases: urls::Bases<'a>,
 }
 
 /// Fields found so far; each distinct placeholder gets one slot.
@@ -506,6 +510,11 @@ impl Renderer {
                         message: format!("template: {}", e.reason()),
                     }
                 })?;
+                for url in &mut refs.urls {
+                    if let Some(absolute) = ctx.bases.resolve(url, urls::Role::Link) {
+                        *url = absolute;
+                    }
+                }
                 let text = text_part(&content, &refs, org, &table_slots(&mut table));
                 (mjml, Some(text))
             }
@@ -533,6 +542,8 @@ impl Renderer {
             .element
             .render(&mrml::prelude::render::RenderOptions::default())
             .map_err(|e| self.mjml_error(c, &mjml, &e.to_string(), None))?;
+        let html = urls::absolutise(&html, &ctx.bases)
+            .map_err(|unresolved| relative_error(c, org, &unresolved))?;
 
         let text = match text {
             Some(t) => t,
@@ -635,6 +646,53 @@ fn unbalanced(mjml: &str) -> Option<(usize, String)> {
     stack
         .pop()
         .map(|(open, at)| (at, format!("<{open}> is never closed; add </{open}>")))
+}
+
+/// The error for URLs that stayed relative: the first, at its line in the
+/// campaign (or naming `logo_url` or the layout it came from), with the fix;
+/// the others counted.
+fn relative_error(c: &Campaign, org: &Organisation, unresolved: &[urls::Unresolved]) -> Error {
+    let first = &unresolved[0];
+    let (what, fix) = match first.role {
+        urls::Role::Image => (
+            "image",
+            "set assets_url in bulletin.toml to where your images are online, or use an absolute https:// URL",
+        ),
+        urls::Role::Link => (
+            "link",
+            "set assets_url (or base_url) in bulletin.toml, or use an absolute https:// URL",
+        ),
+    };
+    let (line, from) = if first.url == org.logo_url {
+        (
+            1,
+            " (logo_url in [organisation] of the configuration)".to_string(),
+        )
+    } else {
+        match find_line(c, &first.url) {
+            Some(line) => (line, String::new()),
+            None => (1, format!(" (in the layout templates/{}.mjml)", c.template)),
+        }
+    };
+    let more = match &unresolved[1..] {
+        [] => String::new(),
+        rest => format!(
+            "; also relative: {}",
+            rest.iter()
+                .take(5)
+                .map(|u| u.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if rest.len() > 5 { ", ..." } else { "" }
+        ),
+    };
+    c.error(
+        line,
+        format!(
+            "{what} URL {:?}{from} is relative and would be broken in every inbox; {fix}{more}",
+            first.url
+        ),
+    )
 }
 
 /// The sentinels of the link fields, for the text parts.

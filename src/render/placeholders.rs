@@ -153,7 +153,13 @@ mod tests {
         let renderer = Renderer::new(&Templates::builtin()).unwrap();
         let org = Organisation::default();
         let compiled = renderer
-            .compile(&c, &Context { organisation: &org })
+            .compile(
+                &c,
+                &Context {
+                    organisation: &org,
+                    bases: Default::default(),
+                },
+            )
             .unwrap();
         (c, compiled)
     }
