@@ -475,6 +475,9 @@ impl Plan<'_> {
             .filter(|u| u.bare)
             .map(|u| u.key)
             .collect();
+        if bare.is_empty() {
+            return Ok(Vec::new());
+        }
         let missing = self.store.missing_values(self.list_id, &bare).await?;
         Ok(missing
             .iter()

@@ -4,7 +4,7 @@
 //! empty value shows as nothing). No IO: the caller passes the keys the list
 //! has (`Store::list_keys`) and the counts it finds (`Store::missing_values`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::{Compiled, Field};
 use crate::campaign::{Campaign, Error, Result};
@@ -26,10 +26,19 @@ pub struct KeyUse {
     pub bare: bool,
 }
 
-/// The `subscriber.X` keys of `compiled`, by key.
+/// The `subscriber.X` keys of `compiled` that its subject, HTML or text
+/// fill in, by key. (The layout's data offers `subscriber.name` to every
+/// layout; a layout that does not use it asks nobody for a name.)
 pub fn keys(compiled: &Compiled) -> Vec<KeyUse> {
+    let filled: HashSet<usize> = [&compiled.subject, &compiled.html, &compiled.text]
+        .into_iter()
+        .flat_map(|t| t.uses())
+        .collect();
     let mut uses: BTreeMap<&str, KeyUse> = BTreeMap::new();
     for (i, field) in compiled.fields.iter().enumerate() {
+        if !filled.contains(&i) {
+            continue;
+        }
         let (key, bare) = match field {
             Field::Name { fallback } => ("name", fallback.is_empty()),
             Field::Email => ("email", false),
@@ -205,6 +214,25 @@ mod tests {
             err.message.contains("the list has city, email, name"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_name_the_layout_offers_but_nothing_uses_is_not_a_key() {
+        let text = "+++\nsubject = \"Hi\"\nlist = \"news\"\n+++\n\n{{subscriber.city}}\n";
+        let c = crate::campaign::parse("campaigns/x.md", text).unwrap();
+        let org = Organisation::default();
+        let compiled = Renderer::new(&Templates::builtin())
+            .unwrap()
+            .compile(
+                &c,
+                &Context {
+                    organisation: &org,
+                    bases: Default::default(),
+                },
+            )
+            .unwrap();
+        let uses: Vec<String> = keys(&compiled).into_iter().map(|u| u.key).collect();
+        assert_eq!(uses, ["city"]);
     }
 
     #[test]
