@@ -317,3 +317,43 @@ async fn a_relative_image_fails_until_assets_url_makes_it_absolute() {
         "the text part's links too: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_fills_attributes_too_and_is_checked_like_the_campaign() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    import(&env, "Email,First Name\nana@example.net,Ana\n").await;
+    let header = env.dir.path().join("templates/partials/header.mjml");
+    std::fs::create_dir_all(header.parent().unwrap()).unwrap();
+    let write_header = |key: &str| {
+        std::fs::write(
+            &header,
+            format!(
+                "<mj-section><mj-column><mj-text>Hi {{{{subscriber.{key}}}}}!</mj-text>\
+                 </mj-column></mj-section>\n"
+            ),
+        )
+        .unwrap()
+    };
+    let file = campaign(&env, "layout.md", "news", "News.\n");
+    write_header("frist_name");
+    let out = env.run(&["send", &file, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "templates/ebulletin.mjml:1: {{subscriber.frist_name}}: no subscriber of list news \
+             has a `frist_name` value; did you mean `first_name`?"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    write_header("first_name");
+    env.ok(&["send", &file, "--yes"]).await;
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(
+        body(&messages[0]).contains("Hi Ana!"),
+        "{}",
+        body(&messages[0])
+    );
+}

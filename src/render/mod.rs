@@ -424,6 +424,9 @@ impl FieldTable {
 pub struct Renderer {
     hbs: Handlebars<'static>,
     layouts: Vec<String>,
+    /// Attribute keys the layouts and partials name as `subscriber.KEY`:
+    /// offered to handlebars as slots, like `subscriber.name`.
+    layout_keys: Vec<String>,
 }
 
 impl Renderer {
@@ -444,6 +447,7 @@ impl Renderer {
         Ok(Renderer {
             hbs,
             layouts: templates.layouts.iter().map(|t| t.name.clone()).collect(),
+            layout_keys: layout_keys(templates),
         })
     }
 
@@ -494,7 +498,7 @@ impl Renderer {
                     "campaign": { "subject": subject, "preheader": preheader, "slug": c.slug },
                     "org": org,
                     "sections": content.sections,
-                    "subscriber": { "name": table.slot(Field::Name { fallback: String::new() }), "email": table.slot(Field::Email) },
+                    "subscriber": self.subscriber_data(&mut table),
                     "unsubscribe_url": table.slot(Field::UnsubscribeUrl),
                     "preferences_url": table.slot(Field::PreferencesUrl),
                     "archive_url": table.slot(Field::ArchiveUrl),
@@ -569,6 +573,28 @@ impl Renderer {
         })
     }
 
+    /// The layouts' `subscriber` object: every key they name, as a slot.
+    fn subscriber_data(&self, table: &mut FieldTable) -> Value {
+        let mut subscriber = serde_json::Map::new();
+        for key in &self.layout_keys {
+            let field = Field::Attribute {
+                key: key.clone(),
+                fallback: String::new(),
+            };
+            subscriber.insert(key.clone(), table.slot(field).into());
+        }
+        subscriber.insert(
+            "name".into(),
+            table
+                .slot(Field::Name {
+                    fallback: String::new(),
+                })
+                .into(),
+        );
+        subscriber.insert("email".into(), table.slot(Field::Email).into());
+        Value::Object(subscriber)
+    }
+
     fn mjml_error(&self, c: &Campaign, mjml: &str, message: &str, at: Option<usize>) -> Error {
         // mrml cannot say where an unclosed element started; find it.
         let (message, at) = match (at, unbalanced(mjml)) {
@@ -605,6 +631,24 @@ impl Renderer {
             },
         }
     }
+}
+
+/// The attribute keys that layouts and partials name as `subscriber.KEY`
+/// (`name` and `email` are columns, not attributes), sorted, once each.
+fn layout_keys(templates: &Templates) -> Vec<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for t in templates.layouts.iter().chain(&templates.partials) {
+        for (at, _) in t.source.match_indices("subscriber.") {
+            let key: String = t.source[at + "subscriber.".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            if !key.is_empty() && key != "name" && key != "email" {
+                keys.insert(key);
+            }
+        }
+    }
+    keys.into_iter().collect()
 }
 
 /// The first MJML element that is closed by the wrong tag or never closed:

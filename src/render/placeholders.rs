@@ -81,18 +81,27 @@ pub fn check(c: &Campaign, compiled: &Compiled, list: &str, known: &[String]) ->
     let mut message = unknown_message(&first, list, &all);
     for other in unknown {
         message.push_str(&format!(
-            "; also {{{{subscriber.{}}}}} at line {}{}",
+            "; also {{{{subscriber.{}}}}} {}{}",
             other.key,
-            other.line.unwrap_or(1),
+            other
+                .line
+                .map_or("in the layout".to_string(), |l| format!("at line {l}")),
             crate::suggest::closest(&other.key, all.iter().copied())
                 .map(|near| format!(" (did you mean `{near}`?)"))
                 .unwrap_or_default()
         ));
     }
-    Err(Error {
-        file: c.file.clone(),
-        line: first.line.unwrap_or(1),
-        message,
+    Err(match first.line {
+        Some(line) => c.error(line, message),
+        // Only the layout names it.
+        None => Error {
+            file: format!("templates/{}.mjml", c.template),
+            line: 1,
+            message: format!(
+                "{message} (in this layout or its partials; used by {})",
+                c.file
+            ),
+        },
     })
 }
 
