@@ -91,11 +91,15 @@ pub struct Unresolved {
     pub url: String,
 }
 
-/// The attributes that hold URLs in mrml's output, and their role.
-const ATTRIBUTES: [(&str, Role); 3] = [
+/// The attributes that hold URLs, as mrml writes them (double quotes) and
+/// as raw HTML in a campaign may (single quotes), and their role.
+const ATTRIBUTES: [(&str, Role); 6] = [
     (" src=\"", Role::Image),
     (" background=\"", Role::Image),
     (" href=\"", Role::Link),
+    (" src='", Role::Image),
+    (" background='", Role::Image),
+    (" href='", Role::Link),
 ];
 
 /// `html` with every relative URL in `src`, `background` and `href`
@@ -118,7 +122,8 @@ pub fn absolutise(html: &str, bases: &Bases) -> Result<String, Vec<Unresolved>> 
     {
         let (attr, role) = ATTRIBUTES[i];
         let value_start = at + attr.len();
-        let Some(len) = html[value_start..].find('"') else {
+        let quote = if attr.ends_with('"') { '"' } else { '\'' };
+        let Some(len) = html[value_start..].find(quote) else {
             break;
         };
         let url = &html[value_start..value_start + len];
@@ -228,7 +233,7 @@ mod tests {
     fn absolutise_rewrites_or_names_each_relative_url_once() {
         let html = "<img src=\"a.png\" alt=\"A\"><a href=\"#x\">x</a>\
                     <a href=\"QQbltn1nltbQQ\">u</a><img src=\"a.png\"><a href=\"doc.pdf\">d</a>\
-                    <td background=\"bg.png\"></td><a href=\"https://x.org\">y</a>";
+                    <td background=\"bg.png\"></td><a href=\"https://x.org\">y</a><img src='q.png'>";
         assert_eq!(
             absolutise(html, &Bases::default()).unwrap_err(),
             [
@@ -244,6 +249,10 @@ mod tests {
                     role: Role::Image,
                     url: "bg.png".into()
                 },
+                Unresolved {
+                    role: Role::Image,
+                    url: "q.png".into()
+                },
             ]
         );
         let assets = Url::parse("https://cdn.example.org/").unwrap();
@@ -256,7 +265,8 @@ mod tests {
             "<img src=\"https://cdn.example.org/a.png\" alt=\"A\"><a href=\"#x\">x</a>\
              <a href=\"QQbltn1nltbQQ\">u</a><img src=\"https://cdn.example.org/a.png\">\
              <a href=\"https://cdn.example.org/doc.pdf\">d</a>\
-             <td background=\"https://cdn.example.org/bg.png\"></td><a href=\"https://x.org\">y</a>"
+             <td background=\"https://cdn.example.org/bg.png\"></td><a href=\"https://x.org\">y</a>\
+             <img src='https://cdn.example.org/q.png'>"
         );
     }
 }
