@@ -92,18 +92,21 @@ pub struct Unresolved {
 }
 
 /// The attributes that hold URLs, as mrml writes them (double quotes) and
-/// as raw HTML in a campaign may (single quotes), and their role.
-const ATTRIBUTES: [(&str, Role); 6] = [
+/// as raw HTML in a campaign may (single quotes), and CSS `url()` (mrml's
+/// section backgrounds), with their role.
+const ATTRIBUTES: [(&str, Role); 8] = [
     (" src=\"", Role::Image),
     (" background=\"", Role::Image),
     (" href=\"", Role::Link),
     (" src='", Role::Image),
     (" background='", Role::Image),
     (" href='", Role::Link),
+    ("url('", Role::Image),
+    ("url(\"", Role::Image),
 ];
 
 /// `html` with every relative URL in `src`, `background` and `href`
-/// attributes resolved against `bases`; or each distinct URL that no base
+/// attributes and CSS `url()` resolved against `bases`; or each distinct URL that no base
 /// resolves, in order of appearance. One pass over the HTML.
 pub fn absolutise(html: &str, bases: &Bases) -> Result<String, Vec<Unresolved>> {
     let mut out = String::with_capacity(html.len());
@@ -233,7 +236,8 @@ mod tests {
     fn absolutise_rewrites_or_names_each_relative_url_once() {
         let html = "<img src=\"a.png\" alt=\"A\"><a href=\"#x\">x</a>\
                     <a href=\"QQbltn1nltbQQ\">u</a><img src=\"a.png\"><a href=\"doc.pdf\">d</a>\
-                    <td background=\"bg.png\"></td><a href=\"https://x.org\">y</a><img src='q.png'>";
+                    <td background=\"bg.png\"></td><a href=\"https://x.org\">y</a><img src='q.png'>\
+                    <div style=\"background:url('q.png') #fff\"></div>";
         assert_eq!(
             absolutise(html, &Bases::default()).unwrap_err(),
             [
@@ -266,7 +270,8 @@ mod tests {
              <a href=\"QQbltn1nltbQQ\">u</a><img src=\"https://cdn.example.org/a.png\">\
              <a href=\"https://cdn.example.org/doc.pdf\">d</a>\
              <td background=\"https://cdn.example.org/bg.png\"></td><a href=\"https://x.org\">y</a>\
-             <img src='https://cdn.example.org/q.png'>"
+             <img src='https://cdn.example.org/q.png'>\
+             <div style=\"background:url('https://cdn.example.org/q.png') #fff\"></div>"
         );
     }
 }
