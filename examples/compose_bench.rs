@@ -19,7 +19,10 @@ fn main() {
     );
     let text = std::fs::read_to_string(path).expect("example campaign");
     let org = Organisation::default();
-    let ctx = render::Context { organisation: &org };
+    let ctx = render::Context {
+        organisation: &org,
+        bases: Default::default(),
+    };
     let renderer = Renderer::new(&Templates::builtin()).expect("templates");
 
     // Compile: parse + Markdown + handlebars + mrml + text part.

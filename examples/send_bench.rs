@@ -117,7 +117,13 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
     let org = Organisation::default();
     let compiled = Renderer::new(&Templates::builtin())
         .unwrap()
-        .compile(&c, &render::Context { organisation: &org })
+        .compile(
+            &c,
+            &render::Context {
+                organisation: &org,
+                bases: Default::default(),
+            },
+        )
         .unwrap();
     let list = store.list("ebulletin").await.unwrap().unwrap();
     let frozen = Frozen {

@@ -377,6 +377,7 @@ impl Default for Serve {
 struct File {
     db: Option<PathBuf>,
     base_url: Option<String>,
+    assets_url: Option<String>,
     templates: Option<PathBuf>,
     outbox: Option<PathBuf>,
     listen: Option<String>,
@@ -448,6 +449,15 @@ pub struct Config {
     pub db_source: Source,
     /// Public base URL of `bulletin serve`, used in every link.
     pub base_url: String,
+    /// How `base_url` was chosen; only one the operator set resolves
+    /// relative links in campaigns.
+    pub base_url_source: Source,
+    /// Where the campaigns' images and files are online (ending in `/`):
+    /// relative image and link URLs are resolved against it.
+    pub assets_url: Option<url::Url>,
+    /// `base_url` ending in `/` when the operator set it: relative links
+    /// (not images) resolve against it.
+    pub pages_url: Option<url::Url>,
     pub templates: PathBuf,
     pub outbox: PathBuf,
     /// How `outbox` was chosen; only an explicit outbox (not the default)
@@ -523,11 +533,26 @@ impl Config {
         let templates = env("BULLETIN_TEMPLATES")
             .map(PathBuf::from)
             .unwrap_or_else(|| rel(file.templates.clone().unwrap_or_else(|| "templates".into())));
-        let base_url = env("BULLETIN_BASE_URL")
-            .or(file.base_url)
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-            .trim_end_matches('/')
-            .to_string();
+        let (base_url, base_url_source) = choose(
+            (None, "base_url"),
+            (env("BULLETIN_BASE_URL"), "BULLETIN_BASE_URL"),
+            (file.base_url.clone(), "base_url", path.as_deref()),
+            "http://127.0.0.1:8080".into(),
+        );
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let pages_url = base_url_source
+            .is_explicit()
+            .then(|| url::Url::parse(&format!("{base_url}/")).ok())
+            .flatten();
+        let assets_url = match choose(
+            (None, "assets_url"),
+            (env("BULLETIN_ASSETS_URL"), "BULLETIN_ASSETS_URL"),
+            (file.assets_url.clone(), "assets_url", path.as_deref()),
+            String::new(),
+        ) {
+            (url, _) if url.is_empty() => None,
+            (url, source) => Some(assets_url(&url, &source)?),
+        };
         let listen = env("BULLETIN_LISTEN")
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -619,6 +644,9 @@ impl Config {
             db,
             db_source,
             base_url,
+            base_url_source,
+            assets_url,
+            pages_url,
             templates,
             outbox,
             outbox_source,
@@ -705,6 +733,24 @@ fn read_file(path: &Path) -> Result<File> {
     })
 }
 
+/// `assets_url` checked: an absolute http(s) URL with a host, ending in `/`
+/// so that `images/a.png` lands inside it, not beside it.
+fn assets_url(text: &str, source: &Source) -> Result<url::Url> {
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "assets_url {text:?} (set by {source}) {why}; write the address where your images are online, such as https://example.org/newsletter/images/"
+        ))
+    };
+    let mut url = url::Url::parse(text.trim()).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(bad("is not an absolute http:// or https:// URL"));
+    }
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
 /// 1-based line number of byte offset `at` in `text`.
 pub fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())]
@@ -725,6 +771,54 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load_with(flags, &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn assets_url_is_absolute_http_and_says_where_it_came_from() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let c = load(
+            &flags,
+            &[("BULLETIN_ASSETS_URL", "https://cdn.example.org/news")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.assets_url.unwrap().as_str(),
+            "https://cdn.example.org/news/"
+        );
+        assert!(load(&flags, &[]).unwrap().assets_url.is_none());
+        for bad in ["images/", "ftp://x.org/", "https://"] {
+            let err = load(&flags, &[("BULLETIN_ASSETS_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("assets_url {bad:?} (set by BULLETIN_ASSETS_URL)")),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "base_url = \"https://news.example.org\"\nassets_url = \"logo\"\n",
+        )
+        .unwrap();
+        let file = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = load(&file, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("(set by assets_url in {})", path.display())),
+            "{err}"
+        );
+        std::fs::write(&path, "base_url = \"https://news.example.org\"\n").unwrap();
+        let c = load(&file, &[]).unwrap();
+        assert!(c.base_url_source.is_explicit());
+        assert_eq!(c.pages_url.unwrap().as_str(), "https://news.example.org/");
+        assert!(load(&flags, &[]).unwrap().pages_url.is_none());
     }
 
     #[test]

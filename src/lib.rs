@@ -20,5 +20,6 @@ pub mod import; // lists from other tools: formats, column mapping, cell rules (
 pub mod links; // signed tokens for links and VERP addresses (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql
+pub mod suggest; // "did you mean": the closest known list slug or placeholder key (no IO)
 pub mod text; // names and attribute values people type: control characters out, length limits (no IO)
 pub mod web; // axum: preview server (and later the subscriber pages)

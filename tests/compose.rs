@@ -28,6 +28,7 @@ fn compile(file: &str, text: &str) -> Result<Compiled, campaign::Error> {
         &c,
         &render::Context {
             organisation: &organisation(),
+            bases: Default::default(),
         },
     )
 }
@@ -391,6 +392,7 @@ fn warning_for_template_without_unsubscribe() {
             &c,
             &render::Context {
                 organisation: &organisation(),
+                bases: Default::default(),
             },
         )
         .unwrap();

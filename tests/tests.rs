@@ -18,6 +18,7 @@ mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=
 mod multilist; // campaigns to several lists: each person once, through the earliest list; List-Id, unsubscribe and preferences per list; the claim switching lists
 mod operator; // small operator commands: subscribers add on double opt-in lists, test --to/--as, lists rename/edit/remove
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
+mod placeholders; // placeholders and images against the list: did you mean, first_name end to end, missing values, relative URLs, misspelt lists
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
 mod web; // subscriber pages (tests/web/, one file per area): every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)

@@ -1,5 +1,7 @@
 //! `bulletin build`: compile a campaign and write its HTML, text and a
-//! sample `.eml` (and with `--mjml` the MJML that was compiled).
+//! sample `.eml` (and with `--mjml` the MJML that was compiled). With a
+//! database, the campaign's list must exist and its placeholders must name
+//! values its subscribers have (`send` makes the same checks).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,7 +15,8 @@ use crate::cli::BuildArgs;
 use crate::compose;
 use crate::config::Config;
 use crate::links::Urls;
-use crate::render::{self, Compiled, Personalised, Recipient, Renderer, Warning};
+use crate::render::{self, Compiled, Personalised, Recipient, Renderer, Warning, placeholders};
+use crate::store::{self, List, Store};
 
 /// A campaign read from disk and compiled.
 pub(crate) struct Built {
@@ -33,9 +36,73 @@ pub(crate) fn compile_file(config: &Config, path: &Path) -> Result<Built> {
         &campaign,
         &render::Context {
             organisation: &config.organisation,
+            bases: render::urls::Bases {
+                assets: config.assets_url.as_ref(),
+                pages: config.pages_url.as_ref(),
+            },
         },
     )?;
     Ok(Built { campaign, compiled })
+}
+
+/// The campaign's lists, in front matter order; a missing one is an error
+/// at the `list` line, with "did you mean" when a list's slug is close.
+pub(crate) async fn campaign_lists(store: &Store, campaign: &Campaign) -> Result<Vec<List>> {
+    let mut lists = Vec::with_capacity(campaign.lists.len());
+    for slug in &campaign.lists {
+        lists.push(campaign_list(store, campaign, slug).await?);
+    }
+    Ok(lists)
+}
+
+async fn campaign_list(store: &Store, campaign: &Campaign, slug: &str) -> Result<List> {
+    match store.require_list(slug).await {
+        Ok(list) => Ok(list),
+        Err(store::Error::NoList {
+            slug,
+            suggestion: None,
+        }) => Err(campaign
+            .error(
+                campaign.line_of_key("list"),
+                format!(
+                    "list {slug:?} does not exist; create it with `bulletin lists add {slug} --name NAME` (`bulletin lists` shows all)"
+                ),
+            )
+            .into()),
+        Err(e @ store::Error::NoList { .. }) => Err(campaign
+            .error(campaign.line_of_key("list"), e.to_string())
+            .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fails on a placeholder without fallback that no subscriber of any of
+/// `lists` has a value for (`render::placeholders::check`).
+pub(crate) async fn check_placeholders(store: &Store, built: &Built, lists: &[List]) -> Result<()> {
+    let ids: Vec<i64> = lists.iter().map(|l| l.id).collect();
+    let keys = store.list_keys(&ids).await?;
+    let slugs: Vec<&str> = lists.iter().map(|l| l.slug.as_str()).collect();
+    placeholders::check(&built.campaign, &built.compiled, &slugs.join(", "), &keys)?;
+    Ok(())
+}
+
+/// `build`'s checks against the database: its list exists and provides the
+/// placeholders. Without a database file, a note says they were skipped.
+fn check_against_database(config: &Config, built: &Built) -> Result<()> {
+    if !config.db.is_file() {
+        eprintln!(
+            "bulletin: note: no database at {} (set by {}); placeholders not checked against the subscribers of list {}",
+            config.db.display(),
+            config.db_source,
+            built.campaign.lists.join(", ")
+        );
+        return Ok(());
+    }
+    super::runtime()?.block_on(async {
+        let store = super::open_store(config).await?;
+        let lists = campaign_lists(&store, &built.campaign).await?;
+        check_placeholders(&store, built, &lists).await
+    })
 }
 
 /// `file:line: warning: message`, or `file: warning: message`.
@@ -110,6 +177,7 @@ pub(crate) fn run(config: &Config, args: &BuildArgs) -> Result<ExitCode> {
     for w in &built.compiled.warnings {
         eprintln!("{}", format_warning(&file, w));
     }
+    check_against_database(config, &built)?;
     if args.strict && !built.compiled.warnings.is_empty() {
         return Err(campaign::Error {
             file: file.clone(),

@@ -297,6 +297,10 @@ fn sample_message(
         &campaign,
         &render::Context {
             organisation: &config.organisation,
+            bases: render::urls::Bases {
+                assets: config.assets_url.as_ref(),
+                pages: config.pages_url.as_ref(),
+            },
         },
     )?;
     let signer = Signer::new(b"doctor: length only", &[]);

@@ -11,7 +11,9 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{Built, SAMPLE_NAME, compile_file, format_warning};
+use super::build::{
+    Built, SAMPLE_NAME, campaign_lists, check_placeholders, compile_file, format_warning,
+};
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
 use crate::campaign::Trigger;
 use crate::cli::{CancelArgs, Format, SendArgs, StatusArgs, TestArgs};
@@ -173,27 +175,6 @@ fn source_hash(path: &std::path::Path) -> Result<String> {
         .collect())
 }
 
-/// The lists the campaign names, in order; a missing one is an error at the
-/// `list` line of the file.
-async fn campaign_lists(
-    store: &Store,
-    campaign: &crate::campaign::Campaign,
-) -> Result<Vec<crate::store::List>> {
-    let mut lists = Vec::with_capacity(campaign.lists.len());
-    for slug in &campaign.lists {
-        let list = store.list(slug).await?.ok_or_else(|| {
-            campaign.error(
-                campaign.line_of_key("list"),
-                format!(
-                    "list {slug:?} does not exist; create it with `bulletin lists add {slug} --name NAME`"
-                ),
-            )
-        })?;
-        lists.push(list);
-    }
-    Ok(lists)
-}
-
 /// Who `lists` (slugs: `names`) reach now, in words: "300 recipients of
 /// news", or "500 people on ebulletin, partners (100 on more than one,
 /// mailed once)".
@@ -252,6 +233,7 @@ pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let lists = campaign_lists(&store, &built.campaign).await?;
+        check_placeholders(&store, &built, &lists).await?;
         let settings = settings(config, &store).await?;
         let now = crate::store::now();
         let frozen = serde_json::to_string(&Frozen {
@@ -664,6 +646,25 @@ impl Plan<'_> {
         Ok(Step::Run(c, true))
     }
 
+    /// The prompt's lines for the placeholders without fallback that some
+    /// of the `recipients` have no value for.
+    async fn missing_values(&self) -> Result<Vec<String>> {
+        let bare: Vec<String> = crate::render::placeholders::keys(&self.built.compiled)
+            .into_iter()
+            .filter(|u| u.bare)
+            .map(|u| u.key)
+            .collect();
+        if bare.is_empty() {
+            return Ok(Vec::new());
+        }
+        let missing = self.store.missing_values(&self.list_ids, &bare).await?;
+        let recipients = self.store.audience_of_lists(&self.list_ids).await?.people;
+        Ok(missing
+            .iter()
+            .map(|(key, n)| crate::render::placeholders::missing_line(key, *n, recipients))
+            .collect())
+    }
+
     /// Asks, then freezes a new campaign; `None` when the answer is no.
     async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let (built, pool) = (self.built, self.store.pool());
@@ -675,11 +676,22 @@ impl Plan<'_> {
                 "now".into()
             };
             let names = self.list_names.join(", ");
+            let missing = self.missing_values().await?;
             let question = format!(
-                "Send \"{}\"\n  to {recipients} ({names}) {when}\n  via {}?",
+                "Send \"{}\"\n  to {recipients} ({names}) {when}\n  via {}?{}",
                 built.campaign.subject,
-                self.settings.transport.describe()
+                self.settings.transport.describe(),
+                missing
+                    .iter()
+                    .map(|l| format!("\n  {l}"))
+                    .collect::<String>()
             );
+            if self.args.yes {
+                // Unattended: what the prompt would say still reaches the log.
+                for line in &missing {
+                    eprintln!("bulletin: note: {line}");
+                }
+            }
             let refusal = format!(
                 "not sending without confirmation: add --yes (would send {slug:?} to {recipients})"
             );

@@ -1064,7 +1064,13 @@ mod tests {
         let org = crate::config::Organisation::default();
         let compiled = crate::render::Renderer::new(&crate::assets::Templates::builtin())
             .unwrap()
-            .compile(&c, &crate::render::Context { organisation: &org })
+            .compile(
+                &c,
+                &crate::render::Context {
+                    organisation: &org,
+                    bases: Default::default(),
+                },
+            )
             .unwrap();
         let list = |id: i64, slug: &str, name: &str| FrozenList {
             id,

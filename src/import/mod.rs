@@ -40,8 +40,8 @@ impl std::fmt::Display for Column {
         match self {
             Column::Email => f.write_str("email"),
             Column::Name => f.write_str("name"),
-            Column::FirstName => f.write_str("name (first part)"),
-            Column::LastName => f.write_str("name (last part)"),
+            Column::FirstName => f.write_str("name (first part) and attribute {{first_name}}"),
+            Column::LastName => f.write_str("name (last part) and attribute {{last_name}}"),
             Column::Status => f.write_str("status"),
             Column::JsonAttributes => f.write_str("attributes (each JSON member)"),
             Column::OptinTime => f.write_str("consent: opt-in time"),

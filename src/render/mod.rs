@@ -12,6 +12,8 @@
 pub mod html_text;
 pub mod markdown;
 pub mod nesting;
+pub mod placeholders;
+pub mod urls;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -266,6 +268,10 @@ pub struct Compiled {
     pub html: Template,
     pub text: Template,
     pub fields: Vec<Field>,
+    /// The campaign-file line where each field is first written (`None`:
+    /// only the layout uses it), for `placeholders::check`.
+    #[serde(skip)]
+    pub lines: Vec<Option<usize>>,
     /// The MJML that mrml compiled, for `build --mjml`.
     #[serde(skip)]
     pub mjml: String,
@@ -331,24 +337,41 @@ impl LineIndex {
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub organisation: &'a Organisation,
+    /// What relative image and link URLs resolve against (`assets_url`,
+    /// `base_url`); a URL none resolves is an error.
+    pub bases: urls::Bases<'a>,
 }
 
 /// Fields found so far; each distinct placeholder gets one slot.
 #[derive(Default)]
 struct FieldTable {
     fields: Vec<Field>,
+    /// The campaign-file line of each field's first use, when it has one.
+    lines: Vec<Option<usize>>,
     /// field -> its slot, so thousands of distinct placeholders stay linear.
     slots: HashMap<Field, usize>,
 }
 
 impl FieldTable {
     fn slot(&mut self, f: Field) -> String {
+        sentinel(self.index(f))
+    }
+
+    /// The slot of `f`, recording `line` as where it is first written.
+    fn slot_at(&mut self, f: Field, line: usize) -> String {
+        let i = self.index(f);
+        self.lines[i].get_or_insert(line);
+        sentinel(i)
+    }
+
+    fn index(&mut self, f: Field) -> usize {
         let next = self.fields.len();
         let i = *self.slots.entry(f.clone()).or_insert(next);
         if i == next {
             self.fields.push(f);
+            self.lines.push(None);
         }
-        sentinel(i)
+        i
     }
 
     /// Replaces `{{ ... }}` placeholders in `text` by sentinels; unknown ones
@@ -372,14 +395,15 @@ impl FieldTable {
             }
             out.push_str(&rest[..open]);
             let inner_clean = inner.trim_matches(|c| c == '{' || c == '}').trim();
+            let line = first_line
+                + lines
+                    .get_or_insert_with(|| LineIndex::new(text))
+                    .line(consumed + open)
+                - 1;
             match Field::parse(inner_clean) {
-                Some(f) => out.push_str(&self.slot(f)),
+                Some(f) => out.push_str(&self.slot_at(f, line)),
                 None => warnings.push(Warning::at(
-                    first_line
-                        + lines
-                            .get_or_insert_with(|| LineIndex::new(text))
-                            .line(consumed + open)
-                        - 1,
+                    line,
                     format!(
                         "placeholder {{{{{inner_clean}}}}} names nothing a recipient has and will \
                          be empty; use subscriber.name, subscriber.email, subscriber.<attribute>, \
@@ -400,6 +424,9 @@ impl FieldTable {
 pub struct Renderer {
     hbs: Handlebars<'static>,
     layouts: Vec<String>,
+    /// Attribute keys the layouts and partials name as `subscriber.KEY`:
+    /// offered to handlebars as slots, like `subscriber.name`.
+    layout_keys: Vec<String>,
 }
 
 impl Renderer {
@@ -420,6 +447,7 @@ impl Renderer {
         Ok(Renderer {
             hbs,
             layouts: templates.layouts.iter().map(|t| t.name.clone()).collect(),
+            layout_keys: layout_keys(templates),
         })
     }
 
@@ -470,7 +498,7 @@ impl Renderer {
                     "campaign": { "subject": subject, "preheader": preheader, "slug": c.slug },
                     "org": org,
                     "sections": content.sections,
-                    "subscriber": { "name": table.slot(Field::Name { fallback: String::new() }), "email": table.slot(Field::Email) },
+                    "subscriber": self.subscriber_data(&mut table),
                     "unsubscribe_url": table.slot(Field::UnsubscribeUrl),
                     "preferences_url": table.slot(Field::PreferencesUrl),
                     "archive_url": table.slot(Field::ArchiveUrl),
@@ -486,6 +514,11 @@ impl Renderer {
                         message: format!("template: {}", e.reason()),
                     }
                 })?;
+                for url in &mut refs.urls {
+                    if let Some(absolute) = ctx.bases.resolve(url, urls::Role::Link) {
+                        *url = absolute;
+                    }
+                }
                 let text = text_part(&content, &refs, org, &table_slots(&mut table));
                 (mjml, Some(text))
             }
@@ -513,6 +546,8 @@ impl Renderer {
             .element
             .render(&mrml::prelude::render::RenderOptions::default())
             .map_err(|e| self.mjml_error(c, &mjml, &e.to_string(), None))?;
+        let html = urls::absolutise(&html, &ctx.bases)
+            .map_err(|unresolved| relative_error(c, org, &unresolved))?;
 
         let text = match text {
             Some(t) => t,
@@ -527,6 +562,7 @@ impl Renderer {
             html: Template::parse(&html),
             text: Template::parse(&text),
             fields: table.fields,
+            lines: table.lines,
             mjml,
             warnings: Vec::new(),
         };
@@ -535,6 +571,28 @@ impl Renderer {
             warnings,
             ..compiled
         })
+    }
+
+    /// The layouts' `subscriber` object: every key they name, as a slot.
+    fn subscriber_data(&self, table: &mut FieldTable) -> Value {
+        let mut subscriber = serde_json::Map::new();
+        for key in &self.layout_keys {
+            let field = Field::Attribute {
+                key: key.clone(),
+                fallback: String::new(),
+            };
+            subscriber.insert(key.clone(), table.slot(field).into());
+        }
+        subscriber.insert(
+            "name".into(),
+            table
+                .slot(Field::Name {
+                    fallback: String::new(),
+                })
+                .into(),
+        );
+        subscriber.insert("email".into(), table.slot(Field::Email).into());
+        Value::Object(subscriber)
     }
 
     fn mjml_error(&self, c: &Campaign, mjml: &str, message: &str, at: Option<usize>) -> Error {
@@ -573,6 +631,24 @@ impl Renderer {
             },
         }
     }
+}
+
+/// The attribute keys that layouts and partials name as `subscriber.KEY`
+/// (`name` and `email` are columns, not attributes), sorted, once each.
+fn layout_keys(templates: &Templates) -> Vec<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for t in templates.layouts.iter().chain(&templates.partials) {
+        for (at, _) in t.source.match_indices("subscriber.") {
+            let key: String = t.source[at + "subscriber.".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            if !key.is_empty() && key != "name" && key != "email" {
+                keys.insert(key);
+            }
+        }
+    }
+    keys.into_iter().collect()
 }
 
 /// The first MJML element that is closed by the wrong tag or never closed:
@@ -614,6 +690,53 @@ fn unbalanced(mjml: &str) -> Option<(usize, String)> {
     stack
         .pop()
         .map(|(open, at)| (at, format!("<{open}> is never closed; add </{open}>")))
+}
+
+/// The error for URLs that stayed relative: the first, at its line in the
+/// campaign (or naming `logo_url` or the layout it came from), with the fix;
+/// the others counted.
+fn relative_error(c: &Campaign, org: &Organisation, unresolved: &[urls::Unresolved]) -> Error {
+    let first = &unresolved[0];
+    let (what, fix) = match first.role {
+        urls::Role::Image => (
+            "image",
+            "set assets_url in bulletin.toml to where your images are online, or use an absolute https:// URL",
+        ),
+        urls::Role::Link => (
+            "link",
+            "set assets_url (or base_url) in bulletin.toml, or use an absolute https:// URL",
+        ),
+    };
+    let (line, from) = if first.url == org.logo_url {
+        (
+            1,
+            " (logo_url in [organisation] of the configuration)".to_string(),
+        )
+    } else {
+        match find_line(c, &first.url) {
+            Some(line) => (line, String::new()),
+            None => (1, format!(" (in the layout templates/{}.mjml)", c.template)),
+        }
+    };
+    let more = match &unresolved[1..] {
+        [] => String::new(),
+        rest => format!(
+            "; also relative: {}",
+            rest.iter()
+                .take(5)
+                .map(|u| u.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if rest.len() > 5 { ", ..." } else { "" }
+        ),
+    };
+    c.error(
+        line,
+        format!(
+            "{what} URL {:?}{from} is relative and would be broken in every inbox; {fix}{more}",
+            first.url
+        ),
+    )
 }
 
 /// The sentinels of the link fields, for the text parts.

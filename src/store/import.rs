@@ -368,9 +368,16 @@ fn parse_row(header: &Header, record: &csv::ByteRecord, short: &mut bool) -> Res
     if row.name.is_empty() {
         row.name = match (first.is_empty(), last.is_empty()) {
             (false, false) => format!("{first} {last}"),
-            (false, true) => first,
-            _ => last,
+            (false, true) => first.clone(),
+            _ => last.clone(),
         };
+    }
+    // The parts are kept too, for `{{subscriber.first_name}}` (Mailchimp's
+    // *|FNAME|*) and `{{subscriber.last_name}}`.
+    for (key, part) in [("first_name", first), ("last_name", last)] {
+        if !part.is_empty() && !row.attributes.iter().any(|(k, _)| &**k == key) {
+            row.attributes.push((key.into(), part));
+        }
     }
     if row.consent.is_empty() {
         row.consent.source = None;
@@ -1042,7 +1049,7 @@ impl Store {
         // One connection for the whole import: its statements stay prepared
         // and its page cache stays warm from batch to batch.
         let mut conn = self.pool().acquire().await?;
-        let list_id = match lists::find(&mut conn, slug).await? {
+        let list_id = match lists::find_unless_misspelt(&mut conn, slug).await? {
             Some(l) => l.id,
             None => {
                 report.list_created = true;

@@ -82,6 +82,48 @@ pub(super) async fn find(conn: &mut SqliteConnection, slug: &str) -> Result<Opti
     .await?)
 }
 
+/// The list `slug`, or [`Error::NoList`] with the closest existing slug:
+/// the one place a slug nobody has gets its "did you mean".
+pub(super) async fn require(conn: &mut SqliteConnection, slug: &str) -> Result<List> {
+    match find(conn, slug).await? {
+        Some(list) => Ok(list),
+        None => Err(no_list(conn, slug).await?),
+    }
+}
+
+/// The list `slug`, or `None` when no list has it or a near one; a slug one
+/// typo away from an existing list is [`Error::NoList`] with the suggestion
+/// (for the commands that create a missing list, such as an import).
+pub(super) async fn find_unless_misspelt(
+    conn: &mut SqliteConnection,
+    slug: &str,
+) -> Result<Option<List>> {
+    match find(conn, slug).await? {
+        Some(list) => Ok(Some(list)),
+        None => match no_list(conn, slug).await? {
+            e @ Error::NoList {
+                suggestion: Some(_),
+                ..
+            } => Err(e),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The error for `slug`, naming the closest slug of the lists there are.
+async fn no_list(conn: &mut SqliteConnection, slug: &str) -> Result<Error> {
+    let slugs: Vec<String> = sqlx::query_scalar(
+        "SELECT slug FROM lists WHERE id NOT IN (SELECT list_id FROM removed_lists)",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(Error::NoList {
+        slug: slug.to_string(),
+        suggestion: crate::suggest::closest(slug, slugs.iter().map(String::as_str))
+            .map(String::from),
+    })
+}
+
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
     slug: &str,
@@ -158,9 +200,7 @@ impl Store {
     pub async fn rename_list(&self, slug: &str, new_slug: &str) -> Result<List> {
         check_slug(new_slug)?;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let list = find(&mut tx, slug)
-            .await?
-            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        let list = require(&mut tx, slug).await?;
         if slug != new_slug && find(&mut tx, new_slug).await?.is_some() {
             return Err(Error::ListExists(new_slug.to_string()));
         }
@@ -179,7 +219,7 @@ impl Store {
     /// stay. Subscriptions already pending or confirmed are not changed by
     /// switching double opt-in: it applies to those who join from now on.
     pub async fn edit_list(&self, slug: &str, changes: &ListChanges) -> Result<List> {
-        sqlx::query_as(&format!(
+        let edited = sqlx::query_as(&format!(
             "UPDATE lists SET name = coalesce(?, name), description = coalesce(?, description), \
              double_opt_in = coalesce(?, double_opt_in), public = coalesce(?, public) \
              WHERE slug = ? AND id NOT IN (SELECT list_id FROM removed_lists) RETURNING {LIST_COLUMNS}"
@@ -190,8 +230,11 @@ impl Store {
         .bind(changes.public)
         .bind(slug)
         .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| Error::NoList(slug.to_string()))
+        .await?;
+        match edited {
+            Some(list) => Ok(list),
+            None => Err(no_list(&mut *self.pool().acquire().await?, slug).await?),
+        }
     }
 
     /// Removes the list `slug`: refused while anyone is confirmed or
@@ -202,9 +245,7 @@ impl Store {
     /// deliveries and events stay as they were.
     pub async fn remove_list(&self, slug: &str, force: bool, now: i64) -> Result<RemovedList> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let list = find(&mut tx, slug)
-            .await?
-            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        let list = require(&mut tx, slug).await?;
         let members = members(&mut tx, list.id).await?;
         if members > 0 && !force {
             return Err(Error::ListNotEmpty(slug.to_string(), members));
@@ -255,11 +296,10 @@ impl Store {
         find(&mut conn, slug).await
     }
 
-    /// The list called `slug`, or [`Error::NoList`].
+    /// The list called `slug`, or [`Error::NoList`] with a "did you mean".
     pub async fn require_list(&self, slug: &str) -> Result<List> {
-        self.list(slug)
-            .await?
-            .ok_or_else(|| Error::NoList(slug.to_string()))
+        let mut conn = self.pool().acquire().await?;
+        require(&mut conn, slug).await
     }
 
     /// Every list, by slug, with its counts.
@@ -377,11 +417,11 @@ mod tests {
         let slug = format!("news~removed-{}", list.id);
         assert!(matches!(
             store.edit_list(&slug, &changes).await,
-            Err(Error::NoList(_))
+            Err(Error::NoList { .. })
         ));
         assert!(matches!(
             store.rename_list(&slug, "old").await,
-            Err(Error::NoList(_))
+            Err(Error::NoList { .. })
         ));
     }
 

@@ -39,6 +39,7 @@ mod export;
 mod import;
 mod lists;
 pub mod people; // what the subscriber pages read and change
+mod placeholders; // the attribute keys a list has and who lacks each value
 mod runs; // which transport each campaign run used
 pub mod schema;
 mod subscribers;
@@ -105,8 +106,15 @@ pub enum Error {
         email: String,
         source: crate::address::Error,
     },
-    #[error("no list {0:?} (create it with `bulletin lists add`)")]
-    NoList(String),
+    #[error("no list {slug:?}{}", match suggestion {
+        Some(near) => format!("; did you mean {near:?}? (`bulletin lists` shows all)"),
+        None => " (`bulletin lists` shows all; create one with `bulletin lists add`)".into(),
+    })]
+    NoList {
+        slug: String,
+        /// The existing slug closest to `slug`, when one is near.
+        suggestion: Option<String>,
+    },
     #[error("list {0:?} already exists")]
     ListExists(String),
     #[error(

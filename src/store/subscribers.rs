@@ -237,9 +237,7 @@ impl Store {
     ) -> Result<Added> {
         let email = canonical(email)?;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let list: List = lists::find(&mut tx, slug)
-            .await?
-            .ok_or_else(|| Error::NoList(slug.to_string()))?;
+        let list: List = lists::require(&mut tx, slug).await?;
         let hash = address::hash(&email);
         if hash_suppressed(&mut tx, &hash).await? {
             return Err(Error::Suppressed(email));
@@ -365,12 +363,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NoSubscriber(email.clone()))?;
         let list_id = match slug {
-            Some(slug) => Some(
-                lists::find(&mut tx, slug)
-                    .await?
-                    .ok_or_else(|| Error::NoList(slug.to_string()))?
-                    .id,
-            ),
+            Some(slug) => Some(lists::require(&mut tx, slug).await?.id),
             None => None,
         };
         let changed: Vec<(i64, String)> = sqlx::query_as(

@@ -1,0 +1,264 @@
+//! Placeholders checked against the list they go to: which `subscriber.X`
+//! keys a compiled campaign uses, which of them no subscriber of the list
+//! has (an error, with "did you mean"), and which have no fallback (so an
+//! empty value shows as nothing). No IO: the caller passes the keys the list
+//! has (`Store::list_keys`) and the counts it finds (`Store::missing_values`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{Compiled, Field};
+use crate::campaign::{Campaign, Error, Result};
+
+/// The keys every subscriber has, whatever the list: the columns of the
+/// `subscribers` table that placeholders read.
+pub const ALWAYS: [&str; 2] = ["email", "name"];
+
+/// One `subscriber.X` key as the campaign uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    /// `name`, `email` or an attribute key.
+    pub key: String,
+    /// The campaign-file line where it is first written; `None` when only
+    /// the layout uses it.
+    pub line: Option<usize>,
+    /// Some use has no fallback, so a subscriber without a value reads an
+    /// empty one (never true for `email`, which everyone has).
+    pub bare: bool,
+}
+
+/// The `subscriber.X` keys of `compiled` that its subject, HTML or text
+/// fill in, by key. (The layout's data offers `subscriber.name` to every
+/// layout; a layout that does not use it asks nobody for a name.)
+pub fn keys(compiled: &Compiled) -> Vec<KeyUse> {
+    let filled: HashSet<usize> = [&compiled.subject, &compiled.html, &compiled.text]
+        .into_iter()
+        .flat_map(|t| t.uses())
+        .collect();
+    let mut uses: BTreeMap<&str, KeyUse> = BTreeMap::new();
+    for (i, field) in compiled.fields.iter().enumerate() {
+        if !filled.contains(&i) {
+            continue;
+        }
+        let (key, bare) = match field {
+            Field::Name { fallback } => ("name", fallback.is_empty()),
+            Field::Email => ("email", false),
+            Field::Attribute { key, fallback } => (key.as_str(), fallback.is_empty()),
+            Field::UnsubscribeUrl | Field::PreferencesUrl | Field::ArchiveUrl => continue,
+        };
+        let line = compiled.lines.get(i).copied().flatten();
+        let entry = uses.entry(key).or_insert_with(|| KeyUse {
+            key: key.to_string(),
+            line,
+            bare: false,
+        });
+        entry.bare |= bare;
+        entry.line = match (entry.line, line) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    uses.into_values().collect()
+}
+
+/// Fails on each key without a fallback that no subscriber of `list` has
+/// (`known`: the list's attribute keys), naming the line, the closest key
+/// and the fallback syntax. Keys with a fallback pass: everyone gets it.
+pub fn check(c: &Campaign, compiled: &Compiled, list: &str, known: &[String]) -> Result<()> {
+    let all: Vec<&str> = ALWAYS
+        .iter()
+        .copied()
+        .chain(known.iter().map(String::as_str))
+        .collect();
+    let mut unknown: Vec<KeyUse> = keys(compiled)
+        .into_iter()
+        .filter(|u| u.bare && !all.contains(&u.key.as_str()))
+        .collect();
+    unknown.sort_by_key(|u| u.line);
+    let mut unknown = unknown.into_iter();
+    let Some(first) = unknown.next() else {
+        return Ok(());
+    };
+    let mut message = unknown_message(&first, list, &all);
+    for other in unknown {
+        message.push_str(&format!(
+            "; also {{{{subscriber.{}}}}} {}{}",
+            other.key,
+            other
+                .line
+                .map_or("in the layout".to_string(), |l| format!("at line {l}")),
+            crate::suggest::closest(&other.key, all.iter().copied())
+                .map(|near| format!(" (did you mean `{near}`?)"))
+                .unwrap_or_default()
+        ));
+    }
+    Err(match first.line {
+        Some(line) => c.error(line, message),
+        // Only the layout names it.
+        None => Error {
+            file: format!("templates/{}.mjml", c.template),
+            line: 1,
+            message: format!(
+                "{message} (in this layout or its partials; used by {})",
+                c.file
+            ),
+        },
+    })
+}
+
+fn unknown_message(u: &KeyUse, list: &str, all: &[&str]) -> String {
+    let hint = match crate::suggest::closest(&u.key, all.iter().copied()) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None => {
+            let mut sorted = all.to_vec();
+            sorted.sort_unstable();
+            let more = sorted.len().saturating_sub(12);
+            sorted.truncate(12);
+            let etc = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!("the list has {}{etc}", sorted.join(", "))
+        }
+    };
+    format!(
+        "{{{{subscriber.{key}}}}}: no subscriber of list {list} has a `{key}` value; {hint} \
+         (or give a fallback: {{{{subscriber.{key} | \"...\"}}}})",
+        key = u.key
+    )
+}
+
+/// The line `send` prints for a key that `missing` of `total` recipients
+/// have no value for.
+pub fn missing_line(key: &str, missing: i64, total: i64) -> String {
+    let fallback = if key.contains("name") {
+        "friend"
+    } else {
+        "..."
+    };
+    format!(
+        "{} of {} have no {key}; they will read an empty value — add a fallback: \
+         {{{{subscriber.{key} | \"{fallback}\"}}}}",
+        thousands(missing),
+        thousands(total)
+    )
+}
+
+/// `5000` -> `5,000`.
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assets::Templates;
+    use crate::config::Organisation;
+    use crate::render::{Context, Renderer};
+
+    fn compile(body: &str) -> (Campaign, Compiled) {
+        let text =
+            format!("+++\nsubject = \"Hi {{{{subscriber.name}}}}\"\nlist = \"news\"\n+++\n{body}");
+        let c = crate::campaign::parse("campaigns/x.md", &text).unwrap();
+        let renderer = Renderer::new(&Templates::builtin()).unwrap();
+        let org = Organisation::default();
+        let compiled = renderer
+            .compile(
+                &c,
+                &Context {
+                    organisation: &org,
+                    bases: Default::default(),
+                },
+            )
+            .unwrap();
+        (c, compiled)
+    }
+
+    #[test]
+    fn keys_say_where_and_whether_a_fallback_covers_them() {
+        let (_, compiled) = compile(
+            "Dear {{subscriber.first_name}},\n\n{{subscriber.city | \"your town\"}} \
+             {{subscriber.email}} {{subscriber.first_name | \"x\"}}\n",
+        );
+        let uses = keys(&compiled);
+        let find = |k: &str| uses.iter().find(|u| u.key == k).unwrap().clone();
+        assert_eq!(find("first_name").line, Some(5));
+        assert!(find("first_name").bare);
+        assert!(!find("city").bare);
+        assert!(!find("email").bare);
+        assert!(find("name").bare, "the subject has no fallback");
+        assert_eq!(find("name").line, Some(2));
+    }
+
+    #[test]
+    fn an_unknown_key_without_fallback_is_an_error_with_did_you_mean() {
+        let (c, compiled) = compile("Dear {{subscriber.nmae}},\n\n{{subscriber.ctiy}}\n");
+        let err = check(&c, &compiled, "news", &["city".into()]).unwrap_err();
+        assert_eq!(err.file, "campaigns/x.md");
+        assert_eq!(err.line, 5);
+        assert!(
+            err.message.starts_with(
+                "{{subscriber.nmae}}: no subscriber of list news has a `nmae` value; did you mean `name`?"
+            ),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("also {{subscriber.ctiy}} at line 7 (did you mean `city`?)"),
+            "{}",
+            err.message
+        );
+        let (c, compiled) = compile("{{subscriber.postcode}}\n");
+        let err = check(&c, &compiled, "news", &["city".into()]).unwrap_err();
+        assert!(
+            err.message.contains("the list has city, email, name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_the_layout_offers_but_nothing_uses_is_not_a_key() {
+        let text = "+++\nsubject = \"Hi\"\nlist = \"news\"\n+++\n\n{{subscriber.city}}\n";
+        let c = crate::campaign::parse("campaigns/x.md", text).unwrap();
+        let org = Organisation::default();
+        let compiled = Renderer::new(&Templates::builtin())
+            .unwrap()
+            .compile(
+                &c,
+                &Context {
+                    organisation: &org,
+                    bases: Default::default(),
+                },
+            )
+            .unwrap();
+        let uses: Vec<String> = keys(&compiled).into_iter().map(|u| u.key).collect();
+        assert_eq!(uses, ["city"]);
+    }
+
+    #[test]
+    fn known_keys_and_fallbacks_pass() {
+        let (c, compiled) = compile("{{subscriber.first_name}} {{subscriber.nmae | \"friend\"}}\n");
+        check(&c, &compiled, "news", &["first_name".into()]).unwrap();
+        assert!(check(&c, &compiled, "news", &[]).is_err());
+    }
+
+    #[test]
+    fn missing_lines_read_like_numbers() {
+        assert_eq!(
+            missing_line("first_name", 412, 5000),
+            "412 of 5,000 have no first_name; they will read an empty value — add a fallback: \
+             {{subscriber.first_name | \"friend\"}}"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+    }
+}
