@@ -404,11 +404,17 @@ impl FieldTable {
                 Some(f) => out.push_str(&self.slot_at(f, line)),
                 None => warnings.push(Warning::at(
                     line,
-                    format!(
-                        "placeholder {{{{{inner_clean}}}}} names nothing a recipient has and will \
-                         be empty; use subscriber.name, subscriber.email, subscriber.<attribute>, \
-                         unsubscribe_url, preferences_url or archive_url"
-                    ),
+                    match Field::parse(&format!("subscriber.{inner_clean}")) {
+                        Some(_) => format!(
+                            "placeholder {{{{{inner_clean}}}}} names nothing and will be empty; \
+                             did you mean {{{{subscriber.{inner_clean}}}}}?"
+                        ),
+                        None => format!(
+                            "placeholder {{{{{inner_clean}}}}} names nothing a recipient has and will \
+                             be empty; use subscriber.name, subscriber.email, subscriber.<attribute>, \
+                             unsubscribe_url, preferences_url or archive_url"
+                        ),
+                    },
                 )),
             }
             let end = open + close + 2;
@@ -455,6 +461,18 @@ impl Renderer {
     /// line, and what to fix.
     pub fn compile(&self, c: &Campaign, ctx: &Context) -> Result<Compiled> {
         let mut warnings = Vec::new();
+        for (text, line) in [
+            (c.subject.as_str(), c.line_of_key("subject")),
+            (
+                c.preheader.as_deref().unwrap_or(""),
+                c.line_of_key("preheader"),
+            ),
+            (c.body.as_str(), c.body_line),
+        ] {
+            if let Some((at, message)) = placeholders::merge_tag(text) {
+                return Err(c.error(line + LineIndex::new(text).line(at) - 1, message));
+            }
+        }
         let mut table = FieldTable::default();
         let subject = table.substitute(&c.subject, c.line_of_key("subject"), &mut warnings);
         let preheader = c

@@ -105,6 +105,44 @@ pub fn check(c: &Campaign, compiled: &Compiled, list: &str, known: &[String]) ->
     })
 }
 
+/// The first Mailchimp merge tag (`*|FNAME|*`) in `text`: its byte offset
+/// and what to write here instead. Mailchimp users paste them; sent as
+/// written, every recipient would read `*|FNAME|*`.
+pub fn merge_tag(text: &str) -> Option<(usize, String)> {
+    let mut from = 0;
+    while let Some(open) = text[from..].find("*|").map(|i| from + i) {
+        let inner_start = open + 2;
+        let Some(len) = text[inner_start..].find("|*") else {
+            return None;
+        };
+        let tag = &text[inner_start..inner_start + len];
+        if !tag.is_empty()
+            && tag.len() <= 40
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b':')
+        {
+            let instead = match tag {
+                "FNAME" => "{{subscriber.first_name | \"friend\"}}".to_string(),
+                "LNAME" => "{{subscriber.last_name}}".to_string(),
+                "EMAIL" => "{{subscriber.email}}".to_string(),
+                "UNSUB" => "{{unsubscribe_url}}".to_string(),
+                "UPDATE_PROFILE" => "{{preferences_url}}".to_string(),
+                "ARCHIVE" | "ARCHIVE_LINK_SHORT" => "{{archive_url}}".to_string(),
+                other => format!("{{{{subscriber.{}}}}}", other.to_ascii_lowercase()),
+            };
+            return Some((
+                open,
+                format!(
+                    "*|{tag}|* is a Mailchimp merge tag, which bulletin sends as written; write {instead} instead"
+                ),
+            ));
+        }
+        from = inner_start;
+    }
+    None
+}
+
 fn unknown_message(u: &KeyUse, list: &str, all: &[&str]) -> String {
     let hint = match crate::suggest::closest(&u.key, all.iter().copied()) {
         Some(near) => format!("did you mean `{near}`?"),
@@ -249,6 +287,40 @@ mod tests {
         let (c, compiled) = compile("{{subscriber.first_name}} {{subscriber.nmae | \"friend\"}}\n");
         check(&c, &compiled, "news", &["first_name".into()]).unwrap();
         assert!(check(&c, &compiled, "news", &[]).is_err());
+    }
+
+    #[test]
+    fn a_merge_tag_fails_the_compile_at_its_line_and_a_bare_key_gets_did_you_mean() {
+        let text = "+++\nsubject = \"Hi\"\nlist = \"news\"\n+++\n# News\n\nDear *|FNAME|*,\n";
+        let c = crate::campaign::parse("campaigns/x.md", text).unwrap();
+        let org = Organisation::default();
+        let ctx = Context {
+            organisation: &org,
+            bases: Default::default(),
+        };
+        let renderer = Renderer::new(&Templates::builtin()).unwrap();
+        let e = renderer.compile(&c, &ctx).unwrap_err().to_string();
+        assert!(
+            e.starts_with("campaigns/x.md:7: *|FNAME|* is a Mailchimp merge tag"),
+            "{e}"
+        );
+        let (_, compiled) = compile("Dear {{first_name}},\n");
+        let w = &compiled.warnings[0].message;
+        assert!(w.contains("did you mean {{subscriber.first_name}}?"), "{w}");
+    }
+
+    #[test]
+    fn mailchimp_merge_tags_are_found_with_what_to_write() {
+        let (at, m) = merge_tag("Dear *|FNAME|*,\nbye").unwrap();
+        assert_eq!(at, 5);
+        assert!(m.contains("{{subscriber.first_name | \"friend\"}}"), "{m}");
+        let (_, m) = merge_tag("x *|MMERGE3|* y").unwrap();
+        assert!(m.contains("{{subscriber.mmerge3}}"), "{m}");
+        assert!(
+            merge_tag("a *|b|* c | d * e").is_none(),
+            "lower case is not a tag"
+        );
+        assert!(merge_tag("no tags").is_none());
     }
 
     #[test]
