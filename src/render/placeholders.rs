@@ -112,9 +112,7 @@ pub fn merge_tag(text: &str) -> Option<(usize, String)> {
     let mut from = 0;
     while let Some(open) = text[from..].find("*|").map(|i| from + i) {
         let inner_start = open + 2;
-        let Some(len) = text[inner_start..].find("|*") else {
-            return None;
-        };
+        let len = text[inner_start..].find("|*")?;
         let tag = &text[inner_start..inner_start + len];
         if !tag.is_empty()
             && tag.len() <= 40
