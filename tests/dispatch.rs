@@ -594,6 +594,60 @@ async fn quickstart_sends_the_example_to_the_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_in_an_empty_folder_and_keeps_an_edited_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(path)
+            .arg("quickstart")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("wrote campaigns/2026-11-ebulletin.md"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("written to the outbox outbox: 25 (finished)"),
+        "{stdout}"
+    );
+    let root = crate::util::root();
+    assert_eq!(
+        std::fs::read(dir.path().join("examples/subscribers.csv")).unwrap(),
+        std::fs::read(root.join("examples/subscribers.csv")).unwrap(),
+        "the embedded example is the repository's"
+    );
+    // A file the user edited is never overwritten.
+    let campaign = dir.path().join("campaigns/2026-11-ebulletin.md");
+    std::fs::write(&campaign, "edited").unwrap();
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(assert_cmd::cargo::cargo_bin("bulletin"))
+            .current_dir(path)
+            .arg("quickstart")
+            .env_remove("BULLETIN_SECRET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&campaign).unwrap(), "edited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dkim_signature_covers_the_list_unsubscribe_headers() {
     use base64::Engine as _;
     let sink = SmtpSink::start(Behaviour::new());

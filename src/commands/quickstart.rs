@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::cli::SendArgs;
 use crate::config::{Config, Source};
@@ -16,14 +16,17 @@ const CAMPAIGN: &str = "campaigns/2026-11-ebulletin.md";
 const PEOPLE: &str = "examples/subscribers.csv";
 const LIST: &str = "ebulletin";
 
+/// The example files, embedded so that quickstart runs in any folder.
+const EXAMPLES: [(&str, &str); 2] = [
+    (
+        CAMPAIGN,
+        include_str!("../../campaigns/2026-11-ebulletin.md"),
+    ),
+    (PEOPLE, include_str!("../../examples/subscribers.csv")),
+];
+
 pub(crate) fn run(config: &Config) -> Result<ExitCode> {
-    for f in [CAMPAIGN, PEOPLE] {
-        if !std::path::Path::new(f).exists() {
-            bail!(
-                "{f} not found: run `bulletin quickstart` from the root of the bulletin repository"
-            );
-        }
-    }
+    write_examples()?;
     let mut config = config.clone();
     config.smtp.url = None;
     config.outbox_source = Source::Command("quickstart");
@@ -82,4 +85,24 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
             replace: false,
         },
     )
+}
+
+/// Writes each example file that is not there yet (never overwriting one:
+/// it may be the user's edit), saying so.
+fn write_examples() -> Result<()> {
+    for (path, text) in EXAMPLES {
+        let path = std::path::Path::new(path);
+        if path.exists() {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        println!(
+            "wrote {} (the example, to edit as you like)",
+            path.display()
+        );
+    }
+    Ok(())
 }
