@@ -252,16 +252,15 @@ impl Store {
         Ok(store)
     }
 
-    /// The pool, for code in this module and its tests.
     /// A round trip to the database, for health checks.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    /// The pool, for the store's function modules (`deliveries`, `people`)
-    /// and the benchmarks that drive them.
-    pub fn pool(&self) -> &SqlitePool {
+    /// The pool, for the store's modules and their unit tests only: nothing
+    /// outside `src/store/` sees it (the store is the one door).
+    fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -536,7 +535,7 @@ mod tests {
         match how {
             "stays" => {}
             "subscription pending" => {
-                people::set_subscription(s.pool(), id, list, "pending", "web", 2)
+                s.set_subscription(id, list, "pending", "web", 2)
                     .await
                     .unwrap();
             }
@@ -584,16 +583,9 @@ mod tests {
             send_at: 1,
             now: 1,
         };
-        let campaign_id = deliveries::insert_campaign(s.pool(), &campaign)
-            .await
-            .unwrap();
-        let campaign = deliveries::campaign_by_id(s.pool(), campaign_id)
-            .await
-            .unwrap()
-            .unwrap();
-        let queued = deliveries::materialise(s.pool(), campaign_id, 1)
-            .await
-            .unwrap();
+        let campaign_id = s.insert_campaign(&campaign).await.unwrap();
+        let campaign = s.campaign_by_id(campaign_id).await.unwrap().unwrap();
+        let queued = s.materialise(campaign_id, 1).await.unwrap();
         assert_eq!(queued, CASES.len() as u64);
         for (email, how, ..) in CASES {
             leave(&s, list.id, email, how).await;
@@ -630,9 +622,7 @@ mod tests {
             assert_eq!(count, expected.len() as i64, "count {selection:?}");
         }
         // The dispatcher's claim, on rows queued while everyone was mailable.
-        let claimed = deliveries::commit(s.pool(), &campaign, 8, &[], 3)
-            .await
-            .unwrap();
+        let claimed = s.record_and_claim(&campaign, 8, &[], 3).await.unwrap();
         let mailed: Vec<&str> = claimed.jobs.iter().map(|j| j.email.as_str()).collect();
         assert_eq!(mailed, on_list, "the claim");
         assert_eq!(claimed.skipped, 7);
