@@ -9,7 +9,8 @@
 //!
 //! A campaign moves between the states of [`CampaignStatus`]; which moves
 //! are allowed is written once, in [`CampaignStatus::comes_from`], and
-//! [`set_campaign_status`] enforces it in its `UPDATE`.
+//! `move_campaign`, the one statement that changes `campaigns.status`,
+//! enforces it in its `UPDATE`.
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row, SqliteConnection};
@@ -246,6 +247,32 @@ pub(super) async fn set_campaign_lists(
     Ok(())
 }
 
+/// [`Store::set_campaign_status`](super::Store::set_campaign_status) inside
+/// the caller's transaction: the one statement that changes
+/// `campaigns.status`, so every transition (run, finish, hold, cancel,
+/// replace, reopen) is checked against [`CampaignStatus::comes_from`].
+async fn move_campaign(
+    conn: &mut SqliteConnection,
+    id: i64,
+    status: CampaignStatus,
+    now: i64,
+) -> Result<bool> {
+    let from: Vec<&str> = status.comes_from().iter().map(|s| s.as_str()).collect();
+    let done = sqlx::query(
+        "UPDATE campaigns SET status = ?2,
+             started_at = CASE WHEN ?2 = 'sending' THEN COALESCE(started_at, ?3) ELSE started_at END,
+             finished_at = CASE WHEN ?2 IN ('sent', 'cancelled') THEN ?3 ELSE finished_at END
+         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(now)
+    .bind(serde_json::to_string(&from).expect("strings serialise"))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 impl super::Store {
     /// The lists a campaign goes to, in front matter order (ids).
     pub async fn campaign_lists(&self, campaign_id: i64) -> Result<Vec<i64>> {
@@ -267,21 +294,8 @@ impl super::Store {
         status: CampaignStatus,
         now: i64,
     ) -> Result<bool> {
-        let pool = &self.pool;
-        let from: Vec<&str> = status.comes_from().iter().map(|s| s.as_str()).collect();
-        let done = sqlx::query(
-        "UPDATE campaigns SET status = ?2,
-             started_at = CASE WHEN ?2 = 'sending' THEN COALESCE(started_at, ?3) ELSE started_at END,
-             finished_at = CASE WHEN ?2 IN ('sent', 'cancelled') THEN ?3 ELSE finished_at END
-         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))",
-    )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(now)
-    .bind(serde_json::to_string(&from).expect("strings serialise"))
-    .execute(pool)
-    .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        move_campaign(&mut conn, id, status, now).await
     }
 
     /// Moves a scheduled campaign's time (`send --at` on a queued campaign).
@@ -903,11 +917,9 @@ impl super::Store {
         if !status.can_cancel() {
             return Ok(Cancel::Refused(status));
         }
-        sqlx::query("UPDATE campaigns SET status = 'cancelled', finished_at = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        if !move_campaign(&mut tx, id, CampaignStatus::Cancelled, now).await? {
+            return Ok(Cancel::Refused(status));
+        }
         let dropped = sqlx::query(
             "UPDATE deliveries SET status = 'skipped', last_reply = 'campaign cancelled',
                  next_attempt_at = NULL, updated_at = ?2
@@ -945,7 +957,7 @@ impl super::Store {
             .await?;
         sqlx::query(
             "UPDATE campaigns SET list_id = ?2, subject = ?3, compiled = ?4, source_hash = ?5,
-                 send_at = ?6, status = 'scheduled'
+                 send_at = ?6
              WHERE id = ?1",
         )
         .bind(new.id)
@@ -956,6 +968,10 @@ impl super::Store {
         .bind(new.send_at)
         .execute(&mut *tx)
         .await?;
+        // Entering `scheduled` stamps no time, hence no `now`.
+        if !move_campaign(&mut tx, new.id, CampaignStatus::Scheduled, 0).await? {
+            return Ok(Replace::Refused(status, attempted));
+        }
         set_campaign_lists(&mut tx, new.id, new.lists).await?;
         tx.commit().await?;
         Ok(Replace::Done)

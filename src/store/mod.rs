@@ -725,4 +725,73 @@ mod tests {
             );
         }
     }
+
+    /// Every `.rs` file under `src/`, as (path from the crate root, text).
+    fn source_files() -> Vec<(String, String)> {
+        fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    let name = path.strip_prefix(root).unwrap().to_string_lossy();
+                    out.push((name.replace('\\', "/"), text));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 20, "found the sources");
+        files
+    }
+
+    /// The store is the one door: no code outside `src/store/` holds the
+    /// pool, names sqlx or writes SQL against it.
+    #[test]
+    fn nothing_outside_the_store_reaches_the_database() {
+        for (file, text) in source_files() {
+            if file.starts_with("src/store/") {
+                continue;
+            }
+            for word in ["SqlitePool", "sqlx::", ".pool()"] {
+                assert!(!text.contains(word), "{file} uses {word}");
+            }
+        }
+    }
+
+    /// Campaign status changes in one statement (`move_campaign`), which
+    /// checks `CampaignStatus::comes_from`.
+    #[test]
+    fn campaign_status_changes_in_one_place() {
+        let update = ["UPDATE campaigns", " SET"].concat();
+        let mut found = Vec::new();
+        for (file, text) in source_files() {
+            for (at, _) in text.match_indices(&update) {
+                let set = &text[at..];
+                let set = &set[..set.find("WHERE").unwrap_or(set.len())];
+                if set.contains("status") {
+                    found.push(file.clone());
+                }
+            }
+        }
+        assert_eq!(found, ["src/store/deliveries.rs"]);
+        let deliveries = include_str!("deliveries.rs");
+        let at = deliveries
+            .match_indices(&update)
+            .map(|(at, _)| at)
+            .find(|&at| deliveries[at..].starts_with(&format!("{update} status")))
+            .unwrap();
+        let before = &deliveries[..at];
+        let function = &before[before.rfind("async fn ").unwrap()..];
+        assert!(
+            function.starts_with("async fn move_campaign("),
+            "{function}"
+        );
+        assert!(function.contains("status.comes_from()"), "{function}");
+    }
 }
