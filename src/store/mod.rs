@@ -1,6 +1,8 @@
 //! The subscriber store: every line of SQL in bulletin lives under this
 //! module. SQLite through sqlx (no compile-time macros), one pool shared by
-//! the CLI, the dispatcher and the web server.
+//! the CLI, the dispatcher and the web server. The store is the one door:
+//! the pool never leaves this module, and callers use `Store` methods (a
+//! second engine would be a second implementation here, nothing else).
 //!
 //! The schema is `subscribers.sql` at the top of the repository, embedded and
 //! applied on [`Store::open`] (see [`schema`]). Times are unix seconds passed
@@ -360,7 +362,7 @@ impl Store {
 /// mailed again, inside the caller's transaction. The one function that
 /// writes `suppressions`: bounces, complaints, erasure and manual entries all
 /// come here. Keeps an existing entry and its reason.
-pub(crate) async fn suppress_hash(
+async fn suppress_hash(
     conn: &mut sqlx::SqliteConnection,
     hash: &str,
     reason: &str,
@@ -371,7 +373,7 @@ pub(crate) async fn suppress_hash(
 
 /// `suppress_hash` for a batch of (hash, reason) pairs in one statement (an
 /// import's people who left): the one statement that writes `suppressions`.
-pub(crate) async fn suppress_hashes(
+async fn suppress_hashes(
     conn: &mut sqlx::SqliteConnection,
     pairs: &[(&str, &str)],
     now: i64,

@@ -42,7 +42,7 @@ const ACTIVE_SQL: &str = "SELECT c.id FROM campaigns c
 /// were added. Someone who already has a row for that campaign gets none.
 /// The one writer of welcome rows: every confirming path calls it, in the
 /// transaction of its change, with only the people whose status changed.
-pub(crate) async fn queue_welcome(
+pub(super) async fn queue_welcome(
     conn: &mut SqliteConnection,
     list_id: i64,
     subscriber_ids: &[i64],
