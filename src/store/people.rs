@@ -388,7 +388,7 @@ pub const CONFIRMATION_WINDOW: i64 = 24 * 3600;
 /// confirmation.
 const LIFTED_BY_SIGN_UP: &str = "('erased', 'bounced', 'complained')";
 
-/// What [`sign_up`] stored.
+/// What [`Store::sign_up`](super::Store::sign_up) stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedUp {
     pub subscriber: i64,
@@ -404,7 +404,7 @@ impl super::Store {
     /// A sign-up from the web form, in one IMMEDIATE transaction: finds or
     /// creates the person and asks for each list (each once: the caller
     /// dedupes). Someone who left, bounced, complained or was erased is asked to
-    /// confirm every list; confirming ([`confirm`]) brings them back. `None`
+    /// confirm every list; confirming (`Store::confirm`) brings them back. `None`
     /// when the address must not be mailed at all (suppressed by hand).
     /// `email` is canonical (`address::normalize`).
     pub async fn sign_up(
