@@ -25,7 +25,7 @@ use bulletin::dispatch::transport::{SmtpUrl, Transport};
 use bulletin::dispatch::{self, Frozen, Progress, Settings};
 use bulletin::links::{Signer, Urls};
 use bulletin::render::{self, Renderer};
-use bulletin::store::deliveries::{self as db, CampaignRow, InFlight, NewCampaign};
+use bulletin::store::deliveries::{CampaignRow, InFlight, NewCampaign};
 use bulletin::store::{ImportOptions, Store};
 
 /// smtp-source sends at most this many messages.
@@ -137,9 +137,8 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
         resend_until: None,
     };
     let now = bulletin::store::now();
-    let id = db::insert_campaign(
-        store.pool(),
-        &NewCampaign {
+    let id = store
+        .insert_campaign(&NewCampaign {
             slug: &c.slug,
             lists: &[list.id],
             subject: &c.subject,
@@ -147,11 +146,10 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
             source_hash: "bench",
             send_at: now,
             now,
-        },
-    )
-    .await
-    .unwrap();
-    let row = db::campaign_by_id(store.pool(), id).await.unwrap().unwrap();
+        })
+        .await
+        .unwrap();
+    let row = store.campaign_by_id(id).await.unwrap().unwrap();
     (row, frozen)
 }
 
@@ -234,7 +232,7 @@ async fn send(dir: &Path, n: usize, port: u16, connections: usize) -> Figures {
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
     let progress = Arc::new(Progress::default());
-    let summary = dispatch::run(store.pool(), &row, &settings, progress, stop)
+    let summary = dispatch::run(&store, &row, &settings, progress, stop)
         .await
         .unwrap()
         .unwrap();

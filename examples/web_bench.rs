@@ -176,11 +176,16 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((store, addr, stop))
     })?;
 
+    // An independent observer on the database file, like a second process:
+    // the store's pool stays inside the store.
+    let observer = runtime.block_on(sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(store.path()),
+    ))?;
     let ids: Vec<i64> = runtime.block_on(
-        sqlx::query_scalar("SELECT id FROM subscribers ORDER BY id").fetch_all(store.pool()),
+        sqlx::query_scalar("SELECT id FROM subscribers ORDER BY id").fetch_all(&observer),
     )?;
     let list: i64 = runtime.block_on(
-        sqlx::query_scalar("SELECT id FROM lists WHERE slug = 'news'").fetch_one(store.pool()),
+        sqlx::query_scalar("SELECT id FROM lists WHERE slug = 'news'").fetch_one(&observer),
     )?;
     let signer = Signer::new(b"bench secret", &[]);
     let write_paths = |name: &str, path: &dyn Fn(i64) -> String| -> anyhow::Result<_> {
@@ -212,10 +217,10 @@ fn main() -> anyhow::Result<()> {
     let (recorded, events): (i64, i64) = runtime.block_on(async {
         let subs =
             sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE status = 'unsubscribed'")
-                .fetch_one(store.pool())
+                .fetch_one(&observer)
                 .await?;
         let events = sqlx::query_scalar("SELECT count(*) FROM events WHERE kind = 'unsubscribed'")
-            .fetch_one(store.pool())
+            .fetch_one(&observer)
             .await?;
         anyhow::Ok((subs, events))
     })?;

@@ -702,3 +702,122 @@ async fn soft_bounce_score_decays_and_bounces_at_the_limit() {
         "bounce score 0.0 of 3 (halves every 30 days)"
     );
 }
+
+/// Each event of `email`, as (kind, source, list slug, campaign slug), read
+/// from the database file by an independent observer.
+async fn events_of(
+    env: &Env,
+    email: &str,
+) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let raw = crate::support::db::raw(&env.dir.path().join("b.db")).await;
+    sqlx::query_as(
+        "SELECT e.kind, e.source, l.slug, c.slug FROM events e
+         JOIN subscribers s ON s.id = e.subscriber_id
+         LEFT JOIN lists l ON l.id = e.list_id
+         LEFT JOIN campaigns c ON c.id = e.campaign_id
+         WHERE s.email = ? ORDER BY e.id",
+    )
+    .bind(email)
+    .fetch_all(&raw)
+    .await
+    .unwrap()
+}
+
+/// Every event written in a campaign's context names the campaign: the
+/// dispatcher's hard bounce, a returned hard bounce, a complaint (and the
+/// unsubscribes it makes). A mailto unsubscribe names its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_the_campaign_they_came_from() {
+    let sink = SmtpSink::start(Behaviour::new().rcpt_reply("refused", "550 5.1.1 user unknown"));
+    let env = Env::new(sink.port());
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
+    for p in [
+        "refused@example.net",
+        "hard@example.net",
+        "complainer@example.net",
+        "leaver@example.net",
+    ] {
+        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
+    }
+    env.ok(&[
+        "subscribers",
+        "add",
+        "complainer@example.net",
+        "--list",
+        "other",
+    ])
+    .await;
+    // One refusal makes `send` exit non-zero; the others are sent.
+    let out = env
+        .run(&["send", "campaigns/news-1.md", "--yes"], None)
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent 3, failed 1"),
+        "{out:?}"
+    );
+    let sent = sink.messages();
+    assert_eq!(sent.len(), 3, "the refused address got nothing");
+    let campaign = Some("news-1".to_string());
+    let news = Some("news".to_string());
+    let other = Some("other".to_string());
+    let after_signup = |events: Vec<_>| events.into_iter().skip(1).collect::<Vec<_>>();
+
+    // Refused at RCPT by the server: the dispatcher's hard bounce.
+    let refused = after_signup(events_of(&env, "refused@example.net").await);
+    assert_eq!(
+        refused,
+        [("bounced".into(), "dispatch".into(), None, campaign.clone())]
+    );
+
+    // A hard bounce returned later, matched by its VERP address.
+    let hard = dsn(
+        received_for(&sent, "hard@example.net"),
+        "5.1.1",
+        "550 5.1.1 <hard@example.net>: user unknown",
+    );
+    let out = env.run(&["bounces", "ingest"], Some(hard)).await;
+    assert!(out.status.success(), "{out:?}");
+    let hard = after_signup(events_of(&env, "hard@example.net").await);
+    assert_eq!(
+        hard,
+        [("bounced".into(), "pipe".into(), None, campaign.clone())]
+    );
+
+    // A complaint, matched by the quoted Message-ID: every unsubscribe it
+    // makes names the campaign complained about, the other list's too.
+    let dir = env.dir.path();
+    std::fs::write(
+        dir.join("arf.eml"),
+        arf(received_for(&sent, "complainer@example.net")),
+    )
+    .unwrap();
+    env.ok(&["bounces", "ingest", "arf.eml"]).await;
+    let complainer = events_of(&env, "complainer@example.net").await;
+    let (kinds, after): (Vec<_>, Vec<_>) = complainer
+        .into_iter()
+        .skip(2)
+        .map(|(kind, _, list, c)| (kind, (list, c)))
+        .unzip();
+    assert_eq!(kinds, ["unsubscribed", "unsubscribed", "complained"]);
+    assert_eq!(
+        after,
+        [
+            (news.clone(), campaign.clone()),
+            (other, campaign.clone()),
+            (None, campaign.clone())
+        ]
+    );
+
+    // Mail to the List-Unsubscribe mailto address: its signed address
+    // names the list.
+    std::fs::write(
+        dir.join("leave.eml"),
+        mailto_unsubscribe(received_for(&sent, "leaver@example.net")),
+    )
+    .unwrap();
+    env.ok(&["bounces", "ingest", "leave.eml"]).await;
+    let leaver = after_signup(events_of(&env, "leaver@example.net").await);
+    assert_eq!(leaver.len(), 1, "{leaver:?}");
+    assert_eq!((&*leaver[0].0, &leaver[0].2), ("unsubscribed", &news));
+}

@@ -528,9 +528,7 @@ async fn show_download_and_erasure_of_consent() {
         .unwrap()
         .unwrap()
         .id;
-    let data = bulletin::store::people::export(store.pool(), id)
-        .await
-        .unwrap();
+    let data = store.export_person(id).await.unwrap();
     assert_eq!(
         data["subscriptions"][0]["consent"]["optin_ip"],
         "203.0.113.8"
@@ -549,7 +547,6 @@ async fn show_download_and_erasure_of_consent() {
 /// and address, with the sign-up time as the opt-in; it shows in exports.
 #[tokio::test]
 async fn web_confirmation_click_is_a_consent_record() {
-    use bulletin::store::people;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let store = Store::open(&d.join("t.db")).await.unwrap();
@@ -557,20 +554,21 @@ async fn web_confirmation_click_is_a_consent_record() {
         .create_list("news", "News", "", true, true, 1_700_000_000)
         .await
         .unwrap();
-    let id = people::sign_up(
-        store.pool(),
-        "web@example.org",
-        "Web",
-        std::slice::from_ref(&list),
-        1_700_000_000,
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .subscriber;
+    let id = store
+        .sign_up(
+            "web@example.org",
+            "Web",
+            std::slice::from_ref(&list),
+            1_700_000_000,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .subscriber;
     let ip: std::net::IpAddr = "2001:db8::7".parse().unwrap();
     assert!(
-        people::confirm_from(store.pool(), id, list.id, Some(ip), 1_700_000_600)
+        store
+            .confirm_from(id, list.id, Some(ip), 1_700_000_600)
             .await
             .unwrap()
     );

@@ -634,13 +634,13 @@ async fn backup_opens_and_holds_the_data_while_another_connection_writes() {
     writer.await.unwrap();
     let copy = Store::open(&d.join("copy.db")).await.unwrap();
     let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(copy.pool())
+        .fetch_one(&crate::support::db::raw(copy.path()).await)
         .await
         .unwrap();
     assert_eq!(check, "ok");
     assert!(copy.subscriber("ann@example.org").await.unwrap().is_some());
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subscribers")
-        .fetch_one(copy.pool())
+        .fetch_one(&crate::support::db::raw(copy.path()).await)
         .await
         .unwrap();
     assert!((2..=402).contains(&n), "{n}");

@@ -1,6 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
-mod support; // SMTP servers: the in-process sink, smtp-sink and aiosmtpd
+mod support; // SMTP servers: the in-process sink, smtp-sink and aiosmtpd; a raw observer pool on a test's database
 mod util; // shared helpers: running the binary, temp dirs, fixtures, a tiny HTTP client
 
 mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/complaint/mailto rules, scan

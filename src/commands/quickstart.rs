@@ -62,7 +62,8 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     let already = super::runtime()?.block_on(async {
         let store = super::open_store(&config).await?;
         anyhow::Ok(
-            store::deliveries::campaign_by_slug(store.pool(), slug)
+            store
+                .campaign_by_slug(slug)
                 .await?
                 .is_some_and(|c| c.status == crate::store::deliveries::CampaignStatus::Finished),
         )

@@ -25,7 +25,7 @@ use crate::links::Purpose;
 use crate::render::Recipient;
 use crate::store::Store;
 use crate::store::deliveries::{
-    self as db, CampaignRow, CampaignStatus, Cancel, NewCampaign, Refreeze, Replace,
+    CampaignRow, CampaignStatus, Cancel, NewCampaign, Refreeze, Replace,
 };
 use crate::store::welcome::FreezeWelcome;
 
@@ -77,7 +77,7 @@ async fn run_one(
     store
         .record_run(campaign.id, kind, &target, crate::store::now())
         .await?;
-    let result = dispatch::run(store.pool(), campaign, settings, progress.clone(), stop).await;
+    let result = dispatch::run(store, campaign, settings, progress.clone(), stop).await;
     if let Some(t) = ticker {
         t.abort();
     }
@@ -294,12 +294,12 @@ impl Plan<'_> {
     /// Looks at the frozen campaign of this name (never freezes one twice),
     /// then runs, schedules or freezes as the flags say.
     async fn run(&self) -> Result<ExitCode> {
-        let (args, pool) = (self.args, self.store.pool());
+        let args = self.args;
         let slug = &self.built.campaign.slug;
         if self.built.campaign.trigger == Some(Trigger::Welcome) {
             return self.welcome().await;
         }
-        let step = match db::campaign_by_slug(pool, slug).await? {
+        let step = match self.store.campaign_by_slug(slug).await? {
             Some(c) if c.welcome => bail!(
                 "campaign {slug} is a welcome mail, but {} no longer says trigger = \"welcome\"; put the line back, or save the campaign under a new file name",
                 self.file
@@ -339,7 +339,7 @@ impl Plan<'_> {
         }
         if campaign.status == CampaignStatus::Scheduled && campaign.send_at > self.now {
             // The frozen lists, which an edited file may no longer name.
-            let lists = db::campaign_lists(pool, campaign.id).await?;
+            let lists = self.store.campaign_lists(campaign.id).await?;
             let names = self.store.campaign_list_slugs(campaign.id).await?;
             println!(
                 "{}: scheduled for {} to {}; `bulletin dispatch` (cron) sends it then",
@@ -350,9 +350,13 @@ impl Plan<'_> {
             return Ok(ExitCode::SUCCESS);
         }
         if campaign.status == CampaignStatus::Held || moved {
-            db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, self.now).await?;
+            self.store
+                .set_campaign_status(campaign.id, CampaignStatus::Sending, self.now)
+                .await?;
         }
-        let campaign = db::campaign_by_id(pool, campaign.id)
+        let campaign = self
+            .store
+            .campaign_by_id(campaign.id)
             .await?
             .expect("exists");
         let show_bar = std::io::stderr().is_terminal();
@@ -389,7 +393,7 @@ impl Plan<'_> {
                 self.file
             );
         }
-        match db::campaign_by_slug(self.store.pool(), slug).await? {
+        match self.store.campaign_by_slug(slug).await? {
             None if args.replace => bail!(
                 "campaign {slug} was never sent, so there is nothing to replace; send it without --replace"
             ),
@@ -532,9 +536,7 @@ impl Plan<'_> {
             "{slug}: replaced from {} (subject \"{}\")",
             self.file, self.built.campaign.subject
         );
-        let c = db::campaign_by_id(self.store.pool(), c.id)
-            .await?
-            .expect("exists");
+        let c = self.store.campaign_by_id(c.id).await?.expect("exists");
         Ok(Step::Run(c, true))
     }
 
@@ -569,9 +571,10 @@ impl Plan<'_> {
             println!("not sent");
             return Ok(Step::Done);
         }
-        let pool = self.store.pool();
-        db::set_campaign_status(pool, c.id, CampaignStatus::Sending, self.now).await?;
-        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        self.store
+            .set_campaign_status(c.id, CampaignStatus::Sending, self.now)
+            .await?;
+        let c = self.store.campaign_by_id(c.id).await?.expect("exists");
         Ok(Step::Run(c, false))
     }
 
@@ -603,7 +606,9 @@ impl Plan<'_> {
             return Ok(Step::Done);
         }
         let mut n = 2;
-        while db::campaign_by_slug(self.store.pool(), &format!("{slug}-{n}"))
+        while self
+            .store
+            .campaign_by_slug(&format!("{slug}-{n}"))
             .await?
             .is_some()
         {
@@ -615,7 +620,7 @@ impl Plan<'_> {
     /// A queued or half-sent campaign: resumed as frozen; `--at` moves a
     /// scheduled or held one (asking first when the time is not ahead).
     async fn resume(&self, c: CampaignRow) -> Result<Step> {
-        let (slug, file, pool) = (&c.slug, &self.file, self.store.pool());
+        let (slug, file) = (&c.slug, &self.file);
         if c.source_hash != self.source_hash {
             eprintln!(
                 "bulletin: note: {file} changed since {slug} was queued; sending the version frozen then (`bulletin send {file} --replace` refreezes it)"
@@ -636,13 +641,15 @@ impl Plan<'_> {
             println!("not moved; still scheduled for {}", fmt_time(c.send_at));
             return Ok(Step::Done);
         }
-        db::set_send_at(pool, c.id, self.send_at).await?;
+        self.store.set_send_at(c.id, self.send_at).await?;
         if c.status == CampaignStatus::Held && self.send_at > self.now {
             // A new time ahead makes a held campaign scheduled again.
-            db::set_campaign_status(pool, c.id, CampaignStatus::Scheduled, self.now).await?;
+            self.store
+                .set_campaign_status(c.id, CampaignStatus::Scheduled, self.now)
+                .await?;
         }
         println!("{slug}: moved from {} to {at}", fmt_time(c.send_at));
-        let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
+        let c = self.store.campaign_by_id(c.id).await?.expect("exists");
         Ok(Step::Run(c, true))
     }
 
@@ -667,7 +674,7 @@ impl Plan<'_> {
 
     /// Asks, then freezes a new campaign; `None` when the answer is no.
     async fn freeze(&self, slug: &str) -> Result<Option<CampaignRow>> {
-        let (built, pool) = (self.built, self.store.pool());
+        let built = self.built;
         if !self.args.again {
             let recipients = self.audience().await?;
             let when = if self.send_at > self.now {
@@ -709,7 +716,7 @@ impl Plan<'_> {
             send_at: self.send_at,
             now: self.now,
         };
-        let id = db::insert_campaign(pool, &new).await.map_err(|e| {
+        let id = self.store.insert_campaign(&new).await.map_err(|e| {
             if e.is_duplicate() {
                 anyhow!(
                     "campaign {slug} is already being sent: another `bulletin send` froze it a moment ago; `bulletin status {slug}` shows its progress"
@@ -718,7 +725,7 @@ impl Plan<'_> {
                 e.into()
             }
         })?;
-        Ok(db::campaign_by_id(pool, id).await?)
+        Ok(self.store.campaign_by_id(id).await?)
     }
 }
 
@@ -757,14 +764,13 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let pool = store.pool();
         let now = crate::store::now();
         let mut trouble = false;
         // Long-overdue scheduled campaigns are held, not sent silently.
         let hold_before = now - config.dispatch.hold_after_hours * 3600;
-        for c in db::due_campaigns(pool, now).await? {
+        for c in store.due_campaigns(now).await? {
             if c.status == CampaignStatus::Scheduled && c.send_at < hold_before {
-                db::set_campaign_status(pool, c.id, CampaignStatus::Held, now).await?;
+                store.set_campaign_status(c.id, CampaignStatus::Held, now).await?;
                 println!(
                     "{}: held, it was due {} ({} hours ago); send it anyway with `bulletin send` on its file",
                     c.slug,
@@ -778,7 +784,7 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
         for c in store.reopen_for_new(now).await? {
             println!("{c}: sending to the people who joined its list since it was sent");
         }
-        let due = db::due_campaigns(pool, now).await?;
+        let due = store.due_campaigns(now).await?;
         if due.is_empty() {
             return Ok(if trouble { ExitCode::from(1) } else { ExitCode::SUCCESS });
         }
@@ -831,8 +837,7 @@ struct StatusReport {
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        let pool = store.pool();
-        let mut campaigns = db::campaigns(pool).await?;
+        let mut campaigns = store.campaigns().await?;
         if let Some(name) = &args.campaign {
             let stem = campaign_name(name);
             campaigns.retain(|c| c.slug == *name || c.slug == stem);
@@ -855,11 +860,11 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 send_at: iso_time(c.send_at),
                 started_at: c.started_at.map(iso_time),
                 finished_at: c.finished_at.map(iso_time),
-                deliveries: db::counts(pool, c.id).await?.into_iter().collect(),
+                deliveries: store.delivery_counts(c.id).await?.into_iter().collect(),
                 transports: store.run_transports(c.id).await?,
-                bounces: db::events_since(pool, c.id, "bounced", since).await?,
-                complaints: db::events_since(pool, c.id, "complained", since).await?,
-                unsubscribes: db::events_since(pool, c.id, "unsubscribed", since).await?,
+                bounces: store.events_since(c.id, "bounced", since).await?,
+                complaints: store.events_since(c.id, "complained", since).await?,
+                unsubscribes: store.events_since(c.id, "unsubscribed", since).await?,
             });
         }
         match args.format {

@@ -17,7 +17,7 @@ use crate::dispatch::{self, Settings};
 use crate::dkim::DkimSigner;
 use crate::links::{Signer, Urls};
 use crate::store::Store;
-use crate::store::deliveries::{self as db, CampaignRow, InFlight};
+use crate::store::deliveries::{CampaignRow, InFlight};
 
 /// The transport the config names: SMTP when a URL is set, else the outbox
 /// when one was named (flag, environment, config file, `quickstart`). With
@@ -61,7 +61,8 @@ pub(crate) async fn verifier(config: &Config, store: &Store) -> Result<Option<Si
         .collect();
     Ok(match &config.secrets.current {
         Some(secret) => Some(Signer::new(secret.as_bytes(), &previous)),
-        None => db::setting(store.pool(), "dev_secret")
+        None => store
+            .setting("dev_secret")
             .await?
             .map(|s| Signer::new(s.as_bytes(), &previous)),
     })
@@ -88,7 +89,7 @@ pub(crate) async fn signer(
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
         .context("read /dev/urandom")?;
     let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    db::setting_or_insert(store.pool(), "dev_secret", &fresh).await?;
+    store.setting_or_insert("dev_secret", &fresh).await?;
     eprintln!(
         "bulletin: note: BULLETIN_SECRET is not set; links are signed with a development secret kept in {}",
         config.db.display()
@@ -258,11 +259,11 @@ pub(crate) fn campaign_name(name: &str) -> String {
 
 /// The frozen campaign by name or file, or a one-line error.
 pub(crate) async fn find_campaign(store: &Store, name: &str) -> Result<CampaignRow> {
-    let pool = store.pool();
-    if let Some(c) = db::campaign_by_slug(pool, name).await? {
+    if let Some(c) = store.campaign_by_slug(name).await? {
         return Ok(c);
     }
-    db::campaign_by_slug(pool, &campaign_name(name))
+    store
+        .campaign_by_slug(&campaign_name(name))
         .await?
         .ok_or_else(|| anyhow!("no campaign named {name:?}; `bulletin status` lists them all"))
 }

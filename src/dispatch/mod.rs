@@ -21,13 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compose;
 use crate::links::{self, Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
-use crate::store::deliveries::{self as db, CampaignRow, CampaignStatus, InFlight, Job, Outcome};
+use crate::store::Store;
+use crate::store::deliveries::{CampaignRow, CampaignStatus, InFlight, Job, Outcome};
 use crate::store::now;
 use transport::Transport;
 pub use verdict::Verdict;
@@ -373,7 +373,7 @@ pub enum NotStarted {
 /// Sends what is due of one campaign. Returns `Ok(Err(NotStarted))` when
 /// another run holds it.
 pub async fn run(
-    pool: &SqlitePool,
+    store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
     progress: Arc<Progress>,
@@ -381,29 +381,30 @@ pub async fn run(
 ) -> Result<std::result::Result<Summary, NotStarted>> {
     let now = now();
     let dead = dead_owner(campaign.lease_owner.as_deref());
-    if !db::try_lease(
-        pool,
-        campaign.id,
-        &settings.owner,
-        now,
-        now + settings.lease_secs,
-        dead.as_deref(),
-    )
-    .await?
+    if !store
+        .try_lease(
+            campaign.id,
+            &settings.owner,
+            now,
+            now + settings.lease_secs,
+            dead.as_deref(),
+        )
+        .await?
     {
-        let holder = db::campaign_by_id(pool, campaign.id)
+        let holder = store
+            .campaign_by_id(campaign.id)
             .await?
             .and_then(|c| c.lease_owner)
             .unwrap_or_default();
         return Ok(Err(NotStarted::Busy(holder)));
     }
-    let result = run_leased(pool, campaign, settings, progress, &mut stop).await;
-    let _ = db::release_lease(pool, campaign.id, &settings.owner).await;
+    let result = run_leased(store, campaign, settings, progress, &mut stop).await;
+    let _ = store.release_lease(campaign.id, &settings.owner).await;
     result.map(Ok)
 }
 
 async fn run_leased(
-    pool: &SqlitePool,
+    store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
     progress: Arc<Progress>,
@@ -416,14 +417,17 @@ async fn run_leased(
         ))
     })?;
     let mut summary = Summary {
-        in_flight_resolved: db::resolve_in_flight(pool, campaign.id, settings.in_flight, now())
+        in_flight_resolved: store
+            .resolve_in_flight(campaign.id, settings.in_flight, now())
             .await?,
         ..Summary::default()
     };
     // A campaign cancelled since it was picked up is not started: the
     // transition fails and nothing is queued (`materialise` also checks).
     if campaign.status != CampaignStatus::Sending
-        && !db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, now()).await?
+        && !store
+            .set_campaign_status(campaign.id, CampaignStatus::Sending, now())
+            .await?
     {
         summary.cancelled = true;
         return Ok(summary);
@@ -431,15 +435,16 @@ async fn run_leased(
     // A welcome campaign's rows come from confirmations (`queue_welcome`),
     // never from its lists.
     if !campaign.welcome {
-        db::materialise(pool, campaign.id, now()).await?;
+        store.materialise(campaign.id, now()).await?;
     }
-    let total: i64 = db::counts(pool, campaign.id)
+    let total: i64 = store
+        .delivery_counts(campaign.id)
         .await?
         .iter()
         .map(|(_, n)| n)
         .sum();
     progress.total.store(total as u64, Ordering::Relaxed);
-    for (status, n) in db::counts(pool, campaign.id).await? {
+    for (status, n) in store.delivery_counts(campaign.id).await? {
         let n = n as u64;
         match status.as_str() {
             "sent" => progress.sent.store(n, Ordering::Relaxed),
@@ -460,7 +465,7 @@ async fn run_leased(
     });
 
     loop {
-        let pass = pass(pool, &shared, stop.clone()).await?;
+        let pass = pass(store, &shared, stop.clone()).await?;
         summary.sent += pass.sent;
         summary.deferred += pass.deferred;
         summary.failed += pass.failed;
@@ -471,19 +476,15 @@ async fn run_leased(
             break;
         }
         // Retries due soon are waited for; later ones are left to dispatch.
-        match db::next_retry(pool, campaign.id).await? {
+        match store.next_retry(campaign.id).await? {
             Some(at) if at - now() <= settings.retry_wait_secs => {
                 let wait = Duration::from_secs((at - now()).max(0) as u64 + 1);
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    if !db::renew_lease(
-                        pool,
-                        campaign.id,
-                        &settings.owner,
-                        now() + settings.lease_secs,
-                    )
-                    .await?
+                    if !store
+                        .renew_lease(campaign.id, &settings.owner, now() + settings.lease_secs)
+                        .await?
                     {
                         return Err(Error::LeaseLost);
                     }
@@ -501,11 +502,15 @@ async fn run_leased(
     // cancelled midway ends here with nothing open but must not finish it.
     // A welcome campaign never finishes: people confirmed later get it.
     if campaign.welcome {
-        summary.cancelled = db::campaign_by_id(pool, campaign.id)
+        summary.cancelled = store
+            .campaign_by_id(campaign.id)
             .await?
             .is_some_and(|c| c.status == CampaignStatus::Cancelled);
-    } else if db::open_count(pool, campaign.id).await? == 0 {
-        if db::set_campaign_status(pool, campaign.id, CampaignStatus::Finished, now()).await? {
+    } else if store.open_count(campaign.id).await? == 0 {
+        if store
+            .set_campaign_status(campaign.id, CampaignStatus::Finished, now())
+            .await?
+        {
             summary.finished = true;
         } else {
             summary.cancelled = true;
@@ -593,15 +598,11 @@ enum Request {
 }
 
 /// One pass over what is due now: the ledger and the workers.
-async fn pass(
-    pool: &SqlitePool,
-    shared: &Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) -> Result<Summary> {
+async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<Summary> {
     let (tx, rx) = mpsc::channel::<Request>(1024);
     let fatal = Arc::new(std::sync::Mutex::new(None::<Error>));
     let halt = Arc::new(AtomicBool::new(false));
-    let ledger = tokio::spawn(ledger(pool.clone(), shared.clone(), rx));
+    let ledger = tokio::spawn(ledger(store.clone(), shared.clone(), rx));
     let workers = shared.settings.connections.max(1);
     let mut handles = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -640,7 +641,7 @@ async fn pass(
 /// are answered only after the commit, and nothing is read ahead, so a row
 /// is never handed out twice and nobody who left reaches a worker.
 async fn ledger(
-    pool: SqlitePool,
+    store: Store,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Request>,
 ) -> Result<Summary> {
@@ -667,7 +668,7 @@ async fn ledger(
         count(&mut summary, &outcomes);
         let want = if exhausted { 0 } else { waiting.len() };
         if want > 0 || !outcomes.is_empty() {
-            let claimed = db::commit(&pool, c, want, &outcomes, now()).await?;
+            let claimed = store.record_and_claim(c, want, &outcomes, now()).await?;
             outcomes.clear();
             summary.skipped += claimed.skipped;
             let skipped = &shared.progress.skipped;
@@ -685,14 +686,17 @@ async fn ledger(
             let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
-            if !db::renew_lease(&pool, c.id, &s.owner, now() + s.lease_secs).await? {
+            if !store
+                .renew_lease(c.id, &s.owner, now() + s.lease_secs)
+                .await?
+            {
                 return Err(Error::LeaseLost);
             }
             last_renew = tokio::time::Instant::now();
         }
     }
     if !outcomes.is_empty() {
-        db::commit(&pool, c, 0, &outcomes, now()).await?;
+        store.record_and_claim(c, 0, &outcomes, now()).await?;
     }
     Ok(summary)
 }

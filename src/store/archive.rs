@@ -6,8 +6,6 @@
 //! not an issue). Test copies are never stored as campaigns, so they never
 //! appear.
 
-use sqlx::SqlitePool;
-
 use super::Result;
 use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
 
@@ -19,30 +17,33 @@ const SHOWN: &str = "status IN ('sending', 'sent')
      AND coalesce(json_extract(compiled, '$.archive'), 1) != 0
      AND id NOT IN (SELECT campaign_id FROM campaign_triggers)";
 
-/// The campaigns the archive lists, newest first.
-pub async fn campaigns(pool: &SqlitePool) -> Result<Vec<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {SHOWN} ORDER BY id DESC"
-    ))
-    .fetch_all(pool)
-    .await?)
-}
+impl super::Store {
+    /// The campaigns the archive lists, newest first.
+    pub async fn archived_campaigns(&self) -> Result<Vec<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {SHOWN} ORDER BY id DESC"
+        ))
+        .fetch_all(pool)
+        .await?)
+    }
 
-/// One campaign by slug, if the archive shows it.
-pub async fn campaign(pool: &SqlitePool, slug: &str) -> Result<Option<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ? AND {SHOWN}"
-    ))
-    .bind(slug)
-    .fetch_optional(pool)
-    .await?)
+    /// One campaign by slug, if the archive shows it.
+    pub async fn archived_campaign(&self, slug: &str) -> Result<Option<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ? AND {SHOWN}"
+        ))
+        .bind(slug)
+        .fetch_optional(pool)
+        .await?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::store::Store;
-    use crate::store::deliveries::{self, CampaignStatus, NewCampaign};
+    use crate::store::deliveries::{CampaignStatus, NewCampaign};
 
     #[tokio::test]
     async fn a_campaign_to_several_lists_is_shown_only_when_every_one_is_public() {
@@ -65,14 +66,13 @@ mod tests {
                 send_at: 1,
                 now: 1,
             };
-            let id = deliveries::insert_campaign(store.pool(), &new).await;
+            let id = store.insert_campaign(&new).await;
             let id = id.unwrap();
             let sending = CampaignStatus::Sending;
-            deliveries::set_campaign_status(store.pool(), id, sending, 2)
-                .await
-                .unwrap();
+            store.set_campaign_status(id, sending, 2).await.unwrap();
         }
-        let shown: Vec<String> = campaigns(store.pool())
+        let shown: Vec<String> = store
+            .archived_campaigns()
             .await
             .unwrap()
             .into_iter()
@@ -80,7 +80,8 @@ mod tests {
             .collect();
         assert_eq!(shown, ["open-only"]);
         assert!(
-            campaign(store.pool(), "open-then-closed")
+            store
+                .archived_campaign("open-then-closed")
                 .await
                 .unwrap()
                 .is_none()

@@ -297,10 +297,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 for l in lists {
-                    events::append(
+                    let about = events::About {
+                        list: Some(l),
+                        campaign,
+                    };
+                    events::append_about(
                         &mut tx,
                         subscriber,
-                        Some(l),
+                        about,
                         "unsubscribed",
                         "bounce",
                         Some("complaint"),
@@ -340,10 +344,14 @@ impl Store {
                 .await?
                 .rows_affected();
                 if changed > 0 {
-                    events::append(
+                    let about = events::About {
+                        list: Some(*list_id),
+                        campaign,
+                    };
+                    events::append_about(
                         &mut tx,
                         subscriber,
-                        Some(*list_id),
+                        about,
                         "unsubscribed",
                         "mailto",
                         None,
@@ -659,19 +667,11 @@ async fn event(
     detail: &str,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (subscriber_id, campaign_id, kind, source, detail, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(subscriber)
-    .bind(campaign)
-    .bind(kind)
-    .bind(source)
-    .bind(detail)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let about = events::About {
+        list: None,
+        campaign,
+    };
+    events::append_about(tx, subscriber, about, kind, source, Some(detail), now).await
 }
 
 /// Sets the person's status (when `new` is given) and suppresses the

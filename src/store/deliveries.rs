@@ -9,10 +9,11 @@
 //!
 //! A campaign moves between the states of [`CampaignStatus`]; which moves
 //! are allowed is written once, in [`CampaignStatus::comes_from`], and
-//! [`set_campaign_status`] enforces it in its `UPDATE`.
+//! `move_campaign`, the one statement that changes `campaigns.status`,
+//! enforces it in its `UPDATE`.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
+use sqlx::{FromRow, Row, SqliteConnection};
 
 use super::Result;
 
@@ -169,37 +170,42 @@ pub struct NewCampaign<'a> {
     pub now: i64,
 }
 
-pub async fn campaign_by_slug(pool: &SqlitePool, slug: &str) -> Result<Option<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"
-    ))
-    .bind(slug)
-    .fetch_optional(pool)
-    .await?)
-}
+impl super::Store {
+    pub async fn campaign_by_slug(&self, slug: &str) -> Result<Option<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"
+        ))
+        .bind(slug)
+        .fetch_optional(pool)
+        .await?)
+    }
 
-pub async fn campaign_by_id(pool: &SqlitePool, id: i64) -> Result<Option<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
-}
+    pub async fn campaign_by_id(&self, id: i64) -> Result<Option<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+    }
 
-/// All campaigns, newest first.
-pub async fn campaigns(pool: &SqlitePool) -> Result<Vec<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
-    ))
-    .fetch_all(pool)
-    .await?)
-}
+    /// All campaigns, newest first.
+    pub async fn campaigns(&self) -> Result<Vec<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
+        ))
+        .fetch_all(pool)
+        .await?)
+    }
 
-/// Freezes a campaign as `scheduled` with its lists; returns its id.
-pub async fn insert_campaign(pool: &SqlitePool, c: &NewCampaign<'_>) -> Result<i64> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let id = sqlx::query(
+    /// Freezes a campaign as `scheduled` with its lists; returns its id.
+    pub async fn insert_campaign(&self, c: &NewCampaign<'_>) -> Result<i64> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = sqlx::query(
         "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
          VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?)",
     )
@@ -213,9 +219,10 @@ pub async fn insert_campaign(pool: &SqlitePool, c: &NewCampaign<'_>) -> Result<i
     .execute(&mut *tx)
     .await?
     .last_insert_rowid();
-    set_campaign_lists(&mut tx, id, c.lists).await?;
-    tx.commit().await?;
-    Ok(id)
+        set_campaign_lists(&mut tx, id, c.lists).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
 }
 
 /// Records the lists of campaign `id` (`campaign_lists`), in order,
@@ -240,21 +247,12 @@ pub(super) async fn set_campaign_lists(
     Ok(())
 }
 
-/// The lists a campaign goes to, in front matter order (ids).
-pub async fn campaign_lists(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
-    )
-    .bind(campaign_id)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Moves a campaign to `status` (setting the start or finish time it
-/// implies) if its current state allows it ([`CampaignStatus::comes_from`]);
-/// false if it was in another state (e.g. cancelled meanwhile).
-pub async fn set_campaign_status(
-    pool: &SqlitePool,
+/// [`Store::set_campaign_status`](super::Store::set_campaign_status) inside
+/// the caller's transaction: the one statement that changes
+/// `campaigns.status`, so every transition (run, finish, hold, cancel,
+/// replace, reopen) is checked against [`CampaignStatus::comes_from`].
+async fn move_campaign(
+    conn: &mut SqliteConnection,
     id: i64,
     status: CampaignStatus,
     now: i64,
@@ -270,50 +268,78 @@ pub async fn set_campaign_status(
     .bind(status.as_str())
     .bind(now)
     .bind(serde_json::to_string(&from).expect("strings serialise"))
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Moves a scheduled campaign's time (`send --at` on a queued campaign).
-pub async fn set_send_at(pool: &SqlitePool, id: i64, send_at: i64) -> Result<()> {
-    sqlx::query("UPDATE campaigns SET send_at = ? WHERE id = ?")
-        .bind(send_at)
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
+impl super::Store {
+    /// The lists a campaign goes to, in front matter order (ids).
+    pub async fn campaign_lists(&self, campaign_id: i64) -> Result<Vec<i64>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_scalar(
+            "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
+        )
+        .bind(campaign_id)
+        .fetch_all(pool)
+        .await?)
+    }
 
-/// Campaigns with work: scheduled and due, or sending (resumes and retries).
-/// A welcome campaign is always `sending`; it has work only when a row is
-/// queued, due for a retry, or left `sending` by a dead run.
-pub async fn due_campaigns(pool: &SqlitePool, now: i64) -> Result<Vec<CampaignRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
+    /// Moves a campaign to `status` (setting the start or finish time it
+    /// implies) if its current state allows it ([`CampaignStatus::comes_from`]);
+    /// false if it was in another state (e.g. cancelled meanwhile).
+    pub async fn set_campaign_status(
+        &self,
+        id: i64,
+        status: CampaignStatus,
+        now: i64,
+    ) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        move_campaign(&mut conn, id, status, now).await
+    }
+
+    /// Moves a scheduled campaign's time (`send --at` on a queued campaign).
+    pub async fn set_send_at(&self, id: i64, send_at: i64) -> Result<()> {
+        let pool = &self.pool;
+        sqlx::query("UPDATE campaigns SET send_at = ? WHERE id = ?")
+            .bind(send_at)
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Campaigns with work: scheduled and due, or sending (resumes and retries).
+    /// A welcome campaign is always `sending`; it has work only when a row is
+    /// queued, due for a retry, or left `sending` by a dead run.
+    pub async fn due_campaigns(&self, now: i64) -> Result<Vec<CampaignRow>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
          WHERE ((status = 'scheduled' AND send_at <= ?1) OR status = 'sending')
            AND (campaigns.id NOT IN (SELECT campaign_id FROM campaign_triggers)
                 OR {})
          ORDER BY send_at, id",
-        super::welcome::HAS_WORK
-    ))
-    .bind(now)
-    .fetch_all(pool)
-    .await?)
-}
+            super::welcome::HAS_WORK
+        ))
+        .bind(now)
+        .fetch_all(pool)
+        .await?)
+    }
 
-/// Takes the campaign's lease for `owner` until `until`, if it is free,
-/// expired, already `owner`'s, or held by `dead_owner` (a process on this
-/// host that no longer exists). Atomic: of two runs, one wins.
-pub async fn try_lease(
-    pool: &SqlitePool,
-    id: i64,
-    owner: &str,
-    now: i64,
-    until: i64,
-    dead_owner: Option<&str>,
-) -> Result<bool> {
-    let done = sqlx::query(
+    /// Takes the campaign's lease for `owner` until `until`, if it is free,
+    /// expired, already `owner`'s, or held by `dead_owner` (a process on this
+    /// host that no longer exists). Atomic: of two runs, one wins.
+    pub async fn try_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now: i64,
+        until: i64,
+        dead_owner: Option<&str>,
+    ) -> Result<bool> {
+        let pool = &self.pool;
+        let done = sqlx::query(
         "UPDATE campaigns SET lease_owner = ?2, lease_until = ?3
          WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?4 OR lease_owner = ?5)",
     )
@@ -324,47 +350,52 @@ pub async fn try_lease(
     .bind(dead_owner)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Extends a lease we hold; false if another run took it.
-pub async fn renew_lease(pool: &SqlitePool, id: i64, owner: &str, until: i64) -> Result<bool> {
-    let done = sqlx::query("UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?")
-        .bind(until)
-        .bind(id)
-        .bind(owner)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub async fn release_lease(pool: &SqlitePool, id: i64, owner: &str) -> Result<()> {
-    sqlx::query("UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
-        .bind(id)
-        .bind(owner)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Queues one delivery per audience member, once: run again, it adds only
-/// people who joined since (what `send --only-new` relies on). No row is
-/// added to a cancelled campaign, whatever run was starting. Memory stays
-/// flat: one `INSERT ... SELECT` per list of the campaign.
-pub async fn materialise(pool: &SqlitePool, campaign_id: i64, now: i64) -> Result<u64> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let lists: Vec<i64> = sqlx::query_scalar(
-        "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
-    )
-    .bind(campaign_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut queued = 0;
-    for list_id in lists {
-        queued += queue_list(&mut tx, campaign_id, list_id, now).await?;
+        Ok(done.rows_affected() == 1)
     }
-    tx.commit().await?;
-    Ok(queued)
+
+    /// Extends a lease we hold; false if another run took it.
+    pub async fn renew_lease(&self, id: i64, owner: &str, until: i64) -> Result<bool> {
+        let pool = &self.pool;
+        let done =
+            sqlx::query("UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?")
+                .bind(until)
+                .bind(id)
+                .bind(owner)
+                .execute(pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, id: i64, owner: &str) -> Result<()> {
+        let pool = &self.pool;
+        sqlx::query("UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
+        .bind(id)
+        .bind(owner)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Queues one delivery per audience member, once: run again, it adds only
+    /// people who joined since (what `send --only-new` relies on). No row is
+    /// added to a cancelled campaign, whatever run was starting. Memory stays
+    /// flat: one `INSERT ... SELECT` per list of the campaign.
+    pub async fn materialise(&self, campaign_id: i64, now: i64) -> Result<u64> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let lists: Vec<i64> = sqlx::query_scalar(
+            "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
+        )
+        .bind(campaign_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        for list_id in lists {
+            queued += queue_list(&mut tx, campaign_id, list_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
 }
 
 /// Queues the audience of one of the campaign's lists through that list.
@@ -400,28 +431,31 @@ pub enum InFlight {
     Resend,
 }
 
-/// Settles rows left `sending` by a dead run; returns how many.
-pub async fn resolve_in_flight(
-    pool: &SqlitePool,
-    campaign_id: i64,
-    policy: InFlight,
-    now: i64,
-) -> Result<u64> {
-    let status = match policy {
-        InFlight::Unknown => "unknown",
-        InFlight::Resend => "queued",
-    };
-    let done = sqlx::query(
-        "UPDATE deliveries SET status = ?, updated_at = ?,
+impl super::Store {
+    /// Settles rows left `sending` by a dead run; returns how many.
+    pub async fn resolve_in_flight(
+        &self,
+        campaign_id: i64,
+        policy: InFlight,
+        now: i64,
+    ) -> Result<u64> {
+        let pool = &self.pool;
+        let status = match policy {
+            InFlight::Unknown => "unknown",
+            InFlight::Resend => "queued",
+        };
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = ?, updated_at = ?,
              last_reply = 'in flight when an earlier run stopped'
          WHERE campaign_id = ? AND status = 'sending'",
-    )
-    .bind(status)
-    .bind(now)
-    .bind(campaign_id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+        )
+        .bind(status)
+        .bind(now)
+        .bind(campaign_id)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// One recipient handed to a worker: read in the transaction whose claim
@@ -612,33 +646,35 @@ pub enum Outcome {
     Unclaimed,
 }
 
-/// Records `outcomes` and claims up to `want` rows ([`CLAIM_SQL`]) in one
-/// transaction: the group commit that brackets every SMTP transaction.
-pub async fn commit(
-    pool: &SqlitePool,
-    campaign: &CampaignRow,
-    want: usize,
-    outcomes: &[(i64, i64, Outcome)],
-    now: i64,
-) -> Result<Claimed> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    record_sent(&mut tx, outcomes, now).await?;
-    let delivered: Vec<i64> = outcomes
-        .iter()
-        .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
-        .map(|(_, subscriber, _)| *subscriber)
-        .collect();
-    super::bounces::lower_scores_after_delivery(&mut tx, campaign.id, &delivered, now).await?;
-    for (delivery_id, subscriber_id, outcome) in outcomes {
-        let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
-            Outcome::Sent { .. } => continue,
-            Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
-            Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
-            Outcome::Unknown { reply } => ("unknown", Some(reply), None),
-            Outcome::Skipped { reason } => ("skipped", Some(reason), None),
-            Outcome::Unclaimed => ("queued", None, None),
-        };
-        sqlx::query(
+impl super::Store {
+    /// Records `outcomes` and claims up to `want` rows ([`CLAIM_SQL`]) in one
+    /// transaction: the group commit that brackets every SMTP transaction.
+    pub async fn record_and_claim(
+        &self,
+        campaign: &CampaignRow,
+        want: usize,
+        outcomes: &[(i64, i64, Outcome)],
+        now: i64,
+    ) -> Result<Claimed> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        record_sent(&mut tx, outcomes, now).await?;
+        let delivered: Vec<i64> = outcomes
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
+            .map(|(_, subscriber, _)| *subscriber)
+            .collect();
+        super::bounces::lower_scores_after_delivery(&mut tx, campaign.id, &delivered, now).await?;
+        for (delivery_id, subscriber_id, outcome) in outcomes {
+            let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
+                Outcome::Sent { .. } => continue,
+                Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
+                Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
+                Outcome::Unknown { reply } => ("unknown", Some(reply), None),
+                Outcome::Skipped { reason } => ("skipped", Some(reason), None),
+                Outcome::Unclaimed => ("queued", None, None),
+            };
+            sqlx::query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' THEN MAX(attempts - 1, 0) ELSE attempts END
@@ -651,30 +687,31 @@ pub async fn commit(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if let Outcome::Failed {
-            reply,
-            hard_bounce: true,
-        } = outcome
-        {
-            let campaign = Some(campaign.id);
-            super::bounces::record_hard_bounce(
-                &mut tx,
-                *subscriber_id,
-                campaign,
-                "dispatch",
+            if let Outcome::Failed {
                 reply,
-                now,
-            )
-            .await?;
+                hard_bounce: true,
+            } = outcome
+            {
+                let campaign = Some(campaign.id);
+                super::bounces::record_hard_bounce(
+                    &mut tx,
+                    *subscriber_id,
+                    campaign,
+                    "dispatch",
+                    reply,
+                    now,
+                )
+                .await?;
+            }
         }
+        let claimed = if want > 0 {
+            claim(&mut tx, campaign, want, now).await?
+        } else {
+            Claimed::default()
+        };
+        tx.commit().await?;
+        Ok(claimed)
     }
-    let claimed = if want > 0 {
-        claim(&mut tx, campaign, want, now).await?
-    } else {
-        Claimed::default()
-    };
-    tx.commit().await?;
-    Ok(claimed)
 }
 
 /// The common outcome, sent, as one statement per 300 rows.
@@ -707,16 +744,19 @@ async fn record_sent(
     Ok(())
 }
 
-/// Delivery counts by status.
-pub async fn counts(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<(String, i64)>> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status ORDER BY status")
+impl super::Store {
+    /// Delivery counts by status.
+    pub async fn delivery_counts(&self, campaign_id: i64) -> Result<Vec<(String, i64)>> {
+        let pool = &self.pool;
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status ORDER BY status")
         .bind(campaign_id)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-        .collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect())
+    }
 }
 
 /// When campaign `?1`'s next deferred delivery is due: one step into
@@ -724,64 +764,56 @@ pub async fn counts(pool: &SqlitePool, campaign_id: i64) -> Result<Vec<(String, 
 const NEXT_RETRY_SQL: &str =
     "SELECT MIN(next_attempt_at) FROM deliveries WHERE campaign_id = ?1 AND status = 'deferred'";
 
-/// When the next deferred delivery is due, if any.
-pub async fn next_retry(pool: &SqlitePool, campaign_id: i64) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(NEXT_RETRY_SQL)
-        .bind(campaign_id)
-        .fetch_one(pool)
-        .await?)
-}
+impl super::Store {
+    /// When the next deferred delivery is due, if any.
+    pub async fn next_retry(&self, campaign_id: i64) -> Result<Option<i64>> {
+        let pool = &self.pool;
+        Ok(sqlx::query_scalar(NEXT_RETRY_SQL)
+            .bind(campaign_id)
+            .fetch_one(pool)
+            .await?)
+    }
 
-/// Rows still to settle: queued, sending or deferred.
-pub async fn open_count(pool: &SqlitePool, campaign_id: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
+    /// Rows still to settle: queued, sending or deferred.
+    pub async fn open_count(&self, campaign_id: i64) -> Result<i64> {
+        let pool = &self.pool;
+        Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('queued', 'sending', 'deferred')",
     )
     .bind(campaign_id)
     .fetch_one(pool)
     .await?)
-}
+    }
 
-/// Events of a kind since a time, for a campaign and its lists (for
-/// `status`).
-pub async fn events_since(
-    pool: &SqlitePool,
-    campaign_id: i64,
-    kind: &str,
-    since: i64,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events WHERE kind = ?2 AND created_at >= ?3
+    /// Events of a kind since a time, for a campaign and its lists (for
+    /// `status`).
+    pub async fn events_since(&self, campaign_id: i64, kind: &str, since: i64) -> Result<i64> {
+        let pool = &self.pool;
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE kind = ?2 AND created_at >= ?3
              AND (campaign_id = ?1 OR (campaign_id IS NULL AND (list_id IS NULL
                  OR list_id IN (SELECT list_id FROM campaign_lists WHERE campaign_id = ?1))))",
-    )
-    .bind(campaign_id)
-    .bind(kind)
-    .bind(since)
-    .fetch_one(pool)
-    .await?)
-}
+        )
+        .bind(campaign_id)
+        .bind(kind)
+        .bind(since)
+        .fetch_one(pool)
+        .await?)
+    }
 
-/// A setting, e.g. the generated development secret.
-pub async fn setting(pool: &SqlitePool, key: &str) -> Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+    /// Stores a setting unless it exists; returns the stored value.
+    pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        let pool = &self.pool;
+        sqlx::query("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)")
             .bind(key)
-            .fetch_optional(pool)
-            .await?,
-    )
-}
-
-/// Stores a setting unless it exists; returns the stored value.
-pub async fn setting_or_insert(pool: &SqlitePool, key: &str, value: &str) -> Result<String> {
-    sqlx::query("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)")
-        .bind(key)
-        .bind(value)
-        .execute(pool)
-        .await?;
-    Ok(setting(pool, key)
-        .await?
-        .unwrap_or_else(|| value.to_string()))
+            .bind(value)
+            .execute(pool)
+            .await?;
+        Ok(self
+            .setting(key)
+            .await?
+            .unwrap_or_else(|| value.to_string()))
+    }
 }
 
 /// The states of a delivery in the order `report` lists them: what needs a
@@ -885,11 +917,9 @@ impl super::Store {
         if !status.can_cancel() {
             return Ok(Cancel::Refused(status));
         }
-        sqlx::query("UPDATE campaigns SET status = 'cancelled', finished_at = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        if !move_campaign(&mut tx, id, CampaignStatus::Cancelled, now).await? {
+            return Ok(Cancel::Refused(status));
+        }
         let dropped = sqlx::query(
             "UPDATE deliveries SET status = 'skipped', last_reply = 'campaign cancelled',
                  next_attempt_at = NULL, updated_at = ?2
@@ -927,7 +957,7 @@ impl super::Store {
             .await?;
         sqlx::query(
             "UPDATE campaigns SET list_id = ?2, subject = ?3, compiled = ?4, source_hash = ?5,
-                 send_at = ?6, status = 'scheduled'
+                 send_at = ?6
              WHERE id = ?1",
         )
         .bind(new.id)
@@ -938,6 +968,10 @@ impl super::Store {
         .bind(new.send_at)
         .execute(&mut *tx)
         .await?;
+        // Entering `scheduled` stamps no time, hence no `now`.
+        if !move_campaign(&mut tx, new.id, CampaignStatus::Scheduled, 0).await? {
+            return Ok(Replace::Refused(status, attempted));
+        }
         set_campaign_lists(&mut tx, new.id, new.lists).await?;
         tx.commit().await?;
         Ok(Replace::Done)
@@ -947,7 +981,7 @@ impl super::Store {
     /// delivery row for it yet: who `send --only-new` would mail for the
     /// first time.
     pub async fn first_time_count(&self, campaign_id: i64) -> Result<i64> {
-        let lists = campaign_lists(self.pool(), campaign_id).await?;
+        let lists = self.campaign_lists(campaign_id).await?;
         Ok(sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM ({}) a WHERE NOT EXISTS
                  (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?2 AND d.subscriber_id = a.id)",
@@ -975,7 +1009,9 @@ impl super::Store {
         let mut reopened = Vec::new();
         for (id, slug) in candidates {
             if self.first_time_count(id).await? > 0
-                && set_campaign_status(self.pool(), id, CampaignStatus::Sending, now).await?
+                && self
+                    .set_campaign_status(id, CampaignStatus::Sending, now)
+                    .await?
             {
                 reopened.push(slug);
             }
@@ -1138,14 +1174,14 @@ mod tests {
             send_at: 1,
             now: 1,
         };
-        let id = insert_campaign(store.pool(), &new).await.unwrap();
+        let id = store.insert_campaign(&new).await.unwrap();
         assert_eq!(
             store.cancel_campaign(id, 2).await.unwrap(),
             Cancel::Done { dropped: 0 }
         );
-        assert_eq!(materialise(store.pool(), id, 3).await.unwrap(), 0);
+        assert_eq!(store.materialise(id, 3).await.unwrap(), 0);
         for to in [CampaignStatus::Sending, CampaignStatus::Finished] {
-            assert!(!set_campaign_status(store.pool(), id, to, 3).await.unwrap());
+            assert!(!store.set_campaign_status(id, to, 3).await.unwrap());
         }
         assert_eq!(
             store.cancel_campaign(id, 4).await.unwrap(),
@@ -1174,10 +1210,10 @@ mod tests {
             send_at: 1,
             now: 1,
         };
-        let id = insert_campaign(store.pool(), &new).await.unwrap();
-        let campaign = campaign_by_id(store.pool(), id).await.unwrap().unwrap();
-        materialise(store.pool(), id, 1).await.unwrap();
-        let claimed = commit(store.pool(), &campaign, 2, &[], 2).await.unwrap();
+        let id = store.insert_campaign(&new).await.unwrap();
+        let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
+        store.materialise(id, 1).await.unwrap();
+        let claimed = store.record_and_claim(&campaign, 2, &[], 2).await.unwrap();
         let ann = claimed.jobs.iter().find(|j| j.email == "ann@example.org");
         let ann = ann.unwrap();
         let failed = Outcome::Failed {
@@ -1185,7 +1221,8 @@ mod tests {
             hard_bounce: true,
         };
         let outcomes = [(ann.delivery_id, ann.subscriber_id, failed)];
-        commit(store.pool(), &campaign, 0, &outcomes, 3)
+        store
+            .record_and_claim(&campaign, 0, &outcomes, 3)
             .await
             .unwrap();
 
@@ -1195,7 +1232,7 @@ mod tests {
         assert_eq!(profile.subscriber.status, "bounced");
         let event = profile.events.iter().find(|e| e.kind == "bounced").unwrap();
         assert_eq!(event.source, "dispatch");
-        let counts = counts(store.pool(), id).await.unwrap();
+        let counts = store.delivery_counts(id).await.unwrap();
         assert_eq!(counts, [("failed".into(), 1), ("sending".into(), 1)]);
     }
 
@@ -1226,8 +1263,8 @@ mod tests {
             send_at: 1,
             now: 1,
         };
-        let id = insert_campaign(store.pool(), &new).await.unwrap();
-        let campaign = campaign_by_id(store.pool(), id).await.unwrap().unwrap();
+        let id = store.insert_campaign(&new).await.unwrap();
+        let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
         (a, b, campaign)
     }
 
@@ -1246,17 +1283,14 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let (a, b, campaign) = two_lists(&store).await;
         assert_eq!(campaign.list_id, a, "the first list is the campaign's list");
-        assert_eq!(
-            campaign_lists(store.pool(), campaign.id).await.unwrap(),
-            [a, b]
-        );
+        assert_eq!(store.campaign_lists(campaign.id).await.unwrap(), [a, b]);
         let audience = store.audience_of_lists(&[a, b]).await.unwrap();
         assert_eq!((audience.people, audience.on_several), (3, 1));
         assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 3);
-        assert_eq!(materialise(store.pool(), campaign.id, 2).await.unwrap(), 3);
-        assert_eq!(materialise(store.pool(), campaign.id, 2).await.unwrap(), 0);
+        assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 3);
+        assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 0);
         assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 0);
-        let claimed = commit(store.pool(), &campaign, 5, &[], 3).await.unwrap();
+        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         let want = [
@@ -1272,7 +1306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let (a, b, campaign) = two_lists(&store).await;
-        materialise(store.pool(), campaign.id, 2).await.unwrap();
+        store.materialise(campaign.id, 2).await.unwrap();
         // After queueing: bob leaves a (still on b), ann leaves a (on nothing else).
         for email in ["bob@example.org", "ann@example.org"] {
             store
@@ -1280,7 +1314,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let claimed = commit(store.pool(), &campaign, 5, &[], 4).await.unwrap();
+        let claimed = store.record_and_claim(&campaign, 5, &[], 4).await.unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         assert_eq!(got, [("bob@example.org", b), ("cy@example.org", b)]);
@@ -1313,12 +1347,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let (a, _, campaign) = two_lists(&store).await;
-        materialise(store.pool(), campaign.id, 2).await.unwrap();
+        store.materialise(campaign.id, 2).await.unwrap();
         sqlx::query("UPDATE deliveries SET list_id = NULL")
             .execute(store.pool())
             .await
             .unwrap();
-        let claimed = commit(store.pool(), &campaign, 5, &[], 3).await.unwrap();
+        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
         let got = jobs(&claimed);
         // cy is not on a but is on b: the claim switches them, as for a leaver.
         assert_eq!(got.len(), 3, "{got:?}");
@@ -1349,11 +1383,8 @@ mod tests {
             .await
             .unwrap();
         crate::store::schema::apply(store.pool()).await.unwrap();
-        let old = campaign_by_slug(store.pool(), "old")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(campaign_lists(store.pool(), old.id).await.unwrap(), [list]);
+        let old = store.campaign_by_slug("old").await.unwrap().unwrap();
+        assert_eq!(store.campaign_lists(old.id).await.unwrap(), [list]);
         assert_eq!(store.campaign_list_slugs(old.id).await.unwrap(), ["news"]);
     }
 }

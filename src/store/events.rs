@@ -37,7 +37,7 @@ impl FromRow<'_, SqliteRow> for Event {
     }
 }
 
-/// Appends an event inside the caller's transaction.
+/// Appends an event about no campaign inside the caller's transaction.
 pub(super) async fn append(
     conn: &mut SqliteConnection,
     subscriber_id: i64,
@@ -47,12 +47,41 @@ pub(super) async fn append(
     detail: Option<&str>,
     now: i64,
 ) -> Result<()> {
+    let about = About {
+        list: list_id,
+        campaign: None,
+    };
+    append_about(conn, subscriber_id, about, kind, source, detail, now).await
+}
+
+/// What an event concerns besides the person: the list and the campaign
+/// it came from, when known (a bounce or complaint matched to a delivery
+/// knows its campaign).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct About {
+    pub list: Option<i64>,
+    pub campaign: Option<i64>,
+}
+
+/// Appends an event inside the caller's transaction: the one statement
+/// that writes `events` one row at a time (imports write theirs in
+/// batches).
+pub(super) async fn append_about(
+    conn: &mut SqliteConnection,
+    subscriber_id: i64,
+    about: About,
+    kind: &str,
+    source: &str,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (subscriber_id, list_id, campaign_id, kind, source, detail, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(subscriber_id)
-    .bind(list_id)
+    .bind(about.list)
+    .bind(about.campaign)
     .bind(kind)
     .bind(source)
     .bind(detail)

@@ -377,25 +377,10 @@ mod tests {
         assert!(store.list("news").await.unwrap().is_none());
         assert!(store.lists().await.unwrap().is_empty());
         let pool = store.pool();
-        assert!(
-            super::super::people::public_lists(pool)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            super::super::people::lists_of(pool, ann.id)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.public_lists().await.unwrap().is_empty());
+        assert!(store.lists_of(ann.id).await.unwrap().is_empty());
         // Unsubscribe links in mail already sent still find it.
-        assert!(
-            super::super::people::list_for(pool, ann.id, list.id)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(store.list_for(ann.id, list.id).await.unwrap().is_some());
         let kept: (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM subscriptions WHERE list_id = ?1), \
                     (SELECT count(*) FROM events WHERE list_id = ?1)",

@@ -1,6 +1,8 @@
 //! The subscriber store: every line of SQL in bulletin lives under this
 //! module. SQLite through sqlx (no compile-time macros), one pool shared by
-//! the CLI, the dispatcher and the web server.
+//! the CLI, the dispatcher and the web server. The store is the one door:
+//! the pool never leaves this module, and callers use `Store` methods (a
+//! second engine would be a second implementation here, nothing else).
 //!
 //! The schema is `subscribers.sql` at the top of the repository, embedded and
 //! applied on [`Store::open`] (see [`schema`]). Times are unix seconds passed
@@ -260,16 +262,15 @@ impl Store {
         Ok(store)
     }
 
-    /// The pool, for code in this module and its tests.
     /// A round trip to the database, for health checks.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    /// The pool, for the store's function modules (`deliveries`, `people`)
-    /// and the benchmarks that drive them.
-    pub fn pool(&self) -> &SqlitePool {
+    /// The pool, for the store's modules and their unit tests only: nothing
+    /// outside `src/store/` sees it (the store is the one door).
+    fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -369,7 +370,7 @@ impl Store {
 /// mailed again, inside the caller's transaction. The one function that
 /// writes `suppressions`: bounces, complaints, erasure and manual entries all
 /// come here. Keeps an existing entry and its reason.
-pub(crate) async fn suppress_hash(
+async fn suppress_hash(
     conn: &mut sqlx::SqliteConnection,
     hash: &str,
     reason: &str,
@@ -380,7 +381,7 @@ pub(crate) async fn suppress_hash(
 
 /// `suppress_hash` for a batch of (hash, reason) pairs in one statement (an
 /// import's people who left): the one statement that writes `suppressions`.
-pub(crate) async fn suppress_hashes(
+async fn suppress_hashes(
     conn: &mut sqlx::SqliteConnection,
     pairs: &[(&str, &str)],
     now: i64,
@@ -544,7 +545,7 @@ mod tests {
         match how {
             "stays" => {}
             "subscription pending" => {
-                people::set_subscription(s.pool(), id, list, "pending", "web", 2)
+                s.set_subscription(id, list, "pending", "web", 2)
                     .await
                     .unwrap();
             }
@@ -592,16 +593,9 @@ mod tests {
             send_at: 1,
             now: 1,
         };
-        let campaign_id = deliveries::insert_campaign(s.pool(), &campaign)
-            .await
-            .unwrap();
-        let campaign = deliveries::campaign_by_id(s.pool(), campaign_id)
-            .await
-            .unwrap()
-            .unwrap();
-        let queued = deliveries::materialise(s.pool(), campaign_id, 1)
-            .await
-            .unwrap();
+        let campaign_id = s.insert_campaign(&campaign).await.unwrap();
+        let campaign = s.campaign_by_id(campaign_id).await.unwrap().unwrap();
+        let queued = s.materialise(campaign_id, 1).await.unwrap();
         assert_eq!(queued, CASES.len() as u64);
         for (email, how, ..) in CASES {
             leave(&s, list.id, email, how).await;
@@ -638,9 +632,7 @@ mod tests {
             assert_eq!(count, expected.len() as i64, "count {selection:?}");
         }
         // The dispatcher's claim, on rows queued while everyone was mailable.
-        let claimed = deliveries::commit(s.pool(), &campaign, 8, &[], 3)
-            .await
-            .unwrap();
+        let claimed = s.record_and_claim(&campaign, 8, &[], 3).await.unwrap();
         let mailed: Vec<&str> = claimed.jobs.iter().map(|j| j.email.as_str()).collect();
         assert_eq!(mailed, on_list, "the claim");
         assert_eq!(claimed.skipped, 7);
@@ -742,5 +734,74 @@ mod tests {
                 "{file} writes suppressions"
             );
         }
+    }
+
+    /// Every `.rs` file under `src/`, as (path from the crate root, text).
+    fn source_files() -> Vec<(String, String)> {
+        fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    let name = path.strip_prefix(root).unwrap().to_string_lossy();
+                    out.push((name.replace('\\', "/"), text));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 20, "found the sources");
+        files
+    }
+
+    /// The store is the one door: no code outside `src/store/` holds the
+    /// pool, names sqlx or writes SQL against it.
+    #[test]
+    fn nothing_outside_the_store_reaches_the_database() {
+        for (file, text) in source_files() {
+            if file.starts_with("src/store/") {
+                continue;
+            }
+            for word in ["SqlitePool", "sqlx::", ".pool()"] {
+                assert!(!text.contains(word), "{file} uses {word}");
+            }
+        }
+    }
+
+    /// Campaign status changes in one statement (`move_campaign`), which
+    /// checks `CampaignStatus::comes_from`.
+    #[test]
+    fn campaign_status_changes_in_one_place() {
+        let update = ["UPDATE campaigns", " SET"].concat();
+        let mut found = Vec::new();
+        for (file, text) in source_files() {
+            for (at, _) in text.match_indices(&update) {
+                let set = &text[at..];
+                let set = &set[..set.find("WHERE").unwrap_or(set.len())];
+                if set.contains("status") {
+                    found.push(file.clone());
+                }
+            }
+        }
+        assert_eq!(found, ["src/store/deliveries.rs"]);
+        let deliveries = include_str!("deliveries.rs");
+        let at = deliveries
+            .match_indices(&update)
+            .map(|(at, _)| at)
+            .find(|&at| deliveries[at..].starts_with(&format!("{update} status")))
+            .unwrap();
+        let before = &deliveries[..at];
+        let function = &before[before.rfind("async fn ").unwrap()..];
+        assert!(
+            function.starts_with("async fn move_campaign("),
+            "{function}"
+        );
+        assert!(function.contains("status.comes_from()"), "{function}");
     }
 }

@@ -10,35 +10,39 @@ use super::{List, Result, events};
 const LIST_COLUMNS: &str =
     "l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at";
 
-/// The list `list`, when `subscriber` is a living (not erased) person: what
-/// an unsubscribe link needs, in one query.
-pub async fn list_for(pool: &SqlitePool, subscriber: i64, list: i64) -> Result<Option<List>> {
-    let row = sqlx::query(&format!(
-        "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?
+impl super::Store {
+    /// The list `list`, when `subscriber` is a living (not erased) person: what
+    /// an unsubscribe link needs, in one query.
+    pub async fn list_for(&self, subscriber: i64, list: i64) -> Result<Option<List>> {
+        let pool = &self.pool;
+        let row = sqlx::query(&format!(
+            "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?
          AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = ? AND s.email IS NOT NULL)"
-    ))
-    .bind(list)
-    .bind(subscriber)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.as_ref().map(List::from_row).transpose()?)
-}
+        ))
+        .bind(list)
+        .bind(subscriber)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.as_ref().map(List::from_row).transpose()?)
+    }
 
-pub async fn public_lists(pool: &SqlitePool) -> Result<Vec<List>> {
-    let rows = sqlx::query(&format!(
+    pub async fn public_lists(&self) -> Result<Vec<List>> {
+        let pool = &self.pool;
+        let rows = sqlx::query(&format!(
         "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(List::from_row)
-        .collect::<sqlx::Result<_>>()?)
-}
+        Ok(rows
+            .iter()
+            .map(List::from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
 
-/// The lists a person has a subscription row for, with its status.
-pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, String)>> {
-    let rows = sqlx::query(&format!(
+    /// The lists a person has a subscription row for, with its status.
+    pub async fn lists_of(&self, subscriber: i64) -> Result<Vec<(List, String)>> {
+        let pool = &self.pool;
+        let rows = sqlx::query(&format!(
         "SELECT {LIST_COLUMNS}, sub.status AS sub_status
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
          WHERE sub.subscriber_id = ? AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
@@ -46,29 +50,31 @@ pub async fn lists_of(pool: &SqlitePool, subscriber: i64) -> Result<Vec<(List, S
     .bind(subscriber)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|r| Ok((List::from_row(r)?, r.get("sub_status"))))
-        .collect()
+        rows.iter()
+            .map(|r| Ok((List::from_row(r)?, r.get("sub_status"))))
+            .collect()
+    }
+
+    /// Sets a subscription's status (creating the row) in one IMMEDIATE
+    /// transaction; appends an event only when something changed. Returns
+    /// whether it did. A person who is erased (or unknown) is left alone.
+    pub async fn set_subscription(
+        &self,
+        subscriber: i64,
+        list: i64,
+        status: &str,
+        source: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
 }
 
-/// Sets a subscription's status (creating the row) in one IMMEDIATE
-/// transaction; appends an event only when something changed. Returns
-/// whether it did. A person who is erased (or unknown) is left alone.
-pub async fn set_subscription(
-    pool: &SqlitePool,
-    subscriber: i64,
-    list: i64,
-    status: &str,
-    source: &str,
-    now: i64,
-) -> Result<bool> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
-    tx.commit().await?;
-    Ok(changed)
-}
-
-/// [`set_subscription`] inside the caller's write transaction. Choosing a
+/// [`Store::set_subscription`](super::Store::set_subscription) inside the caller's write transaction. Choosing a
 /// list again makes a person who had left everything active again; a
 /// bounced, complained or erased person stays as they are.
 async fn set_subscription_in(
@@ -150,14 +156,14 @@ const GROUP: usize = 512;
 impl Writer {
     /// Starts the writing task on the current tokio runtime; it ends when
     /// the last clone of the `Writer` is dropped, after its queue is empty.
-    pub fn spawn(pool: SqlitePool) -> Writer {
+    pub fn spawn(store: super::Store) -> Writer {
         let (queue, mut rx) = mpsc::channel::<Change>(4 * GROUP);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(GROUP);
             while rx.recv_many(&mut group, GROUP).await > 0 {
                 // A panic costs its group an answer (their callers see
                 // `WriterStopped`), not the writer.
-                let write = std::panic::AssertUnwindSafe(write_group(&pool, &mut group));
+                let write = std::panic::AssertUnwindSafe(write_group(&store, &mut group));
                 if futures_util::FutureExt::catch_unwind(write).await.is_err() {
                     tracing::error!("subscription writer: a group of {} panicked", group.len());
                     group.clear();
@@ -172,7 +178,8 @@ impl Writer {
         !self.queue.is_closed()
     }
 
-    /// [`set_subscription`], through the writing task.
+    /// [`Store::set_subscription`](super::Store::set_subscription), through
+    /// the writing task.
     pub async fn set_subscription(
         &self,
         subscriber: i64,
@@ -200,7 +207,7 @@ impl Writer {
 /// stayed locked, the whole group gets the error (trying each change would
 /// wait the busy timeout once per change); for any other failure each change
 /// is tried on its own, so one bad change cannot sink the others.
-async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
+async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
     async fn all(pool: &SqlitePool, group: &[Change]) -> Result<Vec<bool>> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut changed = Vec::with_capacity(group.len());
@@ -213,7 +220,7 @@ async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
         tx.commit().await?;
         Ok(changed)
     }
-    match all(pool, group).await {
+    match all(&store.pool, group).await {
         Ok(changed) => {
             for (c, changed) in group.drain(..).zip(changed) {
                 let _ = c.done.send(Ok(changed));
@@ -226,83 +233,87 @@ async fn write_group(pool: &SqlitePool, group: &mut Vec<Change>) {
         }
         Err(_) => {
             for c in group.drain(..) {
-                let result =
-                    set_subscription(pool, c.subscriber, c.list, c.status, c.source, c.now).await;
+                let result = store
+                    .set_subscription(c.subscriber, c.list, c.status, c.source, c.now)
+                    .await;
                 let _ = c.done.send(result);
             }
         }
     }
 }
 
-/// The person changed their name on the preference page.
-pub async fn set_name(pool: &SqlitePool, subscriber: i64, name: &str, now: i64) -> Result<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let changed = sqlx::query(
-        "UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3 AND name != ?1",
-    )
-    .bind(name)
-    .bind(now)
-    .bind(subscriber)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        > 0;
-    if changed {
-        events::append(
-            &mut tx,
-            subscriber,
-            None,
-            "updated",
-            "web",
-            Some("name"),
-            now,
+impl super::Store {
+    /// The person changed their name on the preference page.
+    pub async fn set_name(&self, subscriber: i64, name: &str, now: i64) -> Result<()> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let changed = sqlx::query(
+            "UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3 AND name != ?1",
         )
-        .await?;
+        .bind(name)
+        .bind(now)
+        .bind(subscriber)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if changed {
+            events::append(
+                &mut tx,
+                subscriber,
+                None,
+                "updated",
+                "web",
+                Some("name"),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(())
-}
 
-/// Everything stored about a person, for "download my data".
-pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Value> {
-    use serde_json::json;
-    let Some(p) =
-        sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
-            .bind(subscriber)
-            .fetch_optional(pool)
-            .await?
-    else {
-        return Ok(json!(null));
-    };
-    let (email, name, attributes, status): (Option<String>, String, String, String) =
-        (p.get(0), p.get(1), p.get(2), p.get(3));
-    let lists: Vec<_> = sqlx::query(
-        "SELECT l.slug, l.name, sub.status, c.consent_at, c.consent_ip, c.confirmed_at,
+    /// Everything stored about a person, for "download my data".
+    pub async fn export_person(&self, subscriber: i64) -> Result<serde_json::Value> {
+        let pool = &self.pool;
+        use serde_json::json;
+        let Some(p) =
+            sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
+                .bind(subscriber)
+                .fetch_optional(pool)
+                .await?
+        else {
+            return Ok(json!(null));
+        };
+        let (email, name, attributes, status): (Option<String>, String, String, String) =
+            (p.get(0), p.get(1), p.get(2), p.get(3));
+        let lists: Vec<_> = sqlx::query(
+            "SELECT l.slug, l.name, sub.status, c.consent_at, c.consent_ip, c.confirmed_at,
                 c.confirmed_ip, c.source
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
          LEFT JOIN consents c ON c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id
          WHERE sub.subscriber_id = ? ORDER BY l.name",
-    )
-    .bind(subscriber)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        json!({
-            "list": r.get::<String, _>(0),
-            "name": r.get::<String, _>(1),
-            "status": r.get::<String, _>(2),
-            "consent": {
-                "optin_at": r.get::<Option<i64>, _>(3),
-                "optin_ip": r.get::<Option<String>, _>(4),
-                "confirmed_at": r.get::<Option<i64>, _>(5),
-                "confirmed_ip": r.get::<Option<String>, _>(6),
-                "recorded_by": r.get::<Option<String>, _>(7),
-            },
+        )
+        .bind(subscriber)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "list": r.get::<String, _>(0),
+                "name": r.get::<String, _>(1),
+                "status": r.get::<String, _>(2),
+                "consent": {
+                    "optin_at": r.get::<Option<i64>, _>(3),
+                    "optin_ip": r.get::<Option<String>, _>(4),
+                    "confirmed_at": r.get::<Option<i64>, _>(5),
+                    "confirmed_ip": r.get::<Option<String>, _>(6),
+                    "recorded_by": r.get::<Option<String>, _>(7),
+                },
+            })
         })
-    })
-    .collect();
-    let events: Vec<_> = sqlx::query(
+        .collect();
+        let events: Vec<_> = sqlx::query(
         "SELECT e.kind, e.source, e.detail, e.created_at, l.slug AS list, c.slug AS campaign
          FROM events e LEFT JOIN lists l ON l.id = e.list_id LEFT JOIN campaigns c ON c.id = e.campaign_id
          WHERE e.subscriber_id = ? ORDER BY e.id",
@@ -322,7 +333,7 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
         })
     })
     .collect();
-    let deliveries: Vec<_> = sqlx::query(
+        let deliveries: Vec<_> = sqlx::query(
         "SELECT c.slug, d.status, d.sent_at FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
          WHERE d.subscriber_id = ? ORDER BY d.id",
     )
@@ -338,16 +349,17 @@ pub async fn export(pool: &SqlitePool, subscriber: i64) -> Result<serde_json::Va
         })
     })
     .collect();
-    let attributes: serde_json::Value = serde_json::from_str(&attributes).unwrap_or(json!({}));
-    Ok(json!({
-        "email": email,
-        "name": name,
-        "status": status,
-        "attributes": attributes,
-        "subscriptions": lists,
-        "history": events,
-        "emails_received": deliveries,
-    }))
+        let attributes: serde_json::Value = serde_json::from_str(&attributes).unwrap_or(json!({}));
+        Ok(json!({
+            "email": email,
+            "name": name,
+            "status": status,
+            "attributes": attributes,
+            "subscriptions": lists,
+            "history": events,
+            "emails_received": deliveries,
+        }))
+    }
 }
 
 /// What a sign-up for one list did.
@@ -376,7 +388,7 @@ pub const CONFIRMATION_WINDOW: i64 = 24 * 3600;
 /// confirmation.
 const LIFTED_BY_SIGN_UP: &str = "('erased', 'bounced', 'complained')";
 
-/// What [`sign_up`] stored.
+/// What [`Store::sign_up`](super::Store::sign_up) stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedUp {
     pub subscriber: i64,
@@ -388,31 +400,33 @@ pub struct SignedUp {
     pub send_confirmation: bool,
 }
 
-/// A sign-up from the web form, in one IMMEDIATE transaction: finds or
-/// creates the person and asks for each list (each once: the caller
-/// dedupes). Someone who left, bounced, complained or was erased is asked to
-/// confirm every list; confirming ([`confirm`]) brings them back. `None`
-/// when the address must not be mailed at all (suppressed by hand).
-/// `email` is canonical (`address::normalize`).
-pub async fn sign_up(
-    pool: &SqlitePool,
-    email: &str,
-    name: &str,
-    lists: &[List],
-    now: i64,
-) -> Result<Option<SignedUp>> {
-    let hash = crate::address::hash(email);
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let suppressed: Option<String> =
-        sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if suppressed.as_deref() == Some("manual") {
-        return Ok(None);
-    }
-    // An erased person has no address any more: they come back as a new row.
-    sqlx::query(
+impl super::Store {
+    /// A sign-up from the web form, in one IMMEDIATE transaction: finds or
+    /// creates the person and asks for each list (each once: the caller
+    /// dedupes). Someone who left, bounced, complained or was erased is asked to
+    /// confirm every list; confirming (`Store::confirm`) brings them back. `None`
+    /// when the address must not be mailed at all (suppressed by hand).
+    /// `email` is canonical (`address::normalize`).
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        name: &str,
+        lists: &[List],
+        now: i64,
+    ) -> Result<Option<SignedUp>> {
+        let pool = &self.pool;
+        let hash = crate::address::hash(email);
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let suppressed: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if suppressed.as_deref() == Some("manual") {
+            return Ok(None);
+        }
+        // An erased person has no address any more: they come back as a new row.
+        sqlx::query(
         "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
          VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
     )
@@ -423,39 +437,42 @@ pub async fn sign_up(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let (id, person): (i64, String) =
-        sqlx::query_as("SELECT id, status FROM subscribers WHERE email = ?")
-            .bind(email)
-            .fetch_one(&mut *tx)
+        let (id, person): (i64, String) =
+            sqlx::query_as("SELECT id, status FROM subscribers WHERE email = ?")
+                .bind(email)
+                .fetch_one(&mut *tx)
+                .await?;
+        let returning = person != "active" || suppressed.is_some();
+        let mut outcomes = Vec::with_capacity(lists.len());
+        for list in lists {
+            let current: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+            )
+            .bind(id)
+            .bind(list.id)
+            .fetch_optional(&mut *tx)
             .await?;
-    let returning = person != "active" || suppressed.is_some();
-    let mut outcomes = Vec::with_capacity(lists.len());
-    for list in lists {
-        let current: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
-        )
-        .bind(id)
-        .bind(list.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (outcome, status) = match current.as_deref() {
-            Some("confirmed") if !returning => (SignUp::AlreadyOn, None),
-            None if !list.double_opt_in && !returning => (SignUp::Subscribed, Some("confirmed")),
-            _ => (SignUp::Pending, Some("pending")),
-        };
-        if let Some(status) = status {
-            set_subscription_in(&mut tx, id, list.id, status, "web", now).await?;
+            let (outcome, status) = match current.as_deref() {
+                Some("confirmed") if !returning => (SignUp::AlreadyOn, None),
+                None if !list.double_opt_in && !returning => {
+                    (SignUp::Subscribed, Some("confirmed"))
+                }
+                _ => (SignUp::Pending, Some("pending")),
+            };
+            if let Some(status) = status {
+                set_subscription_in(&mut tx, id, list.id, status, "web", now).await?;
+            }
+            outcomes.push(outcome);
         }
-        outcomes.push(outcome);
+        let send_confirmation = outcomes.contains(&SignUp::Pending)
+            && count_confirmation(&mut tx, id, "web", now).await?;
+        tx.commit().await?;
+        Ok(Some(SignedUp {
+            subscriber: id,
+            outcomes,
+            send_confirmation,
+        }))
     }
-    let send_confirmation =
-        outcomes.contains(&SignUp::Pending) && count_confirmation(&mut tx, id, "web", now).await?;
-    tx.commit().await?;
-    Ok(Some(SignedUp {
-        subscriber: id,
-        outcomes,
-        send_confirmation,
-    }))
 }
 
 /// Records a confirmation email to `subscriber` unless the address had
@@ -508,29 +525,31 @@ impl super::Store {
     }
 }
 
-/// Double opt-in confirmed: a pending subscription becomes confirmed, and a
-/// person who had left everything, bounced or complained is active again;
-/// the suppression an erasure, bounce or complaint left on the address is
-/// lifted (only a confirmed sign-up does that). Anything else (already
-/// confirmed, unsubscribed since, erased) is left alone.
-pub async fn confirm(pool: &SqlitePool, subscriber: i64, list: i64, now: i64) -> Result<bool> {
-    confirm_from(pool, subscriber, list, None, now).await
-}
+impl super::Store {
+    /// Double opt-in confirmed: a pending subscription becomes confirmed, and a
+    /// person who had left everything, bounced or complained is active again;
+    /// the suppression an erasure, bounce or complaint left on the address is
+    /// lifted (only a confirmed sign-up does that). Anything else (already
+    /// confirmed, unsubscribed since, erased) is left alone.
+    pub async fn confirm(&self, subscriber: i64, list: i64, now: i64) -> Result<bool> {
+        self.confirm_from(subscriber, list, None, now).await
+    }
 
-/// `confirm`, recording the click as the consent record: its time and the
-/// address it came from (`ip`), with the sign-up time as the opt-in.
-pub async fn confirm_from(
-    pool: &SqlitePool,
-    subscriber: i64,
-    list: i64,
-    ip: Option<std::net::IpAddr>,
-    now: i64,
-) -> Result<bool> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    // The click is the consent record, and the sign-up (when the
-    // subscription became pending) the opt-in. Written first, while the
-    // subscription is still pending; nothing when it is not.
-    sqlx::query(
+    /// `confirm`, recording the click as the consent record: its time and the
+    /// address it came from (`ip`), with the sign-up time as the opt-in.
+    pub async fn confirm_from(
+        &self,
+        subscriber: i64,
+        list: i64,
+        ip: Option<std::net::IpAddr>,
+        now: i64,
+    ) -> Result<bool> {
+        let pool = &self.pool;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The click is the consent record, and the sign-up (when the
+        // subscription became pending) the opt-in. Written first, while the
+        // subscription is still pending; nothing when it is not.
+        sqlx::query(
         "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
          SELECT subscriber_id, list_id, updated_at, ?3, ?4, 'web' FROM subscriptions
          WHERE subscriber_id = ?1 AND list_id = ?2 AND status = 'pending'
@@ -544,51 +563,52 @@ pub async fn confirm_from(
     .bind(ip.map(|ip| ip.to_string()))
     .execute(&mut *tx)
     .await?;
-    let confirmed = sqlx::query(
-        "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
+        let confirmed = sqlx::query(
+            "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
          WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'
          AND subscriber_id IN (SELECT id FROM subscribers WHERE email IS NOT NULL)",
-    )
-    .bind(now)
-    .bind(subscriber)
-    .bind(list)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        > 0;
-    if confirmed {
-        super::welcome::queue_welcome(&mut tx, list, &[subscriber], now).await?;
-        sqlx::query(
-            "UPDATE subscribers SET status = 'active', updated_at = ?
-             WHERE id = ? AND status IN ('unsubscribed', 'bounced', 'complained')",
         )
         .bind(now)
         .bind(subscriber)
-        .execute(&mut *tx)
-        .await?;
-        let lifted = sqlx::query(&format!(
-            "DELETE FROM suppressions WHERE reason IN {LIFTED_BY_SIGN_UP}
-             AND hash = (SELECT email_hash FROM subscribers WHERE id = ?)"
-        ))
-        .bind(subscriber)
+        .bind(list)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             > 0;
-        let detail = lifted.then_some("suppression lifted");
-        events::append(
-            &mut tx,
-            subscriber,
-            Some(list),
-            "confirmed",
-            "web",
-            detail,
-            now,
-        )
-        .await?;
+        if confirmed {
+            super::welcome::queue_welcome(&mut tx, list, &[subscriber], now).await?;
+            sqlx::query(
+                "UPDATE subscribers SET status = 'active', updated_at = ?
+             WHERE id = ? AND status IN ('unsubscribed', 'bounced', 'complained')",
+            )
+            .bind(now)
+            .bind(subscriber)
+            .execute(&mut *tx)
+            .await?;
+            let lifted = sqlx::query(&format!(
+                "DELETE FROM suppressions WHERE reason IN {LIFTED_BY_SIGN_UP}
+             AND hash = (SELECT email_hash FROM subscribers WHERE id = ?)"
+            ))
+            .bind(subscriber)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            let detail = lifted.then_some("suppression lifted");
+            events::append(
+                &mut tx,
+                subscriber,
+                Some(list),
+                "confirmed",
+                "web",
+                detail,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(confirmed)
     }
-    tx.commit().await?;
-    Ok(confirmed)
 }
 
 #[cfg(test)]
@@ -632,7 +652,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writer_records_every_concurrent_change_once() {
         let (_dir, store, list, ids) = store_with(300).await;
-        let writer = Writer::spawn(store.pool().clone());
+        let writer = Writer::spawn(store.clone());
         // Every person twice at once: one change each, one "false".
         let tasks: Vec<_> = ids
             .iter()
@@ -671,7 +691,7 @@ mod tests {
     async fn writer_leaves_erased_and_unknown_people_alone() {
         let (_dir, store, list, ids) = store_with(2).await;
         store.forget("p0@example.org", "cli", 2).await.unwrap();
-        let writer = Writer::spawn(store.pool().clone());
+        let writer = Writer::spawn(store.clone());
         assert!(
             !writer
                 .set_subscription(ids[0], list, "confirmed", "web", 3)
@@ -714,7 +734,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let writer = Writer::spawn(store.pool().clone());
+        let writer = Writer::spawn(store.clone());
         let mut lock = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
         sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
             .execute(&mut *lock)
@@ -755,7 +775,9 @@ mod tests {
                 .await
                 .unwrap();
             for (status, now) in [("unsubscribed", 2), ("confirmed", 3)] {
-                let changed = set_subscription(pool, ids[0], list, status, "web", now).await;
+                let changed = store
+                    .set_subscription(ids[0], list, status, "web", now)
+                    .await;
                 assert!(changed.unwrap());
             }
             let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
@@ -766,15 +788,17 @@ mod tests {
     #[tokio::test]
     async fn confirm_only_confirms_pending() {
         let (_dir, store, list, ids) = store_with(1).await;
-        set_subscription(store.pool(), ids[0], list, "pending", "web", 2)
+        store
+            .set_subscription(ids[0], list, "pending", "web", 2)
             .await
             .unwrap();
-        assert!(confirm(store.pool(), ids[0], list, 3).await.unwrap());
-        assert!(!confirm(store.pool(), ids[0], list, 4).await.unwrap());
-        set_subscription(store.pool(), ids[0], list, "unsubscribed", "web", 5)
+        assert!(store.confirm(ids[0], list, 3).await.unwrap());
+        assert!(!store.confirm(ids[0], list, 4).await.unwrap());
+        store
+            .set_subscription(ids[0], list, "unsubscribed", "web", 5)
             .await
             .unwrap();
-        assert!(!confirm(store.pool(), ids[0], list, 6).await.unwrap());
+        assert!(!store.confirm(ids[0], list, 6).await.unwrap());
         assert_eq!(
             count(
                 &store,

@@ -55,7 +55,7 @@ pub fn latest() -> i64 {
 /// Applies every step above the database's `user_version`. Each step runs
 /// in an IMMEDIATE transaction that re-reads the version first, so two
 /// processes opening a new database at once do not both apply it.
-pub async fn apply(pool: &SqlitePool) -> Result<i64> {
+pub(super) async fn apply(pool: &SqlitePool) -> Result<i64> {
     let steps = steps(SQL)?;
     let mut version = user_version(pool).await?;
     if version > steps.len() as i64 {
@@ -127,7 +127,7 @@ fn added_column(line: &str) -> Option<(&str, &str)> {
 }
 
 /// `PRAGMA user_version`: the last schema step applied.
-pub async fn user_version(pool: &SqlitePool) -> Result<i64> {
+pub(super) async fn user_version(pool: &SqlitePool) -> Result<i64> {
     Ok(sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(pool)
         .await?)

@@ -42,7 +42,7 @@ const ACTIVE_SQL: &str = "SELECT c.id FROM campaigns c
 /// were added. Someone who already has a row for that campaign gets none.
 /// The one writer of welcome rows: every confirming path calls it, in the
 /// transaction of its change, with only the people whose status changed.
-pub(crate) async fn queue_welcome(
+pub(super) async fn queue_welcome(
     conn: &mut SqliteConnection,
     list_id: i64,
     subscriber_ids: &[i64],
@@ -166,8 +166,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::deliveries::campaign_by_id;
-    use crate::store::{ImportOptions, people};
+    use crate::store::ImportOptions;
 
     /// A store with a single and a double opt-in list, each with an active
     /// welcome campaign; returns the two campaigns' ids too.
@@ -217,7 +216,6 @@ mod tests {
     #[tokio::test]
     async fn every_confirming_path_queues_the_welcome_mail_once() {
         let (_dir, store, [(open, open_welcome), (club, club_welcome)]) = store().await;
-        let pool = store.pool();
         // `subscribers add` on a single opt-in list: confirmed at once.
         store
             .add_subscriber("a@example.org", None, "open", "cli", 2)
@@ -232,8 +230,8 @@ mod tests {
         let b = id(&store, "b@example.org").await;
         assert_eq!(rows(&store, club_welcome).await, Vec::<i64>::new());
         // The confirmation click, twice.
-        assert!(people::confirm_from(pool, b, club, None, 3).await.unwrap());
-        assert!(!people::confirm_from(pool, b, club, None, 4).await.unwrap());
+        assert!(store.confirm_from(b, club, None, 3).await.unwrap());
+        assert!(!store.confirm_from(b, club, None, 4).await.unwrap());
         // `subscribers add --confirmed` of someone pending, and of someone new.
         store
             .add_subscriber("c@example.org", None, "club", "cli", 2)
@@ -253,21 +251,25 @@ mod tests {
         );
         // The sign-up form on a single opt-in list, and the preference page.
         let lists = [store.list("open").await.unwrap().unwrap()];
-        let e = people::sign_up(pool, "e@example.org", "", &lists, 3)
+        let e = store
+            .sign_up("e@example.org", "", &lists, 3)
             .await
             .unwrap()
             .unwrap();
         assert!(
-            people::set_subscription(pool, e.subscriber, club, "confirmed", "web", 3)
+            store
+                .set_subscription(e.subscriber, club, "confirmed", "web", 3)
                 .await
                 .unwrap()
         );
         // Leaving and coming back: no second welcome.
-        people::set_subscription(pool, a, open, "unsubscribed", "web", 4)
+        store
+            .set_subscription(a, open, "unsubscribed", "web", 4)
             .await
             .unwrap();
         assert!(
-            people::set_subscription(pool, a, open, "confirmed", "web", 5)
+            store
+                .set_subscription(a, open, "confirmed", "web", 5)
                 .await
                 .unwrap()
         );
@@ -336,7 +338,7 @@ mod tests {
             store.freeze_welcome(&new).await.unwrap(),
             FreezeWelcome::Busy("welcome-open".into())
         );
-        let c = campaign_by_id(store.pool(), first).await.unwrap().unwrap();
+        let c = store.campaign_by_id(first).await.unwrap().unwrap();
         assert!(c.welcome && c.status == CampaignStatus::Sending);
         store
             .add_subscriber("a@example.org", None, "open", "cli", 3)

@@ -12,7 +12,6 @@ use serde_json::json;
 use super::{AppState, Error};
 use crate::dispatch::Frozen;
 use crate::render::{Personalised, Recipient};
-use crate::store::archive as db;
 use crate::store::deliveries::CampaignRow;
 
 pub fn router() -> Router<AppState> {
@@ -37,7 +36,7 @@ fn blank(state: &AppState, c: &CampaignRow) -> Result<Personalised, Error> {
 
 async fn index(State(state): State<AppState>) -> Result<Html<String>, Error> {
     let mut campaigns = Vec::new();
-    for c in db::campaigns(state.inner.store.pool()).await? {
+    for c in state.inner.store.archived_campaigns().await? {
         let date = chrono::DateTime::from_timestamp(c.started_at.unwrap_or(c.send_at), 0)
             .map(|d| d.format("%-d %B %Y").to_string())
             .unwrap_or_default();
@@ -64,7 +63,10 @@ async fn show(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Html<String>, Error> {
-    let c = db::campaign(state.inner.store.pool(), &slug)
+    let c = state
+        .inner
+        .store
+        .archived_campaign(&slug)
         .await?
         .ok_or(Error::NotFound)?;
     Ok(Html(blank(&state, &c)?.html))

@@ -80,7 +80,7 @@ impl AppState {
                 mailer,
                 from,
                 limiter: RateLimiter::new(10, Duration::from_secs(600)),
-                writer: people::Writer::spawn(store.pool().clone()),
+                writer: people::Writer::spawn(store.clone()),
                 tasks: TaskTracker::new(),
                 webhooks: None,
                 store,
@@ -293,7 +293,10 @@ async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, E
 /// The list an unsubscribe token names, while the person it names lives;
 /// otherwise the plain 404.
 async fn list_for(state: &AppState, claims: &Claims) -> Result<crate::store::List, Error> {
-    people::list_for(state.inner.store.pool(), claims.a, claims.b)
+    state
+        .inner
+        .store
+        .list_for(claims.a, claims.b)
         .await?
         .ok_or(Error::NotFound)
 }

@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn form(State(state): State<AppState>) -> Result<Html<String>, Error> {
-    let lists = people::public_lists(state.inner.store.pool()).await?;
+    let lists = state.inner.store.public_lists().await?;
     state
         .inner
         .pages
@@ -84,7 +84,7 @@ async fn subscribe(
     let name = super::typed_name(&get("name").unwrap_or_default())?;
     // Each public list once, however often the form names it; unknown and
     // private lists are ignored.
-    let public = people::public_lists(state.inner.store.pool()).await?;
+    let public = state.inner.store.public_lists().await?;
     let asked: std::collections::HashSet<&str> = fields
         .iter()
         .filter(|(k, _)| k == "list")
@@ -120,8 +120,7 @@ async fn subscribe(
 /// `people::CONFIRMATIONS_PER_WINDOW` a day per address). Failures are
 /// logged without the address.
 async fn sign_up(state: &AppState, email: &str, name: &str, lists: &[List]) {
-    let pool = state.inner.store.pool();
-    let signed_up = match people::sign_up(pool, email, name, lists, now()).await {
+    let signed_up = match state.inner.store.sign_up(email, name, lists, now()).await {
         Ok(Some(signed_up)) => signed_up,
         Ok(None) => return,
         Err(e) => {
@@ -255,13 +254,19 @@ async fn confirm(
     link: ConfirmLink,
 ) -> Result<Html<String>, Error> {
     let claims = link.0;
-    let pool = state.inner.store.pool();
     let list = list_for(&state, &claims).await?;
-    let confirmed = people::confirm_from(pool, claims.a, claims.b, ip.0, now()).await?;
+    let confirmed = state
+        .inner
+        .store
+        .confirm_from(claims.a, claims.b, ip.0, now())
+        .await?;
     // Not pending any more: confirmed by an earlier click, or left since the
     // link was sent, in which case the person's latest choice stands.
     let subscribed = confirmed
-        || people::lists_of(pool, claims.a)
+        || state
+            .inner
+            .store
+            .lists_of(claims.a)
             .await?
             .iter()
             .any(|(l, status)| l.id == list.id && status == "confirmed");

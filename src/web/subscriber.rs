@@ -15,7 +15,6 @@ use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list_for, person}
 use crate::links::Purpose;
 use crate::store::List;
 use crate::store::now;
-use crate::store::people;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -142,10 +141,9 @@ async fn choices(
     subscriber: i64,
     via: i64,
 ) -> Result<Vec<(List, ListChoice)>, Error> {
-    let pool = state.inner.store.pool();
-    let mine = people::lists_of(pool, subscriber).await?;
+    let mine = state.inner.store.lists_of(subscriber).await?;
     let mut out = Vec::new();
-    for l in people::public_lists(pool).await? {
+    for l in state.inner.store.public_lists().await? {
         if !mine.iter().any(|(m, _)| m.id == l.id) {
             out.push((l, String::new()));
         }
@@ -231,13 +229,12 @@ async fn save_preferences(
     let p = person(&state, claims.a).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
-    let pool = state.inner.store.pool();
     let writer = &state.inner.writer;
     let leave_all = fields.iter().any(|(k, v)| k == "action" && v == "leave");
     if let Some((_, name)) = fields.iter().find(|(k, _)| k == "name") {
         let name = super::typed_name(name)?;
         if name != p.name {
-            people::set_name(pool, p.id, &name, now()).await?;
+            state.inner.store.set_name(p.id, &name, now()).await?;
         }
     }
     if leave_all {
@@ -291,7 +288,7 @@ async fn save_preferences(
 /// Everything stored about the person, as JSON.
 async fn download(State(state): State<AppState>, link: PreferencesLink) -> Result<Response, Error> {
     let p = person(&state, link.0.a).await?;
-    let data = people::export(state.inner.store.pool(), p.id).await?;
+    let data = state.inner.store.export_person(p.id).await?;
     let body = serde_json::to_string_pretty(&data).map_err(Error::internal)?;
     Ok((
         [

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod db; // an independent sqlx pool on a test's database file: raw rows, arranged or inspected
 pub mod scripted; // a server whose answer per phase is scripted: hangs, late answers, closes
 pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by BULLETIN_INTEROP
 pub mod smtp_sink; // the scriptable in-process sink

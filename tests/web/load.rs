@@ -119,9 +119,8 @@ async fn a_locked_database_answers_503_and_the_retried_unsubscribe_is_applied() 
         )
     };
 
-    let mut lock = site
-        .store
-        .pool()
+    let mut lock = crate::support::db::raw(site.store.path())
+        .await
         .begin_with("BEGIN IMMEDIATE")
         .await
         .unwrap();
