@@ -110,17 +110,23 @@ pub(super) async fn find_unless_misspelt(
     }
 }
 
-/// The error for `slug`, naming the closest slug of the lists there are.
+/// The error for `slug`, naming the list whose display name it is (`News`
+/// for the slug `news`), else the closest slug of the lists there are.
 async fn no_list(conn: &mut SqliteConnection, slug: &str) -> Result<Error> {
-    let slugs: Vec<String> = sqlx::query_scalar(
-        "SELECT slug FROM lists WHERE id NOT IN (SELECT list_id FROM removed_lists)",
+    let lists: Vec<(String, String)> = sqlx::query_as(
+        "SELECT slug, name FROM lists WHERE id NOT IN (SELECT list_id FROM removed_lists)",
     )
     .fetch_all(conn)
     .await?;
+    let by_name = lists
+        .iter()
+        .find(|(_, name)| name.trim().eq_ignore_ascii_case(slug.trim()))
+        .map(|(slug, _)| slug.clone());
     Ok(Error::NoList {
         slug: slug.to_string(),
-        suggestion: crate::suggest::closest(slug, slugs.iter().map(String::as_str))
-            .map(String::from),
+        suggestion: by_name.or_else(|| {
+            crate::suggest::closest(slug, lists.iter().map(|(s, _)| s.as_str())).map(String::from)
+        }),
     })
 }
 
@@ -408,6 +414,25 @@ mod tests {
             store.rename_list(&slug, "old").await,
             Err(Error::NoList { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_list_named_by_its_display_name_suggests_its_slug() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        store
+            .create_list("ebulletin", "GAATW e-bulletin", "", false, true, 1)
+            .await
+            .unwrap();
+        let suggestion = |e| match e {
+            Err(Error::NoList { suggestion, .. }) => suggestion,
+            other => panic!("{other:?}"),
+        };
+        let by_name = store.require_list("gaatw E-bulletin").await;
+        assert_eq!(suggestion(by_name).as_deref(), Some("ebulletin"));
+        let typo = store.require_list("ebuletin").await;
+        assert_eq!(suggestion(typo).as_deref(), Some("ebulletin"));
+        assert_eq!(suggestion(store.require_list("zzz").await), None);
     }
 
     #[test]
