@@ -249,3 +249,27 @@ CREATE TABLE IF NOT EXISTS removed_lists (
     list_id    INTEGER PRIMARY KEY REFERENCES lists(id),
     removed_at INTEGER NOT NULL
 );
+
+-- step 7: consent records without a foreign key
+
+-- The same table without its foreign key to `subscriptions`: checking it
+-- cost every imported row a lookup in `subscriptions` (issue 12's import
+-- benchmark). Nothing deletes a subscription but erasure
+-- (`Store::forget`), which deletes the person's consent records itself in
+-- the same transaction. (SQLite drops a foreign key only by rebuilding the
+-- table: create, copy, drop, rename.)
+CREATE TABLE IF NOT EXISTS consents_rebuilt (
+    subscriber_id INTEGER NOT NULL,
+    list_id       INTEGER NOT NULL,
+    consent_at    INTEGER,
+    consent_ip    TEXT,
+    confirmed_at  INTEGER,
+    confirmed_ip  TEXT,
+    source        TEXT,
+    PRIMARY KEY (subscriber_id, list_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO consents_rebuilt
+    SELECT subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source
+    FROM consents;
+DROP TABLE consents;
+ALTER TABLE consents_rebuilt RENAME TO consents;
