@@ -307,3 +307,27 @@ INSERT OR IGNORE INTO campaign_lists (campaign_id, list_id, position)
 -- unsubscribe link. NULL in rows queued before this step: the campaign's
 -- first list.
 ALTER TABLE deliveries ADD COLUMN list_id INTEGER REFERENCES lists(id);
+
+-- step 10: consent records without a foreign key
+
+-- The same table without its foreign key to `subscriptions`: checking it
+-- cost every imported row a lookup in `subscriptions` (issue 12's import
+-- benchmark). Nothing deletes a subscription but erasure
+-- (`Store::forget`), which deletes the person's consent records itself in
+-- the same transaction. (SQLite drops a foreign key only by rebuilding the
+-- table: create, copy, drop, rename.)
+CREATE TABLE IF NOT EXISTS consents_rebuilt (
+    subscriber_id INTEGER NOT NULL,
+    list_id       INTEGER NOT NULL,
+    consent_at    INTEGER,
+    consent_ip    TEXT,
+    confirmed_at  INTEGER,
+    confirmed_ip  TEXT,
+    source        TEXT,
+    PRIMARY KEY (subscriber_id, list_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO consents_rebuilt
+    SELECT subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source
+    FROM consents;
+DROP TABLE consents;
+ALTER TABLE consents_rebuilt RENAME TO consents;

@@ -877,18 +877,24 @@ async fn insert_consents(
     list_id: i64,
     consents: &[Sub<'_>],
 ) -> Result<()> {
-    let consents: Vec<&Sub> = consents.iter().filter(|(_, c)| !c.is_empty()).collect();
-    if consents.is_empty() {
+    // Flat arrays `[id, at, ip, confirmed_at, confirmed_ip, source]`: an
+    // index per value, where object members would cost a path lookup each.
+    let records = json_array(
+        consents
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(id, c)| (id, c.at, &c.ip, c.confirmed_at, &c.confirmed_ip, &c.source)),
+    );
+    if records == "[]" {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
-         SELECT value ->> 0, ?2, value ->> '$[1].at', value ->> '$[1].ip', value ->> '$[1].confirmed_at', \
-             value ->> '$[1].confirmed_ip', value ->> '$[1].source' \
+         SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
          FROM json_each(?1) WHERE true \
          ON CONFLICT (subscriber_id, list_id) DO NOTHING",
     )
-    .bind(json_array(consents))
+    .bind(records)
     .bind(list_id)
     .execute(&mut *conn)
     .await?;
@@ -904,10 +910,11 @@ async fn subscribe_confirmed(
     if subscribe.is_empty() {
         return Ok(());
     }
-    let subs = json_array(subscribe);
+    // Only the ids: the consent records go in their own flat array below.
+    let subs = json_array(subscribe.iter().map(|(id, _)| id));
     sqlx::query(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
-         SELECT value ->> 0, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
+         SELECT value, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
     )
     .bind(&subs)
     .bind(list_id)
@@ -916,7 +923,7 @@ async fn subscribe_confirmed(
     .await?;
     sqlx::query(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-         SELECT value ->> 0, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
+         SELECT value, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
     )
     .bind(&subs)
     .bind(list_id)

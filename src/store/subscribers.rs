@@ -508,6 +508,11 @@ impl Store {
                 .bind(p.id)
                 .execute(&mut *tx)
                 .await?;
+            // Consent records have no foreign key to cascade (schema step 7).
+            sqlx::query("DELETE FROM consents WHERE subscriber_id = ?")
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = ?")
                 .bind(p.id)
                 .execute(&mut *tx)
