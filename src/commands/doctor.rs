@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::setup;
 use crate::assets::Templates;
@@ -606,6 +606,12 @@ async fn send_test(
 ) {
     let sent = async {
         let transport = setup::transport(config)?;
+        if matches!(
+            transport,
+            crate::dispatch::transport::Transport::Smtp { .. }
+        ) {
+            setup::require_secret(config).context("not sent")?;
+        }
         let domain = config.bounce_domain();
         let nonce = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -70,10 +70,7 @@ async fn run_one(
             }
         })
     });
-    let (kind, target) = match &settings.transport {
-        Transport::Smtp { url, .. } => ("smtp", format!("{}:{}", url.host, url.port)),
-        Transport::Outbox(dir) => ("outbox", dir.display().to_string()),
-    };
+    let (kind, target) = super::setup::transport_kind(&settings.transport);
     store
         .record_run(campaign.id, kind, &target, crate::store::now())
         .await?;
@@ -349,6 +346,7 @@ impl Plan<'_> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        super::setup::check_transport_kind(self.store, &campaign, self.settings).await?;
         if campaign.status == CampaignStatus::Held || moved {
             db::set_campaign_status(pool, campaign.id, CampaignStatus::Sending, self.now).await?;
         }
@@ -755,6 +753,10 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
+    if config.smtp.url.is_some() {
+        // Even with nothing due: cron that lost `.env` fails on every run.
+        super::setup::require_secret(config)?;
+    }
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let pool = store.pool();
@@ -789,6 +791,12 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
             if *stop.borrow() {
                 trouble = true;
                 break;
+            }
+            // A campaign on the wrong transport is refused; the others run.
+            if let Err(e) = super::setup::check_transport_kind(&store, &c, &settings).await {
+                eprintln!("bulletin: {e:#}");
+                trouble = true;
+                continue;
             }
             match run_one(&store, &c, &settings, false, stop.clone()).await? {
                 Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => trouble = true,

@@ -248,6 +248,9 @@ pub struct Settings {
     pub dkim: Option<Arc<crate::dkim::DkimSigner>>,
     /// Identifies this run's lease: `host:pid:random`.
     pub owner: String,
+    /// Where `transport` was chosen, for errors: "BULLETIN_SMTP_URL",
+    /// "outbox in /srv/bulletin/bulletin.toml".
+    pub transport_source: String,
 }
 
 /// Sends single transactional messages (the double opt-in email) through

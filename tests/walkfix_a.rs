@@ -1,0 +1,159 @@
+//! What a new user walking through the README found, each through the real
+//! binary against the in-process SMTP sink: no SMTP sending without
+//! `BULLETIN_SECRET`, a campaign keeps its transport kind, a quiet
+//! `dispatch` while retries wait, recipients (not attempts) counted, one
+//! outbox file per test copy, and `doctor` naming the transport.
+
+use std::process::Output;
+
+use crate::dispatch::Env;
+use crate::support::smtp_sink::{Behaviour, SmtpSink};
+
+/// Runs `cmd` to the end off the async threads.
+async fn output(mut cmd: std::process::Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Adds `outbox = "outbox"` to the project's bulletin.toml: both an outbox
+/// and (in the environment) an SMTP URL are configured.
+fn with_outbox_in_config(env: &Env) {
+    let path = env.dir.path().join("bulletin.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("outbox = \"outbox\"\n{config}")).unwrap();
+}
+
+fn outbox_files(env: &Env) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(env.dir.path().join("outbox")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_sending_commands_refuse_to_run_without_the_secret() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let commands: [&[&str]; 3] = [
+        &["send", "campaigns/news-1.md", "--yes"],
+        &["test", "campaigns/news-1.md", "--to", "me@example.net"],
+        &["doctor", "--send-test", "me@example.net"],
+    ];
+    for args in commands {
+        let mut cmd = env.command(args);
+        cmd.env_remove("BULLETIN_SECRET");
+        let out = output(cmd).await;
+        let stderr = text(&out.stderr);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(
+            format!("{stdout}{stderr}").contains("BULLETIN_SECRET is not set")
+                && format!("{stdout}{stderr}").contains("set -a; . ./.env"),
+            "{args:?}: {stdout}{stderr}"
+        );
+    }
+    assert!(sink.messages().is_empty(), "nothing went out over SMTP");
+    // A dispatch with nothing due still fails: a cron job that lost its
+    // environment is noticed before the next campaign is due.
+    let mut cmd = env.command(&["dispatch"]);
+    cmd.env_remove("BULLETIN_SECRET");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("BULLETIN_SECRET is not set"));
+    // Trying it out with the outbox keeps the development secret.
+    let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
+    cmd.env_remove("BULLETIN_SECRET")
+        .env_remove("BULLETIN_SMTP_URL")
+        .env("BULLETIN_OUTBOX", "outbox");
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("development secret"));
+    assert_eq!(outbox_files(&env).len(), 2);
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_started_over_smtp_is_not_finished_into_the_outbox() {
+    let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
+    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 1");
+    with_outbox_in_config(&env);
+    env.subscribers(3, &["slow@example.net"]).await;
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert!(out.contains("deferred 1"), "{out}");
+    assert_eq!(sink.messages().len(), 3);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Cron without BULLETIN_SMTP_URL: the outbox in bulletin.toml would
+    // take over. The campaign is refused, nothing is claimed or written.
+    let mut cmd = env.command(&["dispatch"]);
+    cmd.env_remove("BULLETIN_SMTP_URL");
+    let out = output(cmd).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}{stderr}", text(&out.stdout));
+    assert!(
+        stderr.contains("news-1: started over SMTP via 127.0.0.1:")
+            && stderr.contains("this run would send to the outbox folder")
+            && stderr.contains("(outbox in bulletin.toml)"),
+        "{stderr}"
+    );
+    assert!(outbox_files(&env).is_empty(), "{:?}", outbox_files(&env));
+    // `send` resuming it the same way is refused too.
+    let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
+    cmd.env_remove("BULLETIN_SMTP_URL");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("keeps the transport it started with"));
+    assert!(outbox_files(&env).is_empty());
+    // With the SMTP URL back, the deferred person gets the mail.
+    let out = env.ok(&["dispatch"]).await;
+    assert!(out.contains("news-1: sent 1 (finished)"), "{out}");
+    assert_eq!(sink.rcpt_attempts("slow@example.net"), 2);
+    assert_eq!(sink.messages().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_written_to_the_outbox_does_not_go_on_over_smtp() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    with_outbox_in_config(&env);
+    env.subscribers(2, &[]).await;
+    // Queued, then dispatched into the outbox (no SMTP URL).
+    let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
+    cmd.env_remove("BULLETIN_SMTP_URL");
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(outbox_files(&env).len(), 2);
+    // Sent to who joined since, this time with the SMTP URL set: refused,
+    // naming where this run's transport came from.
+    env.ok(&[
+        "subscribers",
+        "add",
+        "new@example.net",
+        "--list",
+        "news",
+        "--confirmed",
+    ])
+    .await;
+    let out = env
+        .run(&["send", "campaigns/news-1.md", "--yes", "--only-new"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}{stderr}", text(&out.stdout));
+    assert!(
+        stderr.contains("started to the outbox folder")
+            && stderr.contains("this run would send over SMTP via 127.0.0.1:")
+            && stderr.contains("(BULLETIN_SMTP_URL)"),
+        "{stderr}"
+    );
+    assert!(sink.messages().is_empty(), "nothing went over SMTP");
+    assert_eq!(outbox_files(&env).len(), 2);
+}
