@@ -157,3 +157,23 @@ async fn a_campaign_written_to_the_outbox_does_not_go_on_over_smtp() {
     assert!(sink.messages().is_empty(), "nothing went over SMTP");
     assert_eq!(outbox_files(&env).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_is_silent_while_a_retry_waits() {
+    let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
+    // The retry is an hour away: every dispatch until then finds it waiting.
+    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 3600");
+    env.subscribers(2, &["slow@example.net"]).await;
+    let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert!(out.contains("retries pending"), "{out}");
+    for _ in 0..2 {
+        let out = env.run(&["dispatch"]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "", "cron would mail this");
+        assert_eq!(text(&out.stderr), "", "cron would mail this");
+    }
+    assert_eq!(sink.rcpt_attempts("slow@example.net"), 1);
+    let status = env.ok(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
+    assert_eq!(status["deliveries"]["deferred"], 1, "{status}");
+}

@@ -29,14 +29,24 @@ use crate::store::deliveries::{
 };
 use crate::store::welcome::FreezeWelcome;
 
-/// Runs one campaign with a progress bar on a terminal; prints its line.
+/// How `run_one` reports: `send` with a progress bar on a terminal and
+/// always a line; `dispatch` (cron mails any output) without a bar and only
+/// when the run sent, failed or finished something.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Send { show_bar: bool },
+    Dispatch,
+}
+
+/// Runs one campaign; prints its line as `report` says.
 async fn run_one(
     store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
-    show_bar: bool,
+    report: Report,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<Summary>> {
+    let show_bar = report == Report::Send { show_bar: true };
     let progress = Arc::new(Progress::default());
     let verb = delivered_verb(&settings.transport);
     let bar = show_bar.then(|| {
@@ -83,14 +93,19 @@ async fn run_one(
     }
     match result {
         Ok(Ok(summary)) => {
-            println!(
-                "{}",
-                summary_line(&campaign.slug, &verb, &summary, campaign.welcome)
-            );
+            if report != Report::Dispatch || !is_idle(&summary) {
+                println!(
+                    "{}",
+                    summary_line(&campaign.slug, &verb, &summary, campaign.welcome)
+                );
+            }
             Ok(Some(summary))
         }
         Ok(Err(NotStarted::Busy(owner))) => {
-            println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+            // The run that holds it reports; a quiet cron stays quiet.
+            if report != Report::Dispatch {
+                println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+            }
             Ok(None)
         }
         Err(e) => Err(anyhow!(e).context(format!(
@@ -98,6 +113,20 @@ async fn run_one(
             campaign.slug
         ))),
     }
+}
+
+/// A run that sent, failed, skipped or finished nothing: only retries
+/// waiting, or a welcome mail with nobody new. `dispatch` says nothing
+/// about it, so cron mails nobody.
+fn is_idle(s: &Summary) -> bool {
+    s.sent == 0
+        && s.failed == 0
+        && s.skipped == 0
+        && s.unknown == 0
+        && s.in_flight_resolved == 0
+        && !s.finished
+        && !s.interrupted
+        && !s.cancelled
 }
 
 /// What a delivery is called in reports: "sent" over SMTP; "written to the
@@ -358,7 +387,7 @@ impl Plan<'_> {
             self.store,
             &campaign,
             self.settings,
-            show_bar,
+            Report::Send { show_bar },
             stop_on_signal(),
         )
         .await?;
@@ -798,7 +827,7 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
                 trouble = true;
                 continue;
             }
-            match run_one(&store, &c, &settings, false, stop.clone()).await? {
+            match run_one(&store, &c, &settings, Report::Dispatch, stop.clone()).await? {
                 Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => trouble = true,
                 Some(_) => {}
                 None => {}
