@@ -177,3 +177,70 @@ async fn dispatch_is_silent_while_a_retry_waits() {
     let status: serde_json::Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
     assert_eq!(status["deliveries"]["deferred"], 1, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_people_deferred_not_attempts() {
+    // Retries 1 s, then 2 s, are waited for in the run; the third (4 s) is
+    // left to dispatch: one person, three deferrals, still deferred.
+    let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 5));
+    let env = Env::new(
+        sink.port(),
+        "retry_wait_secs = 3\nretry_base_secs = 1\nmax_attempts = 10",
+    );
+    env.subscribers(2, &["slow@example.net"]).await;
+    let Some(out) = on_a_terminal(&env, "send campaigns/news-1.md --yes").await else {
+        return;
+    };
+    assert_eq!(sink.rcpt_attempts("slow@example.net"), 3, "{out}");
+    assert!(
+        out.contains("news-1: sent 2, deferred 1 (retries pending"),
+        "{out}"
+    );
+    // The progress line says what the run is waiting for, and never
+    // shows an empty 0/0 bar.
+    assert!(out.contains("waiting to retry 1 (next at "), "{out}");
+    assert!(!out.contains("0/0"), "{out}");
+    let status = env.ok(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
+    assert_eq!(status["deliveries"]["deferred"], 1, "{status}");
+}
+
+/// Runs `bulletin ARGS` in the project under a pseudo-terminal (util-linux
+/// `script`), as a person at a terminal sees it: what was shown, bars
+/// included. `None` (with a notice) without `script`.
+async fn on_a_terminal(env: &Env, args: &str) -> Option<String> {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !crate::support::servers::interop_required(),
+            "BULLETIN_INTEROP=1 but util-linux `script` is not installed"
+        );
+        eprintln!("notice: util-linux `script` not installed; terminal output not checked");
+        return None;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("bulletin");
+    let line = format!("{} --config bulletin.toml {args}", bin.display());
+    let mut cmd = env.command(&[]);
+    // The same environment as the binary gets, through `script`.
+    let vars: Vec<(String, String)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+        .collect();
+    cmd = std::process::Command::new("script");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BULLETIN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(vars)
+        .current_dir(env.dir.path())
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null());
+    let out = output(cmd).await;
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    Some(shown)
+}

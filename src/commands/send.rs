@@ -49,37 +49,9 @@ async fn run_one(
     let show_bar = report == Report::Send { show_bar: true };
     let progress = Arc::new(Progress::default());
     let verb = delivered_verb(&settings.transport);
-    let bar = show_bar.then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-            )
-            .expect("progress template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
-    let ticker = bar.clone().map(|bar| {
-        let p = progress.clone();
-        let verb = verb.clone();
-        tokio::spawn(async move {
-            loop {
-                let done = p.sent.load(Ordering::Relaxed)
-                    + p.failed.load(Ordering::Relaxed)
-                    + p.skipped.load(Ordering::Relaxed);
-                bar.set_length(p.total.load(Ordering::Relaxed));
-                bar.set_position(done);
-                bar.set_message(format!(
-                    "{verb} {} failed {} deferred {}",
-                    p.sent.load(Ordering::Relaxed),
-                    p.failed.load(Ordering::Relaxed),
-                    p.deferred.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    });
+    let (bar, ticker) = show_bar
+        .then(|| progress_bar(progress.clone(), verb.clone()))
+        .unzip();
     let (kind, target) = super::setup::transport_kind(&settings.transport);
     store
         .record_run(campaign.id, kind, &target, crate::store::now())
@@ -113,6 +85,59 @@ async fn run_one(
             campaign.slug
         ))),
     }
+}
+
+/// The progress line `send` shows on a terminal, redrawn from `progress`
+/// five times a second; hidden until the run knows how many messages there
+/// are, so no 0/0 bar shows at the start.
+fn progress_bar(
+    progress: Arc<Progress>,
+    verb: String,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    let drawn = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let mut shown = false;
+        loop {
+            let total = progress.total.load(Ordering::Relaxed);
+            if total > 0 && !shown {
+                drawn.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                shown = true;
+            }
+            drawn.set_length(total);
+            drawn.set_position(
+                progress.sent.load(Ordering::Relaxed)
+                    + progress.failed.load(Ordering::Relaxed)
+                    + progress.skipped.load(Ordering::Relaxed),
+            );
+            drawn.set_message(progress_message(&progress, &verb));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, ticker)
+}
+
+/// "sent 3 failed 0", and while the run waits for in-run retries
+/// ", waiting to retry 1 (next at 10:45:12)".
+fn progress_message(progress: &Progress, verb: &str) -> String {
+    let mut message = format!(
+        "{verb} {} failed {}",
+        progress.sent.load(Ordering::Relaxed),
+        progress.failed.load(Ordering::Relaxed)
+    );
+    let waiting = progress.waiting.load(Ordering::Relaxed);
+    if waiting > 0 {
+        let next = super::setup::fmt_clock(progress.next_retry_at.load(Ordering::Relaxed));
+        message.push_str(&format!(", waiting to retry {waiting} (next at {next})"));
+    }
+    message
 }
 
 /// A run that sent, failed, skipped or finished nothing: only retries

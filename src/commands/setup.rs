@@ -231,6 +231,14 @@ pub(crate) fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+/// Unix seconds as the local time of day ("10:45:12"), for waits within a
+/// run.
+pub(crate) fn fmt_clock(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| d.with_timezone(&Local).format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// Unix seconds as ISO 8601 in UTC, for machines.
 pub(crate) fn iso_time(t: i64) -> String {
     DateTime::<Utc>::from_timestamp(t, 0)
