@@ -244,3 +244,36 @@ async fn on_a_terminal(env: &Env, args: &str) -> Option<String> {
     assert!(out.status.success(), "{shown}{}", text(&out.stderr));
     Some(shown)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_copies_to_the_outbox_get_one_file_each() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    with_outbox_in_config(&env);
+    env.subscribers(1, &[]).await;
+    let to = "a@example.net,b@example.net,Carl+news@example.net";
+    let mut cmd = env.command(&["test", "campaigns/news-1.md", "--to", to]);
+    cmd.env_remove("BULLETIN_SMTP_URL");
+    let out = output(cmd).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let files = outbox_files(&env);
+    assert_eq!(files.len(), 3, "{files:?}\n{stdout}");
+    for (file, addr) in
+        files
+            .iter()
+            .zip(["a@example.net", "b@example.net", "Carl_news@example.net"])
+    {
+        assert!(file.ends_with(&format!("-{addr}.eml")), "{files:?}");
+        assert!(stdout.contains(&format!("outbox/{file}")), "{stdout}");
+    }
+    // Each file holds the copy to its own address.
+    for (file, addr) in
+        files
+            .iter()
+            .zip(["a@example.net", "b@example.net", "Carl+news@example.net"])
+    {
+        let eml = std::fs::read_to_string(env.dir.path().join("outbox").join(file)).unwrap();
+        assert!(eml.contains(&format!("To: {addr}")), "{file}: {eml}");
+    }
+}

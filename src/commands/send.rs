@@ -1042,10 +1042,11 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             Some(addr) => Some(test_person(config, &store, addr).await?),
         };
         let mut sender = settings.transport.sender();
-        for to in &args.to {
+        let started = crate::store::now();
+        for (index, to) in args.to.iter().enumerate() {
             let message = test_copy(config, &settings, &built, to, person.as_ref())?;
             let bytes = compose::wire_bytes(&message, settings.dkim.as_deref())?;
-            let name = format!("test-{}", crate::store::now());
+            let name = test_copy_name(started, index, to);
             let reply = sender
                 .send(message.envelope(), &bytes, &name, 1)
                 .await
@@ -1070,6 +1071,20 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
         sender.close().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The outbox file name of test copy `index` to `to`:
+/// `test-1796035183-1-ann@example.org`. The index keeps copies of one run
+/// apart, the address (only letters, digits, `@._-`) says whose it is.
+fn test_copy_name(started: i64, index: usize, to: &str) -> String {
+    let address: String = to
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '@' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("test-{started}-{}-{address}", index + 1)
 }
 
 /// The subscriber `test --as ADDR` fills the copy with; not stored (or
