@@ -277,3 +277,44 @@ async fn test_copies_to_the_outbox_get_one_file_each() {
         assert!(eml.contains(&format!("To: {addr}")), "{file}: {eml}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_which_transport_sending_uses_and_why() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.ok(&["lists", "add", "news", "--name", "News"]).await;
+    let transport_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("  transport: "))
+            .unwrap_or_else(|| panic!("no transport line in:\n{out}"))
+            .to_string()
+    };
+    // SMTP only.
+    let out = env.run(&["doctor"]).await;
+    let line = transport_line(&text(&out.stdout));
+    assert!(
+        line.starts_with("ok    transport: SMTP via 127.0.0.1:")
+            && line.ends_with("(BULLETIN_SMTP_URL)"),
+        "{line}"
+    );
+    // Both: SMTP is used, the outbox ignored, and doctor warns.
+    with_outbox_in_config(&env);
+    let out = env.run(&["doctor"]).await;
+    let line = transport_line(&text(&out.stdout));
+    assert!(
+        line.starts_with("warn  transport: SMTP via 127.0.0.1:")
+            && line.contains("(BULLETIN_SMTP_URL); the outbox ")
+            && line.contains("(outbox in bulletin.toml) is ignored"),
+        "{line}"
+    );
+    // The outbox alone: nothing is sent, and doctor says so.
+    let mut cmd = env.command(&["doctor"]);
+    cmd.env_remove("BULLETIN_SMTP_URL");
+    let out = output(cmd).await;
+    let line = transport_line(&text(&out.stdout));
+    assert!(
+        line.starts_with("warn  transport: the outbox folder ")
+            && line.contains("(outbox in bulletin.toml): messages are written there, not sent"),
+        "{line}"
+    );
+}
