@@ -44,10 +44,12 @@ async fn smtp_sending_commands_refuse_to_run_without_the_secret() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
-    let commands: [&[&str]; 3] = [
+    let commands: [&[&str]; 4] = [
         &["send", "campaigns/news-1.md", "--yes"],
         &["test", "campaigns/news-1.md", "--to", "me@example.net"],
         &["doctor", "--send-test", "me@example.net"],
+        // Sign-up confirmations go out over SMTP.
+        &["serve", "--listen", "127.0.0.1:0"],
     ];
     for args in commands {
         let mut cmd = env.command(args);
