@@ -634,10 +634,7 @@ async fn send_test(
 ) {
     let sent = async {
         let transport = setup::transport(config)?;
-        if matches!(
-            transport,
-            crate::dispatch::transport::Transport::Smtp { .. }
-        ) {
+        if matches!(transport, Transport::Smtp { .. }) {
             setup::require_secret(config).context("not sent")?;
         }
         let domain = config.bounce_domain();

@@ -90,8 +90,14 @@ pub(crate) async fn check_transport_kind(
         _ => format!("to the outbox folder {target}"),
     };
     let fix = match first.transport.as_str() {
-        "smtp" => "set BULLETIN_SMTP_URL as when it started (in cron: `set -a; . ./.env`)",
-        _ => "cancel it and send it again to send it over SMTP",
+        "smtp" => {
+            "set BULLETIN_SMTP_URL as when it started (in cron: `set -a; . ./.env`)".to_string()
+        }
+        _ => format!(
+            "to mail it over SMTP, send its file as a new campaign with --again \
+             (after `bulletin cancel {}` if it is not finished)",
+            campaign.slug
+        ),
     };
     bail!(
         "{}: started {}, but this run would send {} ({}); a campaign keeps the transport it started with: {fix}",
