@@ -173,6 +173,7 @@ fn settings(port: u16, connections: usize) -> Settings {
         in_flight: InFlight::Unknown,
         dkim: None,
         owner: dispatch::owner_name(),
+        transport_source: "the benchmark".into(),
     }
 }
 

@@ -467,6 +467,9 @@ pub struct Config {
     pub organisation: Organisation,
     pub sender: Sender,
     pub smtp: Smtp,
+    /// How `smtp.url` was chosen (flag, BULLETIN_SMTP_URL, config file), so a
+    /// run can say where its transport came from.
+    pub smtp_url_source: Source,
     pub smtp_password: Option<String>,
     /// `BULLETIN_IMAP_PASSWORD`: the `[bounces.imap]` mailbox's password.
     pub imap_password: Option<String>,
@@ -557,9 +560,13 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
         let mut smtp = file.smtp;
-        if let Some(url) = flags.smtp_url.clone().or_else(|| env("BULLETIN_SMTP_URL")) {
-            smtp.url = Some(url);
-        }
+        let (url, smtp_url_source) = choose(
+            (flags.smtp_url.clone().map(Some), "smtp-url"),
+            (env("BULLETIN_SMTP_URL").map(Some), "BULLETIN_SMTP_URL"),
+            (smtp.url.clone().map(Some), "[smtp] url", path.as_deref()),
+            None,
+        );
+        smtp.url = url;
         // A password may come from the environment or a flag, never the file.
         if let Some(url) = &smtp.url
             && env("BULLETIN_SMTP_URL").as_ref() != Some(url)
@@ -654,6 +661,7 @@ impl Config {
             organisation: file.organisation,
             sender,
             smtp,
+            smtp_url_source,
             smtp_password: env("BULLETIN_SMTP_PASSWORD"),
             imap_password: env("BULLETIN_IMAP_PASSWORD"),
             dkim,

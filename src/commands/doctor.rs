@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::setup;
 use crate::assets::Templates;
@@ -337,26 +337,54 @@ fn sample_message(
     )?)
 }
 
+/// Which transport sending uses and why; a warning when an outbox is
+/// configured too (it is ignored while an SMTP URL is set) or when the
+/// outbox is all there is (nothing reaches anyone).
+fn transport_line(r: &mut Report, config: &Config, transport: &Transport) {
+    let source = setup::transport_source(config);
+    match transport {
+        Transport::Smtp { url, .. } if config.outbox_source.is_explicit() => r.line(
+            Level::Warn,
+            "transport",
+            format!(
+                "SMTP via {} ({source}); the outbox {} ({}) is ignored while an SMTP URL is set; \
+                 a campaign keeps the transport it started with, so remove one of the two",
+                url.addr(),
+                config.outbox.display(),
+                config.outbox_source
+            ),
+        ),
+        Transport::Smtp { url, .. } => r.line(
+            Level::Ok,
+            "transport",
+            format!("SMTP via {} ({source})", url.addr()),
+        ),
+        Transport::Outbox(dir) => r.line(
+            Level::Warn,
+            "transport",
+            format!(
+                "the outbox folder {} ({source}): messages are written there, not sent; \
+                 set BULLETIN_SMTP_URL to send",
+                dir.display()
+            ),
+        ),
+    }
+}
+
 /// The SMTP server: answers, TLS, credentials, what it advertises.
 async fn smtp(r: &mut Report, config: &Config, message_size: Option<usize>) {
     let transport = match setup::transport(config) {
         Ok(t) => t,
         Err(e) => return r.line(Level::Fail, "smtp", format!("{e:#}")),
     };
+    transport_line(r, config, &transport);
     let Transport::Smtp {
         url,
         timeout,
         hello,
     } = &transport
     else {
-        return r.line(
-            Level::Warn,
-            "smtp",
-            format!(
-                "no smtp.url: mail is written to the outbox folder {}",
-                config.outbox.display()
-            ),
-        );
+        return;
     };
     let addr = url.addr();
     let probe = transport::probe(url, *timeout, hello).await;
@@ -606,6 +634,9 @@ async fn send_test(
 ) {
     let sent = async {
         let transport = setup::transport(config)?;
+        if matches!(transport, Transport::Smtp { .. }) {
+            setup::require_secret(config).context("not sent")?;
+        }
         let domain = config.bounce_domain();
         let nonce = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -29,51 +29,30 @@ use crate::store::deliveries::{
 };
 use crate::store::welcome::FreezeWelcome;
 
-/// Runs one campaign with a progress bar on a terminal; prints its line.
+/// How `run_one` reports: `send` with a progress bar on a terminal and
+/// always a line; `dispatch` (cron mails any output) without a bar and only
+/// when the run sent, failed or finished something.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Send { show_bar: bool },
+    Dispatch,
+}
+
+/// Runs one campaign; prints its line as `report` says.
 async fn run_one(
     store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
-    show_bar: bool,
+    report: Report,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<Summary>> {
+    let show_bar = report == Report::Send { show_bar: true };
     let progress = Arc::new(Progress::default());
     let verb = delivered_verb(&settings.transport);
-    let bar = show_bar.then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-            )
-            .expect("progress template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
-    let ticker = bar.clone().map(|bar| {
-        let p = progress.clone();
-        let verb = verb.clone();
-        tokio::spawn(async move {
-            loop {
-                let done = p.sent.load(Ordering::Relaxed)
-                    + p.failed.load(Ordering::Relaxed)
-                    + p.skipped.load(Ordering::Relaxed);
-                bar.set_length(p.total.load(Ordering::Relaxed));
-                bar.set_position(done);
-                bar.set_message(format!(
-                    "{verb} {} failed {} deferred {}",
-                    p.sent.load(Ordering::Relaxed),
-                    p.failed.load(Ordering::Relaxed),
-                    p.deferred.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    });
-    let (kind, target) = match &settings.transport {
-        Transport::Smtp { url, .. } => ("smtp", format!("{}:{}", url.host, url.port)),
-        Transport::Outbox(dir) => ("outbox", dir.display().to_string()),
-    };
+    let (bar, ticker) = show_bar
+        .then(|| progress_bar(progress.clone(), verb.clone()))
+        .unzip();
+    let (kind, target) = super::setup::transport_kind(&settings.transport);
     store
         .record_run(campaign.id, kind, &target, crate::store::now())
         .await?;
@@ -86,14 +65,19 @@ async fn run_one(
     }
     match result {
         Ok(Ok(summary)) => {
-            println!(
-                "{}",
-                summary_line(&campaign.slug, &verb, &summary, campaign.welcome)
-            );
+            if report != Report::Dispatch || !is_idle(&summary) {
+                println!(
+                    "{}",
+                    summary_line(&campaign.slug, &verb, &summary, campaign.welcome)
+                );
+            }
             Ok(Some(summary))
         }
         Ok(Err(NotStarted::Busy(owner))) => {
-            println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+            // The run that holds it reports; a quiet cron stays quiet.
+            if report != Report::Dispatch {
+                println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+            }
             Ok(None)
         }
         Err(e) => Err(anyhow!(e).context(format!(
@@ -101,6 +85,73 @@ async fn run_one(
             campaign.slug
         ))),
     }
+}
+
+/// The progress line `send` shows on a terminal, redrawn from `progress`
+/// five times a second; hidden until the run knows how many messages there
+/// are, so no 0/0 bar shows at the start.
+fn progress_bar(
+    progress: Arc<Progress>,
+    verb: String,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    let drawn = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let mut shown = false;
+        loop {
+            let total = progress.total.load(Ordering::Relaxed);
+            if total > 0 && !shown {
+                drawn.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                shown = true;
+            }
+            drawn.set_length(total);
+            drawn.set_position(
+                progress.sent.load(Ordering::Relaxed)
+                    + progress.failed.load(Ordering::Relaxed)
+                    + progress.skipped.load(Ordering::Relaxed),
+            );
+            drawn.set_message(progress_message(&progress, &verb));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, ticker)
+}
+
+/// "sent 3 failed 0", and while the run waits for in-run retries
+/// ", waiting to retry 1 (next at 10:45:12)".
+fn progress_message(progress: &Progress, verb: &str) -> String {
+    let mut message = format!(
+        "{verb} {} failed {}",
+        progress.sent.load(Ordering::Relaxed),
+        progress.failed.load(Ordering::Relaxed)
+    );
+    let waiting = progress.waiting.load(Ordering::Relaxed);
+    if waiting > 0 {
+        let next = super::setup::fmt_clock(progress.next_retry_at.load(Ordering::Relaxed));
+        message.push_str(&format!(", waiting to retry {waiting} (next at {next})"));
+    }
+    message
+}
+
+/// A run that sent, failed, skipped or finished nothing: only retries
+/// waiting, or a welcome mail with nobody new. `dispatch` says nothing
+/// about it, so cron mails nobody.
+fn is_idle(s: &Summary) -> bool {
+    s.sent == 0
+        && s.failed == 0
+        && s.skipped == 0
+        && s.unknown == 0
+        && s.in_flight_resolved == 0
+        && !s.finished
+        && !s.interrupted
+        && !s.cancelled
 }
 
 /// What a delivery is called in reports: "sent" over SMTP; "written to the
@@ -349,6 +400,7 @@ impl Plan<'_> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        super::setup::check_transport_kind(self.store, &campaign, self.settings).await?;
         if campaign.status == CampaignStatus::Held || moved {
             self.store
                 .set_campaign_status(campaign.id, CampaignStatus::Sending, self.now)
@@ -364,7 +416,7 @@ impl Plan<'_> {
             self.store,
             &campaign,
             self.settings,
-            show_bar,
+            Report::Send { show_bar },
             stop_on_signal(),
         )
         .await?;
@@ -762,6 +814,10 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
+    if config.smtp.url.is_some() {
+        // Even with nothing due: cron that lost `.env` fails on every run.
+        super::setup::require_secret(config)?;
+    }
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let now = crate::store::now();
@@ -796,7 +852,13 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
                 trouble = true;
                 break;
             }
-            match run_one(&store, &c, &settings, false, stop.clone()).await? {
+            // A campaign on the wrong transport is refused; the others run.
+            if let Err(e) = super::setup::check_transport_kind(&store, &c, &settings).await {
+                eprintln!("bulletin: {e:#}");
+                trouble = true;
+                continue;
+            }
+            match run_one(&store, &c, &settings, Report::Dispatch, stop.clone()).await? {
                 Some(s) if s.failed > 0 || s.unknown > 0 || s.interrupted => trouble = true,
                 Some(_) => {}
                 None => {}
@@ -985,10 +1047,11 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             Some(addr) => Some(test_person(config, &store, addr).await?),
         };
         let mut sender = settings.transport.sender();
-        for to in &args.to {
+        let started = crate::store::now();
+        for (index, to) in args.to.iter().enumerate() {
             let message = test_copy(config, &settings, &built, to, person.as_ref())?;
             let bytes = compose::wire_bytes(&message, settings.dkim.as_deref())?;
-            let name = format!("test-{}", crate::store::now());
+            let name = test_copy_name(started, index, to);
             let reply = sender
                 .send(message.envelope(), &bytes, &name, 1)
                 .await
@@ -1013,6 +1076,20 @@ pub(crate) fn test(config: &Config, args: &TestArgs) -> Result<ExitCode> {
         sender.close().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The outbox file name of test copy `index` to `to`:
+/// `test-1796035183-1-ann@example.org`. The index keeps copies of one run
+/// apart, the address (only letters, digits, `@._-`) says whose it is.
+fn test_copy_name(started: i64, index: usize, to: &str) -> String {
+    let address: String = to
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '@' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("test-{started}-{}-{address}", index + 1)
 }
 
 /// The subscriber `test --as ADDR` fills the copy with; not stored (or

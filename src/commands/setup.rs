@@ -49,6 +49,65 @@ pub(crate) fn transport(config: &Config) -> Result<Transport> {
     })
 }
 
+/// Where the transport [`transport`] picks was chosen: the SMTP URL's
+/// source when one is set, else the outbox's.
+pub(crate) fn transport_source(config: &Config) -> &crate::config::Source {
+    if config.smtp.url.is_some() {
+        &config.smtp_url_source
+    } else {
+        &config.outbox_source
+    }
+}
+
+/// `smtp` or `outbox`, and the server (`host:port`) or folder: what
+/// `campaign_runs` records for a run.
+pub(crate) fn transport_kind(transport: &Transport) -> (&'static str, String) {
+    match transport {
+        Transport::Smtp { url, .. } => ("smtp", format!("{}:{}", url.host, url.port)),
+        Transport::Outbox(dir) => ("outbox", dir.display().to_string()),
+    }
+}
+
+/// A campaign keeps the transport kind it started with: one started over
+/// SMTP is never finished into the outbox folder (nobody would get those
+/// messages) and one written to the outbox never goes on over SMTP. Checked
+/// before a run claims anything; the error names both and where this run's
+/// transport came from.
+pub(crate) async fn check_transport_kind(
+    store: &Store,
+    campaign: &CampaignRow,
+    settings: &Settings,
+) -> Result<()> {
+    let (kind, target) = transport_kind(&settings.transport);
+    let Some(first) = store.run_transports(campaign.id).await?.into_iter().next() else {
+        return Ok(());
+    };
+    if first.transport == kind {
+        return Ok(());
+    }
+    let how = |kind: &str, target: &str| match kind {
+        "smtp" => format!("over SMTP via {target}"),
+        _ => format!("to the outbox folder {target}"),
+    };
+    let fix = match first.transport.as_str() {
+        "smtp" => {
+            "set BULLETIN_SMTP_URL as when it started (in cron: `set -a; . ./.env`)".to_string()
+        }
+        _ => format!(
+            "to mail it over SMTP, send its file as a new campaign with --again \
+             (after `bulletin cancel {}` if it is not finished)",
+            campaign.slug
+        ),
+    };
+    bail!(
+        "{}: started {}, but this run would send {} ({}); a campaign keeps the transport it started with: {fix}",
+        campaign.slug,
+        how(&first.transport, &first.target),
+        how(kind, &target),
+        settings.transport_source
+    )
+}
+
 /// The secret links were signed with, to verify tokens that come back
 /// (bounces, mailto unsubscribes): `BULLETIN_SECRET`, else the development
 /// secret in the database, else none.
@@ -68,6 +127,22 @@ pub(crate) async fn verifier(config: &Config, store: &Store) -> Result<Option<Si
     })
 }
 
+/// Real mail needs the real secret: every command that sends over SMTP
+/// (`send`, `dispatch`, `test`, `doctor --send-test`, `serve` and `subscribers
+/// add` mailing confirmations) refuses to run without `BULLETIN_SECRET`, or
+/// its unsubscribe links and bounce tokens would be dead. The outbox and
+/// `quickstart` keep the development secret. Called with SMTP configured.
+pub(crate) fn require_secret(config: &Config) -> Result<()> {
+    if config.secrets.current.is_none() {
+        bail!(
+            "BULLETIN_SECRET is not set, and mail over SMTP needs it: every link in the emails is signed \
+             with it, and `bulletin serve` must know the same secret; generate one with \
+             `openssl rand -hex 32` into .env, and load it in cron with `set -a; . ./.env`"
+        );
+    }
+    Ok(())
+}
+
 /// The link-signing secret: `BULLETIN_SECRET`; with the local outbox and no
 /// secret, one generated once and kept in the database (development only).
 pub(crate) async fn signer(
@@ -75,11 +150,8 @@ pub(crate) async fn signer(
     store: &Store,
     transport: &Transport,
 ) -> Result<Signer> {
-    if config.secrets.current.is_none() && matches!(transport, Transport::Smtp { .. }) {
-        bail!(
-            "BULLETIN_SECRET is not set: every link in the emails is signed with it, and \
-             `bulletin serve` must know the same secret; generate one with `openssl rand -hex 32`"
-        );
+    if matches!(transport, Transport::Smtp { .. }) {
+        require_secret(config)?;
     }
     if let Some(signer) = verifier(config, store).await? {
         return Ok(signer);
@@ -141,6 +213,7 @@ pub(crate) async fn settings(config: &Config, store: &Store) -> Result<Settings>
         },
         dkim: dkim(config)?,
         owner: dispatch::owner_name(),
+        transport_source: transport_source(config).to_string(),
     })
 }
 
@@ -162,6 +235,14 @@ pub(crate) fn fmt_time(t: i64) -> String {
                 .format("%Y-%m-%d %H:%M %Z")
                 .to_string()
         })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Unix seconds as the local time of day ("10:45:12"), for waits within a
+/// run.
+pub(crate) fn fmt_clock(t: i64) -> String {
+    DateTime::<Utc>::from_timestamp(t, 0)
+        .map(|d| d.with_timezone(&Local).format("%H:%M:%S").to_string())
         .unwrap_or_else(|| t.to_string())
 }
 

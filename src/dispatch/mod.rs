@@ -248,6 +248,9 @@ pub struct Settings {
     pub dkim: Option<Arc<crate::dkim::DkimSigner>>,
     /// Identifies this run's lease: `host:pid:random`.
     pub owner: String,
+    /// Where `transport` was chosen, for errors: "BULLETIN_SMTP_URL",
+    /// "outbox in /srv/bulletin/bulletin.toml".
+    pub transport_source: String,
 }
 
 /// Sends single transactional messages (the double opt-in email) through
@@ -317,12 +320,18 @@ pub struct Progress {
     pub deferred: AtomicU64,
     pub failed: AtomicU64,
     pub skipped: AtomicU64,
+    /// While the run waits for in-run retries: how many people wait, and
+    /// when the first retry is due (unix seconds); 0 otherwise.
+    pub waiting: AtomicU64,
+    pub next_retry_at: std::sync::atomic::AtomicI64,
 }
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub sent: u64,
+    /// People whose delivery waits for a retry when the run ends (not
+    /// attempts: what `status` calls deferred).
     pub deferred: u64,
     pub failed: u64,
     pub skipped: u64,
@@ -398,9 +407,23 @@ pub async fn run(
             .unwrap_or_default();
         return Ok(Err(NotStarted::Busy(holder)));
     }
-    let result = run_leased(store, campaign, settings, progress, &mut stop).await;
+    let mut result = run_leased(store, campaign, settings, progress, &mut stop).await;
+    if let Ok(summary) = &mut result {
+        summary.deferred = waiting_for_retry(store, campaign.id).await?;
+    }
     let _ = store.release_lease(campaign.id, &settings.owner).await;
     result.map(Ok)
+}
+
+/// Recipients of `campaign_id` whose delivery waits for a retry: people,
+/// not attempts (one person deferred four times is one).
+async fn waiting_for_retry(store: &Store, campaign_id: i64) -> Result<u64> {
+    Ok(store
+        .delivery_counts(campaign_id)
+        .await?
+        .into_iter()
+        .find(|(status, _)| status == "deferred")
+        .map_or(0, |(_, n)| n as u64))
 }
 
 async fn run_leased(
@@ -478,6 +501,9 @@ async fn run_leased(
         // Retries due soon are waited for; later ones are left to dispatch.
         match store.next_retry(campaign.id).await? {
             Some(at) if at - now() <= settings.retry_wait_secs => {
+                let waiting = waiting_for_retry(store, campaign.id).await?;
+                shared.progress.waiting.store(waiting, Ordering::Relaxed);
+                shared.progress.next_retry_at.store(at, Ordering::Relaxed);
                 let wait = Duration::from_secs((at - now()).max(0) as u64 + 1);
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
@@ -494,6 +520,7 @@ async fn run_leased(
                         _ = stop.changed() => { summary.interrupted = true; return Ok(summary); }
                     }
                 }
+                shared.progress.waiting.store(0, Ordering::Relaxed);
             }
             _ => break,
         }
