@@ -77,7 +77,16 @@ const LAST_NAMES: &[&str] = &[
 pub fn detect(header: &[String]) -> Format {
     let has = |name: &str| header.iter().any(|h| loose(h) == name);
     // OPTIN_TIME alone is not enough: bulletin's own exports have it too.
-    if has("memberrating") || has("leid") || has("euid") {
+    // UNSUB_TIME and CLEAN_TIME, spelt as Mailchimp does, mark its
+    // unsubscribed and cleaned files (bulletin's Mailchimp-format exports
+    // carry only those; its own exports spell attributes in snake_case).
+    let exact = |name: &str| header.iter().any(|h| h.trim() == name);
+    if has("memberrating")
+        || has("leid")
+        || has("euid")
+        || exact("UNSUB_TIME")
+        || exact("CLEAN_TIME")
+    {
         Format::Mailchimp
     } else if has("uuid") && has("attributes") && has("status") {
         Format::Listmonk
