@@ -307,3 +307,10 @@ INSERT OR IGNORE INTO campaign_lists (campaign_id, list_id, position)
 -- unsubscribe link. NULL in rows queued before this step: the campaign's
 -- first list.
 ALTER TABLE deliveries ADD COLUMN list_id INTEGER REFERENCES lists(id);
+
+-- step 10: a sent campaign stops going to newcomers
+
+-- When `bulletin cancel` ended a sent campaign's `resend_to_new` window
+-- (front matter `resend_until`, frozen in `compiled`): from then on nobody
+-- who joins gets it. NULL while the window runs as frozen.
+ALTER TABLE campaigns ADD COLUMN resend_closed_at INTEGER;

@@ -212,7 +212,7 @@ struct Plan<'a> {
 enum Step {
     /// Run (or report as scheduled) this campaign; `moved`: its time or
     /// content was just changed by this command.
-    Run(CampaignRow, bool),
+    Run(Box<CampaignRow>, bool),
     /// Freeze a new campaign under this slug (`--again`: `NAME-2`).
     Freeze(String),
     /// Nothing to do (declined, or nothing new); already printed.
@@ -325,7 +325,7 @@ impl Plan<'_> {
         };
         let (campaign, moved) = match step {
             Step::Done => return Ok(ExitCode::SUCCESS),
-            Step::Run(c, moved) => (c, moved),
+            Step::Run(c, moved) => (*c, moved),
             Step::Freeze(slug) => match self.freeze(&slug).await? {
                 Some(c) => (c, false),
                 None => return Ok(ExitCode::SUCCESS),
@@ -524,8 +524,15 @@ impl Plan<'_> {
             })
             .await?;
         if let Replace::Refused(status, attempted) = replaced {
+            let stop = match status {
+                _ if c.mails_newcomers_until(self.now).is_some() => {
+                    format!("`bulletin cancel {slug}` stops sending it to people who join, then ")
+                }
+                CampaignStatus::Finished | CampaignStatus::Cancelled => String::new(),
+                _ => format!("`bulletin cancel {slug}` stops it, then "),
+            };
             bail!(
-                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
+                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; {stop}send the correction under a new file name"
             );
         }
         println!(
@@ -535,7 +542,7 @@ impl Plan<'_> {
         let c = db::campaign_by_id(self.store.pool(), c.id)
             .await?
             .expect("exists");
-        Ok(Step::Run(c, true))
+        Ok(Step::Run(Box::new(c), true))
     }
 
     /// `--only-new`: the people of the list with no row for it, once.
@@ -572,7 +579,7 @@ impl Plan<'_> {
         let pool = self.store.pool();
         db::set_campaign_status(pool, c.id, CampaignStatus::Sending, self.now).await?;
         let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
-        Ok(Step::Run(c, false))
+        Ok(Step::Run(Box::new(c), false))
     }
 
     /// A sent or cancelled campaign: refused, unless `--again` (a new
@@ -623,7 +630,7 @@ impl Plan<'_> {
         }
         let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
         if self.args.at.is_none() || !movable || c.send_at == self.send_at {
-            return Ok(Step::Run(c, false));
+            return Ok(Step::Run(Box::new(c), false));
         }
         let at = fmt_time(self.send_at);
         if self.send_at <= self.now
@@ -643,7 +650,7 @@ impl Plan<'_> {
         }
         println!("{slug}: moved from {} to {at}", fmt_time(c.send_at));
         let c = db::campaign_by_id(pool, c.id).await?.expect("exists");
-        Ok(Step::Run(c, true))
+        Ok(Step::Run(Box::new(c), true))
     }
 
     /// The prompt's lines for the placeholders without fallback that some
@@ -732,6 +739,23 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
                 println!(
                     "{}: welcome mail stopped; nobody confirmed from now on gets it, {dropped} waiting for it not sent, {} sent before; `bulletin report {}` lists who got it",
                     campaign.slug,
+                    store.received_count(campaign.id).await?,
+                    campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::Done { .. } if campaign.started_at.is_none() => {
+                println!(
+                    "{}: cancelled before it started; nobody had been mailed yet",
+                    campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::NewcomersEnded { until } => {
+                println!(
+                    "{}: no longer sent to people who join (it would have been until {}); the {} messages sent stay; `bulletin report {}` lists who got it",
+                    campaign.slug,
+                    fmt_time(until),
                     store.received_count(campaign.id).await?,
                     campaign.slug
                 );
@@ -826,6 +850,13 @@ struct StatusReport {
     bounces: i64,
     complaints: i64,
     unsubscribes: i64,
+    /// `resend_to_new`: until when people who join its lists still get it
+    /// (absent once the window is over or `cancel` ended it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mails_newcomers_until: Option<String>,
+    /// When `cancel` ended that window early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newcomers_ended_at: Option<String>,
 }
 
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
@@ -840,6 +871,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 bail!("no campaign named {name:?}; `bulletin status` lists them all");
             }
         }
+        let now = crate::store::now();
         let mut reports = Vec::new();
         for c in &campaigns {
             let since = c.started_at.unwrap_or(c.send_at);
@@ -860,6 +892,8 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 bounces: db::events_since(pool, c.id, "bounced", since).await?,
                 complaints: db::events_since(pool, c.id, "complained", since).await?,
                 unsubscribes: db::events_since(pool, c.id, "unsubscribed", since).await?,
+                mails_newcomers_until: c.mails_newcomers_until(now).map(iso_time),
+                newcomers_ended_at: c.resend_closed_at.map(iso_time),
             });
         }
         match args.format {
@@ -881,7 +915,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                         r.lists.join(", "),
                         r.subject
                     );
-                    println!("  {}", when(c));
+                    println!("  {}", when(c, now));
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
@@ -917,7 +951,7 @@ fn state_label(c: &CampaignRow) -> String {
 }
 
 /// A campaign's times in words: frozen, due, started, finished or cancelled.
-fn when(c: &CampaignRow) -> String {
+fn when(c: &CampaignRow, now: i64) -> String {
     let mut parts = vec![format!("frozen {}", fmt_time(c.created_at))];
     match c.status {
         _ if c.welcome => {
@@ -941,6 +975,14 @@ fn when(c: &CampaignRow) -> String {
         (CampaignStatus::Cancelled, Some(t)) => parts.push(format!("cancelled {}", fmt_time(t))),
         (CampaignStatus::Finished, Some(t)) => parts.push(format!("finished {}", fmt_time(t))),
         _ => {}
+    }
+    if let Some(until) = c.mails_newcomers_until(now) {
+        parts.push(format!("mails newcomers until {}", fmt_time(until)));
+    } else if let Some(t) = c.resend_closed_at {
+        parts.push(format!(
+            "no longer sent to newcomers (cancelled {})",
+            fmt_time(t)
+        ));
     }
     parts.join("; ")
 }
