@@ -359,6 +359,57 @@ async fn dispatch_sends_to_new_people_while_the_campaign_opts_in() {
     assert_eq!(sink.messages().len(), 7, "nobody twice");
 }
 
+/// See: walkthrough report C. After `cancel`, `send` on the file does not
+/// suggest `--only-new` (which would refuse), and once `--again` made
+/// `news-1-2`, `--only-new` on the file sends that copy to the newcomers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_cancel_the_suggestions_lead_somewhere() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    env.ok(&["send", FILE, "--yes", "--at", &at]).await;
+    env.ok(&["cancel", "news-1"]).await;
+
+    let plain = env.run(&["send", FILE, "--yes"]).await;
+    let err = text(&plain.stderr);
+    assert!(!plain.status.success());
+    assert!(err.contains("was already cancelled"), "{err}");
+    assert!(!err.contains("--only-new"), "{err}");
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --again`")),
+        "{err}"
+    );
+    let only_new = env.run(&["send", FILE, "--only-new", "--yes"]).await;
+    let err = text(&only_new.stderr);
+    assert!(
+        err.contains("was cancelled, so it goes to nobody new"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --again`")),
+        "{err}"
+    );
+
+    // Following the suggestion works, and so does --only-new afterwards.
+    let again = env.ok(&["send", FILE, "--again", "--yes"]).await;
+    assert!(again.contains("news-1-2"), "{again}");
+    assert_eq!(sink.messages().len(), 2);
+    let plain = env.run(&["send", FILE, "--yes"]).await;
+    let err = text(&plain.stderr);
+    assert!(err.contains("(latest copy: news-1-2)"), "{err}");
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --only-new` sends news-1-2")),
+        "{err}"
+    );
+    let new = add_people(&env, 1).await;
+    let out = env.ok(&["send", FILE, "--only-new", "--yes"]).await;
+    assert!(out.contains("news-1-2"), "{out}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[2].rcpt_to, new);
+}
+
 /// See: walkthrough report B. `cancel` on a sent campaign that still mails
 /// newcomers ends that window: what went out stays, nobody who joins later
 /// gets it, and `status` says so (it said "mails newcomers until" before).

@@ -319,7 +319,7 @@ impl Plan<'_> {
             ),
             None => Step::Freeze(slug.clone()),
             Some(c) if args.replace => self.replace(c).await?,
-            Some(c) if args.only_new => self.only_new(c).await?,
+            Some(c) if args.only_new => self.only_new(self.latest_copy(c).await?).await?,
             Some(c) if c.status.is_over() => self.again(c).await?,
             Some(c) => self.resume(c).await?,
         };
@@ -549,9 +549,11 @@ impl Plan<'_> {
     async fn only_new(&self, c: CampaignRow) -> Result<Step> {
         let (slug, list) = (&c.slug, &self.frozen_lists_text(&c).await?);
         match c.status {
-            CampaignStatus::Cancelled => {
-                bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
-            }
+            CampaignStatus::Cancelled => bail!(
+                "campaign {slug} was cancelled, so it goes to nobody new; `bulletin send {} --again` sends it to everyone on {list} as a new campaign (the {} who got it too)",
+                self.file,
+                self.store.received_count(c.id).await?
+            ),
             CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
                 "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
                 c.status,
@@ -587,8 +589,22 @@ impl Plan<'_> {
     async fn again(&self, c: CampaignRow) -> Result<Step> {
         let slug = &c.slug;
         if !self.args.again {
+            let latest = self.latest_copy(c.clone()).await?;
+            let file = &self.file;
+            let copy = if latest.id == c.id {
+                String::new()
+            } else {
+                format!(" (latest copy: {})", latest.slug)
+            };
+            let only_new = match latest.status {
+                CampaignStatus::Cancelled => String::new(),
+                _ => format!(
+                    "`bulletin send {file} --only-new` sends {} to who joined since; ",
+                    latest.slug
+                ),
+            };
             bail!(
-                "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
+                "campaign {slug} was already {} ({}){copy}; {only_new}`bulletin send {file} --again` sends it to everyone once more as a new campaign",
                 if c.status == CampaignStatus::Cancelled {
                     "cancelled"
                 } else {
@@ -617,6 +633,21 @@ impl Plan<'_> {
             n += 1;
         }
         Ok(Step::Freeze(format!("{slug}-{n}")))
+    }
+
+    /// The last `--again` copy of `c` (`NAME-2`, `NAME-3`, …), or `c`:
+    /// what `--only-new` on the file sends.
+    async fn latest_copy(&self, c: CampaignRow) -> Result<CampaignRow> {
+        let mut latest = c;
+        let base = latest.slug.clone();
+        let mut n = 2;
+        while let Some(copy) =
+            db::campaign_by_slug(self.store.pool(), &format!("{base}-{n}")).await?
+        {
+            latest = copy;
+            n += 1;
+        }
+        Ok(latest)
     }
 
     /// A queued or half-sent campaign: resumed as frozen; `--at` moves a
