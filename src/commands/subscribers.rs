@@ -322,8 +322,10 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
         if let Some(l) = &e.list {
             line.push_str(&format!(" list={l}"));
         }
-        if let Some(c) = e.campaign_id {
-            line.push_str(&format!(" campaign={c}"));
+        match (&e.campaign, e.campaign_id) {
+            (Some(slug), _) => line.push_str(&format!(" campaign={slug}")),
+            (None, Some(id)) => line.push_str(&format!(" campaign={id}")),
+            (None, None) => {}
         }
         if let Some(d) = &e.detail {
             line.push_str(&format!(": {d}"));

@@ -1046,6 +1046,16 @@ impl super::Store {
         Ok(reopened)
     }
 
+    /// A campaign's slug (its name in messages), by id.
+    pub async fn campaign_slug(&self, campaign_id: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT slug FROM campaigns WHERE id = ?")
+                .bind(campaign_id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// The slugs of the lists a campaign goes to, in front matter order
     /// (for `status`).
     pub async fn campaign_list_slugs(&self, campaign_id: i64) -> Result<Vec<String>> {
