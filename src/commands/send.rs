@@ -566,13 +566,17 @@ impl Plan<'_> {
             println!("{slug}: every subscriber of {list} already has it; nothing to send");
             return Ok(Step::Done);
         }
+        let people = match first_time {
+            1 => "1 subscriber".to_string(),
+            n => format!("{n} subscribers"),
+        };
         let question = format!(
-            "Send \"{}\" to the {first_time} subscribers of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            "Send \"{}\" to the {people} of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
             c.subject,
             self.settings.transport.describe()
         );
         let refusal = format!(
-            "not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {list} for the first time; nobody twice)"
+            "not sending without confirmation: add --yes (would send {slug:?} to {people} of {list} for the first time; nobody twice)"
         );
         if !confirm(self.args.yes, &question, &refusal)? {
             println!("not sent");
