@@ -730,3 +730,31 @@ async fn people_exports_never_resubscribe_who_left() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// See: walkthrough report D. Mailchimp's `TAGS` cell (`"Board","Donor"`)
+/// is stored as `Board, Donor`, not with its quotes.
+#[tokio::test]
+async fn mailchimp_tags_are_stored_without_their_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("subscribed_members_export_1.csv");
+    std::fs::write(
+        &file,
+        "Email Address,First Name,Last Name,MEMBER_RATING,TAGS\n\
+         ann@example.org,Ann,Lee,2,\"\"\"Board\"\",\"\"Donor\"\"\"\n\
+         bo@example.org,Bo,Ek,2,\n",
+    )
+    .unwrap();
+    assert!(import(d, "t.db", &file, &[]).status.success());
+    let out = import(d, "t.db", &file, &["--dry-run"]);
+    assert!(
+        stdout(&out).contains("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
+        "{}",
+        stdout(&out)
+    );
+    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let ann = store.profile("ann@example.org").await.unwrap().unwrap();
+    assert_eq!(ann.subscriber.attributes["tags"], "Board, Donor");
+    let bo = store.profile("bo@example.org").await.unwrap().unwrap();
+    assert!(!bo.subscriber.attributes.contains_key("tags"));
+}

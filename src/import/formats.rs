@@ -137,6 +137,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
             | "dstoff",
         ) => Column::Ignored("Mailchimp's own data"),
         (Format::Mailchimp, "cc") => Column::Attribute("country_code".into()),
+        (Format::Mailchimp, "tags") => Column::Tags,
         (Format::Listmonk, "status") | (Format::Keila, "status") => Column::Status,
         (Format::Listmonk, "attributes") | (Format::Keila, "data") => Column::JsonAttributes,
         (Format::Listmonk | Format::Ghost | Format::Substack, "createdat") => Column::OptinTime,

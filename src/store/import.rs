@@ -264,6 +264,7 @@ fn parse_header(fields: &csv::ByteRecord, options: &ImportOptions) -> Result<Hea
         .iter()
         .map(|c| match c {
             Column::Attribute(k) => Some(Arc::from(k.as_str())),
+            Column::Tags => Some(Arc::from("tags")),
             _ => None,
         })
         .collect();
@@ -355,8 +356,11 @@ fn parse_row(header: &Header, record: &csv::ByteRecord, short: &mut bool) -> Res
             Column::ConfirmTime => row.consent.confirmed_at = time(i)?,
             Column::ConfirmIp => row.consent.confirmed_ip = ip(i)?,
             Column::ConsentSource => row.consent.source = ip(i)?,
-            Column::Attribute(_) => {
-                let v = clean(i, Field::Value)?;
+            Column::Attribute(_) | Column::Tags => {
+                let mut v = clean(i, Field::Value)?;
+                if *column == Column::Tags {
+                    v = import::mailchimp_tags(&v);
+                }
                 let key = header.keys[i].as_ref().expect("attribute column has a key");
                 if !v.is_empty() && !row.attributes.iter().any(|(k, _)| k == key) {
                     row.attributes.push((key.clone(), v));
