@@ -945,7 +945,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                     println!(
                         "{}  [{}]  {} {}  \"{}\"",
                         r.campaign,
-                        state_label(c),
+                        state_label(c, &r.transports),
                         if r.lists.len() > 1 { "lists" } else { "list" },
                         r.lists.join(", "),
                         r.subject
@@ -976,9 +976,15 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
 }
 
 /// A campaign's state as `status` prints it: a welcome mail is "welcome
-/// (active)" while people confirmed get it.
-fn state_label(c: &CampaignRow) -> String {
+/// (active)" while people confirmed get it; a finished campaign that only
+/// ever wrote to an outbox is "written".
+fn state_label(c: &CampaignRow, transports: &[crate::store::RunTransport]) -> String {
     match (c.welcome, c.status) {
+        (false, CampaignStatus::Finished)
+            if crate::store::RunTransport::only_outboxes(transports) =>
+        {
+            "written".into()
+        }
         (true, CampaignStatus::Sending) => "welcome (active)".into(),
         (true, status) => format!("welcome ({status})"),
         (false, status) => status.to_string(),
@@ -1034,9 +1040,8 @@ fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> S
     if status != "sent" || outboxes.is_empty() {
         return status.to_string();
     }
-    let every_run_wrote_files = outboxes.len() == transports.len();
     let outboxes = outboxes.join(", ");
-    if every_run_wrote_files {
+    if crate::store::RunTransport::only_outboxes(transports) {
         format!("written to the outbox {outboxes}")
     } else {
         format!("sent or written to the outbox {outboxes}")
