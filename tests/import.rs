@@ -646,6 +646,13 @@ async fn people_exports_never_resubscribe_who_left() {
         "{all}"
     );
     assert_eq!(reimport(d, "all.db", &[("all.csv", &all)]).await, mailable);
+    // The person's own status `active` includes who left every list; their
+    // rows still say what a re-import must do.
+    let active = export(d, "a.db", &["--status", "active"]);
+    assert_eq!(
+        reimport(d, "active.db", &[("active.csv", &active)]).await,
+        mailable
+    );
 
     // Mailchimp's layout: the default is the subscribed file, and says so.
     let out = bulletin(d)

@@ -135,6 +135,7 @@ impl Selection {
                 consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: mailable_somewhere!(),
+                // PERSON_STANDING, which is `active` for everyone here.
                 status: "s.status",
                 order: "s.id",
                 changed: "s.updated_at",
@@ -143,6 +144,7 @@ impl Selection {
                 consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: concat!("s.email IS NOT NULL AND ", left!()),
+                // PERSON_STANDING, which is `unsubscribed` for everyone here.
                 status: "'unsubscribed'",
                 order: "s.id",
                 changed: "s.updated_at",
@@ -151,16 +153,7 @@ impl Selection {
                 consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.email IS NOT NULL",
-                // The status a re-import must give: who left every list
-                // reads as unsubscribed, an active person mailable on no
-                // list (never subscribed, or only pending) as nonsubscribed.
-                status: concat!(
-                    "CASE WHEN ",
-                    left!(),
-                    " THEN 'unsubscribed' WHEN s.status = 'active' AND NOT ",
-                    mailable_somewhere!(),
-                    " THEN 'nonsubscribed' ELSE s.status END"
-                ),
+                status: PERSON_STANDING,
                 order: "s.id",
                 changed: "s.updated_at",
             },
@@ -168,7 +161,7 @@ impl Selection {
                 consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.status = ?1 AND s.email IS NOT NULL",
-                status: "s.status",
+                status: PERSON_STANDING,
                 order: "s.id",
                 changed: "s.updated_at",
             },
@@ -231,6 +224,18 @@ const LIST_CONSENT: &str = "(SELECT json_object('at', c.consent_at, 'ip', c.cons
      FROM consents c WHERE c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id) AS consent";
 /// Exports of people (not of a list) carry consent per subscription only.
 const NO_CONSENT: &str = "NULL AS consent";
+
+/// The status column of an export of people: what a re-import of the row
+/// must do. Who left every list reads as unsubscribed, an active person
+/// mailable on no list (never subscribed, or only pending) as
+/// nonsubscribed, anyone else as their own status.
+const PERSON_STANDING: &str = concat!(
+    "CASE WHEN ",
+    left!(),
+    " THEN 'unsubscribed' WHEN s.status = 'active' AND NOT ",
+    mailable_somewhere!(),
+    " THEN 'nonsubscribed' ELSE s.status END"
+);
 
 /// The SQL pieces of a selection.
 struct Clauses {
