@@ -765,3 +765,36 @@ async fn mailchimp_tags_are_stored_without_their_quotes() {
     let bo = store.profile("bo@example.org").await.unwrap().unwrap();
     assert!(!bo.subscriber.attributes.contains_key("tags"));
 }
+
+/// See: walkthrough report A. A person still on one list but who left
+/// another is in the default export of people; imported into the list they
+/// left, they stay left (the `lists` column says so).
+#[tokio::test]
+async fn who_left_one_list_stays_left_when_their_row_is_imported_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = bulletin(d)
+            .args(["--db", "a.db"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["init"]);
+    run(&["lists", "add", "news", "--name", "News"]);
+    run(&["lists", "add", "events", "--name", "Events"]);
+    for (email, list) in [
+        ("ann@example.org", "news"),
+        ("ann@example.org", "events"),
+        ("bo@example.org", "news"),
+        ("bo@example.org", "events"),
+    ] {
+        run(&["subscribers", "add", email, "--list", list]);
+    }
+    run(&["subscribers", "remove", "bo@example.org", "--list", "news"]);
+    let csv = export(d, "a.db", &[]);
+    assert!(csv.contains("news (unsubscribed)"), "{csv}");
+    let mailable = reimport(d, "b.db", &[("people.csv", &csv)]).await;
+    assert_eq!(mailable, HashSet::from(["ann@example.org".to_string()]));
+}

@@ -151,7 +151,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
         (Format::Csv, "confirmtime") => Column::ConfirmTime,
         (Format::Csv, "confirmip") => Column::ConfirmIp,
         (Format::Csv, "consentsource") => Column::ConsentSource,
-        (Format::Csv, "lists") => Column::Ignored("list memberships: import into each list"),
+        (Format::Csv, "lists") => Column::Lists,
         _ => {
             let key = attribute_key(name);
             if key.is_empty() {

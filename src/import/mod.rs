@@ -31,6 +31,9 @@ pub enum Column {
     ConsentSource,
     /// An attribute, under this (snake_case) key.
     Attribute(String),
+    /// bulletin's own `lists` column (`news (confirmed), offers
+    /// (unsubscribed)`): who left the list being imported into stays left.
+    Lists,
     /// Mailchimp's `TAGS` (`"Board","Donor"`): attribute `tags`, read by
     /// `mailchimp_tags` (`Board, Donor`).
     Tags,
@@ -53,6 +56,9 @@ impl std::fmt::Display for Column {
             Column::ConfirmIp => f.write_str("consent: confirmation IP"),
             Column::ConsentSource => f.write_str("consent: recorded by"),
             Column::Attribute(k) => write!(f, "attribute {{{{{k}}}}}"),
+            Column::Lists => {
+                f.write_str("standing on the list imported into (who left it stays left)")
+            }
             Column::Tags => f.write_str("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
             Column::Ignored(why) => write!(f, "not imported ({why})"),
         }
@@ -198,6 +204,17 @@ pub fn attribute_key(name: &str) -> String {
     key
 }
 
+/// What bulletin's `lists` cell (`news (confirmed), offers
+/// (unsubscribed)`) says about `list`: `Unsubscribed` when the person left
+/// it, else nothing (the row's status decides).
+pub fn membership_standing(lists: &str, list: &str) -> Option<Standing> {
+    lists
+        .split(", ")
+        .filter_map(|m| m.strip_suffix(')')?.split_once(" ("))
+        .any(|(slug, state)| slug == list && state == "unsubscribed")
+        .then_some(Standing::Unsubscribed)
+}
+
 /// Mailchimp's tags cell (`"Board","Donor"`, quotes doubled inside a tag)
 /// as a readable list: `Board, Donor`. A cell without quotes is kept.
 pub fn mailchimp_tags(value: &str) -> String {
@@ -311,6 +328,18 @@ mod tests {
         assert_eq!(attribute_key("favouriteColour"), "favourite_colour");
         assert_eq!(attribute_key(" Ville / Région "), "ville_région");
         assert_eq!(attribute_key("E-mail"), "e_mail");
+    }
+
+    #[test]
+    fn memberships_keep_who_left_the_list_left() {
+        let cell = "news (unsubscribed), offers (confirmed)";
+        assert_eq!(
+            membership_standing(cell, "news"),
+            Some(Standing::Unsubscribed)
+        );
+        assert_eq!(membership_standing(cell, "offers"), None);
+        assert_eq!(membership_standing(cell, "new"), None);
+        assert_eq!(membership_standing("", "news"), None);
     }
 
     #[test]
