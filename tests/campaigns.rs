@@ -403,6 +403,14 @@ async fn after_cancel_the_suggestions_lead_somewhere() {
         "{err}"
     );
     let new = add_people(&env, 1).await;
+    // The copy's name is not a file: the error names the command that works.
+    let by_name = env.run(&["send", "news-1-2", "--only-new", "--yes"]).await;
+    let err = text(&by_name.stderr);
+    assert!(
+        err.contains("news-1-2 is a campaign, not a file")
+            && err.contains("`bulletin send news-1.md --only-new`"),
+        "{err}"
+    );
     let out = env.ok(&["send", FILE, "--only-new", "--yes"]).await;
     assert!(out.contains("news-1-2"), "{out}");
     let messages = sink.messages();

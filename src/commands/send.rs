@@ -220,6 +220,9 @@ enum Step {
 }
 
 pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
+    if !args.campaign.exists() {
+        name_not_file(config, &args.campaign)?;
+    }
     let built = compile_file(config, &args.campaign)?;
     let file = args.campaign.display().to_string();
     for w in &built.compiled.warnings {
@@ -762,6 +765,29 @@ impl Plan<'_> {
         })?;
         Ok(db::campaign_by_id(pool, id).await?)
     }
+}
+
+/// `send NAME` where NAME is a campaign (an `--again` copy, say), not a
+/// file: an error naming the command that works. Nothing when no campaign
+/// has that name (reading the file then says what is wrong).
+fn name_not_file(config: &Config, path: &std::path::Path) -> Result<()> {
+    let name = path.to_string_lossy().into_owned();
+    let found = super::runtime()?.block_on(async {
+        let Ok(store) = super::open_store(config).await else {
+            return Ok::<_, anyhow::Error>(false);
+        };
+        Ok(db::campaign_by_slug(store.pool(), &name).await?.is_some())
+    })?;
+    if !found {
+        return Ok(());
+    }
+    let original = match name.rsplit_once('-') {
+        Some((base, n)) if n.parse::<u32>().is_ok_and(|n| n >= 2) => base,
+        _ => name.as_str(),
+    };
+    bail!(
+        "{name} is a campaign, not a file: `send` reads the campaign's file; `bulletin send {original}.md --only-new` (in its folder) sends the latest copy of {original} to who joined since, and `bulletin status {name}` shows it"
+    )
 }
 
 /// `bulletin cancel`: stops a scheduled, held or sending campaign.
