@@ -331,3 +331,10 @@ INSERT OR IGNORE INTO consents_rebuilt
     FROM consents;
 DROP TABLE consents;
 ALTER TABLE consents_rebuilt RENAME TO consents;
+
+-- step 11: a sent campaign stops going to newcomers
+
+-- When `bulletin cancel` ended a sent campaign's `resend_to_new` window
+-- (front matter `resend_until`, frozen in `compiled`): from then on nobody
+-- who joins gets it. NULL while the window runs as frozen.
+ALTER TABLE campaigns ADD COLUMN resend_closed_at INTEGER;

@@ -396,7 +396,7 @@ pub enum SubscribersCommand {
     Export {
         #[arg(long)]
         list: Option<String>,
-        /// Subscription or subscriber status to export [default: those who would receive mail]
+        /// Subscription or subscriber status to export, or all [default: those who would receive mail]
         #[arg(long)]
         status: Option<String>,
         /// csv (re-imports into bulletin), json (one object per line, for

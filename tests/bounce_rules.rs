@@ -210,9 +210,15 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     assert!(out.status.success(), "{out:?}");
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(
-        line.contains("hard bounce: subscriber") && line.contains("is now bounced"),
+        line.contains("hard bounce: hard@example.net is now bounced (campaign news-1)"),
         "{line}"
     );
+    // See: walkthrough report D. The history names the campaign, not its id.
+    let show = env
+        .run(&["subscribers", "show", "hard@example.net"], None)
+        .await;
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains(" campaign=news-1"), "{show}");
     // The same message again changes nothing.
     let out = env.run(&["bounces", "ingest"], Some(hard)).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("already processed"));
@@ -239,7 +245,7 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     .unwrap();
     let out = env.ok(&["bounces", "ingest", "arf.eml"]).await;
     assert!(
-        out.contains("complaint: subscriber") && out.contains("complained"),
+        out.contains("complaint: complainer@example.net is now complained (campaign news-1)"),
         "{out}"
     );
     let show = env
@@ -258,7 +264,7 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     .unwrap();
     let out = env.ok(&["bounces", "ingest", "leave.eml"]).await;
     assert!(
-        out.contains("unsubscribe by mail: subscriber") && out.contains("unsubscribed"),
+        out.contains("unsubscribe by mail: leaver@example.net unsubscribed"),
         "{out}"
     );
 
@@ -467,7 +473,10 @@ async fn only_signed_or_quoted_mail_changes_anyone() {
     let mut lines: Vec<(String, &str)> = vec![(people[2].clone(), "5.1.1")];
     lines.extend(people[3..11].iter().map(|p| (p.clone(), "5.1.1")));
     let out = ingest(report_to(&p002.mail_from, None, &lines)).await;
-    assert!(out.contains("hard bounce: subscriber"), "{out}");
+    assert!(
+        out.contains("hard bounce: p002@example.net is now bounced"),
+        "{out}"
+    );
     assert_eq!(status_of(&env, "p002@example.net").await, "bounced");
     for p in &people[3..11] {
         assert_eq!(status_of(&env, p).await, "active", "{p}");
@@ -486,7 +495,10 @@ async fn only_signed_or_quoted_mail_changes_anyone() {
     let mid = header(p020, "Message-ID");
     let lines = [("p020@forwarded.example".to_string(), "5.1.1")];
     let out = ingest(report_to("bounces@alliance.example", Some(&mid), &lines)).await;
-    assert!(out.contains("hard bounce: subscriber"), "{out}");
+    assert!(
+        out.contains("hard bounce: p020@example.net is now bounced"),
+        "{out}"
+    );
     assert_eq!(status_of(&env, "p020@example.net").await, "bounced");
 
     // p030's Message-ID with one character of its signature changed.

@@ -117,7 +117,12 @@ async fn cancel_a_scheduled_campaign_sends_nothing() {
     env.subscribers(3, &[]).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     env.ok(&["send", FILE, "--yes", "--at", &at]).await;
-    env.ok(&["cancel", FILE]).await;
+    let cancel = env.ok(&["cancel", FILE]).await;
+    // See: walkthrough report D ("0 not sent" for a campaign not started).
+    assert!(
+        cancel.contains("cancelled before it started; nobody had been mailed yet"),
+        "{cancel}"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     env.ok(&["dispatch"]).await;
     assert_eq!(sink.messages().len(), 0);
@@ -352,6 +357,125 @@ async fn dispatch_sends_to_new_people_while_the_campaign_opts_in() {
     assert_eq!(status_json(&env).await["status"], "sent");
     env.ok(&["dispatch"]).await;
     assert_eq!(sink.messages().len(), 7, "nobody twice");
+}
+
+/// See: walkthrough report C. After `cancel`, `send` on the file does not
+/// suggest `--only-new` (which would refuse), and once `--again` made
+/// `news-1-2`, `--only-new` on the file sends that copy to the newcomers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_cancel_the_suggestions_lead_somewhere() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    env.ok(&["send", FILE, "--yes", "--at", &at]).await;
+    env.ok(&["cancel", "news-1"]).await;
+
+    let plain = env.run(&["send", FILE, "--yes"]).await;
+    let err = text(&plain.stderr);
+    assert!(!plain.status.success());
+    assert!(err.contains("was already cancelled"), "{err}");
+    assert!(!err.contains("--only-new"), "{err}");
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --again`")),
+        "{err}"
+    );
+    let only_new = env.run(&["send", FILE, "--only-new", "--yes"]).await;
+    let err = text(&only_new.stderr);
+    assert!(
+        err.contains("was cancelled, so it goes to nobody new"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --again`")),
+        "{err}"
+    );
+
+    // Following the suggestion works, and so does --only-new afterwards.
+    let again = env.ok(&["send", FILE, "--again", "--yes"]).await;
+    assert!(again.contains("news-1-2"), "{again}");
+    assert_eq!(sink.messages().len(), 2);
+    let plain = env.run(&["send", FILE, "--yes"]).await;
+    let err = text(&plain.stderr);
+    assert!(err.contains("(latest copy: news-1-2)"), "{err}");
+    assert!(
+        err.contains(&format!("`bulletin send {FILE} --only-new` sends news-1-2")),
+        "{err}"
+    );
+    let new = add_people(&env, 1).await;
+    // The copy's name is not a file: the error names the command that works.
+    let by_name = env.run(&["send", "news-1-2", "--only-new", "--yes"]).await;
+    let err = text(&by_name.stderr);
+    assert!(
+        err.contains("news-1-2 is a campaign, not a file")
+            && err.contains("`bulletin send news-1.md --only-new`"),
+        "{err}"
+    );
+    let out = env.ok(&["send", FILE, "--only-new", "--yes"]).await;
+    assert!(out.contains("news-1-2"), "{out}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[2].rcpt_to, new);
+}
+
+/// See: walkthrough report B. `cancel` on a sent campaign that still mails
+/// newcomers ends that window: what went out stays, nobody who joins later
+/// gets it, and `status` says so (it said "mails newcomers until" before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_newcomer_window_of_a_sent_campaign() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(3, &[]).await;
+    let path = env.dir.path().join(FILE);
+    let until = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
+    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
+        "list = \"news\"\n",
+        &format!("list = \"news\"\nresend_to_new = true\nresend_until = \"{until}\"\n"),
+        1,
+    );
+    std::fs::write(&path, opted_in).unwrap();
+    env.ok(&["send", FILE, "--yes"]).await;
+    assert_eq!(sink.messages().len(), 3);
+    let open = status_json(&env).await;
+    assert_eq!(open["status"], "sent");
+    assert!(open["mails_newcomers_until"].is_string(), "{open}");
+    let table = env.ok(&["status", "news-1"]).await;
+    assert!(table.contains("mails newcomers until "), "{table}");
+
+    // --replace points at cancel, and cancel does it.
+    let replace = env.run(&["send", FILE, "--replace", "--yes"]).await;
+    assert!(
+        text(&replace.stderr)
+            .contains("`bulletin cancel news-1` stops sending it to people who join"),
+        "{replace:?}"
+    );
+    let new = add_people(&env, 1).await;
+    let cancel = env.ok(&["cancel", "news-1"]).await;
+    assert!(
+        cancel.contains("no longer sent to people who join"),
+        "{cancel}"
+    );
+    assert!(cancel.contains("the 3 messages sent stay"), "{cancel}");
+    env.ok(&["dispatch"]).await;
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 3, "{new:?} got nothing");
+    assert!(!per_recipient(&messages).contains_key(&new[0]));
+
+    let closed = status_json(&env).await;
+    assert_eq!(closed["status"], "sent");
+    assert!(closed.get("mails_newcomers_until").is_none(), "{closed}");
+    assert!(closed["newcomers_ended_at"].is_string(), "{closed}");
+    let table = env.ok(&["status", "news-1"]).await;
+    assert!(
+        table.contains("no longer sent to newcomers (cancelled "),
+        "{table}"
+    );
+    // Over now: a second cancel is refused.
+    let again = env.run(&["cancel", "news-1"]).await;
+    assert!(
+        text(&again.stderr).contains("cannot be cancelled: it is already finished"),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

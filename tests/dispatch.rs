@@ -591,6 +591,47 @@ async fn quickstart_sends_the_example_to_the_outbox() {
             .count(),
         25
     );
+    // See: walkthrough report D. `report` and `status` say written, not sent.
+    let bulletin = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.current_dir(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for args in [
+        &["report", "2026-11-ebulletin"][..],
+        &["report", "2026-11-ebulletin", "--format", "csv"],
+        &[
+            "report",
+            "2026-11-ebulletin",
+            "--state",
+            "written",
+            "--format",
+            "json",
+        ],
+        &["status", "2026-11-ebulletin"],
+    ] {
+        let text = bulletin(args);
+        assert!(text.contains("written"), "{args:?}: {text}");
+        assert!(
+            !text.replace("\"sent\"", "").contains("sent"),
+            "{args:?}: outbox files are never called sent: {text}"
+        );
+    }
+    let json = bulletin(&[
+        "report",
+        "2026-11-ebulletin",
+        "--state",
+        "written",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json.lines().count(), 25, "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

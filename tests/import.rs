@@ -585,3 +585,214 @@ async fn web_confirmation_click_is_a_consent_record() {
         "{csv}"
     );
 }
+
+/// The addresses of a Mailchimp fixture file.
+fn fixture_emails(kind: &str) -> HashSet<String> {
+    rows(&mailchimp_file(kind))
+        .into_iter()
+        .map(|r| r["Email Address"].clone())
+        .collect()
+}
+
+/// Imports `files` in order into a new database `db` (onto `news`) and
+/// returns who is mailable there.
+async fn reimport(d: &Path, db: &str, files: &[(&str, &str)]) -> HashSet<String> {
+    for (name, text) in files {
+        let file = d.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = import(d, db, &file, &[]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    mailable_on_news(&Store::open_existing(&d.join(db)).await.unwrap()).await
+}
+
+/// See: walkthrough report A. `subscribers export` without `--list` holds
+/// only people who would get mail; `--status all` marks who left every list
+/// as unsubscribed; the Mailchimp format is Mailchimp's subscribed,
+/// unsubscribed and cleaned files. Export → import into an empty database
+/// → nobody who left is mailable, in both formats.
+#[tokio::test]
+async fn people_exports_never_resubscribe_who_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(import(d, "a.db", &mailchimp_zip(d), &[]).status.success());
+    let mailable = mailable_on_news(&Store::open_existing(&d.join("a.db")).await.unwrap()).await;
+    let left: HashSet<String> = fixture_emails("unsubscribed")
+        .union(&fixture_emails("cleaned"))
+        .cloned()
+        .collect();
+    assert!(!mailable.is_empty() && mailable.is_disjoint(&left));
+
+    // bulletin's CSV: the default export, then everyone.
+    let csv = export(d, "a.db", &[]);
+    assert!(!csv.contains("(unsubscribed)"), "{csv}");
+    assert_eq!(
+        reimport(d, "csv.db", &[("everyone.csv", &csv)]).await,
+        mailable
+    );
+    let all = export(d, "a.db", &["--status", "all"]);
+    assert!(
+        all.contains("unsub00@example.org,Ann Lee,unsubscribed,news (unsubscribed)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("clean00@example.org,Ann Lee,bounced,"),
+        "{all}"
+    );
+    assert_eq!(reimport(d, "all.db", &[("all.csv", &all)]).await, mailable);
+    // The person's own status `active` includes who left every list; their
+    // rows still say what a re-import must do.
+    let active = export(d, "a.db", &["--status", "active"]);
+    assert_eq!(
+        reimport(d, "active.db", &[("active.csv", &active)]).await,
+        mailable
+    );
+
+    // Mailchimp's layout: the default is the subscribed file, and says so.
+    let out = bulletin(d)
+        .args([
+            "--db",
+            "a.db",
+            "subscribers",
+            "export",
+            "--format",
+            "mailchimp",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subscribed people only"));
+    let subscribed = stdout(&out);
+    for email in &left {
+        assert!(
+            !subscribed.contains(email.as_str()),
+            "{email}: {subscribed}"
+        );
+    }
+    let unsubscribed = export(
+        d,
+        "a.db",
+        &["--format", "mailchimp", "--status", "unsubscribed"],
+    );
+    assert!(
+        unsubscribed
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",UNSUB_TIME"),
+        "{unsubscribed}"
+    );
+    let cleaned = export(d, "a.db", &["--format", "mailchimp", "--status", "bounced"]);
+    assert!(
+        cleaned.lines().next().unwrap().ends_with(",CLEAN_TIME"),
+        "{cleaned}"
+    );
+    for email in fixture_emails("unsubscribed") {
+        assert!(unsubscribed.contains(&email), "{email}: {unsubscribed}");
+    }
+    for email in fixture_emails("cleaned") {
+        assert!(cleaned.contains(&email), "{email}: {cleaned}");
+    }
+    // The unsubscribed and cleaned files are recognised by their columns,
+    // whatever their names, and imported first they still hold.
+    let files = [
+        ("people-unsub.csv", unsubscribed.as_str()),
+        ("people-cleaned.csv", cleaned.as_str()),
+        ("everyone-mc.csv", subscribed.as_str()),
+    ];
+    assert_eq!(reimport(d, "mc.db", &files).await, mailable);
+    let back = export(d, "mc.db", &["--status", "unsubscribed"]);
+    for email in fixture_emails("unsubscribed") {
+        assert!(back.contains(&email), "{email} recorded as left: {back}");
+    }
+    let back = export(d, "mc.db", &["--status", "bounced"]);
+    for email in fixture_emails("cleaned") {
+        assert!(back.contains(&email), "{email} recorded as cleaned: {back}");
+    }
+
+    // A subscription state needs a list; Mailchimp has no pending file.
+    for (args, says) in [
+        (
+            &["--status", "confirmed"][..],
+            "--status confirmed: a subscription state belongs to one list; add --list SLUG",
+        ),
+        (
+            &["--format", "mailchimp", "--status", "all"][..],
+            "--status all with --format mailchimp",
+        ),
+    ] {
+        let out = bulletin(d)
+            .args(["--db", "a.db", "subscribers", "export"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+/// See: walkthrough report D. Mailchimp's `TAGS` cell (`"Board","Donor"`)
+/// is stored as `Board, Donor`, not with its quotes.
+#[tokio::test]
+async fn mailchimp_tags_are_stored_without_their_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("subscribed_members_export_1.csv");
+    std::fs::write(
+        &file,
+        "Email Address,First Name,Last Name,MEMBER_RATING,TAGS\n\
+         ann@example.org,Ann,Lee,2,\"\"\"Board\"\",\"\"Donor\"\"\"\n\
+         bo@example.org,Bo,Ek,2,\n",
+    )
+    .unwrap();
+    assert!(import(d, "t.db", &file, &[]).status.success());
+    let out = import(d, "t.db", &file, &["--dry-run"]);
+    assert!(
+        stdout(&out).contains("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
+        "{}",
+        stdout(&out)
+    );
+    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let ann = store.profile("ann@example.org").await.unwrap().unwrap();
+    assert_eq!(ann.subscriber.attributes["tags"], "Board, Donor");
+    let bo = store.profile("bo@example.org").await.unwrap().unwrap();
+    assert!(!bo.subscriber.attributes.contains_key("tags"));
+}
+
+/// See: walkthrough report A. A person still on one list but who left
+/// another is in the default export of people; imported into the list they
+/// left, they stay left (the `lists` column says so).
+#[tokio::test]
+async fn who_left_one_list_stays_left_when_their_row_is_imported_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = bulletin(d)
+            .args(["--db", "a.db"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["init"]);
+    run(&["lists", "add", "news", "--name", "News"]);
+    run(&["lists", "add", "events", "--name", "Events"]);
+    for (email, list) in [
+        ("ann@example.org", "news"),
+        ("ann@example.org", "events"),
+        ("bo@example.org", "news"),
+        ("bo@example.org", "events"),
+    ] {
+        run(&["subscribers", "add", email, "--list", list]);
+    }
+    run(&["subscribers", "remove", "bo@example.org", "--list", "news"]);
+    let csv = export(d, "a.db", &[]);
+    assert!(csv.contains("news (unsubscribed)"), "{csv}");
+    let mailable = reimport(d, "b.db", &[("people.csv", &csv)]).await;
+    assert_eq!(mailable, HashSet::from(["ann@example.org".to_string()]));
+}

@@ -168,7 +168,7 @@ async fn two_lists_of_300_with_100_in_common_get_500_messages_each_person_once()
     add_to(&env, "partners", &people(0..1)).await;
     let asked = env.run(&["send", FILE, "--only-new"]).await;
     assert!(
-        text(&asked.stderr).contains("to 1 subscribers of ebulletin, partners for the first time"),
+        text(&asked.stderr).contains("to 1 subscriber of ebulletin, partners for the first time"),
         "{asked:?}"
     );
     env.ok(&["send", FILE, "--only-new", "--yes"]).await;

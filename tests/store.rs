@@ -629,7 +629,7 @@ fn cli_end_to_end() {
         (code, out.as_str()),
         (
             Some(0),
-            "created database x.db (set by --db flag)\ncreated list news (double opt-in)\n"
+            "created database x.db (set by --db flag)\ncreated list news (double opt-in, not public)\n"
         )
     );
     // A double opt-in list: the confirmation email goes out (here to an

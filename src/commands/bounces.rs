@@ -385,11 +385,29 @@ impl Ingest {
             Action::Complaint { .. } => "complaint",
             Action::Unsubscribe { .. } => "unsubscribe by mail",
         };
+        // The address, as every CLI line names a person (the mail log that
+        // runs this holds it already); an erased person has none.
+        let who = match self
+            .store
+            .subscriber_by_id(sub)
+            .await?
+            .and_then(|s| s.email)
+        {
+            Some(email) => email,
+            None => format!("subscriber {sub} (erased)"),
+        };
+        let from = match campaign {
+            Some(id) => match self.store.campaign_slug(id).await? {
+                Some(slug) => format!(" (campaign {slug})"),
+                None => String::new(),
+            },
+            None => String::new(),
+        };
         let result = match applied {
             None => "already processed".to_string(),
-            Some(Applied::Status(s)) => format!("subscriber {sub} is now {s}"),
-            Some(Applied::Unsubscribed) => format!("subscriber {sub} unsubscribed"),
-            Some(Applied::Recorded) => format!("recorded for subscriber {sub}"),
+            Some(Applied::Status(s)) => format!("{who} is now {s}{from}"),
+            Some(Applied::Unsubscribed) => format!("{who} unsubscribed{from}"),
+            Some(Applied::Recorded) => format!("recorded for {who}{from}"),
         };
         Ok(format!("{what}: {result}"))
     }

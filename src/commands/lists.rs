@@ -36,7 +36,7 @@ pub(crate) fn run(config: &Config, args: &ListsArgs) -> Result<ExitCode> {
                     )
                     .await
                     .map_err(db)?;
-                println!("created list {} ({})", list.slug, flags(&list));
+                println!("created list {} ({})", list.slug, settings_words(&list));
             }
             Some(ListsCommand::Rename { slug, new_slug }) => {
                 let list = store.rename_list(slug, new_slug).await.map_err(db)?;
@@ -110,11 +110,23 @@ async fn edit(
         list.slug,
         list.name,
         list.description,
-        flags(&list)
+        settings_words(&list)
     );
     Ok(())
 }
 
+/// A list's settings in words, for a sentence: both always named.
+fn settings_words(list: &store::List) -> String {
+    let opt_in = if list.double_opt_in {
+        "double opt-in"
+    } else {
+        "single opt-in"
+    };
+    let public = if list.public { "public" } else { "not public" };
+    format!("{opt_in}, {public}")
+}
+
+/// A list's settings for the FLAGS column: only those that are on.
 fn flags(list: &store::List) -> String {
     let mut f = Vec::new();
     if list.double_opt_in {

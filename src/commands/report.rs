@@ -2,6 +2,8 @@
 //! state, attempts, last reply from the server, time, the list through
 //! which they got it), failures and
 //! unknowns first, streamed from the store as a table, CSV or JSON lines.
+//! A campaign whose every run wrote to an outbox shows `written`, never
+//! `sent`.
 
 use std::process::ExitCode;
 
@@ -10,24 +12,34 @@ use futures_util::TryStreamExt as _;
 
 use super::setup::{find_campaign, fmt_time, iso_time};
 use crate::cli::{ReportArgs, ReportFormat};
+use crate::store::RunTransport;
 use crate::store::deliveries::{REPORT_ORDER, ReportRow};
+
+/// The state of a `sent` row of a campaign that only ever wrote files.
+const WRITTEN: &str = "written";
 
 /// What an erased person's address shows as.
 const ERASED: &str = "(erased)";
 
 pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<ExitCode> {
-    if let Some(state) = &args.state
-        && !REPORT_ORDER.contains(&state.as_str())
+    // `written` is how an outbox campaign's `sent` rows show.
+    let state = args
+        .state
+        .as_deref()
+        .map(|s| if s == WRITTEN { "sent" } else { s });
+    if let Some(state) = state
+        && !REPORT_ORDER.contains(&state)
     {
         bail!(
-            "--state {state:?}: not a delivery state; use one of {}",
+            "--state {state:?}: not a delivery state; use one of {} ({WRITTEN} for sent to an outbox)",
             REPORT_ORDER.join(", ")
         );
     }
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
         let campaign = find_campaign(&store, &args.campaign).await?;
-        let mut rows = store.report(campaign.id, args.state.clone());
+        let written = RunTransport::only_outboxes(&store.run_transports(campaign.id).await?);
+        let mut rows = store.report(campaign.id, state.map(str::to_string));
         match args.format {
             ReportFormat::Table => println!(
                 "{:<40} {:<9} {:>8}  {:<22} {:<16} last reply",
@@ -37,7 +49,10 @@ pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<E
             ReportFormat::Json => {}
         }
         let mut count = 0u64;
-        while let Some(row) = rows.try_next().await? {
+        while let Some(mut row) = rows.try_next().await? {
+            if written && row.state == "sent" {
+                row.state = WRITTEN.into();
+            }
             println!("{}", line(args.format, &row)?);
             count += 1;
         }

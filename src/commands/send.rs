@@ -263,7 +263,7 @@ struct Plan<'a> {
 enum Step {
     /// Run (or report as scheduled) this campaign; `moved`: its time or
     /// content was just changed by this command.
-    Run(CampaignRow, bool),
+    Run(Box<CampaignRow>, bool),
     /// Freeze a new campaign under this slug (`--again`: `NAME-2`).
     Freeze(String),
     /// Nothing to do (declined, or nothing new); already printed.
@@ -271,6 +271,9 @@ enum Step {
 }
 
 pub(crate) fn send(config: &Config, args: &SendArgs) -> Result<ExitCode> {
+    if !args.campaign.exists() {
+        name_not_file(config, &args.campaign)?;
+    }
     let built = compile_file(config, &args.campaign)?;
     let file = args.campaign.display().to_string();
     for w in &built.compiled.warnings {
@@ -370,13 +373,13 @@ impl Plan<'_> {
             ),
             None => Step::Freeze(slug.clone()),
             Some(c) if args.replace => self.replace(c).await?,
-            Some(c) if args.only_new => self.only_new(c).await?,
+            Some(c) if args.only_new => self.only_new(self.latest_copy(c).await?).await?,
             Some(c) if c.status.is_over() => self.again(c).await?,
             Some(c) => self.resume(c).await?,
         };
         let (campaign, moved) = match step {
             Step::Done => return Ok(ExitCode::SUCCESS),
-            Step::Run(c, moved) => (c, moved),
+            Step::Run(c, moved) => (*c, moved),
             Step::Freeze(slug) => match self.freeze(&slug).await? {
                 Some(c) => (c, false),
                 None => return Ok(ExitCode::SUCCESS),
@@ -580,8 +583,15 @@ impl Plan<'_> {
             })
             .await?;
         if let Replace::Refused(status, attempted) = replaced {
+            let stop = match status {
+                _ if c.mails_newcomers_until(self.now).is_some() => {
+                    format!("`bulletin cancel {slug}` stops sending it to people who join, then ")
+                }
+                CampaignStatus::Finished | CampaignStatus::Cancelled => String::new(),
+                _ => format!("`bulletin cancel {slug}` stops it, then "),
+            };
             bail!(
-                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; `bulletin cancel {slug}` stops it, then send the correction under a new file name"
+                "campaign {slug} cannot be replaced: it is {status} and {attempted} messages already went out; {stop}send the correction under a new file name"
             );
         }
         println!(
@@ -589,16 +599,18 @@ impl Plan<'_> {
             self.file, self.built.campaign.subject
         );
         let c = self.store.campaign_by_id(c.id).await?.expect("exists");
-        Ok(Step::Run(c, true))
+        Ok(Step::Run(Box::new(c), true))
     }
 
     /// `--only-new`: the people of the list with no row for it, once.
     async fn only_new(&self, c: CampaignRow) -> Result<Step> {
         let (slug, list) = (&c.slug, &self.frozen_lists_text(&c).await?);
         match c.status {
-            CampaignStatus::Cancelled => {
-                bail!("campaign {slug} was cancelled; it is not sent to anyone any more")
-            }
+            CampaignStatus::Cancelled => bail!(
+                "campaign {slug} was cancelled, so it goes to nobody new; `bulletin send {} --again` sends it to everyone on {list} as a new campaign (the {} who got it too)",
+                self.file,
+                self.store.received_count(c.id).await?
+            ),
             CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
                 "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
                 c.status,
@@ -611,13 +623,17 @@ impl Plan<'_> {
             println!("{slug}: every subscriber of {list} already has it; nothing to send");
             return Ok(Step::Done);
         }
+        let people = match first_time {
+            1 => "1 subscriber".to_string(),
+            n => format!("{n} subscribers"),
+        };
         let question = format!(
-            "Send \"{}\" to the {first_time} subscribers of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
+            "Send \"{}\" to the {people} of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
             c.subject,
             self.settings.transport.describe()
         );
         let refusal = format!(
-            "not sending without confirmation: add --yes (would send {slug:?} to {first_time} subscribers of {list} for the first time; nobody twice)"
+            "not sending without confirmation: add --yes (would send {slug:?} to {people} of {list} for the first time; nobody twice)"
         );
         if !confirm(self.args.yes, &question, &refusal)? {
             println!("not sent");
@@ -627,7 +643,7 @@ impl Plan<'_> {
             .set_campaign_status(c.id, CampaignStatus::Sending, self.now)
             .await?;
         let c = self.store.campaign_by_id(c.id).await?.expect("exists");
-        Ok(Step::Run(c, false))
+        Ok(Step::Run(Box::new(c), false))
     }
 
     /// A sent or cancelled campaign: refused, unless `--again` (a new
@@ -635,8 +651,22 @@ impl Plan<'_> {
     async fn again(&self, c: CampaignRow) -> Result<Step> {
         let slug = &c.slug;
         if !self.args.again {
+            let latest = self.latest_copy(c.clone()).await?;
+            let file = &self.file;
+            let copy = if latest.id == c.id {
+                String::new()
+            } else {
+                format!(" (latest copy: {})", latest.slug)
+            };
+            let only_new = match latest.status {
+                CampaignStatus::Cancelled => String::new(),
+                _ => format!(
+                    "`bulletin send {file} --only-new` sends {} to who joined since; ",
+                    latest.slug
+                ),
+            };
             bail!(
-                "campaign {slug} was already {} ({}); `--only-new` sends it to who joined since, `--again` to everyone once more as a new campaign",
+                "campaign {slug} was already {} ({}){copy}; {only_new}`bulletin send {file} --again` sends it to everyone once more as a new campaign",
                 if c.status == CampaignStatus::Cancelled {
                     "cancelled"
                 } else {
@@ -669,6 +699,19 @@ impl Plan<'_> {
         Ok(Step::Freeze(format!("{slug}-{n}")))
     }
 
+    /// The last `--again` copy of `c` (`NAME-2`, `NAME-3`, …), or `c`:
+    /// what `--only-new` on the file sends.
+    async fn latest_copy(&self, c: CampaignRow) -> Result<CampaignRow> {
+        let mut latest = c;
+        let base = latest.slug.clone();
+        let mut n = 2;
+        while let Some(copy) = self.store.campaign_by_slug(&format!("{base}-{n}")).await? {
+            latest = copy;
+            n += 1;
+        }
+        Ok(latest)
+    }
+
     /// A queued or half-sent campaign: resumed as frozen; `--at` moves a
     /// scheduled or held one (asking first when the time is not ahead).
     async fn resume(&self, c: CampaignRow) -> Result<Step> {
@@ -680,7 +723,7 @@ impl Plan<'_> {
         }
         let movable = matches!(c.status, CampaignStatus::Scheduled | CampaignStatus::Held);
         if self.args.at.is_none() || !movable || c.send_at == self.send_at {
-            return Ok(Step::Run(c, false));
+            return Ok(Step::Run(Box::new(c), false));
         }
         let at = fmt_time(self.send_at);
         if self.send_at <= self.now
@@ -702,7 +745,7 @@ impl Plan<'_> {
         }
         println!("{slug}: moved from {} to {at}", fmt_time(c.send_at));
         let c = self.store.campaign_by_id(c.id).await?.expect("exists");
-        Ok(Step::Run(c, true))
+        Ok(Step::Run(Box::new(c), true))
     }
 
     /// The prompt's lines for the placeholders without fallback that some
@@ -781,6 +824,29 @@ impl Plan<'_> {
     }
 }
 
+/// `send NAME` where NAME is a campaign (an `--again` copy, say), not a
+/// file: an error naming the command that works. Nothing when no campaign
+/// has that name (reading the file then says what is wrong).
+fn name_not_file(config: &Config, path: &std::path::Path) -> Result<()> {
+    let name = path.to_string_lossy().into_owned();
+    let found = super::runtime()?.block_on(async {
+        let Ok(store) = super::open_store(config).await else {
+            return Ok::<_, anyhow::Error>(false);
+        };
+        Ok(store.campaign_by_slug(&name).await?.is_some())
+    })?;
+    if !found {
+        return Ok(());
+    }
+    let original = match name.rsplit_once('-') {
+        Some((base, n)) if n.parse::<u32>().is_ok_and(|n| n >= 2) => base,
+        _ => name.as_str(),
+    };
+    bail!(
+        "{name} is a campaign, not a file: `send` reads the campaign's file; `bulletin send {original}.md --only-new` (in its folder) sends the latest copy of {original} to who joined since, and `bulletin status {name}` shows it"
+    )
+}
+
 /// `bulletin cancel`: stops a scheduled, held or sending campaign.
 pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
@@ -791,6 +857,23 @@ pub(crate) fn cancel(config: &Config, args: &CancelArgs) -> Result<ExitCode> {
                 println!(
                     "{}: welcome mail stopped; nobody confirmed from now on gets it, {dropped} waiting for it not sent, {} sent before; `bulletin report {}` lists who got it",
                     campaign.slug,
+                    store.received_count(campaign.id).await?,
+                    campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::Done { .. } if campaign.started_at.is_none() => {
+                println!(
+                    "{}: cancelled before it started; nobody had been mailed yet",
+                    campaign.slug
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Cancel::NewcomersEnded { until } => {
+                println!(
+                    "{}: no longer sent to people who join (it would have been until {}); the {} messages sent stay; `bulletin report {}` lists who got it",
+                    campaign.slug,
+                    fmt_time(until),
                     store.received_count(campaign.id).await?,
                     campaign.slug
                 );
@@ -894,6 +977,13 @@ struct StatusReport {
     bounces: i64,
     complaints: i64,
     unsubscribes: i64,
+    /// `resend_to_new`: until when people who join its lists still get it
+    /// (absent once the window is over or `cancel` ended it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mails_newcomers_until: Option<String>,
+    /// When `cancel` ended that window early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newcomers_ended_at: Option<String>,
 }
 
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
@@ -907,6 +997,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 bail!("no campaign named {name:?}; `bulletin status` lists them all");
             }
         }
+        let now = crate::store::now();
         let mut reports = Vec::new();
         for c in &campaigns {
             let since = c.started_at.unwrap_or(c.send_at);
@@ -927,6 +1018,8 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 bounces: store.events_since(c.id, "bounced", since).await?,
                 complaints: store.events_since(c.id, "complained", since).await?,
                 unsubscribes: store.events_since(c.id, "unsubscribed", since).await?,
+                mails_newcomers_until: c.mails_newcomers_until(now).map(iso_time),
+                newcomers_ended_at: c.resend_closed_at.map(iso_time),
             });
         }
         match args.format {
@@ -943,12 +1036,12 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                     println!(
                         "{}  [{}]  {} {}  \"{}\"",
                         r.campaign,
-                        state_label(c),
+                        state_label(c, &r.transports),
                         if r.lists.len() > 1 { "lists" } else { "list" },
                         r.lists.join(", "),
                         r.subject
                     );
-                    println!("  {}", when(c));
+                    println!("  {}", when(c, now));
                     let counts: Vec<String> = r
                         .deliveries
                         .iter()
@@ -974,9 +1067,15 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
 }
 
 /// A campaign's state as `status` prints it: a welcome mail is "welcome
-/// (active)" while people confirmed get it.
-fn state_label(c: &CampaignRow) -> String {
+/// (active)" while people confirmed get it; a finished campaign that only
+/// ever wrote to an outbox is "written".
+fn state_label(c: &CampaignRow, transports: &[crate::store::RunTransport]) -> String {
     match (c.welcome, c.status) {
+        (false, CampaignStatus::Finished)
+            if crate::store::RunTransport::only_outboxes(transports) =>
+        {
+            "written".into()
+        }
         (true, CampaignStatus::Sending) => "welcome (active)".into(),
         (true, status) => format!("welcome ({status})"),
         (false, status) => status.to_string(),
@@ -984,7 +1083,7 @@ fn state_label(c: &CampaignRow) -> String {
 }
 
 /// A campaign's times in words: frozen, due, started, finished or cancelled.
-fn when(c: &CampaignRow) -> String {
+fn when(c: &CampaignRow, now: i64) -> String {
     let mut parts = vec![format!("frozen {}", fmt_time(c.created_at))];
     match c.status {
         _ if c.welcome => {
@@ -1009,6 +1108,14 @@ fn when(c: &CampaignRow) -> String {
         (CampaignStatus::Finished, Some(t)) => parts.push(format!("finished {}", fmt_time(t))),
         _ => {}
     }
+    if let Some(until) = c.mails_newcomers_until(now) {
+        parts.push(format!("mails newcomers until {}", fmt_time(until)));
+    } else if let Some(t) = c.resend_closed_at {
+        parts.push(format!(
+            "no longer sent to newcomers (cancelled {})",
+            fmt_time(t)
+        ));
+    }
     parts.join("; ")
 }
 
@@ -1024,9 +1131,8 @@ fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> S
     if status != "sent" || outboxes.is_empty() {
         return status.to_string();
     }
-    let every_run_wrote_files = outboxes.len() == transports.len();
     let outboxes = outboxes.join(", ");
-    if every_run_wrote_files {
+    if crate::store::RunTransport::only_outboxes(transports) {
         format!("written to the outbox {outboxes}")
     } else {
         format!("sent or written to the outbox {outboxes}")

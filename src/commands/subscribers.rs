@@ -322,8 +322,10 @@ async fn show(store: &Store, config: &Config, email: &str) -> Result<()> {
         if let Some(l) = &e.list {
             line.push_str(&format!(" list={l}"));
         }
-        if let Some(c) = e.campaign_id {
-            line.push_str(&format!(" campaign={c}"));
+        match (&e.campaign, e.campaign_id) {
+            (Some(slug), _) => line.push_str(&format!(" campaign={slug}")),
+            (None, Some(id)) => line.push_str(&format!(" campaign={id}")),
+            (None, None) => {}
         }
         if let Some(d) = &e.detail {
             line.push_str(&format!(": {d}"));
@@ -630,7 +632,21 @@ async fn export(
         Some(slug) => Some(store.require_list(slug).await.map_err(&db)?.id),
         None => None,
     };
+    let mailchimp_file = match format {
+        ExportFormat::Mailchimp => Some(MailchimpFile::for_status(status)?),
+        _ => None,
+    };
+    let status = match mailchimp_file {
+        Some(MailchimpFile::Cleaned) => Some("bounced"),
+        _ => status,
+    };
     let selection = Selection::new(list_id, status)?;
+    if mailchimp_file == Some(MailchimpFile::Subscribed) && list.is_none() {
+        eprintln!(
+            "exporting subscribed people only (mailable on at least one list), as Mailchimp's subscribed file; \
+             --status unsubscribed and --status bounced export the unsubscribed and cleaned files"
+        );
+    }
     let keys = store.attribute_keys(&selection).await.map_err(&db)?;
     let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if format == ExportFormat::Json {
@@ -648,12 +664,18 @@ async fn export(
         stdout.write_all("\u{feff}".as_bytes())?;
     }
     let mut out = csv::Writer::from_writer(stdout);
-    let header = export_header(format, list.is_some(), &keys);
+    let time_column = mailchimp_file.and_then(MailchimpFile::time_column);
+    let mut header = export_header(format, list.is_some(), &keys);
+    header.extend(time_column.map(String::from));
     out.write_record(&header).map_err(csv_error)?;
     let mut record: Vec<String> = Vec::with_capacity(header.len());
-    let each = |row| -> Result<()> {
+    let each = |row: store::ExportRow| -> Result<()> {
         record.clear();
+        let changed_at = row.changed_at;
         export_record(format, list.is_some(), &keys, row, &mut record);
+        if time_column.is_some() {
+            record.push(crate::import::format_mailchimp_time(changed_at));
+        }
         // Every cell neutralised for spreadsheets; bulletin's import
         // undoes it (`import::restore`).
         out.write_record(
@@ -671,6 +693,42 @@ async fn export(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Mailchimp exports each member status as its own file, and its import
+/// reads the file's status from its columns (`UNSUB_TIME`, `CLEAN_TIME`):
+/// a Mailchimp-format export is one of those files, so that nobody who left
+/// comes back subscribed when it is imported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MailchimpFile {
+    Subscribed,
+    Unsubscribed,
+    Cleaned,
+}
+
+impl MailchimpFile {
+    /// The file `--status` asks for with `--format mailchimp`.
+    fn for_status(status: Option<&str>) -> Result<MailchimpFile> {
+        Ok(match status {
+            None => MailchimpFile::Subscribed,
+            Some("unsubscribed") => MailchimpFile::Unsubscribed,
+            Some("bounced" | "cleaned") => MailchimpFile::Cleaned,
+            Some(other) => anyhow::bail!(
+                "--status {other} with --format mailchimp: Mailchimp's files are subscribed (no --status), \
+                 unsubscribed (--status unsubscribed) and cleaned (--status bounced), and it would import \
+                 {other} people as subscribed; use --format csv for them"
+            ),
+        })
+    }
+
+    /// The column that marks the file for Mailchimp's import (and bulletin's).
+    fn time_column(self) -> Option<&'static str> {
+        match self {
+            MailchimpFile::Subscribed => None,
+            MailchimpFile::Unsubscribed => Some("UNSUB_TIME"),
+            MailchimpFile::Cleaned => Some("CLEAN_TIME"),
+        }
+    }
 }
 
 /// The columns of a CSV export: bulletin's own (which re-imports as it

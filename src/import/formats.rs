@@ -77,7 +77,16 @@ const LAST_NAMES: &[&str] = &[
 pub fn detect(header: &[String]) -> Format {
     let has = |name: &str| header.iter().any(|h| loose(h) == name);
     // OPTIN_TIME alone is not enough: bulletin's own exports have it too.
-    if has("memberrating") || has("leid") || has("euid") {
+    // UNSUB_TIME and CLEAN_TIME, spelt as Mailchimp does, mark its
+    // unsubscribed and cleaned files (bulletin's Mailchimp-format exports
+    // carry only those; its own exports spell attributes in snake_case).
+    let exact = |name: &str| header.iter().any(|h| h.trim() == name);
+    if has("memberrating")
+        || has("leid")
+        || has("euid")
+        || exact("UNSUB_TIME")
+        || exact("CLEAN_TIME")
+    {
         Format::Mailchimp
     } else if has("uuid") && has("attributes") && has("status") {
         Format::Listmonk
@@ -128,6 +137,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
             | "dstoff",
         ) => Column::Ignored("Mailchimp's own data"),
         (Format::Mailchimp, "cc") => Column::Attribute("country_code".into()),
+        (Format::Mailchimp, "tags") => Column::Tags,
         (Format::Listmonk, "status") | (Format::Keila, "status") => Column::Status,
         (Format::Listmonk, "attributes") | (Format::Keila, "data") => Column::JsonAttributes,
         (Format::Listmonk | Format::Ghost | Format::Substack, "createdat") => Column::OptinTime,
@@ -141,7 +151,7 @@ pub(super) fn column(format: Format, name: &str) -> Column {
         (Format::Csv, "confirmtime") => Column::ConfirmTime,
         (Format::Csv, "confirmip") => Column::ConfirmIp,
         (Format::Csv, "consentsource") => Column::ConsentSource,
-        (Format::Csv, "lists") => Column::Ignored("list memberships: import into each list"),
+        (Format::Csv, "lists") => Column::Lists,
         _ => {
             let key = attribute_key(name);
             if key.is_empty() {

@@ -31,6 +31,12 @@ pub enum Column {
     ConsentSource,
     /// An attribute, under this (snake_case) key.
     Attribute(String),
+    /// bulletin's own `lists` column (`news (confirmed), offers
+    /// (unsubscribed)`): who left the list being imported into stays left.
+    Lists,
+    /// Mailchimp's `TAGS` (`"Board","Donor"`): attribute `tags`, read by
+    /// `mailchimp_tags` (`Board, Donor`).
+    Tags,
     /// Not imported, and why.
     Ignored(&'static str),
 }
@@ -50,6 +56,10 @@ impl std::fmt::Display for Column {
             Column::ConfirmIp => f.write_str("consent: confirmation IP"),
             Column::ConsentSource => f.write_str("consent: recorded by"),
             Column::Attribute(k) => write!(f, "attribute {{{{{k}}}}}"),
+            Column::Lists => {
+                f.write_str("standing on the list imported into (who left it stays left)")
+            }
+            Column::Tags => f.write_str("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
             Column::Ignored(why) => write!(f, "not imported ({why})"),
         }
     }
@@ -194,6 +204,45 @@ pub fn attribute_key(name: &str) -> String {
     key
 }
 
+/// What bulletin's `lists` cell (`news (confirmed), offers
+/// (unsubscribed)`) says about `list`: `Unsubscribed` when the person left
+/// it, else nothing (the row's status decides).
+pub fn membership_standing(lists: &str, list: &str) -> Option<Standing> {
+    lists
+        .split(", ")
+        .filter_map(|m| m.strip_suffix(')')?.split_once(" ("))
+        .any(|(slug, state)| slug == list && state == "unsubscribed")
+        .then_some(Standing::Unsubscribed)
+}
+
+/// Mailchimp's tags cell (`"Board","Donor"`, quotes doubled inside a tag)
+/// as a readable list: `Board, Donor`. A cell without quotes is kept.
+pub fn mailchimp_tags(value: &str) -> String {
+    if !value.trim_start().starts_with('"') {
+        return value.trim().to_string();
+    }
+    let (mut tags, mut tag, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                tag.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => tags.push(std::mem::take(&mut tag)),
+            c => tag.push(c),
+        }
+    }
+    tags.push(tag);
+    let tags: Vec<&str> = tags
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    tags.join(", ")
+}
+
 /// Reads a time as the tools write it: `2023-01-15 10:20:30` (Mailchimp,
 /// UTC), RFC 3339 (`2023-01-15T10:20:30Z`, `…+02:00`, fractions), a bare
 /// date, or unix seconds. `None` for anything else.
@@ -301,6 +350,30 @@ mod tests {
         assert_eq!(attribute_key("favouriteColour"), "favourite_colour");
         assert_eq!(attribute_key(" Ville / Région "), "ville_région");
         assert_eq!(attribute_key("E-mail"), "e_mail");
+    }
+
+    #[test]
+    fn memberships_keep_who_left_the_list_left() {
+        let cell = "news (unsubscribed), offers (confirmed)";
+        assert_eq!(
+            membership_standing(cell, "news"),
+            Some(Standing::Unsubscribed)
+        );
+        assert_eq!(membership_standing(cell, "offers"), None);
+        assert_eq!(membership_standing(cell, "new"), None);
+        assert_eq!(membership_standing("", "news"), None);
+    }
+
+    #[test]
+    fn mailchimp_tags_lose_their_quotes() {
+        assert_eq!(mailchimp_tags(r#""Board","Donor""#), "Board, Donor");
+        assert_eq!(
+            mailchimp_tags(r#""Board", "Big ""A"" Donor""#),
+            r#"Board, Big "A" Donor"#
+        );
+        assert_eq!(mailchimp_tags(r#""Comma, inside""#), "Comma, inside");
+        assert_eq!(mailchimp_tags("vip"), "vip");
+        assert_eq!(mailchimp_tags(""), "");
     }
 
     #[test]

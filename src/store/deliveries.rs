@@ -78,6 +78,20 @@ impl CampaignStatus {
         CampaignStatus::Cancelled.comes_from().contains(&self)
     }
 
+    /// What `bulletin cancel` does in this state. `mails_newcomers`: a sent
+    /// campaign's `resend_to_new` window is still open; cancelling ends it
+    /// and the campaign stays `sent` (what went out stays, the archive keeps
+    /// it).
+    pub fn on_cancel(self, mails_newcomers: bool) -> OnCancel {
+        if self.can_cancel() {
+            OnCancel::Stop
+        } else if self == CampaignStatus::Finished && mails_newcomers {
+            OnCancel::EndNewcomers
+        } else {
+            OnCancel::Refuse
+        }
+    }
+
     /// `send --replace` may refreeze it: no run has started it. (A
     /// `sending` campaign that sent nothing yet is refused too: a run may be
     /// about to claim.)
@@ -89,6 +103,17 @@ impl CampaignStatus {
     pub fn is_over(self) -> bool {
         matches!(self, CampaignStatus::Finished | CampaignStatus::Cancelled)
     }
+}
+
+/// What `bulletin cancel` does ([`CampaignStatus::on_cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCancel {
+    /// Becomes `cancelled`; its unsent rows are dropped.
+    Stop,
+    /// Stays `sent`; its `resend_to_new` window ends now.
+    EndNewcomers,
+    /// Over already.
+    Refuse,
 }
 
 impl From<CampaignStatus> for &'static str {
@@ -122,6 +147,24 @@ pub struct CampaignRow {
     /// A welcome campaign (`store::welcome`): its rows come from
     /// confirmations, never from the list, and it never finishes by itself.
     pub welcome: bool,
+    /// Front matter `resend_until`: until when people who join get it.
+    pub resend_until: Option<i64>,
+    /// When `bulletin cancel` ended that window early.
+    pub resend_closed_at: Option<i64>,
+}
+
+impl CampaignRow {
+    /// Until when the campaign still goes to people who join its lists:
+    /// its `resend_to_new` window, while open and not ended by `cancel`.
+    pub fn mails_newcomers_until(&self, now: i64) -> Option<i64> {
+        let open = !self.welcome
+            && self.resend_closed_at.is_none()
+            && matches!(
+                self.status,
+                CampaignStatus::Finished | CampaignStatus::Sending
+            );
+        self.resend_until.filter(|&until| open && until > now)
+    }
 }
 
 impl FromRow<'_, SqliteRow> for CampaignRow {
@@ -147,12 +190,15 @@ impl FromRow<'_, SqliteRow> for CampaignRow {
             lease_owner: r.try_get("lease_owner")?,
             lease_until: r.try_get("lease_until")?,
             welcome: r.try_get("welcome")?,
+            resend_until: r.try_get("resend_until")?,
+            resend_closed_at: r.try_get("resend_closed_at")?,
         })
     }
 }
 
 pub(super) const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
-     created_at, started_at, finished_at, lease_owner, lease_until, \
+     created_at, started_at, finished_at, lease_owner, lease_until, resend_closed_at, \
+     json_extract(compiled, '$.resend_until') AS resend_until, \
      EXISTS (SELECT 1 FROM campaign_triggers t WHERE t.campaign_id = campaigns.id \
          AND t.trigger = 'welcome') AS welcome";
 
@@ -855,6 +901,9 @@ impl FromRow<'_, SqliteRow> for ReportRow {
 pub enum Cancel {
     /// Cancelled; `dropped` queued or deferred rows will not be sent.
     Done { dropped: u64 },
+    /// A sent campaign no longer goes to people who join (its
+    /// `resend_to_new` window, open until `until`, ended).
+    NewcomersEnded { until: i64 },
     /// The campaign was already in this state, which cannot be cancelled.
     Refused(CampaignStatus),
 }
@@ -909,16 +958,29 @@ impl super::Store {
     /// already `sending` finish and are recorded; sent rows stay.
     pub async fn cancel_campaign(&self, id: i64, now: i64) -> Result<Cancel> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
-        if !status.can_cancel() {
-            return Ok(Cancel::Refused(status));
+        let c: CampaignRow = sqlx::query_as(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let newcomers_until = c.mails_newcomers_until(now);
+        match c.status.on_cancel(newcomers_until.is_some()) {
+            OnCancel::Refuse => return Ok(Cancel::Refused(c.status)),
+            OnCancel::EndNewcomers => {
+                sqlx::query("UPDATE campaigns SET resend_closed_at = ?2 WHERE id = ?1")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let until = newcomers_until.expect("the window is open");
+                return Ok(Cancel::NewcomersEnded { until });
+            }
+            OnCancel::Stop => {}
         }
         if !move_campaign(&mut tx, id, CampaignStatus::Cancelled, now).await? {
-            return Ok(Cancel::Refused(status));
+            return Ok(Cancel::Refused(c.status));
         }
         let dropped = sqlx::query(
             "UPDATE deliveries SET status = 'skipped', last_reply = 'campaign cancelled',
@@ -1001,6 +1063,7 @@ impl super::Store {
         let candidates: Vec<(i64, String)> = sqlx::query_as(
             "SELECT id, slug FROM campaigns
              WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
+                 AND resend_closed_at IS NULL
              ORDER BY id",
         )
         .bind(now)
@@ -1017,6 +1080,16 @@ impl super::Store {
             }
         }
         Ok(reopened)
+    }
+
+    /// A campaign's slug (its name in messages), by id.
+    pub async fn campaign_slug(&self, campaign_id: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT slug FROM campaigns WHERE id = ?")
+                .bind(campaign_id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
     }
 
     /// The slugs of the lists a campaign goes to, in front matter order
@@ -1140,6 +1213,10 @@ mod tests {
         assert_eq!(CampaignStatus::parse("sent"), Some(Finished));
         assert!(Scheduled.can_cancel() && Sending.can_cancel() && Held.can_cancel());
         assert!(!Finished.can_cancel() && !Cancelled.can_cancel());
+        assert_eq!(Finished.on_cancel(true), OnCancel::EndNewcomers);
+        assert_eq!(Finished.on_cancel(false), OnCancel::Refuse);
+        assert_eq!(Cancelled.on_cancel(true), OnCancel::Refuse);
+        assert_eq!(Sending.on_cancel(true), OnCancel::Stop);
         assert!(Scheduled.can_replace() && Held.can_replace());
         assert!(!Sending.can_replace() && !Finished.can_replace() && !Cancelled.can_replace());
         // Nothing leaves `cancelled`; only `send --only-new` reopens `sent`.

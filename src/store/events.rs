@@ -13,6 +13,8 @@ pub struct Event {
     /// Slug of the list concerned, if any.
     pub list: Option<String>,
     pub campaign_id: Option<i64>,
+    /// Slug of that campaign.
+    pub campaign: Option<String>,
     /// imported, subscribed, confirmed, unsubscribed, bounced, complained,
     /// erased, or a dispatcher kind.
     pub kind: String,
@@ -29,6 +31,7 @@ impl FromRow<'_, SqliteRow> for Event {
             subscriber_id: row.try_get("subscriber_id")?,
             list: row.try_get("list")?,
             campaign_id: row.try_get("campaign_id")?,
+            campaign: row.try_get("campaign")?,
             kind: row.try_get("kind")?,
             source: row.try_get("source")?,
             detail: row.try_get("detail")?,
@@ -95,9 +98,10 @@ impl Store {
     /// A subscriber's history, oldest first.
     pub async fn events(&self, subscriber_id: i64) -> Result<Vec<Event>> {
         Ok(sqlx::query_as(
-            "SELECT e.id, e.subscriber_id, l.slug AS list, e.campaign_id, e.kind, e.source, \
-                    e.detail, e.created_at \
+            "SELECT e.id, e.subscriber_id, l.slug AS list, e.campaign_id, c.slug AS campaign, \
+                    e.kind, e.source, e.detail, e.created_at \
              FROM events e LEFT JOIN lists l ON l.id = e.list_id \
+                  LEFT JOIN campaigns c ON c.id = e.campaign_id \
              WHERE e.subscriber_id = ? ORDER BY e.created_at, e.id",
         )
         .bind(subscriber_id)

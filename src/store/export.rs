@@ -18,14 +18,48 @@ pub enum Selection {
     /// People on the list (any subscription state) whose own status is
     /// active, bounced or complained.
     ListPersonStatus(i64, String),
-    /// Everyone who could receive mail on some list: active, not suppressed.
+    /// Everyone on the list, in any subscription state (`--status all`).
+    ListAll(i64),
+    /// Everyone who would receive mail on at least one list: the mailable
+    /// rule over each of their subscriptions.
     Active,
-    /// People with this status: active, unsubscribed, bounced, complained.
+    /// People who left: unsubscribed as a person, or active but mailable on
+    /// no list after unsubscribing from one.
+    Left,
+    /// People with this status: active, bounced, complained.
     PersonStatus(String),
+    /// Everyone with an address, whatever their state (`--status all`).
+    Everyone,
 }
 
-const SUBSCRIPTION_STATES: &str = "pending, confirmed, unsubscribed, active, bounced, complained";
-const PERSON_STATES: &str = "active, unsubscribed, bounced, complained";
+const SUBSCRIPTION_STATES: &str =
+    "pending, confirmed, unsubscribed, active, bounced, complained, all";
+const PERSON_STATES: &str = "active, unsubscribed, bounced, complained, all";
+
+/// The person `s` may be mailed on at least one of their lists: the one
+/// mailable rule, over each subscription.
+macro_rules! mailable_somewhere {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.subscriber_id = s.id AND ",
+            mailable!(),
+            ")"
+        )
+    };
+}
+
+/// The person `s` left: unsubscribed as a person, or active, mailable on no
+/// list, and unsubscribed from one. What a re-import must not subscribe.
+macro_rules! left {
+    () => {
+        concat!(
+            "(s.status = 'unsubscribed' OR (s.status = 'active' AND NOT ",
+            mailable_somewhere!(),
+            " AND EXISTS (SELECT 1 FROM subscriptions u WHERE u.subscriber_id = s.id \
+               AND u.status = 'unsubscribed')))"
+        )
+    };
+}
 
 impl Selection {
     /// The selection for `--list` (its id) and `--status`.
@@ -38,10 +72,16 @@ impl Selection {
             (Some(l), Some(s @ ("active" | "bounced" | "complained"))) => {
                 Selection::ListPersonStatus(l, s.to_string())
             }
+            (Some(l), Some("all")) => Selection::ListAll(l),
             (Some(_), Some(s)) => return Err(Error::BadStatus(s.into(), SUBSCRIPTION_STATES)),
             (None, None) => Selection::Active,
-            (None, Some(s @ ("active" | "unsubscribed" | "bounced" | "complained"))) => {
+            (None, Some("unsubscribed")) => Selection::Left,
+            (None, Some(s @ ("active" | "bounced" | "complained"))) => {
                 Selection::PersonStatus(s.to_string())
+            }
+            (None, Some("all")) => Selection::Everyone,
+            (None, Some(s @ ("pending" | "confirmed"))) => {
+                return Err(Error::StatusNeedsList(s.into(), PERSON_STATES));
             }
             (None, Some(s)) => return Err(Error::BadStatus(s.into(), PERSON_STATES)),
         })
@@ -65,6 +105,7 @@ impl Selection {
                 filter: concat!("sub.list_id = ?1 AND ", mailable!()),
                 status: "sub.status",
                 order: "sub.subscriber_id",
+                changed: "sub.updated_at",
             },
             Selection::ListStatus(..) => Clauses {
                 consent: LIST_CONSENT,
@@ -72,6 +113,7 @@ impl Selection {
                 filter: "sub.list_id = ?1 AND sub.status = ?2 AND s.email IS NOT NULL",
                 status: "sub.status",
                 order: "sub.subscriber_id",
+                changed: "sub.updated_at",
             },
             Selection::ListPersonStatus(..) => Clauses {
                 consent: LIST_CONSENT,
@@ -79,20 +121,49 @@ impl Selection {
                 filter: "sub.list_id = ?1 AND s.status = ?2 AND s.email IS NOT NULL",
                 status: "s.status",
                 order: "s.id",
+                changed: "sub.updated_at",
+            },
+            Selection::ListAll(_) => Clauses {
+                consent: LIST_CONSENT,
+                from: PERSON_ON_LIST,
+                filter: "sub.list_id = ?1 AND s.email IS NOT NULL",
+                status: "sub.status",
+                order: "s.id",
+                changed: "sub.updated_at",
             },
             Selection::Active => Clauses {
                 consent: NO_CONSENT,
                 from: "subscribers s",
-                filter: super::MAILABLE_PERSON,
+                filter: mailable_somewhere!(),
+                // PERSON_STANDING, which is `active` for everyone here.
                 status: "s.status",
                 order: "s.id",
+                changed: "s.updated_at",
+            },
+            Selection::Left => Clauses {
+                consent: NO_CONSENT,
+                from: "subscribers s",
+                filter: concat!("s.email IS NOT NULL AND ", left!()),
+                // PERSON_STANDING, which is `unsubscribed` for everyone here.
+                status: "'unsubscribed'",
+                order: "s.id",
+                changed: "s.updated_at",
+            },
+            Selection::Everyone => Clauses {
+                consent: NO_CONSENT,
+                from: "subscribers s",
+                filter: "s.email IS NOT NULL",
+                status: PERSON_STANDING,
+                order: "s.id",
+                changed: "s.updated_at",
             },
             Selection::PersonStatus(_) => Clauses {
                 consent: NO_CONSENT,
                 from: "subscribers s",
                 filter: "s.status = ?1 AND s.email IS NOT NULL",
-                status: "s.status",
+                status: PERSON_STANDING,
                 order: "s.id",
+                changed: "s.updated_at",
             },
         }
     }
@@ -106,6 +177,7 @@ impl Selection {
             status,
             order,
             consent,
+            changed,
         } = self.clauses();
         // Every subscription of the person, with its consent record: the
         // primary keys of `subscriptions` and `consents` find them without a
@@ -122,7 +194,8 @@ impl Selection {
             "'[]'"
         };
         format!(
-            "SELECT s.email, s.name, {status} AS status, s.attributes, {consent}, {lists} AS lists \
+            "SELECT s.email, s.name, {status} AS status, {changed} AS changed_at, s.attributes, \
+             {consent}, {lists} AS lists \
              FROM {from} WHERE {filter} ORDER BY {order}"
         )
     }
@@ -132,12 +205,12 @@ impl Selection {
         let mut args = SqliteArguments::default();
         // Encoding an i64 or a &str cannot fail.
         match self {
-            Selection::Audience(l) => args.add(*l).expect("bind"),
+            Selection::Audience(l) | Selection::ListAll(l) => args.add(*l).expect("bind"),
             Selection::ListStatus(l, s) | Selection::ListPersonStatus(l, s) => {
                 args.add(*l).expect("bind");
                 args.add(s.as_str()).expect("bind");
             }
-            Selection::Active => {}
+            Selection::Active | Selection::Left | Selection::Everyone => {}
             Selection::PersonStatus(s) => args.add(s.as_str()).expect("bind"),
         }
         args
@@ -152,6 +225,18 @@ const LIST_CONSENT: &str = "(SELECT json_object('at', c.consent_at, 'ip', c.cons
 /// Exports of people (not of a list) carry consent per subscription only.
 const NO_CONSENT: &str = "NULL AS consent";
 
+/// The status column of an export of people: what a re-import of the row
+/// must do. Who left every list reads as unsubscribed, an active person
+/// mailable on no list (never subscribed, or only pending) as
+/// nonsubscribed, anyone else as their own status.
+const PERSON_STANDING: &str = concat!(
+    "CASE WHEN ",
+    left!(),
+    " THEN 'unsubscribed' WHEN s.status = 'active' AND NOT ",
+    mailable_somewhere!(),
+    " THEN 'nonsubscribed' ELSE s.status END"
+);
+
 /// The SQL pieces of a selection.
 struct Clauses {
     /// The consent columns of the rows.
@@ -162,6 +247,9 @@ struct Clauses {
     status: &'static str,
     /// The column that orders the rows by subscriber id.
     order: &'static str,
+    /// When the row's status last changed: the subscription's for a list
+    /// export, else the person's.
+    changed: &'static str,
 }
 
 /// One exported person.
@@ -171,6 +259,8 @@ pub struct ExportRow {
     pub name: String,
     /// The subscription state for a list export, else the person's status.
     pub status: String,
+    /// When that status last changed (unix seconds).
+    pub changed_at: i64,
     pub attributes: serde_json::Map<String, serde_json::Value>,
     /// The consent record of the exported list's subscription (empty when
     /// the export is not of one list).
@@ -208,6 +298,7 @@ impl FromRow<'_, SqliteRow> for ExportRow {
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             status: row.try_get("status")?,
+            changed_at: row.try_get("changed_at")?,
             attributes: serde_json::from_str(attributes)
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         })
@@ -294,7 +385,18 @@ mod tests {
             Selection::ListStatus(1, "pending".into())
         );
         assert_eq!(Selection::new(None, None).unwrap(), Selection::Active);
-        assert!(Selection::new(None, Some("pending")).is_err());
+        assert!(matches!(
+            Selection::new(None, Some("confirmed")),
+            Err(Error::StatusNeedsList(..))
+        ));
+        assert_eq!(
+            Selection::new(None, Some("unsubscribed")).unwrap(),
+            Selection::Left
+        );
+        assert_eq!(
+            Selection::new(None, Some("all")).unwrap(),
+            Selection::Everyone
+        );
         assert!(Selection::new(Some(1), Some("erased")).is_err());
     }
 
@@ -308,8 +410,11 @@ mod tests {
             Selection::Audience(1),
             Selection::ListStatus(1, "confirmed".into()),
             Selection::ListPersonStatus(1, "active".into()),
+            Selection::ListAll(1),
             Selection::Active,
+            Selection::Left,
             Selection::PersonStatus("bounced".into()),
+            Selection::Everyone,
         ] {
             let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql(true));
             let plan: Vec<String> = sqlx::query_with::<Sqlite, _>(&sql, selection.arguments())

@@ -251,6 +251,8 @@ struct Header {
     names: Vec<String>,
     keys: Vec<Option<Arc<str>>>,
     consent_source: String,
+    /// The slug of the list imported into (for `Column::Lists`).
+    list: String,
 }
 
 fn parse_header(fields: &csv::ByteRecord, options: &ImportOptions) -> Result<Header> {
@@ -264,6 +266,7 @@ fn parse_header(fields: &csv::ByteRecord, options: &ImportOptions) -> Result<Hea
         .iter()
         .map(|c| match c {
             Column::Attribute(k) => Some(Arc::from(k.as_str())),
+            Column::Tags => Some(Arc::from("tags")),
             _ => None,
         })
         .collect();
@@ -272,6 +275,7 @@ fn parse_header(fields: &csv::ByteRecord, options: &ImportOptions) -> Result<Hea
         mapping,
         names,
         keys,
+        list: String::new(),
     })
 }
 
@@ -350,13 +354,22 @@ fn parse_row(header: &Header, record: &csv::ByteRecord, short: &mut bool) -> Res
             Column::FirstName => first = clean(i, Field::Name)?,
             Column::LastName => last = clean(i, Field::Name)?,
             Column::Status => row.standing = header.mapping.standing_of(text(i)?),
+            Column::Lists if row.standing == Standing::Subscribed => {
+                if let Some(left) = import::membership_standing(text(i)?, &header.list) {
+                    row.standing = left;
+                }
+            }
+            Column::Lists => {}
             Column::OptinTime => row.consent.at = time(i)?,
             Column::OptinIp => row.consent.ip = ip(i)?,
             Column::ConfirmTime => row.consent.confirmed_at = time(i)?,
             Column::ConfirmIp => row.consent.confirmed_ip = ip(i)?,
             Column::ConsentSource => row.consent.source = ip(i)?,
-            Column::Attribute(_) => {
-                let v = clean(i, Field::Value)?;
+            Column::Attribute(_) | Column::Tags => {
+                let mut v = clean(i, Field::Value)?;
+                if *column == Column::Tags {
+                    v = import::mailchimp_tags(&v);
+                }
                 let key = header.keys[i].as_ref().expect("attribute column has a key");
                 if !v.is_empty() && !row.attributes.iter().any(|(k, _)| k == key) {
                     row.attributes.push((key.clone(), v));
@@ -1039,7 +1052,8 @@ impl Store {
         }
         csv.get_mut().claim_line();
         csv.get_mut().set_header_fields(record.len());
-        let header = parse_header(&record, options)?;
+        let mut header = parse_header(&record, options)?;
+        header.list = slug.to_string();
         lists::check_slug(slug)?;
 
         let mut report = ImportReport {

@@ -67,7 +67,7 @@ pub use runs::RunTransport;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
 /// Who may be mailed, whatever the list: [`MAILABLE`] without the
-/// subscription. Used alone only where no list is named (export of everyone).
+/// subscription. Never used alone: every query names the subscription too.
 pub const MAILABLE_PERSON: &str = mailable_person!();
 
 /// Who may be mailed on a list: the one mailable rule, as an SQL condition
@@ -143,6 +143,10 @@ pub enum Error {
     Suppressed(String),
     #[error("invalid status {0:?}: use one of {1}")]
     BadStatus(String, &'static str),
+    #[error(
+        "--status {0}: a subscription state belongs to one list; add --list SLUG (without --list, --status takes {1})"
+    )]
+    StatusNeedsList(String, &'static str),
     #[error("empty file: no header row")]
     EmptyFile,
     #[error(transparent)]
@@ -518,14 +522,15 @@ mod tests {
     /// One person per way of leaving, all confirmed on `news` and queued for
     /// a campaign first; then each leaves their way.
     const CASES: [(&str, &str, bool, bool); 8] = [
-        // (address, how they left, mailable on the list, mailable anywhere)
+        // (address, how they left, mailable on the list, mailable anywhere:
+        // on at least one list, and `news` is their only one)
         ("ok@example.org", "stays", true, true),
-        ("pending@example.org", "subscription pending", false, true),
+        ("pending@example.org", "subscription pending", false, false),
         (
             "left@example.org",
             "unsubscribed from the list",
             false,
-            true,
+            false,
         ),
         ("gone@example.org", "person unsubscribed", false, false),
         ("bounced@example.org", "person bounced", false, false),

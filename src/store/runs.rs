@@ -12,6 +12,14 @@ pub struct RunTransport {
     pub target: String,
 }
 
+impl RunTransport {
+    /// Every run wrote files (an outbox, never a server): the campaign's
+    /// `sent` rows were written, and messages call them that.
+    pub fn only_outboxes(runs: &[RunTransport]) -> bool {
+        !runs.is_empty() && runs.iter().all(|r| r.transport == "outbox")
+    }
+}
+
 impl Store {
     /// Records that a run of `campaign_id` starts on `transport` (`smtp` or
     /// `outbox`) to `target`.
