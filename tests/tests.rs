@@ -21,7 +21,7 @@ mod ops; // running unattended: no silent outbox or accidental database, cron/sy
 mod placeholders; // placeholders and images against the list: did you mean, first_name end to end, missing values, relative URLs, misspelt lists
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
-mod walkfix_a; // a new user's walk through the README: no SMTP without the secret, a campaign keeps its transport, quiet dispatch, counts, test copies, doctor's transport
+mod unattended; // what cron and a lost .env meet: no SMTP without the secret, a campaign keeps its transport, quiet dispatch, counts, test copies, doctor's transport
 mod web; // subscriber pages (tests/web/, one file per area): every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)
 mod welcome; // welcome mail: trigger = "welcome" sent once per confirmation (sign-up clicked twice, add, import --welcome), cancel, leavers
 mod wire; // on the wire: SMTPUTF8 with aiosmtpd (offered or not), no AUTH outside TLS, control characters in names
