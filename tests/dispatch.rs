@@ -529,6 +529,20 @@ async fn smtp_auth_from_url_and_environment() {
     assert_eq!(assert_no_duplicates(&sink.messages()).len(), 3);
 }
 
+/// `bulletin quickstart` in `dir`, with no BULLETIN_* variable.
+async fn quickstart(dir: &std::path::Path) -> std::process::Output {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BULLETIN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(dir).arg("quickstart").stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_sends_the_example_to_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
@@ -541,23 +555,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         crate::util::write(dir.path(), f, &text);
     }
-    let run = |dir: std::path::PathBuf| {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(dir)
-            .arg("quickstart")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let path = dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || run(path))
-        .await
-        .unwrap();
+    let out = quickstart(dir.path()).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -579,10 +577,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
     assert!(one.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
     assert!(one.contains("Subject: GAATW e-bulletin"));
     // Again: nobody is mailed twice.
-    let path = dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || run(path))
-        .await
-        .unwrap();
+    let out = quickstart(dir.path()).await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("already written to the outbox"));
     assert_eq!(
@@ -637,22 +632,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_runs_in_an_empty_folder_and_keeps_an_edited_example() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(path)
-            .arg("quickstart")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = quickstart(dir.path()).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -672,18 +652,7 @@ async fn quickstart_runs_in_an_empty_folder_and_keeps_an_edited_example() {
     // A file the user edited is never overwritten.
     let campaign = dir.path().join("campaigns/2026-11-ebulletin.md");
     std::fs::write(&campaign, "edited").unwrap();
-    let path = dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(assert_cmd::cargo::cargo_bin("bulletin"))
-            .current_dir(path)
-            .arg("quickstart")
-            .env_remove("BULLETIN_SECRET")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = quickstart(dir.path()).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read_to_string(&campaign).unwrap(), "edited");
 }
