@@ -359,6 +359,67 @@ async fn dispatch_sends_to_new_people_while_the_campaign_opts_in() {
     assert_eq!(sink.messages().len(), 7, "nobody twice");
 }
 
+/// Once `resend_until` has passed, `dispatch` mails nobody new: the window
+/// closes by itself. (The clock is moved past it with `BULLETIN_NOW`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_mails_nobody_new_after_resend_until() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(3, &[]).await;
+    let path = env.dir.path().join(FILE);
+    let until = chrono::Utc::now() + chrono::Duration::days(2);
+    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
+        "list = \"news\"\n",
+        &format!(
+            "list = \"news\"\nresend_to_new = true\nresend_until = \"{}\"\n",
+            until.to_rfc3339()
+        ),
+        1,
+    );
+    std::fs::write(&path, opted_in).unwrap();
+    env.ok(&["send", FILE, "--yes"]).await;
+    assert_eq!(sink.messages().len(), 3);
+    add_people(&env, 2).await;
+    let after = (until + chrono::Duration::hours(1)).timestamp().to_string();
+    let mut late = env.command(&["dispatch"]);
+    late.env("BULLETIN_NOW", &after);
+    let out = tokio::task::spawn_blocking(move || late.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sink.messages().len(), 3, "the window had closed");
+    // Within the window the same two are mailed, once each.
+    env.ok(&["dispatch"]).await;
+    assert_eq!(sink.messages().len(), 5);
+    assert!(per_recipient(&sink.messages()).values().all(|&n| n == 1));
+}
+
+/// Moving a scheduled campaign to a time that has passed asks first:
+/// without a terminal and without `--yes` it stays scheduled and nothing is
+/// sent; with `--yes` it goes now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_schedule_into_the_past_asks_first() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = Env::new(sink.port(), "");
+    env.subscribers(2, &[]).await;
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    env.ok(&["send", FILE, "--yes", "--at", &ahead]).await;
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let refused = env.run(&["send", FILE, "--at", &past]).await;
+    let said = format!("{}{}", text(&refused.stdout), text(&refused.stderr));
+    assert!(said.contains("is not in the future"), "{said}");
+    assert!(said.contains("not moved"), "{said}");
+    assert!(
+        sink.messages().is_empty(),
+        "nothing sent without confirmation"
+    );
+    assert_eq!(status_json(&env).await["status"], "scheduled");
+    let moved = env.ok(&["send", FILE, "--at", &past, "--yes"]).await;
+    assert!(moved.contains("moved from"), "{moved}");
+    assert_eq!(sink.messages().len(), 2);
+    assert!(per_recipient(&sink.messages()).values().all(|&n| n == 1));
+}
+
 /// See: walkthrough report C. After `cancel`, `send` on the file does not
 /// suggest `--only-new` (which would refuse), and once `--again` made
 /// `news-1-2`, `--only-new` on the file sends that copy to the newcomers.
