@@ -373,6 +373,67 @@ async fn mailgun_hmac_soft_bounce_applied_once_stale_and_forged_refused() {
     assert_eq!(site.person("soft@example.org").await, ("active".into(), 1));
 }
 
+/// An event whose recipient is nobody we know (a forwarding address) but
+/// which carries our Message-ID is matched through the token to the
+/// delivery: the person it was sent to is bounced, for that campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailgun_event_is_matched_by_our_message_id_not_the_address() {
+    let site = Site::new().await;
+    let news = site.store.require_list("news").await.unwrap();
+    let campaign = site
+        .store
+        .insert_campaign(&bulletin::store::deliveries::NewCampaign {
+            slug: "news-1",
+            lists: &[news.id],
+            subject: "News",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: NOW,
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    assert_eq!(site.store.materialise(campaign, NOW).await.unwrap(), 3);
+    let hard = site
+        .store
+        .subscriber("hard@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = crate::support::db::raw(&site._dir.path().join("w.db")).await;
+    let delivery: i64 =
+        sqlx::query_scalar("SELECT id FROM deliveries WHERE campaign_id = ? AND subscriber_id = ?")
+            .bind(campaign)
+            .bind(hard.id)
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    let signer = Signer::new(b"webhook-test-secret-at-least-32-bytes!", &[]);
+    let token = signer.sign(bulletin::links::Purpose::Bounce, delivery, 0);
+    let ours = bulletin::links::message_id(&token, "news.example.org");
+    let body = String::from_utf8(mailgun_body(
+        now(),
+        "ev9",
+        "failed",
+        "permanent",
+        MAILGUN_KEY,
+    ))
+    .unwrap()
+    .replace("soft@example.org", "forwarded@elsewhere.example")
+    .replace("20261130080000.1.abc@mg.example.org", &ours)
+    .replace("452", "550")
+    .replace("4.2.2 mailbox full", "5.1.1 user unknown");
+    // The signature covers timestamp and token only, so the edits keep it valid.
+    let r = site.post("/webhooks/mailgun", &[], body.as_bytes()).await;
+    assert_status(&r, 200);
+    assert!(r.body.contains("\"applied\":1"), "{}", r.body);
+    assert_eq!(site.person("hard@example.org").await, ("bounced".into(), 1));
+    assert_eq!(site.person("soft@example.org").await, ("active".into(), 0));
+    let events = site.store.events(hard.id).await.unwrap();
+    let bounced = events.iter().find(|e| e.kind == "bounced").unwrap();
+    assert_eq!(bounced.campaign.as_deref(), Some("news-1"), "{bounced:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sendgrid_signed_batch_applied_once_bad_signature_refused() {
     let site = Site::new().await;
