@@ -324,19 +324,28 @@ async fn report_lists_every_recipient_failures_first() {
     }
 }
 
+/// Rewrites the campaign file to send to people who join its list later,
+/// until `until` (`resend_to_new`, `resend_until`).
+fn opt_in_to_newcomers(env: &Env, until: chrono::DateTime<chrono::Utc>) {
+    let path = env.dir.path().join(FILE);
+    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
+        "list = \"news\"\n",
+        &format!(
+            "list = \"news\"\nresend_to_new = true\nresend_until = \"{}\"\n",
+            until.to_rfc3339()
+        ),
+        1,
+    );
+    std::fs::write(&path, opted_in).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_sends_to_new_people_while_the_campaign_opts_in() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(5, &[]).await;
-    let path = env.dir.path().join(FILE);
-    let until = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
-    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
-        "list = \"news\"\n",
-        &format!("list = \"news\"\nresend_to_new = true\nresend_until = \"{until}\"\n"),
-        1,
-    );
-    std::fs::write(&path, opted_in).unwrap();
+    let until = chrono::Utc::now() + chrono::Duration::days(7);
+    opt_in_to_newcomers(&env, until);
     env.ok(&["send", FILE, "--yes"]).await;
     assert_eq!(sink.messages().len(), 5);
     // Nobody new: dispatch does nothing.
@@ -366,17 +375,8 @@ async fn dispatch_mails_nobody_new_after_resend_until() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(3, &[]).await;
-    let path = env.dir.path().join(FILE);
     let until = chrono::Utc::now() + chrono::Duration::days(2);
-    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
-        "list = \"news\"\n",
-        &format!(
-            "list = \"news\"\nresend_to_new = true\nresend_until = \"{}\"\n",
-            until.to_rfc3339()
-        ),
-        1,
-    );
-    std::fs::write(&path, opted_in).unwrap();
+    opt_in_to_newcomers(&env, until);
     env.ok(&["send", FILE, "--yes"]).await;
     assert_eq!(sink.messages().len(), 3);
     add_people(&env, 2).await;
@@ -487,14 +487,8 @@ async fn cancel_ends_the_newcomer_window_of_a_sent_campaign() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(3, &[]).await;
-    let path = env.dir.path().join(FILE);
-    let until = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
-    let opted_in = std::fs::read_to_string(&path).unwrap().replacen(
-        "list = \"news\"\n",
-        &format!("list = \"news\"\nresend_to_new = true\nresend_until = \"{until}\"\n"),
-        1,
-    );
-    std::fs::write(&path, opted_in).unwrap();
+    let until = chrono::Utc::now() + chrono::Duration::days(7);
+    opt_in_to_newcomers(&env, until);
     env.ok(&["send", FILE, "--yes"]).await;
     assert_eq!(sink.messages().len(), 3);
     let open = status_json(&env).await;
