@@ -179,7 +179,8 @@ fn main() -> anyhow::Result<()> {
     // An independent observer on the database file, like a second process:
     // the store's pool stays inside the store.
     let observer = runtime.block_on(sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new().filename(store.path()),
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(store.location().file().expect("a SQLite file")),
     ))?;
     let ids: Vec<i64> = runtime.block_on(
         sqlx::query_scalar("SELECT id FROM subscribers ORDER BY id").fetch_all(&observer),

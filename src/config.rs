@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::Location;
+
 /// Errors while finding, reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -444,7 +446,7 @@ impl std::fmt::Debug for Secrets {
 pub struct Config {
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
-    pub db: PathBuf,
+    pub db: Location,
     /// How `db` was chosen (flag, BULLETIN_DB, config file, default).
     pub db_source: Source,
     /// Public base URL of `bulletin serve`, used in every link.
@@ -520,13 +522,16 @@ impl Config {
             .unwrap_or_default();
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
 
+        // A URL in the file is not joined to the file's folder.
+        let rel_db = |p: PathBuf| if Location::is_url(&p) { p } else { rel(p) };
         let (db, db_source) = choose(
             (flags.db.clone(), "db"),
             (env("BULLETIN_DB").map(PathBuf::from), "BULLETIN_DB"),
-            (file.db.clone().map(&rel), "db", path.as_deref()),
+            (file.db.clone().map(rel_db), "db", path.as_deref()),
             rel("bulletin.db".into()),
         );
-        check_db_path(&db, &db_source)?;
+        let db = Location::parse(&db, env("BULLETIN_DB_PASSWORD").as_deref())
+            .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
         let (outbox, outbox_source) = choose(
             (flags.outbox.clone(), "outbox"),
             (env("BULLETIN_OUTBOX").map(PathBuf::from), "BULLETIN_OUTBOX"),
@@ -693,24 +698,6 @@ pub fn domain_of(mailbox: &str) -> Option<String> {
     addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }
 
-/// A `--db` that looks like a server URL (`postgres://...`) would otherwise
-/// become a folder named `postgres:`. `sqlite://PATH` is refused too: the
-/// setting is a file path, and one spelling is simpler to document.
-fn check_db_path(db: &Path, source: &Source) -> Result<()> {
-    let text = db.to_string_lossy();
-    if let Some((scheme, _)) = text.split_once("://")
-        && !scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
-    {
-        return Err(Error::Invalid(format!(
-            "database {text:?} (set by {source}) is a {scheme}:// URL; bulletin uses SQLite: give the path of a file, e.g. /srv/bulletin/bulletin.db"
-        )));
-    }
-    Ok(())
-}
-
 fn url_has_password(url: &str) -> bool {
     // scheme://user:pass@host
     url.split_once("://")
@@ -836,7 +823,7 @@ mod tests {
             ..Default::default()
         };
         let c = load(&flags, &[]).unwrap();
-        assert_eq!(c.db, PathBuf::from("bulletin.db"));
+        assert_eq!(c.db, Location::File(PathBuf::from("bulletin.db")));
         assert_eq!(c.outbox, PathBuf::from("outbox"));
         assert_eq!(c.outbox_source, Source::Default);
         assert_eq!(c.db_source.to_string(), "default");
@@ -870,25 +857,49 @@ mod tests {
     }
 
     #[test]
-    fn db_url_is_refused_not_made_a_folder() {
-        for url in ["postgres://u@h/db", "mysql://h/db", "sqlite://x.db"] {
+    fn db_is_a_file_or_a_postgres_url_and_other_urls_are_refused() {
+        for url in ["mysql://h/db", "sqlite://x.db", "postgres://u@h"] {
             let flags = Overrides {
                 no_config: true,
                 db: Some(url.into()),
                 ..Default::default()
             };
             let err = load(&flags, &[]).unwrap_err().to_string();
-            assert!(err.contains("--db flag") && err.contains("SQLite"), "{err}");
+            assert!(err.contains("--db flag"), "{err}");
         }
         let flags = Overrides {
             no_config: true,
             ..Default::default()
         };
-        let err = load(&flags, &[("BULLETIN_DB", "postgres://h/db")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("BULLETIN_DB"), "{err}");
-        assert!(load(&flags, &[("BULLETIN_DB", "data/b:1.db")]).is_ok());
+        let c = load(
+            &flags,
+            &[
+                ("BULLETIN_DB", "postgres://news@db.example/bulletin"),
+                ("BULLETIN_DB_PASSWORD", "pw"),
+            ],
+        )
+        .unwrap();
+        let Location::Postgres(url) = &c.db else {
+            panic!("{:?}", c.db)
+        };
+        assert_eq!(url.password(), Some("pw"));
+        assert_eq!(c.db_source.to_string(), "BULLETIN_DB");
+        assert!(
+            !c.db.to_string().contains("pw"),
+            "shown without the password"
+        );
+        // In a config file, a URL is not joined to the file's folder.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "db = \"postgres://u@h/d\"\n").unwrap();
+        let from_file = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = load(&from_file, &[]).unwrap();
+        assert_eq!(c.db.to_string(), "postgres://u@h/d");
+        let c = load(&flags, &[("BULLETIN_DB", "data/b:1.db")]).unwrap();
+        assert_eq!(c.db, Location::File("data/b:1.db".into()));
     }
 
     #[test]
@@ -942,16 +953,20 @@ mod tests {
             ..Default::default()
         };
         let c = load(&flags, &[]).unwrap();
-        assert_eq!(c.db, dir.path().join("file.db"), "relative to the file");
+        assert_eq!(
+            c.db,
+            Location::File(dir.path().join("file.db")),
+            "relative to the file"
+        );
         assert_eq!(c.base_url, "https://file.example");
         let c = load(&flags, &[("BULLETIN_DB", "env.db")]).unwrap();
-        assert_eq!(c.db, PathBuf::from("env.db"));
+        assert_eq!(c.db, Location::File(PathBuf::from("env.db")));
         let flags = Overrides {
             db: Some("flag.db".into()),
             ..flags
         };
         let c = load(&flags, &[("BULLETIN_DB", "env.db")]).unwrap();
-        assert_eq!(c.db, PathBuf::from("flag.db"));
+        assert_eq!(c.db, Location::File(PathBuf::from("flag.db")));
     }
 
     #[test]

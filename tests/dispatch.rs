@@ -738,7 +738,7 @@ async fn delivery_status(env: &Env, ids: &[i64]) -> Vec<(String, Option<String>)
         let row: (String, Option<String>) =
             sqlx::query_as("SELECT status, last_reply FROM deliveries WHERE subscriber_id = ?")
                 .bind(id)
-                .fetch_one(&crate::support::db::raw(store.path()).await)
+                .fetch_one(&crate::support::db::raw(store.location()).await)
                 .await
                 .unwrap();
         out.push(row);

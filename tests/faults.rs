@@ -33,7 +33,7 @@ async fn deliveries(env: &Env) -> BTreeMap<String, (String, i64)> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT s.email, d.status, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id",
     )
-    .fetch_all(&crate::support::db::raw(store.path()).await)
+    .fetch_all(&crate::support::db::raw(store.location()).await)
     .await
     .unwrap();
     rows.into_iter().map(|(e, s, a)| (e, (s, a))).collect()
@@ -43,7 +43,7 @@ async fn deliveries(env: &Env) -> BTreeMap<String, (String, i64)> {
 async fn people(env: &Env) -> BTreeMap<String, String> {
     let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
     sqlx::query_as("SELECT email, status FROM subscribers WHERE email IS NOT NULL")
-        .fetch_all(&crate::support::db::raw(store.path()).await)
+        .fetch_all(&crate::support::db::raw(store.location()).await)
         .await
         .unwrap()
         .into_iter()

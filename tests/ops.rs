@@ -292,18 +292,29 @@ fn only_init_and_adding_data_create_the_database() {
 }
 
 #[test]
-fn a_database_url_is_refused_not_made_a_folder() {
+fn a_database_url_other_than_postgres_is_refused_not_made_a_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for url in ["postgres://u@db.example/news", "mysql://db/news"] {
+    for url in ["mysql://db/news", "sqlite://news.db"] {
         let out = bulletin(d)
             .args(["--db", url, "lists", "add", "news", "--name", "News"])
             .output()
             .unwrap();
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("URL") && err.contains("SQLite"), "{err}");
+        assert!(err.contains("URL") && err.contains("postgres://"), "{err}");
     }
+    // A PostgreSQL URL is a database server: nobody listens on port 1, so
+    // the command fails naming the server (without the password).
+    let out = bulletin(d)
+        .args(["--db", "postgres://u:secret@127.0.0.1:1/news"])
+        .args(["lists", "add", "news", "--name", "News"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("postgres://u:***@127.0.0.1:1/news"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
     assert_eq!(
         std::fs::read_dir(d).unwrap().count(),
         0,
@@ -634,13 +645,13 @@ async fn backup_opens_and_holds_the_data_while_another_connection_writes() {
     writer.await.unwrap();
     let copy = Store::open(&d.join("copy.db")).await.unwrap();
     let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&crate::support::db::raw(copy.path()).await)
+        .fetch_one(&crate::support::db::raw(copy.location()).await)
         .await
         .unwrap();
     assert_eq!(check, "ok");
     assert!(copy.subscriber("ann@example.org").await.unwrap().is_some());
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM subscribers")
-        .fetch_one(&crate::support::db::raw(copy.path()).await)
+        .fetch_one(&crate::support::db::raw(copy.location()).await)
         .await
         .unwrap();
     assert!((2..=402).contains(&n), "{n}");

@@ -89,10 +89,10 @@ pub(crate) async fn check_placeholders(store: &Store, built: &Built, lists: &[Li
 /// `build`'s checks against the database: its list exists and provides the
 /// placeholders. Without a database file, a note says they were skipped.
 fn check_against_database(config: &Config, built: &Built) -> Result<()> {
-    if !config.db.is_file() {
+    if config.db.file().is_some_and(|path| !path.is_file()) {
         eprintln!(
             "bulletin: note: no database at {} (set by {}); placeholders not checked against the subscribers of list {}",
-            config.db.display(),
+            config.db,
             config.db_source,
             built.campaign.lists.join(", ")
         );

@@ -10,15 +10,17 @@ use crate::config::Config;
 
 pub(crate) fn init(config: &Config) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
-        if config.db.is_file() {
-            super::open_store(config).await?;
-            println!(
-                "database {} (set by {}) exists; schema up to date",
-                config.db.display(),
-                config.db_source
-            );
-        } else {
-            super::create_store(config).await?;
+        match crate::store::Store::open_existing(&config.db).await {
+            Err(crate::store::Error::Missing) => {
+                super::create_store(config).await?;
+            }
+            _ => {
+                super::open_store(config).await?;
+                println!(
+                    "database {} (set by {}) exists; schema up to date",
+                    config.db, config.db_source
+                );
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -27,10 +29,11 @@ pub(crate) fn init(config: &Config) -> Result<ExitCode> {
 pub(crate) fn backup(config: &Config, target: &Path) -> Result<ExitCode> {
     super::runtime()?.block_on(async {
         let store = super::open_store(config).await?;
-        store.backup(target).await.with_context(|| {
-            format!("backup of {} to {}", config.db.display(), target.display())
-        })?;
-        println!("backed up {} to {}", config.db.display(), target.display());
+        store
+            .backup(target)
+            .await
+            .with_context(|| format!("backup of {} to {}", config.db, target.display()))?;
+        println!("backed up {} to {}", config.db, target.display());
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -111,8 +111,8 @@ fn sources(r: &mut Report, config: &Config, global: &Global) {
         Some(file) => format!("{} (found in the current folder)", file.display()),
     };
     r.line(Level::Ok, "config", config_why);
-    let db = format!("{} ({})", config.db.display(), config.db_source);
-    if config.db.exists() {
+    let db = format!("{} ({})", config.db, config.db_source);
+    if config.db.file().is_none_or(Path::exists) {
         r.line(Level::Ok, "database", db);
     } else {
         r.line(

@@ -29,6 +29,7 @@ mod serve;
 mod setup;
 mod subscribers;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
@@ -139,26 +140,37 @@ async fn open_store(config: &Config) -> Result<Store> {
 /// missing, and says so: only `init`, `quickstart` and the commands that add
 /// data (lists and subscribers) call this.
 async fn create_store(config: &Config) -> Result<Store> {
-    let path = &config.db;
-    if path.is_file() {
-        return open_store(config).await;
+    match Store::open_existing(&config.db).await {
+        Err(crate::store::Error::Missing) => {}
+        found => return Ok(remember(found.map_err(|e| open_error(config, e))?)),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = config
+        .db
+        .file()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{} (folder of the database)", dir.display()))?;
     }
-    let store = Store::open(path).await.map_err(|e| open_error(config, e))?;
-    println!(
-        "created database {} (set by {})",
-        path.display(),
-        config.db_source
-    );
+    let store = Store::open(&config.db)
+        .await
+        .map_err(|e| open_error(config, e))?;
+    let what = match config.db.file() {
+        Some(_) => "created database",
+        None => "created the bulletin schema in",
+    };
+    println!("{what} {} (set by {})", config.db, config.db_source);
     Ok(remember(store))
 }
 
 fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
-    let path = config.db.display();
+    let path = &config.db;
     match e {
+        crate::store::Error::Missing if path.file().is_none() => anyhow::anyhow!(
+            "no bulletin schema in {path} (set by {}); `bulletin init` creates it, or `bulletin db copy` fills it from a SQLite file",
+            config.db_source
+        ),
         crate::store::Error::Missing => anyhow::anyhow!(
             "no database at {path} (set by {}); `bulletin init` creates one, or point --db, BULLETIN_DB or db in bulletin.toml at the existing file",
             config.db_source
@@ -197,9 +209,7 @@ fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + 
         | crate::store::Error::ReadOnly
         | crate::store::Error::Backup(_)
         | crate::store::Error::Sql(_)
-        | crate::store::Error::Schema(_) => {
-            anyhow::Error::new(e).context(config.db.display().to_string())
-        }
+        | crate::store::Error::Schema(_) => anyhow::Error::new(e).context(config.db.to_string()),
         other => other.into(),
     }
 }

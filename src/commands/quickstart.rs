@@ -30,7 +30,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     let mut config = config.clone();
     config.smtp.url = None;
     config.outbox_source = Source::Command("quickstart");
-    println!("database: {}", config.db.display());
+    println!("database: {}", config.db);
     super::runtime()?.block_on(async {
         let store = super::create_store(&config).await?;
         if store.list(LIST).await?.is_none() {

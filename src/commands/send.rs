@@ -1214,7 +1214,7 @@ async fn test_person(
         .ok_or_else(|| {
             anyhow!(
                 "--as {addr}: no subscriber with that address in {}; give a subscriber's address or leave out --as",
-                config.db.display()
+                config.db
             )
         })
 }

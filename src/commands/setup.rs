@@ -164,7 +164,7 @@ pub(crate) async fn signer(
     store.setting_or_insert("dev_secret", &fresh).await?;
     eprintln!(
         "bulletin: note: BULLETIN_SECRET is not set; links are signed with a development secret kept in {}",
-        config.db.display()
+        config.db
     );
     Ok(verifier(config, store).await?.expect("just stored"))
 }

@@ -8,6 +8,7 @@
 
 use super::Result;
 use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
+use super::sql::query_as;
 
 /// The archive rule, as a condition on a `campaigns` row.
 const SHOWN: &str = "status IN ('sending', 'sent')
@@ -21,7 +22,7 @@ impl super::Store {
     /// The campaigns the archive lists, newest first.
     pub async fn archived_campaigns(&self) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {SHOWN} ORDER BY id DESC"
         ))
         .fetch_all(pool)
@@ -31,7 +32,7 @@ impl super::Store {
     /// One campaign by slug, if the archive shows it.
     pub async fn archived_campaign(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ? AND {SHOWN}"
         ))
         .bind(slug)

@@ -3,6 +3,7 @@
 //! `inbound` so the same message is applied once, and keeping the mail that
 //! proved nothing in `unmatched` for review.
 
+use super::sql::{begin_write, query, query_as, query_scalar};
 use sqlx::Row;
 
 use super::{Result, Store, events};
@@ -111,7 +112,7 @@ pub struct BounceEvent {
 impl Store {
     /// Whether this raw message (by sha256 hex) was processed before.
     pub async fn inbound_seen(&self, hash: &str) -> Result<bool> {
-        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM inbound WHERE hash = ?")
+        let seen: Option<i64> = query_scalar("SELECT 1 FROM inbound WHERE hash = ?")
             .bind(hash)
             .fetch_optional(self.pool())
             .await?;
@@ -121,19 +122,18 @@ impl Store {
     /// Marks a message processed without acting on it (auto-replies,
     /// delays, unmatched or unrecognised mail).
     pub async fn inbound_record(&self, hash: &str, kind: &str, now: i64) -> Result<bool> {
-        let done =
-            sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
-                .bind(hash)
-                .bind(kind)
-                .bind(now)
-                .execute(self.pool())
-                .await?;
+        let done = query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(kind)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Who a delivery (named by a VERP or Message-ID token) went to.
     pub async fn delivery_owner(&self, delivery_id: i64) -> Result<Option<DeliveryOwner>> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT d.subscriber_id, d.campaign_id, s.email FROM deliveries d
              LEFT JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = ?",
         )
@@ -150,9 +150,9 @@ impl Store {
     /// Keeps a message that changed nobody for review, and marks it
     /// processed, in one transaction; `false` if it was processed before.
     pub async fn record_unmatched(&self, mail: &UnmatchedMail) -> Result<bool> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let fresh =
-            sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
+            query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
                 .bind(&mail.hash)
                 .bind(&mail.kind)
                 .bind(mail.received_at)
@@ -161,7 +161,7 @@ impl Store {
                 .rows_affected()
                 == 1;
         if fresh {
-            sqlx::query(
+            query(
                 "INSERT INTO unmatched (hash, kind, sender, subject, reason, received_at)
                  VALUES (?, ?, ?, ?, ?, ?)",
             )
@@ -180,7 +180,7 @@ impl Store {
 
     /// Messages kept for review since `since`, oldest first.
     pub async fn unmatched_since(&self, since: i64) -> Result<Vec<UnmatchedMail>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT hash, kind, sender, subject, reason, received_at FROM unmatched
              WHERE received_at >= ? ORDER BY id",
         )
@@ -215,13 +215,13 @@ impl Store {
         source: &str,
         now: i64,
     ) -> Result<Option<Applied>> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let kind = match action {
             Action::Hard { .. } | Action::Soft { .. } => "bounce",
             Action::Complaint { .. } => "complaint",
             Action::Unsubscribe { .. } => "unsubscribe",
         };
-        let fresh = sqlx::query("INSERT OR IGNORE INTO inbound (hash, kind, subscriber_id, created_at) VALUES (?, ?, ?, ?)")
+        let fresh = query("INSERT OR IGNORE INTO inbound (hash, kind, subscriber_id, created_at) VALUES (?, ?, ?, ?)")
             .bind(hash)
             .bind(kind)
             .bind(subscriber)
@@ -233,7 +233,7 @@ impl Store {
         if !fresh {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT email_hash, status FROM subscribers WHERE id = ?")
+        let row = query("SELECT email_hash, status FROM subscribers WHERE id = ?")
             .bind(subscriber)
             .fetch_optional(&mut *tx)
             .await?;
@@ -285,13 +285,13 @@ impl Store {
                 }
             }
             Action::Complaint { reason } => {
-                let lists: Vec<i64> = sqlx::query_scalar(
+                let lists: Vec<i64> = query_scalar(
                     "SELECT list_id FROM subscriptions WHERE subscriber_id = ? AND status != 'unsubscribed'",
                 )
                 .bind(subscriber)
                 .fetch_all(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE subscriptions SET status = 'unsubscribed', source = 'bounce', updated_at = ? WHERE subscriber_id = ?")
+                query("UPDATE subscriptions SET status = 'unsubscribed', source = 'bounce', updated_at = ? WHERE subscriber_id = ?")
                     .bind(now)
                     .bind(subscriber)
                     .execute(&mut *tx)
@@ -333,7 +333,7 @@ impl Store {
                 .await?
             }
             Action::Unsubscribe { list_id } => {
-                let changed = sqlx::query(
+                let changed = query(
                     "UPDATE subscriptions SET status = 'unsubscribed', source = 'mailto', updated_at = ?
                      WHERE subscriber_id = ? AND list_id = ? AND status != 'unsubscribed'",
                 )
@@ -371,7 +371,7 @@ impl Store {
     /// `subscriber`'s soft-bounce score at `now` and its history; `None`
     /// when it never had one.
     pub async fn bounce_score(&self, subscriber: i64, now: i64) -> Result<Option<BounceScore>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT e.created_at, c.slug, e.detail FROM events e
              LEFT JOIN campaigns c ON c.id = e.campaign_id
              WHERE e.subscriber_id = ? AND e.kind IN ('soft_bounce', 'bounce_score_lowered')
@@ -396,7 +396,7 @@ impl Store {
         if history.is_empty() {
             return Ok(None);
         }
-        let stored: Option<(f64, i64, i64)> = sqlx::query_as(
+        let stored: Option<(f64, i64, i64)> = query_as(
             "SELECT score, computed_at, half_life FROM bounce_scores WHERE subscriber_id = ?",
         )
         .bind(subscriber)
@@ -410,7 +410,7 @@ impl Store {
 
     /// Bounce and complaint events since `since`, newest last.
     pub async fn bounce_events(&self, since: i64) -> Result<Vec<BounceEvent>> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT e.created_at, e.kind, s.email, c.slug, e.source, e.detail
              FROM events e LEFT JOIN subscribers s ON s.id = e.subscriber_id
              LEFT JOIN campaigns c ON c.id = e.campaign_id
@@ -440,7 +440,7 @@ impl Store {
 /// back as returned mail or a webhook (`source` pipe, file, maildir, imap,
 /// webhook:ses...) or as the dispatcher's SMTP reply ("dispatch").
 pub(super) async fn record_hard_bounce(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     campaign: Option<i64>,
     source: &str,
@@ -450,7 +450,7 @@ pub(super) async fn record_hard_bounce(
     let detail = format!("hard: {reason}");
     event(tx, subscriber, campaign, "bounced", source, &detail, now).await?;
     let person: Option<(Option<String>, String)> =
-        sqlx::query_as("SELECT email_hash, status FROM subscribers WHERE id = ?")
+        query_as("SELECT email_hash, status FROM subscribers WHERE id = ?")
             .bind(subscriber)
             .fetch_optional(&mut *tx)
             .await?;
@@ -484,7 +484,7 @@ fn parse_score_detail(detail: &str) -> Option<(f64, &str)> {
 /// mailbox full on every campaign would settle at a score of 2 and never
 /// bounce.
 async fn raise_score(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     campaign: Option<i64>,
     source: &str,
@@ -494,7 +494,7 @@ async fn raise_score(
 ) -> Result<Option<f64>> {
     use crate::bounce::score;
     if let Some(campaign) = campaign {
-        let counted: Option<i64> = sqlx::query_scalar(
+        let counted: Option<i64> = query_scalar(
             "SELECT 1 FROM events WHERE subscriber_id = ? AND campaign_id = ? AND kind = 'soft_bounce'",
         )
         .bind(subscriber)
@@ -510,7 +510,7 @@ async fn raise_score(
     let halved: Option<(i64, Option<String>)> = match campaign {
         None => None,
         Some(campaign) => {
-            sqlx::query_as(
+            query_as(
                 "SELECT created_at, detail FROM events
                  WHERE subscriber_id = ? AND campaign_id = ? AND kind = 'bounce_score_lowered'",
             )
@@ -520,12 +520,11 @@ async fn raise_score(
             .await?
         }
     };
-    let stored: Option<(f64, i64, i64)> = sqlx::query_as(
-        "SELECT score, computed_at, half_life FROM bounce_scores WHERE subscriber_id = ?",
-    )
-    .bind(subscriber)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let stored: Option<(f64, i64, i64)> =
+        query_as("SELECT score, computed_at, half_life FROM bounce_scores WHERE subscriber_id = ?")
+            .bind(subscriber)
+            .fetch_optional(&mut *tx)
+            .await?;
     let half_life = stored.map_or(soft.window_secs.max(1), |(_, _, h)| h);
     let mut current = stored.map_or(0.0, |(s, at, _)| score::decayed(s, at, now, half_life));
     if let Some((halved_at, detail)) = halved
@@ -534,7 +533,7 @@ async fn raise_score(
         current = score::undo_delivery(current, halved_to, halved_at, now, half_life);
     }
     let new = score::after_soft_bounce(current);
-    sqlx::query(
+    query(
         "INSERT INTO bounce_scores (subscriber_id, score, computed_at, half_life) VALUES (?, ?, ?, ?)
          ON CONFLICT (subscriber_id) DO UPDATE SET
              score = excluded.score, computed_at = excluded.computed_at, half_life = excluded.half_life",
@@ -564,7 +563,7 @@ async fn raise_score(
 /// after soft bounces says the problem may be over. Each change is a
 /// `bounce_score_lowered` event; a score that becomes negligible is dropped.
 pub(super) async fn lower_scores_after_delivery(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     campaign: i64,
     delivered: &[i64],
     now: i64,
@@ -574,7 +573,7 @@ pub(super) async fn lower_scores_after_delivery(
         return Ok(());
     }
     let ids = serde_json::to_string(delivered).expect("integers serialise");
-    let scored: Vec<(i64, f64, i64, i64)> = sqlx::query_as(
+    let scored: Vec<(i64, f64, i64, i64)> = query_as(
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
          WHERE subscriber_id IN (SELECT value FROM json_each(?))",
     )
@@ -584,19 +583,17 @@ pub(super) async fn lower_scores_after_delivery(
     for (subscriber, stored, at, half_life) in scored {
         let new = score::after_delivery(score::decayed(stored, at, now, half_life));
         if new < score::NEGLIGIBLE {
-            sqlx::query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
+            query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
                 .bind(subscriber)
                 .execute(&mut *tx)
                 .await?;
         } else {
-            sqlx::query(
-                "UPDATE bounce_scores SET score = ?, computed_at = ? WHERE subscriber_id = ?",
-            )
-            .bind(new)
-            .bind(now)
-            .bind(subscriber)
-            .execute(&mut *tx)
-            .await?;
+            query("UPDATE bounce_scores SET score = ?, computed_at = ? WHERE subscriber_id = ?")
+                .bind(new)
+                .bind(now)
+                .bind(subscriber)
+                .execute(&mut *tx)
+                .await?;
         }
         let detail = score_detail(new, "delivered");
         let kind = "bounce_score_lowered";
@@ -618,12 +615,12 @@ pub(super) async fn lower_scores_after_delivery(
 /// (`subscribers reactivate`: the operator says the address works again),
 /// with a `bounce_score_lowered` event when there was one.
 pub(super) async fn reset_score(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     source: &str,
     now: i64,
 ) -> Result<()> {
-    let dropped = sqlx::query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
+    let dropped = query("DELETE FROM bounce_scores WHERE subscriber_id = ?")
         .bind(subscriber)
         .execute(&mut *tx)
         .await?
@@ -647,7 +644,7 @@ pub(super) async fn reset_score(
 /// Appends a bounce-handling event that names the campaign and the source
 /// of the report it came from.
 async fn bounce_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     campaign: Option<i64>,
     kind: &str,
@@ -659,7 +656,7 @@ async fn bounce_event(
 }
 
 async fn event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     campaign: Option<i64>,
     kind: &str,
@@ -677,7 +674,7 @@ async fn event(
 /// Sets the person's status (when `new` is given) and suppresses the
 /// address (by its hash; an erased person has none left to suppress).
 async fn stop(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     subscriber: i64,
     hash: Option<&str>,
     new: Option<&'static str>,
@@ -689,7 +686,7 @@ async fn stop(
     }
     match new {
         Some(status) => {
-            sqlx::query("UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?")
+            query("UPDATE subscribers SET status = ?, updated_at = ? WHERE id = ?")
                 .bind(status)
                 .bind(now)
                 .bind(subscriber)

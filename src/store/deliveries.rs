@@ -12,8 +12,9 @@
 //! `move_campaign`, the one statement that changes `campaigns.status`,
 //! enforces it in its `UPDATE`.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqliteConnection};
+use super::sql::{begin_write, flag, query, query_as, query_scalar};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::Result;
 
@@ -167,8 +168,8 @@ impl CampaignRow {
     }
 }
 
-impl FromRow<'_, SqliteRow> for CampaignRow {
-    fn from_row(r: &SqliteRow) -> sqlx::Result<Self> {
+impl FromRow<'_, AnyRow> for CampaignRow {
+    fn from_row(r: &AnyRow) -> sqlx::Result<Self> {
         Ok(CampaignRow {
             id: r.try_get("id")?,
             slug: r.try_get("slug")?,
@@ -189,7 +190,7 @@ impl FromRow<'_, SqliteRow> for CampaignRow {
             finished_at: r.try_get("finished_at")?,
             lease_owner: r.try_get("lease_owner")?,
             lease_until: r.try_get("lease_until")?,
-            welcome: r.try_get("welcome")?,
+            welcome: flag(r, "welcome")?,
             resend_until: r.try_get("resend_until")?,
             resend_closed_at: r.try_get("resend_closed_at")?,
         })
@@ -219,7 +220,7 @@ pub struct NewCampaign<'a> {
 impl super::Store {
     pub async fn campaign_by_slug(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"
         ))
         .bind(slug)
@@ -229,7 +230,7 @@ impl super::Store {
 
     pub async fn campaign_by_id(&self, id: i64) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
         ))
         .bind(id)
@@ -240,7 +241,7 @@ impl super::Store {
     /// All campaigns, newest first.
     pub async fn campaigns(&self) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
         ))
         .fetch_all(pool)
@@ -250,11 +251,11 @@ impl super::Store {
     /// Freezes a campaign as `scheduled` with its lists; returns its id.
     pub async fn insert_campaign(&self, c: &NewCampaign<'_>) -> Result<i64> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let id = sqlx::query(
-        "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
-         VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?)",
-    )
+        let mut tx = begin_write(pool).await?;
+        let id: i64 = query_scalar(
+            "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
+             VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?) RETURNING id",
+        )
     .bind(c.slug)
     .bind(c.lists[0])
     .bind(c.subject)
@@ -262,9 +263,8 @@ impl super::Store {
     .bind(c.source_hash)
     .bind(c.send_at)
     .bind(c.now)
-    .execute(&mut *tx)
-    .await?
-    .last_insert_rowid();
+    .fetch_one(&mut *tx)
+    .await?;
         set_campaign_lists(&mut tx, id, c.lists).await?;
         tx.commit().await?;
         Ok(id)
@@ -274,15 +274,15 @@ impl super::Store {
 /// Records the lists of campaign `id` (`campaign_lists`), in order,
 /// replacing any it had.
 pub(super) async fn set_campaign_lists(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: i64,
     lists: &[i64],
 ) -> Result<()> {
-    sqlx::query("DELETE FROM campaign_lists WHERE campaign_id = ?")
+    query("DELETE FROM campaign_lists WHERE campaign_id = ?")
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
+    query(
         "INSERT INTO campaign_lists (campaign_id, list_id, position)
          SELECT ?1, value, key FROM json_each(?2)",
     )
@@ -298,13 +298,13 @@ pub(super) async fn set_campaign_lists(
 /// `campaigns.status`, so every transition (run, finish, hold, cancel,
 /// replace, reopen) is checked against [`CampaignStatus::comes_from`].
 async fn move_campaign(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: i64,
     status: CampaignStatus,
     now: i64,
 ) -> Result<bool> {
     let from: Vec<&str> = status.comes_from().iter().map(|s| s.as_str()).collect();
-    let done = sqlx::query(
+    let done = query(
         "UPDATE campaigns SET status = ?2,
              started_at = CASE WHEN ?2 = 'sending' THEN COALESCE(started_at, ?3) ELSE started_at END,
              finished_at = CASE WHEN ?2 IN ('sent', 'cancelled') THEN ?3 ELSE finished_at END
@@ -323,7 +323,7 @@ impl super::Store {
     /// The lists a campaign goes to, in front matter order (ids).
     pub async fn campaign_lists(&self, campaign_id: i64) -> Result<Vec<i64>> {
         let pool = &self.pool;
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
         )
         .bind(campaign_id)
@@ -347,7 +347,7 @@ impl super::Store {
     /// Moves a scheduled campaign's time (`send --at` on a queued campaign).
     pub async fn set_send_at(&self, id: i64, send_at: i64) -> Result<()> {
         let pool = &self.pool;
-        sqlx::query("UPDATE campaigns SET send_at = ? WHERE id = ?")
+        query("UPDATE campaigns SET send_at = ? WHERE id = ?")
             .bind(send_at)
             .bind(id)
             .execute(pool)
@@ -360,7 +360,7 @@ impl super::Store {
     /// queued, due for a retry, or left `sending` by a dead run.
     pub async fn due_campaigns(&self, now: i64) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
          WHERE ((status = 'scheduled' AND send_at <= ?1) OR status = 'sending')
            AND (campaigns.id NOT IN (SELECT campaign_id FROM campaign_triggers)
@@ -385,7 +385,7 @@ impl super::Store {
         dead_owner: Option<&str>,
     ) -> Result<bool> {
         let pool = &self.pool;
-        let done = sqlx::query(
+        let done = query(
         "UPDATE campaigns SET lease_owner = ?2, lease_until = ?3
          WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?4 OR lease_owner = ?5)",
     )
@@ -402,19 +402,18 @@ impl super::Store {
     /// Extends a lease we hold; false if another run took it.
     pub async fn renew_lease(&self, id: i64, owner: &str, until: i64) -> Result<bool> {
         let pool = &self.pool;
-        let done =
-            sqlx::query("UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?")
-                .bind(until)
-                .bind(id)
-                .bind(owner)
-                .execute(pool)
-                .await?;
+        let done = query("UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?")
+            .bind(until)
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn release_lease(&self, id: i64, owner: &str) -> Result<()> {
         let pool = &self.pool;
-        sqlx::query("UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
+        query("UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?")
         .bind(id)
         .bind(owner)
         .execute(pool)
@@ -428,8 +427,8 @@ impl super::Store {
     /// flat: one `INSERT ... SELECT` per list of the campaign.
     pub async fn materialise(&self, campaign_id: i64, now: i64) -> Result<u64> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let lists: Vec<i64> = sqlx::query_scalar(
+        let mut tx = begin_write(pool).await?;
+        let lists: Vec<i64> = query_scalar(
             "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
         )
         .bind(campaign_id)
@@ -449,12 +448,12 @@ impl super::Store {
 /// (`INSERT OR IGNORE`), so someone on several lists is queued once,
 /// through the earliest list they may be mailed on.
 async fn queue_list(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     campaign_id: i64,
     list_id: i64,
     now: i64,
 ) -> Result<u64> {
-    let done = sqlx::query(&format!(
+    let done = query(&format!(
         "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, list_id, status, attempts, updated_at)
          SELECT ?2, a.id, ?1, 'queued', 0, ?3 FROM ({}) a
          WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')",
@@ -490,7 +489,7 @@ impl super::Store {
             InFlight::Unknown => "unknown",
             InFlight::Resend => "queued",
         };
-        let done = sqlx::query(
+        let done = query(
             "UPDATE deliveries SET status = ?, updated_at = ?,
              last_reply = 'in flight when an earlier run stopped'
          WHERE campaign_id = ? AND status = 'sending'",
@@ -519,8 +518,8 @@ pub struct Job {
     pub attempts: i64,
 }
 
-impl FromRow<'_, SqliteRow> for Job {
-    fn from_row(r: &SqliteRow) -> sqlx::Result<Self> {
+impl FromRow<'_, AnyRow> for Job {
+    fn from_row(r: &AnyRow) -> sqlx::Result<Self> {
         Ok(Job {
             delivery_id: r.try_get("delivery_id")?,
             subscriber_id: r.try_get("subscriber_id")?,
@@ -625,7 +624,7 @@ JOIN subscribers s ON s.id = d.subscriber_id";
 /// Claims up to `want` due rows inside the caller's transaction (see
 /// [`CLAIM_SQL`]); rows skipped along the way do not count against `want`.
 async fn claim(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     campaign: &CampaignRow,
     want: usize,
     now: i64,
@@ -633,7 +632,7 @@ async fn claim(
     let mut claimed = Claimed::default();
     let mut sending = Vec::with_capacity(want);
     while sending.len() < want {
-        let rows: Vec<(i64, String)> = sqlx::query_as(CLAIM_SQL)
+        let rows: Vec<(i64, String)> = query_as(CLAIM_SQL)
             .bind(campaign.id)
             .bind(campaign.list_id)
             .bind(now)
@@ -654,7 +653,7 @@ async fn claim(
     }
     if !sending.is_empty() {
         let ids = serde_json::to_string(&sending).expect("ids serialise");
-        claimed.jobs = sqlx::query_as(CLAIMED_JOBS_SQL)
+        claimed.jobs = query_as(CLAIMED_JOBS_SQL)
             .bind(ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -703,7 +702,7 @@ impl super::Store {
         now: i64,
     ) -> Result<Claimed> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(pool).await?;
         record_sent(&mut tx, outcomes, now).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
@@ -720,7 +719,7 @@ impl super::Store {
                 Outcome::Skipped { reason } => ("skipped", Some(reason), None),
                 Outcome::Unclaimed => ("queued", None, None),
             };
-            sqlx::query(
+            query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' THEN MAX(attempts - 1, 0) ELSE attempts END
@@ -762,7 +761,7 @@ impl super::Store {
 
 /// The common outcome, sent, as one statement per 300 rows.
 async fn record_sent(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     outcomes: &[(i64, i64, Outcome)],
     now: i64,
 ) -> Result<()> {
@@ -781,7 +780,7 @@ async fn record_sent(
                  next_attempt_at = NULL, updated_at = ?, sent_at = ?
              FROM v WHERE deliveries.id = v.id"
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = query(&sql);
         for (id, reply, mid) in chunk {
             q = q.bind(id).bind(reply).bind(mid);
         }
@@ -794,7 +793,7 @@ impl super::Store {
     /// Delivery counts by status.
     pub async fn delivery_counts(&self, campaign_id: i64) -> Result<Vec<(String, i64)>> {
         let pool = &self.pool;
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status ORDER BY status")
+        let rows = query("SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status ORDER BY status")
         .bind(campaign_id)
         .fetch_all(pool)
         .await?;
@@ -814,7 +813,7 @@ impl super::Store {
     /// When the next deferred delivery is due, if any.
     pub async fn next_retry(&self, campaign_id: i64) -> Result<Option<i64>> {
         let pool = &self.pool;
-        Ok(sqlx::query_scalar(NEXT_RETRY_SQL)
+        Ok(query_scalar(NEXT_RETRY_SQL)
             .bind(campaign_id)
             .fetch_one(pool)
             .await?)
@@ -823,7 +822,7 @@ impl super::Store {
     /// Rows still to settle: queued, sending or deferred.
     pub async fn open_count(&self, campaign_id: i64) -> Result<i64> {
         let pool = &self.pool;
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
         "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('queued', 'sending', 'deferred')",
     )
     .bind(campaign_id)
@@ -835,7 +834,7 @@ impl super::Store {
     /// `status`).
     pub async fn events_since(&self, campaign_id: i64, kind: &str, since: i64) -> Result<i64> {
         let pool = &self.pool;
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT COUNT(*) FROM events WHERE kind = ?2 AND created_at >= ?3
              AND (campaign_id = ?1 OR (campaign_id IS NULL AND (list_id IS NULL
                  OR list_id IN (SELECT list_id FROM campaign_lists WHERE campaign_id = ?1))))",
@@ -850,7 +849,7 @@ impl super::Store {
     /// Stores a setting unless it exists; returns the stored value.
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
         let pool = &self.pool;
-        sqlx::query("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)")
+        query("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)")
             .bind(key)
             .bind(value)
             .execute(pool)
@@ -883,8 +882,8 @@ pub struct ReportRow {
     pub list: Option<String>,
 }
 
-impl FromRow<'_, SqliteRow> for ReportRow {
-    fn from_row(r: &SqliteRow) -> sqlx::Result<Self> {
+impl FromRow<'_, AnyRow> for ReportRow {
+    fn from_row(r: &AnyRow) -> sqlx::Result<Self> {
         Ok(ReportRow {
             email: r.try_get("email")?,
             state: r.try_get("status")?,
@@ -957,8 +956,8 @@ impl super::Store {
     /// cancelled"), so no claim after the commit finds anything. Rows
     /// already `sending` finish and are recorded; sent rows stay.
     pub async fn cancel_campaign(&self, id: i64, now: i64) -> Result<Cancel> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let c: CampaignRow = sqlx::query_as(&format!(
+        let mut tx = begin_write(self.pool()).await?;
+        let c: CampaignRow = query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
         ))
         .bind(id)
@@ -968,7 +967,7 @@ impl super::Store {
         match c.status.on_cancel(newcomers_until.is_some()) {
             OnCancel::Refuse => return Ok(Cancel::Refused(c.status)),
             OnCancel::EndNewcomers => {
-                sqlx::query("UPDATE campaigns SET resend_closed_at = ?2 WHERE id = ?1")
+                query("UPDATE campaigns SET resend_closed_at = ?2 WHERE id = ?1")
                     .bind(id)
                     .bind(now)
                     .execute(&mut *tx)
@@ -982,7 +981,7 @@ impl super::Store {
         if !move_campaign(&mut tx, id, CampaignStatus::Cancelled, now).await? {
             return Ok(Cancel::Refused(c.status));
         }
-        let dropped = sqlx::query(
+        let dropped = query(
             "UPDATE deliveries SET status = 'skipped', last_reply = 'campaign cancelled',
                  next_attempt_at = NULL, updated_at = ?2
              WHERE campaign_id = ?1 AND status IN ('queued', 'deferred')",
@@ -1000,24 +999,24 @@ impl super::Store {
     /// IMMEDIATE transaction: new subject, content, lists and time; its
     /// queued rows are dropped (the next run queues the audience again).
     pub async fn replace_campaign(&self, new: &Refreeze<'_>) -> Result<Replace> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+        let mut tx = begin_write(self.pool()).await?;
+        let status: String = query_scalar("SELECT status FROM campaigns WHERE id = ?")
             .bind(new.id)
             .fetch_one(&mut *tx)
             .await?;
         let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
-        let attempted: i64 = sqlx::query_scalar(ATTEMPTED_SQL)
+        let attempted: i64 = query_scalar(ATTEMPTED_SQL)
             .bind(new.id)
             .fetch_one(&mut *tx)
             .await?;
         if !status.can_replace() || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }
-        sqlx::query("DELETE FROM deliveries WHERE campaign_id = ?")
+        query("DELETE FROM deliveries WHERE campaign_id = ?")
             .bind(new.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        query(
             "UPDATE campaigns SET list_id = ?2, subject = ?3, compiled = ?4, source_hash = ?5,
                  send_at = ?6
              WHERE id = ?1",
@@ -1044,7 +1043,7 @@ impl super::Store {
     /// first time.
     pub async fn first_time_count(&self, campaign_id: i64) -> Result<i64> {
         let lists = self.campaign_lists(campaign_id).await?;
-        Ok(sqlx::query_scalar(&format!(
+        Ok(query_scalar(&format!(
             "SELECT COUNT(*) FROM ({}) a WHERE NOT EXISTS
                  (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?2 AND d.subscriber_id = a.id)",
             super::subscribers::AUDIENCE_OF_LISTS_SQL
@@ -1060,7 +1059,7 @@ impl super::Store {
     /// of whose lists has someone with no row for it; returns their slugs.
     /// The run that follows queues only those people (`materialise`).
     pub async fn reopen_for_new(&self, now: i64) -> Result<Vec<String>> {
-        let candidates: Vec<(i64, String)> = sqlx::query_as(
+        let candidates: Vec<(i64, String)> = query_as(
             "SELECT id, slug FROM campaigns
              WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
                  AND resend_closed_at IS NULL
@@ -1084,18 +1083,16 @@ impl super::Store {
 
     /// A campaign's slug (its name in messages), by id.
     pub async fn campaign_slug(&self, campaign_id: i64) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT slug FROM campaigns WHERE id = ?")
-                .bind(campaign_id)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        Ok(query_scalar("SELECT slug FROM campaigns WHERE id = ?")
+            .bind(campaign_id)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// The slugs of the lists a campaign goes to, in front matter order
     /// (for `status`).
     pub async fn campaign_list_slugs(&self, campaign_id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT l.slug FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
              WHERE cl.campaign_id = ? ORDER BY cl.position",
         )
@@ -1106,7 +1103,7 @@ impl super::Store {
 
     /// How many people a campaign was sent to (`sent` or `unknown` rows).
     pub async fn received_count(&self, campaign_id: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('sent', 'unknown')",
         )
         .bind(campaign_id)
@@ -1123,7 +1120,7 @@ impl super::Store {
         state: Option<String>,
     ) -> futures_util::stream::BoxStream<'_, Result<ReportRow>> {
         use futures_util::{StreamExt as _, TryStreamExt as _};
-        sqlx::query_as::<_, ReportRow>(REPORT_SQL.as_str())
+        query_as::<ReportRow>(REPORT_SQL.as_str())
             .bind(campaign_id)
             .bind(state)
             .fetch(self.pool())
@@ -1134,7 +1131,7 @@ impl super::Store {
     /// One person's deliveries, newest first: (status, last SMTP reply or
     /// failure reason).
     pub async fn deliveries_of(&self, subscriber_id: i64) -> Result<Vec<(String, Option<String>)>> {
-        Ok(sqlx::query_as(
+        Ok(query_as(
             "SELECT status, last_reply FROM deliveries WHERE subscriber_id = ? ORDER BY id DESC",
         )
         .bind(subscriber_id)
@@ -1151,7 +1148,7 @@ mod tests {
     /// The plan of `sql` with every parameter bound to 1, one line a step.
     async fn plan(store: &Store, sql: &str, params: usize) -> Vec<String> {
         let explain = format!("EXPLAIN QUERY PLAN {sql}");
-        let mut q = sqlx::query(&explain);
+        let mut q = query(&explain);
         for _ in 0..params {
             q = q.bind(1i64);
         }
@@ -1396,7 +1393,7 @@ mod tests {
         got.sort();
         assert_eq!(got, [("bob@example.org", b), ("cy@example.org", b)]);
         assert_eq!(claimed.skipped, 1);
-        let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<i64>, Option<String>)> = query_as(
             "SELECT s.email, d.status, d.list_id, d.last_reply FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id ORDER BY s.email",
         )
@@ -1425,7 +1422,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let (a, _, campaign) = two_lists(&store).await;
         store.materialise(campaign.id, 2).await.unwrap();
-        sqlx::query("UPDATE deliveries SET list_id = NULL")
+        query("UPDATE deliveries SET list_id = NULL")
             .execute(store.pool())
             .await
             .unwrap();
@@ -1447,7 +1444,7 @@ mod tests {
         let list = store.create_list("news", "News", "", false, false, 1).await;
         let list = list.unwrap().id;
         // A campaign row as step 6 wrote it: no campaign_lists row.
-        sqlx::query(
+        query(
             "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at)
              VALUES ('old', ?, 's', '{}', 'h', 'sent', 1, 1)",
         )

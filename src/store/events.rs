@@ -1,7 +1,8 @@
 //! The `events` table: the append-only history of each person.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqliteConnection};
+use super::sql::{query, query_as};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{Result, Store};
 
@@ -24,8 +25,8 @@ pub struct Event {
     pub created_at: i64,
 }
 
-impl FromRow<'_, SqliteRow> for Event {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Event> {
+impl FromRow<'_, AnyRow> for Event {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Event> {
         Ok(Event {
             id: row.try_get("id")?,
             subscriber_id: row.try_get("subscriber_id")?,
@@ -42,7 +43,7 @@ impl FromRow<'_, SqliteRow> for Event {
 
 /// Appends an event about no campaign inside the caller's transaction.
 pub(super) async fn append(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     subscriber_id: i64,
     list_id: Option<i64>,
     kind: &str,
@@ -70,7 +71,7 @@ pub(super) struct About {
 /// that writes `events` one row at a time (imports write theirs in
 /// batches).
 pub(super) async fn append_about(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     subscriber_id: i64,
     about: About,
     kind: &str,
@@ -78,7 +79,7 @@ pub(super) async fn append_about(
     detail: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
+    query(
         "INSERT INTO events (subscriber_id, list_id, campaign_id, kind, source, detail, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
@@ -97,7 +98,7 @@ pub(super) async fn append_about(
 impl Store {
     /// A subscriber's history, oldest first.
     pub async fn events(&self, subscriber_id: i64) -> Result<Vec<Event>> {
-        Ok(sqlx::query_as(
+        Ok(query_as(
             "SELECT e.id, e.subscriber_id, l.slug AS list, e.campaign_id, c.slug AS campaign, \
                     e.kind, e.source, e.detail, e.created_at \
              FROM events e LEFT JOIN lists l ON l.id = e.list_id \

@@ -2,9 +2,10 @@
 //! records, streamed from SQLite so that memory stays flat at any size.
 //! Writing CSV or JSON is the caller's.
 
+use super::sql::{query_as_with, query_scalar_with};
 use futures_util::TryStreamExt as _;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{FromRow, Row, Sqlite};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{FromRow, Row};
 
 use super::{Consent, Error, Result, Store};
 
@@ -200,9 +201,9 @@ impl Selection {
         )
     }
 
-    fn arguments(&self) -> SqliteArguments<'_> {
+    fn arguments(&self) -> AnyArguments<'_> {
         use sqlx::Arguments as _;
-        let mut args = SqliteArguments::default();
+        let mut args = AnyArguments::default();
         // Encoding an i64 or a &str cannot fail.
         match self {
             Selection::Audience(l) | Selection::ListAll(l) => args.add(*l).expect("bind"),
@@ -284,8 +285,8 @@ pub struct ListMembership {
     pub consent_source: Option<String>,
 }
 
-impl FromRow<'_, SqliteRow> for ExportRow {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<ExportRow> {
+impl FromRow<'_, AnyRow> for ExportRow {
+    fn from_row(row: &AnyRow) -> sqlx::Result<ExportRow> {
         let attributes: &str = row.try_get("attributes")?;
         let lists: &str = row.try_get("lists")?;
         let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
@@ -314,11 +315,9 @@ impl Store {
             "SELECT DISTINCT j.key FROM {from} JOIN json_each(s.attributes) j \
              WHERE {filter} ORDER BY j.key"
         );
-        Ok(
-            sqlx::query_scalar_with::<Sqlite, String, _>(&sql, selection.arguments())
-                .fetch_all(self.pool())
-                .await?,
-        )
+        Ok(query_scalar_with::<String>(&sql, selection.arguments())
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Streams the selected people, in id order, to `each`; returns how many.
@@ -348,8 +347,7 @@ impl Store {
         mut each: impl FnMut(ExportRow) -> Result<(), E>,
     ) -> Result<u64, E> {
         let sql = selection.export_sql(with_lists);
-        let mut rows = sqlx::query_as_with::<Sqlite, ExportRow, _>(&sql, selection.arguments())
-            .fetch(self.pool());
+        let mut rows = query_as_with::<ExportRow>(&sql, selection.arguments()).fetch(self.pool());
         let mut n = 0;
         while let Some(row) = rows.try_next().await.map_err(Error::from)? {
             each(row)?;
@@ -362,11 +360,9 @@ impl Store {
     pub async fn count(&self, selection: &Selection) -> Result<i64> {
         let Clauses { from, filter, .. } = selection.clauses();
         let sql = format!("SELECT count(*) FROM {from} WHERE {filter}");
-        Ok(
-            sqlx::query_scalar_with::<Sqlite, i64, _>(&sql, selection.arguments())
-                .fetch_one(self.pool())
-                .await?,
-        )
+        Ok(query_scalar_with::<i64>(&sql, selection.arguments())
+            .fetch_one(self.pool())
+            .await?)
     }
 }
 
@@ -417,7 +413,7 @@ mod tests {
             Selection::Everyone,
         ] {
             let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql(true));
-            let plan: Vec<String> = sqlx::query_with::<Sqlite, _>(&sql, selection.arguments())
+            let plan: Vec<String> = super::super::sql::query_with(&sql, selection.arguments())
                 .fetch_all(store.pool())
                 .await
                 .unwrap()

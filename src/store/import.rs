@@ -38,11 +38,12 @@
 //! and no limit on bound variables. Memory is one batch plus a set of 8-byte
 //! keys of the addresses seen (about 20 MB per million distinct addresses).
 
+use super::sql::{begin_write_on, query, query_scalar};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
-use sqlx::{Connection as _, SqliteConnection};
+use sqlx::AnyConnection;
 
 use super::{Error, Result, Store, lists};
 use crate::address;
@@ -464,7 +465,7 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
 }
 
 async fn lookup(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     rows: &[Row],
 ) -> Result<(HashMap<String, Known>, HashSet<String>)> {
@@ -477,7 +478,7 @@ async fn lookup(
     // it probes the unique index on email once per row of the batch. The
     // answer is one JSON array too: one row to hand over instead of
     // thousands.
-    let found: String = sqlx::query_scalar(
+    let found: String = query_scalar(
         "SELECT json_group_array(json_array(s.id, s.email, s.name, s.attributes, s.status, sub.status, \
                 c.subscriber_id IS NOT NULL)) \
          FROM json_each(?1) j \
@@ -513,7 +514,7 @@ async fn lookup(
             },
         );
     }
-    let hashes: String = sqlx::query_scalar(
+    let hashes: String = query_scalar(
         "SELECT json_group_array(x.hash) FROM json_each(?1) j JOIN suppressions x ON x.hash = j.value",
     )
     .bind(json_array(rows.iter().map(|r| r.hash.as_str())))
@@ -719,7 +720,7 @@ fn plan(
 /// Inserts the batch's new people (status per plan) in one statement and
 /// returns their ids, in the order of `plans`' inserts.
 async fn insert_people(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     rows: &[Row],
     plans: &[Plan],
     now: i64,
@@ -747,7 +748,7 @@ async fn insert_people(
         return Ok(Vec::new());
     }
     let emails = json_array(new.iter().map(|n| n.0));
-    sqlx::query(
+    query(
         "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2, ?2 \
          FROM json_each(?1)",
@@ -758,7 +759,7 @@ async fn insert_people(
     .await?;
     // Their ids, looked up by address in one query (rows of `RETURNING`
     // would cross to us one by one).
-    let ids: String = sqlx::query_scalar(
+    let ids: String = query_scalar(
         "SELECT json_group_array(s.id) FROM json_each(?1) j JOIN subscribers s ON s.email = j.value",
     )
     .bind(emails)
@@ -775,7 +776,7 @@ type Sub<'a> = (i64, &'a Consent);
 /// With `welcome`, queues the welcome mail of everyone it confirmed on the
 /// list and returns how many.
 async fn write(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     rows: &[Row],
     plans: &[Plan],
@@ -826,7 +827,7 @@ async fn write(
         }
     }
     if !merged.is_empty() {
-        sqlx::query(
+        query(
             "UPDATE subscribers SET name = j.value ->> 1, attributes = j.value ->> 2, updated_at = ?2 \
              FROM json_each(?1) j WHERE subscribers.id = j.value ->> 0",
         )
@@ -851,7 +852,7 @@ async fn write(
 }
 
 async fn confirm_pending(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     confirm: Vec<i64>,
     now: i64,
@@ -860,7 +861,7 @@ async fn confirm_pending(
         return Ok(());
     }
     let ids = json_array(confirm);
-    sqlx::query(
+    query(
         "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
          WHERE list_id = ?2 AND status = 'pending' \
            AND subscriber_id IN (SELECT value FROM json_each(?1))",
@@ -870,7 +871,7 @@ async fn confirm_pending(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    query(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value, ?2, 'confirmed', 'import', ?3 FROM json_each(?1)",
     )
@@ -886,7 +887,7 @@ async fn confirm_pending(
 /// `[id, consent]`). A record only fills a gap: one stored is never
 /// overwritten.
 async fn insert_consents(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     consents: &[Sub<'_>],
 ) -> Result<()> {
@@ -901,7 +902,7 @@ async fn insert_consents(
     if records == "[]" {
         return Ok(());
     }
-    sqlx::query(
+    query(
         "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
          SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
          FROM json_each(?1) WHERE true \
@@ -915,7 +916,7 @@ async fn insert_consents(
 }
 
 async fn subscribe_confirmed(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     subscribe: &[Sub<'_>],
     now: i64,
@@ -925,7 +926,7 @@ async fn subscribe_confirmed(
     }
     // Only the ids: the consent records go in their own flat array below.
     let subs = json_array(subscribe.iter().map(|(id, _)| id));
-    sqlx::query(
+    query(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
          SELECT value, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
     )
@@ -934,7 +935,7 @@ async fn subscribe_confirmed(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    query(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
     )
@@ -954,7 +955,7 @@ async fn subscribe_confirmed(
 /// This is the import's one writer of unsubscribes and bounces; the
 /// suppressions go through the store's one writer (`suppress_hashes`).
 async fn record_left(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     left: &[(i64, &str, Standing, &Consent)],
     now: i64,
@@ -976,7 +977,7 @@ async fn record_left(
         }
         serde_json::json!([id, null, kind, person])
     }));
-    sqlx::query(
+    query(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
          SELECT value ->> 0, ?2, 'unsubscribed', 'import', ?3, ?3 FROM json_each(?1) WHERE true \
          ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = 'unsubscribed', source = 'import', \
@@ -987,7 +988,7 @@ async fn record_left(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    query(
         "UPDATE subscribers SET status = j.value ->> 3, updated_at = ?2 \
          FROM json_each(?1) j \
          WHERE subscribers.id = j.value ->> 0 AND j.value ->> 3 IS NOT NULL \
@@ -998,7 +999,7 @@ async fn record_left(
     .execute(&mut *conn)
     .await?;
     super::suppress_hashes(conn, &suppressed, now).await?;
-    sqlx::query(
+    query(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value ->> 0, ?2, value ->> 2, 'import', ?3 FROM json_each(?1)",
     )
@@ -1148,7 +1149,7 @@ impl Store {
 /// Plans and writes one batch in one IMMEDIATE transaction (so the plan is
 /// made on the data it changes); a dry run only looks up and plans.
 async fn import_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     rows: &[Row],
     options: &ImportOptions,
@@ -1162,7 +1163,7 @@ async fn import_batch(
         }
         return Ok(());
     }
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write_on(conn).await?;
     let (known, suppressed) = lookup(&mut tx, list_id, rows).await?;
     let plans = plan(rows, &known, &suppressed, report);
     report.welcomed += write(&mut tx, list_id, rows, &plans, options.now, options.welcome).await?;

@@ -2,8 +2,9 @@
 //! and removing lists (a removed list keeps its row, recorded in
 //! `removed_lists`, so no history is lost).
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqliteConnection};
+use super::sql::{begin_write, flag, query, query_as, query_scalar};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{Error, Result, Store};
 
@@ -30,22 +31,22 @@ pub struct ListCounts {
     pub audience: i64,
 }
 
-impl FromRow<'_, SqliteRow> for List {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<List> {
+impl FromRow<'_, AnyRow> for List {
+    fn from_row(row: &AnyRow) -> sqlx::Result<List> {
         Ok(List {
             id: row.try_get("id")?,
             slug: row.try_get("slug")?,
             name: row.try_get("name")?,
             description: row.try_get("description")?,
-            double_opt_in: row.try_get("double_opt_in")?,
-            public: row.try_get("public")?,
+            double_opt_in: flag(row, "double_opt_in")?,
+            public: flag(row, "public")?,
             created_at: row.try_get("created_at")?,
         })
     }
 }
 
-impl FromRow<'_, SqliteRow> for ListCounts {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<ListCounts> {
+impl FromRow<'_, AnyRow> for ListCounts {
+    fn from_row(row: &AnyRow) -> sqlx::Result<ListCounts> {
         Ok(ListCounts {
             list: List::from_row(row)?,
             confirmed: row.try_get("confirmed")?,
@@ -72,8 +73,8 @@ pub(super) fn check_slug(slug: &str) -> Result<()> {
     }
 }
 
-pub(super) async fn find(conn: &mut SqliteConnection, slug: &str) -> Result<Option<List>> {
-    Ok(sqlx::query_as(&format!(
+pub(super) async fn find(conn: &mut AnyConnection, slug: &str) -> Result<Option<List>> {
+    Ok(query_as(&format!(
         "SELECT {LIST_COLUMNS} FROM lists WHERE slug = ? \
              AND id NOT IN (SELECT list_id FROM removed_lists)"
     ))
@@ -84,7 +85,7 @@ pub(super) async fn find(conn: &mut SqliteConnection, slug: &str) -> Result<Opti
 
 /// The list `slug`, or [`Error::NoList`] with the closest existing slug:
 /// the one place a slug nobody has gets its "did you mean".
-pub(super) async fn require(conn: &mut SqliteConnection, slug: &str) -> Result<List> {
+pub(super) async fn require(conn: &mut AnyConnection, slug: &str) -> Result<List> {
     match find(conn, slug).await? {
         Some(list) => Ok(list),
         None => Err(no_list(conn, slug).await?),
@@ -95,7 +96,7 @@ pub(super) async fn require(conn: &mut SqliteConnection, slug: &str) -> Result<L
 /// typo away from an existing list is [`Error::NoList`] with the suggestion
 /// (for the commands that create a missing list, such as an import).
 pub(super) async fn find_unless_misspelt(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     slug: &str,
 ) -> Result<Option<List>> {
     match find(conn, slug).await? {
@@ -112,8 +113,8 @@ pub(super) async fn find_unless_misspelt(
 
 /// The error for `slug`, naming the list whose display name it is (`News`
 /// for the slug `news`), else the closest slug of the lists there are.
-async fn no_list(conn: &mut SqliteConnection, slug: &str) -> Result<Error> {
-    let lists: Vec<(String, String)> = sqlx::query_as(
+async fn no_list(conn: &mut AnyConnection, slug: &str) -> Result<Error> {
+    let lists: Vec<(String, String)> = query_as(
         "SELECT slug, name FROM lists WHERE id NOT IN (SELECT list_id FROM removed_lists)",
     )
     .fetch_all(conn)
@@ -131,7 +132,7 @@ async fn no_list(conn: &mut SqliteConnection, slug: &str) -> Result<Error> {
 }
 
 pub(super) async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     slug: &str,
     name: &str,
     description: &str,
@@ -140,15 +141,15 @@ pub(super) async fn insert(
     now: i64,
 ) -> Result<List> {
     check_slug(slug)?;
-    let list = sqlx::query_as(&format!(
+    let list = query_as(&format!(
         "INSERT INTO lists (slug, name, description, double_opt_in, public, created_at) \
          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (slug) DO NOTHING RETURNING {LIST_COLUMNS}"
     ))
     .bind(slug)
     .bind(name)
     .bind(description)
-    .bind(double_opt_in)
-    .bind(public)
+    .bind(i64::from(double_opt_in))
+    .bind(i64::from(public))
     .bind(now)
     .fetch_optional(conn)
     .await?;
@@ -179,8 +180,8 @@ pub struct RemovedList {
 }
 
 /// Confirmed or pending subscriptions: who a list would mail or ask.
-async fn members(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
+async fn members(conn: &mut AnyConnection, list_id: i64) -> Result<i64> {
+    Ok(query_scalar(
         "SELECT count(*) FROM subscriptions WHERE list_id = ? AND status IN ('confirmed', 'pending')",
     )
     .bind(list_id)
@@ -189,8 +190,8 @@ async fn members(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
 }
 
 /// Campaigns to the list that the dispatcher may still send.
-async fn campaigns_to_come(conn: &mut SqliteConnection, list_id: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
+async fn campaigns_to_come(conn: &mut AnyConnection, list_id: i64) -> Result<i64> {
+    Ok(query_scalar(
         "SELECT count(*) FROM campaigns c WHERE c.status IN ('scheduled', 'sending', 'held')
              AND (c.list_id = ?1 OR EXISTS
                  (SELECT 1 FROM campaign_lists cl WHERE cl.campaign_id = c.id AND cl.list_id = ?1))",
@@ -205,12 +206,12 @@ impl Store {
     /// campaigns and history stay with it (they hold its id).
     pub async fn rename_list(&self, slug: &str, new_slug: &str) -> Result<List> {
         check_slug(new_slug)?;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let list = require(&mut tx, slug).await?;
         if slug != new_slug && find(&mut tx, new_slug).await?.is_some() {
             return Err(Error::ListExists(new_slug.to_string()));
         }
-        let renamed = sqlx::query_as(&format!(
+        let renamed = query_as(&format!(
             "UPDATE lists SET slug = ? WHERE id = ? RETURNING {LIST_COLUMNS}"
         ))
         .bind(new_slug)
@@ -225,15 +226,15 @@ impl Store {
     /// stay. Subscriptions already pending or confirmed are not changed by
     /// switching double opt-in: it applies to those who join from now on.
     pub async fn edit_list(&self, slug: &str, changes: &ListChanges) -> Result<List> {
-        let edited = sqlx::query_as(&format!(
+        let edited = query_as(&format!(
             "UPDATE lists SET name = coalesce(?, name), description = coalesce(?, description), \
              double_opt_in = coalesce(?, double_opt_in), public = coalesce(?, public) \
              WHERE slug = ? AND id NOT IN (SELECT list_id FROM removed_lists) RETURNING {LIST_COLUMNS}"
         ))
         .bind(&changes.name)
         .bind(&changes.description)
-        .bind(changes.double_opt_in)
-        .bind(changes.public)
+        .bind(changes.double_opt_in.map(i64::from))
+        .bind(changes.public.map(i64::from))
         .bind(slug)
         .fetch_optional(self.pool())
         .await?;
@@ -250,7 +251,7 @@ impl Store {
     /// command finds it and no campaign goes to it; people, subscriptions,
     /// deliveries and events stay as they were.
     pub async fn remove_list(&self, slug: &str, force: bool, now: i64) -> Result<RemovedList> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let list = require(&mut tx, slug).await?;
         let members = members(&mut tx, list.id).await?;
         if members > 0 && !force {
@@ -260,12 +261,12 @@ impl Store {
         if campaigns > 0 {
             return Err(Error::ListInUse(slug.to_string(), campaigns));
         }
-        sqlx::query("INSERT INTO removed_lists (list_id, removed_at) VALUES (?, ?)")
+        query("INSERT INTO removed_lists (list_id, removed_at) VALUES (?, ?)")
             .bind(list.id)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE lists SET public = 0, slug = slug || '~removed-' || id WHERE id = ?")
+        query("UPDATE lists SET public = 0, slug = slug || '~removed-' || id WHERE id = ?")
             .bind(list.id)
             .execute(&mut *tx)
             .await?;
@@ -310,7 +311,7 @@ impl Store {
 
     /// Every list, by slug, with its counts.
     pub async fn lists(&self) -> Result<Vec<ListCounts>> {
-        Ok(sqlx::query_as(concat!(
+        Ok(query_as(concat!(
             "SELECT l.id, l.slug, l.name, l.description, l.double_opt_in, l.public, l.created_at, \
                (SELECT count(*) FROM subscriptions WHERE list_id = l.id AND status = 'confirmed') AS confirmed, \
                (SELECT count(*) FROM subscriptions WHERE list_id = l.id AND status = 'pending') AS pending, \
@@ -328,7 +329,7 @@ impl Store {
     /// How many people would receive a campaign sent to `lists` now, each
     /// counted once, and how many of them are on more than one of them.
     pub async fn audience_of_lists(&self, lists: &[i64]) -> Result<ListsAudience> {
-        let (people, on_several): (i64, i64) = sqlx::query_as(&format!(
+        let (people, on_several): (i64, i64) = query_as(&format!(
             "SELECT count(*), COALESCE(SUM(a.lists > 1), 0) FROM ({}) a",
             super::subscribers::AUDIENCE_OF_LISTS_SQL
         ))
@@ -340,7 +341,7 @@ impl Store {
 
     /// How many people would receive a campaign sent to the list now.
     pub async fn audience_count(&self, list_id: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar(&format!(
+        Ok(query_scalar(&format!(
             "SELECT count(*) FROM ({})",
             super::subscribers::AUDIENCE_SQL
         ))
@@ -387,7 +388,7 @@ mod tests {
         assert!(store.lists_of(ann.id).await.unwrap().is_empty());
         // Unsubscribe links in mail already sent still find it.
         assert!(store.list_for(ann.id, list.id).await.unwrap().is_some());
-        let kept: (i64, i64) = sqlx::query_as(
+        let kept: (i64, i64) = query_as(
             "SELECT (SELECT count(*) FROM subscriptions WHERE list_id = ?1), \
                     (SELECT count(*) FROM events WHERE list_id = ?1)",
         )

@@ -40,19 +40,22 @@ mod events;
 mod export;
 mod import;
 mod lists;
+mod location; // the `db` setting: a SQLite file or a PostgreSQL URL
 pub mod people; // what the subscriber pages read and change
 mod placeholders; // the attribute keys a list has and who lacks each value
 mod runs; // which transport each campaign run used
 pub mod schema;
+mod sql; // one statement text for both engines; write transactions
 mod subscribers;
 pub mod welcome; // welcome campaigns: the active one per list, `queue_welcome`
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection as _};
+
+use sql::{query, query_scalar};
 
 pub use bounces::{
     Action, Applied, BounceEvent, BounceScore, DeliveryOwner, ScoreChange, SoftRule, UnmatchedMail,
@@ -63,7 +66,9 @@ pub use import::{
     Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
 };
 pub use lists::{List, ListChanges, ListCounts, ListsAudience, RemovedList};
+pub use location::Location;
 pub use runs::RunTransport;
+pub use sql::Engine;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
 
 /// Who may be mailed, whatever the list: [`MAILABLE`] without the
@@ -99,6 +104,8 @@ pub enum Error {
     Backup(std::io::Error),
     #[error("database: {0}")]
     Sql(sqlx::Error),
+    #[error("{0}")]
+    NotOnPostgres(&'static str),
     #[error("schema: {0}")]
     Schema(String),
     #[error("the subscription writer has stopped (the server is shutting down)")]
@@ -209,78 +216,121 @@ impl Error {
 /// A handle on the database: cheap to clone, shared by every task.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    path: PathBuf,
+    pool: AnyPool,
+    location: Location,
 }
 
 impl Store {
-    /// Opens (creating it if needed) the database at `path`, in WAL mode with
-    /// foreign keys on and a busy timeout, and brings the schema up to date.
-    pub async fn open(path: &Path) -> Result<Store> {
-        Self::open_with(path, BUSY_TIMEOUT).await
+    /// Opens (creating a SQLite file if needed) the database, and brings
+    /// the schema up to date. SQLite runs in WAL mode with foreign keys on
+    /// and a busy timeout; a PostgreSQL database must exist (the schema is
+    /// created inside it).
+    pub async fn open(location: impl Into<Location>) -> Result<Store> {
+        Self::open_with(location, BUSY_TIMEOUT).await
     }
 
-    /// Opens the database at `path` only if the file exists: commands that
-    /// merely read or send never create an empty database by accident.
-    pub async fn open_existing(path: &Path) -> Result<Store> {
-        if !path.is_file() {
-            return Err(Error::Missing);
+    /// Opens the database only if it exists: commands that merely read or
+    /// send never create an empty database by accident. On PostgreSQL,
+    /// "exists" means the bulletin schema is in it.
+    pub async fn open_existing(location: impl Into<Location>) -> Result<Store> {
+        match &location.into() {
+            Location::File(path) if !path.is_file() => Err(Error::Missing),
+            Location::File(path) => Self::connect_sqlite(path, BUSY_TIMEOUT, false).await,
+            Location::Postgres(url) => Self::connect_postgres(url, false).await,
         }
-        Self::connect(path, BUSY_TIMEOUT, false).await
     }
 
     /// [`Store::open`] with another busy timeout (tests use a short one).
-    pub async fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
-        Self::connect(path, busy_timeout, true).await
+    pub async fn open_with(location: impl Into<Location>, busy_timeout: Duration) -> Result<Store> {
+        match &location.into() {
+            Location::File(path) => Self::connect_sqlite(path, busy_timeout, true).await,
+            Location::Postgres(url) => Self::connect_postgres(url, true).await,
+        }
     }
 
-    async fn connect(path: &Path, busy_timeout: Duration, create: bool) -> Result<Store> {
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(Error::Sql)?
-            .filename(path)
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(busy_timeout)
-            .synchronous(SqliteSynchronous::Normal)
-            // Erasure must not leave the address in free pages of the file.
-            .pragma("secure_delete", "ON");
-        let pool = SqlitePoolOptions::new()
+    async fn connect_sqlite(path: &Path, busy_timeout: Duration, create: bool) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let locked = |e: Error| match e {
+            Error::Locked(_) => Error::Locked(busy_timeout),
+            other => other,
+        };
+        let locked_from = |e: sqlx::Error| locked(Error::from(e));
+        let url = location::sqlite_url(path, create);
+        // The file itself first: a corrupt or unreadable file fails here,
+        // once, with its own error (the pool would retry until its timeout).
+        let mut first = AnyConnection::connect(&url).await.map_err(locked_from)?;
+        sqlx::raw_sql("PRAGMA journal_mode = WAL")
+            .execute(&mut first)
+            .await
+            .map_err(locked_from)?;
+        first.close().await.map_err(locked_from)?;
+        // Erasure must not leave the address in free pages of the file.
+        let pragmas = format!(
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
+            busy_timeout.as_millis()
+        );
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .acquire_timeout(busy_timeout + Duration::from_secs(5))
-            .connect_with(options)
+            .after_connect(move |conn, _| {
+                let pragmas = pragmas.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pragmas)).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
-            .map_err(|e| match Error::from(e) {
-                Error::Locked(_) => Error::Locked(busy_timeout),
-                other => other,
-            })?;
+            .map_err(locked_from)?;
         let store = Store {
             pool,
-            path: path.to_path_buf(),
+            location: Location::File(path.to_path_buf()),
         };
-        schema::apply(&store.pool).await.map_err(|e| match e {
-            Error::Locked(_) => Error::Locked(busy_timeout),
-            other => other,
-        })?;
+        schema::apply(&store.pool).await.map_err(locked)?;
+        Ok(store)
+    }
+
+    async fn connect_postgres(url: &url::Url, create: bool) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url.as_str())
+            .await?;
+        let store = Store {
+            pool,
+            location: Location::Postgres(url.clone()),
+        };
+        if !create && schema::version(&store.pool).await? == 0 {
+            return Err(Error::Missing);
+        }
+        schema::apply(&store.pool).await?;
         Ok(store)
     }
 
     /// A round trip to the database, for health checks.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     /// The pool, for the store's modules and their unit tests only: nothing
     /// outside `src/store/` sees it (the store is the one door).
-    fn pool(&self) -> &SqlitePool {
+    fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the database is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The engine the database runs on.
+    pub fn engine(&self) -> Engine {
+        Engine::of(&self.pool)
     }
 
     /// Waits for running queries, copies the write-ahead log into the
@@ -289,9 +339,11 @@ impl Store {
     pub async fn close(self) {
         // Best effort: another process may hold the log; SQLite also
         // checkpoints when the last connection closes.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await;
+        if self.engine() == Engine::Sqlite {
+            let _ = query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+        }
         self.pool.close().await;
     }
 
@@ -300,13 +352,18 @@ impl Store {
     /// The copy is written beside `target` and renamed over it, so `target`
     /// is never a half-written file.
     pub async fn backup(&self, target: &Path) -> Result<()> {
+        if self.engine() == Engine::Postgres {
+            return Err(Error::NotOnPostgres(
+                "`db backup` copies a SQLite file; back PostgreSQL up with pg_dump",
+            ));
+        }
         let partial = {
             let mut name = target.as_os_str().to_owned();
             name.push(format!(".partial-{}", std::process::id()));
             PathBuf::from(name)
         };
         let _ = std::fs::remove_file(&partial);
-        let written = sqlx::query("VACUUM INTO ?")
+        let written = query("VACUUM INTO ?")
             .bind(partial.to_string_lossy().into_owned())
             .execute(&self.pool)
             .await;
@@ -330,7 +387,7 @@ impl Store {
 
     async fn is_hash_suppressed(&self, hash: &str) -> Result<bool> {
         Ok(
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
+            query_scalar::<i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
                 .bind(hash)
                 .fetch_one(&self.pool)
                 .await?
@@ -348,17 +405,15 @@ impl Store {
 
     /// A value from `settings`.
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Stores a value in `settings`, replacing any previous one.
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        sqlx::query(
+        query(
             "INSERT INTO settings (key, value) VALUES (?, ?) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
@@ -375,7 +430,7 @@ impl Store {
 /// writes `suppressions`: bounces, complaints, erasure and manual entries all
 /// come here. Keeps an existing entry and its reason.
 async fn suppress_hash(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     hash: &str,
     reason: &str,
     now: i64,
@@ -386,7 +441,7 @@ async fn suppress_hash(
 /// `suppress_hash` for a batch of (hash, reason) pairs in one statement (an
 /// import's people who left): the one statement that writes `suppressions`.
 async fn suppress_hashes(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     pairs: &[(&str, &str)],
     now: i64,
 ) -> Result<()> {
@@ -394,7 +449,7 @@ async fn suppress_hashes(
         return Ok(());
     }
     let rows = serde_json::to_string(pairs).expect("strings serialise");
-    sqlx::query(
+    query(
         "INSERT INTO suppressions (hash, reason, created_at) \
          SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true \
          ON CONFLICT (hash) DO NOTHING",
@@ -422,6 +477,7 @@ pub fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sql::{begin_write, query_as};
 
     #[tokio::test]
     async fn erasure_removes_unmatched_mail_that_names_the_address() {
@@ -462,8 +518,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let a = Store::open(&path).await.unwrap();
-        let mut tx = a.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('k', 'v')")
+        let mut tx = begin_write(a.pool()).await.unwrap();
+        query("INSERT INTO settings (key, value) VALUES ('k', 'v')")
             .execute(&mut *tx)
             .await
             .unwrap();
@@ -486,8 +542,8 @@ mod tests {
         assert!(!path.exists());
         let s = Store::open(&path).await.unwrap();
         let insert = "INSERT INTO settings (key, value) VALUES ('k', 'v')";
-        sqlx::query(insert).execute(s.pool()).await.unwrap();
-        let err = Error::from(sqlx::query(insert).execute(s.pool()).await.unwrap_err());
+        query(insert).execute(s.pool()).await.unwrap();
+        let err = Error::from(query(insert).execute(s.pool()).await.unwrap_err());
         assert!(err.is_duplicate(), "{err:?}");
         assert!(!Error::Corrupt.is_duplicate());
         s.close().await;
@@ -542,7 +598,7 @@ mod tests {
     async fn leave(s: &Store, list: i64, email: &str, how: &str) {
         let id = s.subscriber(email).await.unwrap().unwrap().id;
         let person = |status: &'static str| {
-            sqlx::query("UPDATE subscribers SET status = ? WHERE id = ?")
+            query("UPDATE subscribers SET status = ? WHERE id = ?")
                 .bind(status)
                 .bind(id)
                 .execute(s.pool())
@@ -642,7 +698,7 @@ mod tests {
         assert_eq!(mailed, on_list, "the claim");
         assert_eq!(claimed.skipped, 7);
         assert!(claimed.exhausted);
-        let skipped: Vec<(String, String)> = sqlx::query_as(
+        let skipped: Vec<(String, String)> = query_as(
             "SELECT status, last_reply FROM deliveries WHERE status != 'sending' ORDER BY id",
         )
         .fetch_all(s.pool())
@@ -765,7 +821,7 @@ mod tests {
             if file.starts_with("src/store/") {
                 continue;
             }
-            for word in ["SqlitePool", "sqlx::", ".pool()"] {
+            for word in ["AnyPool", "sqlx::", ".pool()"] {
                 assert!(!text.contains(word), "{file} uses {word}");
             }
         }

@@ -2,7 +2,8 @@
 //! they make themselves (name, subscriptions, sign-up, confirmation), and
 //! what "download my data" returns. Every change appends an event.
 
-use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
+use super::sql::{begin_write, query, query_as, query_scalar};
+use sqlx::{AnyConnection, AnyPool, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{List, Result, events};
@@ -15,7 +16,7 @@ impl super::Store {
     /// an unsubscribe link needs, in one query.
     pub async fn list_for(&self, subscriber: i64, list: i64) -> Result<Option<List>> {
         let pool = &self.pool;
-        let row = sqlx::query(&format!(
+        let row = query(&format!(
             "SELECT {LIST_COLUMNS} FROM lists l WHERE l.id = ?
          AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = ? AND s.email IS NOT NULL)"
         ))
@@ -28,7 +29,7 @@ impl super::Store {
 
     pub async fn public_lists(&self) -> Result<Vec<List>> {
         let pool = &self.pool;
-        let rows = sqlx::query(&format!(
+        let rows = query(&format!(
         "SELECT {LIST_COLUMNS} FROM lists l WHERE l.public != 0 AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
     ))
     .fetch_all(pool)
@@ -42,7 +43,7 @@ impl super::Store {
     /// The lists a person has a subscription row for, with its status.
     pub async fn lists_of(&self, subscriber: i64) -> Result<Vec<(List, String)>> {
         let pool = &self.pool;
-        let rows = sqlx::query(&format!(
+        let rows = query(&format!(
         "SELECT {LIST_COLUMNS}, sub.status AS sub_status
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
          WHERE sub.subscriber_id = ? AND l.id NOT IN (SELECT list_id FROM removed_lists) ORDER BY l.name"
@@ -67,7 +68,7 @@ impl super::Store {
         now: i64,
     ) -> Result<bool> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(pool).await?;
         let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
         tx.commit().await?;
         Ok(changed)
@@ -78,14 +79,14 @@ impl super::Store {
 /// list again makes a person who had left everything active again; a
 /// bounced, complained or erased person stays as they are.
 async fn set_subscription_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     subscriber: i64,
     list: i64,
     status: &str,
     source: &str,
     now: i64,
 ) -> Result<bool> {
-    let current: Option<(Option<String>, String)> = sqlx::query_as(
+    let current: Option<(Option<String>, String)> = query_as(
         "SELECT sub.status, s.status FROM subscribers s
          LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?
          WHERE s.id = ? AND s.email IS NOT NULL",
@@ -100,7 +101,7 @@ async fn set_subscription_in(
     if current.as_deref() == Some(status) {
         return Ok(false);
     }
-    sqlx::query(
+    query(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)
          ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = ?3, source = ?4, updated_at = ?5",
@@ -116,7 +117,7 @@ async fn set_subscription_in(
         super::welcome::queue_welcome(conn, list, &[subscriber], now).await?;
     }
     if status == "confirmed" && person == "unsubscribed" {
-        sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
+        query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(subscriber)
             .execute(&mut *conn)
@@ -208,8 +209,8 @@ impl Writer {
 /// wait the busy timeout once per change); for any other failure each change
 /// is tried on its own, so one bad change cannot sink the others.
 async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
-    async fn all(pool: &SqlitePool, group: &[Change]) -> Result<Vec<bool>> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    async fn all(pool: &AnyPool, group: &[Change]) -> Result<Vec<bool>> {
+        let mut tx = begin_write(pool).await?;
         let mut changed = Vec::with_capacity(group.len());
         for c in group {
             changed.push(
@@ -246,17 +247,16 @@ impl super::Store {
     /// The person changed their name on the preference page.
     pub async fn set_name(&self, subscriber: i64, name: &str, now: i64) -> Result<()> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(
-            "UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3 AND name != ?1",
-        )
-        .bind(name)
-        .bind(now)
-        .bind(subscriber)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
+        let mut tx = begin_write(pool).await?;
+        let changed =
+            query("UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3 AND name != ?1")
+                .bind(name)
+                .bind(now)
+                .bind(subscriber)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
         if changed {
             events::append(
                 &mut tx,
@@ -277,17 +277,16 @@ impl super::Store {
     pub async fn export_person(&self, subscriber: i64) -> Result<serde_json::Value> {
         let pool = &self.pool;
         use serde_json::json;
-        let Some(p) =
-            sqlx::query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
-                .bind(subscriber)
-                .fetch_optional(pool)
-                .await?
+        let Some(p) = query("SELECT email, name, attributes, status FROM subscribers WHERE id = ?")
+            .bind(subscriber)
+            .fetch_optional(pool)
+            .await?
         else {
             return Ok(json!(null));
         };
         let (email, name, attributes, status): (Option<String>, String, String, String) =
             (p.get(0), p.get(1), p.get(2), p.get(3));
-        let lists: Vec<_> = sqlx::query(
+        let lists: Vec<_> = query(
             "SELECT l.slug, l.name, sub.status, c.consent_at, c.consent_ip, c.confirmed_at,
                 c.confirmed_ip, c.source
          FROM subscriptions sub JOIN lists l ON l.id = sub.list_id
@@ -313,7 +312,7 @@ impl super::Store {
             })
         })
         .collect();
-        let events: Vec<_> = sqlx::query(
+        let events: Vec<_> = query(
         "SELECT e.kind, e.source, e.detail, e.created_at, l.slug AS list, c.slug AS campaign
          FROM events e LEFT JOIN lists l ON l.id = e.list_id LEFT JOIN campaigns c ON c.id = e.campaign_id
          WHERE e.subscriber_id = ? ORDER BY e.id",
@@ -333,7 +332,7 @@ impl super::Store {
         })
     })
     .collect();
-        let deliveries: Vec<_> = sqlx::query(
+        let deliveries: Vec<_> = query(
         "SELECT c.slug, d.status, d.sent_at FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
          WHERE d.subscriber_id = ? ORDER BY d.id",
     )
@@ -416,9 +415,9 @@ impl super::Store {
     ) -> Result<Option<SignedUp>> {
         let pool = &self.pool;
         let hash = crate::address::hash(email);
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(pool).await?;
         let suppressed: Option<String> =
-            sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+            query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
                 .bind(&hash)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -426,7 +425,7 @@ impl super::Store {
             return Ok(None);
         }
         // An erased person has no address any more: they come back as a new row.
-        sqlx::query(
+        query(
         "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at)
          VALUES (?, ?, ?, '{}', 'active', ?, ?) ON CONFLICT (email) DO NOTHING",
     )
@@ -438,14 +437,14 @@ impl super::Store {
     .execute(&mut *tx)
     .await?;
         let (id, person): (i64, String) =
-            sqlx::query_as("SELECT id, status FROM subscribers WHERE email = ?")
+            query_as("SELECT id, status FROM subscribers WHERE email = ?")
                 .bind(email)
                 .fetch_one(&mut *tx)
                 .await?;
         let returning = person != "active" || suppressed.is_some();
         let mut outcomes = Vec::with_capacity(lists.len());
         for list in lists {
-            let current: Option<String> = sqlx::query_scalar(
+            let current: Option<String> = query_scalar(
                 "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
             )
             .bind(id)
@@ -478,12 +477,12 @@ impl super::Store {
 /// Records a confirmation email to `subscriber` unless the address had
 /// [`CONFIRMATIONS_PER_WINDOW`] already; returns whether it may be sent.
 async fn count_confirmation(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     subscriber: i64,
     source: &str,
     now: i64,
 ) -> Result<bool> {
-    let recent: i64 = sqlx::query_scalar(
+    let recent: i64 = query_scalar(
         "SELECT count(*) FROM events
          WHERE subscriber_id = ? AND kind = 'confirmation sent' AND created_at > ?",
     )
@@ -518,7 +517,7 @@ impl super::Store {
         source: &str,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let may_send = count_confirmation(&mut tx, subscriber, source, now).await?;
         tx.commit().await?;
         Ok(may_send)
@@ -545,11 +544,11 @@ impl super::Store {
         now: i64,
     ) -> Result<bool> {
         let pool = &self.pool;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(pool).await?;
         // The click is the consent record, and the sign-up (when the
         // subscription became pending) the opt-in. Written first, while the
         // subscription is still pending; nothing when it is not.
-        sqlx::query(
+        query(
         "INSERT INTO consents (subscriber_id, list_id, consent_at, confirmed_at, confirmed_ip, source)
          SELECT subscriber_id, list_id, updated_at, ?3, ?4, 'web' FROM subscriptions
          WHERE subscriber_id = ?1 AND list_id = ?2 AND status = 'pending'
@@ -563,7 +562,7 @@ impl super::Store {
     .bind(ip.map(|ip| ip.to_string()))
     .execute(&mut *tx)
     .await?;
-        let confirmed = sqlx::query(
+        let confirmed = query(
             "UPDATE subscriptions SET status = 'confirmed', updated_at = ?
          WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'
          AND subscriber_id IN (SELECT id FROM subscribers WHERE email IS NOT NULL)",
@@ -577,7 +576,7 @@ impl super::Store {
             > 0;
         if confirmed {
             super::welcome::queue_welcome(&mut tx, list, &[subscriber], now).await?;
-            sqlx::query(
+            query(
                 "UPDATE subscribers SET status = 'active', updated_at = ?
              WHERE id = ? AND status IN ('unsubscribed', 'bounced', 'complained')",
             )
@@ -585,7 +584,7 @@ impl super::Store {
             .bind(subscriber)
             .execute(&mut *tx)
             .await?;
-            let lifted = sqlx::query(&format!(
+            let lifted = query(&format!(
                 "DELETE FROM suppressions WHERE reason IN {LIFTED_BY_SIGN_UP}
              AND hash = (SELECT email_hash FROM subscribers WHERE id = ?)"
             ))
@@ -643,10 +642,7 @@ mod tests {
     }
 
     async fn count(store: &Store, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
+        query_scalar(sql).fetch_one(store.pool()).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,8 +731,8 @@ mod tests {
         .await
         .unwrap();
         let writer = Writer::spawn(store.clone());
-        let mut lock = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
+        let mut lock = begin_write(store.pool()).await.unwrap();
+        query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
             .execute(&mut *lock)
             .await
             .unwrap();
@@ -769,7 +765,7 @@ mod tests {
         for (before, after) in [("unsubscribed", "active"), ("bounced", "bounced")] {
             let (_dir, store, list, ids) = store_with(1).await;
             let pool = store.pool();
-            sqlx::query("UPDATE subscribers SET status = ?")
+            query("UPDATE subscribers SET status = ?")
                 .bind(before)
                 .execute(pool)
                 .await

@@ -3,13 +3,14 @@
 //! audience have no value (for `send`'s prompt). Both are one set-based
 //! statement, whatever the size of the list.
 
+use super::sql::{query_as, query_scalar};
 use super::{Result, Store};
 
 impl Store {
     /// The distinct attribute keys of everyone subscribed to the list (any
     /// status), sorted. Keys are snake_case: the import normalises them.
     pub async fn list_keys(&self, lists: &[i64]) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT DISTINCT a.key FROM subscriptions sub \
              JOIN subscribers s ON s.id = sub.subscriber_id, json_each(s.attributes) a \
              WHERE sub.list_id IN (SELECT value FROM json_each(?1)) ORDER BY a.key",
@@ -35,7 +36,7 @@ impl Store {
              GROUP BY k.value ORDER BY k.value",
             super::subscribers::AUDIENCE_OF_LISTS_SQL
         );
-        Ok(sqlx::query_as(&sql)
+        Ok(query_as(&sql)
             .bind(serde_json::to_string(lists).expect("ids serialise"))
             .bind(serde_json::to_string(keys).expect("strings serialise"))
             .fetch_all(self.pool())
@@ -46,6 +47,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::query;
 
     #[tokio::test]
     async fn keys_and_missing_values_of_a_list() {
@@ -90,7 +92,7 @@ mod tests {
                 .add_subscriber(email, name, list, "cli", 1)
                 .await
                 .unwrap();
-            sqlx::query("UPDATE subscribers SET attributes = ? WHERE email = ?")
+            query("UPDATE subscribers SET attributes = ? WHERE email = ?")
                 .bind(attributes)
                 .bind(email)
                 .execute(store.pool())

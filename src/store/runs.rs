@@ -1,6 +1,7 @@
 //! `campaign_runs`: which transport each run of a campaign used (SMTP or the
 //! outbox), so reports never call files in a folder "sent".
 
+use super::sql::{query, query_as};
 use super::{Result, Store};
 
 /// One way a campaign's messages went out.
@@ -30,7 +31,7 @@ impl Store {
         target: &str,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
+        query(
             "INSERT INTO campaign_runs (campaign_id, transport, target, started_at) VALUES (?, ?, ?, ?)",
         )
         .bind(campaign_id)
@@ -44,7 +45,7 @@ impl Store {
 
     /// The distinct transports the runs of `campaign_id` used, first used first.
     pub async fn run_transports(&self, campaign_id: i64) -> Result<Vec<RunTransport>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String)> = query_as(
             "SELECT transport, target FROM campaign_runs WHERE campaign_id = ? \
              GROUP BY transport, target ORDER BY min(id)",
         )

@@ -1,13 +1,27 @@
-//! `subscribers.sql`, embedded, split into its numbered steps and applied
-//! above `PRAGMA user_version` (the convention is explained at the top of the
-//! file).
+//! The schema: `subscribers.sql` (SQLite) and `subscribers.pg.sql`
+//! (PostgreSQL), embedded, split into their numbered steps and applied above
+//! the version the database records (`PRAGMA user_version` on SQLite, the
+//! `schema_steps` table on PostgreSQL; the convention is explained at the top
+//! of each file).
 
-use sqlx::SqlitePool;
+use sqlx::{AnyConnection, AnyPool};
 
+use super::sql::{Engine, begin_write, query, query_scalar};
 use super::{Error, Result};
 
-/// The schema file, as compiled into the binary.
+/// The SQLite schema, as compiled into the binary.
 pub const SQL: &str = include_str!("../../subscribers.sql");
+
+/// The PostgreSQL schema: its own numbered steps, kept next to `SQL`.
+pub const POSTGRES_SQL: &str = include_str!("../../subscribers.pg.sql");
+
+/// The schema text of an engine.
+pub fn text(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => SQL,
+        Engine::Postgres => POSTGRES_SQL,
+    }
+}
 
 /// One numbered step of the schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,17 +61,21 @@ pub fn steps(text: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// The number of the last step in the embedded schema.
+/// The number of the last step in the embedded SQLite schema.
 pub fn latest() -> i64 {
     steps(SQL).map(|s| s.len() as i64).unwrap_or(0)
 }
 
-/// Applies every step above the database's `user_version`. Each step runs
-/// in an IMMEDIATE transaction that re-reads the version first, so two
-/// processes opening a new database at once do not both apply it.
-pub(super) async fn apply(pool: &SqlitePool) -> Result<i64> {
-    let steps = steps(SQL)?;
-    let mut version = user_version(pool).await?;
+/// Applies every step above the database's version. Each step runs in a
+/// write transaction ([`begin_write`]) that re-reads the version first, so
+/// two processes opening a new database at once do not both apply it.
+pub(super) async fn apply(pool: &AnyPool) -> Result<i64> {
+    let engine = Engine::of(pool);
+    let steps = steps(text(engine))?;
+    if engine == Engine::Postgres {
+        sqlx::raw_sql(STEPS_TABLE).execute(pool).await?;
+    }
+    let mut version = version(pool).await?;
     if version > steps.len() as i64 {
         return Err(Error::Schema(format!(
             "database schema is at step {version}, newer than this program (step {}); upgrade bulletin",
@@ -66,35 +84,67 @@ pub(super) async fn apply(pool: &SqlitePool) -> Result<i64> {
     }
     let start = version;
     for step in steps.iter().filter(|s| s.number > start) {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let current: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        if current >= step.number {
+        let mut tx = begin_write(pool).await?;
+        if version_in(&mut tx, engine).await? >= step.number {
             tx.rollback().await?;
             continue;
         }
-        let sql = without_columns_present(&mut tx, &step.sql).await?;
-        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
-        // PRAGMA takes no bound parameters; the number comes from our file.
-        sqlx::raw_sql(&format!("PRAGMA user_version = {}", step.number))
-            .execute(&mut *tx)
-            .await?;
+        match engine {
+            Engine::Sqlite => {
+                let sql = without_columns_present(&mut tx, &step.sql).await?;
+                sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+                // PRAGMA takes no bound parameters; the number comes from our file.
+                sqlx::raw_sql(&format!("PRAGMA user_version = {}", step.number))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Engine::Postgres => {
+                sqlx::raw_sql(&step.sql).execute(&mut *tx).await?;
+                query("INSERT INTO schema_steps (step, title, applied_at) VALUES (?, ?, ?)")
+                    .bind(step.number)
+                    .bind(&step.title)
+                    .bind(super::now())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         version = step.number;
     }
     Ok(version)
 }
 
+/// PostgreSQL's record of the steps applied (SQLite keeps the number in
+/// `PRAGMA user_version`).
+const STEPS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_steps (\
+     step BIGINT PRIMARY KEY, title TEXT NOT NULL, applied_at BIGINT NOT NULL)";
+
+/// The last schema step applied (0 for a database bulletin never opened).
+pub(super) async fn version(pool: &AnyPool) -> Result<i64> {
+    let mut conn = pool.acquire().await?;
+    version_in(&mut conn, Engine::of(pool)).await
+}
+
+async fn version_in(conn: &mut AnyConnection, engine: Engine) -> Result<i64> {
+    let sql = match engine {
+        Engine::Sqlite => "PRAGMA user_version",
+        Engine::Postgres => {
+            "SELECT CASE WHEN to_regclass('schema_steps') IS NULL THEN 0 \
+             ELSE (SELECT coalesce(max(step), 0) FROM schema_steps) END"
+        }
+    };
+    Ok(query_scalar(sql).fetch_one(conn).await?)
+}
+
 /// The step's SQL without its `ALTER TABLE T ADD COLUMN C ...;` lines whose
 /// column exists already. SQLite has no `ADD COLUMN IF NOT EXISTS`; this is
 /// it, so a step that adds a column is harmless when run twice too. Such a
 /// statement must be on one line.
-async fn without_columns_present(conn: &mut sqlx::SqliteConnection, sql: &str) -> Result<String> {
+async fn without_columns_present(conn: &mut AnyConnection, sql: &str) -> Result<String> {
     let mut kept = String::with_capacity(sql.len());
     for line in sql.lines() {
         if let Some((table, column)) = added_column(line) {
-            let present: i64 = sqlx::query_scalar(
+            let present: i64 = query_scalar(
                 "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE",
             )
             .bind(table)
@@ -124,13 +174,6 @@ fn added_column(line: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((table, words.next()?))
-}
-
-/// `PRAGMA user_version`: the last schema step applied.
-pub(super) async fn user_version(pool: &SqlitePool) -> Result<i64> {
-    Ok(sqlx::query_scalar("PRAGMA user_version")
-        .fetch_one(pool)
-        .await?)
 }
 
 #[cfg(test)]
@@ -175,9 +218,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let store = crate::store::Store::open(&path).await.unwrap();
-        assert_eq!(user_version(store.pool()).await.unwrap(), latest());
-        let tables = |pool: SqlitePool| async move {
-            sqlx::query_scalar::<_, String>(
+        assert_eq!(version(store.pool()).await.unwrap(), latest());
+        let tables = |pool: AnyPool| async move {
+            query_scalar::<String>(
                 "SELECT group_concat(type || ':' || name || ':' || coalesce(sql, ''), '\n') \
                  FROM (SELECT * FROM sqlite_schema ORDER BY type, name)",
             )
@@ -196,6 +239,6 @@ mod tests {
         assert_eq!(tables(store.pool().clone()).await, before);
         store.close().await;
         let again = crate::store::Store::open(&path).await.unwrap();
-        assert_eq!(user_version(again.pool()).await.unwrap(), latest());
+        assert_eq!(version(again.pool()).await.unwrap(), latest());
     }
 }

@@ -1,10 +1,11 @@
 //! The `subscribers` and `subscriptions` tables: adding, unsubscribing,
 //! erasing, looking a person up, and the audience of a list.
 
+use super::sql::{begin_write, query, query_as, query_scalar};
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{Error, Event, List, Result, Store, events, lists};
 use crate::address;
@@ -50,8 +51,8 @@ fn parse_attributes(text: &str) -> sqlx::Result<serde_json::Map<String, serde_js
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-impl FromRow<'_, SqliteRow> for Subscriber {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Subscriber> {
+impl FromRow<'_, AnyRow> for Subscriber {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Subscriber> {
         Ok(Subscriber {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -73,8 +74,8 @@ pub struct Recipient {
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
-impl FromRow<'_, SqliteRow> for Recipient {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Recipient> {
+impl FromRow<'_, AnyRow> for Recipient {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Recipient> {
         Ok(Recipient {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -99,8 +100,8 @@ pub struct Subscription {
     pub consent: super::Consent,
 }
 
-impl FromRow<'_, SqliteRow> for Subscription {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Subscription> {
+impl FromRow<'_, AnyRow> for Subscription {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
         Ok(Subscription {
             list: row.try_get("list")?,
             list_id: row.try_get("list_id")?,
@@ -169,10 +170,10 @@ pub(super) fn canonical(email: &str) -> Result<String> {
 }
 
 pub(super) async fn find_by_email(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     email: &str,
 ) -> Result<Option<Subscriber>> {
-    Ok(sqlx::query_as(&format!(
+    Ok(query_as(&format!(
         "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?"
     ))
     .bind(email)
@@ -180,9 +181,9 @@ pub(super) async fn find_by_email(
     .await?)
 }
 
-async fn hash_suppressed(conn: &mut SqliteConnection, hash: &str) -> Result<bool> {
+async fn hash_suppressed(conn: &mut AnyConnection, hash: &str) -> Result<bool> {
     Ok(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
+        query_scalar::<i64>("SELECT count(*) FROM suppressions WHERE hash = ?")
             .bind(hash)
             .fetch_one(conn)
             .await?
@@ -200,7 +201,7 @@ impl Store {
 
     /// The person with this id (erased people included).
     pub async fn subscriber_by_id(&self, id: i64) -> Result<Option<Subscriber>> {
-        Ok(sqlx::query_as(&format!(
+        Ok(query_as(&format!(
             "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?"
         ))
         .bind(id)
@@ -236,7 +237,7 @@ impl Store {
         now: i64,
     ) -> Result<Added> {
         let email = canonical(email)?;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let list: List = lists::require(&mut tx, slug).await?;
         let hash = address::hash(&email);
         if hash_suppressed(&mut tx, &hash).await? {
@@ -251,7 +252,7 @@ impl Store {
             }
             Some(s) => {
                 if let Some(name) = name.filter(|n| *n != s.name) {
-                    sqlx::query("UPDATE subscribers SET name = ?, updated_at = ? WHERE id = ?")
+                    query("UPDATE subscribers SET name = ?, updated_at = ? WHERE id = ?")
                         .bind(name)
                         .bind(now)
                         .bind(s.id)
@@ -261,7 +262,7 @@ impl Store {
                 (s.id, false)
             }
             None => {
-                let id: i64 = sqlx::query_scalar(
+                let id: i64 = query_scalar(
                     "INSERT INTO subscribers (email, email_hash, name, status, created_at, updated_at) \
                      VALUES (?, ?, ?, 'active', ?, ?) RETURNING id",
                 )
@@ -275,7 +276,7 @@ impl Store {
                 (id, true)
             }
         };
-        let existing: Option<String> = sqlx::query_scalar(
+        let existing: Option<String> = query_scalar(
             "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
         )
         .bind(id)
@@ -286,7 +287,7 @@ impl Store {
         let added = match existing.as_deref() {
             Some("unsubscribed") => return Err(Error::Unsubscribed(email, list.slug)),
             Some("pending") if consent_on_record => {
-                sqlx::query(
+                query(
                     "UPDATE subscriptions SET status = 'confirmed', source = ?, updated_at = ? \
                      WHERE subscriber_id = ? AND list_id = ?",
                 )
@@ -307,7 +308,7 @@ impl Store {
             },
             None => {
                 let status = if pending { "pending" } else { "confirmed" };
-                sqlx::query(
+                query(
                     "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
                      VALUES (?, ?, ?, ?, ?, ?)",
                 )
@@ -358,7 +359,7 @@ impl Store {
         now: i64,
     ) -> Result<Removed> {
         let email = canonical(email)?;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let person = find_by_email(&mut tx, &email)
             .await?
             .ok_or_else(|| Error::NoSubscriber(email.clone()))?;
@@ -366,7 +367,7 @@ impl Store {
             Some(slug) => Some(lists::require(&mut tx, slug).await?.id),
             None => None,
         };
-        let changed: Vec<(i64, String)> = sqlx::query_as(
+        let changed: Vec<(i64, String)> = query_as(
             "UPDATE subscriptions SET status = 'unsubscribed', source = ?, updated_at = ? \
              WHERE subscriber_id = ? AND status != 'unsubscribed' AND (?4 IS NULL OR list_id = ?4) \
              RETURNING list_id, (SELECT slug FROM lists WHERE id = list_id)",
@@ -390,13 +391,11 @@ impl Store {
             .await?;
         }
         if slug.is_none() && person.status == "active" {
-            sqlx::query(
-                "UPDATE subscribers SET status = 'unsubscribed', updated_at = ? WHERE id = ?",
-            )
-            .bind(now)
-            .bind(person.id)
-            .execute(&mut *tx)
-            .await?;
+            query("UPDATE subscribers SET status = 'unsubscribed', updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(person.id)
+                .execute(&mut *tx)
+                .await?;
             events::append(
                 &mut tx,
                 person.id,
@@ -431,8 +430,8 @@ impl Store {
                 "active, unsubscribed, bounced, complained",
             ));
         }
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let hash: Option<Option<String>> = sqlx::query_scalar(
+        let mut tx = begin_write(self.pool()).await?;
+        let hash: Option<Option<String>> = query_scalar(
             "UPDATE subscribers SET status = ?, updated_at = ? \
              WHERE id = ? AND status != 'erased' RETURNING email_hash",
         )
@@ -458,7 +457,7 @@ impl Store {
         let Some(subscriber) = self.subscriber(&email).await? else {
             return Ok(None);
         };
-        let subscriptions = sqlx::query_as(
+        let subscriptions = query_as(
             "SELECT l.slug AS list, s.list_id, s.status, s.source, s.created_at, s.updated_at, \
                     c.consent_at, c.consent_ip, c.confirmed_at, c.confirmed_ip, c.source AS consent_source \
              FROM subscriptions s JOIN lists l ON l.id = s.list_id \
@@ -469,7 +468,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let events = self.events(subscriber.id).await?;
-        let (deliveries, sent): (i64, i64) = sqlx::query_as(
+        let (deliveries, sent): (i64, i64) = query_as(
             "SELECT count(*), coalesce(sum(status = 'sent'), 0) FROM deliveries WHERE subscriber_id = ?",
         )
         .bind(subscriber.id)
@@ -495,29 +494,27 @@ impl Store {
     /// person was stored.
     pub async fn forget(&self, email: &str, source: &str, now: i64) -> Result<bool> {
         let email = canonical(email)?;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let person = find_by_email(&mut tx, &email).await?;
         if let Some(p) = &person {
-            sqlx::query(
-                "UPDATE events SET detail = NULL WHERE subscriber_id = ? AND detail IS NOT NULL",
-            )
-            .bind(p.id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE deliveries SET last_reply = NULL WHERE subscriber_id = ?")
+            query("UPDATE events SET detail = NULL WHERE subscriber_id = ? AND detail IS NOT NULL")
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
+            query("UPDATE deliveries SET last_reply = NULL WHERE subscriber_id = ?")
                 .bind(p.id)
                 .execute(&mut *tx)
                 .await?;
             // Consent records have no foreign key to cascade (schema step 7).
-            sqlx::query("DELETE FROM consents WHERE subscriber_id = ?")
+            query("DELETE FROM consents WHERE subscriber_id = ?")
                 .bind(p.id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = ?")
+            query("DELETE FROM subscriptions WHERE subscriber_id = ?")
                 .bind(p.id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
+            query(
                 "UPDATE subscribers SET email = NULL, email_hash = NULL, name = '', \
                  attributes = '{}', status = 'erased', updated_at = ? WHERE id = ?",
             )
@@ -530,7 +527,7 @@ impl Store {
         super::suppress_hash(&mut tx, &address::hash(&email), "erased", now).await?;
         // Returned mail kept for review may name the address (a complaint
         // forwarded by hand, an auto-reply): it goes too.
-        sqlx::query(
+        query(
             "DELETE FROM unmatched WHERE instr(lower(sender), ?1) > 0 \
              OR instr(lower(subject), ?1) > 0",
         )
@@ -543,7 +540,7 @@ impl Store {
         // Best effort: with a reader in the way this waits up to the busy
         // timeout and gives up, and the frames are overwritten once SQLite
         // starts the log again. The erasure itself is committed either way.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        let _ = query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(self.pool())
             .await;
         Ok(person.is_some())
@@ -555,9 +552,9 @@ impl Store {
     pub async fn reactivate(&self, email: &str, source: &str, now: i64) -> Result<Reactivated> {
         let email = canonical(email)?;
         let hash = address::hash(&email);
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(self.pool()).await?;
         let suppression: Option<String> =
-            sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
+            query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
                 .bind(&hash)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -581,12 +578,12 @@ impl Store {
             (_, Some(reason)) => return Err(refuse(&format!("is suppressed ({reason})"))),
             (status, None) => return Err(refuse(&format!("is {status}"))),
         }
-        sqlx::query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
+        query("UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(person.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM suppressions WHERE hash = ? AND reason = 'bounced'")
+        query("DELETE FROM suppressions WHERE hash = ? AND reason = 'bounced'")
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
@@ -609,7 +606,7 @@ impl Store {
     /// The people a campaign to `list_id` goes to ([`AUDIENCE_SQL`]),
     /// streamed: memory stays flat whatever the size of the list.
     pub fn audience(&self, list_id: i64) -> BoxStream<'_, Result<Recipient>> {
-        sqlx::query_as::<_, Recipient>(AUDIENCE_SQL)
+        query_as::<Recipient>(AUDIENCE_SQL)
             .bind(list_id)
             .fetch(self.pool())
             .map(|r| r.map_err(Error::from))

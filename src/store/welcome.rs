@@ -12,7 +12,8 @@
 //! NOTHING` makes any later confirmation (a second click, a return after
 //! leaving) queue nothing.
 
-use sqlx::SqliteConnection;
+use super::sql::{begin_write, query, query_scalar};
+use sqlx::AnyConnection;
 
 use super::deliveries::{
     ATTEMPTED_SQL, CampaignStatus, NewCampaign, Refreeze, Replace, set_campaign_lists,
@@ -43,7 +44,7 @@ const ACTIVE_SQL: &str = "SELECT c.id FROM campaigns c
 /// The one writer of welcome rows: every confirming path calls it, in the
 /// transaction of its change, with only the people whose status changed.
 pub(super) async fn queue_welcome(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     list_id: i64,
     subscriber_ids: &[i64],
     now: i64,
@@ -53,7 +54,7 @@ pub(super) async fn queue_welcome(
     }
     // The campaign first, then one insert over the ids: the insert's cost
     // is the rows it adds, whatever the number of campaigns.
-    let campaign: Option<i64> = sqlx::query_scalar(ACTIVE_SQL)
+    let campaign: Option<i64> = query_scalar(ACTIVE_SQL)
         .bind(list_id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -61,7 +62,7 @@ pub(super) async fn queue_welcome(
         return Ok(0);
     };
     let ids = serde_json::to_string(subscriber_ids).expect("numbers serialise");
-    let done = sqlx::query(
+    let done = query(
         "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
          SELECT ?1, value, 'queued', 0, ?3 FROM json_each(?2) WHERE true
          ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
@@ -89,8 +90,8 @@ impl Store {
     /// campaign is `sending` from now on, with no delivery row (nobody
     /// already on the list gets it).
     pub async fn freeze_welcome(&self, c: &NewCampaign<'_>) -> Result<FreezeWelcome> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let active: Option<String> = sqlx::query_scalar(&format!(
+        let mut tx = begin_write(self.pool()).await?;
+        let active: Option<String> = query_scalar(&format!(
             "SELECT slug FROM campaigns WHERE id IN ({ACTIVE_SQL})"
         ))
         .bind(c.lists[0])
@@ -99,7 +100,7 @@ impl Store {
         if let Some(slug) = active {
             return Ok(FreezeWelcome::Busy(slug));
         }
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO campaigns (slug, list_id, subject, compiled, source_hash, status, send_at, created_at, started_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7) RETURNING id",
         )
@@ -113,7 +114,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         set_campaign_lists(&mut tx, id, c.lists).await?;
-        sqlx::query("INSERT INTO campaign_triggers (campaign_id, trigger) VALUES (?, 'welcome')")
+        query("INSERT INTO campaign_triggers (campaign_id, trigger) VALUES (?, 'welcome')")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -126,35 +127,33 @@ impl Store {
     /// same rule as any campaign). Its queued rows stay: they are people
     /// confirmed meanwhile, waiting for the welcome mail.
     pub async fn replace_welcome(&self, new: &Refreeze<'_>) -> Result<Replace> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+        let mut tx = begin_write(self.pool()).await?;
+        let status: String = query_scalar("SELECT status FROM campaigns WHERE id = ?")
             .bind(new.id)
             .fetch_one(&mut *tx)
             .await?;
         let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
-        let attempted: i64 = sqlx::query_scalar(ATTEMPTED_SQL)
+        let attempted: i64 = query_scalar(ATTEMPTED_SQL)
             .bind(new.id)
             .fetch_one(&mut *tx)
             .await?;
         if status != CampaignStatus::Sending || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }
-        sqlx::query(
-            "UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4 WHERE id = ?1",
-        )
-        .bind(new.id)
-        .bind(new.subject)
-        .bind(new.compiled)
-        .bind(new.source_hash)
-        .execute(&mut *tx)
-        .await?;
+        query("UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4 WHERE id = ?1")
+            .bind(new.id)
+            .bind(new.subject)
+            .bind(new.compiled)
+            .bind(new.source_hash)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Replace::Done)
     }
 
     /// The slug of list `list_id`'s active welcome campaign, if any.
     pub async fn active_welcome(&self, list_id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(&format!(
+        Ok(query_scalar(&format!(
             "SELECT slug FROM campaigns WHERE id IN ({ACTIVE_SQL})"
         ))
         .bind(list_id)
@@ -197,7 +196,7 @@ mod tests {
     }
 
     async fn rows(store: &Store, campaign: i64) -> Vec<i64> {
-        sqlx::query_scalar(
+        query_scalar(
             "SELECT subscriber_id FROM deliveries WHERE campaign_id = ? AND status = 'queued' ORDER BY 1",
         )
         .bind(campaign)

@@ -89,7 +89,7 @@ async fn make_public(env: &Env, slug: &str) {
     let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
     sqlx::query("UPDATE lists SET public = 1 WHERE slug = ?")
         .bind(slug)
-        .execute(&crate::support::db::raw(store.path()).await)
+        .execute(&crate::support::db::raw(store.location()).await)
         .await
         .unwrap();
     store.close().await;
@@ -166,7 +166,7 @@ async fn archive_shows_nothing_sent_to_a_private_list_nor_archive_false_nor_test
 
     // A list made private later takes its campaigns out of the archive.
     sqlx::query("UPDATE lists SET public = 0 WHERE slug = 'news'")
-        .execute(&crate::support::db::raw(store.path()).await)
+        .execute(&crate::support::db::raw(store.location()).await)
         .await
         .unwrap();
     let index = get("/archive".into()).await;

@@ -119,7 +119,7 @@ async fn a_locked_database_answers_503_and_the_retried_unsubscribe_is_applied() 
         )
     };
 
-    let mut lock = crate::support::db::raw(site.store.path())
+    let mut lock = crate::support::db::raw(site.store.location())
         .await
         .begin_with("BEGIN IMMEDIATE")
         .await

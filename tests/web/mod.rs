@@ -122,7 +122,7 @@ fn multipart(name: &str, value: &str) -> (String, Vec<u8>) {
 /// Every row of every table, as text: "nothing changed" is an equal dump,
 /// and "nothing left" is a dump without the string.
 async fn dump(store: &Store) -> String {
-    let pool = &crate::support::db::raw(store.path()).await;
+    let pool = &crate::support::db::raw(store.location()).await;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )
@@ -281,7 +281,7 @@ impl Site {
         )
         .bind(who)
         .bind(list.id)
-        .fetch_optional(&crate::support::db::raw(self.store.path()).await)
+        .fetch_optional(&crate::support::db::raw(self.store.location()).await)
         .await
         .unwrap()
     }
@@ -296,7 +296,7 @@ impl Site {
             "SELECT kind, list_id, source FROM events WHERE subscriber_id = ? ORDER BY id",
         )
         .bind(who)
-        .fetch_all(&crate::support::db::raw(self.store.path()).await)
+        .fetch_all(&crate::support::db::raw(self.store.location()).await)
         .await
         .unwrap()
     }

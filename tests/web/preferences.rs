@@ -469,7 +469,7 @@ async fn erase_asks_first_then_leaves_only_the_hashed_suppression() {
     assert!(site.store.is_suppressed("Ann@Example.org").await.unwrap());
     let reason: String = sqlx::query_scalar("SELECT reason FROM suppressions WHERE hash = ?")
         .bind(bulletin::address::hash("ann@example.org"))
-        .fetch_one(&crate::support::db::raw(site.store.path()).await)
+        .fetch_one(&crate::support::db::raw(site.store.location()).await)
         .await
         .unwrap();
     assert_eq!(reason, "erased");

@@ -262,7 +262,7 @@ async fn sign_up_answers_the_same_whoever_the_address_belongs_to() {
         assert!(site.store.is_suppressed(returning).await.unwrap());
     }
     let erased: i64 = sqlx::query_scalar("SELECT count(*) FROM subscribers WHERE email IS NULL")
-        .fetch_one(&crate::support::db::raw(site.store.path()).await)
+        .fetch_one(&crate::support::db::raw(site.store.location()).await)
         .await
         .unwrap();
     assert_eq!(erased, 1, "eve's erased row stays erased");
@@ -487,7 +487,7 @@ async fn erased_bounced_and_complained_people_come_back_by_confirming() {
         .unwrap();
     sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = ?")
         .bind(site.bob)
-        .execute(&crate::support::db::raw(site.store.path()).await)
+        .execute(&crate::support::db::raw(site.store.location()).await)
         .await
         .unwrap();
     site.store

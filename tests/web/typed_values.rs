@@ -173,7 +173,7 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
     assert_eq!(ann.name, "Ann Bcc: evil@example.com");
     let attributes: String =
         sqlx::query_scalar("SELECT attributes FROM subscribers WHERE email = 'ann@example.org'")
-            .fetch_one(&crate::support::db::raw(store.path()).await)
+            .fetch_one(&crate::support::db::raw(store.location()).await)
             .await
             .unwrap();
     assert_eq!(attributes, r#"{"city":"Paris France"}"#);
@@ -193,7 +193,7 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
             .is_some()
     );
     let stored: Vec<String> = sqlx::query_scalar("SELECT name || attributes FROM subscribers")
-        .fetch_all(&crate::support::db::raw(store.path()).await)
+        .fetch_all(&crate::support::db::raw(store.location()).await)
         .await
         .unwrap();
     assert!(!stored.iter().any(|s| has_control(s)), "{stored:?}");

@@ -1,0 +1,187 @@
+//! Where the database is: a SQLite file (the default) or a PostgreSQL
+//! database named by a `postgres://` URL. The `db` setting is parsed here,
+//! next to what it is shown as: a URL is shown without its password.
+
+use std::path::{Path, PathBuf};
+
+/// The database a [`super::Store`] opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    File(PathBuf),
+    /// A PostgreSQL database: `postgres://user@host:port/dbname`, with the
+    /// password (from the URL or `BULLETIN_DB_PASSWORD`) inside.
+    Postgres(url::Url),
+}
+
+/// A `db` value that is neither a file path nor a PostgreSQL URL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{shown:?} is a {scheme}:// URL; bulletin uses a SQLite file (give its path, e.g. /srv/bulletin/bulletin.db) or PostgreSQL (postgres://user@host/dbname)"
+    )]
+    Scheme { shown: String, scheme: String },
+    #[error("{shown:?} is not a valid PostgreSQL URL: {why}")]
+    BadUrl { shown: String, why: String },
+}
+
+impl Location {
+    /// Reads a `db` value: `postgres://` or `postgresql://` selects
+    /// PostgreSQL (its password from the URL or `password`, which comes from
+    /// `BULLETIN_DB_PASSWORD`), any other `scheme://` is refused, and
+    /// anything else is the path of a SQLite file.
+    pub fn parse(value: &Path, password: Option<&str>) -> Result<Location, Error> {
+        let text = value.to_string_lossy();
+        let Some(scheme) = url_scheme(&text) else {
+            return Ok(Location::File(value.to_path_buf()));
+        };
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err(Error::Scheme {
+                shown: text.to_string(),
+                scheme: scheme.to_string(),
+            });
+        }
+        let bad = |why: &str| Error::BadUrl {
+            shown: shown_url(&text),
+            why: why.to_string(),
+        };
+        let mut url = url::Url::parse(&text).map_err(|e| bad(&e.to_string()))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        if url.path().trim_start_matches('/').is_empty() {
+            return Err(bad(
+                "no database name after the host (postgres://user@host/dbname)",
+            ));
+        }
+        if url.password().is_none()
+            && let Some(password) = password.filter(|p| !p.is_empty())
+        {
+            url.set_password(Some(password))
+                .map_err(|()| bad("cannot carry a password"))?;
+        }
+        Ok(Location::Postgres(url))
+    }
+
+    /// True for a value that [`Location::parse`] reads as a URL: relative
+    /// paths in a config file are joined to its folder, URLs are not.
+    pub fn is_url(value: &Path) -> bool {
+        url_scheme(&value.to_string_lossy()).is_some()
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Location::File(path) => Some(path),
+            Location::Postgres(_) => None,
+        }
+    }
+}
+
+/// The sqlx URL of a SQLite file: `mode=rwc` creates it, `rw` does not.
+pub(super) fn sqlite_url(path: &Path, create: bool) -> String {
+    let mut encoded = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    let mode = if create { "rwc" } else { "rw" };
+    format!("sqlite://{encoded}?mode={mode}")
+}
+
+/// The scheme of `scheme://...`, if `text` starts like a URL.
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let is_scheme = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+    is_scheme.then_some(scheme)
+}
+
+/// A URL as shown in messages: without its password.
+fn shown_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => text.to_string(),
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Location {
+        Location::File(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Location {
+        Location::File(path.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(location: &Location) -> Location {
+        location.clone()
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&shown_url(url.as_str())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_files_and_postgres_urls_are_postgres() {
+        let file = Location::parse(Path::new("data/b:1.db"), None).unwrap();
+        assert_eq!(file, Location::File("data/b:1.db".into()));
+        let pg =
+            Location::parse(Path::new("postgres://news@db.example/bulletin"), Some("s3")).unwrap();
+        let Location::Postgres(url) = &pg else {
+            panic!("{pg:?}")
+        };
+        assert_eq!(url.password(), Some("s3"), "BULLETIN_DB_PASSWORD fills in");
+        assert_eq!(pg.to_string(), "postgres://news:***@db.example/bulletin");
+        let own = Location::parse(Path::new("postgresql://u:inurl@h/d"), Some("env")).unwrap();
+        let Location::Postgres(url) = own else {
+            panic!()
+        };
+        assert_eq!(url.password(), Some("inurl"), "the URL's own password wins");
+    }
+
+    #[test]
+    fn other_urls_are_refused_with_what_to_write() {
+        for value in ["mysql://h/db", "sqlite://x.db"] {
+            let err = Location::parse(Path::new(value), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("SQLite") && err.contains("postgres://"),
+                "{err}"
+            );
+        }
+        let err = Location::parse(Path::new("postgres://u:pw@host"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no database name") && !err.contains("pw"),
+            "{err}"
+        );
+    }
+}

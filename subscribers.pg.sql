@@ -1,0 +1,3 @@
+-- placeholder until pgbase lands
+-- step 1: placeholder
+SELECT 1;
