@@ -126,14 +126,23 @@ pub(super) async fn version(pool: &AnyPool) -> Result<i64> {
 }
 
 async fn version_in(conn: &mut AnyConnection, engine: Engine) -> Result<i64> {
-    let sql = match engine {
-        Engine::Sqlite => "PRAGMA user_version",
+    match engine {
+        Engine::Sqlite => Ok(query_scalar("PRAGMA user_version")
+            .fetch_one(conn)
+            .await?),
         Engine::Postgres => {
-            "SELECT CASE WHEN to_regclass('schema_steps') IS NULL THEN 0 \
-             ELSE (SELECT coalesce(max(step), 0) FROM schema_steps) END"
+            let recorded: bool =
+                query_scalar("SELECT to_regclass('schema_steps') IS NOT NULL")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !recorded {
+                return Ok(0);
+            }
+            Ok(query_scalar("SELECT coalesce(max(step), 0) FROM schema_steps")
+                .fetch_one(conn)
+                .await?)
         }
-    };
-    Ok(query_scalar(sql).fetch_one(conn).await?)
+    }
 }
 
 /// The step's SQL without its `ALTER TABLE T ADD COLUMN C ...;` lines whose
