@@ -16,8 +16,9 @@
 -- Step numbers do not match between the files. No PostgreSQL database
 -- existed before this file, so step 1 here is the whole SQLite schema as it
 -- stands after its step 11, translated (the comments say which SQLite step
--- added what); each later SQLite step gets its PostgreSQL twin as the next
--- step here.
+-- added what); each later SQLite step gets its PostgreSQL twin as the
+-- next step here. No other line may start with `-- step`: the program
+-- would take it for a step marker.
 --
 -- The program reads both engines through sqlx's Any driver and runs one SQL
 -- text on both, hence the rules of this file:
@@ -174,8 +175,8 @@ CREATE TABLE IF NOT EXISTS events (
     created_at    BIGINT  NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_subscriber ON events (subscriber_id, created_at);
--- Soft-bounce counting looks up a person's recent bounce events. (SQLite's
--- step 2.)
+-- Soft-bounce counting looks up a person's recent bounce events.
+-- (SQLite's step 2.)
 CREATE INDEX IF NOT EXISTS events_kind_time ON events (kind, created_at);
 
 -- The triggers' one action: abort the statement with the message the
@@ -224,8 +225,8 @@ CREATE TABLE IF NOT EXISTS settings (
 
 -- One row per bounce, complaint, auto-reply or mailto unsubscribe that
 -- `bulletin bounces ingest/scan` has processed, keyed by the sha256 of the
--- raw message: ingesting the same message twice changes nothing. (SQLite's
--- step 2.)
+-- raw message: ingesting the same message twice changes nothing.
+-- (SQLite's step 2.)
 CREATE TABLE IF NOT EXISTS inbound (
     hash          TEXT    PRIMARY KEY,
     kind          TEXT    NOT NULL,
@@ -325,8 +326,8 @@ CREATE TABLE IF NOT EXISTS campaign_triggers (
 
 -- The lists a campaign goes to, in front matter order (`position` 0 is
 -- `campaigns.list_id`, which stays the first list). Filled for every
--- campaign. (SQLite's step 9; its copy of the campaigns frozen before that
--- step is not needed here: this step runs on an empty database.)
+-- campaign. (SQLite's step 9; its copy of the campaigns frozen before
+-- that step is not needed here: this step runs on an empty database.)
 CREATE TABLE IF NOT EXISTS campaign_lists (
     campaign_id BIGINT  NOT NULL REFERENCES campaigns(id),
     list_id     BIGINT  NOT NULL REFERENCES lists(id),
