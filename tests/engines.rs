@@ -1,12 +1,14 @@
 //! The two engines (issue 14): `subscribers.pg.sql` builds the tables,
 //! columns and indexes `subscribers.sql` builds, step by step and when run
-//! twice; the PostgreSQL test databases (`support::pg`) are fresh and apart.
+//! twice, and sqlx's Any driver reads its column types; the PostgreSQL test
+//! databases (`support::pg`) are fresh and apart.
 //! The server half runs when `BULLETIN_TEST_POSTGRES` is set and prints a
 //! notice otherwise.
 
 use std::path::Path;
 
 use bulletin::store::schema;
+use sqlx::AnyConnection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{Connection, Executor};
@@ -84,23 +86,9 @@ async fn postgres_schema_has_the_sqlite_tables_columns_and_indexes() {
     let Some(_) = server() else { return };
     let url = pg::fresh_database().await;
     let mut conn = connect(&url).await;
-    let steps = schema::steps(PG_SCHEMA).unwrap();
     // Twice: every statement must be re-runnable.
-    for _ in 0..2 {
-        for step in &steps {
-            let mut tx = conn.begin().await.unwrap();
-            sqlx::raw_sql(&step.sql)
-                .execute(&mut *tx)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "subscribers.pg.sql step {} ({}): {e}",
-                        step.number, step.title
-                    )
-                });
-            tx.commit().await.unwrap();
-        }
-    }
+    apply_pg_schema(&mut conn).await;
+    apply_pg_schema(&mut conn).await;
     let postgres = pg_items(&mut conn).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -124,6 +112,80 @@ async fn postgres_schema_has_the_sqlite_tables_columns_and_indexes() {
         (vec![], vec![]),
         "columns or indexes differ: (only in subscribers.sql, only in subscribers.pg.sql)"
     );
+}
+
+#[tokio::test]
+async fn any_driver_reads_every_column_type_of_the_postgres_schema() {
+    let Some(_) = server() else { return };
+    let url = pg::fresh_database().await;
+    apply_pg_schema(&mut connect(&url).await).await;
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnection::connect(&url).await.unwrap();
+    // As the program's SQL: `$n` placeholders, 0/1 integers for booleans.
+    sqlx::query("INSERT INTO lists (slug, name, public, created_at) VALUES ($1, $2, 1, $3)")
+        .bind("news")
+        .bind("News")
+        .bind(1_700_000_000_i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (id, slug, public, created_at): (i64, String, i64, i64) =
+        sqlx::query_as("SELECT id, slug, public, created_at FROM lists WHERE public = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        (slug.as_str(), public, created_at),
+        ("news", 1, 1_700_000_000)
+    );
+    sqlx::query(
+        "INSERT INTO subscribers (email, created_at, updated_at) VALUES ('a@example.org', 1, 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO bounce_scores (subscriber_id, score, computed_at, half_life)
+         SELECT id, $1, 2, 3 FROM subscribers",
+    )
+    .bind(1.5_f64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (score, email_hash): (f64, Option<String>) = sqlx::query_as(
+        "SELECT b.score, s.email_hash FROM bounce_scores b JOIN subscribers s ON s.id = b.subscriber_id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((score, email_hash), (1.5, None));
+    // An id given explicitly (as `db copy` will give them) is kept.
+    let copied: i64 = sqlx::query_scalar(
+        "INSERT INTO lists (id, slug, name, created_at) VALUES ($1, 'copied', 'Copied', 1) RETURNING id",
+    )
+    .bind(id + 41)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(copied, id + 41);
+}
+
+/// Applies every step of `subscribers.pg.sql`, each in a transaction, as
+/// the program will.
+async fn apply_pg_schema(conn: &mut PgConnection) {
+    for step in schema::steps(PG_SCHEMA).unwrap() {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::raw_sql(&step.sql)
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "subscribers.pg.sql step {} ({}): {e}",
+                    step.number, step.title
+                )
+            });
+        tx.commit().await.unwrap();
+    }
 }
 
 /// Every column and named index of the public schema, sorted. Indexes that
