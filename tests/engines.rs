@@ -82,6 +82,24 @@ async fn fresh_databases_are_distinct_and_empty() {
 }
 
 #[tokio::test]
+async fn db_setting_names_a_database_of_the_engine_under_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let setting = pg::db_setting(dir.path()).await;
+    match pg::engine() {
+        pg::Engine::Sqlite => assert_eq!(Path::new(&setting), dir.path().join("b.db")),
+        pg::Engine::Postgres => {
+            assert!(setting.starts_with("postgres://"), "{setting}");
+            let mut conn = connect(&setting).await;
+            assert!(
+                pg_items(&mut conn).await.is_empty(),
+                "{setting} is not empty"
+            );
+            assert_ne!(setting, pg::db_setting(dir.path()).await);
+        }
+    }
+}
+
+#[tokio::test]
 async fn postgres_schema_has_the_sqlite_tables_columns_and_indexes() {
     let Some(_) = server() else { return };
     let url = pg::fresh_database().await;
