@@ -1,6 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
-mod support; // SMTP servers: the in-process sink, smtp-sink and aiosmtpd; a raw observer pool on a test's database
+mod support; // SMTP servers: the in-process sink, smtp-sink and aiosmtpd; a raw observer pool on a test's database; the engine under test (SQLite, or PostgreSQL with BULLETIN_TEST_POSTGRES)
 mod util; // shared helpers: running the binary, temp dirs, fixtures, a tiny HTTP client
 
 mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/complaint/mailto rules, scan
@@ -10,6 +10,7 @@ mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalis
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
 mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes
+mod engines; // SQLite and PostgreSQL: subscribers.pg.sql builds what subscribers.sql builds, run twice; fresh databases (BULLETIN_TEST_POSTGRES)
 mod faults; // SMTP faults against scripted servers: bounce vs refusal, unknown after the dot, stops, SIGTERM, reactivate
 mod import; // lists from Mailchimp (zip), listmonk, Keila, Ghost, Substack, plain CSV; exports, consent, round trips
 mod inbound; // `bounces imap` against Dovecot on loopback (BULLETIN_INTEROP=1 requires it): 200 messages, kill -9, exactly once

@@ -1,9 +1,10 @@
-//! SMTP servers for the tests (and, through `#[path]`, the examples), plus
-//! the lettre plumbing every SMTP test needs.
+//! SMTP servers for the tests (and, through `#[path]`, the examples), the
+//! engine under test, plus the lettre plumbing every SMTP test needs.
 
 #![allow(dead_code)]
 
 pub mod db; // an independent sqlx pool on a test's database file: raw rows, arranged or inspected
+pub mod pg; // the engine under test: BULLETIN_TEST_POSTGRES, a fresh PostgreSQL database per test, the `db` setting
 pub mod scripted; // a server whose answer per phase is scripted: hangs, late answers, closes
 pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by BULLETIN_INTEROP
 pub mod smtp_sink; // the scriptable in-process sink

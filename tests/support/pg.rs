@@ -1,0 +1,98 @@
+//! The engines under test: SQLite always, PostgreSQL when
+//! `BULLETIN_TEST_POSTGRES` names a server's admin URL (`.ci/postgres`
+//! prints one). Each test that stores something gets its own database:
+//! a file in its temp dir, or a fresh database on that server.
+//!
+//! Gating: with the variable set, a server that cannot be reached or
+//! refuses to create a database is a test failure, never a skip.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+/// The variable that asks for the PostgreSQL half of the tests.
+pub const VARIABLE: &str = "BULLETIN_TEST_POSTGRES";
+
+/// Which engine the tests run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The admin URL in `BULLETIN_TEST_POSTGRES`, if set and not empty.
+pub fn requested() -> Option<String> {
+    std::env::var(VARIABLE)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+/// PostgreSQL when it is requested, SQLite otherwise.
+pub fn engine() -> Engine {
+    match requested() {
+        Some(_) => Engine::Postgres,
+        None => Engine::Sqlite,
+    }
+}
+
+/// What a test writes as `db = "…"` or passes as `--db`: `DIR/b.db` on
+/// SQLite, the URL of a fresh database on PostgreSQL.
+pub async fn db_setting(dir: &Path) -> String {
+    match engine() {
+        Engine::Sqlite => dir.join("b.db").display().to_string(),
+        Engine::Postgres => fresh_database().await,
+    }
+}
+
+/// Creates a new, empty database `bt_<pid>_<counter>_<nanos>` on the
+/// requested server and returns its URL (the admin URL with that database).
+/// Panics, naming the variable and the URL, when nothing is requested or
+/// the server cannot be reached or refuses.
+pub async fn fresh_database() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let admin = requested().unwrap_or_else(|| panic!("{VARIABLE} is not set"));
+    let mut url = url::Url::parse(&admin)
+        .unwrap_or_else(|e| panic!("{VARIABLE}={}: not a URL: {e}", redacted(&admin)));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let name = format!(
+        "bt_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!(
+            "{VARIABLE}={}: cannot connect to the PostgreSQL server: {e} (start one with `.ci/postgres`, or unset {VARIABLE})",
+            redacted(&admin)
+        )
+    });
+    // Identifiers take no bound parameters; the name is ours, [a-z0-9_].
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{VARIABLE}={}: CREATE DATABASE {name}: {e}",
+                redacted(&admin)
+            )
+        });
+    conn.close().await.ok();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            parsed.set_password(Some("***")).ok();
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
