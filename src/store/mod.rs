@@ -106,6 +106,8 @@ pub enum Error {
     Sql(sqlx::Error),
     #[error("{0}")]
     NotOnPostgres(&'static str),
+    #[error("the database server cannot be reached: {0}")]
+    Unreachable(String),
     #[error("schema: {0}")]
     Schema(String),
     #[error("the subscription writer has stopped (the server is shutting down)")]
@@ -166,6 +168,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Error {
+        if let Some(state) = err
+            .as_database_error()
+            .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+            .map(|d| d.code().to_string())
+        {
+            return match state.as_str() {
+                // serialization_failure, deadlock_detected, lock_not_available
+                "40001" | "40P01" | "55P03" => Error::Locked(BUSY_TIMEOUT),
+                _ => Error::Sql(err),
+            };
+        }
         let code = err
             .as_database_error()
             .and_then(|d| d.code())
@@ -181,6 +194,8 @@ impl From<sqlx::Error> for Error {
             Some(8) | Some(14) => Error::ReadOnly,
             _ => match err {
                 sqlx::Error::PoolTimedOut => Error::Locked(BUSY_TIMEOUT),
+                // The server cannot be reached (PostgreSQL): retry later.
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Error::Unreachable(err.to_string()),
                 other => Error::Sql(other),
             },
         }
@@ -191,7 +206,7 @@ impl Error {
     /// True when another process held the database too long; retrying later
     /// may succeed.
     pub fn is_locked(&self) -> bool {
-        matches!(self, Error::Locked(_))
+        matches!(self, Error::Locked(_) | Error::Unreachable(_))
     }
 
     /// True when a row with the same unique key was written first (by

@@ -127,20 +127,19 @@ pub(super) async fn version(pool: &AnyPool) -> Result<i64> {
 
 async fn version_in(conn: &mut AnyConnection, engine: Engine) -> Result<i64> {
     match engine {
-        Engine::Sqlite => Ok(query_scalar("PRAGMA user_version")
-            .fetch_one(conn)
-            .await?),
+        Engine::Sqlite => Ok(query_scalar("PRAGMA user_version").fetch_one(conn).await?),
         Engine::Postgres => {
-            let recorded: bool =
-                query_scalar("SELECT to_regclass('schema_steps') IS NOT NULL")
-                    .fetch_one(&mut *conn)
-                    .await?;
+            let recorded: bool = query_scalar("SELECT to_regclass('schema_steps') IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await?;
             if !recorded {
                 return Ok(0);
             }
-            Ok(query_scalar("SELECT coalesce(max(step), 0) FROM schema_steps")
-                .fetch_one(conn)
-                .await?)
+            Ok(
+                query_scalar("SELECT coalesce(max(step), 0) FROM schema_steps")
+                    .fetch_one(conn)
+                    .await?,
+            )
         }
     }
 }

@@ -49,6 +49,18 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The statement for this engine, when the two must differ (JSON
+    /// functions, SQLite-only syntax): both texts side by side at the one
+    /// call site, the SQLite one first.
+    pub fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Engine::Sqlite => sqlite,
+            Engine::Postgres => postgres,
+        }
+    }
+}
+
 /// `text` with every `?` and `?N` parameter outside quotes written `$N`
 /// (a bare `?` takes one more than the highest number so far, as in SQLite).
 pub fn numbered(text: &str) -> String {
