@@ -836,7 +836,7 @@ mod tests {
             if file.starts_with("src/store/") {
                 continue;
             }
-            for word in ["AnyPool", "sqlx::", ".pool()"] {
+            for word in ["SqlitePool", "AnyPool", "PgPool", "sqlx::", ".pool()"] {
                 assert!(!text.contains(word), "{file} uses {word}");
             }
         }
