@@ -75,7 +75,7 @@ pub enum Command {
     /// Create the database (the only command besides quickstart, `lists add`
     /// and `subscribers add/import` that does)
     Init,
-    /// Database upkeep: backups
+    /// Database upkeep: backups, moving to PostgreSQL
     #[command(subcommand)]
     Db(DbCommand),
 }
@@ -131,6 +131,14 @@ pub enum DbCommand {
     Backup {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Copy the SQLite database into an empty PostgreSQL database, check
+    /// the row counts and say what to change in the config
+    Copy {
+        /// The PostgreSQL database: postgres://user@host/dbname (the
+        /// password in the URL or in BULLETIN_DB_PASSWORD)
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
 }
 
