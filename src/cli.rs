@@ -26,7 +26,8 @@ pub struct Global {
     /// Ignore any config file; use defaults and the environment
     #[arg(long, global = true)]
     pub no_config: bool,
-    /// SQLite database file [env: BULLETIN_DB] [default: bulletin.db beside the config]
+    /// Database: a SQLite file, or postgres://user@host/dbname (password in
+    /// BULLETIN_DB_PASSWORD) [env: BULLETIN_DB] [default: bulletin.db beside the config]
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// SMTP server, e.g. smtp://user@host:587 [env: BULLETIN_SMTP_URL]

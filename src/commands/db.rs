@@ -97,7 +97,7 @@ fn table_bar<'a>(
         let fresh = indicatif::ProgressBar::new(total);
         fresh.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg:16} {bar:40} {pos}/{len} rows {per_sec} eta {eta}",
+                "{msg:16} {bar:40} {human_pos}/{human_len} rows, eta {eta}",
             )
             .expect("valid template"),
         );

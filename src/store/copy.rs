@@ -15,10 +15,10 @@
 
 use futures_util::TryStreamExt as _;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::{AnyConnection, ConnectOptions as _, Connection as _, Row as _};
 
 use super::Store;
-use super::sql::{Engine, begin_write, query, query_as, query_scalar};
+use super::sql::{Engine, begin_write_on, query, query_as, query_scalar};
 
 /// One table copied: its rows on each side after the copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +135,14 @@ impl Store {
         if self.engine() != Engine::Sqlite || target.engine() != Engine::Postgres {
             return Err(Error::Direction);
         }
+        // Connections of their own, without sqlx's slow-statement warnings:
+        // reading a big table is one statement that takes its time.
+        let mut reader = quiet_connection(self).await?;
+        let mut writer = quiet_connection(target).await?;
         // SQLite's BEGIN is deferred: the snapshot starts at the first read
         // and holds for every table below.
-        let mut source = self.pool.begin().await?;
-        let mut sink = begin_write(&target.pool).await?;
+        let mut source = reader.begin().await?;
+        let mut sink = begin_write_on(&mut writer).await?;
         let tables = plan(&mut source, &mut sink).await?;
         refuse_rows(&mut sink, &tables).await?;
         for table in &tables {
@@ -148,8 +152,18 @@ impl Store {
         move_sequences(&mut sink).await?;
         sink.commit().await?;
         source.rollback().await?;
+        writer.close().await?;
+        reader.close().await?;
         Ok(copied)
     }
+}
+
+/// A new connection to the store's database that logs no statement.
+async fn quiet_connection(store: &Store) -> Result<AnyConnection, Error> {
+    let options = (*store.pool.connect_options())
+        .clone()
+        .disable_statement_logging();
+    Ok(AnyConnection::connect_with(&options).await?)
 }
 
 /// The SQLite tables with their PostgreSQL column types, parents first.
