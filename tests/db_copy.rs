@@ -421,6 +421,17 @@ async fn a_missing_or_unreachable_target_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("postgres://user@host/dbname"), "{err}");
+    // Only SQLite to PostgreSQL.
+    let elsewhere = format!("postgres://bulletin@127.0.0.1:{port}/other");
+    let out = env
+        .run(&["--db", &elsewhere, "db", "copy", "--to", &elsewhere])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("reads a SQLite database") && err.contains("--db"),
+        "{err}"
+    );
 }
 
 async fn pg_count(db: &AnyPool, table: &str) -> i64 {
