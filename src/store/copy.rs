@@ -176,39 +176,7 @@ async fn plan(source: &mut AnyConnection, sink: &mut AnyConnection) -> Result<Ve
     .await?;
     let mut tables = Vec::with_capacity(names.len());
     for name in names {
-        let postgres: Vec<(String, String)> = query_as(
-            "SELECT CAST(column_name AS TEXT), CAST(data_type AS TEXT) \
-             FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = ?",
-        )
-        .bind(&name)
-        .fetch_all(&mut *sink)
-        .await?;
-        if postgres.is_empty() {
-            return Err(Error::MissingTable(name));
-        }
-        let sqlite: Vec<String> =
-            query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
-                .bind(&name)
-                .fetch_all(&mut *source)
-                .await?;
-        let mut columns = Vec::with_capacity(sqlite.len());
-        for column in sqlite {
-            let Some((_, data_type)) = postgres.iter().find(|(c, _)| *c == column) else {
-                return Err(Error::MissingColumn {
-                    table: name,
-                    column,
-                });
-            };
-            let Some(kind) = Kind::of(data_type) else {
-                return Err(Error::UnknownType {
-                    table: name,
-                    column,
-                    kind: data_type.clone(),
-                });
-            };
-            columns.push((column, kind));
-        }
+        let columns = columns(source, sink, &name).await?;
         let rows = query_scalar(&format!("SELECT count(*) FROM \"{name}\""))
             .fetch_one(&mut *source)
             .await?;
@@ -220,6 +188,47 @@ async fn plan(source: &mut AnyConnection, sink: &mut AnyConnection) -> Result<Ve
     }
     let references = foreign_keys(sink).await?;
     parents_first(tables, &references)
+}
+
+/// The SQLite columns of `table`, each with the kind of its PostgreSQL
+/// twin; an error names the first table or column without one.
+async fn columns(
+    source: &mut AnyConnection,
+    sink: &mut AnyConnection,
+    table: &str,
+) -> Result<Vec<(String, Kind)>, Error> {
+    let postgres: Vec<(String, String)> = query_as(
+        "SELECT CAST(column_name AS TEXT), CAST(data_type AS TEXT) \
+         FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ?",
+    )
+    .bind(table)
+    .fetch_all(&mut *sink)
+    .await?;
+    if postgres.is_empty() {
+        return Err(Error::MissingTable(table.to_string()));
+    }
+    let sqlite: Vec<String> = query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+        .bind(table)
+        .fetch_all(&mut *source)
+        .await?;
+    let mut columns = Vec::with_capacity(sqlite.len());
+    for column in sqlite {
+        let Some((_, data_type)) = postgres.iter().find(|(c, _)| *c == column) else {
+            let table = table.to_string();
+            return Err(Error::MissingColumn { table, column });
+        };
+        let Some(kind) = Kind::of(data_type) else {
+            let (table, kind) = (table.to_string(), data_type.clone());
+            return Err(Error::UnknownType {
+                table,
+                column,
+                kind,
+            });
+        };
+        columns.push((column, kind));
+    }
+    Ok(columns)
 }
 
 /// (table, the table it refers to) for every foreign key on PostgreSQL,
