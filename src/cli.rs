@@ -26,7 +26,8 @@ pub struct Global {
     /// Ignore any config file; use defaults and the environment
     #[arg(long, global = true)]
     pub no_config: bool,
-    /// SQLite database file [env: BULLETIN_DB] [default: bulletin.db beside the config]
+    /// Database: a SQLite file, or postgres://user@host/dbname (password in
+    /// BULLETIN_DB_PASSWORD) [env: BULLETIN_DB] [default: bulletin.db beside the config]
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// SMTP server, e.g. smtp://user@host:587 [env: BULLETIN_SMTP_URL]
@@ -75,7 +76,7 @@ pub enum Command {
     /// Create the database (the only command besides quickstart, `lists add`
     /// and `subscribers add/import` that does)
     Init,
-    /// Database upkeep: backups
+    /// Database upkeep: backups, moving to PostgreSQL
     #[command(subcommand)]
     Db(DbCommand),
 }
@@ -131,6 +132,14 @@ pub enum DbCommand {
     Backup {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Copy the SQLite database into an empty PostgreSQL database, check
+    /// the row counts and say what to change in the config
+    Copy {
+        /// The PostgreSQL database: postgres://user@host/dbname (the
+        /// password in the URL or in BULLETIN_DB_PASSWORD)
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
 }
 

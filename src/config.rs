@@ -398,6 +398,9 @@ struct File {
 pub struct Secrets {
     pub current: Option<String>,
     pub previous: Vec<String>,
+    /// `BULLETIN_DB_PASSWORD`: the PostgreSQL password when a URL has none
+    /// (`db` and `db copy --to`).
+    pub db_password: Option<String>,
 }
 
 /// The shortest link-signing secret accepted, in bytes: a short secret can
@@ -437,6 +440,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("current", &self.current.as_ref().map(|_| "<set>"))
             .field("previous", &self.previous.len())
+            .field("db_password", &self.db_password.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -634,6 +638,7 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            db_password: env("BULLETIN_DB_PASSWORD"),
         };
         if let Some(at) = env("BULLETIN_NOW")
             && at.trim().parse::<i64>().is_err()

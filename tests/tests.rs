@@ -7,6 +7,7 @@ mod bounce_rules; // returned mail applied: VERP/Message-ID matching, hard/soft/
 mod bounces; // bounce/complaint/auto-reply parsing: fixtures, corpus accuracy, `bounces parse`
 mod campaigns; // the campaign lifecycle: cancel mid-run, --replace, --only-new, --again prompts, report, status
 mod compose; // campaign files -> HTML/text/eml snapshots, bad input, personalisation
+mod db_copy; // `db copy --to postgres://…`: every table row by row, refused twice, sequences, unreachable targets (BULLETIN_TEST_POSTGRES)
 mod dispatch; // the dispatcher against the in-process sink: exactly once, faults, kill -9, overlap
 mod dkim; // DKIM signatures on received messages, verified by viadkim and python3-dkim; tampering fails
 mod doctor; // `bulletin doctor` against the sink, aiosmtpd, smtp-sink and `bulletin serve`: lines and exit codes

@@ -113,6 +113,7 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Subscribers(command) => subscribers::run(&config, &command),
         Command::Init => db::init(&config),
         Command::Db(DbCommand::Backup { file }) => db::backup(&config, &file),
+        Command::Db(DbCommand::Copy { to }) => db::copy(&config, &to),
         Command::Doctor(args) => doctor::run(&config, &cli.global, &args),
     }
 }

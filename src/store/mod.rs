@@ -35,6 +35,7 @@ macro_rules! mailable {
 
 pub mod archive; // which sent campaigns the public archive shows
 mod bounces; // returned mail: matching people, applying bounce and complaint rules
+pub mod copy; // `db copy`: a SQLite database into an empty PostgreSQL one
 pub mod deliveries; // the dispatcher's campaigns, delivery log and lease
 mod events;
 mod export;
@@ -60,6 +61,7 @@ use sql::{query, query_scalar};
 pub use bounces::{
     Action, Applied, BounceEvent, BounceScore, DeliveryOwner, ScoreChange, SoftRule, UnmatchedMail,
 };
+pub use copy::CopiedTable;
 pub use events::Event;
 pub use export::{ExportRow, ListMembership, Selection};
 pub use import::{
@@ -309,6 +311,10 @@ impl Store {
 
     async fn connect_postgres(url: &url::Url, create: bool) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        // The server itself first: one that cannot be reached, a refused
+        // login or a missing database fails here, once, with its own error
+        // (the pool would retry until its timeout and report a timeout).
+        AnyConnection::connect(url.as_str()).await?.close().await?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .min_connections(1)
