@@ -359,8 +359,10 @@ async fn sign_up_is_rate_limited_per_client() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK, "request {i}");
+        // Counted after the answer (the limit is documented as approximate
+        // for requests that arrive at once).
+        site.state.drain().await;
     }
-    site.state.drain().await;
     let before = site.dump().await;
     let r = call(&site.app, from([198, 51, 100, 7], "late@example.net")).await;
     site.state.drain().await;
@@ -485,7 +487,7 @@ async fn erased_bounced_and_complained_people_come_back_by_confirming() {
         .suppress("bob@example.org", "complained", NOW)
         .await
         .unwrap();
-    sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = ?")
+    sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = $1")
         .bind(site.bob)
         .execute(&crate::support::db::raw(site.store.location()).await)
         .await
