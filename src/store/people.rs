@@ -524,6 +524,64 @@ impl super::Store {
     }
 }
 
+/// The sign-up form's limit per client: `max` requests in a window of
+/// `window` seconds that starts with the client's first request, counted in
+/// the database (table `signup_limits`) so that every `serve` process on it
+/// shares the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignUpLimit {
+    pub max: i64,
+    pub window: i64,
+}
+
+impl super::Store {
+    /// Whether `client` (an address, as text) may send one more sign-up
+    /// now: fewer than `limit.max` requests counted in its window. A read
+    /// only, so the answer never waits for another writer; the request is
+    /// counted afterwards by [`Store::count_sign_up`](super::Store::count_sign_up).
+    pub async fn sign_up_allowed(
+        &self,
+        client: &str,
+        limit: SignUpLimit,
+        now: i64,
+    ) -> Result<bool> {
+        let hits: Option<i64> =
+            query_scalar("SELECT hits FROM signup_limits WHERE client = ? AND window_start > ?")
+                .bind(client)
+                .bind(now - limit.window)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(hits.unwrap_or(0) < limit.max)
+    }
+
+    /// Counts one sign-up request from `client` at `now`: one more in its
+    /// window, or the first of a new one when its window has ended. One
+    /// atomic upsert, so servers counting at once lose no request. Rows
+    /// whose window ended are dropped.
+    pub async fn count_sign_up(&self, client: &str, limit: SignUpLimit, now: i64) -> Result<()> {
+        let ended = now - limit.window;
+        query(
+            "INSERT INTO signup_limits (client, window_start, hits) VALUES (?1, ?2, 1)
+             ON CONFLICT (client) DO UPDATE SET
+                 hits = CASE WHEN signup_limits.window_start <= ?3 THEN 1
+                             ELSE signup_limits.hits + 1 END,
+                 window_start = CASE WHEN signup_limits.window_start <= ?3 THEN ?2
+                                     ELSE signup_limits.window_start END",
+        )
+        .bind(client)
+        .bind(now)
+        .bind(ended)
+        .execute(self.pool())
+        .await?;
+        query("DELETE FROM signup_limits WHERE window_start <= ? AND client != ?")
+            .bind(ended)
+            .bind(client)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
 impl super::Store {
     /// Double opt-in confirmed: a pending subscription becomes confirmed, and a
     /// person who had left everything, bounced or complained is active again;
@@ -779,6 +837,47 @@ mod tests {
             let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
             assert_eq!(p.status, after, "{before}");
         }
+    }
+
+    #[tokio::test]
+    async fn sign_up_limit_is_shared_by_every_handle_and_its_window_ends() {
+        let (dir, store, _, _) = store_with(0).await;
+        // Another server's handle on the same database.
+        let other = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let limit = SignUpLimit {
+            max: 3,
+            window: 600,
+        };
+        let client = "198.51.100.7";
+        for (at, handle) in [(1000, &store), (1001, &other), (1002, &store)] {
+            assert!(handle.sign_up_allowed(client, limit, at).await.unwrap());
+            handle.count_sign_up(client, limit, at).await.unwrap();
+        }
+        assert!(!other.sign_up_allowed(client, limit, 1100).await.unwrap());
+        assert!(
+            store
+                .sign_up_allowed("198.51.100.8", limit, 1100)
+                .await
+                .unwrap()
+        );
+        // The window is 600 s from the client's first request.
+        assert!(!store.sign_up_allowed(client, limit, 1599).await.unwrap());
+        assert!(store.sign_up_allowed(client, limit, 1600).await.unwrap());
+        other
+            .count_sign_up("203.0.113.1", limit, 1600)
+            .await
+            .unwrap();
+        // A new window starts at one; rows of windows that ended go.
+        store.count_sign_up(client, limit, 2300).await.unwrap();
+        assert_eq!(
+            count(
+                &store,
+                "SELECT hits FROM signup_limits WHERE client = '198.51.100.7'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&store, "SELECT count(*) FROM signup_limits").await, 1);
     }
 
     #[tokio::test]

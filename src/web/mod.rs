@@ -17,8 +17,8 @@ pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -52,7 +52,6 @@ struct Inner {
     /// Sends the double opt-in emails; `None` disables sign-up mail.
     mailer: Option<Mailer>,
     from: String,
-    limiter: RateLimiter,
     /// Every subscription change made on these pages goes through it.
     writer: people::Writer,
     /// Work that outlives its request (sign-ups and their emails), so that
@@ -79,7 +78,6 @@ impl AppState {
                 pages,
                 mailer,
                 from,
-                limiter: RateLimiter::new(10, Duration::from_secs(600)),
                 writer: people::Writer::spawn(store.clone()),
                 tasks: TaskTracker::new(),
                 webhooks: None,
@@ -374,38 +372,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// A fixed-window counter per client address, for the sign-up form.
-struct RateLimiter {
-    max: u32,
-    window: Duration,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RateLimiter {
-    fn new(max: u32, window: Duration) -> RateLimiter {
-        RateLimiter {
-            max,
-            window,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a request; false when the client is over the limit.
-    fn allow(&self, ip: Option<IpAddr>) -> bool {
-        let Some(ip) = ip else { return true };
-        let now = Instant::now();
-        let mut seen = self.seen.lock().expect("rate limiter lock");
-        if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-        }
-        let entry = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.max
-    }
-}
+/// The sign-up form's limit per client address: 10 requests in 10 minutes
+/// from the client's first, shared through the database by every `serve`
+/// process on it (`Store::sign_up_allowed`).
+const SIGN_UP_LIMIT: people::SignUpLimit = people::SignUpLimit {
+    max: 10,
+    window: 600,
+};
 
 #[cfg(test)]
 mod tests {
@@ -448,17 +421,5 @@ mod tests {
             ip("2001:db8:1:2::")
         );
         assert_eq!(ClientIp::of(None, &["203.0.113.9"]), None);
-    }
-
-    #[test]
-    fn rate_limiter_counts_per_address() {
-        let l = RateLimiter::new(2, Duration::from_secs(60));
-        let a = Some("127.0.0.1".parse().unwrap());
-        let b = Some("127.0.0.2".parse().unwrap());
-        assert!(l.allow(a));
-        assert!(l.allow(a));
-        assert!(!l.allow(a));
-        assert!(l.allow(b));
-        assert!(l.allow(None));
     }
 }

@@ -40,6 +40,7 @@ mod health; // Health, unknown routes, headers, limits
 mod load; // Slow clients, the connection limit, a locked database, X-Forwarded-For
 mod one_click; // One-click unsubscribe (RFC 8058)
 mod preferences; // Preference center
+mod several; // Several `bulletin serve` on one PostgreSQL database: changes applied once, one sign-up limit
 mod signup; // Sign-up and confirmation
 mod tokens; // Bad tokens
 mod typed_values; // What people type: control characters out, length limits, every way in
@@ -454,7 +455,13 @@ pub(crate) struct Served {
 
 impl Served {
     pub(crate) async fn start(env: &Env) -> Served {
-        let log = env.dir.path().join("serve.log");
+        Served::start_as(env, "serve").await
+    }
+
+    /// One of several servers in the folder of `env`, its standard error in
+    /// `NAME.log`.
+    pub(crate) async fn start_as(env: &Env, name: &str) -> Served {
+        let log = env.dir.path().join(format!("{name}.log"));
         let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
