@@ -412,7 +412,7 @@ async fn mailgun_event_is_matched_by_our_message_id_not_the_address() {
     .await
     .unwrap();
     let signer = Signer::new(b"webhook-test-secret-at-least-32-bytes!", &[]);
-    let token = signer.sign(bulletin::links::Purpose::Bounce, delivery, 0);
+    let token = signer.sign(&bulletin::links::Bounce { delivery });
     let ours = bulletin::links::message_id(&token, "news.example.org");
     let body = String::from_utf8(mailgun_body(
         now(),

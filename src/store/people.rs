@@ -69,19 +69,21 @@ impl super::Store {
     ) -> Result<bool> {
         let pool = &self.pool;
         let mut tx = begin_write(pool).await?;
-        let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
+        let changed =
+            set_subscription_in(&mut tx, subscriber, list, None, status, source, now).await?;
         tx.commit().await?;
         Ok(changed)
     }
 }
 
-/// [`Store::set_subscription`](super::Store::set_subscription) inside the caller's write transaction. Choosing a
-/// list again makes a person who had left everything active again; a
-/// bounced, complained or erased person stays as they are.
+/// [`Store::set_subscription`](super::Store::set_subscription) inside the caller's write transaction; its
+/// event names `campaign` too, if any. Choosing a list again makes a person who had left everything active
+/// again; a bounced, complained or erased person stays as they are.
 async fn set_subscription_in(
     conn: &mut AnyConnection,
     subscriber: i64,
     list: i64,
+    campaign: Option<i64>,
     status: &str,
     source: &str,
     now: i64,
@@ -127,7 +129,11 @@ async fn set_subscription_in(
         "unsubscribed" => "unsubscribed",
         _ => "subscribed",
     };
-    events::append(conn, subscriber, Some(list), kind, source, None, now).await?;
+    let about = events::About {
+        list: Some(list),
+        campaign,
+    };
+    events::append_about(conn, subscriber, about, kind, source, None, now).await?;
     Ok(true)
 }
 
@@ -138,16 +144,42 @@ async fn set_subscription_in(
 /// only after the commit that holds its change.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Change>,
+    queue: mpsc::Sender<Queued>,
 }
 
+/// One change of a subscription, as the pages ask for it: `subscriber`'s
+/// subscription to `list` becomes `status`; its event names `campaign`
+/// (the email an unsubscribe link came in), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub subscriber: i64,
+    pub list: i64,
+    pub campaign: Option<i64>,
+    pub status: &'static str,
+    pub source: &'static str,
+    pub now: i64,
+}
+
+impl Change {
+    /// Writes it inside the caller's write transaction.
+    async fn write_in(&self, conn: &mut AnyConnection) -> Result<bool> {
+        set_subscription_in(
+            conn,
+            self.subscriber,
+            self.list,
+            self.campaign,
+            self.status,
+            self.source,
+            self.now,
+        )
+        .await
+    }
+}
+
+/// A change waiting for the writer, and where its answer goes.
 #[derive(Debug)]
-struct Change {
-    subscriber: i64,
-    list: i64,
-    status: &'static str,
-    source: &'static str,
-    now: i64,
+struct Queued {
+    change: Change,
     done: oneshot::Sender<Result<bool>>,
 }
 
@@ -158,7 +190,7 @@ impl Writer {
     /// Starts the writing task on the current tokio runtime; it ends when
     /// the last clone of the `Writer` is dropped, after its queue is empty.
     pub fn spawn(store: super::Store) -> Writer {
-        let (queue, mut rx) = mpsc::channel::<Change>(4 * GROUP);
+        let (queue, mut rx) = mpsc::channel::<Queued>(4 * GROUP);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(GROUP);
             while rx.recv_many(&mut group, GROUP).await > 0 {
@@ -180,26 +212,12 @@ impl Writer {
     }
 
     /// [`Store::set_subscription`](super::Store::set_subscription), through
-    /// the writing task.
-    pub async fn set_subscription(
-        &self,
-        subscriber: i64,
-        list: i64,
-        status: &'static str,
-        source: &'static str,
-        now: i64,
-    ) -> Result<bool> {
+    /// the writing task; true when something changed.
+    pub async fn set_subscription(&self, change: Change) -> Result<bool> {
         let (done, answer) = oneshot::channel();
-        let change = Change {
-            subscriber,
-            list,
-            status,
-            source,
-            now,
-            done,
-        };
         let stopped = || super::Error::WriterStopped;
-        self.queue.send(change).await.map_err(|_| stopped())?;
+        let queued = Queued { change, done };
+        self.queue.send(queued).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -208,15 +226,12 @@ impl Writer {
 /// stayed locked, the whole group gets the error (trying each change would
 /// wait the busy timeout once per change); for any other failure each change
 /// is tried on its own, so one bad change cannot sink the others.
-async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
-    async fn all(pool: &AnyPool, group: &[Change]) -> Result<Vec<bool>> {
+async fn write_group(store: &super::Store, group: &mut Vec<Queued>) {
+    async fn all(pool: &AnyPool, group: &[Queued]) -> Result<Vec<bool>> {
         let mut tx = begin_write(pool).await?;
         let mut changed = Vec::with_capacity(group.len());
-        for c in group {
-            changed.push(
-                set_subscription_in(&mut tx, c.subscriber, c.list, c.status, c.source, c.now)
-                    .await?,
-            );
+        for queued in group {
+            changed.push(queued.change.write_in(&mut tx).await?);
         }
         tx.commit().await?;
         Ok(changed)
@@ -233,11 +248,14 @@ async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
             }
         }
         Err(_) => {
-            for c in group.drain(..) {
-                let result = store
-                    .set_subscription(c.subscriber, c.list, c.status, c.source, c.now)
-                    .await;
-                let _ = c.done.send(result);
+            for Queued { change, done } in group.drain(..) {
+                let alone = async {
+                    let mut tx = begin_write(store.pool()).await?;
+                    let changed = change.write_in(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(changed)
+                };
+                let _ = done.send(alone.await);
             }
         }
     }
@@ -459,7 +477,7 @@ impl super::Store {
                 _ => (SignUp::Pending, Some("pending")),
             };
             if let Some(status) = status {
-                set_subscription_in(&mut tx, id, list.id, status, "web", now).await?;
+                set_subscription_in(&mut tx, id, list.id, None, status, "web", now).await?;
             }
             outcomes.push(outcome);
         }
@@ -699,6 +717,18 @@ mod tests {
         (dir, store, list, ids)
     }
 
+    /// A change from the pages, about no campaign.
+    fn change(subscriber: i64, list: i64, status: &'static str, now: i64) -> Change {
+        Change {
+            subscriber,
+            list,
+            campaign: None,
+            status,
+            source: "web",
+            now,
+        }
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         query_scalar(sql).fetch_one(store.pool()).await.unwrap()
     }
@@ -713,9 +743,10 @@ mod tests {
             .chain(ids.iter())
             .map(|&id| {
                 let w = writer.clone();
-                tokio::spawn(
-                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
-                )
+                tokio::spawn(async move {
+                    w.set_subscription(change(id, list, "unsubscribed", 2))
+                        .await
+                })
             })
             .collect();
         let mut changed = 0;
@@ -748,13 +779,13 @@ mod tests {
         let writer = Writer::spawn(store.clone());
         assert!(
             !writer
-                .set_subscription(ids[0], list, "confirmed", "web", 3)
+                .set_subscription(change(ids[0], list, "confirmed", 3))
                 .await
                 .unwrap()
         );
         assert!(
             !writer
-                .set_subscription(9_999, list, "confirmed", "web", 3)
+                .set_subscription(change(9_999, list, "confirmed", 3))
                 .await
                 .unwrap()
         );
@@ -772,8 +803,8 @@ mod tests {
         // A change that fails (no such list) does not sink one that is fine
         // in the same group.
         let (bad, good) = tokio::join!(
-            writer.set_subscription(ids[1], 77, "confirmed", "web", 3),
-            writer.set_subscription(ids[1], list, "unsubscribed", "web", 3),
+            writer.set_subscription(change(ids[1], 77, "confirmed", 3)),
+            writer.set_subscription(change(ids[1], list, "unsubscribed", 3)),
         );
         assert!(bad.is_err());
         assert!(good.unwrap());
@@ -798,9 +829,10 @@ mod tests {
             .iter()
             .map(|&id| {
                 let w = writer.clone();
-                tokio::spawn(
-                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
-                )
+                tokio::spawn(async move {
+                    w.set_subscription(change(id, list, "unsubscribed", 2))
+                        .await
+                })
             })
             .collect();
         for t in tasks {
@@ -811,7 +843,7 @@ mod tests {
         assert!(writer.is_running());
         assert!(
             writer
-                .set_subscription(ids[0], list, "unsubscribed", "web", 3)
+                .set_subscription(change(ids[0], list, "unsubscribed", 3))
                 .await
                 .unwrap()
         );

@@ -29,7 +29,7 @@ use axum::{Router, middleware};
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Mailer;
-use crate::links::{Claims, Purpose, Signer, Urls};
+use crate::links::{self, Signer, Token, Urls};
 use crate::store::{Store, people};
 pub use pages::Pages;
 pub use server::{Limits, RETRY_AFTER_SECS};
@@ -288,26 +288,35 @@ async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, E
     }
 }
 
-/// The list an unsubscribe token names, while the person it names lives;
+/// The list a token names (`subscriber`, `list`), while the person lives;
 /// otherwise the plain 404.
-async fn list_for(state: &AppState, claims: &Claims) -> Result<crate::store::List, Error> {
+async fn list_for(
+    state: &AppState,
+    subscriber: i64,
+    list: i64,
+) -> Result<crate::store::List, Error> {
     state
         .inner
         .store
-        .list_for(claims.a, claims.b)
+        .list_for(subscriber, list)
         .await?
         .ok_or(Error::NotFound)
 }
 
-/// A verified token from the path: the extractor refuses anything else with
-/// the plain 404. `P` is the `Purpose` as a number.
-pub struct Link<const P: u8>(pub Claims, pub String);
+/// A verified token from the path, with its claims of type `T` (one per
+/// purpose, `links::Token`): the extractor refuses anything else with the
+/// plain 404.
+pub struct Link<T> {
+    pub claims: T,
+    /// The token as it came, for the page's own form action.
+    pub token: String,
+}
 
-pub type UnsubscribeLink = Link<{ Purpose::Unsubscribe as u8 }>;
-pub type PreferencesLink = Link<{ Purpose::Preferences as u8 }>;
-pub type ConfirmLink = Link<{ Purpose::Confirm as u8 }>;
+pub type UnsubscribeLink = Link<links::Unsubscribe>;
+pub type PreferencesLink = Link<links::Preferences>;
+pub type ConfirmLink = Link<links::Confirm>;
 
-impl<const P: u8> FromRequestParts<AppState> for Link<P> {
+impl<T: Token + Send> FromRequestParts<AppState> for Link<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
@@ -315,11 +324,15 @@ impl<const P: u8> FromRequestParts<AppState> for Link<P> {
             .await
             .map_err(|_| Error::NotFound)?;
         let token = params.get("token").ok_or(Error::NotFound)?;
-        let claims = state.inner.signer.verify(token).ok_or(Error::NotFound)?;
-        if claims.purpose as u8 != P {
-            return Err(Error::NotFound);
-        }
-        Ok(Link(claims, token.clone()))
+        let claims = state
+            .inner
+            .signer
+            .verify::<T>(token)
+            .ok_or(Error::NotFound)?;
+        Ok(Link {
+            claims,
+            token: token.clone(),
+        })
     }
 }
 

@@ -235,7 +235,11 @@ impl Confirmations<'_> {
         let links: Vec<_> = lists
             .iter()
             .map(|l| {
-                let url = self.urls.confirm(self.signer, subscriber, l.id);
+                let claims = crate::links::Confirm {
+                    subscriber,
+                    list: l.id,
+                };
+                let url = self.urls.confirm(self.signer, &claims);
                 json!({ "name": l.name, "confirm_url": url })
             })
             .collect();
@@ -256,11 +260,8 @@ async fn confirm_page(
     State(state): State<AppState>,
     link: ConfirmLink,
 ) -> Result<Html<String>, Error> {
-    let ConfirmLink {
-        0: claims,
-        1: token,
-    } = link;
-    let list = list_for(&state, &claims).await?;
+    let ConfirmLink { claims, token } = link;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     state
         .inner
         .pages
@@ -278,12 +279,12 @@ async fn confirm(
     ip: super::ClientIp,
     link: ConfirmLink,
 ) -> Result<Html<String>, Error> {
-    let claims = link.0;
-    let list = list_for(&state, &claims).await?;
+    let claims = link.claims;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     let confirmed = state
         .inner
         .store
-        .confirm_from(claims.a, claims.b, ip.0, now())
+        .confirm_from(claims.subscriber, claims.list, ip.0, now())
         .await?;
     // Not pending any more: confirmed by an earlier click, or left since the
     // link was sent, in which case the person's latest choice stands.
@@ -291,7 +292,7 @@ async fn confirm(
         || state
             .inner
             .store
-            .lists_of(claims.a)
+            .lists_of(claims.subscriber)
             .await?
             .iter()
             .any(|(l, status)| l.id == list.id && status == "confirmed");

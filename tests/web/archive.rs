@@ -221,6 +221,15 @@ async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
     assert_eq!(profile.subscriptions.len(), 1);
     assert_eq!(profile.subscriptions[0].status, "unsubscribed");
     assert_eq!(profile.subscriptions[0].source, "web");
+    // Her link named the campaign it came in: so does the event, once.
+    let left: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT c.slug FROM events e LEFT JOIN campaigns c ON c.id = e.campaign_id \
+         WHERE e.kind = 'unsubscribed'",
+    )
+    .fetch_all(&crate::support::db::raw(store.location()).await)
+    .await
+    .unwrap();
+    assert_eq!(left, [Some("news-1".to_string())]);
 
     // The next campaign to the list goes to everyone else only.
     std::fs::write(

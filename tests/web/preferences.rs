@@ -82,8 +82,8 @@ async fn preferences_page_shows_name_lists_and_a_csrf_field() {
     assert!(!is_ticked(page, "events"), "a public list she is not on");
     assert!(page.contains("What we did this month"), "description");
     let csrf = csrf_field(page);
-    let claims = site.signer.verify_for(&csrf, Purpose::Csrf).unwrap();
-    assert_eq!(claims.a, site.ann);
+    let claims = site.signer.verify::<Csrf>(&csrf).unwrap();
+    assert_eq!(claims.subscriber, site.ann);
     assert!(page.contains(&format!("href=\"{path}/data\"")), "{page}");
     assert!(page.contains(&format!("href=\"{path}/erase\"")), "{page}");
     assert!(!page.contains("Your choices are saved"));
@@ -301,7 +301,9 @@ async fn preference_forms_refuse_a_missing_or_foreign_csrf_token() {
         Some("garbage".to_string()),
         Some(site.csrf(site.bob)),
         Some(site.token(Purpose::Preferences, site.ann, 0)),
-        Some(Signer::new(b"another secret", &[]).sign(Purpose::Csrf, site.ann, 0)),
+        Some(Signer::new(b"another secret", &[]).sign(&Csrf {
+            subscriber: site.ann,
+        })),
     ];
     for csrf in &foreign {
         for path in [prefs.clone(), format!("{prefs}/erase")] {

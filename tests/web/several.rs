@@ -127,7 +127,7 @@ async fn one_click_unsubscribes_posted_to_both_servers_at_once_are_applied_once(
     let requests = pair.people.iter().flat_map(|&who| {
         let path = format!(
             "/unsubscribe/{}",
-            signer.sign(Purpose::Unsubscribe, who, pair.news.id)
+            sign_as(&signer, Purpose::Unsubscribe, who, pair.news.id)
         );
         [pair.a.addr.clone(), pair.b.addr.clone()].map(|addr| {
             let path = path.clone();
@@ -179,8 +179,11 @@ async fn one_preference_change_saved_on_both_servers_at_once_is_applied_once() {
     // The same form (tick Events, keep News) sent to both servers at once,
     // as a double click behind a load balancer does.
     let requests = pair.people.iter().flat_map(|&who| {
-        let path = format!("/preferences/{}", signer.sign(Purpose::Preferences, who, 0));
-        let csrf = signer.sign(Purpose::Csrf, who, 0);
+        let path = format!(
+            "/preferences/{}",
+            sign_as(&signer, Purpose::Preferences, who, 0)
+        );
+        let csrf = sign_as(&signer, Purpose::Csrf, who, 0);
         let body = encode(&[
             ("csrf", &csrf),
             ("list", "news"),
