@@ -338,3 +338,15 @@ CREATE TABLE IF NOT EXISTS campaign_lists (
 CREATE UNIQUE INDEX IF NOT EXISTS campaign_lists_position ON campaign_lists (campaign_id, position);
 -- `lists remove` asks which campaigns still go to a list.
 CREATE INDEX IF NOT EXISTS campaign_lists_list ON campaign_lists (list_id);
+
+-- step 2: the sign-up rate limit, shared by every `serve` process
+
+-- Sign-up requests per client address in the window that started with the
+-- client's first request.
+-- (SQLite's step 12.)
+CREATE TABLE IF NOT EXISTS signup_limits (
+    client       TEXT    PRIMARY KEY,
+    window_start BIGINT  NOT NULL,
+    hits         BIGINT  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signup_limits_window ON signup_limits (window_start);

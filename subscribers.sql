@@ -338,3 +338,17 @@ ALTER TABLE consents_rebuilt RENAME TO consents;
 -- (front matter `resend_until`, frozen in `compiled`): from then on nobody
 -- who joins gets it. NULL while the window runs as frozen.
 ALTER TABLE campaigns ADD COLUMN resend_closed_at INTEGER;
+
+-- step 12: the sign-up rate limit, shared by every `serve` process
+
+-- Sign-up requests per client address (an IPv6 client is its /64) in the
+-- window that started with the client's first request (`window_start`,
+-- unix seconds). Every `bulletin serve` on the database counts here, so a
+-- client spreading requests over several servers is limited as one. Rows
+-- whose window ended are deleted as new requests come in.
+CREATE TABLE IF NOT EXISTS signup_limits (
+    client       TEXT    PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    hits         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signup_limits_window ON signup_limits (window_start);

@@ -59,9 +59,9 @@ fn main() {
 /// subscriber if they had been ours.
 fn matching(mails: &[Vec<u8>]) -> String {
     use bulletin::bounce::Kind;
-    use bulletin::links::{Purpose, Signer, parse_message_id};
+    use bulletin::links::{Bounce, Signer, parse_message_id};
     let signer = Signer::new(b"bounce-bench-secret", &[]);
-    let verifies = |t: &str| signer.verify_for(t, Purpose::Bounce).is_some();
+    let verifies = |t: &str| signer.verify::<Bounce>(t).is_some();
     let (mut reports, mut verp, mut message_id, mut signed) = (0, 0, 0, 0);
     for raw in mails {
         let r = bulletin::bounce::parse(raw);

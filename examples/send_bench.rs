@@ -179,13 +179,22 @@ fn settings(port: u16, connections: usize) -> Settings {
 
 /// The size of one sent message, for smtp-source's -l: rebuild one.
 fn message_size(frozen: &Frozen, settings: &Settings, slug: &str) -> usize {
-    let unsubscribe = settings.urls.unsubscribe(&settings.signer, 1, 1);
+    let leave = bulletin::links::Unsubscribe {
+        subscriber: 1,
+        list: 1,
+        campaign: Some(1),
+    };
+    let unsubscribe = settings.urls.unsubscribe(&settings.signer, &leave);
+    let preferences = bulletin::links::Preferences {
+        subscriber: 1,
+        via_list: Some(1),
+    };
     let body = frozen.compiled.personalise(&bulletin::render::Recipient {
         email: "reader1@example.net",
         name: "Reader Number 1",
         attributes: None,
         unsubscribe_url: &unsubscribe,
-        preferences_url: &settings.urls.preferences(&settings.signer, 1),
+        preferences_url: &settings.urls.preferences(&settings.signer, &preferences),
         archive_url: &settings.urls.archive(slug),
     });
     let headers = bulletin::compose::Headers {

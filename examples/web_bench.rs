@@ -16,7 +16,7 @@ use std::process::Command;
 
 use bulletin::assets::Templates;
 use bulletin::config::Organisation;
-use bulletin::links::{Purpose, Signer, Urls};
+use bulletin::links::{Signer, Urls};
 use bulletin::store::{ImportOptions, Store};
 use bulletin::web::{self, AppState, Pages};
 
@@ -201,11 +201,19 @@ fn main() -> anyhow::Result<()> {
     let unsubscribe = write_paths("unsubscribe.txt", &|id| {
         format!(
             "/unsubscribe/{}",
-            signer.sign(Purpose::Unsubscribe, id, list)
+            signer.sign(&bulletin::links::Unsubscribe {
+                subscriber: id,
+                list,
+                campaign: None,
+            })
         )
     })?;
     let preferences = write_paths("preferences.txt", &|id| {
-        format!("/preferences/{}", signer.sign(Purpose::Preferences, id, 0))
+        let claims = bulletin::links::Preferences {
+            subscriber: id,
+            via_list: None,
+        };
+        format!("/preferences/{}", signer.sign(&claims))
     })?;
     let script = dir.path().join("bench.lua");
     std::fs::write(&script, SCRIPT)?;

@@ -7,20 +7,26 @@ use std::time::Duration;
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
-/// A project folder like the dispatch tests use.
+/// A project folder like the dispatch tests use, its database on the
+/// engine under test.
 struct Env {
     dir: tempfile::TempDir,
     smtp: String,
+    /// The `db` setting (`support::pg::db_setting`).
+    db: String,
 }
 
 impl Env {
-    fn new(port: u16) -> Env {
+    async fn new(port: u16) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let db = crate::support::pg::db_setting(dir.path()).await;
         std::fs::write(
             dir.path().join("bulletin.toml"),
-            "db = \"b.db\"\nbase_url = \"https://news.example.org\"\n\
-             [sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
-             [bounces]\nsoft_limit = 3\nsoft_window_days = 30\n",
+            format!(
+                "db = \"{db}\"\nbase_url = \"https://news.example.org\"\n\
+                 [sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+                 [bounces]\nsoft_limit = 3\nsoft_window_days = 30\n"
+            ),
         )
         .unwrap();
         for n in 1..=3 {
@@ -35,6 +41,7 @@ impl Env {
         Env {
             dir,
             smtp: format!("smtp://127.0.0.1:{port}?tls=none"),
+            db,
         }
     }
 
@@ -175,7 +182,7 @@ fn mailto_unsubscribe(m: &Received) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port());
+    let env = Env::new(sink.port()).await;
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     env.ok(&["lists", "add", "other", "--name", "Other"]).await;
     let people = [
@@ -327,7 +334,7 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_moves_processed_mail_to_cur() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port());
+    let env = Env::new(sink.port()).await;
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     env.ok(&["subscribers", "add", "gone@example.net", "--list", "news"])
         .await;
@@ -364,7 +371,11 @@ async fn scan_moves_processed_mail_to_cur() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_with_an_unusable_database_asks_the_mta_to_retry() {
-    let env = Env::new(1);
+    // About a SQLite file that is not a database: on either engine.
+    let env = Env::new(1).await;
+    let config = env.dir.path().join("bulletin.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen(&env.db, "b.db", 1)).unwrap();
     std::fs::write(
         env.dir.path().join("b.db"),
         b"this is not a database, it is text",
@@ -433,7 +444,7 @@ async fn status_of(env: &Env, email: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_signed_or_quoted_mail_changes_anyone() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port());
+    let env = Env::new(sink.port()).await;
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     let people: Vec<String> = (0..300).map(|i| format!("p{i:03}@example.net")).collect();
     let csv = format!("email\n{}\n", people.join("\n"));
@@ -570,7 +581,7 @@ async fn soft_bounce_score_decays_and_bounces_at_the_limit() {
     const HOUR: i64 = 3_600;
     const DAY: i64 = 86_400;
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port());
+    let env = Env::new(sink.port()).await;
     crate::util::write(
         env.dir.path(),
         "campaigns/news-4.md",
@@ -716,18 +727,19 @@ async fn soft_bounce_score_decays_and_bounces_at_the_limit() {
 }
 
 /// Each event of `email`, as (kind, source, list slug, campaign slug), read
-/// from the database file by an independent observer.
+/// from the database by an independent observer.
 async fn events_of(
     env: &Env,
     email: &str,
 ) -> Vec<(String, String, Option<String>, Option<String>)> {
-    let raw = crate::support::db::raw(&env.dir.path().join("b.db")).await;
+    let location = bulletin::store::Location::parse(std::path::Path::new(&env.db), None).unwrap();
+    let raw = crate::support::db::raw(location).await;
     sqlx::query_as(
         "SELECT e.kind, e.source, l.slug, c.slug FROM events e
          JOIN subscribers s ON s.id = e.subscriber_id
          LEFT JOIN lists l ON l.id = e.list_id
          LEFT JOIN campaigns c ON c.id = e.campaign_id
-         WHERE s.email = ? ORDER BY e.id",
+         WHERE s.email = $1 ORDER BY e.id",
     )
     .bind(email)
     .fetch_all(&raw)
@@ -737,11 +749,12 @@ async fn events_of(
 
 /// Every event written in a campaign's context names the campaign: the
 /// dispatcher's hard bounce, a returned hard bounce, a complaint (and the
-/// unsubscribes it makes). A mailto unsubscribe names its list.
+/// unsubscribes it makes). A mailto unsubscribe names its list and the
+/// campaign it came in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_carry_the_campaign_they_came_from() {
     let sink = SmtpSink::start(Behaviour::new().rcpt_reply("refused", "550 5.1.1 user unknown"));
-    let env = Env::new(sink.port());
+    let env = Env::new(sink.port()).await;
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     env.ok(&["lists", "add", "other", "--name", "Other"]).await;
     for p in [
@@ -822,7 +835,7 @@ async fn events_carry_the_campaign_they_came_from() {
     );
 
     // Mail to the List-Unsubscribe mailto address: its signed address
-    // names the list.
+    // names the list and the campaign.
     std::fs::write(
         dir.join("leave.eml"),
         mailto_unsubscribe(received_for(&sent, "leaver@example.net")),
@@ -830,6 +843,8 @@ async fn events_carry_the_campaign_they_came_from() {
     .unwrap();
     env.ok(&["bounces", "ingest", "leave.eml"]).await;
     let leaver = after_signup(events_of(&env, "leaver@example.net").await);
-    assert_eq!(leaver.len(), 1, "{leaver:?}");
-    assert_eq!((&*leaver[0].0, &leaver[0].2), ("unsubscribed", &news));
+    assert_eq!(
+        leaver,
+        [("unsubscribed".into(), "mailto".into(), news, campaign)]
+    );
 }

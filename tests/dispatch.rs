@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use bulletin::links::{Purpose, Signer};
+use bulletin::links::Signer;
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
@@ -225,10 +225,14 @@ async fn every_required_header_is_on_the_received_message() {
         .and_then(|r| r.strip_suffix("@alliance.example"))
         .unwrap_or_else(|| panic!("VERP sender, got {}", m.mail_from));
     let claims = Signer::new(SECRET.as_bytes(), &[])
-        .verify_for(token, Purpose::Bounce)
+        .verify::<bulletin::links::Bounce>(token)
         .unwrap();
-    assert!(claims.a > 0, "delivery id");
-    assert!(Signer::new(b"other", &[]).verify(token).is_none());
+    assert!(claims.delivery > 0, "delivery id");
+    assert!(
+        Signer::new(b"other", &[])
+            .verify::<bulletin::links::Bounce>(token)
+            .is_none()
+    );
     // The Message-ID carries the same token, for bounces that quote it.
     assert_eq!(message_id, format!("<{token}@alliance.example>"));
 }
@@ -797,7 +801,12 @@ async fn people_who_leave_during_a_send_are_skipped_not_mailed() {
     // A second into the send (20 messages at 20/s), four people leave.
     assert!(sink.wait_for(20, Duration::from_secs(60)).await >= 20);
     let signer = Signer::new(SECRET.as_bytes(), &[]);
-    let url = Urls::new("https://news.example.org").unsubscribe(&signer, ids[0], list.id);
+    let leave = bulletin::links::Unsubscribe {
+        subscriber: ids[0],
+        list: list.id,
+        campaign: None,
+    };
+    let url = Urls::new("https://news.example.org").unsubscribe(&signer, &leave);
     let path = url.strip_prefix("https://news.example.org").unwrap();
     let app = bulletin::web::router(crate::web::app_state(store.clone(), signer, None));
     let body = b"List-Unsubscribe=One-Click".to_vec();

@@ -256,19 +256,33 @@ fn chown(path: &Path) {
     std::os::unix::fs::chown(path, Some(MAIL_UID), Some(MAIL_UID)).unwrap();
 }
 
-/// A project folder whose `[bounces.imap]` points at `dovecot`.
+/// A project folder whose `[bounces.imap]` points at `dovecot`, its
+/// database on the engine under test.
 struct Env {
     dir: tempfile::TempDir,
     smtp: String,
+    /// The `db` setting (`support::pg::db_setting`).
+    db: String,
 }
 
 impl Env {
     fn new(smtp_port: u16, imap_port: u16) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        // These tests are synchronous: a runtime of its own, on a thread of
+        // its own (a caller may be inside one).
+        let db = {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(crate::support::pg::db_setting(&path))
+            })
+            .join()
+            .unwrap()
+        };
         std::fs::write(
             dir.path().join("bulletin.toml"),
             format!(
-                "db = \"b.db\"\nbase_url = \"https://news.example.org\"\n\
+                "db = \"{db}\"\nbase_url = \"https://news.example.org\"\n\
                  [sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
                  [bounces]\nsoft_limit = 3\nsoft_window_days = 30\n\
                  [bounces.imap]\nurl = \"imap://{USER}@127.0.0.1:{imap_port}/INBOX\"\nprocessed = \"Processed\"\npoll_secs = 2\n"
@@ -283,6 +297,7 @@ impl Env {
         Env {
             dir,
             smtp: format!("smtp://127.0.0.1:{smtp_port}?tls=none"),
+            db,
         }
     }
 
@@ -572,11 +587,12 @@ fn imap_reader_stays_connected_picks_up_new_mail_reconnects_and_stops_on_sigterm
 #[test]
 fn imap_without_settings_or_password_says_what_to_set() {
     let env = Env::new(1, 1);
-    std::fs::write(env.dir.path().join("bulletin.toml"), "db = \"b.db\"\n").unwrap();
+    let db_line = format!("db = \"{}\"\n", env.db);
+    std::fs::write(env.dir.path().join("bulletin.toml"), &db_line).unwrap();
     env.ok(&["init"]);
     std::fs::write(
         env.dir.path().join("bulletin.toml"),
-        "db = \"b.db\"\n[bounces.imap]\nurl = \"imaps://bob:pw@mail.example.org/INBOX\"\n",
+        format!("{db_line}[bounces.imap]\nurl = \"imaps://bob:pw@mail.example.org/INBOX\"\n"),
     )
     .unwrap();
     let out = env.run(&["bounces", "imap", "--once"]);
@@ -587,7 +603,7 @@ fn imap_without_settings_or_password_says_what_to_set() {
         "{err}"
     );
 
-    std::fs::write(env.dir.path().join("bulletin.toml"), "db = \"b.db\"\n").unwrap();
+    std::fs::write(env.dir.path().join("bulletin.toml"), &db_line).unwrap();
     let out = env.run(&["bounces", "imap", "--once"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -596,7 +612,7 @@ fn imap_without_settings_or_password_says_what_to_set() {
     // Nothing listens on port 1: try again later (75), not an error.
     std::fs::write(
         env.dir.path().join("bulletin.toml"),
-        "db = \"b.db\"\n[bounces.imap]\nurl = \"imap://bob@127.0.0.1:1/INBOX\"\n",
+        format!("{db_line}[bounces.imap]\nurl = \"imap://bob@127.0.0.1:1/INBOX\"\n"),
     )
     .unwrap();
     let out = env.run(&["bounces", "imap", "--once"]);
@@ -625,8 +641,9 @@ fn imap_over_tls_and_starttls_with_the_servers_own_ca() {
         std::fs::write(
             env.dir.path().join("bulletin.toml"),
             format!(
-                "db = \"b.db\"\n[sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
-                 [bounces.imap]\nurl = \"{url}\"\n{ca_line}"
+                "db = \"{}\"\n[sender]\nfrom = \"News <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+                 [bounces.imap]\nurl = \"{url}\"\n{ca_line}",
+                env.db
             ),
         )
         .unwrap();

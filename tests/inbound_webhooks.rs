@@ -44,7 +44,9 @@ struct Site {
 impl Site {
     async fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).await.unwrap();
+        let store = Store::open(crate::support::pg::location(dir.path()).await)
+            .await
+            .unwrap();
         store
             .create_list("news", "News", "", false, true, NOW)
             .await
@@ -400,16 +402,17 @@ async fn mailgun_event_is_matched_by_our_message_id_not_the_address() {
         .await
         .unwrap()
         .unwrap();
-    let raw = crate::support::db::raw(&site._dir.path().join("w.db")).await;
-    let delivery: i64 =
-        sqlx::query_scalar("SELECT id FROM deliveries WHERE campaign_id = ? AND subscriber_id = ?")
-            .bind(campaign)
-            .bind(hard.id)
-            .fetch_one(&raw)
-            .await
-            .unwrap();
+    let raw = crate::support::db::raw(site.store.location()).await;
+    let delivery: i64 = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE campaign_id = $1 AND subscriber_id = $2",
+    )
+    .bind(campaign)
+    .bind(hard.id)
+    .fetch_one(&raw)
+    .await
+    .unwrap();
     let signer = Signer::new(b"webhook-test-secret-at-least-32-bytes!", &[]);
-    let token = signer.sign(bulletin::links::Purpose::Bounce, delivery, 0);
+    let token = signer.sign(&bulletin::links::Bounce { delivery });
     let ours = bulletin::links::message_id(&token, "news.example.org");
     let body = String::from_utf8(mailgun_body(
         now(),
@@ -599,7 +602,9 @@ async fn ses_sns_signatures_checked_against_the_certificate_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_not_configured_answer_404() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("w.db")).await.unwrap();
+    let store = Store::open(crate::support::pg::location(dir.path()).await)
+        .await
+        .unwrap();
     let pages = Pages::new(&Templates::builtin(), &Organisation::default()).unwrap();
     let state = AppState::new(
         store,
@@ -625,12 +630,13 @@ async fn webhooks_not_configured_answer_404() {
     }
 }
 
-#[test]
-fn serve_refuses_a_webhook_whose_secret_is_missing() {
+#[tokio::test]
+async fn serve_refuses_a_webhook_whose_secret_is_missing() {
     let dir = tempfile::tempdir().unwrap();
+    let db = crate::support::pg::db_setting(dir.path()).await;
     std::fs::write(
         dir.path().join("bulletin.toml"),
-        "db = \"b.db\"\noutbox = \"outbox\"\nlisten = \"127.0.0.1:0\"\n[webhooks.postmark]\nuser = \"postmark\"\n",
+        format!("db = \"{db}\"\noutbox = \"outbox\"\nlisten = \"127.0.0.1:0\"\n[webhooks.postmark]\nuser = \"postmark\"\n"),
     )
     .unwrap();
     let run = |args: &[&str]| {

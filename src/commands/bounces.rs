@@ -223,15 +223,20 @@ impl Ingest {
         let claims = self
             .signer
             .as_ref()
-            .and_then(|s| s.verify_for(token, crate::links::Purpose::Bounce));
+            .and_then(|s| s.verify::<crate::links::Bounce>(token));
         let Some(claims) = claims else {
             return Ok(Err(format!("{source} is not signed by us")));
         };
         Ok(self
             .store
-            .delivery_owner(claims.a)
+            .delivery_owner(claims.delivery)
             .await?
-            .ok_or_else(|| format!("{source} names delivery {} that is not stored", claims.a)))
+            .ok_or_else(|| {
+                format!(
+                    "{source} names delivery {} that is not stored",
+                    claims.delivery
+                )
+            }))
     }
 
     /// The delivery a report is about: its VERP token, else the token of the
@@ -270,14 +275,14 @@ impl Ingest {
         use crate::store::Action;
         if report.kind == Kind::Unsubscribe {
             let claims = match (&self.signer, report.unsubscribe_token.as_deref()) {
-                (Some(s), Some(t)) => s.verify_for(t, crate::links::Purpose::Unsubscribe),
+                (Some(s), Some(t)) => s.verify::<crate::links::Unsubscribe>(t),
                 _ => None,
             };
             return Ok(claims
                 .map(|c| Target {
-                    subscriber: c.a,
-                    campaign: None,
-                    action: Action::Unsubscribe { list_id: c.b },
+                    subscriber: c.subscriber,
+                    campaign: c.campaign,
+                    action: Action::Unsubscribe { list_id: c.list },
                 })
                 .ok_or_else(|| "the unsubscribe address is not signed by us".to_string()));
         }

@@ -117,12 +117,23 @@ pub(crate) fn format_warning(file: &str, w: &Warning) -> String {
 pub(crate) const SAMPLE_EMAIL: &str = "sample.recipient@example.org";
 pub(crate) const SAMPLE_NAME: &str = "Sample Recipient";
 
+/// The links of the sample recipient (subscriber 0 of list 0).
+pub(crate) const SAMPLE_UNSUBSCRIBE: crate::links::Unsubscribe = crate::links::Unsubscribe {
+    subscriber: 0,
+    list: 0,
+    campaign: None,
+};
+pub(crate) const SAMPLE_PREFERENCES: crate::links::Preferences = crate::links::Preferences {
+    subscriber: 0,
+    via_list: None,
+};
+
 /// Personalises for the sample recipient (subscriber 0 of list 0).
 pub(crate) fn sample(config: &Config, built: &Built) -> Personalised {
     let signer = super::sample_signer(config);
     let urls = Urls::new(&config.base_url);
-    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
-    let preferences = urls.preferences(&signer, 0);
+    let unsubscribe = urls.unsubscribe(&signer, &SAMPLE_UNSUBSCRIBE);
+    let preferences = urls.preferences(&signer, &SAMPLE_PREFERENCES);
     let archive = urls.archive(&built.campaign.slug);
     built.compiled.personalise(&Recipient {
         email: SAMPLE_EMAIL,
@@ -139,13 +150,10 @@ pub(crate) fn sample_eml(config: &Config, built: &Built, body: &Personalised) ->
     let signer = super::sample_signer(config);
     let urls = Urls::new(&config.base_url);
     let domain = config.bounce_domain();
-    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
-    let mailto = crate::links::unsubscribe_address(
-        &signer.sign(crate::links::Purpose::Unsubscribe, 0, 0),
-        &domain,
-    );
+    let unsubscribe = urls.unsubscribe(&signer, &SAMPLE_UNSUBSCRIBE);
+    let mailto = crate::links::unsubscribe_address(&signer.sign(&SAMPLE_UNSUBSCRIBE), &domain);
     let bounce =
-        crate::links::verp_address(&signer.sign(crate::links::Purpose::Bounce, 0, 0), &domain);
+        crate::links::verp_address(&signer.sign(&crate::links::Bounce { delivery: 0 }), &domain);
     let message_id = format!("{}.sample@{}", built.campaign.slug, domain);
     let list_id = compose::list_id(&built.campaign.lists[0], &built.campaign.lists[0], &domain);
     let from = built

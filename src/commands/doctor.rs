@@ -19,7 +19,7 @@ use crate::compose;
 use crate::config::Config;
 use crate::config::MIN_SECRET_BYTES;
 use crate::dispatch::transport::{self, SmtpUrl, Transport};
-use crate::links::{Purpose, Signer, Urls};
+use crate::links::{Signer, Urls};
 use crate::render::{self, Recipient, Renderer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -305,17 +305,17 @@ fn sample_message(
     )?;
     let signer = Signer::new(b"doctor: length only", &[]);
     let urls = Urls::new(&config.base_url);
-    let unsubscribe = urls.unsubscribe(&signer, 0, 0);
+    let unsubscribe = urls.unsubscribe(&signer, &super::build::SAMPLE_UNSUBSCRIBE);
     let body = compiled.personalise(&Recipient {
         email: "sample.recipient@example.org",
         name: "Sample Recipient",
         attributes: None,
         unsubscribe_url: &unsubscribe,
-        preferences_url: &urls.preferences(&signer, 0),
+        preferences_url: &urls.preferences(&signer, &super::build::SAMPLE_PREFERENCES),
         archive_url: &urls.archive(&campaign.slug),
     });
     let domain = config.bounce_domain();
-    let token = signer.sign(Purpose::Bounce, 0, 0);
+    let token = signer.sign(&crate::links::Bounce { delivery: 0 });
     let list_id = compose::list_id(&campaign.lists[0], &campaign.lists[0], &domain);
     let headers = compose::Headers {
         from: campaign.from.as_deref().unwrap_or(&config.sender.from),

@@ -21,7 +21,6 @@ use crate::compose;
 use crate::config::Config;
 use crate::dispatch::transport::Transport;
 use crate::dispatch::{self, Frozen, FrozenList, NotStarted, Progress, Settings, Summary};
-use crate::links::Purpose;
 use crate::render::Recipient;
 use crate::store::Store;
 use crate::store::deliveries::{
@@ -1231,8 +1230,8 @@ fn test_copy(
 ) -> Result<lettre::Message> {
     let urls = &settings.urls;
     let domain = &settings.bounce_domain;
-    let unsubscribe = urls.unsubscribe(&settings.signer, 0, 0);
-    let preferences = urls.preferences(&settings.signer, 0);
+    let unsubscribe = urls.unsubscribe(&settings.signer, &super::build::SAMPLE_UNSUBSCRIBE);
+    let preferences = urls.preferences(&settings.signer, &super::build::SAMPLE_PREFERENCES);
     let archive = urls.archive(&built.campaign.slug);
     let body = built.compiled.personalise(&Recipient {
         email: person.and_then(|p| p.email.as_deref()).unwrap_or(to),
@@ -1242,7 +1241,7 @@ fn test_copy(
         preferences_url: &preferences,
         archive_url: &archive,
     });
-    let token = settings.signer.sign(Purpose::Bounce, 0, 0);
+    let token = settings.signer.sign(&crate::links::Bounce { delivery: 0 });
     let message_id = format!(
         "test.{}.{}@{domain}",
         built.campaign.slug,

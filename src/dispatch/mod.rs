@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compose;
-use crate::links::{self, Purpose, Signer, Urls};
+use crate::links::{self, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
 use crate::store::Store;
 use crate::store::deliveries::{CampaignRow, CampaignStatus, InFlight, Job, Outcome};
@@ -788,7 +788,9 @@ async fn worker(
             let _ = tx.send(unclaim(&job)).await;
             break;
         }
-        let token = s.signer.sign(Purpose::Bounce, job.delivery_id, 0);
+        let token = s.signer.sign(&links::Bounce {
+            delivery: job.delivery_id,
+        });
         let message_id = links::message_id(&token, domain);
         // Everything that names a list names the one this person gets it
         // through (the claim set it: the row's list or the one it switched to).
@@ -797,17 +799,22 @@ async fn worker(
         let list_id = list_headers
             .get(&job.list_id)
             .unwrap_or(&list_headers[&shared.campaign.list_id]);
-        let unsubscribe = s
-            .urls
-            .unsubscribe(&s.signer, job.subscriber_id, job.list_id);
-        let preferences = s
-            .urls
-            .preferences_via(&s.signer, job.subscriber_id, job.list_id);
-        let mailto = links::unsubscribe_address(
-            &s.signer
-                .sign(Purpose::Unsubscribe, job.subscriber_id, job.list_id),
-            domain,
+        // The unsubscribe links name the campaign, so that leaving is
+        // recorded against the email it came from.
+        let leave = links::Unsubscribe {
+            subscriber: job.subscriber_id,
+            list: job.list_id,
+            campaign: Some(shared.campaign.id),
+        };
+        let unsubscribe = s.urls.unsubscribe(&s.signer, &leave);
+        let preferences = s.urls.preferences(
+            &s.signer,
+            &links::Preferences {
+                subscriber: job.subscriber_id,
+                via_list: Some(job.list_id),
+            },
         );
+        let mailto = links::unsubscribe_address(&s.signer.sign(&leave), domain);
         let return_path = links::verp_address(&token, domain);
         let attributes: Option<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_str(&job.attributes).ok();

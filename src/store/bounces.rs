@@ -122,12 +122,14 @@ impl Store {
     /// Marks a message processed without acting on it (auto-replies,
     /// delays, unmatched or unrecognised mail).
     pub async fn inbound_record(&self, hash: &str, kind: &str, now: i64) -> Result<bool> {
-        let done = query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
-            .bind(hash)
-            .bind(kind)
-            .bind(now)
-            .execute(self.pool())
-            .await?;
+        let done = query(
+            "INSERT INTO inbound (hash, kind, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(hash)
+        .bind(kind)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -151,15 +153,16 @@ impl Store {
     /// processed, in one transaction; `false` if it was processed before.
     pub async fn record_unmatched(&self, mail: &UnmatchedMail) -> Result<bool> {
         let mut tx = begin_write(self.pool()).await?;
-        let fresh =
-            query("INSERT OR IGNORE INTO inbound (hash, kind, created_at) VALUES (?, ?, ?)")
-                .bind(&mail.hash)
-                .bind(&mail.kind)
-                .bind(mail.received_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+        let fresh = query(
+            "INSERT INTO inbound (hash, kind, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&mail.hash)
+        .bind(&mail.kind)
+        .bind(mail.received_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         if fresh {
             query(
                 "INSERT INTO unmatched (hash, kind, sender, subject, reason, received_at)
@@ -221,7 +224,7 @@ impl Store {
             Action::Complaint { .. } => "complaint",
             Action::Unsubscribe { .. } => "unsubscribe",
         };
-        let fresh = query("INSERT OR IGNORE INTO inbound (hash, kind, subscriber_id, created_at) VALUES (?, ?, ?, ?)")
+        let fresh = query("INSERT INTO inbound (hash, kind, subscriber_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(hash)
             .bind(kind)
             .bind(subscriber)
@@ -573,10 +576,13 @@ pub(super) async fn lower_scores_after_delivery(
         return Ok(());
     }
     let ids = serde_json::to_string(delivered).expect("integers serialise");
-    let scored: Vec<(i64, f64, i64, i64)> = query_as(
+    let engine = super::Engine::of_connection(tx);
+    let scored: Vec<(i64, f64, i64, i64)> = query_as(engine.pick(
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
          WHERE subscriber_id IN (SELECT value FROM json_each(?))",
-    )
+        "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
+         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(? AS json)))",
+    ))
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;

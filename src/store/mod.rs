@@ -253,7 +253,7 @@ impl Store {
         match &location.into() {
             Location::File(path) if !path.is_file() => Err(Error::Missing),
             Location::File(path) => Self::connect_sqlite(path, BUSY_TIMEOUT, false).await,
-            Location::Postgres(url) => Self::connect_postgres(url, false).await,
+            Location::Postgres(url) => Self::connect_postgres(url, BUSY_TIMEOUT, false).await,
         }
     }
 
@@ -261,7 +261,7 @@ impl Store {
     pub async fn open_with(location: impl Into<Location>, busy_timeout: Duration) -> Result<Store> {
         match &location.into() {
             Location::File(path) => Self::connect_sqlite(path, busy_timeout, true).await,
-            Location::Postgres(url) => Self::connect_postgres(url, true).await,
+            Location::Postgres(url) => Self::connect_postgres(url, busy_timeout, true).await,
         }
     }
 
@@ -309,16 +309,32 @@ impl Store {
         Ok(store)
     }
 
-    async fn connect_postgres(url: &url::Url, create: bool) -> Result<Store> {
+    async fn connect_postgres(
+        url: &url::Url,
+        busy_timeout: Duration,
+        create: bool,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         // The server itself first: one that cannot be reached, a refused
         // login or a missing database fails here, once, with its own error
         // (the pool would retry until its timeout and report a timeout).
         AnyConnection::connect(url.as_str()).await?.close().await?;
+        // As SQLite's busy timeout: a write waits this long for another
+        // writer's lock (`sql::begin_write`'s advisory lock, a row lock),
+        // then fails as `Error::Locked` (lock_not_available) instead of
+        // holding its caller without a deadline (the web pages answer 503).
+        let lock_timeout = format!("SET lock_timeout = {}", busy_timeout.as_millis());
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let lock_timeout = lock_timeout.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&lock_timeout)).await?;
+                    Ok(())
+                })
+            })
             .connect(url.as_str())
             .await?;
         let store = Store {

@@ -69,19 +69,21 @@ impl super::Store {
     ) -> Result<bool> {
         let pool = &self.pool;
         let mut tx = begin_write(pool).await?;
-        let changed = set_subscription_in(&mut tx, subscriber, list, status, source, now).await?;
+        let changed =
+            set_subscription_in(&mut tx, subscriber, list, None, status, source, now).await?;
         tx.commit().await?;
         Ok(changed)
     }
 }
 
-/// [`Store::set_subscription`](super::Store::set_subscription) inside the caller's write transaction. Choosing a
-/// list again makes a person who had left everything active again; a
-/// bounced, complained or erased person stays as they are.
+/// [`Store::set_subscription`](super::Store::set_subscription) inside the caller's write transaction; its
+/// event names `campaign` too, if any. Choosing a list again makes a person who had left everything active
+/// again; a bounced, complained or erased person stays as they are.
 async fn set_subscription_in(
     conn: &mut AnyConnection,
     subscriber: i64,
     list: i64,
+    campaign: Option<i64>,
     status: &str,
     source: &str,
     now: i64,
@@ -127,7 +129,11 @@ async fn set_subscription_in(
         "unsubscribed" => "unsubscribed",
         _ => "subscribed",
     };
-    events::append(conn, subscriber, Some(list), kind, source, None, now).await?;
+    let about = events::About {
+        list: Some(list),
+        campaign,
+    };
+    events::append_about(conn, subscriber, about, kind, source, None, now).await?;
     Ok(true)
 }
 
@@ -138,16 +144,42 @@ async fn set_subscription_in(
 /// only after the commit that holds its change.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Change>,
+    queue: mpsc::Sender<Queued>,
 }
 
+/// One change of a subscription, as the pages ask for it: `subscriber`'s
+/// subscription to `list` becomes `status`; its event names `campaign`
+/// (the email an unsubscribe link came in), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub subscriber: i64,
+    pub list: i64,
+    pub campaign: Option<i64>,
+    pub status: &'static str,
+    pub source: &'static str,
+    pub now: i64,
+}
+
+impl Change {
+    /// Writes it inside the caller's write transaction.
+    async fn write_in(&self, conn: &mut AnyConnection) -> Result<bool> {
+        set_subscription_in(
+            conn,
+            self.subscriber,
+            self.list,
+            self.campaign,
+            self.status,
+            self.source,
+            self.now,
+        )
+        .await
+    }
+}
+
+/// A change waiting for the writer, and where its answer goes.
 #[derive(Debug)]
-struct Change {
-    subscriber: i64,
-    list: i64,
-    status: &'static str,
-    source: &'static str,
-    now: i64,
+struct Queued {
+    change: Change,
     done: oneshot::Sender<Result<bool>>,
 }
 
@@ -158,7 +190,7 @@ impl Writer {
     /// Starts the writing task on the current tokio runtime; it ends when
     /// the last clone of the `Writer` is dropped, after its queue is empty.
     pub fn spawn(store: super::Store) -> Writer {
-        let (queue, mut rx) = mpsc::channel::<Change>(4 * GROUP);
+        let (queue, mut rx) = mpsc::channel::<Queued>(4 * GROUP);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(GROUP);
             while rx.recv_many(&mut group, GROUP).await > 0 {
@@ -180,26 +212,12 @@ impl Writer {
     }
 
     /// [`Store::set_subscription`](super::Store::set_subscription), through
-    /// the writing task.
-    pub async fn set_subscription(
-        &self,
-        subscriber: i64,
-        list: i64,
-        status: &'static str,
-        source: &'static str,
-        now: i64,
-    ) -> Result<bool> {
+    /// the writing task; true when something changed.
+    pub async fn set_subscription(&self, change: Change) -> Result<bool> {
         let (done, answer) = oneshot::channel();
-        let change = Change {
-            subscriber,
-            list,
-            status,
-            source,
-            now,
-            done,
-        };
         let stopped = || super::Error::WriterStopped;
-        self.queue.send(change).await.map_err(|_| stopped())?;
+        let queued = Queued { change, done };
+        self.queue.send(queued).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -208,15 +226,12 @@ impl Writer {
 /// stayed locked, the whole group gets the error (trying each change would
 /// wait the busy timeout once per change); for any other failure each change
 /// is tried on its own, so one bad change cannot sink the others.
-async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
-    async fn all(pool: &AnyPool, group: &[Change]) -> Result<Vec<bool>> {
+async fn write_group(store: &super::Store, group: &mut Vec<Queued>) {
+    async fn all(pool: &AnyPool, group: &[Queued]) -> Result<Vec<bool>> {
         let mut tx = begin_write(pool).await?;
         let mut changed = Vec::with_capacity(group.len());
-        for c in group {
-            changed.push(
-                set_subscription_in(&mut tx, c.subscriber, c.list, c.status, c.source, c.now)
-                    .await?,
-            );
+        for queued in group {
+            changed.push(queued.change.write_in(&mut tx).await?);
         }
         tx.commit().await?;
         Ok(changed)
@@ -233,11 +248,14 @@ async fn write_group(store: &super::Store, group: &mut Vec<Change>) {
             }
         }
         Err(_) => {
-            for c in group.drain(..) {
-                let result = store
-                    .set_subscription(c.subscriber, c.list, c.status, c.source, c.now)
-                    .await;
-                let _ = c.done.send(result);
+            for Queued { change, done } in group.drain(..) {
+                let alone = async {
+                    let mut tx = begin_write(store.pool()).await?;
+                    let changed = change.write_in(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok(changed)
+                };
+                let _ = done.send(alone.await);
             }
         }
     }
@@ -459,7 +477,7 @@ impl super::Store {
                 _ => (SignUp::Pending, Some("pending")),
             };
             if let Some(status) = status {
-                set_subscription_in(&mut tx, id, list.id, status, "web", now).await?;
+                set_subscription_in(&mut tx, id, list.id, None, status, "web", now).await?;
             }
             outcomes.push(outcome);
         }
@@ -521,6 +539,64 @@ impl super::Store {
         let may_send = count_confirmation(&mut tx, subscriber, source, now).await?;
         tx.commit().await?;
         Ok(may_send)
+    }
+}
+
+/// The sign-up form's limit per client: `max` requests in a window of
+/// `window` seconds that starts with the client's first request, counted in
+/// the database (table `signup_limits`) so that every `serve` process on it
+/// shares the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignUpLimit {
+    pub max: i64,
+    pub window: i64,
+}
+
+impl super::Store {
+    /// Whether `client` (an address, as text) may send one more sign-up
+    /// now: fewer than `limit.max` requests counted in its window. A read
+    /// only, so the answer never waits for another writer; the request is
+    /// counted afterwards by [`Store::count_sign_up`](super::Store::count_sign_up).
+    pub async fn sign_up_allowed(
+        &self,
+        client: &str,
+        limit: SignUpLimit,
+        now: i64,
+    ) -> Result<bool> {
+        let hits: Option<i64> =
+            query_scalar("SELECT hits FROM signup_limits WHERE client = ? AND window_start > ?")
+                .bind(client)
+                .bind(now - limit.window)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(hits.unwrap_or(0) < limit.max)
+    }
+
+    /// Counts one sign-up request from `client` at `now`: one more in its
+    /// window, or the first of a new one when its window has ended. One
+    /// atomic upsert, so servers counting at once lose no request. Rows
+    /// whose window ended are dropped.
+    pub async fn count_sign_up(&self, client: &str, limit: SignUpLimit, now: i64) -> Result<()> {
+        let ended = now - limit.window;
+        query(
+            "INSERT INTO signup_limits (client, window_start, hits) VALUES (?1, ?2, 1)
+             ON CONFLICT (client) DO UPDATE SET
+                 hits = CASE WHEN signup_limits.window_start <= ?3 THEN 1
+                             ELSE signup_limits.hits + 1 END,
+                 window_start = CASE WHEN signup_limits.window_start <= ?3 THEN ?2
+                                     ELSE signup_limits.window_start END",
+        )
+        .bind(client)
+        .bind(now)
+        .bind(ended)
+        .execute(self.pool())
+        .await?;
+        query("DELETE FROM signup_limits WHERE window_start <= ? AND client != ?")
+            .bind(ended)
+            .bind(client)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }
 
@@ -641,6 +717,18 @@ mod tests {
         (dir, store, list, ids)
     }
 
+    /// A change from the pages, about no campaign.
+    fn change(subscriber: i64, list: i64, status: &'static str, now: i64) -> Change {
+        Change {
+            subscriber,
+            list,
+            campaign: None,
+            status,
+            source: "web",
+            now,
+        }
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         query_scalar(sql).fetch_one(store.pool()).await.unwrap()
     }
@@ -655,9 +743,10 @@ mod tests {
             .chain(ids.iter())
             .map(|&id| {
                 let w = writer.clone();
-                tokio::spawn(
-                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
-                )
+                tokio::spawn(async move {
+                    w.set_subscription(change(id, list, "unsubscribed", 2))
+                        .await
+                })
             })
             .collect();
         let mut changed = 0;
@@ -690,13 +779,13 @@ mod tests {
         let writer = Writer::spawn(store.clone());
         assert!(
             !writer
-                .set_subscription(ids[0], list, "confirmed", "web", 3)
+                .set_subscription(change(ids[0], list, "confirmed", 3))
                 .await
                 .unwrap()
         );
         assert!(
             !writer
-                .set_subscription(9_999, list, "confirmed", "web", 3)
+                .set_subscription(change(9_999, list, "confirmed", 3))
                 .await
                 .unwrap()
         );
@@ -714,8 +803,8 @@ mod tests {
         // A change that fails (no such list) does not sink one that is fine
         // in the same group.
         let (bad, good) = tokio::join!(
-            writer.set_subscription(ids[1], 77, "confirmed", "web", 3),
-            writer.set_subscription(ids[1], list, "unsubscribed", "web", 3),
+            writer.set_subscription(change(ids[1], 77, "confirmed", 3)),
+            writer.set_subscription(change(ids[1], list, "unsubscribed", 3)),
         );
         assert!(bad.is_err());
         assert!(good.unwrap());
@@ -740,9 +829,10 @@ mod tests {
             .iter()
             .map(|&id| {
                 let w = writer.clone();
-                tokio::spawn(
-                    async move { w.set_subscription(id, list, "unsubscribed", "web", 2).await },
-                )
+                tokio::spawn(async move {
+                    w.set_subscription(change(id, list, "unsubscribed", 2))
+                        .await
+                })
             })
             .collect();
         for t in tasks {
@@ -753,7 +843,7 @@ mod tests {
         assert!(writer.is_running());
         assert!(
             writer
-                .set_subscription(ids[0], list, "unsubscribed", "web", 3)
+                .set_subscription(change(ids[0], list, "unsubscribed", 3))
                 .await
                 .unwrap()
         );
@@ -779,6 +869,47 @@ mod tests {
             let p = store.subscriber_by_id(ids[0]).await.unwrap().unwrap();
             assert_eq!(p.status, after, "{before}");
         }
+    }
+
+    #[tokio::test]
+    async fn sign_up_limit_is_shared_by_every_handle_and_its_window_ends() {
+        let (dir, store, _, _) = store_with(0).await;
+        // Another server's handle on the same database.
+        let other = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let limit = SignUpLimit {
+            max: 3,
+            window: 600,
+        };
+        let client = "198.51.100.7";
+        for (at, handle) in [(1000, &store), (1001, &other), (1002, &store)] {
+            assert!(handle.sign_up_allowed(client, limit, at).await.unwrap());
+            handle.count_sign_up(client, limit, at).await.unwrap();
+        }
+        assert!(!other.sign_up_allowed(client, limit, 1100).await.unwrap());
+        assert!(
+            store
+                .sign_up_allowed("198.51.100.8", limit, 1100)
+                .await
+                .unwrap()
+        );
+        // The window is 600 s from the client's first request.
+        assert!(!store.sign_up_allowed(client, limit, 1599).await.unwrap());
+        assert!(store.sign_up_allowed(client, limit, 1600).await.unwrap());
+        other
+            .count_sign_up("203.0.113.1", limit, 1600)
+            .await
+            .unwrap();
+        // A new window starts at one; rows of windows that ended go.
+        store.count_sign_up(client, limit, 2300).await.unwrap();
+        assert_eq!(
+            count(
+                &store,
+                "SELECT hits FROM signup_limits WHERE client = '198.51.100.7'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&store, "SELECT count(*) FROM signup_limits").await, 1);
     }
 
     #[tokio::test]

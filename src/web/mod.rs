@@ -17,8 +17,8 @@ pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -29,7 +29,7 @@ use axum::{Router, middleware};
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Mailer;
-use crate::links::{Claims, Purpose, Signer, Urls};
+use crate::links::{self, Signer, Token, Urls};
 use crate::store::{Store, people};
 pub use pages::Pages;
 pub use server::{Limits, RETRY_AFTER_SECS};
@@ -52,7 +52,6 @@ struct Inner {
     /// Sends the double opt-in emails; `None` disables sign-up mail.
     mailer: Option<Mailer>,
     from: String,
-    limiter: RateLimiter,
     /// Every subscription change made on these pages goes through it.
     writer: people::Writer,
     /// Work that outlives its request (sign-ups and their emails), so that
@@ -79,7 +78,6 @@ impl AppState {
                 pages,
                 mailer,
                 from,
-                limiter: RateLimiter::new(10, Duration::from_secs(600)),
                 writer: people::Writer::spawn(store.clone()),
                 tasks: TaskTracker::new(),
                 webhooks: None,
@@ -290,26 +288,35 @@ async fn person(state: &AppState, id: i64) -> Result<crate::store::Subscriber, E
     }
 }
 
-/// The list an unsubscribe token names, while the person it names lives;
+/// The list a token names (`subscriber`, `list`), while the person lives;
 /// otherwise the plain 404.
-async fn list_for(state: &AppState, claims: &Claims) -> Result<crate::store::List, Error> {
+async fn list_for(
+    state: &AppState,
+    subscriber: i64,
+    list: i64,
+) -> Result<crate::store::List, Error> {
     state
         .inner
         .store
-        .list_for(claims.a, claims.b)
+        .list_for(subscriber, list)
         .await?
         .ok_or(Error::NotFound)
 }
 
-/// A verified token from the path: the extractor refuses anything else with
-/// the plain 404. `P` is the `Purpose` as a number.
-pub struct Link<const P: u8>(pub Claims, pub String);
+/// A verified token from the path, with its claims of type `T` (one per
+/// purpose, `links::Token`): the extractor refuses anything else with the
+/// plain 404.
+pub struct Link<T> {
+    pub claims: T,
+    /// The token as it came, for the page's own form action.
+    pub token: String,
+}
 
-pub type UnsubscribeLink = Link<{ Purpose::Unsubscribe as u8 }>;
-pub type PreferencesLink = Link<{ Purpose::Preferences as u8 }>;
-pub type ConfirmLink = Link<{ Purpose::Confirm as u8 }>;
+pub type UnsubscribeLink = Link<links::Unsubscribe>;
+pub type PreferencesLink = Link<links::Preferences>;
+pub type ConfirmLink = Link<links::Confirm>;
 
-impl<const P: u8> FromRequestParts<AppState> for Link<P> {
+impl<T: Token + Send> FromRequestParts<AppState> for Link<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
@@ -317,11 +324,15 @@ impl<const P: u8> FromRequestParts<AppState> for Link<P> {
             .await
             .map_err(|_| Error::NotFound)?;
         let token = params.get("token").ok_or(Error::NotFound)?;
-        let claims = state.inner.signer.verify(token).ok_or(Error::NotFound)?;
-        if claims.purpose as u8 != P {
-            return Err(Error::NotFound);
-        }
-        Ok(Link(claims, token.clone()))
+        let claims = state
+            .inner
+            .signer
+            .verify::<T>(token)
+            .ok_or(Error::NotFound)?;
+        Ok(Link {
+            claims,
+            token: token.clone(),
+        })
     }
 }
 
@@ -374,38 +385,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// A fixed-window counter per client address, for the sign-up form.
-struct RateLimiter {
-    max: u32,
-    window: Duration,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RateLimiter {
-    fn new(max: u32, window: Duration) -> RateLimiter {
-        RateLimiter {
-            max,
-            window,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a request; false when the client is over the limit.
-    fn allow(&self, ip: Option<IpAddr>) -> bool {
-        let Some(ip) = ip else { return true };
-        let now = Instant::now();
-        let mut seen = self.seen.lock().expect("rate limiter lock");
-        if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-        }
-        let entry = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.max
-    }
-}
+/// The sign-up form's limit per client address: 10 requests in 10 minutes
+/// from the client's first, shared through the database by every `serve`
+/// process on it (`Store::sign_up_allowed`).
+const SIGN_UP_LIMIT: people::SignUpLimit = people::SignUpLimit {
+    max: 10,
+    window: 600,
+};
 
 #[cfg(test)]
 mod tests {
@@ -448,17 +434,5 @@ mod tests {
             ip("2001:db8:1:2::")
         );
         assert_eq!(ClientIp::of(None, &["203.0.113.9"]), None);
-    }
-
-    #[test]
-    fn rate_limiter_counts_per_address() {
-        let l = RateLimiter::new(2, Duration::from_secs(60));
-        let a = Some("127.0.0.1".parse().unwrap());
-        let b = Some("127.0.0.2".parse().unwrap());
-        assert!(l.allow(a));
-        assert!(l.allow(a));
-        assert!(!l.allow(a));
-        assert!(l.allow(b));
-        assert!(l.allow(None));
     }
 }

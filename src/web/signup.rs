@@ -53,8 +53,8 @@ async fn subscribe(
     ClientIp(ip): ClientIp,
     body: Bytes,
 ) -> Result<Html<String>, Error> {
-    if !state.inner.limiter.allow(ip) {
-        return Err(Error::TooManyRequests);
+    if let Some(ip) = ip {
+        limit_sign_ups(&state, &ip.to_string()).await?;
     }
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let get = |k: &str| {
@@ -113,6 +113,31 @@ async fn subscribe(
         sign_up(&job, &email, &name, &lists).await;
     });
     answer(confirming)
+}
+
+/// Refuses a client over [`super::SIGN_UP_LIMIT`], and counts the request
+/// after the answer (a sign-up's answer never waits for a writer). The
+/// count is shared by every server on the database; requests that arrive
+/// at once may each read the count before any of them is added, so a burst
+/// can pass the limit by the number of requests in flight.
+async fn limit_sign_ups(state: &AppState, client: &str) -> Result<(), Error> {
+    let store = &state.inner.store;
+    if !store
+        .sign_up_allowed(client, super::SIGN_UP_LIMIT, now())
+        .await?
+    {
+        return Err(Error::TooManyRequests);
+    }
+    let (store, client) = (store.clone(), client.to_string());
+    state.inner.tasks.spawn(async move {
+        if let Err(e) = store
+            .count_sign_up(&client, super::SIGN_UP_LIMIT, now())
+            .await
+        {
+            tracing::warn!("sign-up not counted against the rate limit: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// The work of a sign-up, after the answer: store it, then send one
@@ -210,7 +235,11 @@ impl Confirmations<'_> {
         let links: Vec<_> = lists
             .iter()
             .map(|l| {
-                let url = self.urls.confirm(self.signer, subscriber, l.id);
+                let claims = crate::links::Confirm {
+                    subscriber,
+                    list: l.id,
+                };
+                let url = self.urls.confirm(self.signer, &claims);
                 json!({ "name": l.name, "confirm_url": url })
             })
             .collect();
@@ -231,11 +260,8 @@ async fn confirm_page(
     State(state): State<AppState>,
     link: ConfirmLink,
 ) -> Result<Html<String>, Error> {
-    let ConfirmLink {
-        0: claims,
-        1: token,
-    } = link;
-    let list = list_for(&state, &claims).await?;
+    let ConfirmLink { claims, token } = link;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     state
         .inner
         .pages
@@ -253,12 +279,12 @@ async fn confirm(
     ip: super::ClientIp,
     link: ConfirmLink,
 ) -> Result<Html<String>, Error> {
-    let claims = link.0;
-    let list = list_for(&state, &claims).await?;
+    let claims = link.claims;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     let confirmed = state
         .inner
         .store
-        .confirm_from(claims.a, claims.b, ip.0, now())
+        .confirm_from(claims.subscriber, claims.list, ip.0, now())
         .await?;
     // Not pending any more: confirmed by an earlier click, or left since the
     // link was sent, in which case the person's latest choice stands.
@@ -266,7 +292,7 @@ async fn confirm(
         || state
             .inner
             .store
-            .lists_of(claims.a)
+            .lists_of(claims.subscriber)
             .await?
             .iter()
             .any(|(l, status)| l.id == list.id && status == "confirmed");

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AppState, Error, PreferencesLink, UnsubscribeLink, list_for, person};
-use crate::links::Purpose;
+use crate::links::{self, Csrf};
 use crate::store::List;
 use crate::store::now;
+use crate::store::people;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,12 +59,13 @@ async fn unsubscribe_page(
     State(state): State<AppState>,
     link: UnsubscribeLink,
 ) -> Result<Html<String>, Error> {
-    let UnsubscribeLink {
-        0: claims,
-        1: token,
-    } = link;
-    let list = list_for(&state, &claims).await?;
+    let UnsubscribeLink { claims, token } = link;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     let urls = &state.inner.urls;
+    let preferences = links::Preferences {
+        subscriber: claims.subscriber,
+        via_list: Some(claims.list),
+    };
     page(
         &state,
         "unsubscribe",
@@ -71,7 +73,7 @@ async fn unsubscribe_page(
         &json!({
             "list": list,
             "action": format!("/unsubscribe/{token}"),
-            "preferences_url": urls.preferences_via(&state.inner.signer, claims.a, claims.b),
+            "preferences_url": urls.preferences(&state.inner.signer, &preferences),
         }),
     )
 }
@@ -96,15 +98,16 @@ fn is_one_click(headers: &HeaderMap, body: &[u8]) -> bool {
 }
 
 /// POST with `List-Unsubscribe=One-Click`: unsubscribed from that list,
-/// 200, no redirect; harmless when repeated.
+/// 200, no redirect; harmless when repeated. The event names the campaign
+/// the link came in, when the token carries it.
 async fn unsubscribe(
     State(state): State<AppState>,
     link: UnsubscribeLink,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let UnsubscribeLink { 0: claims, .. } = link;
-    let list = list_for(&state, &claims).await?;
+    let claims = link.claims;
+    let list = list_for(&state, claims.subscriber, claims.list).await?;
     if !is_one_click(&headers, &body) {
         return Err(Error::BadRequest(
             "The request needs List-Unsubscribe=One-Click.",
@@ -113,7 +116,14 @@ async fn unsubscribe(
     state
         .inner
         .writer
-        .set_subscription(claims.a, claims.b, "unsubscribed", "web", now())
+        .set_subscription(people::Change {
+            subscriber: claims.subscriber,
+            list: claims.list,
+            campaign: claims.campaign,
+            status: "unsubscribed",
+            source: "web",
+            now: now(),
+        })
         .await?;
     let text = format!("You will no longer receive {} at this address.", list.name);
     Ok((
@@ -135,11 +145,11 @@ struct ListChoice {
 }
 
 /// The lists shown to a person: every public list and any list they are on;
-/// `via` is the list the email they came from was sent through (0: none).
+/// `via` is the list the email they came from was sent through, if any.
 async fn choices(
     state: &AppState,
     subscriber: i64,
-    via: i64,
+    via: Option<i64>,
 ) -> Result<Vec<(List, ListChoice)>, Error> {
     let mine = state.inner.store.lists_of(subscriber).await?;
     let mut out = Vec::new();
@@ -159,7 +169,7 @@ async fn choices(
                 description: l.description.clone(),
                 subscribed: status == "confirmed" || status == "pending",
                 pending: status == "pending",
-                via: l.id == via,
+                via: Some(l.id) == via,
             };
             (l, choice)
         })
@@ -176,12 +186,9 @@ async fn preferences(
     link: PreferencesLink,
     Query(q): Query<Saved>,
 ) -> Result<Html<String>, Error> {
-    let PreferencesLink {
-        0: claims,
-        1: token,
-    } = link;
-    let p = person(&state, claims.a).await?;
-    let lists: Vec<ListChoice> = choices(&state, p.id, claims.b)
+    let PreferencesLink { claims, token } = link;
+    let p = person(&state, claims.subscriber).await?;
+    let lists: Vec<ListChoice> = choices(&state, p.id, claims.via_list)
         .await?
         .into_iter()
         .map(|(_, c)| c)
@@ -193,7 +200,7 @@ async fn preferences(
         &json!({
             "saved": q.saved.is_some(),
             "action": format!("/preferences/{token}"),
-            "csrf": state.inner.signer.sign(Purpose::Csrf, p.id, 0),
+            "csrf": state.inner.signer.sign(&Csrf { subscriber: p.id }),
             "name": p.name,
             "lists": lists,
             "data_url": format!("/preferences/{token}/data"),
@@ -209,8 +216,8 @@ fn check_csrf(state: &AppState, subscriber: i64, fields: &[(String, String)]) ->
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
-    match state.inner.signer.verify_for(token, Purpose::Csrf) {
-        Some(c) if c.a == subscriber => Ok(()),
+    match state.inner.signer.verify::<Csrf>(token) {
+        Some(c) if c.subscriber == subscriber => Ok(()),
         _ => Err(Error::BadRequest(
             "This form has expired. Go back, reload the page and try again.",
         )),
@@ -222,11 +229,8 @@ async fn save_preferences(
     link: PreferencesLink,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let PreferencesLink {
-        0: claims,
-        1: token,
-    } = link;
-    let p = person(&state, claims.a).await?;
+    let PreferencesLink { claims, token } = link;
+    let p = person(&state, claims.subscriber).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
     let writer = &state.inner.writer;
@@ -262,7 +266,7 @@ async fn save_preferences(
         .filter_map(|(_, v)| v.rsplit_once(':'))
         .map(|(slug, state)| (slug, state == "on"))
         .collect();
-    for (list, choice) in choices(&state, p.id, claims.b).await? {
+    for (list, choice) in choices(&state, p.id, claims.via_list).await? {
         let want = wanted.contains(&list.slug.as_str());
         let was = shown
             .iter()
@@ -271,15 +275,19 @@ async fn save_preferences(
         if want == was {
             continue;
         }
+        let change = |status| people::Change {
+            subscriber: p.id,
+            list: list.id,
+            campaign: None,
+            status,
+            source: "web",
+            now: now(),
+        };
         if want && !choice.subscribed {
             // The link proves the address, so no second confirmation.
-            writer
-                .set_subscription(p.id, list.id, "confirmed", "web", now())
-                .await?;
+            writer.set_subscription(change("confirmed")).await?;
         } else if !want && choice.subscribed {
-            writer
-                .set_subscription(p.id, list.id, "unsubscribed", "web", now())
-                .await?;
+            writer.set_subscription(change("unsubscribed")).await?;
         }
     }
     Ok(Redirect::to(&format!("/preferences/{token}?saved=1")).into_response())
@@ -287,7 +295,7 @@ async fn save_preferences(
 
 /// Everything stored about the person, as JSON.
 async fn download(State(state): State<AppState>, link: PreferencesLink) -> Result<Response, Error> {
-    let p = person(&state, link.0.a).await?;
+    let p = person(&state, link.claims.subscriber).await?;
     let data = state.inner.store.export_person(p.id).await?;
     let body = serde_json::to_string_pretty(&data).map_err(Error::internal)?;
     Ok((
@@ -307,18 +315,15 @@ async fn erase_page(
     State(state): State<AppState>,
     link: PreferencesLink,
 ) -> Result<Html<String>, Error> {
-    let PreferencesLink {
-        0: claims,
-        1: token,
-    } = link;
-    let p = person(&state, claims.a).await?;
+    let PreferencesLink { claims, token } = link;
+    let p = person(&state, claims.subscriber).await?;
     page(
         &state,
         "erase",
         "Erase your data",
         &json!({
             "action": format!("/preferences/{token}/erase"),
-            "csrf": state.inner.signer.sign(Purpose::Csrf, p.id, 0),
+            "csrf": state.inner.signer.sign(&Csrf { subscriber: p.id }),
             "back": format!("/preferences/{token}"),
         }),
     )
@@ -329,7 +334,7 @@ async fn erase(
     link: PreferencesLink,
     body: Bytes,
 ) -> Result<Html<String>, Error> {
-    let p = person(&state, link.0.a).await?;
+    let p = person(&state, link.claims.subscriber).await?;
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     check_csrf(&state, p.id, &fields)?;
     if let Some(email) = &p.email {

@@ -18,7 +18,7 @@ use axum::routing::post;
 use serde::Serialize;
 
 use super::{AppState, Error};
-use crate::links::Purpose;
+use crate::links::Bounce;
 use crate::store::{Action, SoftRule};
 
 pub use ses::{CertificateCache, Ses};
@@ -209,8 +209,8 @@ async fn find(state: &AppState, event: &Event) -> Result<Option<(i64, Option<i64
         .as_deref()
         .and_then(crate::links::parse_message_id);
     for token in [event.verp.as_deref(), message_token].into_iter().flatten() {
-        if let Some(claims) = state.inner.signer.verify_for(token, Purpose::Bounce)
-            && let Some(owner) = store.delivery_owner(claims.a).await?
+        if let Some(claims) = state.inner.signer.verify::<Bounce>(token)
+            && let Some(owner) = store.delivery_owner(claims.delivery).await?
         {
             return Ok(Some((owner.subscriber, Some(owner.campaign))));
         }
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn verp_tokens() {
         let signer = crate::links::Signer::new(b"a test secret of at least 32 bytes!", &[]);
-        let token = signer.sign(crate::links::Purpose::Bounce, 7, 0);
+        let token = signer.sign(&crate::links::Bounce { delivery: 7 });
         let address = crate::links::verp_address(&token, "alliance.example");
         assert_eq!(verp_token(&format!("<{address}>")), Some(token));
         assert_eq!(verp_token("news@alliance.example"), None);

@@ -96,3 +96,11 @@ pub fn redacted(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// [`db_setting`] as the store reads it: what a test passes to
+/// `Store::open`.
+pub async fn location(dir: &Path) -> bulletin::store::Location {
+    let setting = db_setting(dir).await;
+    bulletin::store::Location::parse(Path::new(&setting), None)
+        .unwrap_or_else(|e| panic!("{}: {e}", redacted(&setting)))
+}

@@ -14,15 +14,7 @@ async fn sign_up_answers_at_once_and_shutdown_waits_for_its_email() {
     // Another process holds the write lock (the dispatcher, say): the
     // answer must not wait for it, or its delay would tell a stranger that
     // the address needs a write, i.e. is not suppressed.
-    let mut lock = crate::support::db::raw(site.store.location())
-        .await
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = hold_write_lock(site.store.location()).await;
     let mut answers = Vec::new();
     for email in ["late@example.net", "carl@example.org"] {
         let body = encode(&[("email", email), ("list", "events")]);

@@ -14,9 +14,9 @@ fn one_click_url(list_unsubscribe: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let (env, db) = env_on_engine(sink.port()).await;
     env.subscribers(1, &["ana@example.net"]).await;
-    make_public(&env, "news").await;
+    make_public(&db, "news").await;
     env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     // A scheduled campaign is not public yet.
     std::fs::write(
@@ -32,7 +32,7 @@ async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
         "--yes",
     ])
     .await;
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = Store::open(&db).await.unwrap();
     let app = web::router(app_state(
         store.clone(),
         Signer::new(SECRET.as_bytes(), &[]),
@@ -83,11 +83,11 @@ async fn archive_shows_sent_campaigns_with_personal_fields_blanked() {
     }
 }
 
-/// Ticks "public" on a list the `Env` created (the CLI has no command for
+/// Ticks "public" on a list an `Env` created (the CLI has no command for
 /// it yet).
-async fn make_public(env: &Env, slug: &str) {
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
-    sqlx::query("UPDATE lists SET public = 1 WHERE slug = ?")
+async fn make_public(db: &Location, slug: &str) {
+    let store = Store::open(db).await.unwrap();
+    sqlx::query("UPDATE lists SET public = 1 WHERE slug = $1")
         .bind(slug)
         .execute(&crate::support::db::raw(store.location()).await)
         .await
@@ -98,9 +98,9 @@ async fn make_public(env: &Env, slug: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_shows_nothing_sent_to_a_private_list_nor_archive_false_nor_tests() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let (env, db) = env_on_engine(sink.port()).await;
     env.subscribers(1, &["ana@example.net"]).await;
-    make_public(&env, "news").await;
+    make_public(&db, "news").await;
     env.ok(&["lists", "add", "staff", "--name", "Staff"]).await;
     env.ok(&["subscribers", "add", "boss@example.net", "--list", "staff"])
         .await;
@@ -136,7 +136,7 @@ async fn archive_shows_nothing_sent_to_a_private_list_nor_archive_false_nor_test
         "the test copy went out"
     );
 
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = Store::open(&db).await.unwrap();
     let app = web::router(app_state(
         store.clone(),
         Signer::new(SECRET.as_bytes(), &[]),
@@ -180,7 +180,7 @@ async fn archive_shows_nothing_sent_to_a_private_list_nor_archive_false_nor_test
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let (env, db) = env_on_engine(sink.port()).await;
     env.subscribers(1, &["ana@example.net"]).await;
     let server = Served::start(&env).await;
     let addr = &server.addr;
@@ -216,11 +216,20 @@ async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
         assert!(r.body.contains("You are unsubscribed"), "{}", r.body);
         assert_eq!(r.header("Referrer-Policy"), Some("no-referrer"));
     }
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = Store::open(&db).await.unwrap();
     let profile = store.profile("ana@example.net").await.unwrap().unwrap();
     assert_eq!(profile.subscriptions.len(), 1);
     assert_eq!(profile.subscriptions[0].status, "unsubscribed");
     assert_eq!(profile.subscriptions[0].source, "web");
+    // Her link named the campaign it came in: so does the event, once.
+    let left: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT c.slug FROM events e LEFT JOIN campaigns c ON c.id = e.campaign_id \
+         WHERE e.kind = 'unsubscribed'",
+    )
+    .fetch_all(&crate::support::db::raw(store.location()).await)
+    .await
+    .unwrap();
+    assert_eq!(left, [Some("news-1".to_string())]);
 
     // The next campaign to the list goes to everyone else only.
     std::fs::write(
@@ -241,7 +250,7 @@ async fn one_click_unsubscribe_end_to_end_skips_the_next_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exits_cleanly_on_sigterm() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let (env, _) = env_on_engine(sink.port()).await;
     // `serve` never creates the database.
     env.ok(&["init"]).await;
     let mut server = Served::start(&env).await;

@@ -30,7 +30,7 @@ async fn until_closed(mut s: TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_healthz_keeps_answering() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let (env, _) = env_on_engine(sink.port()).await;
     let config = env.dir.path().join("bulletin.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(
@@ -104,7 +104,7 @@ async fn slow_clients_are_cut_off_and_healthz_keeps_answering() {
 async fn a_locked_database_answers_503_and_the_retried_unsubscribe_is_applied() {
     let site = Site::new().await;
     // The pages on their own connections, with a short busy timeout.
-    let store = Store::open_with(&site.dir.path().join("web.db"), Duration::from_millis(300))
+    let store = Store::open_with(site.store.location(), Duration::from_millis(300))
         .await
         .unwrap();
     let state = app_state(store, site.signer.clone(), None);
@@ -119,15 +119,7 @@ async fn a_locked_database_answers_503_and_the_retried_unsubscribe_is_applied() 
         )
     };
 
-    let mut lock = crate::support::db::raw(site.store.location())
-        .await
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = hold_write_lock(site.store.location()).await;
     let r = call(&app, one_click()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert_eq!(r.header(header::RETRY_AFTER), "5");
@@ -177,6 +169,7 @@ async fn x_forwarded_for_is_read_from_the_proxy_s_last_line() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK, "request {i}");
+        site.state.drain().await; // counted after the answer
     }
     // A new forged first line does not make a new client.
     let r = call(

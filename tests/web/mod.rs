@@ -1,5 +1,6 @@
 //! The subscriber pages of `bulletin serve`. Every route is called through
-//! the router with `oneshot` on a real SQLite file, and each test checks the
+//! the router with `oneshot` on a real database (SQLite, or PostgreSQL
+//! when `BULLETIN_TEST_POSTGRES` is set), and each test checks the
 //! status, the page and what is stored: one-click unsubscribe, the
 //! preference center, download and erasure, sign-up with double opt-in,
 //! the archive, every kind of bad token, security headers, body limits.
@@ -24,8 +25,8 @@ use bulletin::assets::Templates;
 use bulletin::config::Organisation;
 use bulletin::dispatch::Mailer;
 use bulletin::dispatch::transport::Transport;
-use bulletin::links::{Purpose, Signer, Urls};
-use bulletin::store::{List, Store};
+use bulletin::links::{Bounce, Confirm, Csrf, Preferences, Purpose, Signer, Unsubscribe, Urls};
+use bulletin::store::{List, Location, Store};
 use bulletin::web::{self, AppState, BODY_LIMIT, Pages};
 
 use crate::dispatch::{Env, SECRET, header as mail_header, unfold};
@@ -39,6 +40,7 @@ mod health; // Health, unknown routes, headers, limits
 mod load; // Slow clients, the connection limit, a locked database, X-Forwarded-For
 mod one_click; // One-click unsubscribe (RFC 8058)
 mod preferences; // Preference center
+mod several; // Several `bulletin serve` on one PostgreSQL database: changes applied once, one sign-up limit
 mod signup; // Sign-up and confirmation
 mod tokens; // Bad tokens
 mod typed_values; // What people type: control characters out, length limits, every way in
@@ -120,31 +122,52 @@ fn multipart(name: &str, value: &str) -> (String, Vec<u8>) {
 }
 
 /// Every row of every table, as text: "nothing changed" is an equal dump,
-/// and "nothing left" is a dump without the string.
+/// and "nothing left" is a dump without the string. Tables and columns come
+/// from the engine's catalogue; each value is shown as the text of what it
+/// decodes to.
 async fn dump(store: &Store) -> String {
+    use sqlx::{Column as _, Row as _};
     let pool = &crate::support::db::raw(store.location()).await;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )
+    let tables: Vec<String> = sqlx::query_scalar(match crate::support::pg::engine() {
+        crate::support::pg::Engine::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        crate::support::pg::Engine::Postgres => {
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        }
+    })
     .fetch_all(pool)
     .await
     .unwrap();
     let mut out = String::new();
     for t in tables {
-        let columns: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
-                .fetch_all(pool)
-                .await
-                .unwrap();
-        let row = columns
-            .iter()
-            .map(|c| format!("quote(\"{c}\")"))
-            .collect::<Vec<_>>()
-            .join(" || ' | ' || ");
-        let mut rows: Vec<String> = sqlx::query_scalar(&format!("SELECT {row} FROM \"{t}\""))
+        let mut rows: Vec<String> = sqlx::query(&format!("SELECT * FROM \"{t}\""))
             .fetch_all(pool)
             .await
-            .unwrap();
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (0..row.columns().len())
+                    .map(|i| {
+                        let value = row
+                            .try_get::<Option<i64>, _>(i)
+                            .map(|v| v.map(|v| v.to_string()))
+                            .or_else(|_| {
+                                row.try_get::<Option<f64>, _>(i)
+                                    .map(|v| v.map(|v| v.to_string()))
+                            })
+                            .or_else(|_| {
+                                row.try_get::<Option<String>, _>(i)
+                                    .map(|v| v.map(|v| format!("'{v}'")))
+                            })
+                            .unwrap_or_else(|e| panic!("{t}.{}: {e}", row.columns()[i].name()));
+                        value.unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .collect();
         rows.sort();
         out.push_str(&format!("{t}:\n"));
         for r in rows {
@@ -152,6 +175,33 @@ async fn dump(store: &Store) -> String {
         }
     }
     out
+}
+
+/// Another process holding the database's write lock until the returned
+/// transaction ends: SQLite's `BEGIN IMMEDIATE` with a write in it, or on
+/// PostgreSQL the advisory lock every store write transaction takes
+/// (`store::sql::begin_write`; its key is "bulletin" in ASCII).
+pub(crate) async fn hold_write_lock(location: &Location) -> sqlx::Transaction<'static, sqlx::Any> {
+    let pool = crate::support::db::raw(location).await;
+    match crate::support::pg::engine() {
+        crate::support::pg::Engine::Sqlite => {
+            let mut lock = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("INSERT INTO settings (key, value) VALUES ('held', 'yes')")
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            lock
+        }
+        crate::support::pg::Engine::Postgres => {
+            let mut lock = pool.begin().await.unwrap();
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(0x6275_6c6c_6574_696e_i64)
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            lock
+        }
+    }
 }
 
 /// A database with three lists and a few people, served by the router.
@@ -178,7 +228,9 @@ struct Site {
 impl Site {
     async fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("web.db")).await.unwrap();
+        let store = Store::open(crate::support::pg::location(dir.path()).await)
+            .await
+            .unwrap();
         let news = store
             .create_list("news", "News", "What we did this month", false, true, NOW)
             .await
@@ -238,7 +290,7 @@ impl Site {
     }
 
     fn token(&self, purpose: Purpose, a: i64, b: i64) -> String {
-        self.signer.sign(purpose, a, b)
+        sign_as(&self.signer, purpose, a, b)
     }
 
     fn unsubscribe_path(&self, who: i64, list: &List) -> String {
@@ -277,7 +329,7 @@ impl Site {
 
     async fn subscription(&self, who: i64, list: &List) -> Option<String> {
         sqlx::query_scalar(
-            "SELECT status FROM subscriptions WHERE subscriber_id = ? AND list_id = ?",
+            "SELECT status FROM subscriptions WHERE subscriber_id = $1 AND list_id = $2",
         )
         .bind(who)
         .bind(list.id)
@@ -293,7 +345,7 @@ impl Site {
     /// (kind, list id, source) of each event of a person.
     async fn history(&self, who: i64) -> Vec<(String, Option<i64>, String)> {
         sqlx::query_as(
-            "SELECT kind, list_id, source FROM events WHERE subscriber_id = ? ORDER BY id",
+            "SELECT kind, list_id, source FROM events WHERE subscriber_id = $1 ORDER BY id",
         )
         .bind(who)
         .fetch_all(&crate::support::db::raw(self.store.location()).await)
@@ -339,6 +391,29 @@ impl Site {
     }
 }
 
+/// A token for `purpose` naming `a` (the subscriber, or the delivery) and
+/// `b` (the list; 0 for none), as the pages' own links do; the tests that
+/// try every purpose alike go through it.
+fn sign_as(signer: &Signer, purpose: Purpose, a: i64, b: i64) -> String {
+    match purpose {
+        Purpose::Unsubscribe => signer.sign(&Unsubscribe {
+            subscriber: a,
+            list: b,
+            campaign: None,
+        }),
+        Purpose::Preferences => signer.sign(&Preferences {
+            subscriber: a,
+            via_list: (b != 0).then_some(b),
+        }),
+        Purpose::Confirm => signer.sign(&Confirm {
+            subscriber: a,
+            list: b,
+        }),
+        Purpose::Bounce => signer.sign(&Bounce { delivery: a }),
+        Purpose::Csrf => signer.sign(&Csrf { subscriber: a }),
+    }
+}
+
 /// The path of the confirmation link in a double opt-in email.
 fn confirm_path(mail: &str) -> String {
     let start = mail
@@ -376,6 +451,20 @@ fn is_ticked(page: &str, slug: &str) -> bool {
     page[at + input.len()..].starts_with(" checked")
 }
 
+/// An `Env` (tests/dispatch.rs) whose `db` is on the engine under test
+/// (`support::pg::db_setting`), and where that database is.
+pub(crate) async fn env_on_engine(port: u16) -> (Env, Location) {
+    let env = Env::new(port, "");
+    let setting = crate::support::pg::db_setting(env.dir.path()).await;
+    let config = env.dir.path().join("bulletin.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("db = \"b.db\"\n"), "{text}");
+    let text = text.replacen("db = \"b.db\"\n", &format!("db = \"{setting}\"\n"), 1);
+    std::fs::write(&config, text).unwrap();
+    let location = Location::parse(Path::new(&setting), None).unwrap();
+    (env, location)
+}
+
 /// `bulletin serve --listen 127.0.0.1:0` running in the folder of an `Env`.
 pub(crate) struct Served {
     child: Child,
@@ -389,7 +478,13 @@ pub(crate) struct Served {
 
 impl Served {
     pub(crate) async fn start(env: &Env) -> Served {
-        let log = env.dir.path().join("serve.log");
+        Served::start_as(env, "serve").await
+    }
+
+    /// One of several servers in the folder of `env`, its standard error in
+    /// `NAME.log`.
+    pub(crate) async fn start_as(env: &Env, name: &str) -> Served {
+        let log = env.dir.path().join(format!("{name}.log"));
         let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());

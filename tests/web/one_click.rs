@@ -88,6 +88,66 @@ async fn one_click_post_unsubscribes_from_that_list_only_and_is_idempotent() {
 }
 
 #[tokio::test]
+async fn the_unsubscribe_event_names_the_campaign_its_link_came_in() {
+    let site = Site::new().await;
+    let campaign = site
+        .store
+        .insert_campaign(&bulletin::store::deliveries::NewCampaign {
+            slug: "news-1",
+            lists: &[site.news.id],
+            subject: "News",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: NOW,
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    let leave = |subscriber, campaign| {
+        let claims = Unsubscribe {
+            subscriber,
+            list: site.news.id,
+            campaign,
+        };
+        format!("/unsubscribe/{}", site.signer.sign(&claims))
+    };
+    // Ann's link came in the campaign's email; Bob's was sent before links
+    // named their campaign, and still works.
+    for path in [leave(site.ann, Some(campaign)), leave(site.bob, None)] {
+        let r = site.post(&path, FORM, "List-Unsubscribe=One-Click").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.body.contains("You are unsubscribed"), "{}", r.body);
+    }
+    let events: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT subscriber_id, list_id, campaign_id FROM events \
+         WHERE kind = 'unsubscribed' ORDER BY id",
+    )
+    .fetch_all(&crate::support::db::raw(site.store.location()).await)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            (site.ann, Some(site.news.id), Some(campaign)),
+            (site.bob, Some(site.news.id), None)
+        ]
+    );
+    // Her data download says which email she left from.
+    let data = site
+        .get(&format!("{}/data", site.preferences_path(site.ann)))
+        .await;
+    let data: serde_json::Value = serde_json::from_str(&data.body).unwrap();
+    let left = data["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "unsubscribed")
+        .unwrap();
+    assert_eq!(left["campaign"], "news-1");
+    assert_eq!(left["list"], "news");
+}
+
+#[tokio::test]
 async fn one_click_accepts_multipart_and_charset_variants() {
     let site = Site::new().await;
     let (ct, body) = multipart("List-Unsubscribe", "One-Click");

@@ -65,8 +65,14 @@ async fn sign_up_mails_a_confirmation_link_and_confirming_subscribes() {
     assert!(mail.contains("Hello New Person,"), "{mail}");
     let path = confirm_path(mail);
     let token = path.strip_prefix("/confirm/").unwrap();
-    let claims = site.signer.verify_for(token, Purpose::Confirm).unwrap();
-    assert_eq!((claims.a, claims.b), (person.id, site.events.id));
+    let claims = site.signer.verify::<Confirm>(token).unwrap();
+    assert_eq!(
+        claims,
+        Confirm {
+            subscriber: person.id,
+            list: site.events.id
+        }
+    );
 
     // Opening the link shows a button and changes nothing (mail scanners).
     let before = site.dump().await;
@@ -359,8 +365,10 @@ async fn sign_up_is_rate_limited_per_client() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK, "request {i}");
+        // Counted after the answer (the limit is documented as approximate
+        // for requests that arrive at once).
+        site.state.drain().await;
     }
-    site.state.drain().await;
     let before = site.dump().await;
     let r = call(&site.app, from([198, 51, 100, 7], "late@example.net")).await;
     site.state.drain().await;
@@ -485,7 +493,7 @@ async fn erased_bounced_and_complained_people_come_back_by_confirming() {
         .suppress("bob@example.org", "complained", NOW)
         .await
         .unwrap();
-    sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = ?")
+    sqlx::query("UPDATE subscribers SET status = 'complained' WHERE id = $1")
         .bind(site.bob)
         .execute(&crate::support::db::raw(site.store.location()).await)
         .await

@@ -30,7 +30,12 @@ fn bad_tokens(site: &Site, purpose: Purpose, list: i64) -> Vec<(String, String)>
         ("token twice".into(), format!("{good}{good}")),
         (
             "signed with another secret".into(),
-            Signer::new(b"another secret", &[]).sign(purpose, site.ann, list),
+            sign_as(
+                &Signer::new(b"another secret", &[]),
+                purpose,
+                site.ann,
+                list,
+            ),
         ),
         ("unknown person".into(), site.token(purpose, 999_999, list)),
         ("erased person".into(), site.token(purpose, site.eve, list)),

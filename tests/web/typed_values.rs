@@ -134,8 +134,9 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
     csv.extend_from_slice(format!("wide@example.org,Wide,{}\n", "c".repeat(1_001)).as_bytes());
     csv.extend_from_slice(format!("edge@example.org,Edge,{}\n", "c".repeat(1_000)).as_bytes());
     std::fs::write(d.join("people.csv"), &csv).unwrap();
+    let db = crate::support::pg::db_setting(d).await;
     let out = crate::util::bulletin(d)
-        .args(["--db", "t.db", "subscribers", "import", "people.csv"])
+        .args(["--db", &db, "subscribers", "import", "people.csv"])
         .args(["--list", "news"])
         .output()
         .unwrap();
@@ -154,7 +155,7 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
     // `subscribers add --name` goes through the same rule.
     let add = |name: &str| {
         crate::util::bulletin(d)
-            .args(["--db", "t.db", "subscribers", "add", "cli@example.org"])
+            .args(["--db", &db, "subscribers", "add", "cli@example.org"])
             .args(["--list", "news", "--name", name])
             .output()
             .unwrap()
@@ -168,7 +169,9 @@ async fn csv_import_cleans_names_and_values_and_refuses_oversized_cells() {
     );
     assert!(add("Cli\tPerson\u{1b}[31m").status.success());
 
-    let store = Store::open(&d.join("t.db")).await.unwrap();
+    let store = Store::open(bulletin::store::Location::parse(Path::new(&db), None).unwrap())
+        .await
+        .unwrap();
     let ann = store.subscriber("ann@example.org").await.unwrap().unwrap();
     assert_eq!(ann.name, "Ann Bcc: evil@example.com");
     let attributes: String =
