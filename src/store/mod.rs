@@ -464,11 +464,14 @@ async fn suppress_hashes(
         return Ok(());
     }
     let rows = serde_json::to_string(pairs).expect("strings serialise");
-    query(
+    query(sql::Engine::of_connection(conn).pick(
         "INSERT INTO suppressions (hash, reason, created_at) \
          SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true \
          ON CONFLICT (hash) DO NOTHING",
-    )
+        "INSERT INTO suppressions (hash, reason, created_at) \
+         SELECT value ->> 0, value ->> 1, ?2 FROM json_array_elements(CAST(?1 AS json)) \
+         ON CONFLICT (hash) DO NOTHING",
+    ))
     .bind(rows)
     .bind(now)
     .execute(conn)

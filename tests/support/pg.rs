@@ -41,9 +41,39 @@ pub fn engine() -> Engine {
 /// What a test writes as `db = "…"` or passes as `--db`: `DIR/b.db` on
 /// SQLite, the URL of a fresh database on PostgreSQL.
 pub async fn db_setting(dir: &Path) -> String {
+    db_named(dir, "b.db").await
+}
+
+/// [`db_setting`] for a test that needs several databases: `DIR/NAME` on
+/// SQLite, the URL of a fresh database on PostgreSQL.
+pub async fn db_named(dir: &Path, name: &str) -> String {
     match engine() {
-        Engine::Sqlite => dir.join("b.db").display().to_string(),
+        Engine::Sqlite => dir.join(name).display().to_string(),
         Engine::Postgres => fresh_database().await,
+    }
+}
+
+/// A setting from [`db_setting`] or [`db_named`] as the program reads it.
+pub fn location(setting: &str) -> bulletin::store::Location {
+    bulletin::store::Location::parse(Path::new(setting), None)
+        .unwrap_or_else(|e| panic!("{}: {e}", redacted(setting)))
+}
+
+/// A fresh store of the engine under test, opened (and its schema made)
+/// the way the program does: `DIR/NAME` on SQLite.
+pub async fn store_named(dir: &Path, name: &str) -> bulletin::store::Store {
+    let setting = db_named(dir, name).await;
+    bulletin::store::Store::open(location(&setting))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", redacted(&setting)))
+}
+
+/// What the first command that creates the database prints about it, for
+/// a setting as given on the command line (relative to the command's dir).
+pub fn created_line(setting: &str) -> String {
+    match location(setting) {
+        bulletin::store::Location::File(_) => format!("created database {setting}"),
+        pg => format!("created the bulletin schema in {pg}"),
     }
 }
 
