@@ -53,6 +53,32 @@ pub async fn db_named(dir: &Path, name: &str) -> String {
     }
 }
 
+/// [`db_named`] for synchronous code and helpers that name a database
+/// several times: the same `NAME` in the same `DIR` is the same database
+/// (on PostgreSQL, created by the first call, on a thread of its own).
+pub fn db_in(dir: &Path, name: &str) -> String {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static MADE: LazyLock<Mutex<HashMap<std::path::PathBuf, String>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let key = dir.join(name);
+    if let Some(setting) = MADE.lock().unwrap().get(&key) {
+        return setting.clone();
+    }
+    let (dir_owned, name_owned) = (dir.to_path_buf(), name.to_string());
+    let setting = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(db_named(&dir_owned, &name_owned))
+    })
+    .join()
+    .expect("database created");
+    MADE.lock().unwrap().insert(key, setting.clone());
+    setting
+}
+
 /// A setting from [`db_setting`] or [`db_named`] as the program reads it.
 pub fn location(setting: &str) -> bulletin::store::Location {
     bulletin::store::Location::parse(Path::new(setting), None)
