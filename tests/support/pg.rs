@@ -79,6 +79,24 @@ pub fn db_in(dir: &Path, name: &str) -> String {
     setting
 }
 
+/// Points the `db = "b.db"` line of `DIR/bulletin.toml` (a test project's
+/// config) at the engine under test and returns the setting: unchanged on
+/// SQLite (`DIR/b.db`), a fresh database on PostgreSQL ([`db_in`]).
+pub fn config_db(dir: &Path) -> String {
+    let setting = db_in(dir, "b.db");
+    if engine() == Engine::Postgres {
+        let config = dir.join("bulletin.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let line = format!("db = \"{setting}\"");
+        if !text.contains(&line) {
+            let at = text.find("db = \"b.db\"");
+            assert!(at.is_some(), "{}: no db line", config.display());
+            std::fs::write(&config, text.replacen("db = \"b.db\"", &line, 1)).unwrap();
+        }
+    }
+    setting
+}
+
 /// A setting from [`db_setting`] or [`db_named`] as the program reads it.
 pub fn location(setting: &str) -> bulletin::store::Location {
     bulletin::store::Location::parse(Path::new(setting), None)
