@@ -742,3 +742,72 @@ async fn cli_end_to_end() {
         "bulletin: corrupt.db: not a bulletin database, or the file is corrupt\n"
     );
 }
+
+/// `subscribers reactivate` through the CLI: a bounced address (recorded
+/// by an import) is active and unsuppressed again; people who complained
+/// or unsubscribed in the source tool are refused and stay as they were.
+#[tokio::test]
+async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg::db_named(d, "r.db").await;
+    let run = |args: &[&str]| {
+        let out = bulletin(d)
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    write(
+        d,
+        "left.csv",
+        "email,status\nbea@example.org,bounced\ncal@example.org,complained\ndan@example.org,unsubscribed\n",
+    );
+    let (code, _, err) = run(&["subscribers", "import", "left.csv", "--list", "news"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["subscribers", "reactivate", "Bea@Example.org"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            "reactivated bea@example.org: active again and no longer suppressed; the next campaign to their lists includes them\n"
+        ),
+        "{err}"
+    );
+    // A complaint in the source tool: recorded as having left, suppressed.
+    let (code, _, err) = run(&["subscribers", "reactivate", "cal@example.org"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("unsubscribed; only they can sign up again") && err.lines().count() == 1,
+        "{err}"
+    );
+    // Unsubscribed from the list only: active, so nothing to lift.
+    let (code, out, _) = run(&["subscribers", "reactivate", "dan@example.org"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            "dan@example.org is already active; nothing changed\n"
+        )
+    );
+    let store = Store::open_existing(pg::location(&db)).await.unwrap();
+    let bea = store.profile("bea@example.org").await.unwrap().unwrap();
+    assert_eq!(bea.subscriber.status, "active");
+    assert!(!store.is_suppressed("bea@example.org").await.unwrap());
+    assert!(
+        bea.events.iter().any(|e| e.kind == "reactivated"),
+        "{bea:?}"
+    );
+    let cal = store.profile("cal@example.org").await.unwrap().unwrap();
+    assert_eq!(cal.subscriber.status, "unsubscribed");
+    assert!(store.is_suppressed("cal@example.org").await.unwrap());
+    let dan = store.profile("dan@example.org").await.unwrap().unwrap();
+    assert_eq!(dan.subscriptions[0].status, "unsubscribed");
+    store.close().await;
+}

@@ -30,13 +30,15 @@
 //! * Consent records (opt-in and confirmation time and IP) are stored on the
 //!   subscription, and, like other data, only fill a gap.
 //!
-//! Rows are written in batches (10,000 by default), each in one IMMEDIATE
-//! transaction, so other processes get the database between batches. The
-//! whole import holds one connection. A batch travels to SQLite as one JSON
-//! array per statement, expanded with `json_each`, and lookups come back as
-//! one JSON array too: a handful of statements per batch, whatever its size,
-//! and no limit on bound variables. Memory is one batch plus a set of 8-byte
-//! keys of the addresses seen (about 20 MB per million distinct addresses).
+//! Rows are written in batches (10,000 by default), each in one write
+//! transaction (`begin_write_on`), so other processes get the database
+//! between batches. The whole import holds one connection. A batch travels
+//! as one JSON array per statement, expanded with `json_each` on SQLite and
+//! `json_array_elements` on PostgreSQL (each statement's two texts side by
+//! side), and lookups come back as one JSON array too: a handful of
+//! statements per batch, whatever its size, and no limit on bound
+//! variables. Memory is one batch plus a set of 8-byte keys of the
+//! addresses seen (about 20 MB per million distinct addresses).
 
 use super::sql::{Engine, begin_write_on, query, query_scalar};
 use std::collections::{HashMap, HashSet};
@@ -459,7 +461,7 @@ fn json_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> String
     serde_json::to_string(&items).expect("strings and numbers serialize")
 }
 
-/// Reads a JSON array that SQLite built (`json_group_array`).
+/// Reads a JSON array the database built (`json_group_array`, `json_agg`).
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::Sql(sqlx::Error::Decode(Box::new(e))))
 }
