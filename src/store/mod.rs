@@ -782,10 +782,11 @@ mod tests {
     #[test]
     fn the_mailable_rule_is_spelled_out_in_one_place() {
         use deliveries::{CLAIM_SQL, OTHER_LIST_SQL};
-        use subscribers::{AUDIENCE_OF_LISTS_SQL, AUDIENCE_SQL};
+        use subscribers::{AUDIENCE_OF_LISTS_SQL, AUDIENCE_OF_LISTS_SQL_PG, AUDIENCE_SQL};
         for sql in [
             AUDIENCE_SQL,
             AUDIENCE_OF_LISTS_SQL,
+            AUDIENCE_OF_LISTS_SQL_PG,
             CLAIM_SQL,
             OTHER_LIST_SQL,
         ] {
