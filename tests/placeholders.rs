@@ -369,3 +369,89 @@ async fn a_layout_fills_attributes_too_and_is_checked_like_the_campaign() {
         body(&messages[0])
     );
 }
+
+/// The store's side of the placeholder checks, on the engine under test:
+/// the keys a list's people have, who lacks each value (absent, null or
+/// blank; `name` is the name column), and the audience of several lists,
+/// each person once.
+#[tokio::test]
+async fn keys_missing_values_and_audience_of_several_lists_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = pg::store_named(dir.path(), "k.db").await;
+    let raw = crate::support::db::raw(store.location()).await;
+    let news = store
+        .create_list("news", "News", "", false, true, 1)
+        .await
+        .unwrap();
+    let other = store
+        .create_list("other", "Other", "", false, true, 1)
+        .await
+        .unwrap();
+    let people = [
+        (
+            "ann@example.org",
+            Some("Ann"),
+            r#"{"first_name":"Ann","city":"Lima"}"#,
+            "news",
+        ),
+        (
+            "bo@example.org",
+            None,
+            r#"{"first_name":"  ","n":0}"#,
+            "news",
+        ),
+        (
+            "cy@example.org",
+            Some("Cy"),
+            r#"{"first_name":null}"#,
+            "news",
+        ),
+        (
+            "di@example.org",
+            Some("Di"),
+            r#"{"postcode":"X1"}"#,
+            "other",
+        ),
+        ("ann@example.org", None, "", "other"),
+    ];
+    for (email, name, attributes, list) in people {
+        store
+            .add_subscriber(email, name, list, "cli", 1)
+            .await
+            .unwrap();
+        if !attributes.is_empty() {
+            sqlx::query("UPDATE subscribers SET attributes = $1 WHERE email = $2")
+                .bind(attributes)
+                .bind(email)
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        store.list_keys(&[news.id]).await.unwrap(),
+        ["city", "first_name", "n"]
+    );
+    assert_eq!(
+        store.list_keys(&[news.id, other.id]).await.unwrap(),
+        ["city", "first_name", "n", "postcode"]
+    );
+    let keys: Vec<String> = ["city", "first_name", "n", "name", "zip"]
+        .map(String::from)
+        .to_vec();
+    let missing = store.missing_values(&[news.id], &keys).await.unwrap();
+    let expect: Vec<(String, i64)> = [
+        ("city", 2),
+        ("first_name", 2),
+        ("n", 2),
+        ("name", 1),
+        ("zip", 3),
+    ]
+    .map(|(k, n)| (k.to_string(), n))
+    .to_vec();
+    assert_eq!(missing, expect);
+    let both = store.audience_of_lists(&[news.id, other.id]).await.unwrap();
+    assert_eq!((both.people, both.on_several), (4, 1), "ann once");
+    assert_eq!(store.audience_count(other.id).await.unwrap(), 2);
+    store.close().await;
+}
