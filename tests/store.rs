@@ -811,3 +811,77 @@ async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
     assert_eq!(dan.subscriptions[0].status, "unsubscribed");
     store.close().await;
 }
+
+/// Every export selection picks the same people, in subscriber id order,
+/// on the engine under test: a list's audience, its subscription states,
+/// its people by their own status, everyone on it; and, across lists, the
+/// mailable, who left, a person status and everyone.
+#[tokio::test]
+async fn every_export_selection_picks_its_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh(dir.path()).await;
+    let file = write(
+        dir.path(),
+        "people.csv",
+        "email,status,city\nann@example.org,subscribed,Lima\nbo@example.org,unsubscribed,\ncy@example.org,bounced,Oslo\n",
+    );
+    let input = std::fs::File::open(&file).unwrap();
+    let (report, errors) = store
+        .import(input, "news", &ImportOptions::new(NOW), |_| {})
+        .await
+        .unwrap();
+    assert!(errors.is_empty() && report.imported == 1, "{report:?}");
+    store
+        .create_list("other", "Other", "", false, false, NOW)
+        .await
+        .unwrap();
+    store
+        .add_subscriber("dan@example.org", None, "other", "cli", NOW)
+        .await
+        .unwrap();
+    let news = store.require_list("news").await.unwrap().id;
+    let status = |s: &str| s.to_string();
+    for (selection, want) in [
+        (Selection::Audience(news), &["ann"][..]),
+        (Selection::ListStatus(news, status("confirmed")), &["ann"]),
+        (
+            Selection::ListStatus(news, status("unsubscribed")),
+            &["bo", "cy"],
+        ),
+        (
+            Selection::ListPersonStatus(news, status("active")),
+            &["ann", "bo"],
+        ),
+        (
+            Selection::ListPersonStatus(news, status("bounced")),
+            &["cy"],
+        ),
+        (Selection::ListAll(news), &["ann", "bo", "cy"]),
+        (Selection::Active, &["ann", "dan"]),
+        (Selection::Left, &["bo"]),
+        (Selection::PersonStatus(status("bounced")), &["cy"]),
+        (Selection::Everyone, &["ann", "bo", "cy", "dan"]),
+    ] {
+        let mut got = Vec::new();
+        store
+            .export_with_lists(&selection, |row| {
+                got.push(row.email.trim_end_matches("@example.org").to_string());
+                Ok::<_, bulletin::store::Error>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{selection:?}");
+        assert_eq!(
+            store.count(&selection).await.unwrap(),
+            want.len() as i64,
+            "{selection:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .attribute_keys(&Selection::ListAll(news))
+            .await
+            .unwrap(),
+        ["city"]
+    );
+}
