@@ -44,7 +44,7 @@ struct Site {
 impl Site {
     async fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(crate::support::pg::location(dir.path()).await)
+        let store = Store::open(crate::support::pg::location_in(dir.path()).await)
             .await
             .unwrap();
         store
@@ -602,7 +602,7 @@ async fn ses_sns_signatures_checked_against_the_certificate_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_not_configured_answer_404() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(crate::support::pg::location(dir.path()).await)
+    let store = Store::open(crate::support::pg::location_in(dir.path()).await)
         .await
         .unwrap();
     let pages = Pages::new(&Templates::builtin(), &Organisation::default()).unwrap();

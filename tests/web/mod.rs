@@ -228,7 +228,7 @@ struct Site {
 impl Site {
     async fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(crate::support::pg::location(dir.path()).await)
+        let store = Store::open(crate::support::pg::location_in(dir.path()).await)
             .await
             .unwrap();
         let news = store
