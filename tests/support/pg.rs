@@ -86,17 +86,6 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
-/// `url` with its password, if any, replaced by `***`, for messages.
-pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            parsed.set_password(Some("***")).ok();
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// [`db_setting`] for setup code that is not async (a test's `Env::new`):
 /// on PostgreSQL the database is created on a thread of its own, with its
 /// own runtime, so it may be called from inside a test's runtime.
@@ -112,5 +101,16 @@ pub fn db_setting_blocking(dir: &Path) -> String {
         })
         .join()
         .expect("fresh_database"),
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            parsed.set_password(Some("***")).ok();
+            parsed.to_string()
+        }
+        _ => url.to_string(),
     }
 }
