@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 use crate::dispatch::Env;
 use crate::support::scripted::{CLOSE, Dot, SILENT, Script, Scripted};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
