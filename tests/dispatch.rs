@@ -96,7 +96,20 @@ impl Env {
     }
 
     pub(crate) async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
+        self.ok_at(None, args).await
+    }
+
+    /// [`Env::ok`] with the command's clock fixed at `now` (unix seconds,
+    /// `BULLETIN_NOW`) when given: a time "one second ahead" stays ahead
+    /// however long the command takes to start on a loaded machine.
+    pub(crate) async fn ok_at(&self, now: Option<i64>, args: &[&str]) -> String {
+        let mut cmd = self.command(args);
+        if let Some(now) = now {
+            cmd.env("BULLETIN_NOW", now.to_string());
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
         assert!(
             out.status.success(),
             "bulletin {args:?}: {}\n{}",
@@ -362,9 +375,13 @@ async fn two_dispatch_runs_started_together_send_each_message_once() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(2)));
     let env = Env::new(sink.port(), "");
     let all = env.subscribers(800, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(2)).to_rfc3339();
     let out = env
-        .ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
+        .ok_at(
+            Some(now.timestamp()),
+            &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+        )
         .await;
     assert!(out.contains("scheduled"), "{out}");
     assert!(sink.messages().is_empty());
@@ -456,9 +473,13 @@ async fn long_overdue_campaign_is_held_not_sent() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "hold_after_hours = 0");
     env.subscribers(3, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
-        .await;
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok_at(
+        Some(now.timestamp()),
+        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = env.run(&["dispatch"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -493,9 +514,13 @@ async fn queued_send_keeps_the_frozen_content() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
-        .await;
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok_at(
+        Some(now.timestamp()),
+        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+    )
+    .await;
     // Edit the file after queueing: the queued send does not change.
     let path = env.path("campaigns/news-1.md");
     let edited = std::fs::read_to_string(&path)
