@@ -1249,6 +1249,11 @@ mod tests {
     }
 
     #[test]
+    fn the_first_time_count_embeds_the_mailable_rule() {
+        assert!(FIRST_TIME_SQL.contains(crate::store::MAILABLE));
+    }
+
+    #[test]
     fn the_lifecycle_allows_only_its_moves() {
         use CampaignStatus::*;
         for s in CampaignStatus::ALL {
