@@ -44,6 +44,7 @@ mod lists;
 mod location; // the `db` setting: a SQLite file or a PostgreSQL URL
 pub mod people; // what the subscriber pages read and change
 mod placeholders; // the attribute keys a list has and who lacks each value
+mod probe; // what `doctor` asks of the database: engine, server version, schema step
 mod runs; // which transport each campaign run used
 pub mod schema;
 mod sql; // one statement text for both engines; write transactions
@@ -69,6 +70,7 @@ pub use import::{
 };
 pub use lists::{List, ListChanges, ListCounts, ListsAudience, RemovedList};
 pub use location::Location;
+pub use probe::{Probe, probe};
 pub use runs::RunTransport;
 pub use sql::Engine;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};

@@ -455,13 +455,7 @@ fn is_ticked(page: &str, slug: &str) -> bool {
 /// (`support::pg::db_setting`), and where that database is.
 pub(crate) async fn env_on_engine(port: u16) -> (Env, Location) {
     let env = Env::new(port, "");
-    let setting = crate::support::pg::db_setting(env.dir.path()).await;
-    let config = env.dir.path().join("bulletin.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("db = \"b.db\"\n"), "{text}");
-    let text = text.replacen("db = \"b.db\"\n", &format!("db = \"{setting}\"\n"), 1);
-    std::fs::write(&config, text).unwrap();
-    let location = Location::parse(Path::new(&setting), None).unwrap();
+    let location = env.location();
     (env, location)
 }
 
