@@ -201,6 +201,15 @@ async fn operator_history(env: &Env, sink: &SmtpSink) {
         .await
         .unwrap();
     assert!(out.status.success(), "test copy: {out:?}");
+    // A sign-up counted by `bulletin serve` (one row of `signup_limits`, as
+    // the web's limit writes it), without starting a server here.
+    sqlx::query("INSERT INTO signup_limits (client, window_start, hits) VALUES ($1, $2, $3)")
+        .bind("192.0.2.0")
+        .bind(1_700_000_000_i64)
+        .bind(3_i64)
+        .execute(&raw(env.dir.path().join("b.db").as_path()).await)
+        .await
+        .unwrap();
 }
 
 /// The tables of the SQLite schema, from the database itself.
@@ -269,7 +278,7 @@ async fn every_table_is_copied_row_by_row() {
         "hard@example.net",
         "550 5.1.1 <hard@example.net>: user unknown",
     ));
-    let env = Env::new(sink.port(), "");
+    let env = Env::sqlite(sink.port(), "");
     operator_history(&env, &sink).await;
     let source_path = env.dir.path().join("b.db");
     let source = raw(source_path.as_path()).await;
@@ -369,7 +378,7 @@ async fn the_copy_serves_status_and_subscribers_show() {
         return;
     };
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = Env::sqlite(sink.port(), "");
     env.subscribers(2, &["ann@example.net"]).await;
     env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     env.ok(&["dispatch"]).await;
@@ -393,7 +402,7 @@ async fn the_copy_serves_status_and_subscribers_show() {
 // line, no password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_unreachable_target_is_a_clear_error() {
-    let env = Env::new(crate::util::free_port(), "");
+    let env = Env::sqlite(crate::util::free_port(), "");
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     let port = crate::util::free_port();
     let unreachable = format!("postgres://bulletin@127.0.0.1:{port}/nowhere");
@@ -459,7 +468,7 @@ async fn a_failed_copy_leaves_the_target_empty_and_can_be_run_again() {
     let Some(_) = server("a_failed_copy_leaves_the_target_empty_and_can_be_run_again") else {
         return;
     };
-    let env = Env::new(crate::util::free_port(), "");
+    let env = Env::sqlite(crate::util::free_port(), "");
     env.subscribers(3, &[]).await;
     let source = raw(env.dir.path().join("b.db").as_path()).await;
     let (url, password) = target().await;
@@ -513,7 +522,7 @@ async fn the_copy_is_one_snapshot_while_others_write() {
     let Some(_) = server("the_copy_is_one_snapshot_while_others_write") else {
         return;
     };
-    let env = Env::new(crate::util::free_port(), "");
+    let env = Env::sqlite(crate::util::free_port(), "");
     env.subscribers(3_000, &[]).await;
     let source = raw(env.dir.path().join("b.db").as_path()).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

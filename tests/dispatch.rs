@@ -25,6 +25,16 @@ pub(crate) struct Env {
 impl Env {
     /// `port`: the SMTP sink; `dispatch`: extra `[dispatch]` keys.
     pub(crate) fn new(port: u16, dispatch: &str) -> Env {
+        let env = Env::sqlite(port, dispatch);
+        // The engine under test: `b.db`, or that line pointed at a fresh
+        // PostgreSQL database (one per test folder).
+        let db = crate::support::pg::config_db(env.dir.path());
+        Env { db, ..env }
+    }
+
+    /// [`Env::new`] on SQLite (`b.db`) whatever the engine under test, for
+    /// tests about the SQLite file itself (`db copy` reads one).
+    pub(crate) fn sqlite(port: u16, dispatch: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("bulletin.toml"),
@@ -42,9 +52,6 @@ impl Env {
             ),
         )
         .unwrap();
-        // The engine under test: `b.db`, or that line pointed at a fresh
-        // PostgreSQL database (one per test folder).
-        let db = crate::support::pg::config_db(dir.path());
         std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
         std::fs::write(
             dir.path().join("campaigns/news-1.md"),
@@ -53,9 +60,9 @@ impl Env {
         )
         .unwrap();
         Env {
+            db: dir.path().join("b.db").display().to_string(),
             dir,
             smtp_url: format!("smtp://127.0.0.1:{port}?tls=none"),
-            db,
         }
     }
 

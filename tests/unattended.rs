@@ -87,13 +87,15 @@ async fn smtp_sending_commands_refuse_to_run_without_the_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_started_over_smtp_is_not_finished_into_the_outbox() {
     let sink = SmtpSink::start(Behaviour::new().defer_first("slow", 1));
-    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 1");
+    // The retry is due 3 s later: well after the send ends, even on a
+    // loaded machine (the send must end with it deferred).
+    let env = Env::new(sink.port(), "retry_wait_secs = 0\nretry_base_secs = 3");
     with_outbox_in_config(&env);
     env.subscribers(3, &["slow@example.net"]).await;
     let out = env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert!(out.contains("deferred 1"), "{out}");
     assert_eq!(sink.messages().len(), 3);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
     // Cron without BULLETIN_SMTP_URL: the outbox in bulletin.toml would
     // take over. The campaign is refused, nothing is claimed or written.
     let mut cmd = env.command(&["dispatch"]);
