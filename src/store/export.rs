@@ -202,7 +202,8 @@ impl Selection {
                 "(SELECT CAST(coalesce(json_agg(json_build_object('list', l.slug, 'status', x.status, \
                    'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
                    'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
-                   'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)), '[]') AS TEXT) \
+                   'confirmed_ip', c.confirmed_ip, 'consent_source', c.source) \
+                   ORDER BY x.list_id), '[]') AS TEXT) \
                  FROM subscriptions x JOIN lists l ON l.id = x.list_id \
                  LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
                  WHERE x.subscriber_id = s.id)",

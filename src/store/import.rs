@@ -773,9 +773,11 @@ async fn insert_people(
     .execute(&mut *conn)
     .await?;
     // Their ids, looked up by address in one query (rows of `RETURNING`
-    // would cross to us one by one).
+    // would cross to us one by one), in the order of `new`: the caller
+    // pairs them with its rows by position.
     let ids: String = query_scalar(engine.pick(
-        "SELECT json_group_array(s.id) FROM json_each(?1) j JOIN subscribers s ON s.email = j.value",
+        "SELECT json_group_array(id) FROM (SELECT s.id FROM json_each(?1) j \
+         JOIN subscribers s ON s.email = j.value ORDER BY j.key)",
         "SELECT CAST(coalesce(json_agg(s.id ORDER BY j.n), '[]') AS TEXT) \
          FROM json_array_elements_text(CAST(?1 AS json)) WITH ORDINALITY j(value, n) \
          JOIN subscribers s ON s.email = j.value",
