@@ -72,9 +72,6 @@ pub fn latest() -> i64 {
 pub(super) async fn apply(pool: &AnyPool) -> Result<i64> {
     let engine = Engine::of(pool);
     let steps = steps(text(engine))?;
-    if engine == Engine::Postgres {
-        sqlx::raw_sql(STEPS_TABLE).execute(pool).await?;
-    }
     let mut version = version(pool).await?;
     if version > steps.len() as i64 {
         return Err(Error::Schema(format!(
@@ -99,6 +96,10 @@ pub(super) async fn apply(pool: &AnyPool) -> Result<i64> {
                     .await?;
             }
             Engine::Postgres => {
+                // Created only when a step is applied, under the write
+                // lock: an up-to-date database needs no CREATE right, and
+                // two processes opening a new one do not race on it.
+                sqlx::raw_sql(STEPS_TABLE).execute(&mut *tx).await?;
                 sqlx::raw_sql(&step.sql).execute(&mut *tx).await?;
                 query("INSERT INTO schema_steps (step, title, applied_at) VALUES (?, ?, ?)")
                     .bind(step.number)
