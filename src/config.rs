@@ -536,6 +536,18 @@ impl Config {
         );
         let db = Location::parse(&db, env("BULLETIN_DB_PASSWORD").as_deref())
             .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
+        // A password may come from the environment or a flag, never the file.
+        if matches!(db_source, Source::File { .. })
+            && file
+                .db
+                .as_deref()
+                .is_some_and(|d| url_has_password(&d.to_string_lossy()))
+        {
+            return Err(Error::Invalid(format!(
+                "{}: db carries a password; put it in BULLETIN_DB_PASSWORD instead",
+                path.as_deref().unwrap_or(Path::new("config")).display()
+            )));
+        }
         let (outbox, outbox_source) = choose(
             (flags.outbox.clone(), "outbox"),
             (env("BULLETIN_OUTBOX").map(PathBuf::from), "BULLETIN_OUTBOX"),
@@ -898,11 +910,17 @@ mod tests {
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "db = \"postgres://u@h/d\"\n").unwrap();
         let from_file = Overrides {
-            config: Some(path),
+            config: Some(path.clone()),
             ..Default::default()
         };
         let c = load(&from_file, &[]).unwrap();
         assert_eq!(c.db.to_string(), "postgres://u@h/d");
+        std::fs::write(&path, "db = \"postgres://u:pw@h/d\"\n").unwrap();
+        let err = load(&from_file, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("BULLETIN_DB_PASSWORD") && !err.contains("pw@"),
+            "{err}"
+        );
         let c = load(&flags, &[("BULLETIN_DB", "data/b:1.db")]).unwrap();
         assert_eq!(c.db, Location::File("data/b:1.db".into()));
     }

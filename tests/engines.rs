@@ -88,12 +88,10 @@ async fn db_setting_names_a_database_of_the_engine_under_test() {
     match pg::engine() {
         pg::Engine::Sqlite => assert_eq!(Path::new(&setting), dir.path().join("b.db")),
         pg::Engine::Postgres => {
-            assert!(setting.starts_with("postgres://"), "{setting}");
+            let shown = pg::redacted(&setting);
+            assert!(setting.starts_with("postgres://"), "{shown}");
             let mut conn = connect(&setting).await;
-            assert!(
-                pg_items(&mut conn).await.is_empty(),
-                "{setting} is not empty"
-            );
+            assert!(pg_items(&mut conn).await.is_empty(), "{shown} is not empty");
             assert_ne!(setting, pg::db_setting(dir.path()).await);
         }
     }

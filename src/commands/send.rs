@@ -936,6 +936,15 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
             }
             // A campaign on the wrong transport is refused; the others run.
             if let Err(e) = super::setup::check_transport_kind(&store, &c, &settings).await {
+                // The database itself failing is the run's error (75):
+                // it would fail for every campaign.
+                let database = e
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<crate::store::Error>())
+                    .any(crate::store::Error::is_locked);
+                if database {
+                    return Err(e);
+                }
                 eprintln!("bulletin: {e:#}");
                 trouble = true;
                 continue;

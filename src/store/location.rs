@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// The database a [`super::Store`] opens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The database a [`super::Store`] opens. `Debug` shows it as `Display`
+/// does, without the password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// A SQLite database file.
     File(PathBuf),
@@ -37,7 +38,7 @@ impl Location {
         };
         if scheme != "postgres" && scheme != "postgresql" {
             return Err(Error::Scheme {
-                shown: text.to_string(),
+                shown: shown_url(&text),
                 scheme: scheme.to_string(),
             });
         }
@@ -103,16 +104,48 @@ fn url_scheme(text: &str) -> Option<&str> {
     is_scheme.then_some(scheme)
 }
 
-/// A URL as shown in messages: without its password.
+/// A URL as shown in messages: without its password, whether or not it
+/// parses (one that does not has everything between `://` and the last `@`
+/// cut), and without a `password=` query parameter.
 fn shown_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
+    let Ok(mut url) = url::Url::parse(text) else {
+        return match text.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => text.to_string(),
+            },
+            None => text.to_string(),
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    url.to_string()
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => f.debug_tuple("File").field(path).finish(),
+            Location::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&shown_url(url.as_str()))
+                .finish(),
         }
-        Err(_) => text.to_string(),
     }
 }
 
@@ -163,6 +196,24 @@ mod tests {
             panic!()
         };
         assert_eq!(url.password(), Some("inurl"), "the URL's own password wins");
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let pg = Location::parse(Path::new("postgres://u:s3cret@h/d?password=q1"), None).unwrap();
+        for shown in [pg.to_string(), format!("{pg:?}")] {
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("q1"),
+                "{shown}"
+            );
+        }
+        // A password with '/' does not parse: the error still hides it.
+        for value in ["postgres://u:ab/cd@h/d", "mysql://u:pw@h/d"] {
+            let err = Location::parse(Path::new(value), None)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("ab/cd") && !err.contains(":pw"), "{err}");
+        }
     }
 
     #[test]

@@ -180,6 +180,12 @@ impl From<sqlx::Error> for Error {
             return match state.as_str() {
                 // serialization_failure, deadlock_detected, lock_not_available
                 "40001" | "40P01" | "55P03" => Error::Locked(BUSY_TIMEOUT),
+                // connection exceptions (08), insufficient resources (53:
+                // too many connections), the server shutting down or
+                // starting up (57P01-57P03): retry later.
+                s if s.starts_with("08") || s.starts_with("53") || s.starts_with("57P0") => {
+                    Error::Unreachable(err.to_string())
+                }
                 _ => Error::Sql(err),
             };
         }
