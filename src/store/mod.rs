@@ -1,12 +1,16 @@
 //! The subscriber store: every line of SQL in bulletin lives under this
-//! module. SQLite through sqlx (no compile-time macros), one pool shared by
-//! the CLI, the dispatcher and the web server. The store is the one door:
-//! the pool never leaves this module, and callers use `Store` methods (a
-//! second engine would be a second implementation here, nothing else).
+//! module. Two engines behind one door: a SQLite file (the default) or a
+//! PostgreSQL database ([`Location`]), both through sqlx's Any driver with
+//! runtime queries (no compile-time macros, no database at build time); one
+//! pool shared by the CLI, the dispatcher and the web server. The pool never
+//! leaves this module, and callers use `Store` methods. Each statement is
+//! written once ([`sql`] numbers its parameters for both engines); the few
+//! that must differ are written side by side with `Engine::pick`.
 //!
-//! The schema is `subscribers.sql` at the top of the repository, embedded and
-//! applied on [`Store::open`] (see [`schema`]). Times are unix seconds passed
-//! in by the caller (`now`), so tests control the clock.
+//! The schemas are `subscribers.sql` and `subscribers.pg.sql` at the top of
+//! the repository, embedded and applied on [`Store::open`] (see [`schema`]).
+//! Times are unix seconds passed in by the caller (`now`), so tests control
+//! the clock.
 //!
 //! The rule the store exists to keep: a person who left, bounced, complained
 //! or was erased is never selected to receive mail. The rule is written once,
