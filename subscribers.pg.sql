@@ -338,3 +338,27 @@ CREATE TABLE IF NOT EXISTS campaign_lists (
 CREATE UNIQUE INDEX IF NOT EXISTS campaign_lists_position ON campaign_lists (campaign_id, position);
 -- `lists remove` asks which campaigns still go to a list.
 CREATE INDEX IF NOT EXISTS campaign_lists_list ON campaign_lists (list_id);
+
+-- step 2: dispatch workers sharing a campaign
+
+-- Every running `dispatch`/`send` process (a worker: `host:pid:random`)
+-- and when it last said it was alive; several share one campaign, each
+-- claiming rows with FOR UPDATE SKIP LOCKED. A worker whose heartbeat is
+-- older than the lease is dead: its `sending` rows are settled by the
+-- in-flight policy. (SQLite's step 12.)
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          BIGINT  NOT NULL,
+    campaign_id  BIGINT,
+    started_at   BIGINT  NOT NULL,
+    heartbeat_at BIGINT  NOT NULL
+);
+-- Which worker marked a row `sending`.
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS worker_id TEXT;
+-- The shared pace of a campaign with `[smtp] rate`: the earliest time
+-- (microseconds) the next message may start, across all workers.
+CREATE TABLE IF NOT EXISTS campaign_pace (
+    campaign_id BIGINT  PRIMARY KEY,
+    next_at     BIGINT  NOT NULL
+);

@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::compose;
 use crate::links::{self, Purpose, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
-use crate::store::Store;
 use crate::store::deliveries::{CampaignRow, CampaignStatus, InFlight, Job, Outcome};
 use crate::store::now;
+use crate::store::{Engine, Store};
 use transport::Transport;
 pub use verdict::Verdict;
 
@@ -77,6 +77,10 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("another run took over the campaign's lease")]
     LeaseLost,
+    /// Another worker found this one's heartbeat too old and settled its
+    /// rows: it must not send on.
+    #[error("this worker was taken for dead (no heartbeat within lease_secs) and its rows settled")]
+    WorkerLost,
     /// The address (a UTF-8 local part) needs SMTPUTF8 and the server does
     /// not offer it. Permanent for this delivery, but not the recipient's
     /// fault: never a hard bounce, the subscriber stays active.
@@ -379,8 +383,78 @@ pub enum NotStarted {
     Busy(String),
 }
 
+/// How a run holds its place in a campaign. SQLite: the campaign's lease,
+/// one run per campaign (as before several workers). PostgreSQL: no lease;
+/// any number of workers share the campaign, each claiming its own rows
+/// (`FOR UPDATE SKIP LOCKED`) and beating its heartbeat in `workers`. Both
+/// register the worker, so `status` shows who is sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Lease,
+    Workers,
+}
+
+impl Sharing {
+    fn of(store: &Store) -> Sharing {
+        match store.engine() {
+            Engine::Sqlite => Sharing::Lease,
+            Engine::Postgres => Sharing::Workers,
+        }
+    }
+
+    /// Settles the rows a dead run left `sending`: on SQLite every such
+    /// row (the lease says no other run is alive); with workers only the
+    /// rows of workers whose heartbeat is older than the lease.
+    async fn settle_in_flight(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<u64> {
+        let now = now();
+        Ok(match self {
+            Sharing::Lease => {
+                store
+                    .resolve_in_flight(campaign_id, s.in_flight, now)
+                    .await?
+            }
+            Sharing::Workers => {
+                let alive_since = now - s.lease_secs;
+                store
+                    .settle_dead_workers(campaign_id, s.in_flight, alive_since, now)
+                    .await?
+            }
+        })
+    }
+
+    /// Says this run is still alive (the lease, the heartbeat); with
+    /// workers, also settles the rows of any worker found dead meanwhile.
+    /// An error when another run took the lease or found this worker dead.
+    async fn renew(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<()> {
+        let now = now();
+        match self {
+            Sharing::Lease => {
+                if !store
+                    .renew_lease(campaign_id, &s.owner, now + s.lease_secs)
+                    .await?
+                {
+                    return Err(Error::LeaseLost);
+                }
+                store.heartbeat(&s.owner, now).await?;
+            }
+            Sharing::Workers => {
+                if !store.heartbeat(&s.owner, now).await? {
+                    return Err(Error::WorkerLost);
+                }
+                self.settle_in_flight(store, campaign_id, s).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host and process of a worker id (`host:pid:random`).
+fn worker_host(owner: &str) -> &str {
+    owner.split(':').next().unwrap_or(owner)
+}
+
 /// Sends what is due of one campaign. Returns `Ok(Err(NotStarted))` when
-/// another run holds it.
+/// another run holds it (SQLite only: on PostgreSQL runs share campaigns).
 pub async fn run(
     store: &Store,
     campaign: &CampaignRow,
@@ -389,29 +463,39 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<std::result::Result<Summary, NotStarted>> {
     let now = now();
-    let dead = dead_owner(campaign.lease_owner.as_deref());
-    if !store
-        .try_lease(
-            campaign.id,
-            &settings.owner,
-            now,
-            now + settings.lease_secs,
-            dead.as_deref(),
-        )
-        .await?
-    {
-        let holder = store
-            .campaign_by_id(campaign.id)
+    let sharing = Sharing::of(store);
+    if sharing == Sharing::Lease {
+        let dead = dead_owner(campaign.lease_owner.as_deref());
+        if !store
+            .try_lease(
+                campaign.id,
+                &settings.owner,
+                now,
+                now + settings.lease_secs,
+                dead.as_deref(),
+            )
             .await?
-            .and_then(|c| c.lease_owner)
-            .unwrap_or_default();
-        return Ok(Err(NotStarted::Busy(holder)));
+        {
+            let holder = store
+                .campaign_by_id(campaign.id)
+                .await?
+                .and_then(|c| c.lease_owner)
+                .unwrap_or_default();
+            return Ok(Err(NotStarted::Busy(holder)));
+        }
     }
-    let mut result = run_leased(store, campaign, settings, progress, &mut stop).await;
+    let (owner, pid) = (&settings.owner, i64::from(std::process::id()));
+    store
+        .register_worker(owner, worker_host(owner), pid, campaign.id, now)
+        .await?;
+    let mut result = run_leased(store, campaign, settings, sharing, progress, &mut stop).await;
     if let Ok(summary) = &mut result {
         summary.deferred = waiting_for_retry(store, campaign.id).await?;
     }
-    let _ = store.release_lease(campaign.id, &settings.owner).await;
+    let _ = store.unregister_worker(owner).await;
+    if sharing == Sharing::Lease {
+        let _ = store.release_lease(campaign.id, owner).await;
+    }
     result.map(Ok)
 }
 
@@ -430,6 +514,7 @@ async fn run_leased(
     store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
+    sharing: Sharing,
     progress: Arc<Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Summary> {
@@ -440,8 +525,8 @@ async fn run_leased(
         ))
     })?;
     let mut summary = Summary {
-        in_flight_resolved: store
-            .resolve_in_flight(campaign.id, settings.in_flight, now())
+        in_flight_resolved: sharing
+            .settle_in_flight(store, campaign.id, settings)
             .await?,
         ..Summary::default()
     };
@@ -483,7 +568,11 @@ async fn run_leased(
         settings: settings.clone(),
         campaign: campaign.clone(),
         progress,
-        pacer: Pacer::new(settings.rate),
+        pacer: match sharing {
+            Sharing::Lease => Pacer::new(settings.rate),
+            Sharing::Workers => Pacer::shared(settings.rate, store, campaign.id),
+        },
+        sharing,
         streak: Default::default(),
     });
 
@@ -508,12 +597,7 @@ async fn run_leased(
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    if !store
-                        .renew_lease(campaign.id, &settings.owner, now() + settings.lease_secs)
-                        .await?
-                    {
-                        return Err(Error::LeaseLost);
-                    }
+                    sharing.renew(store, campaign.id, settings).await?;
                     let step = renew_every.min(deadline - tokio::time::Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(step) => {}
@@ -534,13 +618,18 @@ async fn run_leased(
             .await?
             .is_some_and(|c| c.status == CampaignStatus::Cancelled);
     } else if store.open_count(campaign.id).await? == 0 {
+        // Decided once: of workers finding nothing open at the same time,
+        // one moves the campaign; the others read what it became.
         if store
             .set_campaign_status(campaign.id, CampaignStatus::Finished, now())
             .await?
         {
             summary.finished = true;
         } else {
-            summary.cancelled = true;
+            summary.cancelled = store
+                .campaign_by_id(campaign.id)
+                .await?
+                .is_some_and(|c| c.status == CampaignStatus::Cancelled);
         }
     }
     Ok(summary)
@@ -552,6 +641,7 @@ struct Shared {
     campaign: CampaignRow,
     progress: Arc<Progress>,
     pacer: Pacer,
+    sharing: Sharing,
     streak: tokio::sync::Mutex<Streak>,
 }
 
@@ -591,10 +681,16 @@ impl Streak {
     }
 }
 
-/// Spaces sends to a rate across all workers.
+/// Spaces sends to a rate across all of a run's connections; with
+/// workers sharing a campaign (PostgreSQL), across every worker: each slot
+/// comes from the campaign's row in `campaign_pace`
+/// (`Store::next_send_slot`), so the rate is the campaign's, not the
+/// process's.
 struct Pacer {
     interval: Option<Duration>,
     next: tokio::sync::Mutex<tokio::time::Instant>,
+    /// The store and campaign whose shared pace to follow.
+    shared: Option<(Store, i64)>,
 }
 
 impl Pacer {
@@ -602,12 +698,31 @@ impl Pacer {
         Pacer {
             interval: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            shared: None,
         }
     }
-    async fn wait(&self) {
+
+    /// The same rate, shared by every worker on `campaign_id`.
+    fn shared(rate: f64, store: &Store, campaign_id: i64) -> Pacer {
+        Pacer {
+            shared: Some((store.clone(), campaign_id)),
+            ..Pacer::new(rate)
+        }
+    }
+
+    async fn wait(&self) -> Result<()> {
         let Some(interval) = self.interval else {
-            return;
+            return Ok(());
         };
+        if let Some((store, campaign_id)) = &self.shared {
+            let interval_us = (interval.as_micros() as i64).max(1);
+            let now_us = unix_micros();
+            let at_us = store
+                .next_send_slot(*campaign_id, interval_us, now_us)
+                .await?;
+            tokio::time::sleep(Duration::from_micros((at_us - now_us).max(0) as u64)).await;
+            return Ok(());
+        }
         let at = {
             let mut next = self.next.lock().await;
             let now = tokio::time::Instant::now();
@@ -616,7 +731,15 @@ impl Pacer {
             at
         };
         tokio::time::sleep_until(at).await;
+        Ok(())
     }
+}
+
+/// The wall clock in microseconds (the shared pace is kept in them).
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 enum Request {
@@ -695,7 +818,9 @@ async fn ledger(
         count(&mut summary, &outcomes);
         let want = if exhausted { 0 } else { waiting.len() };
         if want > 0 || !outcomes.is_empty() {
-            let claimed = store.record_and_claim(c, want, &outcomes, now()).await?;
+            let claimed = store
+                .record_and_claim(c, &s.owner, want, &outcomes, now())
+                .await?;
             outcomes.clear();
             summary.skipped += claimed.skipped;
             let skipped = &shared.progress.skipped;
@@ -713,17 +838,14 @@ async fn ledger(
             let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
-            if !store
-                .renew_lease(c.id, &s.owner, now() + s.lease_secs)
-                .await?
-            {
-                return Err(Error::LeaseLost);
-            }
+            shared.sharing.renew(&store, c.id, s).await?;
             last_renew = tokio::time::Instant::now();
         }
     }
     if !outcomes.is_empty() {
-        store.record_and_claim(c, 0, &outcomes, now()).await?;
+        store
+            .record_and_claim(c, &s.owner, 0, &outcomes, now())
+            .await?;
     }
     Ok(summary)
 }
@@ -749,15 +871,17 @@ async fn claim(
     shared: &Shared,
     tx: &mpsc::Sender<Request>,
     mut stop: watch::Receiver<bool>,
-) -> Option<Job> {
+) -> Result<Option<Job>> {
     // A slow `rate` must not hold up a stop: the wait ends with the signal.
     tokio::select! {
-        () = shared.pacer.wait() => {}
-        _ = stop.wait_for(|s| *s) => return None,
+        paced = shared.pacer.wait() => paced?,
+        _ = stop.wait_for(|s| *s) => return Ok(None),
     }
     let (reply, rx) = oneshot::channel();
-    tx.send(Request::Claim(reply)).await.ok()?;
-    rx.await.ok().flatten()
+    if tx.send(Request::Claim(reply)).await.is_err() {
+        return Ok(None);
+    }
+    Ok(rx.await.ok().flatten())
 }
 
 /// One connection's loop: claim, personalise, compose, send, report.
@@ -778,7 +902,7 @@ async fn worker(
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
             break;
         }
-        let Some(job) = claim(&shared, &tx, stop.clone()).await else {
+        let Some(job) = claim(&shared, &tx, stop.clone()).await? else {
             break;
         };
         // Hands the job back unsent: it is queued again.
@@ -1013,13 +1137,13 @@ mod tests {
         let pacer = Pacer::new(10.0);
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
-            pacer.wait().await;
+            pacer.wait().await.unwrap();
         }
         // The first goes at once, then one every 100 ms (virtual time).
         assert_eq!(start.elapsed(), Duration::from_millis(400));
         let unlimited = Pacer::new(0.0);
         let start = tokio::time::Instant::now();
-        unlimited.wait().await;
+        unlimited.wait().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

@@ -12,7 +12,7 @@
 //! `move_campaign`, the one statement that changes `campaigns.status`,
 //! enforces it in its `UPDATE`.
 
-use super::sql::{begin_write, flag, query, query_as, query_scalar};
+use super::sql::{Engine, begin_write, flag, query, query_as, query_scalar};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, FromRow, Row};
 
@@ -476,6 +476,16 @@ pub enum InFlight {
     Resend,
 }
 
+impl InFlight {
+    /// The status a row left `sending` by a dead run or worker gets.
+    pub fn settled_status(self) -> &'static str {
+        match self {
+            InFlight::Unknown => "unknown",
+            InFlight::Resend => "queued",
+        }
+    }
+}
+
 impl super::Store {
     /// Settles rows left `sending` by a dead run; returns how many.
     pub async fn resolve_in_flight(
@@ -485,10 +495,7 @@ impl super::Store {
         now: i64,
     ) -> Result<u64> {
         let pool = &self.pool;
-        let status = match policy {
-            InFlight::Unknown => "unknown",
-            InFlight::Resend => "queued",
-        };
+        let status = policy.settled_status();
         let done = query(
             "UPDATE deliveries SET status = ?, updated_at = ?,
              last_reply = 'in flight when an earlier run stopped'
@@ -569,16 +576,23 @@ macro_rules! other_list_sql {
 /// ([`OTHER_LIST_SQL`]); who left altogether becomes `skipped` with the
 /// reason. Both searches walk `deliveries_work` in order and stop at the
 /// limit, so a claim reads the rows it hands out, whatever the size of the
-/// campaign.
-pub const CLAIM_SQL: &str = concat!(
+/// campaign. The claimed rows name their worker (`?6`).
+///
+/// `$lock` is what locks the due rows: nothing on SQLite (one writer, one
+/// run per campaign), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where several
+/// workers claim from one campaign at once and each passes over the rows
+/// another is claiming ([`CLAIM_SQL_PG`]).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
     "WITH due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
-             ORDER BY next_attempt_at, id LIMIT ?4)
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ")
          UNION ALL
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'queued'
-             ORDER BY next_attempt_at, id LIMIT ?4)
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ")
          LIMIT ?4),
      home(id, subscriber_id, list_id) AS (
          SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
@@ -606,10 +620,18 @@ pub const CLAIM_SQL: &str = concat!(
          attempts = attempts + (v.via IS NOT NULL),
          last_reply = CASE WHEN v.via IS NOT NULL THEN last_reply ELSE v.why END,
          next_attempt_at = CASE WHEN v.via IS NOT NULL THEN next_attempt_at END,
+         worker_id = CASE WHEN v.via IS NOT NULL THEN ?6 END,
          updated_at = ?5
      FROM verdict v WHERE deliveries.id = v.id
      RETURNING deliveries.id, deliveries.status"
-);
+        )
+    };
+}
+
+/// The claim on SQLite ([`claim_sql!`]).
+pub const CLAIM_SQL: &str = claim_sql!("");
+/// The claim on PostgreSQL: the due rows locked `FOR UPDATE SKIP LOCKED`.
+pub const CLAIM_SQL_PG: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
 
 /// [`other_list_sql!`] as text, for documentation and tests.
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
@@ -621,23 +643,27 @@ SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attri
 FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
 JOIN subscribers s ON s.id = d.subscriber_id";
 
-/// Claims up to `want` due rows inside the caller's transaction (see
-/// [`CLAIM_SQL`]); rows skipped along the way do not count against `want`.
+/// Claims up to `want` due rows for `worker` inside the caller's
+/// transaction (see [`CLAIM_SQL`]); rows skipped along the way do not count
+/// against `want`.
 async fn claim(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
+    worker: &str,
     want: usize,
     now: i64,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
     let mut sending = Vec::with_capacity(want);
+    let claim_sql = Engine::of_connection(tx).pick(CLAIM_SQL, CLAIM_SQL_PG);
     while sending.len() < want {
-        let rows: Vec<(i64, String)> = query_as(CLAIM_SQL)
+        let rows: Vec<(i64, String)> = query_as(claim_sql)
             .bind(campaign.id)
             .bind(campaign.list_id)
             .bind(now)
             .bind((want - sending.len()) as i64)
             .bind(now)
+            .bind(worker)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -692,11 +718,16 @@ pub enum Outcome {
 }
 
 impl super::Store {
-    /// Records `outcomes` and claims up to `want` rows ([`CLAIM_SQL`]) in one
-    /// transaction: the group commit that brackets every SMTP transaction.
+    /// Records `outcomes` and claims up to `want` rows for `worker`
+    /// ([`CLAIM_SQL`]): the group commit that brackets every SMTP
+    /// transaction. One transaction on SQLite; on PostgreSQL the outcomes
+    /// commit under the write lock and the claim follows in its own
+    /// transaction without it, beside other workers' claims
+    /// ([`CLAIM_SQL_PG`] locks its rows instead).
     pub async fn record_and_claim(
         &self,
         campaign: &CampaignRow,
+        worker: &str,
         want: usize,
         outcomes: &[(i64, i64, Outcome)],
         now: i64,
@@ -749,11 +780,15 @@ impl super::Store {
                 .await?;
             }
         }
-        let claimed = if want > 0 {
-            claim(&mut tx, campaign, want, now).await?
-        } else {
-            Claimed::default()
-        };
+        if want == 0 {
+            tx.commit().await?;
+            return Ok(Claimed::default());
+        }
+        if self.engine() == Engine::Postgres {
+            tx.commit().await?;
+            tx = pool.begin().await?;
+        }
+        let claimed = claim(&mut tx, campaign, worker, want, now).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -1164,7 +1199,7 @@ mod tests {
     async fn claims_and_retries_read_the_work_index_in_order_without_a_sort() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        for (sql, params) in [(CLAIM_SQL, 5), (NEXT_RETRY_SQL, 1)] {
+        for (sql, params) in [(CLAIM_SQL, 6), (NEXT_RETRY_SQL, 1)] {
             let steps = plan(&store, sql, params).await;
             let text = steps.join("\n");
             assert!(!text.contains("TEMP B-TREE"), "a sort in\n{text}");
@@ -1175,7 +1210,7 @@ mod tests {
             assert!(text.contains("INDEX deliveries_work"), "{text}");
         }
         // Both searches of the claim (retries due, then queued rows).
-        let claim = plan(&store, CLAIM_SQL, 5).await;
+        let claim = plan(&store, CLAIM_SQL, 6).await;
         let searches = claim
             .iter()
             .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
@@ -1287,7 +1322,10 @@ mod tests {
         let id = store.insert_campaign(&new).await.unwrap();
         let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
         store.materialise(id, 1).await.unwrap();
-        let claimed = store.record_and_claim(&campaign, 2, &[], 2).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
+            .await
+            .unwrap();
         let ann = claimed.jobs.iter().find(|j| j.email == "ann@example.org");
         let ann = ann.unwrap();
         let failed = Outcome::Failed {
@@ -1296,7 +1334,7 @@ mod tests {
         };
         let outcomes = [(ann.delivery_id, ann.subscriber_id, failed)];
         store
-            .record_and_claim(&campaign, 0, &outcomes, 3)
+            .record_and_claim(&campaign, "test:1:1", 0, &outcomes, 3)
             .await
             .unwrap();
 
@@ -1364,7 +1402,10 @@ mod tests {
         assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 3);
         assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 0);
         assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 0);
-        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 3)
+            .await
+            .unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         let want = [
@@ -1388,7 +1429,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let claimed = store.record_and_claim(&campaign, 5, &[], 4).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 4)
+            .await
+            .unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         assert_eq!(got, [("bob@example.org", b), ("cy@example.org", b)]);
@@ -1426,7 +1470,10 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
-        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 3)
+            .await
+            .unwrap();
         let got = jobs(&claimed);
         // cy is not on a but is on b: the claim switches them, as for a leaver.
         assert_eq!(got.len(), 3, "{got:?}");
