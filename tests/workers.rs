@@ -249,6 +249,10 @@ async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
     assert_eq!(env.counts().await, BTreeMap::from([("sent".into(), 5000)]));
     assert_eq!(env.campaign_status().await, "sent", "finished once");
     // The work was shared: more than one worker sent messages.
+    for out in &outputs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("cancelled"), "a worker gave up: {stdout}");
+    }
     let senders = outputs.iter().filter(|o| sent_by(o) > 0).count();
     let total: u64 = outputs.iter().map(sent_by).sum();
     assert_eq!(total, 5000, "the workers' own counts add up");

@@ -192,6 +192,8 @@ fn summary_line(slug: &str, verb: &str, s: &Summary, welcome: bool) -> String {
         "interrupted; run `bulletin dispatch` to resume"
     } else if s.finished {
         "finished"
+    } else if s.left_to_others {
+        "other workers are sending the rest"
     } else if welcome && s.deferred == 0 {
         "welcome mail; whoever is confirmed next gets it at the next `bulletin dispatch`"
     } else {

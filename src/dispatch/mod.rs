@@ -349,6 +349,9 @@ pub struct Summary {
     pub interrupted: bool,
     /// `bulletin cancel` stopped the campaign (before or during this run).
     pub cancelled: bool,
+    /// Workers sharing the campaign (PostgreSQL) hold or will claim the
+    /// rows still open: the campaign goes on without this run.
+    pub left_to_others: bool,
 }
 
 /// The lease owner name of this process.
@@ -423,9 +426,10 @@ impl Sharing {
     }
 
     /// Says this run is still alive (the lease, the heartbeat); with
-    /// workers, also settles the rows of any worker found dead meanwhile.
-    /// An error when another run took the lease or found this worker dead.
-    async fn renew(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<()> {
+    /// workers, also settles the rows of any worker found dead meanwhile
+    /// and returns how many. An error when another run took the lease or
+    /// found this worker dead.
+    async fn renew(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<u64> {
         let now = now();
         match self {
             Sharing::Lease => {
@@ -441,10 +445,10 @@ impl Sharing {
                 if !store.heartbeat(&s.owner, now).await? {
                     return Err(Error::WorkerLost);
                 }
-                self.settle_in_flight(store, campaign_id, s).await?;
+                return self.settle_in_flight(store, campaign_id, s).await;
             }
         }
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -532,13 +536,20 @@ async fn run_leased(
     };
     // A campaign cancelled since it was picked up is not started: the
     // transition fails and nothing is queued (`materialise` also checks).
+    // Another worker may have started it meanwhile: this one joins it.
     if campaign.status != CampaignStatus::Sending
         && !store
             .set_campaign_status(campaign.id, CampaignStatus::Sending, now())
             .await?
     {
-        summary.cancelled = true;
-        return Ok(summary);
+        match store.campaign_by_id(campaign.id).await?.map(|c| c.status) {
+            Some(CampaignStatus::Sending) => {}
+            Some(CampaignStatus::Cancelled) => {
+                summary.cancelled = true;
+                return Ok(summary);
+            }
+            _ => return Ok(summary),
+        }
     }
     // A welcome campaign's rows come from confirmations (`queue_welcome`),
     // never from its lists.
@@ -583,6 +594,7 @@ async fn run_leased(
         summary.failed += pass.failed;
         summary.skipped += pass.skipped;
         summary.unknown += pass.unknown;
+        summary.in_flight_resolved += pass.in_flight_resolved;
         if pass.interrupted || *stop.borrow() {
             summary.interrupted = true;
             break;
@@ -597,7 +609,8 @@ async fn run_leased(
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    sharing.renew(store, campaign.id, settings).await?;
+                    summary.in_flight_resolved +=
+                        sharing.renew(store, campaign.id, settings).await?;
                     let step = renew_every.min(deadline - tokio::time::Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(step) => {}
@@ -631,6 +644,13 @@ async fn run_leased(
                 .await?
                 .is_some_and(|c| c.status == CampaignStatus::Cancelled);
         }
+    } else if sharing == Sharing::Workers {
+        // Rows still queued or in another worker's hands: theirs to finish.
+        summary.left_to_others = store
+            .delivery_counts(campaign.id)
+            .await?
+            .iter()
+            .any(|(status, n)| *n > 0 && (status == "queued" || status == "sending"));
     }
     Ok(summary)
 }
@@ -838,7 +858,7 @@ async fn ledger(
             let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
-            shared.sharing.renew(&store, c.id, s).await?;
+            summary.in_flight_resolved += shared.sharing.renew(&store, c.id, s).await?;
             last_renew = tokio::time::Instant::now();
         }
     }

@@ -734,7 +734,7 @@ impl super::Store {
     ) -> Result<Claimed> {
         let pool = &self.pool;
         let mut tx = begin_write(pool).await?;
-        record_sent(&mut tx, outcomes, now).await?;
+        record_sent(&mut tx, worker, outcomes, now).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
@@ -754,13 +754,14 @@ impl super::Store {
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' THEN MAX(attempts - 1, 0) ELSE attempts END
-             WHERE id = ?1",
+             WHERE id = ?1 AND worker_id = ?6",
         )
         .bind(delivery_id)
         .bind(status)
         .bind(reply)
         .bind(next)
         .bind(now)
+        .bind(worker)
         .execute(&mut *tx)
         .await?;
             if let Outcome::Failed {
@@ -794,9 +795,12 @@ impl super::Store {
     }
 }
 
-/// The common outcome, sent, as one statement per 300 rows.
+/// The common outcome, sent, as one statement per 300 rows. Like every
+/// outcome, only on rows `worker` still holds: a row settled because its
+/// worker was taken for dead is no longer that worker's to record.
 async fn record_sent(
     tx: &mut AnyConnection,
+    worker: &str,
     outcomes: &[(i64, i64, Outcome)],
     now: i64,
 ) -> Result<()> {
@@ -813,13 +817,13 @@ async fn record_sent(
             "WITH v(id, reply, mid) AS (VALUES {values})
              UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
                  next_attempt_at = NULL, updated_at = ?, sent_at = ?
-             FROM v WHERE deliveries.id = v.id"
+             FROM v WHERE deliveries.id = v.id AND deliveries.worker_id = ?"
         );
         let mut q = query(&sql);
         for (id, reply, mid) in chunk {
             q = q.bind(id).bind(reply).bind(mid);
         }
-        q.bind(now).bind(now).execute(&mut *tx).await?;
+        q.bind(now).bind(now).bind(worker).execute(&mut *tx).await?;
     }
     Ok(())
 }
