@@ -492,7 +492,9 @@ pub async fn run(
     store
         .register_worker(owner, worker_host(owner), pid, campaign.id, now)
         .await?;
+    let beat = tokio::spawn(beat(store.clone(), settings.clone()));
     let mut result = run_leased(store, campaign, settings, sharing, progress, &mut stop).await;
+    beat.abort();
     if let Ok(summary) = &mut result {
         summary.deferred = waiting_for_retry(store, campaign.id).await?;
     }
@@ -501,6 +503,20 @@ pub async fn run(
         let _ = store.release_lease(campaign.id, owner).await;
     }
     result.map(Ok)
+}
+
+/// Keeps the worker's heartbeat fresh every `lease_secs / 3` while its
+/// connections all wait on a slow server and the ledger has nothing to do
+/// (the ledger's `Sharing::renew` also beats, and acts when this worker
+/// was taken for dead). Ends when the worker's row is gone.
+async fn beat(store: Store, s: Settings) {
+    let every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(false) = store.heartbeat(&s.owner, now()).await {
+            return;
+        }
+    }
 }
 
 /// Recipients of `campaign_id` whose delivery waits for a retry: people,

@@ -159,3 +159,124 @@ impl Store {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::deliveries::NewCampaign;
+
+    /// A campaign to list `a` with ann, bob and cy queued.
+    async fn campaign(store: &Store) -> crate::store::deliveries::CampaignRow {
+        let list = store.create_list("a", "A", "", false, false, 1).await;
+        let list = list.unwrap().id;
+        for email in ["ann@example.org", "bob@example.org", "cy@example.org"] {
+            store
+                .add_subscriber(email, None, "a", "cli", 1)
+                .await
+                .unwrap();
+        }
+        let new = NewCampaign {
+            slug: "c",
+            lists: &[list],
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        };
+        let id = store.insert_campaign(&new).await.unwrap();
+        store.materialise(id, 1).await.unwrap();
+        store.campaign_by_id(id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dead_workers_rows_are_settled_once_and_a_live_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let c = campaign(&store).await;
+        store
+            .register_worker("h:1:a", "h", 1, c.id, 10)
+            .await
+            .unwrap();
+        store
+            .register_worker("h:2:b", "h", 2, c.id, 10)
+            .await
+            .unwrap();
+        let dead = store
+            .record_and_claim(&c, "h:1:a", 2, &[], 10)
+            .await
+            .unwrap();
+        let live = store
+            .record_and_claim(&c, "h:2:b", 1, &[], 10)
+            .await
+            .unwrap();
+        assert_eq!((dead.jobs.len(), live.jobs.len()), (2, 1));
+        // Worker b beats at 100; a has been silent since 10.
+        assert!(store.heartbeat("h:2:b", 100).await.unwrap());
+        let alive_since = 100 - 60;
+        let settled = store.settle_dead_workers(c.id, InFlight::Unknown, alive_since, 100);
+        assert_eq!(settled.await.unwrap(), 2);
+        // Whoever notices next finds nothing more to settle.
+        let again = store.settle_dead_workers(c.id, InFlight::Unknown, alive_since, 101);
+        assert_eq!(again.await.unwrap(), 0);
+        let counts = store.delivery_counts(c.id).await.unwrap();
+        assert_eq!(counts, [("sending".into(), 1), ("unknown".into(), 2)]);
+        // The dead worker is gone: it stops at its next heartbeat, and its
+        // late outcomes change nothing.
+        assert!(!store.heartbeat("h:1:a", 102).await.unwrap());
+        let late = crate::store::deliveries::Outcome::Sent {
+            reply: "250 ok".into(),
+            message_id: "<m@x>".into(),
+        };
+        let job = &dead.jobs[0];
+        let outcomes = [(job.delivery_id, job.subscriber_id, late)];
+        store
+            .record_and_claim(&c, "h:1:a", 0, &outcomes, 103)
+            .await
+            .unwrap();
+        let counts = store.delivery_counts(c.id).await.unwrap();
+        assert_eq!(counts, [("sending".into(), 1), ("unknown".into(), 2)]);
+        let live_workers = store.live_workers(alive_since).await.unwrap();
+        let ids: Vec<&str> = live_workers.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["h:2:b"]);
+    }
+
+    #[tokio::test]
+    async fn resend_puts_a_dead_workers_rows_back_in_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let c = campaign(&store).await;
+        store
+            .register_worker("h:1:a", "h", 1, c.id, 10)
+            .await
+            .unwrap();
+        store
+            .record_and_claim(&c, "h:1:a", 3, &[], 10)
+            .await
+            .unwrap();
+        let settled = store.settle_dead_workers(c.id, InFlight::Resend, 50, 100);
+        assert_eq!(settled.await.unwrap(), 3);
+        let counts = store.delivery_counts(c.id).await.unwrap();
+        assert_eq!(counts, [("queued".into(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn send_slots_are_spaced_across_callers_and_never_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        // Three workers ask at the same moment: one slot each, 100 ms apart.
+        let mut slots = Vec::new();
+        for _ in 0..3 {
+            slots.push(store.next_send_slot(7, 100_000, 1_000_000).await.unwrap());
+        }
+        assert_eq!(slots, [1_000_000, 1_100_000, 1_200_000]);
+        // After a pause the pace starts again from now, not from the past.
+        let later = store.next_send_slot(7, 100_000, 5_000_000).await.unwrap();
+        assert_eq!(later, 5_000_000);
+        // Another campaign has its own pace.
+        assert_eq!(
+            store.next_send_slot(8, 100_000, 1_000_000).await.unwrap(),
+            1_000_000
+        );
+    }
+}
