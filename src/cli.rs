@@ -83,11 +83,15 @@ pub enum Command {
 impl Command {
     /// The exit code when the command fails with an error: 75
     /// (EX_TEMPFAIL, "try again later") for `bounces ingest`, so that an MTA
-    /// keeps the message and retries instead of losing it; 2 otherwise
-    /// (`bounces imap` picks 75 itself for a mailbox it could not reach).
-    pub fn error_exit_code(&self) -> u8 {
+    /// keeps the message and retries instead of losing it, and for
+    /// `dispatch` when the error is `transient` (the database server
+    /// unreachable, the database locked), so that cron's next run is the
+    /// retry; 2 otherwise (`bounces imap` picks 75 itself for a mailbox it
+    /// could not reach).
+    pub fn error_exit_code(&self, transient: bool) -> u8 {
         match self {
             Command::Bounces(BouncesCommand::Ingest { .. }) => EX_TEMPFAIL,
+            Command::Dispatch if transient => EX_TEMPFAIL,
             _ => 2,
         }
     }

@@ -1,6 +1,7 @@
 //! The dispatcher against real SMTP servers on loopback: the in-process
 //! sink here, Postfix's smtp-sink and aiosmtpd in `interop.rs`. Every test
-//! runs the real `bulletin` binary on a real SQLite file.
+//! runs the real `bulletin` binary on a real database: a SQLite file, or a
+//! fresh PostgreSQL database with `BULLETIN_TEST_POSTGRES` (`support::pg`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,16 +18,19 @@ pub(crate) const SECRET: &str = "test-secret-for-dispatch-32-bytes-at-least";
 pub(crate) struct Env {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) smtp_url: String,
+    /// The `db` setting in bulletin.toml (`support::pg::db_setting`).
+    pub(crate) db: String,
 }
 
 impl Env {
     /// `port`: the SMTP sink; `dispatch`: extra `[dispatch]` keys.
     pub(crate) fn new(port: u16, dispatch: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let db = crate::support::pg::db_setting_blocking(dir.path());
         std::fs::write(
             dir.path().join("bulletin.toml"),
             format!(
-                "db = \"b.db\"\nbase_url = \"https://news.example.org\"\n\
+                "db = {db:?}\nbase_url = \"https://news.example.org\"\n\
                  [organisation]\nname = \"Test Alliance\"\naddress = \"1 Road, Town\"\n\
                  [sender]\nfrom = \"Test Alliance <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
                  [smtp]\nconnections = 4\ntimeout_secs = 10\n\
@@ -49,7 +53,18 @@ impl Env {
         Env {
             dir,
             smtp_url: format!("smtp://127.0.0.1:{port}?tls=none"),
+            db,
         }
+    }
+
+    /// Where the project's database is.
+    pub(crate) fn location(&self) -> bulletin::store::Location {
+        bulletin::store::Location::parse(std::path::Path::new(&self.db), None).unwrap()
+    }
+
+    /// The project's database, opened by the store (schema applied).
+    pub(crate) async fn store(&self) -> bulletin::store::Store {
+        bulletin::store::Store::open(self.location()).await.unwrap()
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -81,7 +96,20 @@ impl Env {
     }
 
     pub(crate) async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
+        self.ok_at(None, args).await
+    }
+
+    /// [`Env::ok`] with the command's clock fixed at `now` (unix seconds,
+    /// `BULLETIN_NOW`) when given: a time "one second ahead" stays ahead
+    /// however long the command takes to start on a loaded machine.
+    pub(crate) async fn ok_at(&self, now: Option<i64>, args: &[&str]) -> String {
+        let mut cmd = self.command(args);
+        if let Some(now) = now {
+            cmd.env("BULLETIN_NOW", now.to_string());
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
         assert!(
             out.status.success(),
             "bulletin {args:?}: {}\n{}",
@@ -347,9 +375,13 @@ async fn two_dispatch_runs_started_together_send_each_message_once() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(2)));
     let env = Env::new(sink.port(), "");
     let all = env.subscribers(800, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(2)).to_rfc3339();
     let out = env
-        .ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
+        .ok_at(
+            Some(now.timestamp()),
+            &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+        )
         .await;
     assert!(out.contains("scheduled"), "{out}");
     assert!(sink.messages().is_empty());
@@ -441,9 +473,13 @@ async fn long_overdue_campaign_is_held_not_sent() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "hold_after_hours = 0");
     env.subscribers(3, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
-        .await;
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok_at(
+        Some(now.timestamp()),
+        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = env.run(&["dispatch"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -478,9 +514,13 @@ async fn queued_send_keeps_the_frozen_content() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
-    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok(&["send", "campaigns/news-1.md", "--yes", "--at", &at])
-        .await;
+    let now = chrono::Utc::now();
+    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
+    env.ok_at(
+        Some(now.timestamp()),
+        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
+    )
+    .await;
     // Edit the file after queueing: the queued send does not change.
     let path = env.path("campaigns/news-1.md");
     let edited = std::fs::read_to_string(&path)
@@ -730,13 +770,11 @@ async fn send_without_a_terminal_needs_yes_and_sends_nothing() {
 
 /// Reads the delivery status of each subscriber id for the only campaign.
 async fn delivery_status(env: &Env, ids: &[i64]) -> Vec<(String, Option<String>)> {
-    let store = bulletin::store::Store::open(&env.dir.path().join("b.db"))
-        .await
-        .unwrap();
+    let store = env.store().await;
     let mut out = Vec::new();
     for id in ids {
         let row: (String, Option<String>) =
-            sqlx::query_as("SELECT status, last_reply FROM deliveries WHERE subscriber_id = ?")
+            sqlx::query_as("SELECT status, last_reply FROM deliveries WHERE subscriber_id = $1")
                 .bind(id)
                 .fetch_one(&crate::support::db::raw(store.location()).await)
                 .await
@@ -754,7 +792,6 @@ async fn delivery_status(env: &Env, ids: &[i64]) -> Vec<(String, Option<String>)
 async fn people_who_leave_during_a_send_are_skipped_not_mailed() {
     use axum::http::StatusCode;
     use bulletin::links::Urls;
-    use bulletin::store::Store;
 
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
@@ -781,7 +818,7 @@ async fn people_who_leave_during_a_send_are_skipped_not_mailed() {
     env.ok(&["lists", "add", "news", "--name", "News"]).await;
     env.ok(&["subscribers", "import", "people.csv", "--list", "news"])
         .await;
-    let store = Store::open(&env.path("b.db")).await.unwrap();
+    let store = env.store().await;
     let list = store.list("news").await.unwrap().unwrap();
     let mut ids = Vec::new();
     for email in leavers {

@@ -116,6 +116,84 @@ async fn server_down_fails() {
     assert!(out.contains("verdict: 1 failure(s)"), "{out}");
 }
 
+// See: issue 14. The database line names the engine; on PostgreSQL a
+// "database server" line says whether the server answers and which schema
+// step it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_line_names_the_engine_and_checks_the_postgresql_server() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = project(format!("smtp://127.0.0.1:{}?tls=none", sink.port())).await;
+    let (code, out) = doctor(&env, GOOD_SECRET, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let database = line(&out, "database");
+    assert_eq!(database.0, "ok");
+    if crate::support::pg::engine() == crate::support::pg::Engine::Sqlite {
+        assert!(database.1.starts_with("SQLite "), "{out}");
+        assert!(!out.contains("database server:"), "{out}");
+        return;
+    }
+    assert!(database.1.starts_with("PostgreSQL postgres://"), "{out}");
+    let server = line(&out, "database server");
+    assert_eq!(server.0, "ok", "{out}");
+    let latest = bulletin::store::schema::steps(bulletin::store::schema::POSTGRES_SQL)
+        .unwrap()
+        .len();
+    assert!(server.1.starts_with("PostgreSQL "), "{out}");
+    assert!(
+        server
+            .1
+            .ends_with(&format!("answers; schema step {latest} of {latest}")),
+        "{out}"
+    );
+    // A database with no bulletin schema: a warning that says what to run.
+    let empty = crate::support::pg::fresh_database().await;
+    let mut cmd = env.command(&["--db", &empty, "doctor"]);
+    cmd.env("BULLETIN_SECRET", GOOD_SECRET);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let server = line(&out, "database server");
+    assert_eq!(server.0, "warn", "{out}");
+    assert!(server.1.contains("`bulletin init` creates it"), "{out}");
+}
+
+// See: issue 14. A PostgreSQL server that cannot be reached (nothing on
+// port 1 of loopback) is a failure naming the setting; no server needed, so
+// this runs on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_server_fails_naming_the_setting() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = project(format!("smtp://127.0.0.1:{}?tls=none", sink.port())).await;
+    let mut cmd = env.command(&["doctor"]);
+    cmd.env("BULLETIN_SECRET", GOOD_SECRET)
+        .env("BULLETIN_DB", "postgres://bulletin:sekrit@127.0.0.1:1/news");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(
+        line(&text, "database"),
+        (
+            "ok",
+            "PostgreSQL postgres://bulletin:***@127.0.0.1:1/news (BULLETIN_DB)"
+        )
+    );
+    let server = line(&text, "database server");
+    assert_eq!(server.0, "FAIL", "{text}");
+    assert!(
+        server
+            .1
+            .starts_with("the database server cannot be reached: ")
+            && server
+                .1
+                .ends_with("; start it, or fix the host and port (BULLETIN_DB)"),
+        "{text}"
+    );
+    assert!(!text.contains("sekrit"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_starttls_with_a_user_fails_against_aiosmtpd() {
     let Some(server) = servers::aiosmtpd() else {

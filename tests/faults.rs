@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulletin::store::Store;
-
 use crate::dispatch::Env;
 use crate::support::scripted::{CLOSE, Dot, SILENT, Script, Scripted};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
@@ -29,7 +27,7 @@ fn env(port: u16, timeout_secs: u64, dispatch: &str) -> Env {
 
 /// Per address: (delivery status, attempts), from the database.
 async fn deliveries(env: &Env) -> BTreeMap<String, (String, i64)> {
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = env.store().await;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT s.email, d.status, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id",
     )
@@ -41,7 +39,7 @@ async fn deliveries(env: &Env) -> BTreeMap<String, (String, i64)> {
 
 /// Per address: the subscriber's status.
 async fn people(env: &Env) -> BTreeMap<String, String> {
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = env.store().await;
     sqlx::query_as("SELECT email, status FROM subscribers WHERE email IS NOT NULL")
         .fetch_all(&crate::support::db::raw(store.location()).await)
         .await
@@ -428,7 +426,7 @@ async fn reactivate_never_overrides_an_unsubscribe_a_complaint_or_an_erasure() {
     env.ok(&["subscribers", "remove", "left@example.net"]).await;
     env.ok(&["subscribers", "forget", "gone@example.net"]).await;
     {
-        let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+        let store = env.store().await;
         let angry = store
             .subscriber("angry@example.net")
             .await
@@ -465,7 +463,7 @@ async fn reactivate_never_overrides_an_unsubscribe_a_complaint_or_an_erasure() {
     // A bounce recorded from returned mail: active again, no longer suppressed.
     env.ok(&["subscribers", "reactivate", "fine@example.net"])
         .await;
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = env.store().await;
     assert!(!store.is_suppressed("fine@example.net").await.unwrap());
     assert_eq!(people(&env).await["fine@example.net"], "active");
     let out = env

@@ -320,3 +320,58 @@ async fn doctor_says_which_transport_sending_uses_and_why() {
         "{line}"
     );
 }
+
+// See: issue 14 item 2. Cron runs `dispatch` while the PostgreSQL server is
+// down (nothing listens on port 1 of loopback): exit 75 so the next run
+// retries, one line naming the database without its password and the
+// setting that chose it. Needs no server, so it runs on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_against_an_unreachable_database_server_exits_75_naming_the_setting() {
+    let env = Env::new(0, "");
+    let down = "postgres://bulletin:sekrit@127.0.0.1:1/news";
+    let shown = "postgres://bulletin:***@127.0.0.1:1/news";
+    let config = env.dir.path().join("bulletin.toml");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    let first = text_of.lines().next().unwrap().to_string();
+    assert!(first.starts_with("db = "), "{first}");
+    std::fs::write(
+        &config,
+        text_of.replacen(&first, &format!("db = {down:?}"), 1),
+    )
+    .unwrap();
+    let chosen_by: [(&str, Option<&str>, &str); 3] = [
+        // Env runs with `--config bulletin.toml`.
+        ("the config file", None, "db in bulletin.toml"),
+        ("BULLETIN_DB", Some("BULLETIN_DB"), "BULLETIN_DB"),
+        ("--db", Some("--db"), "--db flag"),
+    ];
+    for (case, how, source) in chosen_by {
+        let mut cmd = match how {
+            Some("--db") => env.command(&["--db", down, "dispatch"]),
+            _ => env.command(&["dispatch"]),
+        };
+        if how == Some("BULLETIN_DB") {
+            cmd.env("BULLETIN_DB", down);
+        }
+        let out = output(cmd).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{case}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("bulletin: {shown} (set by {source}): ")),
+            "{case}: {stderr}"
+        );
+        assert!(stderr.contains("cannot be reached"), "{case}: {stderr}");
+        assert!(!stderr.contains("sekrit"), "{case}: {stderr}");
+    }
+    // A command run by hand fails as usual, with the same line.
+    let mut cmd = env.command(&["status"]);
+    cmd.env("BULLETIN_DB", down);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with(&format!("bulletin: {shown} (set by BULLETIN_DB): ")),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulletin::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::dispatch::{Env, header, unfold};
@@ -25,7 +24,7 @@ async fn import(env: &Env, csv: &str) {
 
 /// The subscriber's status and their newest delivery (status, reply).
 async fn stored(env: &Env, email: &str) -> (String, String, String) {
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = env.store().await;
     let person = store.subscriber(email).await.unwrap().expect("subscriber");
     let deliveries = store.deliveries_of(person.id).await.unwrap();
     let (status, reply) = deliveries.into_iter().next().expect("a delivery");

@@ -59,6 +59,9 @@ pub(crate) fn run(config: &Config, global: &Global, args: &DoctorArgs) -> Result
         counts: [0; 3],
     };
     sources(&mut r, config, global);
+    let runtime = super::runtime()?;
+    runtime.block_on(database(&mut r, config));
+    clock(&mut r);
     secret(&mut r, config);
     base_url(&mut r, config);
     addresses(&mut r, config);
@@ -67,7 +70,7 @@ pub(crate) fn run(config: &Config, global: &Global, args: &DoctorArgs) -> Result
         .campaign
         .as_deref()
         .and_then(|file| campaign_size(&mut r, config, dkim.as_deref(), file));
-    super::runtime()?.block_on(async {
+    runtime.block_on(async {
         smtp(&mut r, config, message_size).await;
         imap(&mut r, config).await;
         if args.web {
@@ -111,8 +114,18 @@ fn sources(r: &mut Report, config: &Config, global: &Global) {
         Some(file) => format!("{} (found in the current folder)", file.display()),
     };
     r.line(Level::Ok, "config", config_why);
-    let db = format!("{} ({})", config.db, config.db_source);
-    if config.db.file().is_none_or(Path::exists) {
+}
+
+/// The database: which engine, where (and why), and for PostgreSQL whether
+/// the server answers and which schema step it holds. Changes nothing.
+async fn database(r: &mut Report, config: &Config) {
+    let Some(path) = config.db.file() else {
+        let db = format!("PostgreSQL {} ({})", config.db, config.db_source);
+        r.line(Level::Ok, "database", db);
+        return postgres_server(r, config).await;
+    };
+    let db = format!("SQLite {} ({})", config.db, config.db_source);
+    if path.exists() {
         r.line(Level::Ok, "database", db);
     } else {
         r.line(
@@ -121,6 +134,43 @@ fn sources(r: &mut Report, config: &Config, global: &Global) {
             format!("{db} does not exist yet; create it with `bulletin init` or an import"),
         );
     }
+}
+
+/// The PostgreSQL server: reachable, and its schema step against ours.
+async fn postgres_server(r: &mut Report, config: &Config) {
+    let topic = "database server";
+    let found = match crate::store::probe(&config.db).await {
+        Ok(found) => found,
+        Err(e @ crate::store::Error::Unreachable(_)) => {
+            let fix = format!("start it, or fix the host and port ({})", config.db_source);
+            return r.line(Level::Fail, topic, format!("{e}; {fix}"));
+        }
+        Err(e) => return r.line(Level::Fail, topic, format!("{e} ({})", config.db_source)),
+    };
+    let server = format!("PostgreSQL {} answers", found.version);
+    let (step, latest) = (found.step, found.latest);
+    match step {
+        0 => r.line(
+            Level::Warn,
+            topic,
+            format!("{server}; no bulletin schema in it yet: `bulletin init` creates it"),
+        ),
+        _ if step > latest => r.line(
+            Level::Fail,
+            topic,
+            format!("{server}; schema step {step} is newer than this program's (step {latest}): upgrade bulletin"),
+        ),
+        _ if step < latest => r.line(
+            Level::Warn,
+            topic,
+            format!("{server}; schema step {step} of {latest}: the next command brings it up to date"),
+        ),
+        _ => r.line(Level::Ok, topic, format!("{server}; schema step {step} of {latest}")),
+    }
+}
+
+/// A fixed clock (`BULLETIN_NOW`) is for tests only.
+fn clock(r: &mut Report) {
     if let Some(at) = std::env::var_os("BULLETIN_NOW") {
         r.line(
             Level::Fail,

@@ -175,6 +175,11 @@ fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
             "no database at {path} (set by {}); `bulletin init` creates one, or point --db, BULLETIN_DB or db in bulletin.toml at the existing file",
             config.db_source
         ),
+        // Where the setting came from, for the operator who must fix it;
+        // the store error stays in the chain (`main` exits 75 on it).
+        unreachable @ crate::store::Error::Unreachable(_) => {
+            anyhow::Error::new(unreachable).context(format!("{path} (set by {})", config.db_source))
+        }
         other => anyhow::Error::new(other).context(path.to_string()),
     }
 }

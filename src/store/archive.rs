@@ -7,23 +7,41 @@
 //! appear.
 
 use super::Result;
-use super::deliveries::{CAMPAIGN_COLUMNS, CampaignRow};
-use super::sql::query_as;
+use super::deliveries::{CampaignRow, campaign_columns};
+use super::sql::{Engine, query_as};
 
-/// The archive rule, as a condition on a `campaigns` row.
-const SHOWN: &str = "status IN ('sending', 'sent')
-     AND list_id IN (SELECT id FROM lists WHERE public != 0)
-     AND NOT EXISTS (SELECT 1 FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
-                     WHERE cl.campaign_id = campaigns.id AND l.public = 0)
-     AND coalesce(json_extract(compiled, '$.archive'), 1) != 0
-     AND id NOT IN (SELECT campaign_id FROM campaign_triggers)";
+/// The archive rule, as a condition on a `campaigns` row; `$not_archived`
+/// is the engine's test of the frozen `archive = false`.
+macro_rules! shown {
+    ($not_archived:literal) => {
+        concat!(
+            "status IN ('sending', 'sent')
+             AND list_id IN (SELECT id FROM lists WHERE public != 0)
+             AND NOT EXISTS (SELECT 1 FROM campaign_lists cl JOIN lists l ON l.id = cl.list_id
+                             WHERE cl.campaign_id = campaigns.id AND l.public = 0)
+             AND NOT ",
+            $not_archived,
+            " AND id NOT IN (SELECT campaign_id FROM campaign_triggers)"
+        )
+    };
+}
+
+/// [`shown!`] on this engine: the frozen `compiled` JSON read by each
+/// engine's own functions (a missing `archive` key means shown).
+fn shown(engine: Engine) -> &'static str {
+    engine.pick(
+        shown!("coalesce(json_extract(compiled, '$.archive'), 1) = 0"),
+        shown!("coalesce(CAST(compiled AS json) ->> 'archive', 'true') = 'false'"),
+    )
+}
 
 impl super::Store {
     /// The campaigns the archive lists, newest first.
     pub async fn archived_campaigns(&self) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
+        let (columns, shown) = (campaign_columns(self.engine()), shown(self.engine()));
         Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE {SHOWN} ORDER BY id DESC"
+            "SELECT {columns} FROM campaigns WHERE {shown} ORDER BY id DESC"
         ))
         .fetch_all(pool)
         .await?)
@@ -32,8 +50,9 @@ impl super::Store {
     /// One campaign by slug, if the archive shows it.
     pub async fn archived_campaign(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
+        let (columns, shown) = (campaign_columns(self.engine()), shown(self.engine()));
         Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ? AND {SHOWN}"
+            "SELECT {columns} FROM campaigns WHERE slug = ? AND {shown}"
         ))
         .bind(slug)
         .fetch_optional(pool)

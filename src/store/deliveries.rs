@@ -197,11 +197,37 @@ impl FromRow<'_, AnyRow> for CampaignRow {
     }
 }
 
-pub(super) const CAMPAIGN_COLUMNS: &str = "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
-     created_at, started_at, finished_at, lease_owner, lease_until, resend_closed_at, \
-     json_extract(compiled, '$.resend_until') AS resend_until, \
-     EXISTS (SELECT 1 FROM campaign_triggers t WHERE t.campaign_id = campaigns.id \
-         AND t.trigger = 'welcome') AS welcome";
+/// The columns of a [`CampaignRow`], over `campaigns`, as a macro so that
+/// both engines' texts below share them.
+macro_rules! campaign_columns {
+    ($resend_until:literal) => {
+        concat!(
+            "id, slug, list_id, subject, compiled, source_hash, status, send_at, \
+             created_at, started_at, finished_at, lease_owner, lease_until, resend_closed_at, ",
+            $resend_until,
+            " AS resend_until, \
+             EXISTS (SELECT 1 FROM campaign_triggers t WHERE t.campaign_id = campaigns.id \
+                 AND t.trigger = 'welcome') AS welcome"
+        )
+    };
+}
+
+/// The frozen front matter `resend_until` (unix seconds) of a `campaigns`
+/// row, read from its `compiled` JSON.
+pub(super) fn resend_until_sql(engine: Engine) -> &'static str {
+    engine.pick(
+        "json_extract(compiled, '$.resend_until')",
+        "CAST(CAST(compiled AS json) ->> 'resend_until' AS BIGINT)",
+    )
+}
+
+/// The columns a [`CampaignRow`] reads, on this engine.
+pub(super) fn campaign_columns(engine: Engine) -> &'static str {
+    engine.pick(
+        campaign_columns!("json_extract(compiled, '$.resend_until')"),
+        campaign_columns!("CAST(CAST(compiled AS json) ->> 'resend_until' AS BIGINT)"),
+    )
+}
 
 /// A campaign to freeze.
 #[derive(Debug, Clone)]
@@ -220,32 +246,35 @@ pub struct NewCampaign<'a> {
 impl super::Store {
     pub async fn campaign_by_slug(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
-        Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE slug = ?"
-        ))
-        .bind(slug)
-        .fetch_optional(pool)
-        .await?)
+        let columns = campaign_columns(self.engine());
+        Ok(
+            query_as(&format!("SELECT {columns} FROM campaigns WHERE slug = ?"))
+                .bind(slug)
+                .fetch_optional(pool)
+                .await?,
+        )
     }
 
     pub async fn campaign_by_id(&self, id: i64) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
-        Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+        let columns = campaign_columns(self.engine());
+        Ok(
+            query_as(&format!("SELECT {columns} FROM campaigns WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?,
+        )
     }
 
     /// All campaigns, newest first.
     pub async fn campaigns(&self) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
-        Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
-        ))
-        .fetch_all(pool)
-        .await?)
+        let columns = campaign_columns(self.engine());
+        Ok(
+            query_as(&format!("SELECT {columns} FROM campaigns ORDER BY id DESC"))
+                .fetch_all(pool)
+                .await?,
+        )
     }
 
     /// Freezes a campaign as `scheduled` with its lists; returns its id.
@@ -272,7 +301,8 @@ impl super::Store {
 }
 
 /// Records the lists of campaign `id` (`campaign_lists`), in order,
-/// replacing any it had.
+/// replacing any it had. A campaign has a handful of lists: one statement
+/// each, one text for both engines.
 pub(super) async fn set_campaign_lists(
     conn: &mut AnyConnection,
     id: i64,
@@ -282,14 +312,14 @@ pub(super) async fn set_campaign_lists(
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    query(
-        "INSERT INTO campaign_lists (campaign_id, list_id, position)
-         SELECT ?1, value, key FROM json_each(?2)",
-    )
-    .bind(id)
-    .bind(serde_json::to_string(lists).expect("ids serialise"))
-    .execute(&mut *conn)
-    .await?;
+    for (position, list_id) in (0_i64..).zip(lists) {
+        query("INSERT INTO campaign_lists (campaign_id, list_id, position) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(list_id)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -303,19 +333,22 @@ async fn move_campaign(
     status: CampaignStatus,
     now: i64,
 ) -> Result<bool> {
-    let from: Vec<&str> = status.comes_from().iter().map(|s| s.as_str()).collect();
-    let done = query(
+    // The states it may come from, one parameter each (`?4`, `?5`, ...).
+    let from = status.comes_from();
+    let marks = vec!["?"; from.len()].join(", ");
+    let mut update = query(&format!(
         "UPDATE campaigns SET status = ?2,
              started_at = CASE WHEN ?2 = 'sending' THEN COALESCE(started_at, ?3) ELSE started_at END,
              finished_at = CASE WHEN ?2 IN ('sent', 'cancelled') THEN ?3 ELSE finished_at END
-         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))",
-    )
+         WHERE id = ?1 AND status IN ({marks})",
+    ))
     .bind(id)
     .bind(status.as_str())
-    .bind(now)
-    .bind(serde_json::to_string(&from).expect("strings serialise"))
-    .execute(conn)
-    .await?;
+    .bind(now);
+    for state in from {
+        update = update.bind(state.as_str());
+    }
+    let done = update.execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -360,8 +393,9 @@ impl super::Store {
     /// queued, due for a retry, or left `sending` by a dead run.
     pub async fn due_campaigns(&self, now: i64) -> Result<Vec<CampaignRow>> {
         let pool = &self.pool;
+        let columns = campaign_columns(self.engine());
         Ok(query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
+            "SELECT {columns} FROM campaigns
          WHERE ((status = 'scheduled' AND send_at <= ?1) OR status = 'sending')
            AND (campaigns.id NOT IN (SELECT campaign_id FROM campaign_triggers)
                 OR {})
@@ -445,7 +479,7 @@ impl super::Store {
 
 /// Queues the audience of one of the campaign's lists through that list.
 /// Lists go in front matter order and a person has one row per campaign
-/// (`INSERT OR IGNORE`), so someone on several lists is queued once,
+/// (`ON CONFLICT DO NOTHING`), so someone on several lists is queued once,
 /// through the earliest list they may be mailed on.
 async fn queue_list(
     conn: &mut AnyConnection,
@@ -454,9 +488,10 @@ async fn queue_list(
     now: i64,
 ) -> Result<u64> {
     let done = query(&format!(
-        "INSERT OR IGNORE INTO deliveries (campaign_id, subscriber_id, list_id, status, attempts, updated_at)
+        "INSERT INTO deliveries (campaign_id, subscriber_id, list_id, status, attempts, updated_at)
          SELECT ?2, a.id, ?1, 'queued', 0, ?3 FROM ({}) a
-         WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')",
+         WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')
+         ON CONFLICT DO NOTHING",
         super::subscribers::AUDIENCE_SQL
     ))
     .bind(list_id)
@@ -588,11 +623,11 @@ macro_rules! claim_sql {
     "WITH due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
-             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ")
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS retries
          UNION ALL
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'queued'
-             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ")
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS firsts
          LIMIT ?4),
      home(id, subscriber_id, list_id) AS (
          SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
@@ -617,7 +652,7 @@ macro_rules! claim_sql {
      UPDATE deliveries SET
          status = CASE WHEN v.via IS NOT NULL THEN 'sending' ELSE 'skipped' END,
          list_id = COALESCE(v.via, deliveries.list_id),
-         attempts = attempts + (v.via IS NOT NULL),
+         attempts = attempts + CASE WHEN v.via IS NOT NULL THEN 1 ELSE 0 END,
          last_reply = CASE WHEN v.via IS NOT NULL THEN last_reply ELSE v.why END,
          next_attempt_at = CASE WHEN v.via IS NOT NULL THEN next_attempt_at END,
          worker_id = CASE WHEN v.via IS NOT NULL THEN ?6 END,
@@ -637,11 +672,18 @@ pub const CLAIM_SQL_PG: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
 
 /// The recipients of rows just claimed (`?1`: a JSON array of delivery
-/// ids), read in the claim's transaction: what a worker may use.
-const CLAIMED_JOBS_SQL: &str = "\
-SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
-FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
-JOIN subscribers s ON s.id = d.subscriber_id";
+/// ids), read in the claim's transaction: what a worker may use. The two
+/// engines expand the array with their own JSON functions.
+fn claimed_jobs_sql(engine: Engine) -> &'static str {
+    engine.pick(
+        "SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
+         FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
+         JOIN subscribers s ON s.id = d.subscriber_id",
+        "SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
+         FROM json_array_elements_text(CAST(?1 AS json)) j JOIN deliveries d ON d.id = CAST(j.value AS BIGINT) \
+         JOIN subscribers s ON s.id = d.subscriber_id",
+    )
+}
 
 /// Claims up to `want` due rows for `worker` inside the caller's
 /// transaction (see [`CLAIM_SQL`]); rows skipped along the way do not count
@@ -679,7 +721,7 @@ async fn claim(
     }
     if !sending.is_empty() {
         let ids = serde_json::to_string(&sending).expect("ids serialise");
-        claimed.jobs = query_as(CLAIMED_JOBS_SQL)
+        claimed.jobs = query_as(claimed_jobs_sql(Engine::of_connection(tx)))
             .bind(ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -753,7 +795,7 @@ impl super::Store {
             query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
-                 attempts = CASE WHEN ?2 = 'queued' THEN MAX(attempts - 1, 0) ELSE attempts END
+                 attempts = CASE WHEN ?2 = 'queued' AND attempts > 0 THEN attempts - 1 ELSE attempts END
              WHERE id = ?1 AND worker_id = ?6",
         )
         .bind(delivery_id)
@@ -888,7 +930,7 @@ impl super::Store {
     /// Stores a setting unless it exists; returns the stored value.
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
         let pool = &self.pool;
-        query("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)")
+        query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
             .bind(key)
             .bind(value)
             .execute(pool)
@@ -971,6 +1013,17 @@ pub struct Refreeze<'a> {
 pub(super) const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
     WHERE campaign_id = ?1 AND status NOT IN ('queued', 'skipped')";
 
+/// How many people mailable on a list of campaign `?1` have no delivery row
+/// for it: who `send --only-new` and `resend_to_new` would mail first.
+const FIRST_TIME_SQL: &str = concat!(
+    "SELECT COUNT(DISTINCT s.id) FROM campaign_lists cl
+         JOIN subscriptions sub ON sub.list_id = cl.list_id
+         JOIN subscribers s ON s.id = sub.subscriber_id
+     WHERE cl.campaign_id = ?1 AND ",
+    mailable!(),
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?1 AND d.subscriber_id = s.id)"
+);
+
 /// The rows of campaign `?1` (only state `?2` unless it is NULL), one
 /// `UNION ALL` part per state in [`REPORT_ORDER`], each an index walk.
 static REPORT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -982,7 +1035,7 @@ static REPORT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                  l.slug AS list \
                  FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id \
                  LEFT JOIN lists l ON l.id = COALESCE(d.list_id, (SELECT list_id FROM campaigns WHERE id = ?1)) \
-                 WHERE d.campaign_id = ?1 AND d.status = '{state}' AND (?2 IS NULL OR ?2 = '{state}'))"
+                 WHERE d.campaign_id = ?1 AND d.status = '{state}' AND (?2 IS NULL OR ?2 = '{state}')) AS part_{state}"
             )
         })
         .collect::<Vec<_>>()
@@ -995,13 +1048,12 @@ impl super::Store {
     /// cancelled"), so no claim after the commit finds anything. Rows
     /// already `sending` finish and are recorded; sent rows stay.
     pub async fn cancel_campaign(&self, id: i64, now: i64) -> Result<Cancel> {
+        let columns = campaign_columns(self.engine());
         let mut tx = begin_write(self.pool()).await?;
-        let c: CampaignRow = query_as(&format!(
-            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let c: CampaignRow = query_as(&format!("SELECT {columns} FROM campaigns WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         let newcomers_until = c.mails_newcomers_until(now);
         match c.status.on_cancel(newcomers_until.is_some()) {
             OnCancel::Refuse => return Ok(Cancel::Refused(c.status)),
@@ -1081,16 +1133,10 @@ impl super::Store {
     /// delivery row for it yet: who `send --only-new` would mail for the
     /// first time.
     pub async fn first_time_count(&self, campaign_id: i64) -> Result<i64> {
-        let lists = self.campaign_lists(campaign_id).await?;
-        Ok(query_scalar(&format!(
-            "SELECT COUNT(*) FROM ({}) a WHERE NOT EXISTS
-                 (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?2 AND d.subscriber_id = a.id)",
-            super::subscribers::AUDIENCE_OF_LISTS_SQL
-        ))
-        .bind(serde_json::to_string(&lists).expect("ids serialise"))
-        .bind(campaign_id)
-        .fetch_one(self.pool())
-        .await?)
+        Ok(query_scalar(FIRST_TIME_SQL)
+            .bind(campaign_id)
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// Moves back to `sending` every sent campaign whose frozen
@@ -1098,12 +1144,13 @@ impl super::Store {
     /// of whose lists has someone with no row for it; returns their slugs.
     /// The run that follows queues only those people (`materialise`).
     pub async fn reopen_for_new(&self, now: i64) -> Result<Vec<String>> {
-        let candidates: Vec<(i64, String)> = query_as(
+        let candidates: Vec<(i64, String)> = query_as(&format!(
             "SELECT id, slug FROM campaigns
-             WHERE status = 'sent' AND json_extract(compiled, '$.resend_until') > ?
+             WHERE status = 'sent' AND {} > ?
                  AND resend_closed_at IS NULL
              ORDER BY id",
-        )
+            resend_until_sql(self.engine())
+        ))
         .bind(now)
         .fetch_all(self.pool())
         .await?;
@@ -1238,6 +1285,11 @@ mod tests {
             .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
             .count();
         assert_eq!(searches, REPORT_ORDER.len(), "{text}");
+    }
+
+    #[test]
+    fn the_first_time_count_embeds_the_mailable_rule() {
+        assert!(FIRST_TIME_SQL.contains(crate::store::MAILABLE));
     }
 
     #[test]

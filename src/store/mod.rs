@@ -43,6 +43,7 @@ mod lists;
 mod location; // the `db` setting: a SQLite file or a PostgreSQL URL
 pub mod people; // what the subscriber pages read and change
 mod placeholders; // the attribute keys a list has and who lacks each value
+mod probe; // what `doctor` asks of the database: engine, server version, schema step
 mod runs; // which transport each campaign run used
 pub mod schema;
 mod sql; // one statement text for both engines; write transactions
@@ -68,6 +69,7 @@ pub use import::{
 };
 pub use lists::{List, ListChanges, ListCounts, ListsAudience, RemovedList};
 pub use location::Location;
+pub use probe::{Probe, probe};
 pub use runs::RunTransport;
 pub use sql::Engine;
 pub use subscribers::{Added, Profile, Reactivated, Recipient, Removed, Subscriber, Subscription};
@@ -310,6 +312,10 @@ impl Store {
 
     async fn connect_postgres(url: &url::Url, create: bool) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        // The server itself first, once: one that cannot be reached fails
+        // here at once as `Error::Unreachable` (the pool would retry until
+        // its timeout and report the timeout as a lock).
+        AnyConnection::connect(url.as_str()).await?.close().await?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .min_connections(1)

@@ -125,7 +125,7 @@ pub(super) async fn version(pool: &AnyPool) -> Result<i64> {
     version_in(&mut conn, Engine::of(pool)).await
 }
 
-async fn version_in(conn: &mut AnyConnection, engine: Engine) -> Result<i64> {
+pub(super) async fn version_in(conn: &mut AnyConnection, engine: Engine) -> Result<i64> {
     match engine {
         Engine::Sqlite => Ok(query_scalar("PRAGMA user_version").fetch_one(conn).await?),
         Engine::Postgres => {

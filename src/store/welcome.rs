@@ -12,7 +12,7 @@
 //! NOTHING` makes any later confirmation (a second click, a return after
 //! leaving) queue nothing.
 
-use super::sql::{begin_write, query, query_scalar};
+use super::sql::{Engine, begin_write, query, query_scalar};
 use sqlx::AnyConnection;
 
 use super::deliveries::{
@@ -62,11 +62,16 @@ pub(super) async fn queue_welcome(
         return Ok(0);
     };
     let ids = serde_json::to_string(subscriber_ids).expect("numbers serialise");
-    let done = query(
+    // The ids arrive as one JSON array, expanded by each engine's function.
+    let done = query(Engine::of_connection(conn).pick(
         "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
          SELECT ?1, value, 'queued', 0, ?3 FROM json_each(?2) WHERE true
          ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
-    )
+        "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
+         SELECT ?1, CAST(value AS BIGINT), 'queued', 0, ?3
+         FROM json_array_elements_text(CAST(?2 AS json))
+         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
+    ))
     .bind(campaign)
     .bind(ids)
     .bind(now)

@@ -86,6 +86,24 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
+/// [`db_setting`] for setup code that is not async (a test's `Env::new`):
+/// on PostgreSQL the database is created on a thread of its own, with its
+/// own runtime, so it may be called from inside a test's runtime.
+pub fn db_setting_blocking(dir: &Path) -> String {
+    match engine() {
+        Engine::Sqlite => dir.join("b.db").display().to_string(),
+        Engine::Postgres => std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for fresh_database")
+                .block_on(fresh_database())
+        })
+        .join()
+        .expect("fresh_database"),
+    }
+}
+
 /// `url` with its password, if any, replaced by `***`, for messages.
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
