@@ -3,7 +3,9 @@
 //! fixtures in tests/data/import/, imported through the binary and checked
 //! row by row: who is mailable, names, attributes, consent records; exports
 //! in every format, neutralised cells, the BOM, and export → import →
-//! export round trips.
+//! export round trips. Each database named here (`t.db`, `a.db`, …) is one
+//! of the engine under test (`support::pg::db_in`: that file in the test's
+//! dir, or a fresh PostgreSQL database).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bulletin::store::{Selection, Store};
 
+use crate::support::pg;
 use crate::util::{bulletin, root};
 
 fn data(name: &str) -> PathBuf {
@@ -44,7 +47,7 @@ fn rows(path: &Path) -> Vec<HashMap<String, String>> {
 
 fn import(dir: &Path, db: &str, file: &Path, extra: &[&str]) -> std::process::Output {
     bulletin(dir)
-        .args(["--db", db, "subscribers", "import"])
+        .args(["--db", &pg::db_in(dir, db), "subscribers", "import"])
         .arg(file)
         .args(["--list", "news"])
         .args(extra)
@@ -54,7 +57,7 @@ fn import(dir: &Path, db: &str, file: &Path, extra: &[&str]) -> std::process::Ou
 
 fn export(dir: &Path, db: &str, extra: &[&str]) -> String {
     let out = bulletin(dir)
-        .args(["--db", db, "subscribers", "export"])
+        .args(["--db", &pg::db_in(dir, db), "subscribers", "export"])
         .args(extra)
         .output()
         .unwrap();
@@ -64,6 +67,13 @@ fn export(dir: &Path, db: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The database `name` of the test in `dir`, opened.
+async fn open(dir: &Path, name: &str) -> Store {
+    Store::open_existing(pg::location(&pg::db_in(dir, name)))
+        .await
+        .unwrap()
 }
 
 /// Who would be mailed on `news`.
@@ -128,7 +138,7 @@ async fn mailchimp_zip_nobody_who_left_is_mailable() {
         "{text}"
     );
 
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let mailable = mailable_on_news(&store).await;
     for row in rows(&mailchimp_file("subscribed")) {
         let email = &row["Email Address"];
@@ -218,7 +228,7 @@ async fn mailchimp_zip_nobody_who_left_is_mailable() {
         &["--from", "csv"],
     );
     assert!(out.status.success());
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     assert_eq!(mailable_on_news(&store).await, mailable);
 }
 
@@ -244,7 +254,7 @@ async fn mailchimp_files_by_name_or_by_columns() {
         "{}",
         stdout(&out)
     );
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let mailable = mailable_on_news(&store).await;
     for row in rows(&data("mailchimp_de.csv")) {
         let email = &row["E-Mail-Adresse"];
@@ -274,7 +284,7 @@ async fn listmonk_json_attributes_and_blocklist() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout(&out).contains("read as:             listmonk export"));
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let mailable = mailable_on_news(&store).await;
     for row in rows(&data("listmonk.csv")) {
         let email = &row["email"];
@@ -332,7 +342,7 @@ async fn keila_ghost_substack_statuses() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout(&out).contains(&format!("read as:             {format} export")));
-        let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+        let store = open(d, "t.db").await;
         let mailable = mailable_on_news(&store).await;
         let fixture = rows(&data(file));
         for row in &fixture {
@@ -377,7 +387,7 @@ async fn plain_csv_loose_headers_status_short_rows_and_an_unclosed_quote() {
         "{text}"
     );
     assert!(text.contains("short rows:          1"), "{text}");
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let mailable = mailable_on_news(&store).await;
     let expected: HashSet<String> = ["pa", "pe", "pg", "ph"]
         .iter()
@@ -411,7 +421,7 @@ async fn dry_run_shows_format_and_mapping_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     bulletin(d)
-        .args(["--db", "t.db", "init"])
+        .args(["--db", &pg::db_in(d, "t.db"), "init"])
         .assert()
         .success();
     let out = import(d, "t.db", &mailchimp_file("subscribed"), &["--dry-run"]);
@@ -430,7 +440,7 @@ async fn dry_run_shows_format_and_mapping_and_writes_nothing() {
     ] {
         assert!(text.contains(line), "{line}\n{text}");
     }
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     assert!(store.lists().await.unwrap().is_empty(), "nothing written");
     assert_eq!(store.count(&Selection::Active).await.unwrap(), 0);
     // Asking for a format the file is not: one clear error.
@@ -513,7 +523,8 @@ async fn show_download_and_erasure_of_consent() {
             .success()
     );
     let show = bulletin(d)
-        .args(["--db", "t.db", "subscribers", "show", "sub08@example.org"])
+        .args(["--db", &pg::db_in(d, "t.db"), "subscribers", "show"])
+        .arg("sub08@example.org")
         .output()
         .unwrap();
     let text = stdout(&show);
@@ -521,7 +532,7 @@ async fn show_download_and_erasure_of_consent() {
         text.contains("consent: opted in 2021-09-18 09:18:08 UTC from 203.0.113.8, confirmed 2021-09-18 09:28:08 UTC from 198.51.100.8 (recorded by mailchimp)"),
         "{text}"
     );
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let id = store
         .subscriber("sub08@example.org")
         .await
@@ -535,12 +546,23 @@ async fn show_download_and_erasure_of_consent() {
     );
     assert!(store.forget("sub08@example.org", "cli", 1).await.unwrap());
     store.close().await;
-    let bytes = std::fs::read(d.join("t.db")).unwrap();
-    let needle = b"198.51.100.8";
-    assert!(
-        !bytes.windows(needle.len()).any(|w| w == needle),
-        "the confirmation IP is gone from the database file"
-    );
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM consents WHERE confirmed_ip = $1 OR consent_ip = $1",
+    )
+    .bind("198.51.100.8")
+    .fetch_one(&crate::support::db::raw(pg::location(&pg::db_in(d, "t.db"))).await)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0, "no consent record keeps the confirmation IP");
+    // On SQLite, not even the file's free pages keep it (secure_delete).
+    if pg::engine() == pg::Engine::Sqlite {
+        let bytes = std::fs::read(d.join("t.db")).unwrap();
+        let needle = b"198.51.100.8";
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the confirmation IP is gone from the database file"
+        );
+    }
 }
 
 /// A sign-up confirmed through the web pages records the click: its time
@@ -549,7 +571,9 @@ async fn show_download_and_erasure_of_consent() {
 async fn web_confirmation_click_is_a_consent_record() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let store = Store::open(&d.join("t.db")).await.unwrap();
+    let store = Store::open(pg::location(&pg::db_in(d, "t.db")))
+        .await
+        .unwrap();
     let list = store
         .create_list("news", "News", "", true, true, 1_700_000_000)
         .await
@@ -607,7 +631,7 @@ async fn reimport(d: &Path, db: &str, files: &[(&str, &str)]) -> HashSet<String>
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    mailable_on_news(&Store::open_existing(&d.join(db)).await.unwrap()).await
+    mailable_on_news(&open(d, db).await).await
 }
 
 /// See: walkthrough report A. `subscribers export` without `--list` holds
@@ -620,7 +644,7 @@ async fn people_exports_never_resubscribe_who_left() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     assert!(import(d, "a.db", &mailchimp_zip(d), &[]).status.success());
-    let mailable = mailable_on_news(&Store::open_existing(&d.join("a.db")).await.unwrap()).await;
+    let mailable = mailable_on_news(&open(d, "a.db").await).await;
     let left: HashSet<String> = fixture_emails("unsubscribed")
         .union(&fixture_emails("cleaned"))
         .cloned()
@@ -654,14 +678,8 @@ async fn people_exports_never_resubscribe_who_left() {
 
     // Mailchimp's layout: the default is the subscribed file, and says so.
     let out = bulletin(d)
-        .args([
-            "--db",
-            "a.db",
-            "subscribers",
-            "export",
-            "--format",
-            "mailchimp",
-        ])
+        .args(["--db", &pg::db_in(d, "a.db")])
+        .args(["subscribers", "export", "--format", "mailchimp"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -726,7 +744,7 @@ async fn people_exports_never_resubscribe_who_left() {
         ),
     ] {
         let out = bulletin(d)
-            .args(["--db", "a.db", "subscribers", "export"])
+            .args(["--db", &pg::db_in(d, "a.db"), "subscribers", "export"])
             .args(args)
             .output()
             .unwrap();
@@ -757,7 +775,7 @@ async fn mailchimp_tags_are_stored_without_their_quotes() {
         "{}",
         stdout(&out)
     );
-    let store = Store::open_existing(&d.join("t.db")).await.unwrap();
+    let store = open(d, "t.db").await;
     let ann = store.profile("ann@example.org").await.unwrap().unwrap();
     assert_eq!(ann.subscriber.attributes["tags"], "Board, Donor");
     let bo = store.profile("bo@example.org").await.unwrap().unwrap();
@@ -773,7 +791,7 @@ async fn who_left_one_list_stays_left_when_their_row_is_imported_into_it() {
     let d = dir.path();
     let run = |args: &[&str]| {
         let out = bulletin(d)
-            .args(["--db", "a.db"])
+            .args(["--db", &pg::db_in(d, "a.db")])
             .args(args)
             .output()
             .unwrap();

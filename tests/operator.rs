@@ -9,6 +9,7 @@ use bulletin::links::Signer;
 use bulletin::store::Store;
 
 use crate::dispatch::{Env, SECRET, header, unfold};
+use crate::support::pg;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 use crate::web::{app_state, call, request};
 
@@ -21,6 +22,14 @@ fn per_recipient(messages: &[Received]) -> BTreeMap<String, usize> {
         }
     }
     count
+}
+
+/// A project folder (`dispatch::Env`) whose database is of the engine
+/// under test (`support::pg`).
+fn env(port: u16) -> Env {
+    let env = Env::new(port, "");
+    pg::config_db(env.dir.path());
+    env
 }
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
@@ -63,7 +72,7 @@ async fn list_row(env: &Env, slug: &str) -> Option<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_on_double_opt_in_list_sends_one_confirmation_whose_link_confirms() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = env(sink.port());
     env.ok(&[
         "lists",
         "add",
@@ -101,7 +110,9 @@ async fn add_on_double_opt_in_list_sends_one_confirmation_whose_link_confirms() 
     assert_eq!(row[row.len() - 4..], ["0", "1", "0", "0"], "{row:?}");
 
     // The link confirms, through the web router `bulletin serve` runs.
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = Store::open(pg::location(&pg::config_db(env.dir.path())))
+        .await
+        .unwrap();
     let app = bulletin::web::router(app_state(
         store.clone(),
         Signer::new(SECRET.as_bytes(), &[]),
@@ -126,7 +137,7 @@ async fn add_on_double_opt_in_list_sends_one_confirmation_whose_link_confirms() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_confirmed_sends_nothing_and_confirms_at_once() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = env(sink.port());
     env.ok(&[
         "lists",
         "add",
@@ -180,7 +191,7 @@ async fn add_confirmed_sends_nothing_and_confirms_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_on_double_opt_in_list_without_a_server_writes_nothing() {
-    let env = Env::new(1, "");
+    let env = env(1);
     env.ok(&["lists", "add", "club", "--name", "Club", "--double-opt-in"])
         .await;
     let mut cmd = env.command(&["subscribers", "add", "x@example.org", "--list", "club"]);
@@ -202,7 +213,7 @@ async fn add_on_double_opt_in_list_without_a_server_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_sends_one_copy_to_each_address_repeated_or_comma_separated() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = env(sink.port());
     env.subscribers(1, &[]).await;
     let out = env
         .ok(&[
@@ -245,7 +256,7 @@ async fn test_sends_one_copy_to_each_address_repeated_or_comma_separated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_as_fills_that_subscribers_data_and_refuses_a_stranger() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = env(sink.port());
     env.subscribers(0, &["ana@example.net"]).await;
     let out = env
         .ok(&[
@@ -299,7 +310,7 @@ async fn test_as_fills_that_subscribers_data_and_refuses_a_stranger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_rename_and_edit() {
-    let env = Env::new(1, "");
+    let env = env(1);
     env.subscribers(2, &[]).await;
     let out = env.ok(&["lists", "rename", "news", "members"]).await;
     assert!(out.contains("renamed list news to members"), "{out}");
@@ -349,7 +360,9 @@ async fn lists_rename_and_edit() {
         ])
         .await;
     assert!(out.contains("double opt-in, public"), "{out}");
-    let store = Store::open(&env.dir.path().join("b.db")).await.unwrap();
+    let store = Store::open(pg::location(&pg::config_db(env.dir.path())))
+        .await
+        .unwrap();
     let list = store.require_list("members").await.unwrap();
     assert_eq!(
         (list.name.as_str(), list.description.as_str()),
@@ -383,7 +396,7 @@ async fn lists_rename_and_edit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_remove_refuses_a_list_with_people_and_with_force_keeps_them() {
     let sink = SmtpSink::start(Behaviour::new());
-    let env = Env::new(sink.port(), "");
+    let env = env(sink.port());
     env.subscribers(0, &["ana@example.net"]).await;
     env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert_eq!(sink.messages().len(), 1);

@@ -1,7 +1,10 @@
 //! Running unattended: no silent outbox, no database by accident, the
 //! installed crontab line and systemd unit under a bare environment, closed
 //! pipes, short secrets, and database hygiene (checkpoint on exit, online
-//! backup, read-only files, two sends racing on one new campaign).
+//! backup, read-only files, two sends racing on one new campaign). Tests
+//! about the database file itself (missing, corrupt, copied, backed up,
+//! read-only) are about SQLite and stay on it; the others run on the
+//! engine under test (`support::pg`).
 
 use std::io::BufRead as _;
 use std::path::Path;
@@ -11,6 +14,7 @@ use std::time::Duration;
 use bulletin::store::Store;
 
 use crate::dispatch::{Env, SECRET};
+use crate::support::pg;
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 use crate::util::{bulletin, write};
 
@@ -23,9 +27,19 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A folder with list `news` (two people) and `campaigns/hello.md`, in
-/// `b.db`, built through the CLI.
+/// A folder with list `news` (two people) and `campaigns/hello.md`, in the
+/// `b.db` of the engine under test (`pg::db_in`), built through the CLI.
 fn project() -> tempfile::TempDir {
+    project_in(|d| pg::db_in(d, "b.db"))
+}
+
+/// [`project`] in the SQLite file `b.db`, for the tests about that file.
+fn sqlite_project() -> tempfile::TempDir {
+    project_in(|_| "b.db".to_string())
+}
+
+/// [`project`] in the database `db(dir)` names.
+fn project_in(db: fn(&Path) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "campaigns/hello.md", CAMPAIGN);
@@ -35,15 +49,8 @@ fn project() -> tempfile::TempDir {
         "email,name\nann@example.org,Ann\nbob@example.org,Bob\n",
     );
     bulletin(d)
-        .args([
-            "--db",
-            "b.db",
-            "subscribers",
-            "import",
-            "people.csv",
-            "--list",
-            "news",
-        ])
+        .args(["--db", &db(d)])
+        .args(["subscribers", "import", "people.csv", "--list", "news"])
         .assert()
         .success();
     dir
@@ -60,6 +67,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn send_without_smtp_or_outbox_stops_naming_both_settings() {
     let dir = project();
     let d = dir.path();
+    let db = pg::db_in(d, "b.db");
     let runs: [&[&str]; 4] = [
         &["send", "campaigns/hello.md", "--yes"],
         &[
@@ -77,7 +85,7 @@ fn send_without_smtp_or_outbox_stops_naming_both_settings() {
         let out = bulletin(d)
             // Only a safety net, should `serve` start after all.
             .timeout(Duration::from_secs(120))
-            .args(["--db", "b.db"])
+            .args(["--db", &db])
             .env("BULLETIN_SECRET", GOOD_SECRET)
             .args(args)
             .output()
@@ -91,10 +99,7 @@ fn send_without_smtp_or_outbox_stops_naming_both_settings() {
         assert!(!text(&out.stdout).contains("sent"), "{args:?}");
     }
     assert!(!d.join("outbox").exists(), "nothing written anywhere");
-    let status = bulletin(d)
-        .args(["--db", "b.db", "status"])
-        .output()
-        .unwrap();
+    let status = bulletin(d).args(["--db", &db, "status"]).output().unwrap();
     assert!(
         text(&status.stdout).contains("no campaigns yet"),
         "nothing frozen"
@@ -105,10 +110,11 @@ fn send_without_smtp_or_outbox_stops_naming_both_settings() {
 fn outbox_writes_say_so_and_never_sent() {
     let dir = project();
     let d = dir.path();
+    let db = pg::db_in(d, "b.db");
     let out = bulletin(d)
         .args([
             "--db",
-            "b.db",
+            &db,
             "--outbox",
             "out",
             "send",
@@ -128,7 +134,7 @@ fn outbox_writes_say_so_and_never_sent() {
     let out = bulletin(d)
         .args([
             "--db",
-            "b.db",
+            &db,
             "test",
             "campaigns/hello.md",
             "--to",
@@ -140,10 +146,7 @@ fn outbox_writes_say_so_and_never_sent() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("written to the outbox out"), "{stdout}");
     assert!(!stdout.contains("sent"), "{stdout}");
-    let status = bulletin(d)
-        .args(["--db", "b.db", "status"])
-        .output()
-        .unwrap();
+    let status = bulletin(d).args(["--db", &db, "status"]).output().unwrap();
     let status = text(&status.stdout);
     assert!(status.contains("written to the outbox out 2"), "{status}");
     assert!(!status.contains("sent 2"), "{status}");
@@ -389,6 +392,7 @@ fn dot_env(env: &Env) -> String {
 async fn crontab_line_sends_by_smtp_under_a_bare_environment() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
+    pg::config_db(env.dir.path());
     env.subscribers(3, &[]).await;
     let dir = env.dir.path().to_path_buf();
     std::fs::write(dir.join(".env"), dot_env(&env)).unwrap();
@@ -438,6 +442,7 @@ async fn crontab_line_sends_by_smtp_under_a_bare_environment() {
 async fn systemd_unit_sends_by_smtp_with_only_its_environment_file() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
+    pg::config_db(env.dir.path());
     env.subscribers(2, &[]).await;
     let dir = env.dir.path().to_path_buf();
     // Quoted values, as systemd and sh both read them.
@@ -485,8 +490,9 @@ async fn systemd_unit_sends_by_smtp_with_only_its_environment_file() {
 async fn output_into_a_closed_pipe_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
+    let db = pg::db_in(&d, "b.db");
     {
-        let store = Store::open(&d.join("b.db")).await.unwrap();
+        let store = Store::open(pg::location(&db)).await.unwrap();
         for i in 0..300 {
             let slug = format!("list-{i}");
             store
@@ -512,7 +518,7 @@ async fn output_into_a_closed_pipe_never_panics() {
                     .current_dir(&d)
                     .env_remove("BULLETIN_DB")
                     .env_remove("BULLETIN_CONFIG")
-                    .args(["--no-config", "--db", "b.db"])
+                    .args(["--no-config", "--db", &db])
                     .args(args)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -545,6 +551,7 @@ async fn output_into_a_closed_pipe_never_panics() {
 fn short_secrets_are_refused_by_every_command_that_signs_or_verifies() {
     let dir = project();
     let d = dir.path();
+    let db = pg::db_in(d, "b.db");
     std::fs::create_dir_all(d.join("Maildir/new")).unwrap();
     let runs: [(&[&str], i32); 7] = [
         (&["build", "campaigns/hello.md"], 2),
@@ -558,7 +565,7 @@ fn short_secrets_are_refused_by_every_command_that_signs_or_verifies() {
     for (secret, previous) in [("a", ""), (GOOD_SECRET, "old-and-short")] {
         for (args, code) in runs {
             let out = bulletin(d)
-                .args(["--db", "b.db", "--outbox", "out"])
+                .args(["--db", &db, "--outbox", "out"])
                 .env("BULLETIN_SECRET", secret)
                 .env("BULLETIN_PREVIOUS_SECRETS", previous)
                 .args(args)
@@ -573,7 +580,7 @@ fn short_secrets_are_refused_by_every_command_that_signs_or_verifies() {
     assert!(!d.join("out").exists() && !d.join("build").exists());
     // Commands that neither sign nor verify still work.
     bulletin(d)
-        .args(["--db", "b.db", "lists"])
+        .args(["--db", &db, "lists"])
         .env("BULLETIN_SECRET", "a")
         .assert()
         .success();
@@ -584,7 +591,7 @@ fn short_secrets_are_refused_by_every_command_that_signs_or_verifies() {
 
 #[test]
 fn the_database_file_alone_holds_everything_after_a_command() {
-    let dir = project();
+    let dir = sqlite_project();
     let d = dir.path();
     bulletin(d)
         .args([
@@ -615,7 +622,7 @@ fn the_database_file_alone_holds_everything_after_a_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_opens_and_holds_the_data_while_another_connection_writes() {
-    let dir = project();
+    let dir = sqlite_project();
     let d = dir.path().to_path_buf();
     let store = Store::open(&d.join("b.db")).await.unwrap();
     let writer = {
@@ -670,7 +677,7 @@ async fn backup_opens_and_holds_the_data_while_another_connection_writes() {
 #[test]
 fn a_read_only_database_is_one_clear_line() {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = project();
+    let dir = sqlite_project();
     let d = dir.path();
     let ro = d.join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -727,6 +734,7 @@ fn a_read_only_database_is_one_clear_line() {
 async fn two_sends_racing_on_one_new_campaign_get_a_clear_answer() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(20)));
     let env = Env::new(sink.port(), "");
+    pg::config_db(env.dir.path());
     env.subscribers(20, &[]).await;
     for round in 0..3 {
         if round > 0 {

@@ -1,7 +1,8 @@
 //! The subscriber store: the dirty import fixture with exact counts,
 //! re-import, dry run, an import larger than a batch, export -> import
 //! round trip, erasure, bad input, and the CLI end to end. Every test opens
-//! a fresh SQLite file through `Store::open`, the path the program uses.
+//! a fresh database of the engine under test (`support::pg`: a SQLite file,
+//! or PostgreSQL) through `Store::open`, the path the program uses.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use bulletin::store::{
     DEFAULT_BATCH_SIZE, ExportRow, ImportOptions, ImportReport, RowError, Selection, Skipped, Store,
 };
 
+use crate::support::pg;
 use crate::util::{bulletin, root, write};
 
 const NOW: i64 = 1_750_000_000;
@@ -20,7 +22,7 @@ fn fixture() -> PathBuf {
 }
 
 async fn fresh(dir: &Path) -> Store {
-    Store::open(&dir.join("t.db")).await.unwrap()
+    pg::store_named(dir, "t.db").await
 }
 
 async fn import(store: &Store, file: &Path, dry_run: bool) -> (ImportReport, Vec<RowError>) {
@@ -449,7 +451,7 @@ async fn import_larger_than_a_batch_exact_counts_and_reimport_changes_nothing() 
 
     // The same file, dry run, into an empty database: same rows, nothing
     // written.
-    let empty = Store::open(&dir.path().join("empty.db")).await.unwrap();
+    let empty = pg::store_named(dir.path(), "empty.db").await;
     let (report, errs) = run(true, empty.clone()).await;
     assert_eq!(
         counts_of(report),
@@ -543,18 +545,19 @@ async fn missing_email_column_and_empty_file() {
     );
 }
 
-#[test]
-fn cli_export_import_round_trip() {
+#[tokio::test]
+async fn cli_export_import_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let (a, b) = (pg::db_named(d, "a.db").await, pg::db_named(d, "b.db").await);
     bulletin(d)
-        .args(["--db", "a.db", "subscribers", "import"])
+        .args(["--db", &a, "subscribers", "import"])
         .arg(fixture())
         .args(["--list", "news"])
         .assert()
         .code(1); // rows were rejected
     let first = bulletin(d)
-        .args(["--db", "a.db", "subscribers", "export", "--list", "news"])
+        .args(["--db", &a, "subscribers", "export", "--list", "news"])
         .output()
         .unwrap();
     assert!(first.status.success());
@@ -575,7 +578,7 @@ fn cli_export_import_round_trip() {
     bulletin(d)
         .args([
             "--db",
-            "b.db",
+            &b,
             "subscribers",
             "import",
             "export.csv",
@@ -585,7 +588,7 @@ fn cli_export_import_round_trip() {
         .assert()
         .success();
     let second = bulletin(d)
-        .args(["--db", "b.db", "subscribers", "export", "--list", "news"])
+        .args(["--db", &b, "subscribers", "export", "--list", "news"])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(second.stdout).unwrap(), first);
@@ -593,7 +596,7 @@ fn cli_export_import_round_trip() {
     let out = bulletin(d)
         .args([
             "--db",
-            "a.db",
+            &a,
             "subscribers",
             "import",
             "export.csv",
@@ -607,14 +610,15 @@ fn cli_export_import_round_trip() {
     assert!(out.contains("updated:             0"), "{out}");
 }
 
-#[test]
-fn cli_end_to_end() {
+#[tokio::test]
+async fn cli_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let db = pg::db_named(d, "x.db").await;
     let run = |args: &[&str]| {
         let out = bulletin(d)
             .arg("--db")
-            .arg("x.db")
+            .arg(&db)
             .args(args)
             .output()
             .unwrap();
@@ -626,10 +630,13 @@ fn cli_end_to_end() {
     };
     let (code, out, _) = run(&["lists", "add", "news", "--name", "News", "--double-opt-in"]);
     assert_eq!(
-        (code, out.as_str()),
+        (code, out),
         (
             Some(0),
-            "created database x.db (set by --db flag)\ncreated list news (double opt-in, not public)\n"
+            format!(
+                "{} (set by --db flag)\ncreated list news (double opt-in, not public)\n",
+                pg::created_line(&db)
+            )
         )
     );
     // A double opt-in list: the confirmation email goes out (here to an
@@ -723,6 +730,7 @@ fn cli_end_to_end() {
         "{err}"
     );
 
+    // A corrupt SQLite file, whatever the engine under test.
     std::fs::write(d.join("corrupt.db"), vec![b'x'; 4096]).unwrap();
     let out = bulletin(d)
         .args(["--db", "corrupt.db", "lists"])
@@ -733,4 +741,73 @@ fn cli_end_to_end() {
         String::from_utf8(out.stderr).unwrap(),
         "bulletin: corrupt.db: not a bulletin database, or the file is corrupt\n"
     );
+}
+
+/// `subscribers reactivate` through the CLI: a bounced address (recorded
+/// by an import) is active and unsuppressed again; people who complained
+/// or unsubscribed in the source tool are refused and stay as they were.
+#[tokio::test]
+async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = pg::db_named(d, "r.db").await;
+    let run = |args: &[&str]| {
+        let out = bulletin(d)
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    write(
+        d,
+        "left.csv",
+        "email,status\nbea@example.org,bounced\ncal@example.org,complained\ndan@example.org,unsubscribed\n",
+    );
+    let (code, _, err) = run(&["subscribers", "import", "left.csv", "--list", "news"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["subscribers", "reactivate", "Bea@Example.org"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            "reactivated bea@example.org: active again and no longer suppressed; the next campaign to their lists includes them\n"
+        ),
+        "{err}"
+    );
+    // A complaint in the source tool: recorded as having left, suppressed.
+    let (code, _, err) = run(&["subscribers", "reactivate", "cal@example.org"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("unsubscribed; only they can sign up again") && err.lines().count() == 1,
+        "{err}"
+    );
+    // Unsubscribed from the list only: active, so nothing to lift.
+    let (code, out, _) = run(&["subscribers", "reactivate", "dan@example.org"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            "dan@example.org is already active; nothing changed\n"
+        )
+    );
+    let store = Store::open_existing(pg::location(&db)).await.unwrap();
+    let bea = store.profile("bea@example.org").await.unwrap().unwrap();
+    assert_eq!(bea.subscriber.status, "active");
+    assert!(!store.is_suppressed("bea@example.org").await.unwrap());
+    assert!(
+        bea.events.iter().any(|e| e.kind == "reactivated"),
+        "{bea:?}"
+    );
+    let cal = store.profile("cal@example.org").await.unwrap().unwrap();
+    assert_eq!(cal.subscriber.status, "unsubscribed");
+    assert!(store.is_suppressed("cal@example.org").await.unwrap());
+    let dan = store.profile("dan@example.org").await.unwrap().unwrap();
+    assert_eq!(dan.subscriptions[0].status, "unsubscribed");
+    store.close().await;
 }

@@ -930,7 +930,7 @@ impl super::Store {
     /// Stores a setting unless it exists; returns the stored value.
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
         let pool = &self.pool;
-        query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
             .execute(pool)

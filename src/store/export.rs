@@ -1,5 +1,5 @@
 //! Export: subscribers as rows, with their list memberships and consent
-//! records, streamed from SQLite so that memory stays flat at any size.
+//! records, streamed from the database so that memory stays flat at any size.
 //! Writing CSV or JSON is the caller's.
 
 use super::sql::{query_as_with, query_scalar_with};
@@ -7,7 +7,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{FromRow, Row};
 
-use super::{Consent, Error, Result, Store};
+use super::{Consent, Engine, Error, Result, Store};
 
 /// Which people to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,17 +91,20 @@ impl Selection {
     /// The selection's SQL. Each FROM reads rows in subscriber id order
     /// already (an index or the table itself), so an export streams with no
     /// sort, whatever its size.
-    fn clauses(&self) -> Clauses {
+    fn clauses(&self, engine: Engine) -> Clauses {
         // Through the (list_id, status) index, in subscriber id order when
         // the status is fixed.
         const ON_LIST: &str = "subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id";
-        // Every person in id order, each looked up on the list (CROSS JOIN
-        // keeps that loop order: the index would need a sort).
-        const PERSON_ON_LIST: &str =
-            "subscribers s CROSS JOIN subscriptions sub ON sub.subscriber_id = s.id";
+        // Every person in id order, each looked up on the list (SQLite's
+        // CROSS JOIN keeps that loop order: the index would need a sort;
+        // PostgreSQL takes no ON after CROSS JOIN and plans its own order).
+        let person_on_list = engine.pick(
+            "subscribers s CROSS JOIN subscriptions sub ON sub.subscriber_id = s.id",
+            "subscribers s JOIN subscriptions sub ON sub.subscriber_id = s.id",
+        );
         match self {
             Selection::Audience(_) => Clauses {
-                consent: LIST_CONSENT,
+                list_consent: true,
                 from: ON_LIST,
                 filter: concat!("sub.list_id = ?1 AND ", mailable!()),
                 status: "sub.status",
@@ -109,7 +112,7 @@ impl Selection {
                 changed: "sub.updated_at",
             },
             Selection::ListStatus(..) => Clauses {
-                consent: LIST_CONSENT,
+                list_consent: true,
                 from: ON_LIST,
                 filter: "sub.list_id = ?1 AND sub.status = ?2 AND s.email IS NOT NULL",
                 status: "sub.status",
@@ -117,23 +120,23 @@ impl Selection {
                 changed: "sub.updated_at",
             },
             Selection::ListPersonStatus(..) => Clauses {
-                consent: LIST_CONSENT,
-                from: PERSON_ON_LIST,
+                list_consent: true,
+                from: person_on_list,
                 filter: "sub.list_id = ?1 AND s.status = ?2 AND s.email IS NOT NULL",
                 status: "s.status",
                 order: "s.id",
                 changed: "sub.updated_at",
             },
             Selection::ListAll(_) => Clauses {
-                consent: LIST_CONSENT,
-                from: PERSON_ON_LIST,
+                list_consent: true,
+                from: person_on_list,
                 filter: "sub.list_id = ?1 AND s.email IS NOT NULL",
                 status: "sub.status",
                 order: "s.id",
                 changed: "sub.updated_at",
             },
             Selection::Active => Clauses {
-                consent: NO_CONSENT,
+                list_consent: false,
                 from: "subscribers s",
                 filter: mailable_somewhere!(),
                 // PERSON_STANDING, which is `active` for everyone here.
@@ -142,7 +145,7 @@ impl Selection {
                 changed: "s.updated_at",
             },
             Selection::Left => Clauses {
-                consent: NO_CONSENT,
+                list_consent: false,
                 from: "subscribers s",
                 filter: concat!("s.email IS NOT NULL AND ", left!()),
                 // PERSON_STANDING, which is `unsubscribed` for everyone here.
@@ -151,7 +154,7 @@ impl Selection {
                 changed: "s.updated_at",
             },
             Selection::Everyone => Clauses {
-                consent: NO_CONSENT,
+                list_consent: false,
                 from: "subscribers s",
                 filter: "s.email IS NOT NULL",
                 status: PERSON_STANDING,
@@ -159,7 +162,7 @@ impl Selection {
                 changed: "s.updated_at",
             },
             Selection::PersonStatus(_) => Clauses {
-                consent: NO_CONSENT,
+                list_consent: false,
                 from: "subscribers s",
                 filter: "s.status = ?1 AND s.email IS NOT NULL",
                 status: PERSON_STANDING,
@@ -171,26 +174,39 @@ impl Selection {
 
     /// The query of `Store::export`; `with_lists` adds every subscription
     /// of each person (a lookup per row, so only when asked).
-    fn export_sql(&self, with_lists: bool) -> String {
+    fn export_sql(&self, engine: Engine, with_lists: bool) -> String {
         let Clauses {
             from,
             filter,
             status,
             order,
-            consent,
+            list_consent,
             changed,
-        } = self.clauses();
+        } = self.clauses(engine);
+        let consent = match list_consent {
+            true => engine.pick(LIST_CONSENT, LIST_CONSENT_PG),
+            false => NO_CONSENT,
+        };
         // Every subscription of the person, with its consent record: the
         // primary keys of `subscriptions` and `consents` find them without a
         // sort.
         let lists = if with_lists {
-            "(SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
-               'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
-               'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
-               'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
-             FROM subscriptions x JOIN lists l ON l.id = x.list_id \
-             LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
-             WHERE x.subscriber_id = s.id)"
+            engine.pick(
+                "(SELECT json_group_array(json_object('list', l.slug, 'status', x.status, \
+                   'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
+                   'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
+                   'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)) \
+                 FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+                 LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
+                 WHERE x.subscriber_id = s.id)",
+                "(SELECT CAST(coalesce(json_agg(json_build_object('list', l.slug, 'status', x.status, \
+                   'source', x.source, 'since', x.created_at, 'consent_at', c.consent_at, \
+                   'consent_ip', c.consent_ip, 'confirmed_at', c.confirmed_at, \
+                   'confirmed_ip', c.confirmed_ip, 'consent_source', c.source)), '[]') AS TEXT) \
+                 FROM subscriptions x JOIN lists l ON l.id = x.list_id \
+                 LEFT JOIN consents c ON c.subscriber_id = x.subscriber_id AND c.list_id = x.list_id \
+                 WHERE x.subscriber_id = s.id)",
+            )
         } else {
             "'[]'"
         };
@@ -223,6 +239,10 @@ impl Selection {
 const LIST_CONSENT: &str = "(SELECT json_object('at', c.consent_at, 'ip', c.consent_ip, \
      'confirmed_at', c.confirmed_at, 'confirmed_ip', c.confirmed_ip, 'source', c.source) \
      FROM consents c WHERE c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id) AS consent";
+/// [`LIST_CONSENT`] as PostgreSQL builds it.
+const LIST_CONSENT_PG: &str = "(SELECT CAST(json_build_object('at', c.consent_at, 'ip', c.consent_ip, \
+     'confirmed_at', c.confirmed_at, 'confirmed_ip', c.confirmed_ip, 'source', c.source) AS TEXT) \
+     FROM consents c WHERE c.subscriber_id = sub.subscriber_id AND c.list_id = sub.list_id) AS consent";
 /// Exports of people (not of a list) carry consent per subscription only.
 const NO_CONSENT: &str = "NULL AS consent";
 
@@ -240,8 +260,9 @@ const PERSON_STANDING: &str = concat!(
 
 /// The SQL pieces of a selection.
 struct Clauses {
-    /// The consent columns of the rows.
-    consent: &'static str,
+    /// The rows carry the consent record of the list's subscription
+    /// (`LIST_CONSENT`), else none (`NO_CONSENT`).
+    list_consent: bool,
     from: &'static str,
     filter: &'static str,
     /// The status column of the rows.
@@ -310,11 +331,12 @@ impl Store {
     /// Every attribute name used by the selected people, sorted: the extra
     /// CSV columns of an export.
     pub async fn attribute_keys(&self, selection: &Selection) -> Result<Vec<String>> {
-        let Clauses { from, filter, .. } = selection.clauses();
-        let sql = format!(
-            "SELECT DISTINCT j.key FROM {from} JOIN json_each(s.attributes) j \
-             WHERE {filter} ORDER BY j.key"
+        let Clauses { from, filter, .. } = selection.clauses(self.engine());
+        let keys = self.engine().pick(
+            "JOIN json_each(s.attributes) j",
+            "CROSS JOIN json_object_keys(CAST(s.attributes AS json)) j(key)",
         );
+        let sql = format!("SELECT DISTINCT j.key FROM {from} {keys} WHERE {filter} ORDER BY j.key");
         Ok(query_scalar_with::<String>(&sql, selection.arguments())
             .fetch_all(self.pool())
             .await?)
@@ -346,7 +368,7 @@ impl Store {
         with_lists: bool,
         mut each: impl FnMut(ExportRow) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let sql = selection.export_sql(with_lists);
+        let sql = selection.export_sql(self.engine(), with_lists);
         let mut rows = query_as_with::<ExportRow>(&sql, selection.arguments()).fetch(self.pool());
         let mut n = 0;
         while let Some(row) = rows.try_next().await.map_err(Error::from)? {
@@ -358,7 +380,7 @@ impl Store {
 
     /// How many people the selection holds.
     pub async fn count(&self, selection: &Selection) -> Result<i64> {
-        let Clauses { from, filter, .. } = selection.clauses();
+        let Clauses { from, filter, .. } = selection.clauses(self.engine());
         let sql = format!("SELECT count(*) FROM {from} WHERE {filter}");
         Ok(query_scalar_with::<i64>(&sql, selection.arguments())
             .fetch_one(self.pool())
@@ -412,7 +434,10 @@ mod tests {
             Selection::PersonStatus("bounced".into()),
             Selection::Everyone,
         ] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", selection.export_sql(true));
+            let sql = format!(
+                "EXPLAIN QUERY PLAN {}",
+                selection.export_sql(Engine::Sqlite, true)
+            );
             let plan: Vec<String> = super::super::sql::query_with(&sql, selection.arguments())
                 .fetch_all(store.pool())
                 .await

@@ -30,15 +30,17 @@
 //! * Consent records (opt-in and confirmation time and IP) are stored on the
 //!   subscription, and, like other data, only fill a gap.
 //!
-//! Rows are written in batches (10,000 by default), each in one IMMEDIATE
-//! transaction, so other processes get the database between batches. The
-//! whole import holds one connection. A batch travels to SQLite as one JSON
-//! array per statement, expanded with `json_each`, and lookups come back as
-//! one JSON array too: a handful of statements per batch, whatever its size,
-//! and no limit on bound variables. Memory is one batch plus a set of 8-byte
-//! keys of the addresses seen (about 20 MB per million distinct addresses).
+//! Rows are written in batches (10,000 by default), each in one write
+//! transaction (`begin_write_on`), so other processes get the database
+//! between batches. The whole import holds one connection. A batch travels
+//! as one JSON array per statement, expanded with `json_each` on SQLite and
+//! `json_array_elements` on PostgreSQL (each statement's two texts side by
+//! side), and lookups come back as one JSON array too: a handful of
+//! statements per batch, whatever its size, and no limit on bound
+//! variables. Memory is one batch plus a set of 8-byte keys of the
+//! addresses seen (about 20 MB per million distinct addresses).
 
-use super::sql::{begin_write_on, query, query_scalar};
+use super::sql::{Engine, begin_write_on, query, query_scalar};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -459,7 +461,7 @@ fn json_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> String
     serde_json::to_string(&items).expect("strings and numbers serialize")
 }
 
-/// Reads a JSON array that SQLite built (`json_group_array`).
+/// Reads a JSON array the database built (`json_group_array`, `json_agg`).
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::Sql(sqlx::Error::Decode(Box::new(e))))
 }
@@ -478,14 +480,21 @@ async fn lookup(
     // it probes the unique index on email once per row of the batch. The
     // answer is one JSON array too: one row to hand over instead of
     // thousands.
-    let found: String = query_scalar(
+    let engine = Engine::of_connection(conn);
+    let found: String = query_scalar(engine.pick(
         "SELECT json_group_array(json_array(s.id, s.email, s.name, s.attributes, s.status, sub.status, \
                 c.subscriber_id IS NOT NULL)) \
          FROM json_each(?1) j \
          JOIN subscribers s ON s.email = j.value \
          LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2 \
          LEFT JOIN consents c ON c.subscriber_id = s.id AND c.list_id = ?2",
-    )
+        "SELECT CAST(coalesce(json_agg(json_build_array(s.id, s.email, s.name, s.attributes, s.status, \
+                sub.status, CAST(c.subscriber_id IS NOT NULL AS INTEGER))), '[]') AS TEXT) \
+         FROM json_array_elements_text(CAST(?1 AS json)) j \
+         JOIN subscribers s ON s.email = j.value \
+         LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = ?2 \
+         LEFT JOIN consents c ON c.subscriber_id = s.id AND c.list_id = ?2",
+    ))
     .bind(json_array(rows.iter().map(|r| r.email.as_str())))
     .bind(list_id)
     .fetch_one(&mut *conn)
@@ -514,9 +523,11 @@ async fn lookup(
             },
         );
     }
-    let hashes: String = query_scalar(
+    let hashes: String = query_scalar(engine.pick(
         "SELECT json_group_array(x.hash) FROM json_each(?1) j JOIN suppressions x ON x.hash = j.value",
-    )
+        "SELECT CAST(coalesce(json_agg(x.hash), '[]') AS TEXT) \
+         FROM json_array_elements_text(CAST(?1 AS json)) j JOIN suppressions x ON x.hash = j.value",
+    ))
     .bind(json_array(rows.iter().map(|r| r.hash.as_str())))
     .fetch_one(&mut *conn)
     .await?;
@@ -748,20 +759,27 @@ async fn insert_people(
         return Ok(Vec::new());
     }
     let emails = json_array(new.iter().map(|n| n.0));
-    query(
+    let engine = Engine::of_connection(conn);
+    query(engine.pick(
         "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2, ?2 \
          FROM json_each(?1)",
-    )
+        "INSERT INTO subscribers (email, email_hash, name, attributes, status, created_at, updated_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2, ?2 \
+         FROM json_array_elements(CAST(?1 AS json))",
+    ))
     .bind(json_array(new))
     .bind(now)
     .execute(&mut *conn)
     .await?;
     // Their ids, looked up by address in one query (rows of `RETURNING`
     // would cross to us one by one).
-    let ids: String = query_scalar(
+    let ids: String = query_scalar(engine.pick(
         "SELECT json_group_array(s.id) FROM json_each(?1) j JOIN subscribers s ON s.email = j.value",
-    )
+        "SELECT CAST(coalesce(json_agg(s.id ORDER BY j.n), '[]') AS TEXT) \
+         FROM json_array_elements_text(CAST(?1 AS json)) WITH ORDINALITY j(value, n) \
+         JOIN subscribers s ON s.email = j.value",
+    ))
     .bind(emails)
     .fetch_one(&mut *conn)
     .await?;
@@ -827,10 +845,12 @@ async fn write(
         }
     }
     if !merged.is_empty() {
-        query(
+        query(Engine::of_connection(conn).pick(
             "UPDATE subscribers SET name = j.value ->> 1, attributes = j.value ->> 2, updated_at = ?2 \
              FROM json_each(?1) j WHERE subscribers.id = j.value ->> 0",
-        )
+            "UPDATE subscribers SET name = j.value ->> 1, attributes = j.value ->> 2, updated_at = ?2 \
+             FROM json_array_elements(CAST(?1 AS json)) j WHERE subscribers.id = CAST(j.value ->> 0 AS BIGINT)",
+        ))
         .bind(json_array(merged))
         .bind(now)
         .execute(&mut *conn)
@@ -861,20 +881,27 @@ async fn confirm_pending(
         return Ok(());
     }
     let ids = json_array(confirm);
-    query(
+    let engine = Engine::of_connection(conn);
+    query(engine.pick(
         "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
          WHERE list_id = ?2 AND status = 'pending' \
            AND subscriber_id IN (SELECT value FROM json_each(?1))",
-    )
+        "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
+         WHERE list_id = ?2 AND status = 'pending' \
+           AND subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json)))",
+    ))
     .bind(&ids)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(
+    query(engine.pick(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value, ?2, 'confirmed', 'import', ?3 FROM json_each(?1)",
-    )
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT CAST(value AS BIGINT), ?2, 'confirmed', 'import', ?3 \
+         FROM json_array_elements_text(CAST(?1 AS json))",
+    ))
     .bind(&ids)
     .bind(list_id)
     .bind(now)
@@ -902,12 +929,17 @@ async fn insert_consents(
     if records == "[]" {
         return Ok(());
     }
-    query(
+    query(Engine::of_connection(conn).pick(
         "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
          SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
          FROM json_each(?1) WHERE true \
          ON CONFLICT (subscriber_id, list_id) DO NOTHING",
-    )
+        "INSERT INTO consents (subscriber_id, list_id, consent_at, consent_ip, confirmed_at, confirmed_ip, source) \
+         SELECT CAST(value ->> 0 AS BIGINT), ?2, CAST(value ->> 1 AS BIGINT), value ->> 2, \
+                CAST(value ->> 3 AS BIGINT), value ->> 4, value ->> 5 \
+         FROM json_array_elements(CAST(?1 AS json)) \
+         ON CONFLICT (subscriber_id, list_id) DO NOTHING",
+    ))
     .bind(records)
     .bind(list_id)
     .execute(&mut *conn)
@@ -926,19 +958,26 @@ async fn subscribe_confirmed(
     }
     // Only the ids: the consent records go in their own flat array below.
     let subs = json_array(subscribe.iter().map(|(id, _)| id));
-    query(
+    let engine = Engine::of_connection(conn);
+    query(engine.pick(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
          SELECT value, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
-    )
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT CAST(value AS BIGINT), ?2, 'confirmed', 'import', ?3, ?3 \
+         FROM json_array_elements_text(CAST(?1 AS json))",
+    ))
     .bind(&subs)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(
+    query(engine.pick(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
-    )
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT CAST(value AS BIGINT), ?2, 'imported', 'import', ?3 \
+         FROM json_array_elements_text(CAST(?1 AS json))",
+    ))
     .bind(&subs)
     .bind(list_id)
     .bind(now)
@@ -977,32 +1016,45 @@ async fn record_left(
         }
         serde_json::json!([id, null, kind, person])
     }));
-    query(
+    let engine = Engine::of_connection(conn);
+    query(engine.pick(
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
          SELECT value ->> 0, ?2, 'unsubscribed', 'import', ?3, ?3 FROM json_each(?1) WHERE true \
          ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = 'unsubscribed', source = 'import', \
              updated_at = excluded.updated_at WHERE status <> 'unsubscribed'",
-    )
+        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
+         SELECT CAST(value ->> 0 AS BIGINT), ?2, 'unsubscribed', 'import', ?3, ?3 \
+         FROM json_array_elements(CAST(?1 AS json)) \
+         ON CONFLICT (subscriber_id, list_id) DO UPDATE SET status = 'unsubscribed', source = 'import', \
+             updated_at = excluded.updated_at WHERE subscriptions.status <> 'unsubscribed'",
+    ))
     .bind(&rows)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(
+    query(engine.pick(
         "UPDATE subscribers SET status = j.value ->> 3, updated_at = ?2 \
          FROM json_each(?1) j \
          WHERE subscribers.id = j.value ->> 0 AND j.value ->> 3 IS NOT NULL \
            AND subscribers.status IN ('active', 'unsubscribed') AND subscribers.status <> j.value ->> 3",
-    )
+        "UPDATE subscribers SET status = j.value ->> 3, updated_at = ?2 \
+         FROM json_array_elements(CAST(?1 AS json)) j \
+         WHERE subscribers.id = CAST(j.value ->> 0 AS BIGINT) AND j.value ->> 3 IS NOT NULL \
+           AND subscribers.status IN ('active', 'unsubscribed') AND subscribers.status <> j.value ->> 3",
+    ))
     .bind(&rows)
     .bind(now)
     .execute(&mut *conn)
     .await?;
     super::suppress_hashes(conn, &suppressed, now).await?;
-    query(
+    query(engine.pick(
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
          SELECT value ->> 0, ?2, value ->> 2, 'import', ?3 FROM json_each(?1)",
-    )
+        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
+         SELECT CAST(value ->> 0 AS BIGINT), ?2, value ->> 2, 'import', ?3 \
+         FROM json_array_elements(CAST(?1 AS json))",
+    ))
     .bind(&rows)
     .bind(list_id)
     .bind(now)

@@ -330,8 +330,9 @@ impl Store {
     /// counted once, and how many of them are on more than one of them.
     pub async fn audience_of_lists(&self, lists: &[i64]) -> Result<ListsAudience> {
         let (people, on_several): (i64, i64) = query_as(&format!(
-            "SELECT count(*), COALESCE(SUM(a.lists > 1), 0) FROM ({}) a",
-            super::subscribers::AUDIENCE_OF_LISTS_SQL
+            "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN a.lists > 1 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM ({}) a",
+            super::subscribers::audience_of_lists_sql(self.engine())
         ))
         .bind(serde_json::to_string(lists).expect("ids serialise"))
         .fetch_one(self.pool())
@@ -342,7 +343,7 @@ impl Store {
     /// How many people would receive a campaign sent to the list now.
     pub async fn audience_count(&self, list_id: i64) -> Result<i64> {
         Ok(query_scalar(&format!(
-            "SELECT count(*) FROM ({})",
+            "SELECT count(*) FROM ({}) a",
             super::subscribers::AUDIENCE_SQL
         ))
         .bind(list_id)

@@ -471,11 +471,14 @@ async fn suppress_hashes(
         return Ok(());
     }
     let rows = serde_json::to_string(pairs).expect("strings serialise");
-    query(
+    query(sql::Engine::of_connection(conn).pick(
         "INSERT INTO suppressions (hash, reason, created_at) \
          SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true \
          ON CONFLICT (hash) DO NOTHING",
-    )
+        "INSERT INTO suppressions (hash, reason, created_at) \
+         SELECT value ->> 0, value ->> 1, ?2 FROM json_array_elements(CAST(?1 AS json)) \
+         ON CONFLICT (hash) DO NOTHING",
+    ))
     .bind(rows)
     .bind(now)
     .execute(conn)
@@ -789,10 +792,11 @@ mod tests {
     #[test]
     fn the_mailable_rule_is_spelled_out_in_one_place() {
         use deliveries::{CLAIM_SQL, OTHER_LIST_SQL};
-        use subscribers::{AUDIENCE_OF_LISTS_SQL, AUDIENCE_SQL};
+        use subscribers::{AUDIENCE_OF_LISTS_SQL, AUDIENCE_OF_LISTS_SQL_PG, AUDIENCE_SQL};
         for sql in [
             AUDIENCE_SQL,
             AUDIENCE_OF_LISTS_SQL,
+            AUDIENCE_OF_LISTS_SQL_PG,
             CLAIM_SQL,
             OTHER_LIST_SQL,
         ] {

@@ -10,11 +10,16 @@ impl Store {
     /// The distinct attribute keys of everyone subscribed to the list (any
     /// status), sorted. Keys are snake_case: the import normalises them.
     pub async fn list_keys(&self, lists: &[i64]) -> Result<Vec<String>> {
-        Ok(query_scalar(
+        Ok(query_scalar(self.engine().pick(
             "SELECT DISTINCT a.key FROM subscriptions sub \
              JOIN subscribers s ON s.id = sub.subscriber_id, json_each(s.attributes) a \
              WHERE sub.list_id IN (SELECT value FROM json_each(?1)) ORDER BY a.key",
-        )
+            "SELECT DISTINCT a.key FROM subscriptions sub \
+             JOIN subscribers s ON s.id = sub.subscriber_id \
+             CROSS JOIN json_object_keys(CAST(s.attributes AS json)) a(key) \
+             WHERE sub.list_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) \
+             ORDER BY a.key",
+        ))
         .bind(serde_json::to_string(lists).expect("ids serialise"))
         .fetch_all(self.pool())
         .await?)
@@ -29,12 +34,20 @@ impl Store {
         lists: &[i64],
         keys: &[String],
     ) -> Result<Vec<(String, i64)>> {
+        let engine = self.engine();
         let sql = format!(
-            "SELECT k.value, count(*) FROM ({}) a JOIN subscribers s ON s.id = a.id, json_each(?2) k \
-             WHERE trim(coalesce(CASE WHEN k.value = 'name' THEN s.name \
-               ELSE CAST(json_extract(s.attributes, '$.\"' || k.value || '\"') AS TEXT) END, '')) = '' \
+            "SELECT k.value, count(*) FROM ({}) a JOIN subscribers s ON s.id = a.id, {} \
+             WHERE trim(coalesce(CASE WHEN k.value = 'name' THEN s.name ELSE {} END, '')) = '' \
              GROUP BY k.value ORDER BY k.value",
-            super::subscribers::AUDIENCE_OF_LISTS_SQL
+            super::subscribers::audience_of_lists_sql(engine),
+            engine.pick(
+                "json_each(?2) k",
+                "json_array_elements_text(CAST(?2 AS json)) k(value)"
+            ),
+            engine.pick(
+                "CAST(json_extract(s.attributes, '$.\"' || k.value || '\"') AS TEXT)",
+                "CAST(s.attributes AS json) ->> k.value"
+            ),
         );
         Ok(query_as(&sql)
             .bind(serde_json::to_string(lists).expect("ids serialise"))

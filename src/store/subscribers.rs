@@ -33,6 +33,21 @@ pub const AUDIENCE_OF_LISTS_SQL: &str = concat!(
     " GROUP BY sub.subscriber_id"
 );
 
+/// [`AUDIENCE_OF_LISTS_SQL`] as PostgreSQL reads it (the JSON array of
+/// list ids expanded by `json_array_elements_text`).
+pub const AUDIENCE_OF_LISTS_SQL_PG: &str = concat!(
+    "SELECT sub.subscriber_id AS id, count(*) AS lists \
+     FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+     WHERE sub.list_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) AND ",
+    mailable!(),
+    " GROUP BY sub.subscriber_id"
+);
+
+/// The audience of several lists on this engine: the two texts above.
+pub fn audience_of_lists_sql(engine: super::Engine) -> &'static str {
+    engine.pick(AUDIENCE_OF_LISTS_SQL, AUDIENCE_OF_LISTS_SQL_PG)
+}
+
 /// A person as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscriber {
@@ -469,7 +484,8 @@ impl Store {
         .await?;
         let events = self.events(subscriber.id).await?;
         let (deliveries, sent): (i64, i64) = query_as(
-            "SELECT count(*), coalesce(sum(status = 'sent'), 0) FROM deliveries WHERE subscriber_id = ?",
+            "SELECT count(*), CAST(coalesce(sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM deliveries WHERE subscriber_id = ?",
         )
         .bind(subscriber.id)
         .fetch_one(self.pool())
@@ -527,10 +543,12 @@ impl Store {
         super::suppress_hash(&mut tx, &address::hash(&email), "erased", now).await?;
         // Returned mail kept for review may name the address (a complaint
         // forwarded by hand, an auto-reply): it goes too.
-        query(
+        query(self.engine().pick(
             "DELETE FROM unmatched WHERE instr(lower(sender), ?1) > 0 \
              OR instr(lower(subject), ?1) > 0",
-        )
+            "DELETE FROM unmatched WHERE strpos(lower(sender), ?1) > 0 \
+             OR strpos(lower(subject), ?1) > 0",
+        ))
         .bind(email.to_lowercase())
         .execute(&mut *tx)
         .await?;
@@ -540,9 +558,12 @@ impl Store {
         // Best effort: with a reader in the way this waits up to the busy
         // timeout and gives up, and the frames are overwritten once SQLite
         // starts the log again. The erasure itself is committed either way.
-        let _ = query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(self.pool())
-            .await;
+        // PostgreSQL has no such log to fold: VACUUM reclaims dead rows.
+        if self.engine() == super::Engine::Sqlite {
+            let _ = query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(self.pool())
+                .await;
+        }
         Ok(person.is_some())
     }
 

@@ -41,9 +41,83 @@ pub fn engine() -> Engine {
 /// What a test writes as `db = "…"` or passes as `--db`: `DIR/b.db` on
 /// SQLite, the URL of a fresh database on PostgreSQL.
 pub async fn db_setting(dir: &Path) -> String {
+    db_named(dir, "b.db").await
+}
+
+/// [`db_setting`] for a test that needs several databases: `DIR/NAME` on
+/// SQLite, the URL of a fresh database on PostgreSQL.
+pub async fn db_named(dir: &Path, name: &str) -> String {
     match engine() {
-        Engine::Sqlite => dir.join("b.db").display().to_string(),
+        Engine::Sqlite => dir.join(name).display().to_string(),
         Engine::Postgres => fresh_database().await,
+    }
+}
+
+/// [`db_named`] for synchronous code and helpers that name a database
+/// several times: the same `NAME` in the same `DIR` is the same database
+/// (on PostgreSQL, created by the first call, on a thread of its own).
+pub fn db_in(dir: &Path, name: &str) -> String {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static MADE: LazyLock<Mutex<HashMap<std::path::PathBuf, String>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let key = dir.join(name);
+    if let Some(setting) = MADE.lock().unwrap().get(&key) {
+        return setting.clone();
+    }
+    let (dir_owned, name_owned) = (dir.to_path_buf(), name.to_string());
+    let setting = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(db_named(&dir_owned, &name_owned))
+    })
+    .join()
+    .expect("database created");
+    MADE.lock().unwrap().insert(key, setting.clone());
+    setting
+}
+
+/// Points the `db = "b.db"` line of `DIR/bulletin.toml` (a test project's
+/// config) at the engine under test and returns the setting: unchanged on
+/// SQLite (`DIR/b.db`), a fresh database on PostgreSQL ([`db_in`]).
+pub fn config_db(dir: &Path) -> String {
+    let setting = db_in(dir, "b.db");
+    if engine() == Engine::Postgres {
+        let config = dir.join("bulletin.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let line = format!("db = \"{setting}\"");
+        if !text.contains(&line) {
+            let at = text.find("db = \"b.db\"");
+            assert!(at.is_some(), "{}: no db line", config.display());
+            std::fs::write(&config, text.replacen("db = \"b.db\"", &line, 1)).unwrap();
+        }
+    }
+    setting
+}
+
+/// A setting from [`db_setting`] or [`db_named`] as the program reads it.
+pub fn location(setting: &str) -> bulletin::store::Location {
+    bulletin::store::Location::parse(Path::new(setting), None)
+        .unwrap_or_else(|e| panic!("{}: {e}", redacted(setting)))
+}
+
+/// A fresh store of the engine under test, opened (and its schema made)
+/// the way the program does: `DIR/NAME` on SQLite.
+pub async fn store_named(dir: &Path, name: &str) -> bulletin::store::Store {
+    let setting = db_named(dir, name).await;
+    bulletin::store::Store::open(location(&setting))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", redacted(&setting)))
+}
+
+/// What the first command that creates the database prints about it, for
+/// a setting as given on the command line (relative to the command's dir).
+pub fn created_line(setting: &str) -> String {
+    match location(setting) {
+        bulletin::store::Location::File(_) => format!("created database {setting}"),
+        pg => format!("created the bulletin schema in {pg}"),
     }
 }
 
