@@ -362,3 +362,9 @@ CREATE TABLE IF NOT EXISTS campaign_pace (
     campaign_id BIGINT  PRIMARY KEY,
     next_at     BIGINT  NOT NULL
 );
+-- The claim walks a campaign's due rows in (next_attempt_at, id) order and
+-- stops at its limit. SQLite's index ends with the rowid implicitly; here
+-- `id` must be in it, or every claim sorts all the campaign's queued rows
+-- (all with a NULL next_attempt_at) to find the first few.
+DROP INDEX IF EXISTS deliveries_work;
+CREATE INDEX IF NOT EXISTS deliveries_work ON deliveries (campaign_id, status, next_attempt_at, id);

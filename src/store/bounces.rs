@@ -3,7 +3,7 @@
 //! `inbound` so the same message is applied once, and keeping the mail that
 //! proved nothing in `unmatched` for review.
 
-use super::sql::{begin_write, query, query_as, query_scalar};
+use super::sql::{Engine, begin_write, query, query_as, query_scalar};
 use sqlx::Row;
 
 use super::{Result, Store, events};
@@ -573,10 +573,12 @@ pub(super) async fn lower_scores_after_delivery(
         return Ok(());
     }
     let ids = serde_json::to_string(delivered).expect("integers serialise");
-    let scored: Vec<(i64, f64, i64, i64)> = query_as(
+    let scored: Vec<(i64, f64, i64, i64)> = query_as(Engine::of_connection(tx).pick(
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
          WHERE subscriber_id IN (SELECT value FROM json_each(?))",
-    )
+        "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
+         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(? AS json)))",
+    ))
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
