@@ -365,7 +365,8 @@ pub fn owner_name() -> String {
     format!("{host}:{}:{nonce:x}", std::process::id())
 }
 
-/// A lease held by a process on this host that no longer runs.
+/// A lease (or worker id) held by a process on this host that no longer
+/// runs.
 fn dead_owner(owner: Option<&str>) -> Option<String> {
     let owner = owner?;
     let mut parts = owner.split(':');
@@ -417,7 +418,14 @@ impl Sharing {
                     .await?
             }
             Sharing::Workers => {
+                // A worker of this host whose process is gone is dead at
+                // once, as a lease is on SQLite; others after `lease_secs`.
                 let alive_since = now - s.lease_secs;
+                for w in store.live_workers(alive_since).await? {
+                    if dead_owner(Some(&w.id)).is_some() {
+                        store.unregister_worker(&w.id).await?;
+                    }
+                }
                 store
                     .settle_dead_workers(campaign_id, s.in_flight, alive_since, now)
                     .await?
