@@ -1,7 +1,9 @@
 //! Sending a frozen campaign to its audience, each recipient once.
 //!
-//! A run holds the campaign's lease (so overlapping runs never send the same
-//! campaign), queues one delivery row per recipient, and has N workers, one
+//! A run holds the campaign's lease on SQLite (so overlapping runs never
+//! send the same campaign); on PostgreSQL any number of runs (workers, on
+//! any hosts) share it, each claiming its own rows (`Sharing`). A run
+//! queues one delivery row per recipient, and has N workers, one
 //! SMTP connection each, send while a single ledger task group-commits the
 //! delivery log: a row is marked `sending` (committed) before its SMTP
 //! transaction and its outcome is committed after. The only module that
@@ -460,7 +462,7 @@ impl Sharing {
     }
 }
 
-/// The host and process of a worker id (`host:pid:random`).
+/// The host of a worker id (`host:pid:random`).
 fn worker_host(owner: &str) -> &str {
     owner.split(':').next().unwrap_or(owner)
 }
