@@ -350,3 +350,32 @@ CREATE TABLE IF NOT EXISTS signup_limits (
     hits         BIGINT  NOT NULL
 );
 CREATE INDEX IF NOT EXISTS signup_limits_window ON signup_limits (window_start);
+-- step 3: dispatch workers sharing a campaign
+
+-- Every running `dispatch`/`send` process (a worker: `host:pid:random`)
+-- and when it last said it was alive; several share one campaign, each
+-- claiming rows with FOR UPDATE SKIP LOCKED. A worker whose heartbeat is
+-- older than the lease is dead: its `sending` rows are settled by the
+-- in-flight policy. (SQLite's step 13.)
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          BIGINT  NOT NULL,
+    campaign_id  BIGINT,
+    started_at   BIGINT  NOT NULL,
+    heartbeat_at BIGINT  NOT NULL
+);
+-- Which worker marked a row `sending`.
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS worker_id TEXT;
+-- The shared pace of a campaign with `[smtp] rate`: the earliest time
+-- (microseconds) the next message may start, across all workers.
+CREATE TABLE IF NOT EXISTS campaign_pace (
+    campaign_id BIGINT  PRIMARY KEY,
+    next_at     BIGINT  NOT NULL
+);
+-- The claim walks a campaign's due rows in (next_attempt_at, id) order and
+-- stops at its limit. SQLite's index ends with the rowid implicitly; here
+-- `id` must be in it, or every claim sorts all the campaign's queued rows
+-- (all with a NULL next_attempt_at) to find the first few.
+DROP INDEX IF EXISTS deliveries_work;
+CREATE INDEX IF NOT EXISTS deliveries_work ON deliveries (campaign_id, status, next_attempt_at, id);

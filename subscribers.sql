@@ -352,3 +352,27 @@ CREATE TABLE IF NOT EXISTS signup_limits (
     hits         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS signup_limits_window ON signup_limits (window_start);
+-- step 13: dispatch workers sharing a campaign
+
+-- Every running `dispatch`/`send` process (a worker: `host:pid:random`)
+-- and when it last said it was alive. On PostgreSQL several workers share
+-- one campaign; SQLite keeps one run per campaign (the lease) but records
+-- its worker too, for `status`. A worker whose heartbeat is older than the
+-- lease is dead: its `sending` rows are settled by the in-flight policy.
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    campaign_id  INTEGER,
+    started_at   INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
+-- Which worker marked a row `sending` (NULL before this step, and once the
+-- row is settled).
+ALTER TABLE deliveries ADD COLUMN worker_id TEXT;
+-- The shared pace of a campaign with `[smtp] rate`: the earliest time
+-- (microseconds) the next message may start, across all workers.
+CREATE TABLE IF NOT EXISTS campaign_pace (
+    campaign_id INTEGER PRIMARY KEY,
+    next_at     INTEGER NOT NULL
+);

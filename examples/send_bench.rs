@@ -4,6 +4,14 @@
 //! `smtp-source` against the same sink.
 //!
 //!     cargo run --release --example send_bench -- [SIZES...]
+//!     cargo run --release --example send_bench -- --db postgres://… [--workers 1,2,4] [SIZES...]
+//!
+//! With `--db postgres://…` (an empty database, or one this benchmark used
+//! before) the subscribers of each size are imported once into it, and for
+//! each worker count a new campaign to them is sent by that many separate
+//! dispatch processes started together (children of this one, as several
+//! `bulletin dispatch` would be): it prints the messages per second of all
+//! of them together and the peak memory of each process.
 //!
 //! SIZES defaults to `10000 1000000`; `BENCH_CONNECTIONS` sets the number of
 //! SMTP connections (default 10). For each size it prints messages per
@@ -26,7 +34,7 @@ use bulletin::dispatch::{self, Frozen, Progress, Settings};
 use bulletin::links::{Signer, Urls};
 use bulletin::render::{self, Renderer};
 use bulletin::store::deliveries::{CampaignRow, InFlight, NewCampaign};
-use bulletin::store::{ImportOptions, Store};
+use bulletin::store::{ImportOptions, Location, Store};
 
 /// smtp-source sends at most this many messages.
 const SOURCE_CAP: usize = 100_000;
@@ -76,10 +84,16 @@ fn start_sink(port: u16) -> Sink {
     panic!("smtp-sink did not start");
 }
 
-/// The child process's job: `n` subscribers imported into `db`.
-async fn import(db: &Path, n: usize) {
-    let store = Store::open(db).await.unwrap();
-    let csv = db.with_extension("csv");
+/// Where a database is: a file path or a `postgres://` URL.
+fn location(db: &str) -> Location {
+    Location::parse(Path::new(db), None).unwrap_or_else(|e| panic!("{db}: {e}"))
+}
+
+/// The child process's job: `n` subscribers imported into `db` (a file or
+/// a URL), into list `ebulletin`.
+async fn import(db: &str, n: usize) {
+    let store = Store::open(location(db)).await.unwrap();
+    let csv = std::env::temp_dir().join(format!("send-bench-{}.csv", std::process::id()));
     {
         use std::io::Write;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
@@ -106,8 +120,9 @@ async fn import(db: &Path, n: usize) {
     store.close().await;
 }
 
-/// The example campaign, compiled and frozen for the bench list.
-async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
+/// The example campaign, compiled and frozen for the bench list, named
+/// after the example with `suffix`.
+async fn freeze(store: &Store, suffix: &str) -> (CampaignRow, Frozen) {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/campaigns/2026-11-ebulletin.md"
@@ -139,7 +154,7 @@ async fn freeze(store: &Store) -> (CampaignRow, Frozen) {
     let now = bulletin::store::now();
     let id = store
         .insert_campaign(&NewCampaign {
-            slug: &c.slug,
+            slug: &format!("{}{suffix}", c.slug),
             lists: &[list.id],
             subject: &c.subject,
             compiled: &serde_json::to_string(&frozen).unwrap(),
@@ -228,14 +243,9 @@ struct Figures {
 /// Imports `n` people in a child process, then sends to them from this one.
 async fn send(dir: &Path, n: usize, port: u16, connections: usize) -> Figures {
     let path = dir.join(format!("bench-{n}.db"));
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--import", &n.to_string()])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "setup child failed");
+    import_in_child(&path.display().to_string(), n);
     let store = Store::open(&path).await.unwrap();
-    let (row, frozen) = freeze(&store).await;
+    let (row, frozen) = freeze(&store, "").await;
     let settings = settings(port, connections);
     // Reset the peak so it measures the sending phase alone.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -264,6 +274,101 @@ async fn send(dir: &Path, n: usize, port: u16, connections: usize) -> Figures {
     }
 }
 
+/// Imports `n` people into `db` in a child process (so its memory is not
+/// the sender's).
+fn import_in_child(db: &str, n: usize) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--import", &n.to_string(), db])
+        .status()
+        .unwrap();
+    assert!(status.success(), "setup child failed");
+}
+
+/// A dispatch process's job (`--dispatch DB CAMPAIGN PORT CONNECTIONS`):
+/// runs the campaign as `bulletin dispatch` would, beside the others, and
+/// prints `sent N peak_kb K`.
+async fn dispatch_child(args: &[String]) {
+    let store = Store::open_existing(location(&args[0])).await.unwrap();
+    let id: i64 = args[1].parse().unwrap();
+    let settings = settings(args[2].parse().unwrap(), args[3].parse().unwrap());
+    let row = store.campaign_by_id(id).await.unwrap().unwrap();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let progress = Arc::new(Progress::default());
+    let summary = dispatch::run(&store, &row, &settings, progress, stop)
+        .await
+        .unwrap()
+        .unwrap();
+    println!("sent {} peak_kb {}", summary.sent, peak_kb());
+    store.close().await;
+}
+
+/// Sends a new campaign to the `n` people of `db` from `workers` dispatch
+/// processes started together; returns the rate of all of them and the
+/// message size.
+async fn send_shared(
+    db: &str,
+    n: usize,
+    workers: usize,
+    port: u16,
+    connections: usize,
+) -> (f64, usize) {
+    let store = Store::open_existing(location(db)).await.unwrap();
+    let (row, frozen) = freeze(&store, &format!("-{n}-w{workers}-{}", std::process::id())).await;
+    // Queued before the clock starts, as `send` does before dispatching.
+    store
+        .materialise(row.id, bulletin::store::now())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let children: Vec<_> = (0..workers)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--dispatch", db, &row.id.to_string()])
+                .args([port.to_string(), connections.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut sent = 0;
+    let mut peaks = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a dispatch process failed");
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        sent += fields[1].parse::<usize>().unwrap();
+        peaks.push(fields[3].parse::<f64>().unwrap() / 1024.0);
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    assert_eq!(sent, n, "every message sent once across the workers");
+    let rate = n as f64 / elapsed;
+    let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.1}")).collect();
+    println!(
+        "bulletin:     {n} messages in {elapsed:.1} s = {rate:.0} messages/s from {workers} \
+         dispatch processes x {connections} connections; peak RSS per process {} MB",
+        peaks.join(", ")
+    );
+    let size = message_size(&frozen, &settings(port, connections), &row.slug);
+    store.close().await;
+    (rate, size)
+}
+
+/// `--db postgres://…`: per size, one import, then 1, 2, 4 … workers.
+async fn bench_shared(db: &str, workers: &[usize], sizes: &[usize], connections: usize) {
+    let port = free_port();
+    let _sink = start_sink(port);
+    for &n in sizes {
+        import_in_child(db, n);
+        let mut last = (0.0, 0);
+        for &w in workers {
+            last = send_shared(db, n, w, port, connections).await;
+        }
+        smtp_source(n.min(SOURCE_CAP), last.1, port, connections);
+    }
+}
+
 /// Postfix's own client against the same sink; returns messages/s.
 fn smtp_source(n: usize, size: usize, port: u16, connections: usize) -> f64 {
     let t = Instant::now();
@@ -285,12 +390,35 @@ fn smtp_source(n: usize, size: usize, port: u16, connections: usize) -> f64 {
     rate
 }
 
+/// Removes `--name VALUE` from `args`; returns VALUE.
+fn take_option(args: &mut Vec<String>, name: &str) -> Option<String> {
+    let at = args.iter().position(|a| a == name)?;
+    let value = args
+        .get(at + 1)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} needs a value"));
+    args.drain(at..at + 2);
+    Some(value)
+}
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--import") {
-        return import(Path::new(&args[2]), args[1].parse().unwrap()).await;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--import") => return import(&args[2], args[1].parse().unwrap()).await,
+        Some("--dispatch") => return dispatch_child(&args[1..]).await,
+        _ => {}
     }
+    let db = take_option(&mut args, "--db");
+    let workers: Vec<usize> = take_option(&mut args, "--workers")
+        .unwrap_or_else(|| "1,2,4".into())
+        .split(',')
+        .map(|w| {
+            w.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("--workers {w:?}: not a number"))
+        })
+        .collect();
     let mut sizes: Vec<usize> = args
         .iter()
         .map(|a| {
@@ -305,6 +433,9 @@ async fn main() {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(10);
+    if let Some(db) = db {
+        return bench_shared(&db, &workers, &sizes, connections).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _sink = start_sink(port);

@@ -98,6 +98,7 @@ async fn lettre_message_is_recorded_with_envelope_and_exact_data() {
         rcpt_to,
         data,
         connection,
+        ..
     } = &got[0];
     assert_eq!(mail_from, "news@example.test");
     assert_eq!(rcpt_to, &["ann@example.test", "bob@example.test"]);

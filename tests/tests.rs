@@ -27,3 +27,4 @@ mod unattended; // what cron and a lost .env meet: no SMTP without the secret, a
 mod web; // subscriber pages (tests/web/, one file per area): every route and bad token, stored state, one-click end to end, SIGTERM, Chromium (BULLETIN_BROWSER=1 requires it)
 mod welcome; // welcome mail: trigger = "welcome" sent once per confirmation (sign-up clicked twice, add, import --welcome), cancel, leavers
 mod wire; // on the wire: SMTPUTF8 with aiosmtpd (offered or not), no AUTH outside TLS, control characters in names
+mod workers; // several dispatch processes sharing one campaign on PostgreSQL: exactly once, SIGKILL settled by policy, shared rate, status

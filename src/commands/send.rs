@@ -191,6 +191,8 @@ fn summary_line(slug: &str, verb: &str, s: &Summary, welcome: bool) -> String {
         "interrupted; run `bulletin dispatch` to resume"
     } else if s.finished {
         "finished"
+    } else if s.left_to_others {
+        "other workers are sending the rest"
     } else if welcome && s.deferred == 0 {
         "welcome mail; whoever is confirmed next gets it at the next `bulletin dispatch`"
     } else {
@@ -992,6 +994,19 @@ struct StatusReport {
     /// When `cancel` ended that window early.
     #[serde(skip_serializing_if = "Option::is_none")]
     newcomers_ended_at: Option<String>,
+    /// The `dispatch`/`send` processes sending it now (heartbeat within
+    /// `lease_secs`): several on PostgreSQL, at most one on SQLite.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    workers: Vec<WorkerReport>,
+}
+
+/// A live worker as `status` shows it.
+#[derive(serde::Serialize)]
+struct WorkerReport {
+    host: String,
+    pid: i64,
+    started_at: String,
+    heartbeat_at: String,
 }
 
 pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
@@ -1006,8 +1021,20 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
             }
         }
         let now = crate::store::now();
+        let alive_since = now - config.dispatch.lease_secs.max(5);
+        let live = store.live_workers(alive_since).await?;
         let mut reports = Vec::new();
         for c in &campaigns {
+            let workers = live
+                .iter()
+                .filter(|w| w.campaign_id == Some(c.id))
+                .map(|w| WorkerReport {
+                    host: w.host.clone(),
+                    pid: w.pid,
+                    started_at: iso_time(w.started_at),
+                    heartbeat_at: iso_time(w.heartbeat_at),
+                })
+                .collect();
             let since = c.started_at.unwrap_or(c.send_at);
             let lists = store.campaign_list_slugs(c.id).await?;
             reports.push(StatusReport {
@@ -1028,6 +1055,7 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                 unsubscribes: store.events_since(c.id, "unsubscribed", since).await?,
                 mails_newcomers_until: c.mails_newcomers_until(now).map(iso_time),
                 newcomers_ended_at: c.resend_closed_at.map(iso_time),
+                workers,
             });
         }
         match args.format {
@@ -1067,6 +1095,15 @@ pub(crate) fn status(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
                         "  since then: {} bounced, {} complained, {} unsubscribed",
                         r.bounces, r.complaints, r.unsubscribes
                     );
+                    for w in live.iter().filter(|w| w.campaign_id == Some(c.id)) {
+                        println!(
+                            "  worker: {} pid {}, started {}, last heartbeat {}s ago",
+                            w.host,
+                            w.pid,
+                            fmt_time(w.started_at),
+                            (now - w.heartbeat_at).max(0)
+                        );
+                    }
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Sending a frozen campaign to its audience, each recipient once.
 //!
-//! A run holds the campaign's lease (so overlapping runs never send the same
-//! campaign), queues one delivery row per recipient, and has N workers, one
+//! A run holds the campaign's lease on SQLite (so overlapping runs never
+//! send the same campaign); on PostgreSQL any number of runs (workers, on
+//! any hosts) share it, each claiming its own rows (`Sharing`). A run
+//! queues one delivery row per recipient, and has N workers, one
 //! SMTP connection each, send while a single ledger task group-commits the
 //! delivery log: a row is marked `sending` (committed) before its SMTP
 //! transaction and its outcome is committed after. The only module that
@@ -26,9 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::compose;
 use crate::links::{self, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
-use crate::store::Store;
 use crate::store::deliveries::{CampaignRow, CampaignStatus, InFlight, Job, Outcome};
 use crate::store::now;
+use crate::store::{Engine, Store};
 use transport::Transport;
 pub use verdict::Verdict;
 
@@ -77,6 +79,10 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("another run took over the campaign's lease")]
     LeaseLost,
+    /// Another worker found this one's heartbeat too old and settled its
+    /// rows: it must not send on.
+    #[error("this worker was taken for dead (no heartbeat within lease_secs) and its rows settled")]
+    WorkerLost,
     /// The address (a UTF-8 local part) needs SMTPUTF8 and the server does
     /// not offer it. Permanent for this delivery, but not the recipient's
     /// fault: never a hard bounce, the subscriber stays active.
@@ -345,6 +351,9 @@ pub struct Summary {
     pub interrupted: bool,
     /// `bulletin cancel` stopped the campaign (before or during this run).
     pub cancelled: bool,
+    /// Workers sharing the campaign (PostgreSQL) hold or will claim the
+    /// rows still open: the campaign goes on without this run.
+    pub left_to_others: bool,
 }
 
 /// The lease owner name of this process.
@@ -358,7 +367,8 @@ pub fn owner_name() -> String {
     format!("{host}:{}:{nonce:x}", std::process::id())
 }
 
-/// A lease held by a process on this host that no longer runs.
+/// A lease (or worker id) held by a process on this host that no longer
+/// runs.
 fn dead_owner(owner: Option<&str>) -> Option<String> {
     let owner = owner?;
     let mut parts = owner.split(':');
@@ -379,8 +389,86 @@ pub enum NotStarted {
     Busy(String),
 }
 
+/// How a run holds its place in a campaign. SQLite: the campaign's lease,
+/// one run per campaign (as before several workers). PostgreSQL: no lease;
+/// any number of workers share the campaign, each claiming its own rows
+/// (`FOR UPDATE SKIP LOCKED`) and beating its heartbeat in `workers`. Both
+/// register the worker, so `status` shows who is sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Lease,
+    Workers,
+}
+
+impl Sharing {
+    fn of(store: &Store) -> Sharing {
+        match store.engine() {
+            Engine::Sqlite => Sharing::Lease,
+            Engine::Postgres => Sharing::Workers,
+        }
+    }
+
+    /// Settles the rows a dead run left `sending`: on SQLite every such
+    /// row (the lease says no other run is alive); with workers only the
+    /// rows of workers whose heartbeat is older than the lease.
+    async fn settle_in_flight(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<u64> {
+        let now = now();
+        Ok(match self {
+            Sharing::Lease => {
+                store
+                    .resolve_in_flight(campaign_id, s.in_flight, now)
+                    .await?
+            }
+            Sharing::Workers => {
+                // A worker of this host whose process is gone is dead at
+                // once, as a lease is on SQLite; others after `lease_secs`.
+                let alive_since = now - s.lease_secs;
+                for w in store.live_workers(alive_since).await? {
+                    if dead_owner(Some(&w.id)).is_some() {
+                        store.unregister_worker(&w.id).await?;
+                    }
+                }
+                store
+                    .settle_dead_workers(campaign_id, s.in_flight, alive_since, now)
+                    .await?
+            }
+        })
+    }
+
+    /// Says this run is still alive (the lease, the heartbeat); with
+    /// workers, also settles the rows of any worker found dead meanwhile
+    /// and returns how many. An error when another run took the lease or
+    /// found this worker dead.
+    async fn renew(self, store: &Store, campaign_id: i64, s: &Settings) -> Result<u64> {
+        let now = now();
+        match self {
+            Sharing::Lease => {
+                if !store
+                    .renew_lease(campaign_id, &s.owner, now + s.lease_secs)
+                    .await?
+                {
+                    return Err(Error::LeaseLost);
+                }
+                store.heartbeat(&s.owner, now).await?;
+            }
+            Sharing::Workers => {
+                if !store.heartbeat(&s.owner, now).await? {
+                    return Err(Error::WorkerLost);
+                }
+                return self.settle_in_flight(store, campaign_id, s).await;
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// The host of a worker id (`host:pid:random`).
+fn worker_host(owner: &str) -> &str {
+    owner.split(':').next().unwrap_or(owner)
+}
+
 /// Sends what is due of one campaign. Returns `Ok(Err(NotStarted))` when
-/// another run holds it.
+/// another run holds it (SQLite only: on PostgreSQL runs share campaigns).
 pub async fn run(
     store: &Store,
     campaign: &CampaignRow,
@@ -389,30 +477,56 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<std::result::Result<Summary, NotStarted>> {
     let now = now();
-    let dead = dead_owner(campaign.lease_owner.as_deref());
-    if !store
-        .try_lease(
-            campaign.id,
-            &settings.owner,
-            now,
-            now + settings.lease_secs,
-            dead.as_deref(),
-        )
-        .await?
-    {
-        let holder = store
-            .campaign_by_id(campaign.id)
+    let sharing = Sharing::of(store);
+    if sharing == Sharing::Lease {
+        let dead = dead_owner(campaign.lease_owner.as_deref());
+        if !store
+            .try_lease(
+                campaign.id,
+                &settings.owner,
+                now,
+                now + settings.lease_secs,
+                dead.as_deref(),
+            )
             .await?
-            .and_then(|c| c.lease_owner)
-            .unwrap_or_default();
-        return Ok(Err(NotStarted::Busy(holder)));
+        {
+            let holder = store
+                .campaign_by_id(campaign.id)
+                .await?
+                .and_then(|c| c.lease_owner)
+                .unwrap_or_default();
+            return Ok(Err(NotStarted::Busy(holder)));
+        }
     }
-    let mut result = run_leased(store, campaign, settings, progress, &mut stop).await;
+    let (owner, pid) = (&settings.owner, i64::from(std::process::id()));
+    store
+        .register_worker(owner, worker_host(owner), pid, campaign.id, now)
+        .await?;
+    let beat = tokio::spawn(beat(store.clone(), settings.clone()));
+    let mut result = run_leased(store, campaign, settings, sharing, progress, &mut stop).await;
+    beat.abort();
     if let Ok(summary) = &mut result {
         summary.deferred = waiting_for_retry(store, campaign.id).await?;
     }
-    let _ = store.release_lease(campaign.id, &settings.owner).await;
+    let _ = store.unregister_worker(owner).await;
+    if sharing == Sharing::Lease {
+        let _ = store.release_lease(campaign.id, owner).await;
+    }
     result.map(Ok)
+}
+
+/// Keeps the worker's heartbeat fresh every `lease_secs / 3` while its
+/// connections all wait on a slow server and the ledger has nothing to do
+/// (the ledger's `Sharing::renew` also beats, and acts when this worker
+/// was taken for dead). Ends when the worker's row is gone.
+async fn beat(store: Store, s: Settings) {
+    let every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(false) = store.heartbeat(&s.owner, now()).await {
+            return;
+        }
+    }
 }
 
 /// Recipients of `campaign_id` whose delivery waits for a retry: people,
@@ -430,6 +544,7 @@ async fn run_leased(
     store: &Store,
     campaign: &CampaignRow,
     settings: &Settings,
+    sharing: Sharing,
     progress: Arc<Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Summary> {
@@ -440,20 +555,27 @@ async fn run_leased(
         ))
     })?;
     let mut summary = Summary {
-        in_flight_resolved: store
-            .resolve_in_flight(campaign.id, settings.in_flight, now())
+        in_flight_resolved: sharing
+            .settle_in_flight(store, campaign.id, settings)
             .await?,
         ..Summary::default()
     };
     // A campaign cancelled since it was picked up is not started: the
     // transition fails and nothing is queued (`materialise` also checks).
+    // Another worker may have started it meanwhile: this one joins it.
     if campaign.status != CampaignStatus::Sending
         && !store
             .set_campaign_status(campaign.id, CampaignStatus::Sending, now())
             .await?
     {
-        summary.cancelled = true;
-        return Ok(summary);
+        match store.campaign_by_id(campaign.id).await?.map(|c| c.status) {
+            Some(CampaignStatus::Sending) => {}
+            Some(CampaignStatus::Cancelled) => {
+                summary.cancelled = true;
+                return Ok(summary);
+            }
+            _ => return Ok(summary),
+        }
     }
     // A welcome campaign's rows come from confirmations (`queue_welcome`),
     // never from its lists.
@@ -483,7 +605,11 @@ async fn run_leased(
         settings: settings.clone(),
         campaign: campaign.clone(),
         progress,
-        pacer: Pacer::new(settings.rate),
+        pacer: match sharing {
+            Sharing::Lease => Pacer::new(settings.rate),
+            Sharing::Workers => Pacer::shared(settings.rate, store, campaign.id),
+        },
+        sharing,
         streak: Default::default(),
     });
 
@@ -494,6 +620,7 @@ async fn run_leased(
         summary.failed += pass.failed;
         summary.skipped += pass.skipped;
         summary.unknown += pass.unknown;
+        summary.in_flight_resolved += pass.in_flight_resolved;
         if pass.interrupted || *stop.borrow() {
             summary.interrupted = true;
             break;
@@ -508,12 +635,8 @@ async fn run_leased(
                 let renew_every = Duration::from_secs((settings.lease_secs / 3).max(1) as u64);
                 let deadline = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < deadline {
-                    if !store
-                        .renew_lease(campaign.id, &settings.owner, now() + settings.lease_secs)
-                        .await?
-                    {
-                        return Err(Error::LeaseLost);
-                    }
+                    summary.in_flight_resolved +=
+                        sharing.renew(store, campaign.id, settings).await?;
                     let step = renew_every.min(deadline - tokio::time::Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(step) => {}
@@ -534,14 +657,26 @@ async fn run_leased(
             .await?
             .is_some_and(|c| c.status == CampaignStatus::Cancelled);
     } else if store.open_count(campaign.id).await? == 0 {
+        // Decided once: of workers finding nothing open at the same time,
+        // one moves the campaign; the others read what it became.
         if store
             .set_campaign_status(campaign.id, CampaignStatus::Finished, now())
             .await?
         {
             summary.finished = true;
         } else {
-            summary.cancelled = true;
+            summary.cancelled = store
+                .campaign_by_id(campaign.id)
+                .await?
+                .is_some_and(|c| c.status == CampaignStatus::Cancelled);
         }
+    } else if sharing == Sharing::Workers {
+        // Rows still queued or in another worker's hands: theirs to finish.
+        summary.left_to_others = store
+            .delivery_counts(campaign.id)
+            .await?
+            .iter()
+            .any(|(status, n)| *n > 0 && (status == "queued" || status == "sending"));
     }
     Ok(summary)
 }
@@ -552,6 +687,7 @@ struct Shared {
     campaign: CampaignRow,
     progress: Arc<Progress>,
     pacer: Pacer,
+    sharing: Sharing,
     streak: tokio::sync::Mutex<Streak>,
 }
 
@@ -591,10 +727,16 @@ impl Streak {
     }
 }
 
-/// Spaces sends to a rate across all workers.
+/// Spaces sends to a rate across all of a run's connections; with
+/// workers sharing a campaign (PostgreSQL), across every worker: each slot
+/// comes from the campaign's row in `campaign_pace`
+/// (`Store::next_send_slot`), so the rate is the campaign's, not the
+/// process's.
 struct Pacer {
     interval: Option<Duration>,
     next: tokio::sync::Mutex<tokio::time::Instant>,
+    /// The store and campaign whose shared pace to follow.
+    shared: Option<(Store, i64)>,
 }
 
 impl Pacer {
@@ -602,12 +744,31 @@ impl Pacer {
         Pacer {
             interval: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            shared: None,
         }
     }
-    async fn wait(&self) {
+
+    /// The same rate, shared by every worker on `campaign_id`.
+    fn shared(rate: f64, store: &Store, campaign_id: i64) -> Pacer {
+        Pacer {
+            shared: Some((store.clone(), campaign_id)),
+            ..Pacer::new(rate)
+        }
+    }
+
+    async fn wait(&self) -> Result<()> {
         let Some(interval) = self.interval else {
-            return;
+            return Ok(());
         };
+        if let Some((store, campaign_id)) = &self.shared {
+            let interval_us = (interval.as_micros() as i64).max(1);
+            let now_us = unix_micros();
+            let at_us = store
+                .next_send_slot(*campaign_id, interval_us, now_us)
+                .await?;
+            tokio::time::sleep(Duration::from_micros((at_us - now_us).max(0) as u64)).await;
+            return Ok(());
+        }
         let at = {
             let mut next = self.next.lock().await;
             let now = tokio::time::Instant::now();
@@ -616,7 +777,15 @@ impl Pacer {
             at
         };
         tokio::time::sleep_until(at).await;
+        Ok(())
     }
+}
+
+/// The wall clock in microseconds (the shared pace is kept in them).
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 enum Request {
@@ -695,7 +864,9 @@ async fn ledger(
         count(&mut summary, &outcomes);
         let want = if exhausted { 0 } else { waiting.len() };
         if want > 0 || !outcomes.is_empty() {
-            let claimed = store.record_and_claim(c, want, &outcomes, now()).await?;
+            let claimed = store
+                .record_and_claim(c, &s.owner, want, &outcomes, now())
+                .await?;
             outcomes.clear();
             summary.skipped += claimed.skipped;
             let skipped = &shared.progress.skipped;
@@ -713,17 +884,14 @@ async fn ledger(
             let _ = reply.send(None);
         }
         if last_renew.elapsed() >= renew_every {
-            if !store
-                .renew_lease(c.id, &s.owner, now() + s.lease_secs)
-                .await?
-            {
-                return Err(Error::LeaseLost);
-            }
+            summary.in_flight_resolved += shared.sharing.renew(&store, c.id, s).await?;
             last_renew = tokio::time::Instant::now();
         }
     }
     if !outcomes.is_empty() {
-        store.record_and_claim(c, 0, &outcomes, now()).await?;
+        store
+            .record_and_claim(c, &s.owner, 0, &outcomes, now())
+            .await?;
     }
     Ok(summary)
 }
@@ -749,15 +917,17 @@ async fn claim(
     shared: &Shared,
     tx: &mpsc::Sender<Request>,
     mut stop: watch::Receiver<bool>,
-) -> Option<Job> {
+) -> Result<Option<Job>> {
     // A slow `rate` must not hold up a stop: the wait ends with the signal.
     tokio::select! {
-        () = shared.pacer.wait() => {}
-        _ = stop.wait_for(|s| *s) => return None,
+        paced = shared.pacer.wait() => paced?,
+        _ = stop.wait_for(|s| *s) => return Ok(None),
     }
     let (reply, rx) = oneshot::channel();
-    tx.send(Request::Claim(reply)).await.ok()?;
-    rx.await.ok().flatten()
+    if tx.send(Request::Claim(reply)).await.is_err() {
+        return Ok(None);
+    }
+    Ok(rx.await.ok().flatten())
 }
 
 /// One connection's loop: claim, personalise, compose, send, report.
@@ -778,7 +948,7 @@ async fn worker(
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
             break;
         }
-        let Some(job) = claim(&shared, &tx, stop.clone()).await else {
+        let Some(job) = claim(&shared, &tx, stop.clone()).await? else {
             break;
         };
         // Hands the job back unsent: it is queued again.
@@ -1020,13 +1190,13 @@ mod tests {
         let pacer = Pacer::new(10.0);
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
-            pacer.wait().await;
+            pacer.wait().await.unwrap();
         }
         // The first goes at once, then one every 100 ms (virtual time).
         assert_eq!(start.elapsed(), Duration::from_millis(400));
         let unlimited = Pacer::new(0.0);
         let start = tokio::time::Instant::now();
-        unlimited.wait().await;
+        unlimited.wait().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

@@ -511,6 +511,16 @@ pub enum InFlight {
     Resend,
 }
 
+impl InFlight {
+    /// The status a row left `sending` by a dead run or worker gets.
+    pub fn settled_status(self) -> &'static str {
+        match self {
+            InFlight::Unknown => "unknown",
+            InFlight::Resend => "queued",
+        }
+    }
+}
+
 impl super::Store {
     /// Settles rows left `sending` by a dead run; returns how many.
     pub async fn resolve_in_flight(
@@ -520,10 +530,7 @@ impl super::Store {
         now: i64,
     ) -> Result<u64> {
         let pool = &self.pool;
-        let status = match policy {
-            InFlight::Unknown => "unknown",
-            InFlight::Resend => "queued",
-        };
+        let status = policy.settled_status();
         let done = query(
             "UPDATE deliveries SET status = ?, updated_at = ?,
              last_reply = 'in flight when an earlier run stopped'
@@ -604,16 +611,23 @@ macro_rules! other_list_sql {
 /// ([`OTHER_LIST_SQL`]); who left altogether becomes `skipped` with the
 /// reason. Both searches walk `deliveries_work` in order and stop at the
 /// limit, so a claim reads the rows it hands out, whatever the size of the
-/// campaign.
-pub const CLAIM_SQL: &str = concat!(
+/// campaign. The claimed rows name their worker (`?6`).
+///
+/// `$lock` is what locks the due rows: nothing on SQLite (one writer, one
+/// run per campaign), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where several
+/// workers claim from one campaign at once and each passes over the rows
+/// another is claiming ([`CLAIM_SQL_PG`]).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
     "WITH due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
-             ORDER BY next_attempt_at, id LIMIT ?4) AS retries
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS retries
          UNION ALL
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'queued'
-             ORDER BY next_attempt_at, id LIMIT ?4) AS firsts
+             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS firsts
          LIMIT ?4),
      home(id, subscriber_id, list_id) AS (
          SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
@@ -641,10 +655,18 @@ pub const CLAIM_SQL: &str = concat!(
          attempts = attempts + CASE WHEN v.via IS NOT NULL THEN 1 ELSE 0 END,
          last_reply = CASE WHEN v.via IS NOT NULL THEN last_reply ELSE v.why END,
          next_attempt_at = CASE WHEN v.via IS NOT NULL THEN next_attempt_at END,
+         worker_id = CASE WHEN v.via IS NOT NULL THEN ?6 END,
          updated_at = ?5
      FROM verdict v WHERE deliveries.id = v.id
      RETURNING deliveries.id, deliveries.status"
-);
+        )
+    };
+}
+
+/// The claim on SQLite ([`claim_sql!`]).
+pub const CLAIM_SQL: &str = claim_sql!("");
+/// The claim on PostgreSQL: the due rows locked `FOR UPDATE SKIP LOCKED`.
+pub const CLAIM_SQL_PG: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
 
 /// [`other_list_sql!`] as text, for documentation and tests.
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
@@ -663,23 +685,27 @@ fn claimed_jobs_sql(engine: Engine) -> &'static str {
     )
 }
 
-/// Claims up to `want` due rows inside the caller's transaction (see
-/// [`CLAIM_SQL`]); rows skipped along the way do not count against `want`.
+/// Claims up to `want` due rows for `worker` inside the caller's
+/// transaction (see [`CLAIM_SQL`]); rows skipped along the way do not count
+/// against `want`.
 async fn claim(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
+    worker: &str,
     want: usize,
     now: i64,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
     let mut sending = Vec::with_capacity(want);
+    let claim_sql = Engine::of_connection(tx).pick(CLAIM_SQL, CLAIM_SQL_PG);
     while sending.len() < want {
-        let rows: Vec<(i64, String)> = query_as(CLAIM_SQL)
+        let rows: Vec<(i64, String)> = query_as(claim_sql)
             .bind(campaign.id)
             .bind(campaign.list_id)
             .bind(now)
             .bind((want - sending.len()) as i64)
             .bind(now)
+            .bind(worker)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -734,18 +760,23 @@ pub enum Outcome {
 }
 
 impl super::Store {
-    /// Records `outcomes` and claims up to `want` rows ([`CLAIM_SQL`]) in one
-    /// transaction: the group commit that brackets every SMTP transaction.
+    /// Records `outcomes` and claims up to `want` rows for `worker`
+    /// ([`CLAIM_SQL`]): the group commit that brackets every SMTP
+    /// transaction. One transaction on SQLite; on PostgreSQL the outcomes
+    /// commit under the write lock and the claim follows in its own
+    /// transaction without it, beside other workers' claims
+    /// ([`CLAIM_SQL_PG`] locks its rows instead).
     pub async fn record_and_claim(
         &self,
         campaign: &CampaignRow,
+        worker: &str,
         want: usize,
         outcomes: &[(i64, i64, Outcome)],
         now: i64,
     ) -> Result<Claimed> {
         let pool = &self.pool;
         let mut tx = begin_write(pool).await?;
-        record_sent(&mut tx, outcomes, now).await?;
+        record_sent(&mut tx, worker, outcomes, now).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
@@ -765,13 +796,14 @@ impl super::Store {
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' AND attempts > 0 THEN attempts - 1 ELSE attempts END
-             WHERE id = ?1",
+             WHERE id = ?1 AND worker_id = ?6",
         )
         .bind(delivery_id)
         .bind(status)
         .bind(reply)
         .bind(next)
         .bind(now)
+        .bind(worker)
         .execute(&mut *tx)
         .await?;
             if let Outcome::Failed {
@@ -791,19 +823,26 @@ impl super::Store {
                 .await?;
             }
         }
-        let claimed = if want > 0 {
-            claim(&mut tx, campaign, want, now).await?
-        } else {
-            Claimed::default()
-        };
+        if want == 0 {
+            tx.commit().await?;
+            return Ok(Claimed::default());
+        }
+        if self.engine() == Engine::Postgres {
+            tx.commit().await?;
+            tx = pool.begin().await?;
+        }
+        let claimed = claim(&mut tx, campaign, worker, want, now).await?;
         tx.commit().await?;
         Ok(claimed)
     }
 }
 
-/// The common outcome, sent, as one statement per 300 rows.
+/// The common outcome, sent, as one statement per 300 rows. Like every
+/// outcome, only on rows `worker` still holds: a row settled because its
+/// worker was taken for dead is no longer that worker's to record.
 async fn record_sent(
     tx: &mut AnyConnection,
+    worker: &str,
     outcomes: &[(i64, i64, Outcome)],
     now: i64,
 ) -> Result<()> {
@@ -820,13 +859,13 @@ async fn record_sent(
             "WITH v(id, reply, mid) AS (VALUES {values})
              UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
                  next_attempt_at = NULL, updated_at = ?, sent_at = ?
-             FROM v WHERE deliveries.id = v.id"
+             FROM v WHERE deliveries.id = v.id AND deliveries.worker_id = ?"
         );
         let mut q = query(&sql);
         for (id, reply, mid) in chunk {
             q = q.bind(id).bind(reply).bind(mid);
         }
-        q.bind(now).bind(now).execute(&mut *tx).await?;
+        q.bind(now).bind(now).bind(worker).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -1211,7 +1250,7 @@ mod tests {
     async fn claims_and_retries_read_the_work_index_in_order_without_a_sort() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        for (sql, params) in [(CLAIM_SQL, 5), (NEXT_RETRY_SQL, 1)] {
+        for (sql, params) in [(CLAIM_SQL, 6), (NEXT_RETRY_SQL, 1)] {
             let steps = plan(&store, sql, params).await;
             let text = steps.join("\n");
             assert!(!text.contains("TEMP B-TREE"), "a sort in\n{text}");
@@ -1222,7 +1261,7 @@ mod tests {
             assert!(text.contains("INDEX deliveries_work"), "{text}");
         }
         // Both searches of the claim (retries due, then queued rows).
-        let claim = plan(&store, CLAIM_SQL, 5).await;
+        let claim = plan(&store, CLAIM_SQL, 6).await;
         let searches = claim
             .iter()
             .filter(|s| s.contains("INDEX deliveries_work (campaign_id=? AND status=?"))
@@ -1339,7 +1378,10 @@ mod tests {
         let id = store.insert_campaign(&new).await.unwrap();
         let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
         store.materialise(id, 1).await.unwrap();
-        let claimed = store.record_and_claim(&campaign, 2, &[], 2).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
+            .await
+            .unwrap();
         let ann = claimed.jobs.iter().find(|j| j.email == "ann@example.org");
         let ann = ann.unwrap();
         let failed = Outcome::Failed {
@@ -1348,7 +1390,7 @@ mod tests {
         };
         let outcomes = [(ann.delivery_id, ann.subscriber_id, failed)];
         store
-            .record_and_claim(&campaign, 0, &outcomes, 3)
+            .record_and_claim(&campaign, "test:1:1", 0, &outcomes, 3)
             .await
             .unwrap();
 
@@ -1416,7 +1458,10 @@ mod tests {
         assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 3);
         assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 0);
         assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 0);
-        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 3)
+            .await
+            .unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         let want = [
@@ -1440,7 +1485,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let claimed = store.record_and_claim(&campaign, 5, &[], 4).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 4)
+            .await
+            .unwrap();
         let mut got = jobs(&claimed);
         got.sort();
         assert_eq!(got, [("bob@example.org", b), ("cy@example.org", b)]);
@@ -1478,7 +1526,10 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
-        let claimed = store.record_and_claim(&campaign, 5, &[], 3).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 5, &[], 3)
+            .await
+            .unwrap();
         let got = jobs(&claimed);
         // cy is not on a but is on b: the claim switches them, as for a leaver.
         assert_eq!(got.len(), 3, "{got:?}");

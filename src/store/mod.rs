@@ -54,6 +54,7 @@ pub mod schema;
 mod sql; // one statement text for both engines; write transactions
 mod subscribers;
 pub mod welcome; // welcome campaigns: the active one per list, `queue_welcome`
+pub mod workers; // dispatch workers, their heartbeats, dead workers' rows, the shared pace
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -745,7 +746,10 @@ mod tests {
             assert_eq!(count, expected.len() as i64, "count {selection:?}");
         }
         // The dispatcher's claim, on rows queued while everyone was mailable.
-        let claimed = s.record_and_claim(&campaign, 8, &[], 3).await.unwrap();
+        let claimed = s
+            .record_and_claim(&campaign, "test:1:1", 8, &[], 3)
+            .await
+            .unwrap();
         let mailed: Vec<&str> = claimed.jobs.iter().map(|j| j.email.as_str()).collect();
         assert_eq!(mailed, on_list, "the claim");
         assert_eq!(claimed.skipped, 7);

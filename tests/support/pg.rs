@@ -83,9 +83,21 @@ pub fn db_in(dir: &Path, name: &str) -> String {
 /// config) at the engine under test and returns the setting: unchanged on
 /// SQLite (`DIR/b.db`), a fresh database on PostgreSQL ([`db_in`]).
 pub fn config_db(dir: &Path) -> String {
+    let config = dir.join("bulletin.toml");
+    // `dispatch::Env` may already name a fresh database (`db_setting`):
+    // that one is the project's.
+    if engine() == Engine::Postgres {
+        let text = std::fs::read_to_string(&config).unwrap();
+        if let Some(url) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("db = \"postgres"))
+            .and_then(|rest| rest.strip_suffix('"'))
+        {
+            return format!("postgres{url}");
+        }
+    }
     let setting = db_in(dir, "b.db");
     if engine() == Engine::Postgres {
-        let config = dir.join("bulletin.toml");
         let text = std::fs::read_to_string(&config).unwrap();
         let line = format!("db = \"{setting}\"");
         if !text.contains(&line) {

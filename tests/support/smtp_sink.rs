@@ -64,6 +64,8 @@ pub struct Received {
     pub data: Vec<u8>,
     /// Which connection carried it: 1 for the first accepted by the sink.
     pub connection: usize,
+    /// When the sink accepted it (after the message text), for rates.
+    pub at: std::time::Instant,
 }
 
 /// What the sink does differently from "accept everything".
@@ -542,6 +544,7 @@ impl Session {
                     rcpt_to,
                     data,
                     connection: self.id,
+                    at: std::time::Instant::now(),
                 });
                 self.shared.accepted.send_modify(|n| *n += 1);
                 self.reply(custom.as_deref().unwrap_or("250 2.0.0 ok: queued"))

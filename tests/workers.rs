@@ -1,0 +1,395 @@
+//! Several `bulletin dispatch` processes sharing one campaign on PostgreSQL
+//! (issue 14 item 3), against the in-process SMTP sink: each recipient
+//! exactly once, a worker killed with SIGKILL mid-run settled by the
+//! in-flight policy, and `[smtp] rate` held across workers. PostgreSQL
+//! only: SQLite keeps one run per campaign (the lease, `dispatch.rs`), so
+//! these tests print a notice and pass without `BULLETIN_TEST_POSTGRES`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::AnyPool;
+
+use crate::support::pg::{self, Engine};
+use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+
+const SECRET: &str = "test-secret-for-workers-32-bytes-at-least";
+
+/// The lease (and heartbeat window) the tests run with: short, so a dead
+/// worker is noticed within seconds.
+const LEASE_SECS: u64 = 5;
+
+/// True (after a notice) when the PostgreSQL half was not asked for.
+fn skipped(test: &str) -> bool {
+    if pg::engine() == Engine::Sqlite {
+        eprintln!(
+            "workers::{test}: skipped, several workers share a campaign on PostgreSQL only; set {} (`.ci/postgres` starts a server)",
+            pg::VARIABLE
+        );
+        return true;
+    }
+    false
+}
+
+/// A project on a fresh PostgreSQL database with list `news`.
+struct Env {
+    dir: tempfile::TempDir,
+    db: String,
+    smtp_url: String,
+}
+
+impl Env {
+    /// `smtp`: extra `[smtp]` keys; `dispatch`: extra `[dispatch]` keys.
+    async fn new(port: u16, smtp: &str, dispatch: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = pg::db_setting(dir.path()).await;
+        std::fs::write(
+            dir.path().join("bulletin.toml"),
+            format!(
+                "db = {db:?}\nbase_url = \"https://news.example.org\"\n\
+                 [organisation]\nname = \"Test Alliance\"\naddress = \"1 Road, Town\"\n\
+                 [sender]\nfrom = \"Test Alliance <news@alliance.example>\"\nbounce_domain = \"alliance.example\"\n\
+                 [smtp]\nconnections = 4\ntimeout_secs = 10\n{smtp}\n\
+                 [dispatch]\nlease_secs = {LEASE_SECS}\nretry_base_secs = 1\nretry_wait_secs = 5\n{dispatch}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("campaigns")).unwrap();
+        std::fs::write(
+            dir.path().join("campaigns/news-1.md"),
+            "+++\nsubject = \"News\"\npreheader = \"p\"\nlist = \"news\"\n+++\n# Section\n\nHello {{subscriber.name}}.\n",
+        )
+        .unwrap();
+        let env = Env {
+            dir,
+            db,
+            smtp_url: format!("smtp://127.0.0.1:{port}?tls=none"),
+        };
+        env.ok(&["lists", "add", "news", "--name", "News"]).await;
+        env
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BULLETIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .env("BULLETIN_SECRET", SECRET)
+            .env("BULLETIN_SMTP_URL", &self.smtp_url)
+            .args(["--config", "bulletin.toml"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let mut cmd = self.command(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bulletin {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    async fn raw(&self) -> AnyPool {
+        crate::support::db::raw(
+            bulletin::store::Location::parse(std::path::Path::new(&self.db), None).unwrap(),
+        )
+        .await
+    }
+
+    /// `n` confirmed subscribers of `news`, `person{i}@example.net`, in
+    /// one statement (the import is not what is under test).
+    async fn subscribers(&self, n: i64) {
+        let raw = self.raw().await;
+        sqlx::query(
+            "WITH people AS (
+                 INSERT INTO subscribers (email, email_hash, name, created_at, updated_at)
+                 SELECT 'person' || i || '@example.net',
+                        encode(sha256(convert_to('person' || i || '@example.net', 'UTF8')), 'hex'),
+                        'Person ' || i, 1, 1
+                 FROM generate_series(0, $1 - 1) i
+                 RETURNING id)
+             INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at)
+             SELECT id, (SELECT id FROM lists WHERE slug = 'news'), 'confirmed', 'test', 1, 1 FROM people",
+        )
+        .bind(n)
+        .execute(&raw)
+        .await
+        .unwrap();
+        raw.close().await;
+    }
+
+    /// Freezes `news-1` due in two seconds and waits until it is due, so
+    /// that the dispatchers started next all find it at once.
+    async fn freeze_due_soon(&self) {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+        self.ok(&[
+            "send",
+            "campaigns/news-1.md",
+            "--yes",
+            "--at",
+            &at.to_rfc3339(),
+        ])
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+
+    fn spawn_dispatch(&self) -> Child {
+        self.command(&["dispatch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Delivery counts by status.
+    async fn counts(&self) -> BTreeMap<String, i64> {
+        let raw = self.raw().await;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
+                .fetch_all(&raw)
+                .await
+                .unwrap();
+        raw.close().await;
+        rows.into_iter().collect()
+    }
+
+    /// The addresses of the rows in `status`.
+    async fn addresses(&self, status: &str) -> Vec<String> {
+        let raw = self.raw().await;
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE d.status = $1",
+        )
+        .bind(status)
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+        raw.close().await;
+        rows
+    }
+
+    async fn campaign_status(&self) -> String {
+        let raw = self.raw().await;
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        raw.close().await;
+        status
+    }
+}
+
+/// How many times each address was received.
+fn received_counts(messages: &[Received]) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in messages.iter().flat_map(|m| m.rcpt_to.clone()) {
+        *seen.entry(r).or_default() += 1;
+    }
+    seen
+}
+
+fn assert_nobody_twice(seen: &HashMap<String, usize>) {
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(twice.is_empty(), "mailed more than once: {twice:?}");
+}
+
+/// How many messages a `dispatch` says it sent ("news-1: sent N (…)").
+fn sent_by(out: &std::process::Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_once(": sent ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits for a child to end; returns its exit status and output.
+async fn finish(child: Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
+    if skipped("four_workers_share_a_campaign_and_mail_each_recipient_exactly_once") {
+        return;
+    }
+    let sink = SmtpSink::start(Behaviour::new().discard_data());
+    let env = Env::new(sink.port(), "", "").await;
+    env.subscribers(5000).await;
+    env.freeze_due_soon().await;
+    let workers: Vec<Child> = (0..4).map(|_| env.spawn_dispatch()).collect();
+    let mut outputs = Vec::new();
+    for w in workers {
+        outputs.push(finish(w).await);
+    }
+    for out in &outputs {
+        assert!(
+            out.status.success(),
+            "a worker failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let seen = received_counts(&sink.messages());
+    assert_nobody_twice(&seen);
+    assert_eq!(seen.len(), 5000, "every recipient once");
+    assert_eq!(env.counts().await, BTreeMap::from([("sent".into(), 5000)]));
+    assert_eq!(env.campaign_status().await, "sent", "finished once");
+    // The work was shared: more than one worker sent messages.
+    for out in &outputs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("cancelled"), "a worker gave up: {stdout}");
+    }
+    let senders = outputs.iter().filter(|o| sent_by(o) > 0).count();
+    let total: u64 = outputs.iter().map(sent_by).sum();
+    assert_eq!(total, 5000, "the workers' own counts add up");
+    assert!(senders > 1, "only {senders} of 4 workers sent anything");
+    sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy() {
+    if skipped("a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy") {
+        return;
+    }
+    // Slow answers keep every worker's connections busy, so the one killed
+    // surely has rows in flight.
+    let sink = SmtpSink::start(
+        Behaviour::new()
+            .discard_data()
+            .delay_data_reply("", Duration::from_millis(20)),
+    );
+    let env = Env::new(sink.port(), "", "").await;
+    env.subscribers(5000).await;
+    env.freeze_due_soon().await;
+    let mut workers: Vec<Child> = (0..4).map(|_| env.spawn_dispatch()).collect();
+    sink.wait_for(500, Duration::from_secs(120)).await;
+    let mut victim = workers.remove(0);
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    for w in workers {
+        let out = finish(w).await;
+        assert!(
+            out.status.success(),
+            "a surviving worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The dead worker's heartbeat goes stale; the next dispatch notices
+    // and settles its rows (unknown: never sent again), then finishes.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
+    env.ok(&["dispatch"]).await;
+    let counts = env.counts().await;
+    let sent = counts.get("sent").copied().unwrap_or(0);
+    let unknown = counts.get("unknown").copied().unwrap_or(0);
+    assert_eq!(
+        sent + unknown,
+        5000,
+        "nothing else open or lost: {counts:?}"
+    );
+    assert!(
+        (1..=4).contains(&unknown),
+        "only the killed worker's in-flight rows (at most its 4 connections) are unknown: {counts:?}"
+    );
+    let seen = received_counts(&sink.messages());
+    assert_nobody_twice(&seen);
+    for address in env.addresses("sent").await {
+        assert_eq!(
+            seen.get(&address),
+            Some(&1),
+            "{address} is sent but was not received"
+        );
+    }
+    let missing = 5000 - seen.len() as i64;
+    assert!(
+        missing <= unknown,
+        "{missing} recipients never received, beyond the {unknown} in flight"
+    );
+    assert_eq!(env.campaign_status().await, "sent");
+    sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rate_limit_holds_across_workers() {
+    if skipped("the_rate_limit_holds_across_workers") {
+        return;
+    }
+    const RATE: f64 = 20.0;
+    const RECIPIENTS: i64 = 120;
+    let sink = SmtpSink::start(Behaviour::new().discard_data());
+    let env = Env::new(sink.port(), &format!("rate = {RATE}"), "").await;
+    env.subscribers(RECIPIENTS).await;
+    env.freeze_due_soon().await;
+    let workers: Vec<Child> = (0..2).map(|_| env.spawn_dispatch()).collect();
+    for w in workers {
+        let out = finish(w).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let messages = sink.messages();
+    assert_eq!(messages.len(), RECIPIENTS as usize);
+    assert_nobody_twice(&received_counts(&messages));
+    let first = messages.iter().map(|m| m.at).min().unwrap();
+    let last = messages.iter().map(|m| m.at).max().unwrap();
+    let span = (last - first).as_secs_f64();
+    // 120 messages at 20/s take at least 119/20 = 5.95 s across both
+    // workers; each process pacing alone would take half that. Slack: 25%.
+    let rate = (RECIPIENTS - 1) as f64 / span;
+    assert!(
+        rate <= RATE * 1.25,
+        "{rate:.1} messages/s over {span:.2} s with rate = {RATE}"
+    );
+    sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_live_workers() {
+    if skipped("status_shows_the_live_workers") {
+        return;
+    }
+    let sink = SmtpSink::start(Behaviour::new().discard_data());
+    let env = Env::new(sink.port(), "rate = 20", "").await;
+    env.subscribers(200).await;
+    env.freeze_due_soon().await;
+    let workers: Vec<Child> = (0..2).map(|_| env.spawn_dispatch()).collect();
+    sink.wait_for(20, Duration::from_secs(60)).await;
+    let json = env.ok(&["status", "--format", "json"]).await;
+    let report: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    let live = report["workers"].as_array().expect("workers listed");
+    let mut pids: Vec<u64> = live.iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    pids.sort();
+    let mut expected: Vec<u64> = workers.iter().map(|w| u64::from(w.id())).collect();
+    expected.sort();
+    assert_eq!(pids, expected, "{json}");
+    assert!(
+        live.iter()
+            .all(|w| w["host"].as_str().is_some_and(|h| !h.is_empty()))
+    );
+    let text = env.ok(&["status"]).await;
+    assert_eq!(text.matches("  worker: ").count(), 2, "{text}");
+    for w in workers {
+        finish(w).await;
+    }
+    let json = env.ok(&["status", "--format", "json"]).await;
+    assert!(
+        !json.contains("\"workers\""),
+        "finished workers are gone: {json}"
+    );
+    sink.shutdown().await;
+}
