@@ -356,7 +356,10 @@ pub struct Summary {
     pub left_to_others: bool,
 }
 
-/// The lease owner name of this process.
+/// The lease owner name of this process: `host:pid:nonce:space`, where
+/// `space` names this boot of this machine and its process-id namespace, so
+/// that a process id is only ever looked up where it means the same process
+/// (two containers may share a host name and not their process ids).
 pub fn owner_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -364,22 +367,62 @@ pub fn owner_name() -> String {
     let nonce: u64 = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
-    format!("{host}:{}:{nonce:x}", std::process::id())
+    format!("{host}:{}:{nonce:x}:{}", std::process::id(), pid_space())
 }
 
-/// A lease (or worker id) held by a process on this host that no longer
-/// runs.
+/// This boot of this machine and this process-id namespace, as a short
+/// hash ("unknown" when /proc does not say: then no id is looked up).
+fn pid_space() -> String {
+    use sha2::Digest as _;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let namespace = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) => {
+            let digest = sha2::Sha256::digest(format!("{}|{}", boot.trim(), namespace.display()));
+            digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+        }
+        _ => "unknown".into(),
+    }
+}
+
+/// A lease (or worker id) held by a process that no longer runs, known
+/// without waiting for its lease or heartbeat to expire: only a process of
+/// this machine's boot and process-id namespace, looked up in /proc.
 fn dead_owner(owner: Option<&str>) -> Option<String> {
     let owner = owner?;
     let mut parts = owner.split(':');
-    let host = parts.next()?;
+    let _host = parts.next()?;
     let pid: u32 = parts.next()?.parse().ok()?;
-    let me = owner_name();
-    let my_host = me.split(':').next()?;
-    (host == my_host
+    let _nonce = parts.next()?;
+    let space = parts.next()?;
+    (space != "unknown"
+        && space == pid_space()
         && pid != std::process::id()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists())
     .then(|| owner.to_string())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_process_of_this_machine_and_namespace_is_dead_at_once() {
+        let me = owner_name();
+        let parts: Vec<&str> = me.split(':').collect();
+        assert_eq!(parts.len(), 4, "{me}");
+        assert_eq!(parts[1], std::process::id().to_string());
+        // A process id that is not running, here: dead at once.
+        let gone = format!("{}:999999999:1:{}", parts[0], parts[3]);
+        assert_eq!(dead_owner(Some(&gone)), Some(gone.clone()));
+        // The same host name in another namespace (a container), or a name
+        // from before the namespace was recorded: left to its heartbeat.
+        let elsewhere = format!("{}:999999999:1:0123456789ab", parts[0]);
+        assert_eq!(dead_owner(Some(&elsewhere)), None);
+        assert_eq!(dead_owner(Some(&format!("{}:999999999:1", parts[0]))), None);
+        // This process is alive.
+        assert_eq!(dead_owner(Some(&me)), None);
+    }
 }
 
 /// Why a run did not start.
