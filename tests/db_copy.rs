@@ -28,11 +28,16 @@ fn server(test: &str) -> Option<String> {
     admin
 }
 
+/// The password given when the server's URL has none.
+const UNUSED_PASSWORD: &str = "test-password-never-shown";
+
 /// A fresh database on the server: its URL without the password, and the
 /// password (given to the binary as BULLETIN_DB_PASSWORD).
 async fn target() -> (String, String) {
     let mut url = url::Url::parse(&pg::fresh_database().await).unwrap();
-    let password = url.password().unwrap_or_default().to_string();
+    // A cluster that trusts loopback (.ci/postgres) ignores the password:
+    // one is passed anyway, to check it is never shown.
+    let password = url.password().unwrap_or(UNUSED_PASSWORD).to_string();
     url.set_password(None).unwrap();
     (url.to_string(), password)
 }
@@ -201,15 +206,38 @@ async fn operator_history(env: &Env, sink: &SmtpSink) {
         .await
         .unwrap();
     assert!(out.status.success(), "test copy: {out:?}");
-    // A sign-up counted by `bulletin serve` (one row of `signup_limits`, as
-    // the web's limit writes it), without starting a server here.
-    sqlx::query("INSERT INTO signup_limits (client, window_start, hits) VALUES ($1, $2, $3)")
-        .bind("192.0.2.0")
-        .bind(1_700_000_000_i64)
-        .bind(3_i64)
-        .execute(&raw(env.dir.path().join("b.db").as_path()).await)
-        .await
-        .unwrap();
+    // Rows that live only while something runs, written as the program
+    // writes them, without running it here: a sign-up counted by `serve`,
+    // a campaign's shared pace (`[smtp] rate`) and a worker sending it.
+    let db = raw(env.dir.path().join("b.db").as_path()).await;
+    for (sql, text, number) in [
+        (
+            "INSERT INTO signup_limits (client, window_start, hits) VALUES ($1, $2, 3)",
+            "192.0.2.0",
+            1_700_000_000_i64,
+        ),
+        (
+            "INSERT INTO campaign_pace (campaign_id, next_at) \
+             SELECT id, $2 FROM campaigns WHERE slug = $1",
+            "news-1",
+            1_700_000_000_000_000_i64,
+        ),
+        (
+            "INSERT INTO workers (id, host, pid, campaign_id, started_at, heartbeat_at) \
+             SELECT 'mail1:41230:1f:0123456789ab', 'mail1', 41230, id, $2, $2 \
+             FROM campaigns WHERE slug = $1",
+            "news-1",
+            1_700_000_000_i64,
+        ),
+    ] {
+        let done = sqlx::query(sql)
+            .bind(text)
+            .bind(number)
+            .execute(&db)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1, "{sql}");
+    }
 }
 
 /// The tables of the SQLite schema, from the database itself.
@@ -413,7 +441,7 @@ async fn a_missing_or_unreachable_target_is_a_clear_error() {
     )];
     if let Some(admin) = pg::requested() {
         let mut missing = url::Url::parse(&admin).unwrap();
-        let password = missing.password().unwrap().to_string();
+        let password = missing.password().unwrap_or(UNUSED_PASSWORD).to_string();
         missing.set_password(None).unwrap();
         missing.set_path("/bt_no_such_database");
         cases.push((missing.to_string(), password, "does not exist"));
