@@ -561,23 +561,18 @@ async fn raise_score(
     Ok(Some(new))
 }
 
-/// Halves the soft-bounce score of each of `delivered` that has one, inside
-/// the dispatcher's commit of their `sent` rows: a delivery that succeeds
-/// after soft bounces says the problem may be over. Each change is a
-/// `bounce_score_lowered` event; a score that becomes negligible is dropped.
-pub(super) async fn lower_scores_after_delivery(
+/// The soft-bounce scores of those of `people` who have one: (subscriber,
+/// score, computed at, half-life).
+async fn scores_of(
     tx: &mut sqlx::AnyConnection,
-    campaign: i64,
-    delivered: &[i64],
-    now: i64,
-) -> Result<()> {
-    use crate::bounce::score;
-    if delivered.is_empty() {
-        return Ok(());
+    people: &[i64],
+) -> Result<Vec<(i64, f64, i64, i64)>> {
+    if people.is_empty() {
+        return Ok(Vec::new());
     }
-    let ids = serde_json::to_string(delivered).expect("integers serialise");
+    let ids = serde_json::to_string(people).expect("integers serialise");
     let engine = super::Engine::of_connection(tx);
-    let scored: Vec<(i64, f64, i64, i64)> = query_as(engine.pick(
+    Ok(query_as(engine.pick(
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
          WHERE subscriber_id IN (SELECT value FROM json_each(?))",
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
@@ -585,7 +580,29 @@ pub(super) async fn lower_scores_after_delivery(
     ))
     .bind(ids)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?)
+}
+
+/// Halves the soft-bounce score of each of `delivered` that has one, inside
+/// the dispatcher's commit of their `sent` rows: a delivery that succeeds
+/// after soft bounces says the problem may be over. Each change is a
+/// `bounce_score_lowered` event; a score that becomes negligible is dropped.
+/// A read-then-write of what bounce processing writes too: in a round that
+/// locks only its rows ([`super::sql::begin_rows`]) it runs before the
+/// round's first write, and takes the write lock when there is a score to
+/// lower (then reads the scores again under it).
+pub(super) async fn lower_scores_after_delivery(
+    tx: &mut sqlx::AnyConnection,
+    campaign: i64,
+    delivered: &[i64],
+    now: i64,
+) -> Result<()> {
+    use crate::bounce::score;
+    let mut scored = scores_of(tx, delivered).await?;
+    if !scored.is_empty() && super::Engine::of_connection(tx) == super::Engine::Postgres {
+        super::sql::take_write_lock(tx).await?;
+        scored = scores_of(tx, delivered).await?;
+    }
     for (subscriber, stored, at, half_life) in scored {
         let new = score::after_delivery(score::decayed(stored, at, now, half_life));
         if new < score::NEGLIGIBLE {

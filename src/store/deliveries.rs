@@ -12,7 +12,9 @@
 //! `move_campaign`, the one statement that changes `campaigns.status`,
 //! enforces it in its `UPDATE`.
 
-use super::sql::{Engine, begin_write, flag, query, query_as, query_scalar};
+use super::sql::{
+    Engine, begin_rows, begin_write, flag, query, query_as, query_scalar, take_write_lock,
+};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, FromRow, Row};
 
@@ -616,11 +618,16 @@ macro_rules! other_list_sql {
 /// `$lock` is what locks the due rows: nothing on SQLite (one writer, one
 /// run per campaign), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where several
 /// workers claim from one campaign at once and each passes over the rows
-/// another is claiming ([`CLAIM_SQL_PG`]).
+/// another is claiming ([`CLAIM_SQL_PG`]). `$with` is `WITH ` when the
+/// claim's common table expressions come first. `$materialized` is
+/// ` MATERIALIZED` on PostgreSQL, which otherwise writes the check's
+/// subqueries out again at every reference to `checked` and `verdict` and
+/// plans and runs each copy. `$returning` is what the statement hands back
+/// ([`CLAIM_SQL`], [`CLAIM_SQL_PG`]).
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($with:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
         concat!(
-    "WITH due(id) AS (
+    $with, "due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
              ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS retries
@@ -632,7 +639,7 @@ macro_rules! claim_sql {
      home(id, subscriber_id, list_id) AS (
          SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
          FROM due JOIN deliveries d ON d.id = due.id),
-     checked(id, subscriber_id, list_id, why) AS (
+     checked(id, subscriber_id, list_id, why) AS", $materialized, " (
          SELECT h.id, h.subscriber_id, h.list_id, COALESCE((SELECT CASE
                  WHEN ",
     mailable!(),
@@ -645,11 +652,19 @@ macro_rules! claim_sql {
              LEFT JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.list_id = h.list_id
              WHERE s.id = h.subscriber_id), 'no such subscriber')
          FROM home h),
-     verdict(id, via, why) AS (
+     verdict(id, via, why) AS", $materialized, " (
          SELECT c.id, CASE WHEN c.why = '' THEN c.list_id ELSE (",
     other_list_sql!(),
-    ") END, c.why FROM checked c)
-     UPDATE deliveries SET
+    ") END, c.why FROM checked c)",
+    $($returning)*
+        )
+    };
+}
+
+/// The update that marks the checked rows (the `verdict` of [`claim_sql!`]).
+macro_rules! mark_claimed_sql {
+    () => {
+        "UPDATE deliveries SET
          status = CASE WHEN v.via IS NOT NULL THEN 'sending' ELSE 'skipped' END,
          list_id = COALESCE(v.via, deliveries.list_id),
          attempts = attempts + CASE WHEN v.via IS NOT NULL THEN 1 ELSE 0 END,
@@ -657,33 +672,82 @@ macro_rules! claim_sql {
          next_attempt_at = CASE WHEN v.via IS NOT NULL THEN next_attempt_at END,
          worker_id = CASE WHEN v.via IS NOT NULL THEN ?6 END,
          updated_at = ?5
-     FROM verdict v WHERE deliveries.id = v.id
-     RETURNING deliveries.id, deliveries.status"
+     FROM verdict v WHERE deliveries.id = v.id"
+    };
+}
+
+/// The claim on SQLite ([`claim_sql!`]): the ids and new statuses, and
+/// [`CLAIMED_JOBS_SQL`] reads the recipients after it.
+pub const CLAIM_SQL: &str = claim_sql!(
+    "WITH ",
+    "",
+    "",
+    concat!(
+        "\n     ",
+        mark_claimed_sql!(),
+        " RETURNING deliveries.id, deliveries.status"
+    )
+);
+
+/// The claim on PostgreSQL without its `WITH`: the due rows locked
+/// `FOR UPDATE SKIP LOCKED`, and the recipients read in the same statement
+/// (one round trip, no second plan over a list of ids). Rows: delivery_id,
+/// status, subscriber_id, list_id, attempts, email, name, attributes.
+macro_rules! claim_body_pg {
+    () => {
+        claim_sql!(
+            "",
+            " FOR UPDATE SKIP LOCKED",
+            " MATERIALIZED",
+            concat!(
+                ",\n     claimed AS (",
+                mark_claimed_sql!(),
+                " RETURNING deliveries.id, deliveries.status, deliveries.subscriber_id,
+                     deliveries.list_id, deliveries.attempts)
+             SELECT c.id AS delivery_id, c.status, c.subscriber_id, c.list_id, c.attempts,
+                 s.email, s.name, s.attributes
+             FROM claimed c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
+            )
         )
     };
 }
 
-/// The claim on SQLite ([`claim_sql!`]).
-pub const CLAIM_SQL: &str = claim_sql!("");
-/// The claim on PostgreSQL: the due rows locked `FOR UPDATE SKIP LOCKED`.
-pub const CLAIM_SQL_PG: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
+/// The claim on PostgreSQL ([`claim_body_pg!`]).
+pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!());
+
+/// A PostgreSQL round whose outcomes are all deliveries, as one statement
+/// (so one implicit transaction, committed before its rows are handed
+/// out): record `sent` on the rows the worker still holds, as
+/// [`record_sent`] does, and claim as [`CLAIM_SQL_PG`] does. Unless a
+/// delivered person has a bounce score to lower, which reads and writes
+/// what bounce processing writes too: then nothing is recorded and a row
+/// with status `blocked` says so, for the round's transaction to record
+/// them. `{values}` is `(?7, ?8, ?9), ...`: delivery id, reply, message id.
+const SENT_AND_CLAIM_SQL_PG: &str = concat!(
+    "WITH v(id, reply, mid) AS (VALUES {values}),
+     scored(blocked) AS (SELECT 1 FROM v JOIN deliveries d ON d.id = v.id
+         JOIN bounce_scores b ON b.subscriber_id = d.subscriber_id LIMIT 1),
+     recorded AS (UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
+             next_attempt_at = NULL, updated_at = ?5, sent_at = ?5
+         FROM v WHERE deliveries.id = v.id AND deliveries.worker_id = ?6
+             AND NOT EXISTS (SELECT 1 FROM scored)),
+     ",
+    claim_body_pg!(),
+    "
+     UNION ALL SELECT NULL, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL FROM scored"
+);
+
+/// At most this many outcomes go in one [`SENT_AND_CLAIM_SQL_PG`].
+const SENT_AT_ONCE: usize = 64;
 
 /// [`other_list_sql!`] as text, for documentation and tests.
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
 
-/// The recipients of rows just claimed (`?1`: a JSON array of delivery
-/// ids), read in the claim's transaction: what a worker may use. The two
-/// engines expand the array with their own JSON functions.
-fn claimed_jobs_sql(engine: Engine) -> &'static str {
-    engine.pick(
-        "SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
-         FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
-         JOIN subscribers s ON s.id = d.subscriber_id",
-        "SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
-         FROM json_array_elements_text(CAST(?1 AS json)) j JOIN deliveries d ON d.id = CAST(j.value AS BIGINT) \
-         JOIN subscribers s ON s.id = d.subscriber_id",
-    )
-}
+/// The recipients of rows just claimed on SQLite (`?1`: a JSON array of
+/// delivery ids), read in the claim's transaction: what a worker may use.
+const CLAIMED_JOBS_SQL: &str = "SELECT d.id AS delivery_id, d.subscriber_id, d.list_id, s.email, s.name, s.attributes, d.attempts \
+     FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
+     JOIN subscribers s ON s.id = d.subscriber_id";
 
 /// Claims up to `want` due rows for `worker` inside the caller's
 /// transaction (see [`CLAIM_SQL`]); rows skipped along the way do not count
@@ -696,37 +760,89 @@ async fn claim(
     now: i64,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
-    let mut sending = Vec::with_capacity(want);
-    let claim_sql = Engine::of_connection(tx).pick(CLAIM_SQL, CLAIM_SQL_PG);
-    while sending.len() < want {
-        let rows: Vec<(i64, String)> = query_as(claim_sql)
-            .bind(campaign.id)
-            .bind(campaign.list_id)
-            .bind(now)
-            .bind((want - sending.len()) as i64)
-            .bind(now)
-            .bind(worker)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
+    while claimed.jobs.len() < want {
+        let left = want - claimed.jobs.len();
+        let (jobs, skipped) = match Engine::of_connection(tx) {
+            Engine::Sqlite => claim_sqlite(tx, campaign, worker, left, now).await?,
+            Engine::Postgres => claim_postgres(tx, campaign, worker, left, now).await?,
+        };
+        if jobs.is_empty() && skipped == 0 {
             claimed.exhausted = true;
             break;
         }
-        for (id, status) in rows {
-            match status.as_str() {
-                "sending" => sending.push(id),
-                _ => claimed.skipped += 1,
-            }
-        }
-    }
-    if !sending.is_empty() {
-        let ids = serde_json::to_string(&sending).expect("ids serialise");
-        claimed.jobs = query_as(claimed_jobs_sql(Engine::of_connection(tx)))
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        claimed.jobs.extend(jobs);
+        claimed.skipped += skipped;
     }
     Ok(claimed)
+}
+
+/// One claim statement on SQLite, then the recipients of the rows it marked
+/// `sending`: (jobs, rows skipped).
+async fn claim_sqlite(
+    tx: &mut AnyConnection,
+    campaign: &CampaignRow,
+    worker: &str,
+    want: usize,
+    now: i64,
+) -> Result<(Vec<Job>, u64)> {
+    let rows: Vec<(i64, String)> = query_as(CLAIM_SQL)
+        .bind(campaign.id)
+        .bind(campaign.list_id)
+        .bind(now)
+        .bind(want as i64)
+        .bind(now)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await?;
+    let (sending, skipped): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, s)| s == "sending");
+    if sending.is_empty() {
+        return Ok((Vec::new(), skipped.len() as u64));
+    }
+    let ids: Vec<i64> = sending.into_iter().map(|(id, _)| id).collect();
+    let ids = serde_json::to_string(&ids).expect("ids serialise");
+    let jobs = query_as(CLAIMED_JOBS_SQL)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok((jobs, skipped.len() as u64))
+}
+
+/// One claim statement on PostgreSQL, which reads the recipients too:
+/// (jobs, rows skipped).
+async fn claim_postgres(
+    tx: &mut AnyConnection,
+    campaign: &CampaignRow,
+    worker: &str,
+    want: usize,
+    now: i64,
+) -> Result<(Vec<Job>, u64)> {
+    let rows: Vec<AnyRow> = query(CLAIM_SQL_PG)
+        .bind(campaign.id)
+        .bind(campaign.list_id)
+        .bind(now)
+        .bind(want as i64)
+        .bind(now)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await?;
+    let (jobs, skipped, _) = read_claim_pg(&rows)?;
+    Ok((jobs, skipped))
+}
+
+/// The rows of [`CLAIM_SQL_PG`] or [`SENT_AND_CLAIM_SQL_PG`]: (jobs, rows
+/// skipped, whether the outcomes were left unrecorded).
+fn read_claim_pg(rows: &[AnyRow]) -> Result<(Vec<Job>, u64, bool)> {
+    let mut jobs = Vec::with_capacity(rows.len());
+    let (mut skipped, mut blocked) = (0, false);
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        match status.as_str() {
+            "sending" => jobs.push(Job::from_row(row)?),
+            "blocked" => blocked = true,
+            _ => skipped += 1,
+        }
+    }
+    Ok((jobs, skipped, blocked))
 }
 
 /// The result of one delivery attempt.
@@ -761,11 +877,12 @@ pub enum Outcome {
 
 impl super::Store {
     /// Records `outcomes` and claims up to `want` rows for `worker`
-    /// ([`CLAIM_SQL`]): the group commit that brackets every SMTP
-    /// transaction. One transaction on SQLite; on PostgreSQL the outcomes
-    /// commit under the write lock and the claim follows in its own
-    /// transaction without it, beside other workers' claims
-    /// ([`CLAIM_SQL_PG`] locks its rows instead).
+    /// ([`CLAIM_SQL`]), committed together before the claimed rows are
+    /// handed out: the group commit that brackets every SMTP transaction.
+    /// On PostgreSQL a round locks only the rows it writes (the worker's
+    /// own, and the rows it claims `FOR UPDATE SKIP LOCKED`), so several
+    /// workers' rounds commit side by side, and the common round (only
+    /// deliveries to record) is one statement ([`SENT_AND_CLAIM_SQL_PG`]).
     pub async fn record_and_claim(
         &self,
         campaign: &CampaignRow,
@@ -774,25 +891,148 @@ impl super::Store {
         outcomes: &[(i64, i64, Outcome)],
         now: i64,
     ) -> Result<Claimed> {
-        let pool = &self.pool;
-        let mut tx = begin_write(pool).await?;
-        record_sent(&mut tx, worker, outcomes, now).await?;
+        let all_sent = outcomes
+            .iter()
+            .all(|(_, _, o)| matches!(o, Outcome::Sent { .. }));
+        if self.engine() == Engine::Postgres
+            && want > 0
+            && !outcomes.is_empty()
+            && outcomes.len() <= SENT_AT_ONCE
+            && all_sent
+        {
+            return self
+                .record_sent_and_claim(campaign, worker, want, outcomes, now)
+                .await;
+        }
+        self.record_and_claim_in_transaction(campaign, worker, want, outcomes, now)
+            .await
+    }
+
+    /// [`SENT_AND_CLAIM_SQL_PG`], then what it left: the outcomes, when a
+    /// delivered person has a bounce score to lower, or more rows when
+    /// skipped rows made the claim short.
+    async fn record_sent_and_claim(
+        &self,
+        campaign: &CampaignRow,
+        worker: &str,
+        want: usize,
+        outcomes: &[(i64, i64, Outcome)],
+        now: i64,
+    ) -> Result<Claimed> {
+        let values: Vec<String> = (0..outcomes.len())
+            .map(|i| format!("(?{}, ?{}, ?{})", 7 + 3 * i, 8 + 3 * i, 9 + 3 * i))
+            .collect();
+        let sql = SENT_AND_CLAIM_SQL_PG.replace("{values}", &values.join(", "));
+        let mut q = query(&sql)
+            .bind(campaign.id)
+            .bind(campaign.list_id)
+            .bind(now)
+            .bind(want as i64)
+            .bind(now)
+            .bind(worker);
+        for (delivery, _, outcome) in outcomes {
+            if let Outcome::Sent { reply, message_id } = outcome {
+                q = q
+                    .bind(delivery)
+                    .bind(reply.as_str())
+                    .bind(message_id.as_str());
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        let rows = q.fetch_all(&mut *conn).await?;
+        let (jobs, skipped, unrecorded) = read_claim_pg(&rows)?;
+        let mut claimed = Claimed {
+            // The claim hands out fewer rows than asked only when no more
+            // are due (or free to take).
+            exhausted: jobs.len() + (skipped as usize) < want,
+            jobs,
+            skipped,
+        };
+        let left = if claimed.exhausted {
+            0
+        } else {
+            want - claimed.jobs.len()
+        };
+        let more = if unrecorded {
+            drop(conn);
+            self.record_and_claim_in_transaction(campaign, worker, left, outcomes, now)
+                .await?
+        } else if left > 0 {
+            claim(&mut conn, campaign, worker, left, now).await?
+        } else {
+            Claimed::default()
+        };
+        claimed.exhausted |= more.exhausted;
+        claimed.skipped += more.skipped;
+        claimed.jobs.extend(more.jobs);
+        Ok(claimed)
+    }
+
+    /// [`Self::record_and_claim`] as one transaction, whatever the
+    /// outcomes. On PostgreSQL a round that records a hard bounce or lowers
+    /// a bounce score, which read and write what others write too, takes
+    /// the write lock first ([`super::sql::begin_rows`]).
+    async fn record_and_claim_in_transaction(
+        &self,
+        campaign: &CampaignRow,
+        worker: &str,
+        want: usize,
+        outcomes: &[(i64, i64, Outcome)],
+        now: i64,
+    ) -> Result<Claimed> {
+        let mut tx = begin_rows(&self.pool).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))
             .map(|(_, subscriber, _)| *subscriber)
             .collect();
+        let hard_bounce = outcomes.iter().any(|(_, _, o)| {
+            matches!(
+                o,
+                Outcome::Failed {
+                    hard_bounce: true,
+                    ..
+                }
+            )
+        });
+        if hard_bounce {
+            take_write_lock(&mut tx).await?;
+        }
+        // Before the first write: it may take the write lock.
         super::bounces::lower_scores_after_delivery(&mut tx, campaign.id, &delivered, now).await?;
-        for (delivery_id, subscriber_id, outcome) in outcomes {
-            let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
-                Outcome::Sent { .. } => continue,
-                Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
-                Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
-                Outcome::Unknown { reply } => ("unknown", Some(reply), None),
-                Outcome::Skipped { reason } => ("skipped", Some(reason), None),
-                Outcome::Unclaimed => ("queued", None, None),
-            };
-            query(
+        record_sent(&mut tx, worker, outcomes, now).await?;
+        record_others(&mut tx, campaign.id, worker, outcomes, now).await?;
+        let claimed = if want == 0 {
+            Claimed::default()
+        } else {
+            claim(&mut tx, campaign, worker, want, now).await?
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+}
+
+/// The outcomes other than sent, one statement each (they are few), on
+/// rows `worker` still holds; a hard bounce also stops mail to the address
+/// ([`super::bounces::record_hard_bounce`]), under the write lock the round
+/// took for it.
+async fn record_others(
+    tx: &mut AnyConnection,
+    campaign: i64,
+    worker: &str,
+    outcomes: &[(i64, i64, Outcome)],
+    now: i64,
+) -> Result<()> {
+    for (delivery_id, subscriber_id, outcome) in outcomes {
+        let (status, reply, next): (&str, Option<&str>, Option<i64>) = match outcome {
+            Outcome::Sent { .. } => continue,
+            Outcome::Deferred { reply, retry_at } => ("deferred", Some(reply), Some(*retry_at)),
+            Outcome::Failed { reply, .. } => ("failed", Some(reply), None),
+            Outcome::Unknown { reply } => ("unknown", Some(reply), None),
+            Outcome::Skipped { reason } => ("skipped", Some(reason), None),
+            Outcome::Unclaimed => ("queued", None, None),
+        };
+        query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' AND attempts > 0 THEN attempts - 1 ELSE attempts END
@@ -806,35 +1046,24 @@ impl super::Store {
         .bind(worker)
         .execute(&mut *tx)
         .await?;
-            if let Outcome::Failed {
+        if let Outcome::Failed {
+            reply,
+            hard_bounce: true,
+        } = outcome
+        {
+            let campaign = Some(campaign);
+            super::bounces::record_hard_bounce(
+                tx,
+                *subscriber_id,
+                campaign,
+                "dispatch",
                 reply,
-                hard_bounce: true,
-            } = outcome
-            {
-                let campaign = Some(campaign.id);
-                super::bounces::record_hard_bounce(
-                    &mut tx,
-                    *subscriber_id,
-                    campaign,
-                    "dispatch",
-                    reply,
-                    now,
-                )
-                .await?;
-            }
+                now,
+            )
+            .await?;
         }
-        if want == 0 {
-            tx.commit().await?;
-            return Ok(Claimed::default());
-        }
-        if self.engine() == Engine::Postgres {
-            tx.commit().await?;
-            tx = pool.begin().await?;
-        }
-        let claimed = claim(&mut tx, campaign, worker, want, now).await?;
-        tx.commit().await?;
-        Ok(claimed)
     }
+    Ok(())
 }
 
 /// The common outcome, sent, as one statement per 300 rows. Like every

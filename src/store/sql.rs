@@ -179,8 +179,9 @@ const WRITE_LOCK: i64 = 0x6275_6c6c_6574_696e; // "bulletin"
 /// Starts a write transaction: one writer at a time, as every read-then-write
 /// in the store assumes. SQLite's `BEGIN IMMEDIATE`; on PostgreSQL, `BEGIN`
 /// and a transaction-level advisory lock that every write transaction takes,
-/// released at commit or rollback (the dispatcher's claims do not take it:
-/// they lock their rows with `FOR UPDATE SKIP LOCKED` instead).
+/// released at commit or rollback (the dispatcher's rounds do not take it
+/// unless they must: they lock their rows with `FOR UPDATE SKIP LOCKED`
+/// instead, see [`begin_rows`]).
 pub async fn begin_write(pool: &AnyPool) -> Result<Transaction<'static, Any>> {
     match Engine::of(pool) {
         Engine::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
@@ -201,6 +202,29 @@ pub async fn begin_write_on(conn: &mut AnyConnection) -> Result<Transaction<'_, 
             lock_writes(&mut tx).await?;
             Ok(tx)
         }
+    }
+}
+
+/// A write transaction that locks only the rows it writes: on PostgreSQL
+/// `BEGIN` without the write lock, for the dispatcher's rounds, which
+/// several workers run at once on rows each holds alone; on SQLite the same
+/// as [`begin_write`]. A round that turns out to need the write lock (it
+/// records a hard bounce, or lowers a bounce score) takes it with
+/// [`take_write_lock`] before its first write, so that it never waits for
+/// the lock while holding row locks that the lock's holder may wait for.
+pub async fn begin_rows(pool: &AnyPool) -> Result<Transaction<'static, Any>> {
+    match Engine::of(pool) {
+        Engine::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Engine::Postgres => Ok(pool.begin().await?),
+    }
+}
+
+/// The write lock, inside a [`begin_rows`] transaction before its first
+/// write (on SQLite the transaction already holds it).
+pub async fn take_write_lock(conn: &mut AnyConnection) -> Result<()> {
+    match Engine::of_connection(conn) {
+        Engine::Sqlite => Ok(()),
+        Engine::Postgres => lock_writes(conn).await,
     }
 }
 
