@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<bulletin::store::Error>()
-            .is_some_and(bulletin::store::Error::is_locked)
+            .is_some_and(bulletin::store::Error::is_transient)
     })
 }
 

@@ -393,3 +393,134 @@ async fn status_shows_the_live_workers() {
     );
     sink.shutdown().await;
 }
+
+/// The dispatcher's round on PostgreSQL, through the store: a round of
+/// deliveries records them and claims in one statement, on the rows its
+/// worker holds only; a round that delivered to someone with a bounce score
+/// records, lowers the score and claims all the same; a claim that finds
+/// fewer due rows than asked says nothing more is due.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
+    use bulletin::store::deliveries::{Job, NewCampaign, Outcome};
+    if skipped("a_round_records_only_its_own_rows_lowers_scores_and_claims") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setting = pg::db_named(dir.path(), "rounds").await;
+    let store = bulletin::store::Store::open(pg::location(&setting))
+        .await
+        .unwrap();
+    let list = store
+        .create_list("news", "News", "", false, false, 1)
+        .await
+        .unwrap()
+        .id;
+    for i in 0..6 {
+        let email = format!("p{i}@example.net");
+        store
+            .add_subscriber(&email, None, "news", "test", 1)
+            .await
+            .unwrap();
+    }
+    let new = NewCampaign {
+        slug: "c",
+        lists: &[list],
+        subject: "s",
+        compiled: "{}",
+        source_hash: "h",
+        send_at: 1,
+        now: 1,
+    };
+    let id = store.insert_campaign(&new).await.unwrap();
+    store.materialise(id, 1).await.unwrap();
+    let c = store.campaign_by_id(id).await.unwrap().unwrap();
+    let (a, b) = ("h:1:a", "h:2:b");
+    let first = store.record_and_claim(&c, a, 2, &[], 10).await.unwrap();
+    let theirs = store.record_and_claim(&c, b, 1, &[], 10).await.unwrap();
+    assert_eq!((first.jobs.len(), theirs.jobs.len()), (2, 1));
+    let sent = |job: &Job| {
+        let message_id = format!("<{}@x>", job.delivery_id);
+        let reply = "250 ok".to_string();
+        (
+            job.delivery_id,
+            job.subscriber_id,
+            Outcome::Sent { reply, message_id },
+        )
+    };
+    let raw = crate::support::db::raw(pg::location(&setting)).await;
+    let scored = first.jobs[0].subscriber_id;
+    sqlx::query("INSERT INTO bounce_scores (subscriber_id, score, computed_at, half_life) VALUES ($1, 2.0, 10, 2592000)")
+        .bind(scored)
+        .execute(&raw)
+        .await
+        .unwrap();
+    let counts = || async {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status || ' ' || COALESCE(worker_id, '-'), COUNT(*) FROM deliveries GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+        rows
+    };
+
+    // b reports a row that a holds: nothing changes on it; b claims one.
+    let stray = store
+        .record_and_claim(&c, b, 1, &[sent(&first.jobs[1])], 11)
+        .await
+        .unwrap();
+    assert_eq!(stray.jobs.len(), 1);
+    assert_eq!(
+        counts().await,
+        [
+            ("queued -".to_string(), 2),
+            (format!("sending {a}"), 2),
+            (format!("sending {b}"), 2)
+        ]
+    );
+
+    // a delivered to both, one of them scored: both recorded, the score
+    // halved (with its event), and the two queued rows claimed.
+    let outcomes = [sent(&first.jobs[0]), sent(&first.jobs[1])];
+    let second = store
+        .record_and_claim(&c, a, 3, &outcomes, 12)
+        .await
+        .unwrap();
+    assert_eq!(second.jobs.len(), 2);
+    assert!(second.exhausted, "two rows were due, three asked for");
+    let score: f64 = sqlx::query_scalar("SELECT score FROM bounce_scores WHERE subscriber_id = $1")
+        .bind(scored)
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert!((score - 1.0).abs() < 0.01, "score {score}");
+    let lowered: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE kind = 'bounce_score_lowered' AND subscriber_id = $1",
+    )
+    .bind(scored)
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(lowered, 1);
+    assert_eq!(
+        counts().await,
+        [
+            (format!("sending {a}"), 2),
+            (format!("sending {b}"), 2),
+            (format!("sent {a}"), 2)
+        ]
+    );
+
+    // A round of deliveries only, with nothing left to claim.
+    let outcomes = [sent(&second.jobs[0]), sent(&second.jobs[1])];
+    let last = store
+        .record_and_claim(&c, a, 1, &outcomes, 13)
+        .await
+        .unwrap();
+    assert!(last.jobs.is_empty() && last.exhausted);
+    assert_eq!(
+        counts().await,
+        [(format!("sending {b}"), 2), (format!("sent {a}"), 4)]
+    );
+    raw.close().await;
+}

@@ -943,7 +943,7 @@ pub(crate) fn dispatch(config: &Config) -> Result<ExitCode> {
                 let database = e
                     .chain()
                     .filter_map(|c| c.downcast_ref::<crate::store::Error>())
-                    .any(crate::store::Error::is_locked);
+                    .any(crate::store::Error::is_transient);
                 if database {
                     return Err(e);
                 }

@@ -471,9 +471,17 @@ impl Sharing {
                         store.unregister_worker(&w.id).await?;
                     }
                 }
-                store
+                match store
                     .settle_dead_workers(campaign_id, s.in_flight, alive_since, now)
-                    .await?
+                    .await
+                {
+                    Ok(settled) => settled,
+                    // A round of a worker taken for dead but still running
+                    // holds the rows (and a deadlock may pick this side):
+                    // the next heartbeat tries again.
+                    Err(e) if e.is_transient() => 0,
+                    Err(e) => return Err(e.into()),
+                }
             }
         })
     }
@@ -873,9 +881,9 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
     })
 }
 
-/// Owns the delivery log writes: each batch of requests becomes one
-/// transaction that records the outcomes and claims exactly one row per
-/// waiting worker, re-checking in the claim statement that each person may
+/// Owns the delivery log writes: each batch of requests becomes one round
+/// (`Store::record_and_claim`) that records the outcomes and claims exactly
+/// one row per waiting worker, re-checking in the claim statement that each person may
 /// still be mailed and reading their data in the same transaction. Claims
 /// are answered only after the commit, and nothing is read ahead, so a row
 /// is never handed out twice and nobody who left reaches a worker.

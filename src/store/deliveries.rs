@@ -619,22 +619,27 @@ macro_rules! other_list_sql {
 /// run per campaign), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where several
 /// workers claim from one campaign at once and each passes over the rows
 /// another is claiming ([`CLAIM_SQL_PG`]). `$with` is `WITH ` when the
-/// claim's common table expressions come first. `$materialized` is
+/// claim's common table expressions come first. `$limit` bounds each
+/// search: `?4` on SQLite; on PostgreSQL `{want}`, the number written into
+/// the text ([`with_want`]), because the planner takes a parameter limit
+/// for a tenth of the campaign, so it would plan the statement afresh at
+/// every execution rather than keep one plan. `$gate` is a further
+/// condition on the due rows ([`SENT_AND_CLAIM_SQL_PG`]'s). `$materialized` is
 /// ` MATERIALIZED` on PostgreSQL, which otherwise writes the check's
 /// subqueries out again at every reference to `checked` and `verdict` and
 /// plans and runs each copy. `$returning` is what the statement hands back
 /// ([`CLAIM_SQL`], [`CLAIM_SQL_PG`]).
 macro_rules! claim_sql {
-    ($with:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
+    ($with:literal, $limit:literal, $gate:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
         concat!(
     $with, "due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
-             WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3
-             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS retries
+             WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3", $gate, "
+             ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS retries
          UNION ALL
          SELECT id FROM (SELECT id FROM deliveries
-             WHERE campaign_id = ?1 AND status = 'queued'
-             ORDER BY next_attempt_at, id LIMIT ?4", $lock, ") AS firsts
+             WHERE campaign_id = ?1 AND status = 'queued'", $gate, "
+             ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS firsts
          LIMIT ?4),
      home(id, subscriber_id, list_id) AS (
          SELECT d.id, d.subscriber_id, COALESCE(d.list_id, ?2)
@@ -680,6 +685,8 @@ macro_rules! mark_claimed_sql {
 /// [`CLAIMED_JOBS_SQL`] reads the recipients after it.
 pub const CLAIM_SQL: &str = claim_sql!(
     "WITH ",
+    "?4",
+    "",
     "",
     "",
     concat!(
@@ -694,9 +701,11 @@ pub const CLAIM_SQL: &str = claim_sql!(
 /// (one round trip, no second plan over a list of ids). Rows: delivery_id,
 /// status, subscriber_id, list_id, attempts, email, name, attributes.
 macro_rules! claim_body_pg {
-    () => {
+    ($gate:literal) => {
         claim_sql!(
             "",
+            "{want}",
+            $gate,
             " FOR UPDATE SKIP LOCKED",
             " MATERIALIZED",
             concat!(
@@ -712,19 +721,30 @@ macro_rules! claim_body_pg {
     };
 }
 
-/// The claim on PostgreSQL ([`claim_body_pg!`]).
-pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!());
+/// The claim on PostgreSQL ([`claim_body_pg!`]); `{want}` is replaced
+/// by [`with_want`].
+pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!(""));
+
+/// A PostgreSQL claim's text with its limit written in: one text, so one
+/// plan kept by the server, per number of rows asked for (at most the
+/// number of connections).
+fn with_want(text: &str, want: usize) -> String {
+    text.replace("{want}", &want.to_string())
+}
 
 /// A PostgreSQL round whose outcomes are all deliveries, as one statement
 /// (so one implicit transaction, committed before its rows are handed
 /// out): record `sent` on the rows the worker still holds, as
 /// [`record_sent`] does, and claim as [`CLAIM_SQL_PG`] does. Unless a
 /// delivered person has a bounce score to lower, which reads and writes
-/// what bounce processing writes too: then nothing is recorded and a row
-/// with status `blocked` says so, for the round's transaction to record
-/// them. `{values}` is `(?7, ?8, ?9), ...`: delivery id, reply, message id.
+/// what bounce processing writes too: then nothing is recorded or claimed,
+/// and a row with status `blocked` says so, for the round's transaction to
+/// do both. `?7` is a JSON array of [delivery id, reply, message id]: one
+/// text, whatever the number of outcomes.
 const SENT_AND_CLAIM_SQL_PG: &str = concat!(
-    "WITH v(id, reply, mid) AS (VALUES {values}),
+    "WITH v(id, reply, mid) AS (
+         SELECT CAST(j.value ->> 0 AS BIGINT), j.value ->> 1, j.value ->> 2
+         FROM json_array_elements(CAST(?7 AS json)) j),
      scored(blocked) AS (SELECT 1 FROM v JOIN deliveries d ON d.id = v.id
          JOIN bounce_scores b ON b.subscriber_id = d.subscriber_id LIMIT 1),
      recorded AS (UPDATE deliveries SET status = 'sent', last_reply = v.reply, message_id = v.mid,
@@ -732,13 +752,10 @@ const SENT_AND_CLAIM_SQL_PG: &str = concat!(
          FROM v WHERE deliveries.id = v.id AND deliveries.worker_id = ?6
              AND NOT EXISTS (SELECT 1 FROM scored)),
      ",
-    claim_body_pg!(),
+    claim_body_pg!(" AND NOT EXISTS (SELECT 1 FROM scored)"),
     "
      UNION ALL SELECT NULL, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL FROM scored"
 );
-
-/// At most this many outcomes go in one [`SENT_AND_CLAIM_SQL_PG`].
-const SENT_AT_ONCE: usize = 64;
 
 /// [`other_list_sql!`] as text, for documentation and tests.
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
@@ -749,9 +766,9 @@ const CLAIMED_JOBS_SQL: &str = "SELECT d.id AS delivery_id, d.subscriber_id, d.l
      FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
      JOIN subscribers s ON s.id = d.subscriber_id";
 
-/// Claims up to `want` due rows for `worker` inside the caller's
-/// transaction (see [`CLAIM_SQL`]); rows skipped along the way do not count
-/// against `want`.
+/// Claims up to `want` due rows for `worker` on the caller's connection,
+/// in its transaction if it has one (see [`CLAIM_SQL`]); rows skipped
+/// along the way do not count against `want`.
 async fn claim(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
@@ -816,7 +833,7 @@ async fn claim_postgres(
     want: usize,
     now: i64,
 ) -> Result<(Vec<Job>, u64)> {
-    let rows: Vec<AnyRow> = query(CLAIM_SQL_PG)
+    let rows: Vec<AnyRow> = query(&with_want(CLAIM_SQL_PG, want))
         .bind(campaign.id)
         .bind(campaign.list_id)
         .bind(now)
@@ -877,8 +894,10 @@ pub enum Outcome {
 
 impl super::Store {
     /// Records `outcomes` and claims up to `want` rows for `worker`
-    /// ([`CLAIM_SQL`]), committed together before the claimed rows are
-    /// handed out: the group commit that brackets every SMTP transaction.
+    /// ([`CLAIM_SQL`]), committed before the claimed rows are handed out:
+    /// the group commit that brackets every SMTP transaction (together, but
+    /// for a PostgreSQL claim made short by skipped rows, whose rest is
+    /// claimed in a statement of its own).
     /// On PostgreSQL a round locks only the rows it writes (the worker's
     /// own, and the rows it claims `FOR UPDATE SKIP LOCKED`), so several
     /// workers' rounds commit side by side, and the common round (only
@@ -894,12 +913,7 @@ impl super::Store {
         let all_sent = outcomes
             .iter()
             .all(|(_, _, o)| matches!(o, Outcome::Sent { .. }));
-        if self.engine() == Engine::Postgres
-            && want > 0
-            && !outcomes.is_empty()
-            && outcomes.len() <= SENT_AT_ONCE
-            && all_sent
-        {
+        if self.engine() == Engine::Postgres && want > 0 && !outcomes.is_empty() && all_sent {
             return self
                 .record_sent_and_claim(campaign, worker, want, outcomes, now)
                 .await;
@@ -908,9 +922,10 @@ impl super::Store {
             .await
     }
 
-    /// [`SENT_AND_CLAIM_SQL_PG`], then what it left: the outcomes, when a
-    /// delivered person has a bounce score to lower, or more rows when
-    /// skipped rows made the claim short.
+    /// [`SENT_AND_CLAIM_SQL_PG`], then what it left: the whole round in a
+    /// transaction when a delivered person has a bounce score to lower, or
+    /// more rows (in a statement of their own) when skipped rows made the
+    /// claim short.
     async fn record_sent_and_claim(
         &self,
         campaign: &CampaignRow,
@@ -919,28 +934,35 @@ impl super::Store {
         outcomes: &[(i64, i64, Outcome)],
         now: i64,
     ) -> Result<Claimed> {
-        let values: Vec<String> = (0..outcomes.len())
-            .map(|i| format!("(?{}, ?{}, ?{})", 7 + 3 * i, 8 + 3 * i, 9 + 3 * i))
+        let sent: Vec<(i64, &str, &str)> = outcomes
+            .iter()
+            .filter_map(|(d, _, o)| match o {
+                Outcome::Sent { reply, message_id } => {
+                    Some((*d, reply.as_str(), message_id.as_str()))
+                }
+                _ => None,
+            })
             .collect();
-        let sql = SENT_AND_CLAIM_SQL_PG.replace("{values}", &values.join(", "));
-        let mut q = query(&sql)
+        let sent = serde_json::to_string(&sent).expect("outcomes serialise");
+        let mut conn = self.pool.acquire().await?;
+        let rows = query(&with_want(SENT_AND_CLAIM_SQL_PG, want))
             .bind(campaign.id)
             .bind(campaign.list_id)
             .bind(now)
             .bind(want as i64)
             .bind(now)
-            .bind(worker);
-        for (delivery, _, outcome) in outcomes {
-            if let Outcome::Sent { reply, message_id } = outcome {
-                q = q
-                    .bind(delivery)
-                    .bind(reply.as_str())
-                    .bind(message_id.as_str());
-            }
-        }
-        let mut conn = self.pool.acquire().await?;
-        let rows = q.fetch_all(&mut *conn).await?;
+            .bind(worker)
+            .bind(sent)
+            .fetch_all(&mut *conn)
+            .await?;
         let (jobs, skipped, unrecorded) = read_claim_pg(&rows)?;
+        if unrecorded {
+            // Nothing was recorded or claimed: the round's transaction does both.
+            drop(conn);
+            return self
+                .record_and_claim_in_transaction(campaign, worker, want, outcomes, now)
+                .await;
+        }
         let mut claimed = Claimed {
             // The claim hands out fewer rows than asked only when no more
             // are due (or free to take).
@@ -948,24 +970,35 @@ impl super::Store {
             jobs,
             skipped,
         };
-        let left = if claimed.exhausted {
-            0
-        } else {
-            want - claimed.jobs.len()
-        };
-        let more = if unrecorded {
-            drop(conn);
-            self.record_and_claim_in_transaction(campaign, worker, left, outcomes, now)
-                .await?
-        } else if left > 0 {
-            claim(&mut conn, campaign, worker, left, now).await?
-        } else {
-            Claimed::default()
-        };
-        claimed.exhausted |= more.exhausted;
-        claimed.skipped += more.skipped;
-        claimed.jobs.extend(more.jobs);
-        Ok(claimed)
+        if claimed.exhausted || claimed.jobs.len() == want {
+            return Ok(claimed);
+        }
+        // Skipped rows made the claim short: claim the rest.
+        let left = want - claimed.jobs.len();
+        match claim(&mut conn, campaign, worker, left, now).await {
+            Ok(more) => {
+                claimed.exhausted = more.exhausted;
+                claimed.skipped += more.skipped;
+                claimed.jobs.extend(more.jobs);
+                Ok(claimed)
+            }
+            Err(e) => {
+                // The rows claimed already were committed `sending`: give
+                // them back before failing, or the in-flight policy would
+                // settle them, never attempted (best effort: the database
+                // may be failing too).
+                drop(conn);
+                let back: Vec<_> = claimed
+                    .jobs
+                    .iter()
+                    .map(|j| (j.delivery_id, j.subscriber_id, Outcome::Unclaimed))
+                    .collect();
+                let _ = self
+                    .record_and_claim_in_transaction(campaign, worker, 0, &back, now)
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// [`Self::record_and_claim`] as one transaction, whatever the

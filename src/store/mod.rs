@@ -218,9 +218,9 @@ impl From<sqlx::Error> for Error {
 }
 
 impl Error {
-    /// True when another process held the database too long; retrying later
-    /// may succeed.
-    pub fn is_locked(&self) -> bool {
+    /// True when retrying later may succeed: another process held the
+    /// database too long, or the server (PostgreSQL) could not be reached.
+    pub fn is_transient(&self) -> bool {
         matches!(self, Error::Locked(_) | Error::Unreachable(_))
     }
 
@@ -580,7 +580,7 @@ mod tests {
             .await
             .unwrap();
         let err = b.set_setting("x", "y").await.unwrap_err();
-        assert!(err.is_locked(), "{err:?}");
+        assert!(err.is_transient(), "{err:?}");
         tx.rollback().await.unwrap();
         b.set_setting("x", "y").await.unwrap();
         assert_eq!(b.setting("x").await.unwrap().as_deref(), Some("y"));

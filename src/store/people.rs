@@ -242,7 +242,7 @@ async fn write_group(store: &super::Store, group: &mut Vec<Queued>) {
                 let _ = c.done.send(Ok(changed));
             }
         }
-        Err(e) if e.is_locked() => {
+        Err(e) if e.is_transient() => {
             for c in group.drain(..) {
                 let _ = c.done.send(Err(super::Error::Locked(super::BUSY_TIMEOUT)));
             }
@@ -837,7 +837,7 @@ mod tests {
             .collect();
         for t in tasks {
             let err = t.await.unwrap().unwrap_err();
-            assert!(err.is_locked(), "{err:?}");
+            assert!(err.is_transient(), "{err:?}");
         }
         lock.rollback().await.unwrap();
         assert!(writer.is_running());

@@ -3,7 +3,8 @@
 //! PostgreSQL requires and SQLite (through sqlx) reads the same way, so one
 //! text runs on both. [`query`], [`query_as`] and [`query_scalar`] are sqlx's
 //! functions of the same names over that text; every store statement starts
-//! with one of them. Write transactions start with [`begin_write`].
+//! with one of them. Write transactions start with [`begin_write`] (the
+//! dispatcher's rounds with [`begin_rows`]).
 //!
 //! The numbered text is kept for the life of the process, one copy per
 //! distinct statement: the store's statements are a fixed set (dynamic ones

@@ -213,7 +213,7 @@ impl Error {
 
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Error {
-        if e.is_locked() {
+        if e.is_transient() {
             tracing::warn!("answered 503: {e}");
             return Error::Unavailable;
         }
