@@ -460,45 +460,70 @@ impl super::Store {
     /// Queues one delivery per audience member, once: run again, it adds only
     /// people who joined since (what `send --only-new` relies on). No row is
     /// added to a cancelled campaign, whatever run was starting. Memory stays
-    /// flat: one `INSERT ... SELECT` per list of the campaign.
+    /// flat: one `INSERT ... SELECT` per list of the campaign for each
+    /// [`QUEUE_CHUNK`] subscriber ids, each chunk a write transaction of its
+    /// own, so that nobody waits for the write lock (an unsubscribe on the
+    /// pages, another worker starting on the same campaign) while a list of
+    /// a million is queued.
     pub async fn materialise(&self, campaign_id: i64, now: i64) -> Result<u64> {
+        self.materialise_by(campaign_id, now, QUEUE_CHUNK).await
+    }
+
+    /// [`Self::materialise`], `chunk` subscriber ids per transaction.
+    async fn materialise_by(&self, campaign_id: i64, now: i64, chunk: i64) -> Result<u64> {
         let pool = &self.pool;
-        let mut tx = begin_write(pool).await?;
         let lists: Vec<i64> = query_scalar(
             "SELECT list_id FROM campaign_lists WHERE campaign_id = ? ORDER BY position",
         )
         .bind(campaign_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(pool)
         .await?;
+        let last: Option<i64> = query_scalar("SELECT MAX(id) FROM subscribers")
+            .fetch_one(pool)
+            .await?;
         let mut queued = 0;
-        for list_id in lists {
-            queued += queue_list(&mut tx, campaign_id, list_id, now).await?;
+        let mut after = 0;
+        while after < last.unwrap_or(0) {
+            let ids = (after, after + chunk);
+            let mut tx = begin_write(pool).await?;
+            for &list_id in &lists {
+                queued += queue_list(&mut tx, campaign_id, list_id, ids, now).await?;
+            }
+            tx.commit().await?;
+            after = ids.1;
         }
-        tx.commit().await?;
         Ok(queued)
     }
 }
 
+/// The subscriber ids [`Store::materialise`] queues in one transaction.
+const QUEUE_CHUNK: i64 = 10_000;
+
 /// Queues the audience of one of the campaign's lists through that list.
 /// Lists go in front matter order and a person has one row per campaign
 /// (`ON CONFLICT DO NOTHING`), so someone on several lists is queued once,
-/// through the earliest list they may be mailed on.
+/// through the earliest list they may be mailed on. Only subscriber ids
+/// after `ids.0`, up to `ids.1`.
 async fn queue_list(
     conn: &mut AnyConnection,
     campaign_id: i64,
     list_id: i64,
+    ids: (i64, i64),
     now: i64,
 ) -> Result<u64> {
     let done = query(&format!(
         "INSERT INTO deliveries (campaign_id, subscriber_id, list_id, status, attempts, updated_at)
          SELECT ?2, a.id, ?1, 'queued', 0, ?3 FROM ({}) a
-         WHERE EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')
+         WHERE a.id > ?4 AND a.id <= ?5
+           AND EXISTS (SELECT 1 FROM campaigns WHERE id = ?2 AND status != 'cancelled')
          ON CONFLICT DO NOTHING",
         super::subscribers::AUDIENCE_SQL
     ))
     .bind(list_id)
     .bind(campaign_id)
     .bind(now)
+    .bind(ids.0)
+    .bind(ids.1)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
@@ -802,15 +827,13 @@ async fn claim_sqlite(
     want: usize,
     now: i64,
 ) -> Result<(Vec<Job>, u64)> {
-    let rows: Vec<(i64, String)> = query_as(CLAIM_SQL)
-        .bind(campaign.id)
-        .bind(campaign.list_id)
-        .bind(now)
-        .bind(want as i64)
-        .bind(now)
-        .bind(worker)
+    let rows = claim_query(CLAIM_SQL, campaign, worker, want, now)
         .fetch_all(&mut *tx)
         .await?;
+    let rows: Vec<(i64, String)> = rows
+        .iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("status")?)))
+        .collect::<sqlx::Result<_>>()?;
     let (sending, skipped): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, s)| s == "sending");
     if sending.is_empty() {
         return Ok((Vec::new(), skipped.len() as u64));
@@ -833,17 +856,31 @@ async fn claim_postgres(
     want: usize,
     now: i64,
 ) -> Result<(Vec<Job>, u64)> {
-    let rows: Vec<AnyRow> = query(&with_want(CLAIM_SQL_PG, want))
+    let text = with_want(CLAIM_SQL_PG, want);
+    let rows = claim_query(&text, campaign, worker, want, now)
+        .fetch_all(&mut *tx)
+        .await?;
+    let (jobs, skipped, _) = read_claim_pg(&rows)?;
+    Ok((jobs, skipped))
+}
+
+/// A claim statement ([`claim_sql!`]) with its parameters bound: `?1` the
+/// campaign, `?2` its first list, `?3` and `?5` now, `?4` how many rows,
+/// `?6` the worker.
+fn claim_query<'q>(
+    text: &str,
+    campaign: &CampaignRow,
+    worker: &'q str,
+    want: usize,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query(text)
         .bind(campaign.id)
         .bind(campaign.list_id)
         .bind(now)
         .bind(want as i64)
         .bind(now)
         .bind(worker)
-        .fetch_all(&mut *tx)
-        .await?;
-    let (jobs, skipped, _) = read_claim_pg(&rows)?;
-    Ok((jobs, skipped))
 }
 
 /// The rows of [`CLAIM_SQL_PG`] or [`SENT_AND_CLAIM_SQL_PG`]: (jobs, rows
@@ -945,13 +982,8 @@ impl super::Store {
             .collect();
         let sent = serde_json::to_string(&sent).expect("outcomes serialise");
         let mut conn = self.pool.acquire().await?;
-        let rows = query(&with_want(SENT_AND_CLAIM_SQL_PG, want))
-            .bind(campaign.id)
-            .bind(campaign.list_id)
-            .bind(now)
-            .bind(want as i64)
-            .bind(now)
-            .bind(worker)
+        let text = with_want(SENT_AND_CLAIM_SQL_PG, want);
+        let rows = claim_query(&text, campaign, worker, want, now)
             .bind(sent)
             .fetch_all(&mut *conn)
             .await?;
@@ -1705,6 +1737,33 @@ mod tests {
             .iter()
             .map(|j| (j.email.as_str(), j.list_id))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_built_chunk_by_chunk_and_misses_no_id() {
+        for chunk in [1, 2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+            let (a, b, campaign) = two_lists(&store).await;
+            let queued = store.materialise_by(campaign.id, 2, chunk).await;
+            assert_eq!(queued.unwrap(), 3, "chunks of {chunk}");
+            assert_eq!(
+                store.materialise_by(campaign.id, 2, chunk).await.unwrap(),
+                0
+            );
+            let claimed = store
+                .record_and_claim(&campaign, "test:1:1", 5, &[], 3)
+                .await
+                .unwrap();
+            let mut got = jobs(&claimed);
+            got.sort();
+            let want = [
+                ("ann@example.org", a),
+                ("bob@example.org", a),
+                ("cy@example.org", b),
+            ];
+            assert_eq!(got, want, "chunks of {chunk}");
+        }
     }
 
     #[tokio::test]
