@@ -371,9 +371,9 @@ async fn a_layout_fills_attributes_too_and_is_checked_like_the_campaign() {
 }
 
 /// The store's side of the placeholder checks, on the engine under test:
-/// the keys a list's people have, who lacks each value (absent, null or
-/// blank; `name` is the name column), and the audience of several lists,
-/// each person once.
+/// the keys a list's people have (of that list only, or of several lists),
+/// who lacks each value (absent, null or blank; `name` is the name column),
+/// and the audience of several lists, each person once.
 #[tokio::test]
 async fn keys_missing_values_and_audience_of_several_lists_on_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,29 +412,28 @@ async fn keys_missing_values_and_audience_of_several_lists_on_the_store() {
             r#"{"postcode":"X1"}"#,
             "other",
         ),
-        ("ann@example.org", None, "", "other"),
     ];
     for (email, name, attributes, list) in people {
         store
             .add_subscriber(email, name, list, "cli", 1)
             .await
             .unwrap();
-        if !attributes.is_empty() {
-            sqlx::query("UPDATE subscribers SET attributes = $1 WHERE email = $2")
-                .bind(attributes)
-                .bind(email)
-                .execute(&raw)
-                .await
-                .unwrap();
-        }
+        sqlx::query("UPDATE subscribers SET attributes = $1 WHERE email = $2")
+            .bind(attributes)
+            .bind(email)
+            .execute(&raw)
+            .await
+            .unwrap();
     }
     assert_eq!(
         store.list_keys(&[news.id]).await.unwrap(),
         ["city", "first_name", "n"]
     );
+    assert_eq!(store.list_keys(&[other.id]).await.unwrap(), ["postcode"]);
     assert_eq!(
         store.list_keys(&[news.id, other.id]).await.unwrap(),
-        ["city", "first_name", "n", "postcode"]
+        ["city", "first_name", "n", "postcode"],
+        "a campaign to several lists can use the keys of any of them"
     );
     let keys: Vec<String> = ["city", "first_name", "n", "name", "zip"]
         .map(String::from)
@@ -450,6 +449,16 @@ async fn keys_missing_values_and_audience_of_several_lists_on_the_store() {
     .map(|(k, n)| (k.to_string(), n))
     .to_vec();
     assert_eq!(missing, expect);
+    // Ann joins the second list too: its keys are now hers as well, and the
+    // audience of both lists counts her once.
+    store
+        .add_subscriber("ann@example.org", None, "other", "cli", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_keys(&[other.id]).await.unwrap(),
+        ["city", "first_name", "postcode"]
+    );
     let both = store.audience_of_lists(&[news.id, other.id]).await.unwrap();
     assert_eq!((both.people, both.on_several), (4, 1), "ann once");
     assert_eq!(store.audience_count(other.id).await.unwrap(), 2);
