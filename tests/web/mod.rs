@@ -231,18 +231,7 @@ impl Site {
         let store = Store::open(crate::support::pg::location_in(dir.path()).await)
             .await
             .unwrap();
-        let news = store
-            .create_list("news", "News", "What we did this month", false, true, NOW)
-            .await
-            .unwrap();
-        let events = store
-            .create_list("events", "Events", "", true, true, NOW)
-            .await
-            .unwrap();
-        let staff = store
-            .create_list("staff", "Staff", "", false, false, NOW)
-            .await
-            .unwrap();
+        let (news, events, staff) = create_lists(&store).await;
         for (email, name, list) in [
             ("ann@example.org", "Ann", "news"),
             ("ann@example.org", "Ann", "staff"),
@@ -389,6 +378,25 @@ impl Site {
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         r.body
     }
+}
+
+/// The three lists of the web tests, created on `store`: `news` ("News",
+/// public, described), `events` ("Events", public, double opt-in) and
+/// `staff` ("Staff", not public), in that order.
+pub(crate) async fn create_lists(store: &Store) -> (List, List, List) {
+    let news = store
+        .create_list("news", "News", "What we did this month", false, true, NOW)
+        .await
+        .unwrap();
+    let events = store
+        .create_list("events", "Events", "", true, true, NOW)
+        .await
+        .unwrap();
+    let staff = store
+        .create_list("staff", "Staff", "", false, false, NOW)
+        .await
+        .unwrap();
+    (news, events, staff)
 }
 
 /// A token for `purpose` naming `a` (the subscriber, or the delivery) and

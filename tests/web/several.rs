@@ -35,18 +35,7 @@ impl Pair {
         let sink = SmtpSink::start(Behaviour::new());
         let (env, db) = env_on_engine(sink.port()).await;
         let store = Store::open(&db).await.unwrap();
-        let news = store
-            .create_list("news", "News", "", false, true, NOW)
-            .await
-            .unwrap();
-        let events = store
-            .create_list("events", "Events", "", true, true, NOW)
-            .await
-            .unwrap();
-        let staff = store
-            .create_list("staff", "Staff", "", false, false, NOW)
-            .await
-            .unwrap();
+        let (news, events, staff) = create_lists(&store).await;
         let mut ids = Vec::new();
         for i in 0..people {
             let email = format!("p{i}@example.net");
