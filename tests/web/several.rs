@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::support::pg;
+use crate::util::HttpReply;
 
 /// Two servers on one database with `news` (everyone, confirmed), `events`
 /// (public, double opt-in, nobody) and `staff` (private; the first ten).
@@ -97,6 +98,32 @@ impl Pair {
         .unwrap()
     }
 
+    /// Each form (path, url-encoded body) POSTed to both servers, all at
+    /// the same time; each reply beside the address of the server that gave
+    /// it.
+    async fn post_to_both(
+        &self,
+        forms: impl Iterator<Item = (String, String)>,
+    ) -> Vec<(String, HttpReply)> {
+        let requests = forms.flat_map(|(path, body)| {
+            [self.a.addr.clone(), self.b.addr.clone()].map(|addr| {
+                let (path, body) = (path.clone(), body.clone());
+                async move {
+                    let r = http(
+                        &addr,
+                        "POST",
+                        &path,
+                        &[("Content-Type", FORM)],
+                        body.as_bytes(),
+                    )
+                    .await;
+                    (addr, r)
+                }
+            })
+        });
+        futures_util::future::join_all(requests).await
+    }
+
     fn assert_quiet_logs(&self) {
         for server in [&self.a, &self.b] {
             let log = server.log();
@@ -113,27 +140,14 @@ async fn one_click_unsubscribes_posted_to_both_servers_at_once_are_applied_once(
     let signer = pair.signer();
     // Every person's link, posted to both servers at the same time: half
     // the requests go to each.
-    let requests = pair.people.iter().flat_map(|&who| {
+    let forms = pair.people.iter().map(|&who| {
         let path = format!(
             "/unsubscribe/{}",
             sign_as(&signer, Purpose::Unsubscribe, who, pair.news.id)
         );
-        [pair.a.addr.clone(), pair.b.addr.clone()].map(|addr| {
-            let path = path.clone();
-            async move {
-                let r = http(
-                    &addr,
-                    "POST",
-                    &path,
-                    &[("Content-Type", FORM)],
-                    b"List-Unsubscribe=One-Click",
-                )
-                .await;
-                (addr, r)
-            }
-        })
+        (path, "List-Unsubscribe=One-Click".to_string())
     });
-    let replies = futures_util::future::join_all(requests).await;
+    let replies = pair.post_to_both(forms).await;
     assert_eq!(replies.len(), 200);
     for (addr, r) in &replies {
         assert_eq!(r.status, 200, "{addr}: {r:?}");
@@ -167,7 +181,7 @@ async fn one_preference_change_saved_on_both_servers_at_once_is_applied_once() {
     let signer = pair.signer();
     // The same form (tick Events, keep News) sent to both servers at once,
     // as a double click behind a load balancer does.
-    let requests = pair.people.iter().flat_map(|&who| {
+    let forms = pair.people.iter().map(|&who| {
         let path = format!(
             "/preferences/{}",
             sign_as(&signer, Purpose::Preferences, who, 0)
@@ -181,22 +195,9 @@ async fn one_preference_change_saved_on_both_servers_at_once_is_applied_once() {
             ("shown", "events:off"),
             ("action", "save"),
         ]);
-        [pair.a.addr.clone(), pair.b.addr.clone()].map(|addr| {
-            let (path, body) = (path.clone(), body.clone());
-            async move {
-                let r = http(
-                    &addr,
-                    "POST",
-                    &path,
-                    &[("Content-Type", FORM)],
-                    body.as_bytes(),
-                )
-                .await;
-                (addr, r)
-            }
-        })
+        (path, body)
     });
-    let replies = futures_util::future::join_all(requests).await;
+    let replies = pair.post_to_both(forms).await;
     for (addr, r) in &replies {
         assert_eq!(r.status, 303, "{addr}: {r:?}");
     }
