@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::returned::{dsn_for, header};
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
 /// A project folder like the dispatch tests use, its database on the
@@ -114,33 +115,10 @@ fn received_for<'a>(messages: &'a [Received], to: &str) -> &'a Received {
         .unwrap_or_else(|| panic!("nothing sent to {to}"))
 }
 
-fn header(m: &Received, name: &str) -> String {
-    let raw = String::from_utf8_lossy(&m.data).replace("\r\n ", " ");
-    raw.split("\r\n")
-        .find(|l| l.starts_with(&format!("{name}:")))
-        .map(|l| l[name.len() + 1..].trim().to_string())
-        .unwrap_or_default()
-}
-
-/// An RFC 3464 report sent back to the VERP address of `m`.
+/// An RFC 3464 report sent back to the VERP address of `m`, named after
+/// its connection and size, so that each message's report is new mail.
 fn dsn(m: &Received, status: &str, diagnostic: &str) -> Vec<u8> {
-    let to = &m.rcpt_to[0];
-    format!(
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
-         To: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dsn.{rand}@mx.example.net>\r\n\
-         MIME-Version: 1.0\r\nAuto-Submitted: auto-replied\r\n\
-         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
-         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
-         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
-         Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: {status}\r\n\
-         Diagnostic-Code: smtp; {diagnostic}\r\n\r\n\
-         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {mid}\r\nTo: {to}\r\n\r\n--b1--\r\n",
-        verp = m.mail_from,
-        rand = rand_id(m),
-        mid = header(m, "Message-ID"),
-    )
-    .into_bytes()
+    dsn_for(m, &rand_id(m), status, diagnostic)
 }
 
 fn rand_id(m: &Received) -> String {

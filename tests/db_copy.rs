@@ -14,7 +14,8 @@ use sqlx::{AnyPool, Row as _};
 use crate::dispatch::Env;
 use crate::support::db::raw;
 use crate::support::pg;
-use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+use crate::support::returned::{dsn, dsn_for};
+use crate::support::smtp_sink::{Behaviour, SmtpSink};
 
 /// The PostgreSQL server to copy into, or a notice and `None`.
 fn server(test: &str) -> Option<String> {
@@ -60,32 +61,6 @@ async fn ok_with_password(env: &Env, password: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn header(m: &Received, name: &str) -> String {
-    let raw = String::from_utf8_lossy(&m.data).replace("\r\n ", " ");
-    raw.split("\r\n")
-        .find(|l| l.starts_with(&format!("{name}:")))
-        .map(|l| l[name.len() + 1..].trim().to_string())
-        .unwrap_or_default()
-}
-
-/// An RFC 3464 report for `to`, sent to `verp` (a signed VERP address, or
-/// one without a token), quoting `message_id`.
-fn dsn(to: &str, verp: &str, message_id: &str, status: &str, diagnostic: &str) -> Vec<u8> {
-    format!(
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
-         To: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dsn.{to}@mx.example.net>\r\n\
-         MIME-Version: 1.0\r\nAuto-Submitted: auto-replied\r\n\
-         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
-         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
-         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
-         Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: {status}\r\n\
-         Diagnostic-Code: smtp; {diagnostic}\r\n\r\n\
-         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {message_id}\r\nTo: {to}\r\n\r\n--b1--\r\n"
-    )
-    .into_bytes()
 }
 
 async fn ingest(env: &Env, mail: Vec<u8>) -> String {
@@ -159,19 +134,14 @@ async fn operator_history(env: &Env, sink: &SmtpSink) {
         .expect("news-1 reached soft@");
     let out = ingest(
         env,
-        dsn(
-            "soft@example.net",
-            &soft.mail_from,
-            &header(soft, "Message-ID"),
-            "5.2.2",
-            "552 5.2.2 mailbox full",
-        ),
+        dsn_for(soft, "soft@example.net", "5.2.2", "552 5.2.2 mailbox full"),
     )
     .await;
     assert!(!out.is_empty(), "the soft bounce was applied");
     ingest(
         env,
         dsn(
+            "stranger@example.com",
             "stranger@example.com",
             "bounces@alliance.example",
             "<not-ours@example.com>",

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::returned::dsn_for;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
@@ -336,30 +337,10 @@ impl Env {
     }
 }
 
-/// An RFC 3464 report sent back to the VERP address of `m`.
+/// An RFC 3464 report sent back to the VERP address of `m`, named after
+/// its recipient.
 fn dsn(m: &Received, status: &str, diagnostic: &str) -> Vec<u8> {
-    let to = &m.rcpt_to[0];
-    let data = String::from_utf8_lossy(&m.data).replace("\r\n ", " ");
-    let message_id = data
-        .split("\r\n")
-        .find_map(|l| l.strip_prefix("Message-ID:"))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    format!(
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
-         To: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dsn.{to}@mx.example.net>\r\n\
-         MIME-Version: 1.0\r\nAuto-Submitted: auto-replied\r\n\
-         Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
-         --b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n\
-         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
-         Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: {status}\r\n\
-         Diagnostic-Code: smtp; {diagnostic}\r\n\r\n\
-         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {message_id}\r\nTo: {to}\r\n\r\n--b1--\r\n",
-        verp = m.mail_from,
-    )
-    .into_bytes()
+    dsn_for(m, &m.rcpt_to[0], status, diagnostic)
 }
 
 /// Mail a person wrote to the bounce address: not ours to file.

@@ -5,6 +5,7 @@
 
 pub mod db; // an independent sqlx pool on a test's database file: raw rows, arranged or inspected
 pub mod pg; // the engine under test: BULLETIN_TEST_POSTGRES, a fresh PostgreSQL database per test, the `db` setting
+pub mod returned; // returned mail: RFC 3464 reports for a message the sink received
 pub mod scripted; // a server whose answer per phase is scripted: hangs, late answers, closes
 pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by BULLETIN_INTEROP
 pub mod smtp_sink; // the scriptable in-process sink
