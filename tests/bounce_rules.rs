@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::project_command;
 use crate::support::returned::{dsn_for, header};
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
@@ -57,20 +58,8 @@ impl Env {
         stdin: Option<Vec<u8>>,
         now: Option<i64>,
     ) -> std::process::Output {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(self.dir.path())
-            .env(
-                "BULLETIN_SECRET",
-                "bounce-test-secret-at-least-32-bytes-long",
-            )
-            .env("BULLETIN_SMTP_URL", &self.smtp)
-            .args(["--config", "bulletin.toml"])
-            .args(args);
+        let secret = "bounce-test-secret-at-least-32-bytes-long";
+        let mut cmd = project_command(self.dir.path(), secret, &self.smtp, args);
         if let Some(now) = now {
             cmd.env("BULLETIN_NOW", now.to_string());
         }

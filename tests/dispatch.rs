@@ -11,6 +11,7 @@ use std::time::Duration;
 use bulletin::links::Signer;
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+use crate::support::{bulletin_in, project_command};
 
 pub(crate) const SECRET: &str = "test-secret-for-dispatch-32-bytes-at-least";
 
@@ -81,18 +82,8 @@ impl Env {
     }
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(self.dir.path())
-            .env("BULLETIN_SECRET", SECRET)
-            .env("BULLETIN_SMTP_URL", &self.smtp_url)
-            .args(["--config", "bulletin.toml"])
-            .args(args)
-            .stdin(Stdio::null());
+        let mut cmd = project_command(self.dir.path(), SECRET, &self.smtp_url, args);
+        cmd.stdin(Stdio::null());
         cmd
     }
 
@@ -584,13 +575,8 @@ async fn smtp_auth_from_url_and_environment() {
 
 /// `bulletin quickstart` in `dir`, with no BULLETIN_* variable.
 async fn quickstart(dir: &std::path::Path) -> std::process::Output {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BULLETIN_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.current_dir(dir).arg("quickstart").stdin(Stdio::null());
+    let mut cmd = bulletin_in(dir);
+    cmd.arg("quickstart").stdin(Stdio::null());
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
@@ -641,13 +627,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
     );
     // See: walkthrough report D. `report` and `status` say written, not sent.
     let bulletin = |args: &'static [&'static str]| {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        let out = cmd.current_dir(dir.path()).args(args).output().unwrap();
+        let out = bulletin_in(dir.path()).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::project_command;
 use crate::support::returned::dsn_for;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
@@ -303,21 +304,9 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(self.dir.path())
-            .env(
-                "BULLETIN_SECRET",
-                "imap-test-secret-at-least-32-bytes-long!",
-            )
-            .env("BULLETIN_SMTP_URL", &self.smtp)
-            .env("BULLETIN_IMAP_PASSWORD", PASSWORD)
-            .args(["--config", "bulletin.toml"])
-            .args(args);
+        let secret = "imap-test-secret-at-least-32-bytes-long!";
+        let mut cmd = project_command(self.dir.path(), secret, &self.smtp, args);
+        cmd.env("BULLETIN_IMAP_PASSWORD", PASSWORD);
         cmd
     }
 

@@ -20,6 +20,7 @@ use bulletin::store::Store;
 use bulletin::web::webhooks::{CertificateCache, Ses, Settings};
 use bulletin::web::{self, AppState, Pages};
 
+use crate::support::bulletin_in;
 use crate::util::{HttpReply, http};
 
 const NOW: i64 = 1_750_000_000;
@@ -642,13 +643,7 @@ async fn serve_refuses_a_webhook_whose_secret_is_missing() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(dir.path())
+        bulletin_in(dir.path())
             .env("BULLETIN_SECRET", "webhook-test-secret-at-least-32-bytes!")
             .args(["--config", "bulletin.toml"])
             .args(args)

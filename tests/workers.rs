@@ -12,6 +12,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 
 use crate::support::pg::{self, Engine};
+use crate::support::project_command;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 
 const SECRET: &str = "test-secret-for-workers-32-bytes-at-least";
@@ -71,18 +72,8 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BULLETIN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.current_dir(self.dir.path())
-            .env("BULLETIN_SECRET", SECRET)
-            .env("BULLETIN_SMTP_URL", &self.smtp_url)
-            .args(["--config", "bulletin.toml"])
-            .args(args)
-            .stdin(Stdio::null());
+        let mut cmd = project_command(self.dir.path(), SECRET, &self.smtp_url, args);
+        cmd.stdin(Stdio::null());
         cmd
     }
 

@@ -1,5 +1,6 @@
 //! SMTP servers for the tests (and, through `#[path]`, the examples), the
-//! engine under test, plus the lettre plumbing every SMTP test needs.
+//! engine under test, the binary as a test project runs it, plus the lettre
+//! plumbing every SMTP test needs.
 
 #![allow(dead_code)]
 
@@ -10,10 +11,37 @@ pub mod scripted; // a server whose answer per phase is scripted: hangs, late an
 pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by BULLETIN_INTEROP
 pub mod smtp_sink; // the scriptable in-process sink
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
+
+/// The `bulletin` binary, to run in `dir`, with none of the `BULLETIN_*`
+/// variables of the test's own environment.
+pub fn bulletin_in(dir: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("bulletin"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BULLETIN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// [`bulletin_in`] a test project's folder as its cron job runs it: the
+/// project's `bulletin.toml`, `secret` and `smtp_url` in the environment,
+/// then `args`.
+pub fn project_command(dir: &Path, secret: &str, smtp_url: &str, args: &[&str]) -> Command {
+    let mut cmd = bulletin_in(dir);
+    cmd.env("BULLETIN_SECRET", secret)
+        .env("BULLETIN_SMTP_URL", smtp_url)
+        .args(["--config", "bulletin.toml"])
+        .args(args);
+    cmd
+}
 
 /// A plain-text lettre transport to `127.0.0.1:port`, one connection per
 /// message (the `pool` feature is off), no TLS.
