@@ -77,20 +77,33 @@ fn assert_nobody_bounced(p: &BTreeMap<String, String>) {
     assert!(p.values().all(|s| s == "active"), "{p:?}");
 }
 
+/// `send` of news-1 that exits 1 (not every message went): each of the `n`
+/// deliveries is `state` after one attempt, and nobody is bounced. Returns
+/// what the send printed.
+async fn assert_send_fails_once(env: &Env, n: usize, state: &str) -> std::process::Output {
+    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_all(&deliveries(env).await, n, state, 1);
+    assert_nobody_bounced(&people(env).await);
+    out
+}
+
+/// The server read each of `all` in full exactly once.
+fn assert_each_received_once(server: &Scripted, all: &[String]) {
+    for a in all {
+        assert_eq!(server.received_by(a), 1, "{a}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_dot_never_answered_is_unknown_and_never_resent() {
     let server = Scripted::start(Script::new().dot(Dot::Never));
     let env = env(server.port(), 3, "");
     let all = env.subscribers(3, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
+    let out = assert_send_fails_once(&env, 3, "unknown").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout.contains("unknown 3"), "{stdout}");
-    assert_all(&deliveries(&env).await, 3, "unknown", 1);
-    assert_nobody_bounced(&people(&env).await);
-    for a in &all {
-        assert_eq!(server.received_by(a), 1, "{a}");
-    }
+    assert_each_received_once(&server, &all);
     // Not resent by a later run.
     let out = env.run(&["dispatch"]).await;
     assert!(out.status.success(), "{out:?}");
@@ -104,13 +117,8 @@ async fn a_late_answer_to_the_dot_then_close_is_unknown_once() {
     let server = Scripted::start(Script::new().dot(late));
     let env = env(server.port(), 3, "");
     let all = env.subscribers(6, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_all(&deliveries(&env).await, 6, "unknown", 1);
-    assert_nobody_bounced(&people(&env).await);
-    for a in &all {
-        assert_eq!(server.received_by(a), 1, "{a}");
-    }
+    assert_send_fails_once(&env, 6, "unknown").await;
+    assert_each_received_once(&server, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,13 +126,8 @@ async fn a_message_taken_without_an_answer_is_unknown_once() {
     let server = Scripted::start(Script::new().dot(Dot::Close));
     let env = env(server.port(), 5, "max_attempts = 6");
     let all = env.subscribers(8, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_all(&deliveries(&env).await, 8, "unknown", 1);
-    assert_nobody_bounced(&people(&env).await);
-    for a in &all {
-        assert_eq!(server.received_by(a), 1, "{a}");
-    }
+    assert_send_fails_once(&env, 8, "unknown").await;
+    assert_each_received_once(&server, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,10 +247,7 @@ async fn a_554_at_mail_fails_the_deliveries_without_bouncing_anyone() {
     let server = Scripted::start(Script::new().mail("554 5.7.1 sender address rejected"));
     let env = env(server.port(), 5, "");
     env.subscribers(5, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_all(&deliveries(&env).await, 5, "failed", 1);
-    assert_nobody_bounced(&people(&env).await);
+    assert_send_fails_once(&env, 5, "failed").await;
     assert!(server.received().is_empty());
 }
 
@@ -287,14 +287,9 @@ async fn a_message_too_big_at_data_fails_without_bouncing() {
     let server = Scripted::start(Script::new().dot(too_big));
     let env = env(server.port(), 5, "");
     let all = env.subscribers(3, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_all(&deliveries(&env).await, 3, "failed", 1);
-    assert_nobody_bounced(&people(&env).await);
+    assert_send_fails_once(&env, 3, "failed").await;
     // Read once each, refused, never tried again.
-    for a in &all {
-        assert_eq!(server.received_by(a), 1, "{a}");
-    }
+    assert_each_received_once(&server, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,10 +297,7 @@ async fn syntax_errors_fail_without_bouncing() {
     let server = Scripted::start(Script::new().rcpt("", "500 5.5.2 syntax error"));
     let env = env(server.port(), 5, "");
     env.subscribers(4, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_all(&deliveries(&env).await, 4, "failed", 1);
-    assert_nobody_bounced(&people(&env).await);
+    assert_send_fails_once(&env, 4, "failed").await;
     assert!(server.received().is_empty());
 }
 
@@ -405,9 +397,7 @@ async fn a_server_that_never_answers_quit_does_not_hold_up_the_run() {
     // A liveness bound, generous on a shared machine.
     assert!(took < Duration::from_secs(60), "took {took:?}");
     assert_all(&deliveries(&env).await, 6, "sent", 1);
-    for a in &all {
-        assert_eq!(server.received_by(a), 1, "{a}");
-    }
+    assert_each_received_once(&server, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
