@@ -109,10 +109,9 @@ async fn an_old_preference_tab_does_not_undo_a_later_unsubscribe() {
     // ...then changes her name in the tab she left open, which still has
     // News ticked.
     let r = site
-        .form(
-            &path,
+        .preferences_form(
+            site.ann,
             &[
-                ("csrf", &site.csrf(site.ann)),
                 ("name", "Ann B"),
                 ("list", "news"),
                 ("shown", "news:on"),
@@ -137,10 +136,9 @@ async fn an_old_preference_tab_does_not_undo_a_later_unsubscribe() {
         .unwrap();
     assert_eq!(ann.name, "Ann B");
     // A box she did change is applied.
-    site.form(
-        &path,
+    site.preferences_form(
+        site.ann,
         &[
-            ("csrf", &site.csrf(site.ann)),
             ("shown", "news:off"),
             ("list", "events"),
             ("shown", "events:off"),

@@ -316,6 +316,14 @@ impl Site {
         self.post(path, FORM, encode(fields)).await
     }
 
+    /// The preference form of `who` POSTed: their CSRF token, then `fields`.
+    async fn preferences_form(&self, who: i64, fields: &[(&str, &str)]) -> Reply {
+        let csrf = self.csrf(who);
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.form(&self.preferences_path(who), &all).await
+    }
+
     async fn subscription(&self, who: i64, list: &List) -> Option<String> {
         sqlx::query_scalar(
             "SELECT status FROM subscriptions WHERE subscriber_id = $1 AND list_id = $2",

@@ -186,10 +186,9 @@ async fn saving_preferences_changes_lists_and_name() {
 async fn a_private_list_cannot_be_joined_from_the_form() {
     let site = Site::new().await;
     let r = site
-        .form(
-            &site.preferences_path(site.bob),
+        .preferences_form(
+            site.bob,
             &[
-                ("csrf", &site.csrf(site.bob)),
                 ("list", "news"),
                 ("list", "staff"),
                 ("list", "no-such-list"),
@@ -208,11 +207,10 @@ async fn a_private_list_cannot_be_joined_from_the_form() {
 async fn leave_all_unsubscribes_from_every_list() {
     let site = Site::new().await;
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
+        .preferences_form(
+            site.ann,
             // Ticked boxes are sent too when the other button is pressed.
             &[
-                ("csrf", &site.csrf(site.ann)),
                 ("name", "Ann"),
                 ("list", "news"),
                 ("list", "staff"),
@@ -241,10 +239,7 @@ async fn leave_all_keeps_imports_and_operators_away() {
     // must mean the same.
     let site = Site::new().await;
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
-            &[("csrf", &site.csrf(site.ann)), ("action", "leave")],
-        )
+        .preferences_form(site.ann, &[("action", "leave")])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let person = site
@@ -272,14 +267,7 @@ async fn ticking_a_list_after_leaving_everything_brings_the_mail_back() {
     assert_eq!(site.audience(&site.news).await, 1);
     let path = site.preferences_path(site.ann);
     let r = site
-        .form(
-            &path,
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("list", "news"),
-                ("action", "save"),
-            ],
-        )
+        .preferences_form(site.ann, &[("list", "news"), ("action", "save")])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(is_ticked(&site.get(&path).await.body, "news"));
@@ -325,14 +313,7 @@ async fn a_name_too_long_is_refused_and_nothing_is_saved() {
     let before = site.dump().await;
     let long = "n".repeat(201);
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("name", &long),
-                ("action", "leave"),
-            ],
-        )
+        .preferences_form(site.ann, &[("name", &long), ("action", "leave")])
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("too long"), "{}", r.body);
@@ -340,14 +321,9 @@ async fn a_name_too_long_is_refused_and_nothing_is_saved() {
     // 200 characters (not bytes) are fine.
     let ok = "é".repeat(200);
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("name", &ok),
-                ("list", "news"),
-                ("list", "staff"),
-            ],
+        .preferences_form(
+            site.ann,
+            &[("name", &ok), ("list", "news"), ("list", "staff")],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -366,14 +342,7 @@ async fn what_a_person_typed_is_escaped_on_the_page() {
     let path = site.preferences_path(site.ann);
     let name = "<script>alert(1)</script>\" onfocus=\"x";
     let r = site
-        .form(
-            &path,
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("name", name),
-                ("list", "news"),
-            ],
-        )
+        .preferences_form(site.ann, &[("name", name), ("list", "news")])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let page = site.get(&path).await.body;

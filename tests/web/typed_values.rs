@@ -80,14 +80,9 @@ async fn a_name_with_line_breaks_signs_up_cleaned_and_the_email_goes_out() {
 async fn the_preference_form_stores_names_without_control_characters() {
     let site = Site::new().await;
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("name", HOSTILE),
-                ("list", "news"),
-                ("list", "staff"),
-            ],
+        .preferences_form(
+            site.ann,
+            &[("name", HOSTILE), ("list", "news"), ("list", "staff")],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
@@ -100,14 +95,9 @@ async fn the_preference_form_stores_names_without_control_characters() {
     assert_eq!(ann.name, CLEANED);
     // Only control characters: the name is empty, not refused.
     let r = site
-        .form(
-            &site.preferences_path(site.ann),
-            &[
-                ("csrf", &site.csrf(site.ann)),
-                ("name", "\r\n\0"),
-                ("list", "news"),
-                ("list", "staff"),
-            ],
+        .preferences_form(
+            site.ann,
+            &[("name", "\r\n\0"), ("list", "news"), ("list", "staff")],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
