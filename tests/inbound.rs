@@ -363,6 +363,16 @@ fn corpus(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A project with a `news` list, sending to a sink and reading the IMAP
+/// server on `imap_port`; the runtime the sink runs on, to keep.
+fn news_project(imap_port: u16) -> (tokio::runtime::Runtime, SmtpSink, Env) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
+    let env = Env::new(sink.port(), imap_port);
+    env.ok(&["lists", "add", "news", "--name", "News"]);
+    (rt, sink, env)
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.lines().filter(|l| l.contains(needle)).count()
 }
@@ -372,10 +382,7 @@ fn imap_two_hundred_messages_killed_midway_each_applied_once() {
     let Some(dovecot) = Dovecot::start() else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
-    let env = Env::new(sink.port(), dovecot.port);
-    env.ok(&["lists", "add", "news", "--name", "News"]);
+    let (_rt, sink, env) = news_project(dovecot.port);
     let people: Vec<String> = (0..150).map(|i| format!("person{i}@example.net")).collect();
     crate::util::write(
         env.dir.path(),
@@ -485,10 +492,7 @@ fn imap_reader_stays_connected_picks_up_new_mail_reconnects_and_stops_on_sigterm
     let Some(dovecot) = Dovecot::start() else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
-    let env = Env::new(sink.port(), dovecot.port);
-    env.ok(&["lists", "add", "news", "--name", "News"]);
+    let (_rt, sink, env) = news_project(dovecot.port);
     env.ok(&["subscribers", "add", "late@example.net", "--list", "news"]);
     env.ok(&["send", "campaigns/news-1.md", "--yes"]);
     let sent = sink.messages();
@@ -594,10 +598,7 @@ fn imap_over_tls_and_starttls_with_the_servers_own_ca() {
     let Some(dovecot) = Dovecot::start_tls() else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
-    let env = Env::new(sink.port(), dovecot.port);
-    env.ok(&["lists", "add", "news", "--name", "News"]);
+    let (_rt, sink, env) = news_project(dovecot.port);
     for who in ["tls@example.net", "starttls@example.net"] {
         env.ok(&["subscribers", "add", who, "--list", "news"]);
     }
@@ -706,10 +707,7 @@ fn doctor_checks_the_imap_login() {
 
 #[test]
 fn bounces_list_says_where_each_report_came_from() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sink = rt.block_on(async { SmtpSink::start(Behaviour::new()) });
-    let env = Env::new(sink.port(), 1);
-    env.ok(&["lists", "add", "news", "--name", "News"]);
+    let (_rt, sink, env) = news_project(1);
     let people = [
         "piped@example.net",
         "filed@example.net",
