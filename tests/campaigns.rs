@@ -115,10 +115,7 @@ async fn cancel_a_scheduled_campaign_sends_nothing() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(3, &[]).await;
-    let now = chrono::Utc::now();
-    let at = (now + chrono::Duration::seconds(2)).to_rfc3339();
-    env.ok_at(Some(now.timestamp()), &["send", FILE, "--yes", "--at", &at])
-        .await;
+    env.send_in(FILE, 2).await;
     let cancel = env.ok(&["cancel", FILE]).await;
     // See: walkthrough report D ("0 not sent" for a campaign not started).
     assert!(
@@ -562,13 +559,7 @@ async fn a_held_campaign_moved_ahead_is_scheduled_again_not_sent() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "hold_after_hours = 0");
     env.subscribers(2, &[]).await;
-    let now = chrono::Utc::now();
-    let soon = (now + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok_at(
-        Some(now.timestamp()),
-        &["send", FILE, "--yes", "--at", &soon],
-    )
-    .await;
+    env.send_in(FILE, 1).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     env.run(&["dispatch"]).await;
     assert_eq!(status_json(&env).await["status"], "held");

@@ -119,6 +119,16 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `send FILE --yes --at` `secs` seconds from now, the command's clock
+    /// fixed at now ([`Env::ok_at`]): the campaign is queued, due `secs`
+    /// seconds later however slowly the command started.
+    pub(crate) async fn send_in(&self, file: &str, secs: i64) -> String {
+        let now = chrono::Utc::now();
+        let at = (now + chrono::Duration::seconds(secs)).to_rfc3339();
+        self.ok_at(Some(now.timestamp()), &["send", file, "--yes", "--at", &at])
+            .await
+    }
+
     /// Creates list `news` with `n` subscribers; returns their addresses.
     pub(crate) async fn subscribers(&self, n: usize, special: &[&str]) -> Vec<String> {
         self.ok(&["lists", "add", "news", "--name", "News"]).await;
@@ -379,14 +389,7 @@ async fn two_dispatch_runs_started_together_send_each_message_once() {
     let sink = SmtpSink::start(Behaviour::new().delay_data_reply("", Duration::from_millis(2)));
     let env = Env::new(sink.port(), "");
     let all = env.subscribers(800, &[]).await;
-    let now = chrono::Utc::now();
-    let at = (now + chrono::Duration::seconds(2)).to_rfc3339();
-    let out = env
-        .ok_at(
-            Some(now.timestamp()),
-            &["send", "campaigns/news-1.md", "--yes", "--at", &at],
-        )
-        .await;
+    let out = env.send_in("campaigns/news-1.md", 2).await;
     assert!(out.contains("scheduled"), "{out}");
     assert!(sink.messages().is_empty());
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -477,13 +480,7 @@ async fn long_overdue_campaign_is_held_not_sent() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "hold_after_hours = 0");
     env.subscribers(3, &[]).await;
-    let now = chrono::Utc::now();
-    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok_at(
-        Some(now.timestamp()),
-        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
-    )
-    .await;
+    env.send_in("campaigns/news-1.md", 1).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let out = env.run(&["dispatch"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -518,13 +515,7 @@ async fn queued_send_keeps_the_frozen_content() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port(), "");
     env.subscribers(2, &[]).await;
-    let now = chrono::Utc::now();
-    let at = (now + chrono::Duration::seconds(1)).to_rfc3339();
-    env.ok_at(
-        Some(now.timestamp()),
-        &["send", "campaigns/news-1.md", "--yes", "--at", &at],
-    )
-    .await;
+    env.send_in("campaigns/news-1.md", 1).await;
     // Edit the file after queueing: the queued send does not change.
     let path = env.path("campaigns/news-1.md");
     let edited = std::fs::read_to_string(&path)
