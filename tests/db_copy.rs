@@ -16,6 +16,7 @@ use crate::support::db::raw;
 use crate::support::pg;
 use crate::support::returned::{dsn, dsn_for};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
+use crate::support::{output, stdout_of_success};
 
 /// The PostgreSQL server to copy into, or a notice and `None`.
 fn server(test: &str) -> Option<String> {
@@ -47,20 +48,12 @@ async fn target() -> (String, String) {
 async fn run_with_password(env: &Env, password: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = env.command(args);
     cmd.env("BULLETIN_DB_PASSWORD", password);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    output(cmd).await
 }
 
+/// [`run_with_password`], which must succeed: its standard output.
 async fn ok_with_password(env: &Env, password: &str, args: &[&str]) -> String {
-    let out = run_with_password(env, password, args).await;
-    assert!(
-        out.status.success(),
-        "bulletin {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of_success(run_with_password(env, password, args).await, args)
 }
 
 async fn ingest(env: &Env, mail: Vec<u8>) -> String {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bulletin::links::Signer;
 
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
-use crate::support::{bulletin_in, project_command};
+use crate::support::{bulletin_in, output, project_command, stdout_of_success};
 
 pub(crate) const SECRET: &str = "test-secret-for-dispatch-32-bytes-at-least";
 
@@ -89,10 +89,7 @@ impl Env {
 
     /// Runs the binary to the end, off the async threads.
     pub(crate) async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
+        output(self.command(args)).await
     }
 
     pub(crate) async fn ok(&self, args: &[&str]) -> String {
@@ -107,16 +104,7 @@ impl Env {
         if let Some(now) = now {
             cmd.env("BULLETIN_NOW", now.to_string());
         }
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bulletin {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(output(cmd).await, args)
     }
 
     /// `send FILE --yes --at` `secs` seconds from now, the command's clock

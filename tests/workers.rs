@@ -12,8 +12,8 @@ use std::time::Duration;
 use sqlx::AnyPool;
 
 use crate::support::pg::{self, Engine};
-use crate::support::project_command;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+use crate::support::{output, project_command, stdout_of_success};
 
 const SECRET: &str = "test-secret-for-workers-32-bytes-at-least";
 
@@ -78,17 +78,7 @@ impl Env {
     }
 
     async fn ok(&self, args: &[&str]) -> String {
-        let mut cmd = self.command(args);
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bulletin {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(output(self.command(args)).await, args)
     }
 
     async fn raw(&self) -> AnyPool {

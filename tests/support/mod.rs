@@ -12,7 +12,7 @@ pub mod servers; // Postfix smtp-sink and aiosmtpd as child processes, gated by 
 pub mod smtp_sink; // the scriptable in-process sink
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
@@ -41,6 +41,25 @@ pub fn project_command(dir: &Path, secret: &str, smtp_url: &str, args: &[&str]) 
         .args(["--config", "bulletin.toml"])
         .args(args);
     cmd
+}
+
+/// Runs `cmd` to the end, off the async threads.
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The standard output of the binary run with `args`, which must have
+/// succeeded (else both outputs are shown).
+pub fn stdout_of_success(out: Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "bulletin {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A plain-text lettre transport to `127.0.0.1:port`, one connection per
