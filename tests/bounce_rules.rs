@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::support::project_command;
 use crate::support::returned::{dsn_for, header};
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+use crate::support::{project_command, stdout_of_success};
 
 /// A project folder like the dispatch tests use, its database on the
 /// engine under test.
@@ -85,14 +85,7 @@ impl Env {
     }
 
     async fn ok_at(&self, args: &[&str], now: Option<i64>) -> String {
-        let out = self.run_at(args, None, now).await;
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(self.run_at(args, None, now).await, args)
     }
 }
 

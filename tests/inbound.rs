@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::project_command;
 use crate::support::returned::dsn_for;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
+use crate::support::{project_command, stdout_of_success};
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 const USER: &str = "bob";
@@ -315,14 +315,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(self.run(args), args)
     }
 }
 
