@@ -610,24 +610,28 @@ async fn cli_export_import_round_trip() {
     assert!(out.contains("updated:             0"), "{out}");
 }
 
+/// The binary in `dir` on the database `db` (`--db`) with `args`: its exit
+/// code, standard output and standard error.
+fn run_on(dir: &Path, db: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = bulletin(dir)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn cli_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let db = pg::db_named(d, "x.db").await;
-    let run = |args: &[&str]| {
-        let out = bulletin(d)
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    };
+    let run = |args: &[&str]| run_on(d, &db, args);
     let (code, out, _) = run(&["lists", "add", "news", "--name", "News", "--double-opt-in"]);
     assert_eq!(
         (code, out),
@@ -751,19 +755,7 @@ async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let db = pg::db_named(d, "r.db").await;
-    let run = |args: &[&str]| {
-        let out = bulletin(d)
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    };
+    let run = |args: &[&str]| run_on(d, &db, args);
     write(
         d,
         "left.csv",
