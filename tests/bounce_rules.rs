@@ -84,6 +84,14 @@ impl Env {
         self.ok_at(args, None).await
     }
 
+    /// Creates list `news` and adds each of `people` to it.
+    async fn news_list(&self, people: &[&str]) {
+        self.ok(&["lists", "add", "news", "--name", "News"]).await;
+        for p in people {
+            self.ok(&["subscribers", "add", p, "--list", "news"]).await;
+        }
+    }
+
     async fn ok_at(&self, args: &[&str], now: Option<i64>) -> String {
         stdout_of_success(self.run_at(args, None, now).await, args)
     }
@@ -143,18 +151,15 @@ fn mailto_unsubscribe(m: &Received) -> Vec<u8> {
 async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port()).await;
-    env.ok(&["lists", "add", "news", "--name", "News"]).await;
-    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
-    let people = [
+    env.news_list(&[
         "hard@example.net",
         "soft@example.net",
         "complainer@example.net",
         "leaver@example.net",
         "stays@example.net",
-    ];
-    for p in people {
-        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
-    }
+    ])
+    .await;
+    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
     env.ok(&[
         "subscribers",
         "add",
@@ -295,9 +300,7 @@ async fn bounces_complaints_and_mailto_unsubscribes_stop_mail() {
 async fn scan_moves_processed_mail_to_cur() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = Env::new(sink.port()).await;
-    env.ok(&["lists", "add", "news", "--name", "News"]).await;
-    env.ok(&["subscribers", "add", "gone@example.net", "--list", "news"])
-        .await;
+    env.news_list(&["gone@example.net"]).await;
     env.ok(&["send", "campaigns/news-1.md", "--yes"]).await;
     let m = sink.messages();
     let maildir = env.dir.path().join("Maildir");
@@ -547,16 +550,13 @@ async fn soft_bounce_score_decays_and_bounces_at_the_limit() {
         "campaigns/news-4.md",
         "+++\nsubject = \"News 4\"\npreheader = \"p\"\nlist = \"news\"\n+++\nHello.\n",
     );
-    env.ok(&["lists", "add", "news", "--name", "News"]).await;
-    let people = [
+    env.news_list(&[
         "often@example.net",
         "seldom@example.net",
         "retried@example.net",
         "recovers@example.net",
-    ];
-    for p in people {
-        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
-    }
+    ])
+    .await;
     for n in 1..=3 {
         env.ok(&["send", &format!("campaigns/news-{n}.md"), "--yes"])
             .await;
@@ -720,16 +720,14 @@ async fn events_of(
 async fn events_carry_the_campaign_they_came_from() {
     let sink = SmtpSink::start(Behaviour::new().rcpt_reply("refused", "550 5.1.1 user unknown"));
     let env = Env::new(sink.port()).await;
-    env.ok(&["lists", "add", "news", "--name", "News"]).await;
-    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
-    for p in [
+    env.news_list(&[
         "refused@example.net",
         "hard@example.net",
         "complainer@example.net",
         "leaver@example.net",
-    ] {
-        env.ok(&["subscribers", "add", p, "--list", "news"]).await;
-    }
+    ])
+    .await;
+    env.ok(&["lists", "add", "other", "--name", "Other"]).await;
     env.ok(&[
         "subscribers",
         "add",
