@@ -165,9 +165,7 @@ async fn operator_history(env: &Env, sink: &SmtpSink) {
     ]);
     cmd.env_remove("BULLETIN_SECRET")
         .env_remove("BULLETIN_SMTP_URL");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert!(out.status.success(), "test copy: {out:?}");
     // Rows that live only while something runs, written as the program
     // writes them, without running it here: a sign-up counted by `serve`,

@@ -528,9 +528,7 @@ async fn smtp_auth_from_url_and_environment() {
     // Wrong password: the run stops with one clear line, nothing is lost.
     let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
     cmd.env("BULLETIN_SMTP_PASSWORD", "wrong");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -545,9 +543,7 @@ async fn smtp_auth_from_url_and_environment() {
     // The right one, from the environment.
     let mut cmd = env.command(&["dispatch"]);
     cmd.env("BULLETIN_SMTP_PASSWORD", "s3cret");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(assert_no_duplicates(&sink.messages()).len(), 3);
 }
@@ -556,9 +552,7 @@ async fn smtp_auth_from_url_and_environment() {
 async fn quickstart(dir: &std::path::Path) -> std::process::Output {
     let mut cmd = bulletin_in(dir);
     cmd.arg("quickstart").stdin(Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    output(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

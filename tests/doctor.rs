@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::dispatch::Env;
 use crate::dkim::{Algorithm, with_dkim};
+use crate::support::output;
 use crate::support::servers;
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 use crate::util::free_port;
@@ -27,9 +28,7 @@ async fn project(smtp_url: String) -> Env {
 async fn doctor(env: &Env, secret: &str, args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = env.command(&[&["doctor"], args].concat());
     cmd.env("BULLETIN_SECRET", secret);
-    let out: Output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out: Output = output(cmd).await;
     let stdout = String::from_utf8(out.stdout).unwrap();
     (
         out.status.code(),
@@ -149,9 +148,7 @@ async fn the_database_line_names_the_engine_and_checks_the_postgresql_server() {
     let empty = crate::support::pg::fresh_database().await;
     let mut cmd = env.command(&["--db", &empty, "doctor"]);
     cmd.env("BULLETIN_SECRET", GOOD_SECRET);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let server = line(&out, "database server");
     assert_eq!(server.0, "warn", "{out}");
@@ -168,9 +165,7 @@ async fn an_unreachable_postgresql_server_fails_naming_the_setting() {
     let mut cmd = env.command(&["doctor"]);
     cmd.env("BULLETIN_SECRET", GOOD_SECRET)
         .env("BULLETIN_DB", "postgres://bulletin:sekrit@127.0.0.1:1/news");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert_eq!(
@@ -269,9 +264,7 @@ async fn web_check_reaches_serve_healthz() {
     let mut cmd = env.command(&["doctor", "--web"]);
     cmd.env("BULLETIN_SECRET", GOOD_SECRET)
         .env("BULLETIN_BASE_URL", &base_url);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         line(&text, "web"),
@@ -285,9 +278,7 @@ async fn web_check_reaches_serve_healthz() {
     let mut cmd = env.command(&["doctor", "--web"]);
     cmd.env("BULLETIN_SECRET", GOOD_SECRET)
         .env("BULLETIN_BASE_URL", &base_url);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(line(&text, "web").0, "FAIL", "{text}");
     assert_eq!(out.status.code(), Some(2));
@@ -327,9 +318,7 @@ async fn a_fixed_clock_fails() {
     let mut cmd = env.command(&["doctor"]);
     cmd.env("BULLETIN_SECRET", "x".repeat(32))
         .env("BULLETIN_NOW", "1800000000");
-    let out: Output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out: Output = output(cmd).await;
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let clock = line(&out, "clock");
     assert_eq!(clock.0, "FAIL", "{out}");

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::dispatch::Env;
+use crate::support::output;
 use crate::support::scripted::{CLOSE, Dot, SILENT, Script, Scripted};
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
 
@@ -213,9 +214,7 @@ async fn a_failed_authentication_stops_the_run_without_charging_anyone() {
     env.smtp_url = format!("smtp://mailer@127.0.0.1:{}?tls=none", sink.port());
     let mut cmd = env.command(&["send", "campaigns/news-1.md", "--yes"]);
     cmd.env("BULLETIN_SMTP_PASSWORD", "wrong");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("authentication failed"), "{stderr}");

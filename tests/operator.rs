@@ -9,6 +9,7 @@ use bulletin::links::Signer;
 use bulletin::store::Store;
 
 use crate::dispatch::{Env, SECRET, header, unfold};
+use crate::support::output;
 use crate::support::pg;
 use crate::support::smtp_sink::{Behaviour, Received, SmtpSink};
 use crate::web::{app_state, call, request};
@@ -196,9 +197,7 @@ async fn add_on_double_opt_in_list_without_a_server_writes_nothing() {
         .await;
     let mut cmd = env.command(&["subscribers", "add", "x@example.org", "--list", "club"]);
     cmd.env_remove("BULLETIN_SMTP_URL");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("BULLETIN_SMTP_URL"), "{err}");

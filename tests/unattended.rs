@@ -4,17 +4,9 @@
 //! `dispatch` while retries wait, recipients (not attempts) counted, one
 //! outbox file per test copy, and `doctor` naming the transport.
 
-use std::process::Output;
-
 use crate::dispatch::Env;
+use crate::support::output;
 use crate::support::smtp_sink::{Behaviour, SmtpSink};
-
-/// Runs `cmd` to the end off the async threads.
-async fn output(mut cmd: std::process::Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
