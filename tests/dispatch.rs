@@ -107,6 +107,13 @@ impl Env {
         stdout_of_success(output(cmd).await, args)
     }
 
+    /// `subscribers add EMAIL --list LIST --confirmed`: confirmed at once,
+    /// with consent on record and no confirmation email. What it printed.
+    pub(crate) async fn add_confirmed(&self, email: &str, list: &str) -> String {
+        self.ok(&["subscribers", "add", email, "--list", list, "--confirmed"])
+            .await
+    }
+
     /// `send FILE --yes --at` `secs` seconds from now, the command's clock
     /// fixed at now ([`Env::ok_at`]): the campaign is queued, due `secs`
     /// seconds later however slowly the command started.

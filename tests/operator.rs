@@ -59,6 +59,19 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Creates `club` ("Book Club"), a double opt-in list.
+async fn book_club(env: &Env) {
+    env.ok(&[
+        "lists",
+        "add",
+        "club",
+        "--name",
+        "Book Club",
+        "--double-opt-in",
+    ])
+    .await;
+}
+
 /// `lists` output: the row of `slug`, split on whitespace.
 async fn list_row(env: &Env, slug: &str) -> Option<Vec<String>> {
     let out = env.ok(&["lists"]).await;
@@ -74,15 +87,7 @@ async fn list_row(env: &Env, slug: &str) -> Option<Vec<String>> {
 async fn add_on_double_opt_in_list_sends_one_confirmation_whose_link_confirms() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = env(sink.port());
-    env.ok(&[
-        "lists",
-        "add",
-        "club",
-        "--name",
-        "Book Club",
-        "--double-opt-in",
-    ])
-    .await;
+    book_club(&env).await;
     let out = env
         .ok(&[
             "subscribers",
@@ -139,25 +144,8 @@ async fn add_on_double_opt_in_list_sends_one_confirmation_whose_link_confirms() 
 async fn add_confirmed_sends_nothing_and_confirms_at_once() {
     let sink = SmtpSink::start(Behaviour::new());
     let env = env(sink.port());
-    env.ok(&[
-        "lists",
-        "add",
-        "club",
-        "--name",
-        "Book Club",
-        "--double-opt-in",
-    ])
-    .await;
-    let out = env
-        .ok(&[
-            "subscribers",
-            "add",
-            "ola@example.org",
-            "--list",
-            "club",
-            "--confirmed",
-        ])
-        .await;
+    book_club(&env).await;
+    let out = env.add_confirmed("ola@example.org", "club").await;
     assert!(
         out.contains("subscribed ola@example.org to club (confirmed): consent on record (--confirmed), no confirmation email sent"),
         "{out}"
@@ -169,16 +157,7 @@ async fn add_confirmed_sends_nothing_and_confirms_at_once() {
         per_recipient(&sink.messages()),
         counts(&[("pia@example.org", 1)])
     );
-    let out = env
-        .ok(&[
-            "subscribers",
-            "add",
-            "pia@example.org",
-            "--list",
-            "club",
-            "--confirmed",
-        ])
-        .await;
+    let out = env.add_confirmed("pia@example.org", "club").await;
     assert!(
         out.contains("confirmed pia@example.org on club: consent on record"),
         "{out}"

@@ -130,15 +130,7 @@ async fn a_campaign_written_to_the_outbox_does_not_go_on_over_smtp() {
     assert_eq!(outbox_files(&env).len(), 2);
     // Sent to who joined since, this time with the SMTP URL set: refused,
     // naming where this run's transport came from.
-    env.ok(&[
-        "subscribers",
-        "add",
-        "new@example.net",
-        "--list",
-        "news",
-        "--confirmed",
-    ])
-    .await;
+    env.add_confirmed("new@example.net", "news").await;
     let out = env
         .run(&["send", "campaigns/news-1.md", "--yes", "--only-new"])
         .await;

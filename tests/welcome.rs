@@ -164,16 +164,7 @@ async fn subscribers_add_gets_one_and_dispatch_twice_sends_nobody_twice() {
         .await;
     assert!(out.contains("welcome: replaced from"), "{out}");
 
-    let out = env
-        .ok(&[
-            "subscribers",
-            "add",
-            "ola@example.org",
-            "--list",
-            "club",
-            "--confirmed",
-        ])
-        .await;
+    let out = env.add_confirmed("ola@example.org", "club").await;
     assert!(
         out.contains("welcome mail welcome: sent to them by the next `bulletin dispatch`"),
         "{out}"
@@ -181,28 +172,11 @@ async fn subscribers_add_gets_one_and_dispatch_twice_sends_nobody_twice() {
     // Pending (a confirmation email), then confirmed with consent on record.
     env.ok(&["subscribers", "add", "pia@example.org", "--list", "club"])
         .await;
-    env.ok(&[
-        "subscribers",
-        "add",
-        "pia@example.org",
-        "--list",
-        "club",
-        "--confirmed",
-    ])
-    .await;
+    env.add_confirmed("pia@example.org", "club").await;
     env.ok(&["dispatch"]).await;
     env.ok(&["dispatch"]).await;
     // Added again: already confirmed, nothing queued.
-    let out = env
-        .ok(&[
-            "subscribers",
-            "add",
-            "ola@example.org",
-            "--list",
-            "club",
-            "--confirmed",
-        ])
-        .await;
+    let out = env.add_confirmed("ola@example.org", "club").await;
     assert!(!out.contains("welcome mail"), "{out}");
     env.ok(&["dispatch"]).await;
     assert_eq!(
