@@ -355,13 +355,13 @@ fn sample_message(
     )?;
     let signer = Signer::new(b"doctor: length only", &[]);
     let urls = Urls::new(&config.base_url);
-    let unsubscribe = urls.unsubscribe(&signer, &super::build::SAMPLE_UNSUBSCRIBE);
+    let unsubscribe = urls.unsubscribe(&signer, &super::compile::SAMPLE_UNSUBSCRIBE);
     let body = compiled.personalise(&Recipient {
         email: "sample.recipient@example.org",
         name: "Sample Recipient",
         attributes: None,
         unsubscribe_url: &unsubscribe,
-        preferences_url: &urls.preferences(&signer, &super::build::SAMPLE_PREFERENCES),
+        preferences_url: &urls.preferences(&signer, &super::compile::SAMPLE_PREFERENCES),
         archive_url: &urls.archive(&campaign.slug),
     });
     let domain = config.bounce_domain();

@@ -18,6 +18,7 @@ macro_rules! println {
 
 mod bounces;
 mod build;
+mod compile;
 mod db;
 mod doctor;
 mod lists;

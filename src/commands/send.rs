@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{
+use super::compile::{
     Built, SAMPLE_NAME, campaign_lists, check_placeholders, compile_file, format_warning,
 };
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
@@ -1270,14 +1270,14 @@ async fn test_person(
 fn test_copy(
     config: &Config,
     settings: &Settings,
-    built: &super::build::Built,
+    built: &super::compile::Built,
     to: &str,
     person: Option<&crate::store::Subscriber>,
 ) -> Result<lettre::Message> {
     let urls = &settings.urls;
     let domain = &settings.bounce_domain;
-    let unsubscribe = urls.unsubscribe(&settings.signer, &super::build::SAMPLE_UNSUBSCRIBE);
-    let preferences = urls.preferences(&settings.signer, &super::build::SAMPLE_PREFERENCES);
+    let unsubscribe = urls.unsubscribe(&settings.signer, &super::compile::SAMPLE_UNSUBSCRIBE);
+    let preferences = urls.preferences(&settings.signer, &super::compile::SAMPLE_PREFERENCES);
     let archive = urls.archive(&built.campaign.slug);
     let body = built.compiled.personalise(&Recipient {
         email: person.and_then(|p| p.email.as_deref()).unwrap_or(to),
