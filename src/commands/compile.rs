@@ -28,8 +28,13 @@ pub(crate) struct Built {
 /// Bad input is a `campaign::Error` (file, line, fix) in the chain.
 pub(crate) fn compile_file(config: &Config, path: &Path) -> Result<Built> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let name = path.display().to_string();
-    let campaign = campaign::parse(&name, &text)?;
+    compile(config, &path.display().to_string(), &text)
+}
+
+/// Parses and compiles the campaign `text` (`name` is the file in errors)
+/// with the configured templates.
+pub(crate) fn compile(config: &Config, name: &str, text: &str) -> Result<Built> {
+    let campaign = campaign::parse(name, text)?;
     let templates = Templates::load(&config.templates)?;
     let renderer = Renderer::new(&templates)?;
     let compiled = renderer.compile(

@@ -522,6 +522,19 @@ impl Plan<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// What `--replace` writes over frozen campaign `id`: this file's
+    /// lists, subject and compiled content, to go out at `send_at`.
+    fn refreeze(&self, id: i64, send_at: i64) -> Refreeze<'_> {
+        Refreeze {
+            id,
+            lists: &self.list_ids,
+            subject: &self.built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at,
+        }
+    }
+
     /// `--replace` of a welcome mail: new subject and content for whoever
     /// is confirmed next, while no welcome message went out yet.
     async fn replace_welcome(&self, c: CampaignRow) -> Result<ExitCode> {
@@ -533,14 +546,7 @@ impl Plan<'_> {
         }
         let replaced = self
             .store
-            .replace_welcome(&Refreeze {
-                id: c.id,
-                lists: &self.list_ids,
-                subject: &self.built.campaign.subject,
-                compiled: &self.frozen,
-                source_hash: &self.source_hash,
-                send_at: c.send_at,
-            })
+            .replace_welcome(&self.refreeze(c.id, c.send_at))
             .await?;
         if let Replace::Refused(_, attempted) = replaced {
             bail!(
@@ -574,14 +580,7 @@ impl Plan<'_> {
         }
         let replaced = self
             .store
-            .replace_campaign(&Refreeze {
-                id: c.id,
-                lists: &self.list_ids,
-                subject: &self.built.campaign.subject,
-                compiled: &self.frozen,
-                source_hash: &self.source_hash,
-                send_at: self.send_at,
-            })
+            .replace_campaign(&self.refreeze(c.id, self.send_at))
             .await?;
         if let Replace::Refused(status, attempted) = replaced {
             let stop = match status {
