@@ -14,6 +14,8 @@ use futures_util::TryStreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::redact::{self, Password};
+
 /// The keyword set on a message that was read and is not ours to file (a
 /// reply from a person, say): it stays in the inbox, unseen, and is not read
 /// again.
@@ -88,7 +90,7 @@ impl ImapUrl {
     /// (`bounces%40example.org`), the mailbox defaults to INBOX.
     pub fn parse(url: &str) -> Result<ImapUrl> {
         let bad = |message: &str| Error::Url {
-            url: url.to_string(),
+            url: redact::url(url, Password::Masked),
             message: message.to_string(),
         };
         let (scheme, rest) = url

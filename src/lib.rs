@@ -18,6 +18,7 @@ pub mod dkim; // DKIM: signs the final message bytes, prints the DNS record (no 
 pub mod imap; // the IMAP bounce mailbox: connect, unseen messages, file or keep (no bulletin rules)
 pub mod import; // lists from other tools: formats, column mapping, cell rules (no IO)
 pub mod links; // signed tokens for links and VERP addresses (no IO)
+pub mod redact; // passwords out of URLs before they are shown (no IO)
 pub mod render; // handlebars -> MJML -> HTML (mrml) + text part (no IO)
 pub mod store; // the subscriber store: all SQL (sqlx, SQLite), schema in subscribers.sql
 pub mod suggest; // "did you mean": the closest known list slug or placeholder key (no IO)

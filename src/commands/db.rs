@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 
 use crate::config::Config;
+use crate::redact::{self, Password};
 use crate::store::{CopiedTable, Location, Store};
 
 pub(crate) fn init(config: &Config) -> Result<ExitCode> {
@@ -139,8 +140,8 @@ fn print_next_steps(target: &Location) {
     let Location::Postgres(url) = target else {
         return;
     };
-    let mut shown = url.clone();
-    let _ = shown.set_password(None);
+    // The password goes in the environment, not in the file.
+    let shown = redact::url(url.as_str(), Password::Removed);
     println!();
     println!("To run on PostgreSQL from now on, set in bulletin.toml (or BULLETIN_DB):");
     println!("    db = \"{shown}\"");

@@ -11,16 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 
+use super::compile::{
+    Built, SAMPLE_EMAIL, SAMPLE_NAME, SAMPLE_PREFERENCES, SAMPLE_UNSUBSCRIBE, compile,
+};
 use super::setup;
-use crate::assets::Templates;
-use crate::campaign;
 use crate::cli::{DoctorArgs, Global};
 use crate::compose;
 use crate::config::Config;
 use crate::config::MIN_SECRET_BYTES;
 use crate::dispatch::transport::{self, SmtpUrl, Transport};
 use crate::links::{Signer, Urls};
-use crate::render::{self, Recipient, Renderer};
+use crate::render::{self, Recipient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
@@ -341,27 +342,16 @@ fn sample_message(
     file: &Path,
 ) -> Result<Vec<u8>> {
     let text = std::fs::read_to_string(file)?;
-    let campaign = campaign::parse(&file.display().to_string(), &text)?;
-    let templates = Templates::load(&config.templates)?;
-    let compiled = Renderer::new(&templates)?.compile(
-        &campaign,
-        &render::Context {
-            organisation: &config.organisation,
-            bases: render::urls::Bases {
-                assets: config.assets_url.as_ref(),
-                pages: config.pages_url.as_ref(),
-            },
-        },
-    )?;
+    let Built { campaign, compiled } = compile(config, &file.display().to_string(), &text)?;
     let signer = Signer::new(b"doctor: length only", &[]);
     let urls = Urls::new(&config.base_url);
-    let unsubscribe = urls.unsubscribe(&signer, &super::build::SAMPLE_UNSUBSCRIBE);
+    let unsubscribe = urls.unsubscribe(&signer, &SAMPLE_UNSUBSCRIBE);
     let body = compiled.personalise(&Recipient {
-        email: "sample.recipient@example.org",
-        name: "Sample Recipient",
+        email: SAMPLE_EMAIL,
+        name: SAMPLE_NAME,
         attributes: None,
         unsubscribe_url: &unsubscribe,
-        preferences_url: &urls.preferences(&signer, &super::build::SAMPLE_PREFERENCES),
+        preferences_url: &urls.preferences(&signer, &SAMPLE_PREFERENCES),
         archive_url: &urls.archive(&campaign.slug),
     });
     let domain = config.bounce_domain();
@@ -370,8 +360,8 @@ fn sample_message(
     let headers = compose::Headers {
         from: campaign.from.as_deref().unwrap_or(&config.sender.from),
         reply_to: config.sender.reply_to.as_deref(),
-        to_email: "sample.recipient@example.org",
-        to_name: "Sample Recipient",
+        to_email: SAMPLE_EMAIL,
+        to_name: SAMPLE_NAME,
         date: SystemTime::now(),
         message_id: &format!("{token}@{domain}"),
         list_id: Some(&list_id),

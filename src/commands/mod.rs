@@ -18,8 +18,10 @@ macro_rules! println {
 
 mod bounces;
 mod build;
+mod compile;
 mod db;
 mod doctor;
+mod import_file;
 mod lists;
 mod preview;
 mod quickstart;

@@ -24,9 +24,10 @@ pub(crate) fn run(config: &Config, args: &PreviewArgs) -> Result<ExitCode> {
     let config_r = config.clone();
     let path_r = args.campaign.clone();
     let render = move || -> Result<Rendered, String> {
-        let built = super::build::compile_file(&config_r, &path_r).map_err(|e| format!("{e:#}"))?;
+        let built =
+            super::compile::compile_file(&config_r, &path_r).map_err(|e| format!("{e:#}"))?;
         let file = path_r.display().to_string();
-        let body = super::build::sample(&config_r, &built);
+        let body = super::compile::sample(&config_r, &built);
         Ok(Rendered {
             subject: body.subject,
             html: body.html,
@@ -35,7 +36,7 @@ pub(crate) fn run(config: &Config, args: &PreviewArgs) -> Result<ExitCode> {
                 .compiled
                 .warnings
                 .iter()
-                .map(|w| super::build::format_warning(&file, w))
+                .map(|w| super::compile::format_warning(&file, w))
                 .collect(),
         })
     };

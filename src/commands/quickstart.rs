@@ -46,7 +46,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
                 .await?;
             println!("created list {LIST}");
         }
-        super::subscribers::import(
+        super::import_file::import(
             &store,
             &config,
             PEOPLE.as_ref(),

@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::build::{
+use super::compile::{
     Built, SAMPLE_NAME, campaign_lists, check_placeholders, compile_file, format_warning,
 };
 use super::setup::{campaign_name, find_campaign, fmt_time, iso_time, settings, stop_on_signal};
@@ -522,6 +522,19 @@ impl Plan<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// What `--replace` writes over frozen campaign `id`: this file's
+    /// lists, subject and compiled content, to go out at `send_at`.
+    fn refreeze(&self, id: i64, send_at: i64) -> Refreeze<'_> {
+        Refreeze {
+            id,
+            lists: &self.list_ids,
+            subject: &self.built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at,
+        }
+    }
+
     /// `--replace` of a welcome mail: new subject and content for whoever
     /// is confirmed next, while no welcome message went out yet.
     async fn replace_welcome(&self, c: CampaignRow) -> Result<ExitCode> {
@@ -533,14 +546,7 @@ impl Plan<'_> {
         }
         let replaced = self
             .store
-            .replace_welcome(&Refreeze {
-                id: c.id,
-                lists: &self.list_ids,
-                subject: &self.built.campaign.subject,
-                compiled: &self.frozen,
-                source_hash: &self.source_hash,
-                send_at: c.send_at,
-            })
+            .replace_welcome(&self.refreeze(c.id, c.send_at))
             .await?;
         if let Replace::Refused(_, attempted) = replaced {
             bail!(
@@ -574,14 +580,7 @@ impl Plan<'_> {
         }
         let replaced = self
             .store
-            .replace_campaign(&Refreeze {
-                id: c.id,
-                lists: &self.list_ids,
-                subject: &self.built.campaign.subject,
-                compiled: &self.frozen,
-                source_hash: &self.source_hash,
-                send_at: self.send_at,
-            })
+            .replace_campaign(&self.refreeze(c.id, self.send_at))
             .await?;
         if let Replace::Refused(status, attempted) = replaced {
             let stop = match status {
@@ -1270,14 +1269,14 @@ async fn test_person(
 fn test_copy(
     config: &Config,
     settings: &Settings,
-    built: &super::build::Built,
+    built: &super::compile::Built,
     to: &str,
     person: Option<&crate::store::Subscriber>,
 ) -> Result<lettre::Message> {
     let urls = &settings.urls;
     let domain = &settings.bounce_domain;
-    let unsubscribe = urls.unsubscribe(&settings.signer, &super::build::SAMPLE_UNSUBSCRIBE);
-    let preferences = urls.preferences(&settings.signer, &super::build::SAMPLE_PREFERENCES);
+    let unsubscribe = urls.unsubscribe(&settings.signer, &super::compile::SAMPLE_UNSUBSCRIBE);
+    let preferences = urls.preferences(&settings.signer, &super::compile::SAMPLE_PREFERENCES);
     let archive = urls.archive(&built.campaign.slug);
     let body = built.compiled.personalise(&Recipient {
         email: person.and_then(|p| p.email.as_deref()).unwrap_or(to),

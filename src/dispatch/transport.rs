@@ -29,6 +29,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 
 use super::Error;
 use super::verdict::END_OF_DATA;
+use crate::redact::{self, Password};
 
 /// The longest wait for the reply to QUIT: the messages are settled by
 /// then, so the reply does not matter.
@@ -82,7 +83,12 @@ impl std::fmt::Debug for SmtpUrl {
 impl SmtpUrl {
     /// Parses the URL; `password` (from the environment) fills in a missing one.
     pub fn parse(url: &str, password: Option<&str>) -> Result<SmtpUrl, Error> {
-        let bad = |why: &str| Error::Config(format!("SMTP URL {}: {why}", redact(url)));
+        let bad = |why: &str| {
+            Error::Config(format!(
+                "SMTP URL {}: {why}",
+                redact::url(url, Password::Removed)
+            ))
+        };
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected smtp://host:port or smtps://host:port"))?;
@@ -133,17 +139,6 @@ impl SmtpUrl {
             user,
             password: url_password.or(password.map(String::from)),
         })
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (userinfo, host) = rest.rsplit_once('@').expect("has @");
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}")
-        }
-        _ => url.to_string(),
     }
 }
 

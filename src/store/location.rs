@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::redact::{self, Password};
+
 /// The database a [`super::Store`] opens. `Debug` shows it as `Display`
 /// does, without the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,37 +106,9 @@ fn url_scheme(text: &str) -> Option<&str> {
     is_scheme.then_some(scheme)
 }
 
-/// A URL as shown in messages: without its password, whether or not it
-/// parses (one that does not has everything between `://` and the last `@`
-/// cut), and without a `password=` query parameter.
+/// A URL as shown in messages: its password masked (`redact::url`).
 fn shown_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
-        return match text.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => text.to_string(),
-            },
-            None => text.to_string(),
-        };
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query_pairs().any(|(k, _)| k == "password") {
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "password" {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    url.to_string()
+    redact::url(text, Password::Masked)
 }
 
 impl std::fmt::Debug for Location {
