@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::compose;
 use crate::links::{self, Signer, Urls};
 use crate::render::{Compiled, Personalised, Recipient};
-use crate::store::deliveries::{CampaignRow, CampaignStatus, InFlight, Job, Outcome};
+use crate::store::deliveries::{CampaignRow, CampaignStatus, Claimed, InFlight, Job, Outcome};
 use crate::store::now;
 use crate::store::{Engine, Store};
 use transport::Transport;
@@ -807,6 +807,11 @@ impl Pacer {
         }
     }
 
+    /// Whether there is a rate to keep.
+    fn paces(&self) -> bool {
+        self.interval.is_some()
+    }
+
     async fn wait(&self) -> Result<()> {
         let Some(interval) = self.interval else {
             return Ok(());
@@ -839,14 +844,19 @@ fn unix_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// One outcome for the ledger to record: (delivery, subscriber, outcome).
+type Done = (i64, i64, Outcome);
+
 enum Request {
-    Claim(oneshot::Sender<Option<Job>>),
-    Done(i64, i64, Outcome),
+    /// The next recipient, after recording the worker's last outcome if it
+    /// comes along (so both are in one round).
+    Claim(Option<Done>, oneshot::Sender<Option<Job>>),
+    Done(Done),
 }
 
 /// One pass over what is due now: the ledger and the workers.
 async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<Summary> {
-    let (tx, rx) = mpsc::channel::<Request>(1024);
+    let (tx, rx) = mpsc::unbounded_channel::<Request>();
     let fatal = Arc::new(std::sync::Mutex::new(None::<Error>));
     let halt = Arc::new(AtomicBool::new(false));
     let ledger = tokio::spawn(ledger(store.clone(), shared.clone(), rx));
@@ -881,101 +891,179 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
     })
 }
 
+/// A worker's wait for its next recipient (none: nothing more is due).
+type Reply = oneshot::Sender<Option<Job>>;
+
 /// Owns the delivery log writes: each batch of requests becomes one round
 /// (`Store::record_and_claim`) that records the outcomes and claims exactly
-/// one row per waiting worker, re-checking in the claim statement that each person may
-/// still be mailed and reading their data in the same transaction. Claims
-/// are answered only after the commit, and nothing is read ahead, so a row
-/// is never handed out twice and nobody who left reaches a worker.
+/// one row per waiting worker, re-checking in the claim statement that each
+/// person may still be mailed and reading their data in the same
+/// transaction. Claims are answered only after the commit, and nothing is
+/// read ahead, so a row is never handed out twice and nobody who left
+/// reaches a worker. The bookkeeping is [`Book`]'s.
 async fn ledger(
     store: Store,
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
 ) -> Result<Summary> {
     let s = &shared.settings;
-    let c = &shared.campaign;
-    let mut waiting: Vec<oneshot::Sender<Option<Job>>> = Vec::new();
-    let mut outcomes = Vec::new();
-    let mut exhausted = false;
-    let mut summary = Summary::default();
+    let mut book = Book::default();
     let mut last_renew = tokio::time::Instant::now();
     let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
     while let Some(first) = rx.recv().await {
-        let mut take = |request| match request {
-            Request::Done(d, sub, o) => outcomes.push((d, sub, o)),
-            Request::Claim(reply) => waiting.push(reply),
-        };
-        take(first);
-        for _ in 0..512 {
-            match rx.try_recv() {
-                Ok(request) => take(request),
-                Err(_) => break,
-            }
+        book.take(first);
+        while let Ok(request) = rx.try_recv() {
+            book.take(request);
         }
-        count(&mut summary, &outcomes);
-        let want = if exhausted { 0 } else { waiting.len() };
-        if want > 0 || !outcomes.is_empty() {
+        if let Some((outcomes, replies)) = book.next_round() {
             let claimed = store
-                .record_and_claim(c, &s.owner, want, &outcomes, now())
-                .await?;
-            outcomes.clear();
-            summary.skipped += claimed.skipped;
-            let skipped = &shared.progress.skipped;
-            skipped.fetch_add(claimed.skipped, Ordering::Relaxed);
-            exhausted |= claimed.exhausted;
-            for (reply, job) in waiting.drain(..claimed.jobs.len()).zip(claimed.jobs) {
-                if let Err(Some(job)) = reply.send(Some(job)) {
-                    // The worker went away: the row goes back to the queue.
-                    outcomes.push((job.delivery_id, job.subscriber_id, Outcome::Unclaimed));
-                }
+                .record_and_claim(&shared.campaign, &s.owner, replies.len(), &outcomes, now())
+                .await;
+            let skipped = book.close_round(replies, claimed.map_err(Into::into));
+            shared
+                .progress
+                .skipped
+                .fetch_add(skipped, Ordering::Relaxed);
+        }
+        if book.failed.is_none() && last_renew.elapsed() >= renew_every {
+            match shared.sharing.renew(&store, shared.campaign.id, s).await {
+                Ok(settled) => book.summary.in_flight_resolved += settled,
+                Err(e) => book.fail(e),
             }
-        }
-        // Nothing more is due in this pass: the workers stop.
-        for reply in waiting.drain(..) {
-            let _ = reply.send(None);
-        }
-        if last_renew.elapsed() >= renew_every {
-            summary.in_flight_resolved += shared.sharing.renew(&store, c.id, s).await?;
             last_renew = tokio::time::Instant::now();
         }
     }
-    if !outcomes.is_empty() {
-        store
-            .record_and_claim(c, &s.owner, 0, &outcomes, now())
-            .await?;
+    // The workers are gone: what is left to record (the last outcomes,
+    // rows given back) is, and after a failure that is a last try (the
+    // database may be what failed).
+    if !book.outcomes.is_empty() {
+        let recorded = store
+            .record_and_claim(&shared.campaign, &s.owner, 0, &book.outcomes, now())
+            .await;
+        if book.failed.is_none() {
+            recorded?;
+        }
     }
-    Ok(summary)
+    match book.failed {
+        Some(e) => Err(e),
+        None => Ok(book.summary),
+    }
 }
 
-/// Adds reported outcomes to the run's summary.
-fn count(summary: &mut Summary, outcomes: &[(i64, i64, Outcome)]) {
-    for (_, _, o) in outcomes {
-        match o {
-            Outcome::Sent { .. } => summary.sent += 1,
-            Outcome::Deferred { .. } => summary.deferred += 1,
-            Outcome::Failed { .. } => summary.failed += 1,
-            Outcome::Unknown { .. } => summary.unknown += 1,
-            Outcome::Skipped { .. } => summary.skipped += 1,
-            Outcome::Unclaimed => {}
+/// The ledger's bookkeeping, apart from the database: what waits for the
+/// next round, and what comes of each round's result.
+#[derive(Default)]
+struct Book {
+    /// Workers waiting for a recipient, for the next round to claim.
+    waiting: Vec<Reply>,
+    /// Outcomes for the next round to record.
+    outcomes: Vec<Done>,
+    /// A round came up short: nothing more is due in this pass.
+    exhausted: bool,
+    /// A round failed: no more rounds; the run ends with this error.
+    failed: Option<Error>,
+    summary: Summary,
+}
+
+impl Book {
+    fn take(&mut self, request: Request) {
+        let done = match request {
+            Request::Done(done) => Some(done),
+            Request::Claim(done, reply) => {
+                self.waiting.push(reply);
+                done
+            }
+        };
+        if let Some(done) = done {
+            count(&mut self.summary, &done.2);
+            self.outcomes.push(done);
         }
+    }
+
+    /// The next round's outcomes and claims, if there is anything to do.
+    /// Once nothing more is due, or a round failed, claims are answered
+    /// "none" here (the workers stop), and after a failure there are no
+    /// more rounds.
+    fn next_round(&mut self) -> Option<(Vec<Done>, Vec<Reply>)> {
+        if self.exhausted || self.failed.is_some() {
+            for reply in self.waiting.drain(..) {
+                let _ = reply.send(None);
+            }
+        }
+        if self.failed.is_some() || (self.waiting.is_empty() && self.outcomes.is_empty()) {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut self.outcomes),
+            std::mem::take(&mut self.waiting),
+        ))
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.failed.get_or_insert(e);
+    }
+
+    /// Hands out what a round claimed, one row per waiting worker, and
+    /// returns how many rows it skipped. A row whose worker went away goes
+    /// back to the queue with the next round (or the ledger's last try).
+    fn close_round(&mut self, replies: Vec<Reply>, claimed: Result<Claimed>) -> u64 {
+        let claimed = claimed.unwrap_or_else(|e| {
+            self.fail(e);
+            Claimed::default()
+        });
+        self.exhausted |= claimed.exhausted;
+        self.summary.skipped += claimed.skipped;
+        let mut jobs = claimed.jobs.into_iter();
+        for reply in replies {
+            if let Err(Some(job)) = reply.send(jobs.next()) {
+                self.unclaim(&job);
+            }
+        }
+        claimed.skipped
+    }
+
+    fn unclaim(&mut self, job: &Job) {
+        let row = (job.delivery_id, job.subscriber_id, Outcome::Unclaimed);
+        self.outcomes.push(row);
+    }
+}
+
+/// Adds a reported outcome to the run's summary.
+fn count(summary: &mut Summary, outcome: &Outcome) {
+    match outcome {
+        Outcome::Sent { .. } => summary.sent += 1,
+        Outcome::Deferred { .. } => summary.deferred += 1,
+        Outcome::Failed { .. } => summary.failed += 1,
+        Outcome::Unknown { .. } => summary.unknown += 1,
+        Outcome::Skipped { .. } => summary.skipped += 1,
+        Outcome::Unclaimed => {}
     }
 }
 
 /// Asks the ledger for the next recipient, once the rate allows another
 /// message: pacing comes before the claim, so the eligibility check in the
-/// claim is at most one composition away from the SMTP transaction.
+/// claim is at most one composition away from the SMTP transaction. The
+/// worker's last outcome (`done`) comes along, so that recording it and
+/// claiming the next row are one round; with a rate to keep it goes first,
+/// on its own, rather than wait for the worker's turn unrecorded.
 async fn claim(
     shared: &Shared,
-    tx: &mpsc::Sender<Request>,
+    tx: &mpsc::UnboundedSender<Request>,
     mut stop: watch::Receiver<bool>,
+    mut done: Option<Done>,
 ) -> Result<Option<Job>> {
-    // A slow `rate` must not hold up a stop: the wait ends with the signal.
-    tokio::select! {
-        paced = shared.pacer.wait() => paced?,
-        _ = stop.wait_for(|s| *s) => return Ok(None),
+    if shared.pacer.paces() {
+        if let Some(done) = done.take() {
+            let _ = tx.send(Request::Done(done));
+        }
+        // A slow `rate` must not hold up a stop: the wait ends with the signal.
+        tokio::select! {
+            paced = shared.pacer.wait() => paced?,
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
     }
     let (reply, rx) = oneshot::channel();
-    if tx.send(Request::Claim(reply)).await.is_err() {
+    if tx.send(Request::Claim(done, reply)).is_err() {
         return Ok(None);
     }
     Ok(rx.await.ok().flatten())
@@ -984,7 +1072,7 @@ async fn claim(
 /// One connection's loop: claim, personalise, compose, send, report.
 async fn worker(
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Request>,
     stop: watch::Receiver<bool>,
     halt: Arc<AtomicBool>,
 ) -> Result<()> {
@@ -995,18 +1083,21 @@ async fn worker(
     let list_headers = shared.frozen.list_headers(shared.campaign.list_id, domain);
     let archive = s.urls.archive(&shared.campaign.slug);
     let mut consecutive_transient = 0u32;
+    // The last attempt's outcome, recorded with the next claim.
+    let mut done: Option<Done> = None;
     loop {
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
+            if let Some(done) = done.take() {
+                let _ = tx.send(Request::Done(done));
+            }
             break;
         }
-        let Some(job) = claim(&shared, &tx, stop.clone()).await? else {
+        let Some(job) = claim(&shared, &tx, stop.clone(), done.take()).await? else {
             break;
         };
-        // Hands the job back unsent: it is queued again.
-        let unclaim =
-            |job: &Job| Request::Done(job.delivery_id, job.subscriber_id, Outcome::Unclaimed);
         if *stop.borrow() || halt.load(Ordering::SeqCst) {
-            let _ = tx.send(unclaim(&job)).await;
+            // Handed back unsent: it is queued again.
+            report(&tx, &job, Outcome::Unclaimed);
             break;
         }
         let token = s.signer.sign(&links::Bounce {
@@ -1094,14 +1185,17 @@ async fn worker(
                     Outcome::Unclaimed
                 };
                 sender.discard();
-                report(&tx, &job, o).await;
+                report(&tx, &job, o);
                 return Ok(());
             }
         };
         let transient = matches!(&result, Err(e) if e.verdict() == Verdict::Retry);
-        if let Err(e) = settle(&shared, &tx, &job, result, message_id).await {
-            sender.close().await;
-            return Err(e);
+        match settle(&shared, &tx, &job, result, message_id).await {
+            Ok(outcome) => done = outcome.map(|o| (job.delivery_id, job.subscriber_id, o)),
+            Err(e) => {
+                sender.close().await;
+                return Err(e);
+            }
         }
         consecutive_transient = if transient {
             consecutive_transient + 1
@@ -1128,21 +1222,22 @@ async fn stopped(mut stop: watch::Receiver<bool>, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
-async fn report(tx: &mpsc::Sender<Request>, job: &Job, outcome: Outcome) {
-    let _ = tx
-        .send(Request::Done(job.delivery_id, job.subscriber_id, outcome))
-        .await;
+/// Hands an outcome to the ledger now.
+fn report(tx: &mpsc::UnboundedSender<Request>, job: &Job, outcome: Outcome) {
+    let _ = tx.send(Request::Done((job.delivery_id, job.subscriber_id, outcome)));
 }
 
-/// Records what one attempt came to, as its `Verdict` says. An error stops
-/// the run; the job was queued again first.
+/// What one attempt came to, as its `Verdict` says: the outcome to record
+/// with the worker's next claim, or none when it was reported already (a
+/// refusal, under the streak's lock). An error stops the run; the job was
+/// queued again first.
 async fn settle(
     shared: &Shared,
-    tx: &mpsc::Sender<Request>,
+    tx: &mpsc::UnboundedSender<Request>,
     job: &Job,
     result: Result<String>,
     message_id: String,
-) -> Result<()> {
+) -> Result<Option<Outcome>> {
     let (s, progress) = (&shared.settings, &shared.progress);
     let verdict = result.as_ref().err().map(Error::verdict);
     if verdict != Some(Verdict::Refused) {
@@ -1160,7 +1255,9 @@ async fn settle(
                 hard_bounce: true,
             }
         }
-        (Err(e), Some(Verdict::Refused)) => return refused(shared, tx, job, e).await,
+        (Err(e), Some(Verdict::Refused)) => {
+            return refused(shared, tx, job, e).await.map(|()| None);
+        }
         (Err(e), Some(Verdict::Retry)) => {
             let reply = format!("gave up after {} attempts: {e}", job.attempts);
             let last = Outcome::Failed {
@@ -1182,12 +1279,11 @@ async fn settle(
         }
         // Server down, a 421, TLS or auth: not this recipient's fault.
         (Err(e), _) => {
-            report(tx, job, Outcome::Unclaimed).await;
+            report(tx, job, Outcome::Unclaimed);
             return Err(e);
         }
     };
-    report(tx, job, outcome).await;
-    Ok(())
+    Ok(Some(outcome))
 }
 
 /// Deferred with exponential backoff, or `last` once the attempts are used.
@@ -1208,7 +1304,12 @@ fn deferred_or(s: &Settings, progress: &Progress, job: &Job, e: &Error, last: Ou
 /// it makes `STREAK_LIMIT` alike in a row; then the streak is queued again
 /// and the run stops. Reported under the streak's lock, so a failure is
 /// always recorded before it is queued again.
-async fn refused(shared: &Shared, tx: &mpsc::Sender<Request>, job: &Job, e: Error) -> Result<()> {
+async fn refused(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Request>,
+    job: &Job,
+    e: Error,
+) -> Result<()> {
     let mut streak = shared.streak.lock().await;
     let Some(again) = streak.refused(e.refusal_key(), (job.delivery_id, job.subscriber_id)) else {
         shared.progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -1216,15 +1317,13 @@ async fn refused(shared: &Shared, tx: &mpsc::Sender<Request>, job: &Job, e: Erro
             reply: e.to_string(),
             hard_bounce: false,
         };
-        report(tx, job, o).await;
+        report(tx, job, o);
         return Ok(());
     };
     let counted = again.len().saturating_sub(1) as u64;
     shared.progress.failed.fetch_sub(counted, Ordering::Relaxed);
     for (delivery, subscriber) in again {
-        let _ = tx
-            .send(Request::Done(delivery, subscriber, Outcome::Unclaimed))
-            .await;
+        let _ = tx.send(Request::Done((delivery, subscriber, Outcome::Unclaimed)));
     }
     Err(Error::Refusing {
         count: STREAK_LIMIT,
@@ -1314,6 +1413,110 @@ mod tests {
             streak.refused("MAIL: 554".into(), (7, 7)),
             Some(vec![(7, 7)])
         );
+    }
+
+    fn job(delivery_id: i64) -> Job {
+        Job {
+            delivery_id,
+            subscriber_id: delivery_id + 100,
+            list_id: 1,
+            email: format!("p{delivery_id}@example.net"),
+            name: String::new(),
+            attributes: "{}".into(),
+            attempts: 1,
+        }
+    }
+
+    fn sent(delivery_id: i64) -> Done {
+        let o = Outcome::Sent {
+            reply: "250 ok".into(),
+            message_id: format!("<{delivery_id}@x>"),
+        };
+        (delivery_id, delivery_id + 100, o)
+    }
+
+    /// A worker's claim, bringing `done` along; and where its answer comes.
+    fn claim_with(done: Option<Done>) -> (Request, oneshot::Receiver<Option<Job>>) {
+        let (reply, answer) = oneshot::channel();
+        (Request::Claim(done, reply), answer)
+    }
+
+    #[test]
+    fn an_outcome_and_the_next_claim_go_in_one_round_and_each_row_to_its_worker() {
+        let mut book = Book::default();
+        let (first, mut first_answer) = claim_with(Some(sent(1)));
+        let (second, mut second_answer) = claim_with(None);
+        book.take(first);
+        book.take(second);
+        let (outcomes, replies) = book.next_round().expect("a round");
+        assert_eq!(outcomes, vec![sent(1)], "recorded with the claim");
+        assert_eq!(replies.len(), 2);
+        assert_eq!(book.summary.sent, 1);
+        assert!(
+            book.next_round().is_none(),
+            "nothing left for a second round"
+        );
+        let claimed = Claimed {
+            jobs: vec![job(7), job(8)],
+            skipped: 2,
+            exhausted: false,
+        };
+        assert_eq!(book.close_round(replies, Ok(claimed)), 2);
+        assert_eq!(first_answer.try_recv().unwrap().unwrap().delivery_id, 7);
+        assert_eq!(second_answer.try_recv().unwrap().unwrap().delivery_id, 8);
+        assert_eq!(book.summary.skipped, 2);
+        assert!(book.outcomes.is_empty(), "nothing left to record");
+    }
+
+    #[test]
+    fn a_row_whose_worker_went_away_goes_back_and_a_short_claim_stops_the_rest() {
+        let mut book = Book::default();
+        let (gone, gone_answer) = claim_with(None);
+        let (stays, mut stays_answer) = claim_with(None);
+        let (last, mut last_answer) = claim_with(None);
+        for request in [gone, stays, last] {
+            book.take(request);
+        }
+        drop(gone_answer);
+        let (_, replies) = book.next_round().unwrap();
+        let claimed = Claimed {
+            jobs: vec![job(1), job(2)],
+            skipped: 0,
+            exhausted: true,
+        };
+        book.close_round(replies, Ok(claimed));
+        assert_eq!(stays_answer.try_recv().unwrap().unwrap().delivery_id, 2);
+        assert!(
+            last_answer.try_recv().unwrap().is_none(),
+            "nothing more due"
+        );
+        let (outcomes, replies) = book.next_round().expect("the row given back");
+        assert_eq!(outcomes, vec![(1, 101, Outcome::Unclaimed)]);
+        assert!(replies.is_empty());
+        // Once exhausted, a claim is answered without a round.
+        let (later, mut later_answer) = claim_with(None);
+        book.take(later);
+        assert!(book.next_round().is_none());
+        assert!(later_answer.try_recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn after_a_failed_round_claims_get_none_and_outcomes_wait_for_the_last_try() {
+        let mut book = Book::default();
+        let (a, mut a_answer) = claim_with(Some(sent(1)));
+        book.take(a);
+        let (_, replies) = book.next_round().unwrap();
+        book.close_round(replies, Err(Error::Fatal("connection reset".into())));
+        assert!(a_answer.try_recv().unwrap().is_none(), "the worker stops");
+        // No more rounds; what workers report meanwhile is kept for the
+        // ledger's last try.
+        book.take(Request::Done(sent(2)));
+        let (b, mut b_answer) = claim_with(Some(sent(3)));
+        book.take(b);
+        assert!(book.next_round().is_none());
+        assert!(b_answer.try_recv().unwrap().is_none());
+        assert_eq!(book.outcomes, vec![sent(2), sent(3)]);
+        assert!(matches!(book.failed, Some(Error::Fatal(_))));
     }
 
     #[test]
