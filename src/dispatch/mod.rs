@@ -848,8 +848,10 @@ fn unix_micros() -> i64 {
 type Done = (i64, i64, Outcome);
 
 enum Request {
-    /// The next recipient, after recording the worker's last outcome if it
-    /// comes along (so both are in one round).
+    /// The next recipient, and the worker's last outcome if it comes along:
+    /// both go in one round, so the row is handed out after the outcome is
+    /// committed. (Once nothing more is due, or after a failed round, the
+    /// answer "none" comes at once and the outcome is recorded after it.)
     Claim(Option<Done>, oneshot::Sender<Option<Job>>),
     Done(Done),
 }
@@ -898,7 +900,7 @@ type Reply = oneshot::Sender<Option<Job>>;
 /// (`Store::record_and_claim`) that records the outcomes and claims exactly
 /// one row per waiting worker, re-checking in the claim statement that each
 /// person may still be mailed and reading their data in the same
-/// transaction. Claims are answered only after the commit, and nothing is
+/// transaction. Rows are handed out only after the commit, and nothing is
 /// read ahead, so a row is never handed out twice and nobody who left
 /// reaches a worker. The bookkeeping is [`Book`]'s.
 async fn ledger(
@@ -919,7 +921,7 @@ async fn ledger(
             let claimed = store
                 .record_and_claim(&shared.campaign, &s.owner, replies.len(), &outcomes, now())
                 .await;
-            let skipped = book.close_round(replies, claimed.map_err(Into::into));
+            let skipped = book.close_round(outcomes, replies, claimed.map_err(Into::into));
             shared
                 .progress
                 .skipped
@@ -935,8 +937,10 @@ async fn ledger(
     }
     // The workers are gone: what is left to record (the last outcomes,
     // rows given back) is, and after a failure that is a last try (the
-    // database may be what failed).
-    if !book.outcomes.is_empty() {
+    // database may be what failed). Not when the run lost its lease or was
+    // taken for dead: its rows are another run's to settle now.
+    let lost = matches!(book.failed, Some(Error::LeaseLost | Error::WorkerLost));
+    if !book.outcomes.is_empty() && !lost {
         let recorded = store
             .record_and_claim(&shared.campaign, &s.owner, 0, &book.outcomes, now())
             .await;
@@ -1006,9 +1010,17 @@ impl Book {
     /// Hands out what a round claimed, one row per waiting worker, and
     /// returns how many rows it skipped. A row whose worker went away goes
     /// back to the queue with the next round (or the ledger's last try).
-    fn close_round(&mut self, replies: Vec<Reply>, claimed: Result<Claimed>) -> u64 {
+    /// A round that failed recorded nothing: its `outcomes` wait for the
+    /// last try, before anything reported since.
+    fn close_round(
+        &mut self,
+        outcomes: Vec<Done>,
+        replies: Vec<Reply>,
+        claimed: Result<Claimed>,
+    ) -> u64 {
         let claimed = claimed.unwrap_or_else(|e| {
             self.fail(e);
+            self.outcomes.splice(0..0, outcomes);
             Claimed::default()
         });
         self.exhausted |= claimed.exhausted;
@@ -1203,6 +1215,10 @@ async fn worker(
             0
         };
         if consecutive_transient >= 3 {
+            // Recorded now, not after the pause.
+            if let Some(done) = done.take() {
+                let _ = tx.send(Request::Done(done));
+            }
             // The server is throttling this connection: back off a little.
             tokio::time::sleep(Duration::from_millis(
                 200 * u64::from(consecutive_transient.min(25)),
@@ -1461,7 +1477,7 @@ mod tests {
             skipped: 2,
             exhausted: false,
         };
-        assert_eq!(book.close_round(replies, Ok(claimed)), 2);
+        assert_eq!(book.close_round(outcomes, replies, Ok(claimed)), 2);
         assert_eq!(first_answer.try_recv().unwrap().unwrap().delivery_id, 7);
         assert_eq!(second_answer.try_recv().unwrap().unwrap().delivery_id, 8);
         assert_eq!(book.summary.skipped, 2);
@@ -1478,13 +1494,13 @@ mod tests {
             book.take(request);
         }
         drop(gone_answer);
-        let (_, replies) = book.next_round().unwrap();
+        let (outcomes, replies) = book.next_round().unwrap();
         let claimed = Claimed {
             jobs: vec![job(1), job(2)],
             skipped: 0,
             exhausted: true,
         };
-        book.close_round(replies, Ok(claimed));
+        book.close_round(outcomes, replies, Ok(claimed));
         assert_eq!(stays_answer.try_recv().unwrap().unwrap().delivery_id, 2);
         assert!(
             last_answer.try_recv().unwrap().is_none(),
@@ -1493,20 +1509,24 @@ mod tests {
         let (outcomes, replies) = book.next_round().expect("the row given back");
         assert_eq!(outcomes, vec![(1, 101, Outcome::Unclaimed)]);
         assert!(replies.is_empty());
-        // Once exhausted, a claim is answered without a round.
-        let (later, mut later_answer) = claim_with(None);
+        // Once exhausted, a claim is answered without waiting for a round,
+        // and the outcome it brought is still recorded.
+        let (later, mut later_answer) = claim_with(Some(sent(9)));
         book.take(later);
-        assert!(book.next_round().is_none());
+        let (outcomes, replies) = book.next_round().expect("the outcome's round");
         assert!(later_answer.try_recv().unwrap().is_none());
+        assert_eq!(outcomes, vec![sent(9)]);
+        assert!(replies.is_empty(), "nothing claimed");
     }
 
     #[test]
-    fn after_a_failed_round_claims_get_none_and_outcomes_wait_for_the_last_try() {
+    fn after_a_failed_round_claims_get_none_and_every_outcome_waits_for_the_last_try() {
         let mut book = Book::default();
         let (a, mut a_answer) = claim_with(Some(sent(1)));
         book.take(a);
-        let (_, replies) = book.next_round().unwrap();
-        book.close_round(replies, Err(Error::Fatal("connection reset".into())));
+        let (outcomes, replies) = book.next_round().unwrap();
+        let failed = Err(Error::Fatal("connection reset".into()));
+        book.close_round(outcomes, replies, failed);
         assert!(a_answer.try_recv().unwrap().is_none(), "the worker stops");
         // No more rounds; what workers report meanwhile is kept for the
         // ledger's last try.
@@ -1515,7 +1535,8 @@ mod tests {
         book.take(b);
         assert!(book.next_round().is_none());
         assert!(b_answer.try_recv().unwrap().is_none());
-        assert_eq!(book.outcomes, vec![sent(2), sent(3)]);
+        // The failed round's own outcome first: it was not recorded.
+        assert_eq!(book.outcomes, vec![sent(1), sent(2), sent(3)]);
         assert!(matches!(book.failed, Some(Error::Fatal(_))));
     }
 
