@@ -847,12 +847,15 @@ fn unix_micros() -> i64 {
 /// One outcome for the ledger to record: (delivery, subscriber, outcome).
 type Done = (i64, i64, Outcome);
 
+/// A worker's wait for its next recipient (none: nothing more is due).
+type Reply = oneshot::Sender<Option<Job>>;
+
 enum Request {
     /// The next recipient, and the worker's last outcome if it comes along:
     /// both go in one round, so the row is handed out after the outcome is
     /// committed. (Once nothing more is due, or after a failed round, the
     /// answer "none" comes at once and the outcome is recorded after it.)
-    Claim(Option<Done>, oneshot::Sender<Option<Job>>),
+    Claim(Option<Done>, Reply),
     Done(Done),
 }
 
@@ -892,9 +895,6 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
         ..summary
     })
 }
-
-/// A worker's wait for its next recipient (none: nothing more is due).
-type Reply = oneshot::Sender<Option<Job>>;
 
 /// Owns the delivery log writes: each batch of requests becomes one round
 /// (`Store::record_and_claim`) that records the outcomes and claims exactly

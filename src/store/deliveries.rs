@@ -899,6 +899,18 @@ fn read_claim_pg(rows: &[AnyRow]) -> Result<(Vec<Job>, u64, bool)> {
     Ok((jobs, skipped, blocked))
 }
 
+/// One round of [`super::Store::record_and_claim`], as its private steps
+/// pass it on: `outcomes` of `worker`'s rows of `campaign` to record, and
+/// `want` rows to claim for it, at `now`.
+#[derive(Clone, Copy)]
+struct Round<'a> {
+    campaign: &'a CampaignRow,
+    worker: &'a str,
+    want: usize,
+    outcomes: &'a [(i64, i64, Outcome)],
+    now: i64,
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -950,27 +962,31 @@ impl super::Store {
         let all_sent = outcomes
             .iter()
             .all(|(_, _, o)| matches!(o, Outcome::Sent { .. }));
+        let round = Round {
+            campaign,
+            worker,
+            want,
+            outcomes,
+            now,
+        };
         if self.engine() == Engine::Postgres && want > 0 && !outcomes.is_empty() && all_sent {
-            return self
-                .record_sent_and_claim(campaign, worker, want, outcomes, now)
-                .await;
+            return self.record_sent_and_claim(round).await;
         }
-        self.record_and_claim_in_transaction(campaign, worker, want, outcomes, now)
-            .await
+        self.record_and_claim_in_transaction(round).await
     }
 
     /// [`SENT_AND_CLAIM_SQL_PG`], then what it left: the whole round in a
     /// transaction when a delivered person has a bounce score to lower, or
     /// more rows (in a statement of their own) when skipped rows made the
     /// claim short.
-    async fn record_sent_and_claim(
-        &self,
-        campaign: &CampaignRow,
-        worker: &str,
-        want: usize,
-        outcomes: &[(i64, i64, Outcome)],
-        now: i64,
-    ) -> Result<Claimed> {
+    async fn record_sent_and_claim(&self, round: Round<'_>) -> Result<Claimed> {
+        let Round {
+            campaign,
+            worker,
+            want,
+            outcomes,
+            now,
+        } = round;
         let sent: Vec<(i64, &str, &str)> = outcomes
             .iter()
             .filter_map(|(d, _, o)| match o {
@@ -991,9 +1007,7 @@ impl super::Store {
         if unrecorded {
             // Nothing was recorded or claimed: the round's transaction does both.
             drop(conn);
-            return self
-                .record_and_claim_in_transaction(campaign, worker, want, outcomes, now)
-                .await;
+            return self.record_and_claim_in_transaction(round).await;
         }
         let mut claimed = Claimed {
             // The claim hands out fewer rows than asked only when no more
@@ -1025,9 +1039,12 @@ impl super::Store {
                     .iter()
                     .map(|j| (j.delivery_id, j.subscriber_id, Outcome::Unclaimed))
                     .collect();
-                let _ = self
-                    .record_and_claim_in_transaction(campaign, worker, 0, &back, now)
-                    .await;
+                let give_back = Round {
+                    want: 0,
+                    outcomes: &back,
+                    ..round
+                };
+                let _ = self.record_and_claim_in_transaction(give_back).await;
                 Err(e)
             }
         }
@@ -1037,14 +1054,14 @@ impl super::Store {
     /// outcomes. On PostgreSQL a round that records a hard bounce or lowers
     /// a bounce score, which read and write what others write too, takes
     /// the write lock first ([`super::sql::begin_rows`]).
-    async fn record_and_claim_in_transaction(
-        &self,
-        campaign: &CampaignRow,
-        worker: &str,
-        want: usize,
-        outcomes: &[(i64, i64, Outcome)],
-        now: i64,
-    ) -> Result<Claimed> {
+    async fn record_and_claim_in_transaction(&self, round: Round<'_>) -> Result<Claimed> {
+        let Round {
+            campaign,
+            worker,
+            want,
+            outcomes,
+            now,
+        } = round;
         let mut tx = begin_rows(&self.pool).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
