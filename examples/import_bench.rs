@@ -33,11 +33,7 @@
 //!   cargo run --release --example import_bench -- 1000000 --db "$URL"
 //!
 //! Peak memory is this process's (the client's), as on SQLite; the server's
-//! own memory is not counted. On the development machine (2 cores shared
-//! with other builds), 1,000,000 rows into PostgreSQL 15 on loopback: the
-//! import at about 7,500 rows/s (6.4 s of it our CPU: the server's work,
-//! foreign-key checks and indexes, is the rest), peak RSS 45 MB; the
-//! re-import 33,000 rows/s; the export 90,000 rows/s, 60 MB.
+//! own memory is not counted. Figures: README, Benchmarks.
 
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
