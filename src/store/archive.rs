@@ -77,15 +77,7 @@ mod tests {
             ("open-then-closed", &[open, closed]),
             ("closed-then-open", &[closed, open]),
         ] {
-            let new = NewCampaign {
-                slug,
-                lists,
-                subject: "s",
-                compiled: "{}",
-                source_hash: "h",
-                send_at: 1,
-                now: 1,
-            };
+            let new = NewCampaign::test(slug, lists);
             let id = store.insert_campaign(&new).await;
             let id = id.unwrap();
             let sending = CampaignStatus::Sending;

@@ -245,6 +245,23 @@ pub struct NewCampaign<'a> {
     pub now: i64,
 }
 
+#[cfg(test)]
+impl<'a> NewCampaign<'a> {
+    /// A campaign for the store's unit tests: `slug` to `lists`, frozen and
+    /// due at time 1 (override fields with `..NewCampaign::test(…)`).
+    pub(crate) fn test(slug: &'a str, lists: &'a [i64]) -> Self {
+        NewCampaign {
+            slug,
+            lists,
+            subject: "s",
+            compiled: "{}",
+            source_hash: "h",
+            send_at: 1,
+            now: 1,
+        }
+    }
+}
+
 impl super::Store {
     pub async fn campaign_by_slug(&self, slug: &str) -> Result<Option<CampaignRow>> {
         let pool = &self.pool;
@@ -1641,15 +1658,8 @@ mod tests {
             .add_subscriber("a@example.net", None, "news", "cli", 1)
             .await
             .unwrap();
-        let new = NewCampaign {
-            slug: "c",
-            lists: &[list.id],
-            subject: "s",
-            compiled: "{}",
-            source_hash: "h",
-            send_at: 1,
-            now: 1,
-        };
+        let lists = [list.id];
+        let new = NewCampaign::test("c", &lists);
         let id = store.insert_campaign(&new).await.unwrap();
         assert_eq!(
             store.cancel_campaign(id, 2).await.unwrap(),
@@ -1677,15 +1687,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let new = NewCampaign {
-            slug: "c",
-            lists: &[list.id],
-            subject: "s",
-            compiled: "{}",
-            source_hash: "h",
-            send_at: 1,
-            now: 1,
-        };
+        let lists = [list.id];
+        let new = NewCampaign::test("c", &lists);
         let id = store.insert_campaign(&new).await.unwrap();
         let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
         store.materialise(id, 1).await.unwrap();
@@ -1733,15 +1736,8 @@ mod tests {
                     .unwrap();
             }
         }
-        let new = NewCampaign {
-            slug: "c",
-            lists: &[a, b],
-            subject: "s",
-            compiled: "{}",
-            source_hash: "h",
-            send_at: 1,
-            now: 1,
-        };
+        let lists = [a, b];
+        let new = NewCampaign::test("c", &lists);
         let id = store.insert_campaign(&new).await.unwrap();
         let campaign = store.campaign_by_id(id).await.unwrap().unwrap();
         (a, b, campaign)

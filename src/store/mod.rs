@@ -698,15 +698,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let campaign = deliveries::NewCampaign {
-            slug: "c",
-            lists: &[list.id],
-            subject: "s",
-            compiled: "{}",
-            source_hash: "h",
-            send_at: 1,
-            now: 1,
-        };
+        let lists = [list.id];
+        let campaign = deliveries::NewCampaign::test("c", &lists);
         let campaign_id = s.insert_campaign(&campaign).await.unwrap();
         let campaign = s.campaign_by_id(campaign_id).await.unwrap().unwrap();
         let queued = s.materialise(campaign_id, 1).await.unwrap();

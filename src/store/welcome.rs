@@ -183,14 +183,10 @@ mod tests {
                 .create_list(slug, slug, "", double, true, 1)
                 .await
                 .unwrap();
+            let (name, lists) = (format!("welcome-{slug}"), [list.id]);
             let new = NewCampaign {
-                slug: &format!("welcome-{slug}"),
-                lists: &[list.id],
                 subject: "Welcome",
-                compiled: "{}",
-                source_hash: "h",
-                send_at: 1,
-                now: 1,
+                ..NewCampaign::test(&name, &lists)
             };
             let FreezeWelcome::Frozen(id) = store.freeze_welcome(&new).await.unwrap() else {
                 panic!("the list had no welcome campaign yet")
@@ -329,14 +325,12 @@ mod tests {
     #[tokio::test]
     async fn one_active_welcome_per_list_and_none_after_cancel() {
         let (_dir, store, [(open, first), _]) = store().await;
+        let lists = [open];
         let new = NewCampaign {
-            slug: "welcome-2",
-            lists: &[open],
             subject: "Welcome again",
-            compiled: "{}",
-            source_hash: "h",
             send_at: 2,
             now: 2,
+            ..NewCampaign::test("welcome-2", &lists)
         };
         assert_eq!(
             store.freeze_welcome(&new).await.unwrap(),

@@ -175,15 +175,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let new = NewCampaign {
-            slug: "c",
-            lists: &[list],
-            subject: "s",
-            compiled: "{}",
-            source_hash: "h",
-            send_at: 1,
-            now: 1,
-        };
+        let lists = [list];
+        let new = NewCampaign::test("c", &lists);
         let id = store.insert_campaign(&new).await.unwrap();
         store.materialise(id, 1).await.unwrap();
         store.campaign_by_id(id).await.unwrap().unwrap()
