@@ -1338,8 +1338,27 @@ pub struct Refreeze<'a> {
 
 /// Rows of a campaign that a message was attempted for (anything but
 /// `queued` and `skipped`): once there is one, the campaign cannot change.
-pub(super) const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
+const ATTEMPTED_SQL: &str = "SELECT COUNT(*) FROM deliveries \
     WHERE campaign_id = ?1 AND status NOT IN ('queued', 'skipped')";
+
+/// Campaign `id`'s status and how many of its messages were attempted
+/// ([`ATTEMPTED_SQL`]), read in the caller's transaction: what decides
+/// whether `send --replace` may refreeze it.
+pub(super) async fn replace_state(
+    tx: &mut AnyConnection,
+    id: i64,
+) -> Result<(CampaignStatus, i64)> {
+    let status: String = query_scalar("SELECT status FROM campaigns WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
+    let attempted: i64 = query_scalar(ATTEMPTED_SQL)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((status, attempted))
+}
 
 /// How many people mailable on a list of campaign `?1` have no delivery row
 /// for it: who `send --only-new` and `resend_to_new` would mail first.
@@ -1419,15 +1438,7 @@ impl super::Store {
     /// queued rows are dropped (the next run queues the audience again).
     pub async fn replace_campaign(&self, new: &Refreeze<'_>) -> Result<Replace> {
         let mut tx = begin_write(self.pool()).await?;
-        let status: String = query_scalar("SELECT status FROM campaigns WHERE id = ?")
-            .bind(new.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
-        let attempted: i64 = query_scalar(ATTEMPTED_SQL)
-            .bind(new.id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (status, attempted) = replace_state(&mut tx, new.id).await?;
         if !status.can_replace() || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }

@@ -16,7 +16,7 @@ use super::sql::{Engine, begin_write, query, query_scalar};
 use sqlx::AnyConnection;
 
 use super::deliveries::{
-    ATTEMPTED_SQL, CampaignStatus, NewCampaign, Refreeze, Replace, set_campaign_lists,
+    CampaignStatus, NewCampaign, Refreeze, Replace, replace_state, set_campaign_lists,
 };
 use super::{Result, Store};
 
@@ -133,15 +133,7 @@ impl Store {
     /// confirmed meanwhile, waiting for the welcome mail.
     pub async fn replace_welcome(&self, new: &Refreeze<'_>) -> Result<Replace> {
         let mut tx = begin_write(self.pool()).await?;
-        let status: String = query_scalar("SELECT status FROM campaigns WHERE id = ?")
-            .bind(new.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let status = CampaignStatus::parse(&status).unwrap_or(CampaignStatus::Finished);
-        let attempted: i64 = query_scalar(ATTEMPTED_SQL)
-            .bind(new.id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (status, attempted) = replace_state(&mut tx, new.id).await?;
         if status != CampaignStatus::Sending || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }
