@@ -453,6 +453,8 @@ pub struct Config {
     pub db: Location,
     /// How `db` was chosen (flag, BULLETIN_DB, config file, default).
     pub db_source: Source,
+    /// Where the PostgreSQL password in `db` came from, if it has one.
+    pub db_password_source: DbPassword,
     /// Public base URL of `bulletin serve`, used in every link.
     pub base_url: String,
     /// How `base_url` was chosen; only one the operator set resolves
@@ -534,6 +536,7 @@ impl Config {
             (file.db.clone().map(rel_db), "db", path.as_deref()),
             rel("bulletin.db".into()),
         );
+        let db_password_source = DbPassword::of(&db, env("BULLETIN_DB_PASSWORD").as_deref());
         let db = Location::parse(&db, env("BULLETIN_DB_PASSWORD").as_deref())
             .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
         // A password may come from the environment or a flag, never the file.
@@ -672,6 +675,7 @@ impl Config {
             file: path,
             db,
             db_source,
+            db_password_source,
             base_url,
             base_url_source,
             assets_url,
@@ -697,6 +701,23 @@ impl Config {
         })
     }
 
+    /// Where `db` came from and, for PostgreSQL, where its password did:
+    /// "set by BULLETIN_DB, the password from BULLETIN_DB_PASSWORD". For a
+    /// refused login, which is fixed in one of those two places.
+    pub fn db_login_source(&self) -> String {
+        let password = match self.db_password_source {
+            DbPassword::Url => "the password in that URL",
+            DbPassword::Env => "the password from BULLETIN_DB_PASSWORD",
+            DbPassword::Missing => {
+                "no password: none in the URL and BULLETIN_DB_PASSWORD is not set"
+            }
+        };
+        match self.db.file() {
+            Some(_) => format!("set by {}", self.db_source),
+            None => format!("set by {}, {password}", self.db_source),
+        }
+    }
+
     /// The domain that VERP return paths and mailto unsubscribes use.
     pub fn bounce_domain(&self) -> String {
         if let Some(d) = &self.sender.bounce_domain {
@@ -713,6 +734,37 @@ pub fn domain_of(mailbox: &str) -> Option<String> {
         .map(|(_, rest)| rest.trim_end_matches('>').trim())
         .unwrap_or(mailbox.trim());
     addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+}
+
+/// Where a PostgreSQL `db` URL's password comes from: the URL's own wins
+/// over `BULLETIN_DB_PASSWORD` (`Location::parse`). Says which, never what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbPassword {
+    /// The URL carries it (`--db` or `BULLETIN_DB`: the file refuses one),
+    /// as `user:PASSWORD@` or `?password=`.
+    Url,
+    /// `BULLETIN_DB_PASSWORD`, for a URL without one.
+    Env,
+    /// Neither (or `db` is a SQLite file).
+    Missing,
+}
+
+impl DbPassword {
+    fn of(db: &Path, env_password: Option<&str>) -> DbPassword {
+        let text = db.to_string_lossy();
+        if !Location::is_url(db) {
+            return DbPassword::Missing;
+        }
+        let in_url = match url::Url::parse(&text) {
+            Ok(url) => url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password"),
+            Err(_) => url_has_password(&text),
+        };
+        match (in_url, env_password.is_some_and(|p| !p.is_empty())) {
+            (true, _) => DbPassword::Url,
+            (false, true) => DbPassword::Env,
+            (false, false) => DbPassword::Missing,
+        }
+    }
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -923,6 +975,54 @@ mod tests {
         );
         let c = load(&flags, &[("BULLETIN_DB", "data/b:1.db")]).unwrap();
         assert_eq!(c.db, Location::File("data/b:1.db".into()));
+    }
+
+    #[test]
+    fn the_database_password_source_is_named_never_the_password() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        for (db, env_password, expect, said) in [
+            (
+                "postgres://u@h/d",
+                Some("pw-env"),
+                DbPassword::Env,
+                "set by BULLETIN_DB, the password from BULLETIN_DB_PASSWORD",
+            ),
+            (
+                "postgres://u:pw-url@h/d",
+                Some("pw-env"),
+                DbPassword::Url,
+                "set by BULLETIN_DB, the password in that URL",
+            ),
+            (
+                "postgres://u@h/d?password=pw-query",
+                None,
+                DbPassword::Url,
+                "set by BULLETIN_DB, the password in that URL",
+            ),
+            (
+                "postgres://u@h/d",
+                None,
+                DbPassword::Missing,
+                "set by BULLETIN_DB, no password: none in the URL and BULLETIN_DB_PASSWORD is not set",
+            ),
+            (
+                "b.db",
+                Some("pw-env"),
+                DbPassword::Missing,
+                "set by BULLETIN_DB",
+            ),
+        ] {
+            let mut vars = vec![("BULLETIN_DB", db)];
+            vars.extend(env_password.map(|p| ("BULLETIN_DB_PASSWORD", p)));
+            let c = load(&flags, &vars).unwrap();
+            assert_eq!(c.db_password_source, expect, "{db}");
+            let shown = c.db_login_source();
+            assert_eq!(shown, said, "{db}");
+            assert!(!shown.contains("pw-"), "{shown}");
+        }
     }
 
     #[test]

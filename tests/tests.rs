@@ -20,6 +20,7 @@ mod interop; // lettre against Postfix smtp-sink and aiosmtpd (BULLETIN_INTEROP=
 mod multilist; // campaigns to several lists: each person once, through the earliest list; List-Id, unsubscribe and preferences per list; the claim switching lists
 mod operator; // small operator commands: subscribers add on double opt-in lists, test --to/--as, lists rename/edit/remove
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
+mod pg_password; // PostgreSQL logins with a password (scram): BULLETIN_DB_PASSWORD or the URL's own works; wrong or none exits 2, naming both sources, never the password (BULLETIN_TEST_POSTGRES)
 mod placeholders; // placeholders and images against the list: did you mean, first_name end to end, missing values, relative URLs, misspelt lists
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI

@@ -146,6 +146,13 @@ async fn postgres_server(r: &mut Report, config: &Config) {
             let fix = format!("start it, or fix the host and port ({})", config.db_source);
             return r.line(Level::Fail, topic, format!("{e}; {fix}"));
         }
+        Err(e @ crate::store::Error::LoginRefused(_)) => {
+            return r.line(
+                Level::Fail,
+                topic,
+                format!("{e} ({})", config.db_login_source()),
+            );
+        }
         Err(e) => return r.line(Level::Fail, topic, format!("{e} ({})", config.db_source)),
     };
     let server = format!("PostgreSQL {} answers", found.version);

@@ -183,6 +183,11 @@ fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
         unreachable @ crate::store::Error::Unreachable(_) => {
             anyhow::Error::new(unreachable).context(format!("{path} (set by {})", config.db_source))
         }
+        // A refused login: the setting to fix is the URL or the password,
+        // so both sources are named (the password itself never is).
+        refused @ crate::store::Error::LoginRefused(_) => {
+            anyhow::Error::new(refused).context(format!("{path} ({})", config.db_login_source()))
+        }
         other => anyhow::Error::new(other).context(path.to_string()),
     }
 }
@@ -218,6 +223,9 @@ fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + 
         | crate::store::Error::Backup(_)
         | crate::store::Error::Sql(_)
         | crate::store::Error::Schema(_) => anyhow::Error::new(e).context(config.db.to_string()),
+        // A new connection of the pool refused mid-command (the password
+        // changed on the server): as when opening.
+        crate::store::Error::LoginRefused(_) => open_error(config, e),
         other => other.into(),
     }
 }

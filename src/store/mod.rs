@@ -117,6 +117,12 @@ pub enum Error {
     NotOnPostgres(&'static str),
     #[error("the database server cannot be reached: {0}")]
     Unreachable(String),
+    /// The server refused the login (PostgreSQL's SQLSTATE class 28: a
+    /// wrong or missing password, a role that may not log in, no
+    /// pg_hba.conf line for it). The server's own words, which name the
+    /// role and never the password.
+    #[error("the server refused the login: {0}")]
+    LoginRefused(String),
     #[error("schema: {0}")]
     Schema(String),
     #[error("the subscription writer has stopped (the server is shutting down)")]
@@ -177,14 +183,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Error {
-        if let Some(state) = err
+        if let Some((state, message)) = err
             .as_database_error()
             .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
-            .map(|d| d.code().to_string())
+            .map(|d| (d.code().to_string(), d.message().to_string()))
         {
             return match state.as_str() {
                 // serialization_failure, deadlock_detected, lock_not_available
                 "40001" | "40P01" | "55P03" => Error::Locked(BUSY_TIMEOUT),
+                // invalid_authorization_specification, invalid_password: a
+                // wrong setting, which retrying will not fix.
+                s if s.starts_with("28") => Error::LoginRefused(message),
                 // connection exceptions (08), insufficient resources (53:
                 // too many connections), the server shutting down or
                 // starting up (57P01-57P03): retry later.
@@ -220,6 +229,9 @@ impl From<sqlx::Error> for Error {
 impl Error {
     /// True when retrying later may succeed: another process held the
     /// database too long, or the server (PostgreSQL) could not be reached.
+    /// A refused login ([`Error::LoginRefused`]) is not: a wrong or missing
+    /// password stays wrong until someone fixes the setting, so cron's
+    /// `dispatch` fails loudly (exit 2) instead of exiting 75 run after run.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Locked(_) | Error::Unreachable(_))
     }
