@@ -26,6 +26,7 @@ mod lists;
 mod preview;
 mod quickstart;
 mod report;
+mod running;
 mod send;
 mod serve;
 mod setup;
