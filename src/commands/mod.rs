@@ -21,6 +21,7 @@ mod build;
 mod compile;
 mod db;
 mod doctor;
+mod freeze;
 mod import_file;
 mod lists;
 mod preview;
