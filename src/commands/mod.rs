@@ -18,18 +18,24 @@ macro_rules! println {
 
 mod bounces;
 mod build;
+mod cancel;
 mod compile;
 mod db;
+mod dispatch;
 mod doctor;
+mod freeze;
 mod import_file;
 mod lists;
 mod preview;
 mod quickstart;
 mod report;
+mod running;
 mod send;
 mod serve;
 mod setup;
+mod status;
 mod subscribers;
+mod test;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -103,12 +109,12 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Bounces(BouncesCommand::Parse(args)) => bounces::parse(&args),
         Command::Bounces(command) => bounces::run(&config, &command),
         Command::Preview(args) => preview::run(&config, &args),
-        Command::Send(args) => send::send(&config, &args),
-        Command::Dispatch => send::dispatch(&config),
-        Command::Status(args) => send::status(&config, &args),
-        Command::Cancel(args) => send::cancel(&config, &args),
+        Command::Send(args) => send::run(&config, &args),
+        Command::Dispatch => dispatch::run(&config),
+        Command::Status(args) => status::run(&config, &args),
+        Command::Cancel(args) => cancel::run(&config, &args),
         Command::Report(args) => report::run(&config, &args),
-        Command::Test(args) => send::test(&config, &args),
+        Command::Test(args) => test::run(&config, &args),
         Command::Serve(args) => serve::run(&config, &args),
         Command::Quickstart => quickstart::run(&config),
         Command::Lists(args) => lists::run(&config, &args),

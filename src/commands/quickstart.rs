@@ -75,7 +75,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    super::send::send(
+    super::freeze::send_file(
         &config,
         &SendArgs {
             campaign: PathBuf::from(CAMPAIGN),
