@@ -709,7 +709,7 @@ impl Config {
             DbPassword::Url => "the password in that URL",
             DbPassword::Env => "the password from BULLETIN_DB_PASSWORD",
             DbPassword::Missing => {
-                "no password: none in the URL and BULLETIN_DB_PASSWORD is not set"
+                "no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)"
             }
         };
         match self.db.file() {
@@ -1006,7 +1006,7 @@ mod tests {
                 "postgres://u@h/d",
                 None,
                 DbPassword::Missing,
-                "set by BULLETIN_DB, no password: none in the URL and BULLETIN_DB_PASSWORD is not set",
+                "set by BULLETIN_DB, no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)",
             ),
             (
                 "b.db",
@@ -1090,6 +1090,40 @@ mod tests {
         };
         let c = load(&flags, &[("BULLETIN_DB", "env.db")]).unwrap();
         assert_eq!(c.db, Location::File(PathBuf::from("flag.db")));
+    }
+
+    /// The `bulletin.toml` at the top of the repository is the documented
+    /// example the README points at (a scratch file once replaced it, and the
+    /// quick start then made `b.db`): it loads, keeps the default database
+    /// name beside it, and explains its settings.
+    #[test]
+    fn the_example_config_loads_and_is_documented() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bulletin.toml"));
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(
+            c.db,
+            Location::File(path.parent().unwrap().join("bulletin.db"))
+        );
+        assert!(c.base_url.starts_with("https://"), "{}", c.base_url);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for section in [
+            "[organisation]",
+            "[sender]",
+            "[smtp]",
+            "[dispatch]",
+            "[bounces]",
+        ] {
+            assert!(text.lines().any(|l| l == section), "{section}");
+        }
+        let comments = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .count();
+        assert!(comments > 30, "{comments} comment lines");
     }
 
     #[test]
