@@ -261,7 +261,8 @@ async fn a_wrong_or_missing_password_fails_naming_the_setting() {
 
     let file = "set by db in bulletin.toml";
     let wrong_url = db.url_with(&wrong);
-    let none = "no password: none in the URL and BULLETIN_DB_PASSWORD is not set";
+    let none =
+        "no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)";
     let cases = [
         Case {
             password: Some(&wrong),
