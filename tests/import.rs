@@ -432,8 +432,8 @@ async fn dry_run_shows_format_and_mapping_and_writes_nothing() {
         "read as:             Mailchimp export",
         "\"Email Address\" -> email",
         "\"First Name\" -> name (first part)",
-        "\"country\" -> attribute {{country}}",
-        "\"Favourite Colour\" -> attribute {{favourite_colour}}",
+        "\"country\" -> attribute {{subscriber.country}}",
+        "\"Favourite Colour\" -> attribute {{subscriber.favourite_colour}}",
         "\"OPTIN_TIME\" -> consent: opt-in time",
         "\"MEMBER_RATING\" -> not imported (Mailchimp's own data)",
         "newly subscribed:    31",
@@ -771,7 +771,7 @@ async fn mailchimp_tags_are_stored_without_their_quotes() {
     assert!(import(d, "t.db", &file, &[]).status.success());
     let out = import(d, "t.db", &file, &["--dry-run"]);
     assert!(
-        stdout(&out).contains("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
+        stdout(&out).contains("attribute {{subscriber.tags}} (Mailchimp's tags, as Board, Donor)"),
         "{}",
         stdout(&out)
     );

@@ -46,8 +46,12 @@ impl std::fmt::Display for Column {
         match self {
             Column::Email => f.write_str("email"),
             Column::Name => f.write_str("name"),
-            Column::FirstName => f.write_str("name (first part) and attribute {{first_name}}"),
-            Column::LastName => f.write_str("name (last part) and attribute {{last_name}}"),
+            Column::FirstName => {
+                f.write_str("name (first part) and attribute {{subscriber.first_name}}")
+            }
+            Column::LastName => {
+                f.write_str("name (last part) and attribute {{subscriber.last_name}}")
+            }
             Column::Status => f.write_str("status"),
             Column::JsonAttributes => f.write_str("attributes (each JSON member)"),
             Column::OptinTime => f.write_str("consent: opt-in time"),
@@ -55,11 +59,13 @@ impl std::fmt::Display for Column {
             Column::ConfirmTime => f.write_str("consent: confirmation time"),
             Column::ConfirmIp => f.write_str("consent: confirmation IP"),
             Column::ConsentSource => f.write_str("consent: recorded by"),
-            Column::Attribute(k) => write!(f, "attribute {{{{{k}}}}}"),
+            Column::Attribute(k) => write!(f, "attribute {{{{subscriber.{k}}}}}"),
             Column::Lists => {
                 f.write_str("standing on the list imported into (who left it stays left)")
             }
-            Column::Tags => f.write_str("attribute {{tags}} (Mailchimp's tags, as Board, Donor)"),
+            Column::Tags => {
+                f.write_str("attribute {{subscriber.tags}} (Mailchimp's tags, as Board, Donor)")
+            }
             Column::Ignored(why) => write!(f, "not imported ({why})"),
         }
     }
