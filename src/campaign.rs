@@ -388,6 +388,15 @@ fn parse_lists(value: Option<&toml::Value>) -> std::result::Result<Vec<String>, 
 
 /// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
 /// or a local date and time (`2026-12-01 09:00`, `2026-12-01T09:00:00`).
+/// `send --at`: a time as [`parse_time`] reads it, or `now` (to send a
+/// scheduled campaign at once).
+pub fn parse_at(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    if text.trim().eq_ignore_ascii_case("now") {
+        return Ok(Utc::now());
+    }
+    parse_time(text).map_err(|m| format!("{m}, or now"))
+}
+
 pub fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
     let t = text.trim();
     if let Ok(d) = DateTime::<FixedOffset>::parse_from_rfc3339(t) {
@@ -418,6 +427,19 @@ mod tests {
 
     const GOOD: &str =
         "+++\nsubject = \"Hello\"\nlist = \"news\"\npreheader = \"pre\"\n+++\n# Body\n";
+
+    #[test]
+    fn at_now_is_the_current_time_and_other_times_read_as_parse_time() {
+        let before = Utc::now();
+        let now = parse_at(" NOW ").unwrap();
+        assert!(now >= before && now <= Utc::now());
+        assert_eq!(
+            parse_at("2026-12-01T09:00:00+01:00").unwrap(),
+            parse_time("2026-12-01T09:00:00+01:00").unwrap()
+        );
+        let e = parse_at("tomorrow").unwrap_err();
+        assert!(e.ends_with(", or now"), "{e}");
+    }
 
     #[test]
     fn parses_front_matter_and_body() {

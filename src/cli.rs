@@ -171,7 +171,7 @@ pub struct ServeArgs {
 pub struct SendArgs {
     /// Campaign file
     pub campaign: PathBuf,
-    /// Schedule instead of sending now: 2026-12-01T09:00:00+01:00 or "2026-12-01 09:00" (local)
+    /// Schedule instead of sending now: 2026-12-01T09:00:00+01:00 or "2026-12-01 09:00" (local); `now` sends a scheduled campaign at once
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Do not ask for confirmation

@@ -395,7 +395,7 @@ async fn dispatch_mails_nobody_new_after_resend_until() {
 
 /// Moving a scheduled campaign to a time that has passed asks first:
 /// without a terminal and without `--yes` it stays scheduled and nothing is
-/// sent; with `--yes` it goes now.
+/// sent; with `--yes` it goes now, as `--at now --yes` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_schedule_into_the_past_asks_first() {
     let sink = SmtpSink::start(Behaviour::new());
@@ -413,7 +413,10 @@ async fn moving_a_schedule_into_the_past_asks_first() {
         "nothing sent without confirmation"
     );
     assert_eq!(status_json(&env).await["status"], "scheduled");
-    let moved = env.ok(&["send", FILE, "--at", &past, "--yes"]).await;
+    let not_now = env.run(&["send", FILE, "--at", "now"]).await;
+    assert!(text(&not_now.stderr).contains("not moved"), "asks first");
+    assert!(sink.messages().is_empty());
+    let moved = env.ok(&["send", FILE, "--at", "now", "--yes"]).await;
     assert!(moved.contains("moved from"), "{moved}");
     assert_eq!(sink.messages().len(), 2);
     assert!(per_recipient(&sink.messages()).values().all(|&n| n == 1));

@@ -106,7 +106,7 @@ pub(super) fn send_file(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         eprintln!("{}", format_warning(&file, w));
     }
     let at = match (&args.at, built.campaign.send_at) {
-        (Some(at), _) => Some(crate::campaign::parse_time(at).map_err(|m| anyhow!("--at: {m}"))?),
+        (Some(at), _) => Some(crate::campaign::parse_at(at).map_err(|m| anyhow!("--at: {m}"))?),
         (None, from_file) => from_file,
     };
     let source_hash = source_hash(&args.campaign)?;
