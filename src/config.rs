@@ -17,10 +17,14 @@ use crate::store::Location;
 /// Errors while finding, reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// The config file cannot be read. The io error is shown once, in the
+    /// message (not as a source too, which `{:#}` would print twice).
+    #[error("{}: {}", set_by_text(path, set_by), io_text(error))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// `--config`, `BULLETIN_CONFIG`, or `bulletin.toml` found here.
+        set_by: Source,
+        error: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
     Parse {
@@ -455,7 +459,9 @@ pub struct Config {
     pub db_source: Source,
     /// Where the PostgreSQL password in `db` came from, if it has one.
     pub db_password_source: DbPassword,
-    /// Public base URL of `bulletin serve`, used in every link.
+    /// Public base URL of `bulletin serve`, used in every link: an
+    /// absolute http(s) URL with a host (checked at load), without the
+    /// trailing `/`.
     pub base_url: String,
     /// How `base_url` was chosen; only one the operator set resolves
     /// relative links in campaigns.
@@ -507,19 +513,20 @@ impl Config {
     /// Resolves the configuration, reading environment variables through
     /// `env` (so tests need not touch the process environment).
     pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-        let path = if flags.no_config {
+        let chosen = if flags.no_config {
             None
         } else if let Some(p) = &flags.config {
-            Some(p.clone())
+            Some((p.clone(), Source::Flag("config")))
         } else if let Some(p) = env("BULLETIN_CONFIG") {
-            Some(PathBuf::from(p))
+            Some((PathBuf::from(p), Source::Env("BULLETIN_CONFIG")))
         } else {
-            Some(PathBuf::from("bulletin.toml")).filter(|p| p.exists())
+            Some((PathBuf::from("bulletin.toml"), Source::Default)).filter(|(p, _)| p.exists())
         };
-        let file = match &path {
-            Some(p) => read_file(p)?,
+        let file = match &chosen {
+            Some((p, set_by)) => read_file(p, set_by)?,
             None => File::default(),
         };
+        let path = chosen.map(|(p, _)| p);
         // Relative paths in a config file are relative to the file.
         let base_dir = path
             .as_deref()
@@ -566,7 +573,13 @@ impl Config {
             (file.base_url.clone(), "base_url", path.as_deref()),
             "http://127.0.0.1:8080".into(),
         );
-        let base_url = base_url.trim_end_matches('/').to_string();
+        http_url(
+            "base_url",
+            &base_url,
+            &base_url_source,
+            "the public address of `bulletin serve` that every link in the emails points at, such as https://news.example.org",
+        )?;
+        let base_url = base_url.trim().trim_end_matches('/').to_string();
         let pages_url = base_url_source
             .is_explicit()
             .then(|| url::Url::parse(&format!("{base_url}/")).ok())
@@ -778,10 +791,11 @@ fn url_has_password(url: &str) -> bool {
 /// nobody believes it does something.
 const TRACKING_REMOVED: &str = "the tracking setting was removed (it never changed any message; bulletin does no open or click tracking); delete it";
 
-fn read_file(path: &Path) -> Result<File> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+fn read_file(path: &Path, set_by: &Source) -> Result<File> {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_path_buf(),
-        source,
+        set_by: set_by.clone(),
+        error,
     })?;
     toml::from_str(&text).map_err(|e| {
         let message = if e.message().starts_with("unknown field `tracking`") {
@@ -797,22 +811,59 @@ fn read_file(path: &Path) -> Result<File> {
     })
 }
 
-/// `assets_url` checked: an absolute http(s) URL with a host, ending in `/`
-/// so that `images/a.png` lands inside it, not beside it.
+/// `assets_url` checked: an absolute http(s) URL with a host ([`http_url`]),
+/// ending in `/` so that `images/a.png` lands inside it, not beside it.
 fn assets_url(text: &str, source: &Source) -> Result<url::Url> {
-    let bad = |why: &str| {
-        Error::Invalid(format!(
-            "assets_url {text:?} (set by {source}) {why}; write the address where your images are online, such as https://example.org/newsletter/images/"
-        ))
-    };
-    let mut url = url::Url::parse(text.trim()).map_err(|e| bad(&format!("is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-        return Err(bad("is not an absolute http:// or https:// URL"));
-    }
+    let mut url = http_url(
+        "assets_url",
+        text,
+        source,
+        "the address where your images are online, such as https://example.org/newsletter/images/",
+    )?;
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));
     }
     Ok(url)
+}
+
+/// The one rule for a setting that is a web address (`base_url`,
+/// `assets_url`): an absolute http:// or https:// URL with a host, else an
+/// error naming the setting, where it was set, and what to `write` instead.
+/// `news.example.org` (no scheme) would make every link in the emails dead.
+fn http_url(setting: &str, text: &str, source: &Source, write: &str) -> Result<url::Url> {
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "{setting} {text:?} (set by {source}) {why}; write {write}"
+        ))
+    };
+    let not_absolute = "is not an absolute http:// or https:// URL";
+    let url = url::Url::parse(text.trim()).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => bad(not_absolute),
+        e => bad(&format!("is not a URL: {e}")),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(bad(not_absolute));
+    }
+    Ok(url)
+}
+
+/// `PATH (set by SOURCE)`, or just the path for the `bulletin.toml` found
+/// in the current folder (nobody set it).
+fn set_by_text(path: &Path, set_by: &Source) -> String {
+    match set_by {
+        Source::Default => path.display().to_string(),
+        _ => format!("{} (set by {set_by})", path.display()),
+    }
+}
+
+/// An io error in words, without the `(os error 2)` noise for the usual ones.
+fn io_text(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "is a folder, not a file".into(),
+        _ => error.to_string(),
+    }
 }
 
 /// 1-based line number of byte offset `at` in `text`.
@@ -883,6 +934,99 @@ mod tests {
         assert!(c.base_url_source.is_explicit());
         assert_eq!(c.pages_url.unwrap().as_str(), "https://news.example.org/");
         assert!(load(&flags, &[]).unwrap().pages_url.is_none());
+    }
+
+    /// `news.example.org` as base_url once sent a campaign whose every link
+    /// (List-Unsubscribe too) was dead: it is refused at load, naming the
+    /// setting and where it was set; the default stays valid.
+    #[test]
+    fn base_url_is_absolute_http_and_says_where_it_came_from() {
+        let flags = Overrides {
+            no_config: true,
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(
+            (c.base_url.as_str(), c.base_url_source),
+            ("http://127.0.0.1:8080", Source::Default)
+        );
+        let c = load(
+            &flags,
+            &[("BULLETIN_BASE_URL", " https://n.example.org/x/ ")],
+        )
+        .unwrap();
+        assert_eq!(c.base_url, "https://n.example.org/x");
+        for (bad, why) in [
+            (
+                "news.example.org",
+                "is not an absolute http:// or https:// URL",
+            ),
+            ("/news", "is not an absolute http:// or https:// URL"),
+            (
+                "ftp://news.example.org",
+                "is not an absolute http:// or https:// URL",
+            ),
+            (
+                "mailto:news@example.org",
+                "is not an absolute http:// or https:// URL",
+            ),
+            ("https://", "is not a URL: empty host"),
+        ] {
+            let err = load(&flags, &[("BULLETIN_BASE_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "base_url {bad:?} (set by BULLETIN_BASE_URL) {why}; write "
+                )),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "base_url = \"news.example.org\"\n").unwrap();
+        let file = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = load(&file, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("(set by base_url in {})", path.display())),
+            "{err}"
+        );
+    }
+
+    /// A misspelt config path once printed the io error twice and named no
+    /// setting: one clean message naming the flag or variable.
+    #[test]
+    fn a_missing_config_file_names_the_setting_once() {
+        let flags = Overrides {
+            config: Some("bulletn.toml".into()),
+            ..Default::default()
+        };
+        let err = load(&flags, &[]).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "bulletn.toml (set by --config flag): no such file"
+        );
+        let err = load(
+            &Overrides::default(),
+            &[("BULLETIN_CONFIG", "bulletn.toml")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "bulletn.toml (set by BULLETIN_CONFIG): no such file");
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Overrides {
+            config: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let err = load(&flags, &[]).unwrap_err().to_string();
+        assert!(
+            err.ends_with("(set by --config flag): is a folder, not a file"),
+            "{err}"
+        );
     }
 
     #[test]

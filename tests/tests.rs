@@ -22,6 +22,7 @@ mod operator; // small operator commands: subscribers add on double opt-in lists
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod pg_password; // PostgreSQL logins with a password (scram): BULLETIN_DB_PASSWORD or the URL's own works; wrong or none exits 2, naming both sources, never the password (BULLETIN_TEST_POSTGRES)
 mod placeholders; // placeholders and images against the list: did you mean, first_name end to end, missing values, relative URLs, misspelt lists
+mod settings; // wrong settings fail loudly naming the setting: base_url without a scheme, a misspelt SMTP URL (dispatch with nothing due too), an unreachable SMTP server, a misspelt config path, a PostgreSQL database that does not exist (BULLETIN_TEST_POSTGRES)
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining
 mod store; // subscriber store: import fixture counts, round trip, erasure, CLI
 mod unattended; // what cron and a lost .env meet: no SMTP without the secret, a campaign keeps its transport, quiet dispatch, counts, test copies, doctor's transport

@@ -17,7 +17,9 @@ use crate::store::deliveries::CampaignStatus;
 /// interrupted, or a signal stopped the command.
 pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     if config.smtp.url.is_some() {
-        // Even with nothing due: cron that lost `.env` fails on every run.
+        // Even with nothing due: cron that lost `.env`, or has a misspelt
+        // SMTP URL, fails on every run, not first when a campaign is due.
+        super::setup::smtp_url(config)?;
         super::setup::require_secret(config)?;
     }
     super::runtime()?.block_on(async {

@@ -194,6 +194,10 @@ fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
         refused @ crate::store::Error::LoginRefused(_) => {
             anyhow::Error::new(refused).context(format!("{path} ({})", config.db_login_source()))
         }
+        // No database of that name: fixed in the setting (or by createdb).
+        missing @ crate::store::Error::NoDatabase { .. } => {
+            anyhow::Error::new(missing).context(format!("{path} (set by {})", config.db_source))
+        }
         other => anyhow::Error::new(other).context(path.to_string()),
     }
 }
@@ -231,7 +235,9 @@ fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + 
         | crate::store::Error::Schema(_) => anyhow::Error::new(e).context(config.db.to_string()),
         // A new connection of the pool refused mid-command (the password
         // changed on the server): as when opening.
-        crate::store::Error::LoginRefused(_) => open_error(config, e),
+        crate::store::Error::LoginRefused(_) | crate::store::Error::NoDatabase { .. } => {
+            open_error(config, e)
+        }
         other => other.into(),
     }
 }

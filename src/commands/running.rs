@@ -63,15 +63,33 @@ pub(super) async fn run_one(
         Ok(Err(NotStarted::Busy(owner))) => {
             // The run that holds it reports; a quiet cron stays quiet.
             if report != Report::Dispatch {
-                println!("{}: skipped, another run is sending it ({owner})", campaign.slug);
+                println!(
+                    "{}: skipped, another run is sending it ({owner})",
+                    campaign.slug
+                );
             }
             Ok(None)
         }
-        Err(e) => Err(anyhow!(e).context(format!(
-            "{}: stopped; the campaign stays queued and the next `bulletin send` or `bulletin dispatch` resumes it",
-            campaign.slug
-        ))),
+        // The SMTP server could not be talked to (down, TLS, AUTH): the
+        // operator fixes the server or the URL, so the line says where the
+        // URL was set.
+        Err(dispatch::Error::Fatal(why))
+            if matches!(settings.transport, Transport::Smtp { .. }) =>
+        {
+            Err(
+                anyhow!("{why} (SMTP URL set by {})", settings.transport_source)
+                    .context(stopped(&campaign.slug)),
+            )
+        }
+        Err(e) => Err(anyhow!(e).context(stopped(&campaign.slug))),
     }
+}
+
+/// The line a run that stopped on an error starts with.
+fn stopped(slug: &str) -> String {
+    format!(
+        "{slug}: stopped; the campaign stays queued and the next `bulletin send` or `bulletin dispatch` resumes it"
+    )
 }
 
 /// The progress line `send` shows on a terminal, redrawn from `progress`

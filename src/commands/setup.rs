@@ -34,9 +34,9 @@ pub(crate) fn transport(config: &Config) -> Result<Transport> {
              or BULLETIN_OUTBOX (or --outbox DIR, or outbox in {file}) to write the messages to a folder instead"
         );
     }
-    Ok(match &config.smtp.url {
+    Ok(match smtp_url(config)? {
         Some(url) => Transport::Smtp {
-            url: SmtpUrl::parse(url, config.smtp_password.as_deref())?,
+            url,
             timeout: Duration::from_secs(config.smtp.timeout_secs.max(1)),
             hello: crate::config::domain_of(&config.sender.from)
                 .unwrap_or_else(|| "localhost".into()),
@@ -47,6 +47,25 @@ pub(crate) fn transport(config: &Config) -> Result<Transport> {
             Transport::Outbox(config.outbox.clone())
         }
     })
+}
+
+/// The SMTP URL the config names, parsed (the password from
+/// `BULLETIN_SMTP_PASSWORD` when it has none); `None` without one. A URL
+/// that does not parse is an error naming where it was set, never its
+/// password: for every command that sends, and for `dispatch` even with
+/// nothing due.
+pub(crate) fn smtp_url(config: &Config) -> Result<Option<SmtpUrl>> {
+    let Some(url) = &config.smtp.url else {
+        return Ok(None);
+    };
+    match SmtpUrl::parse(url, config.smtp_password.as_deref()) {
+        Ok(url) => Ok(Some(url)),
+        Err(dispatch::Error::BadUrl { url, why }) => Err(anyhow!(
+            "SMTP URL {url} (set by {}): {why}",
+            config.smtp_url_source
+        )),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Where the transport [`transport`] picks was chosen: the SMTP URL's

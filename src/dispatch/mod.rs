@@ -71,6 +71,10 @@ pub enum Error {
     Fatal(String),
     #[error("{0}")]
     Config(String),
+    /// The SMTP URL does not parse: `url` as shown (its password removed)
+    /// and why. The command adds where the URL was set.
+    #[error("SMTP URL {url}: {why}")]
+    BadUrl { url: String, why: String },
     #[error("outbox: {0}")]
     Outbox(String),
     #[error("message: {0}")]

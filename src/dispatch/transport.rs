@@ -83,11 +83,9 @@ impl std::fmt::Debug for SmtpUrl {
 impl SmtpUrl {
     /// Parses the URL; `password` (from the environment) fills in a missing one.
     pub fn parse(url: &str, password: Option<&str>) -> Result<SmtpUrl, Error> {
-        let bad = |why: &str| {
-            Error::Config(format!(
-                "SMTP URL {}: {why}",
-                redact::url(url, Password::Removed)
-            ))
+        let bad = |why: &str| Error::BadUrl {
+            url: redact::url(url, Password::Removed),
+            why: why.to_string(),
         };
         let (scheme, rest) = url
             .split_once("://")

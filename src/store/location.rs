@@ -96,6 +96,12 @@ pub(super) fn sqlite_url(path: &Path, create: bool) -> String {
     format!("sqlite://{encoded}?mode={mode}")
 }
 
+/// The database a PostgreSQL URL names: its path without the `/` (as
+/// written: a name that needs percent-encoding is shown encoded).
+pub(super) fn database_name(url: &url::Url) -> String {
+    url.path().trim_start_matches('/').to_string()
+}
+
 /// The scheme of `scheme://...`, if `text` starts like a URL.
 fn url_scheme(text: &str) -> Option<&str> {
     let (scheme, _) = text.split_once("://")?;

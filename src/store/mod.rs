@@ -123,6 +123,11 @@ pub enum Error {
     /// role and never the password.
     #[error("the server refused the login: {0}")]
     LoginRefused(String),
+    /// The server has no database of that name (PostgreSQL's SQLSTATE
+    /// 3D000, invalid_catalog_name): a wrong setting or a database not yet
+    /// created, which retrying will not fix.
+    #[error("no database {name:?} on the server; create it (createdb {name}) or fix the name")]
+    NoDatabase { name: String },
     #[error("schema: {0}")]
     Schema(String),
     #[error("the subscription writer has stopped (the server is shutting down)")]
@@ -194,6 +199,14 @@ impl From<sqlx::Error> for Error {
                 // invalid_authorization_specification, invalid_password: a
                 // wrong setting, which retrying will not fix.
                 s if s.starts_with("28") => Error::LoginRefused(message),
+                // invalid_catalog_name: `database "NAME" does not exist`
+                // (`connect_postgres` puts the URL's own name in).
+                "3D000" => Error::NoDatabase {
+                    name: message
+                        .split('"')
+                        .nth(1)
+                        .map_or(message.clone(), String::from),
+                },
                 // connection exceptions (08), insufficient resources (53:
                 // too many connections), the server shutting down or
                 // starting up (57P01-57P03): retry later.
@@ -343,7 +356,16 @@ impl Store {
         // The server itself first: one that cannot be reached, a refused
         // login or a missing database fails here, once, with its own error
         // (the pool would retry until its timeout and report a timeout).
-        AnyConnection::connect(url.as_str()).await?.close().await?;
+        AnyConnection::connect(url.as_str())
+            .await
+            .map_err(|e| match Error::from(e) {
+                Error::NoDatabase { .. } => Error::NoDatabase {
+                    name: location::database_name(url),
+                },
+                other => other,
+            })?
+            .close()
+            .await?;
         // As SQLite's busy timeout: a write waits this long for another
         // writer's lock (`sql::begin_write`'s advisory lock, a row lock),
         // then fails as `Error::Locked` (lock_not_available) instead of
