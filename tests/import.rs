@@ -898,3 +898,36 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
     );
     assert_eq!(export(d, "b.db", &args), first, "export → import → export");
 }
+
+/// See: walkthrough report (export round trip). The Mailchimp layout
+/// writes the name once, in First Name and Last Name, not again as the
+/// `first_name` and `last_name` attributes an import keeps (Mailchimp would
+/// make merge fields of them); a two-word first name stays whole.
+#[tokio::test]
+async fn mailchimp_export_writes_the_name_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("people.csv");
+    std::fs::write(
+        &file,
+        "Email Address,First Name,Last Name,Home City\n\
+         mary@example.org,Mary Ann,Smith,Paris\n\
+         li@example.org,Li,,Oslo\n",
+    )
+    .unwrap();
+    assert!(import(d, "a.db", &file, &[]).status.success());
+    let args = ["--list", "news", "--format", "mailchimp"];
+    let first = export(d, "a.db", &args);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Email Address,First Name,Last Name,home_city,OPTIN_TIME,OPTIN_IP,CONFIRM_TIME,CONFIRM_IP"
+    );
+    assert_eq!(lines[1], "mary@example.org,Mary Ann,Smith,Paris,,,,");
+    assert_eq!(lines[2], "li@example.org,Li,,Oslo,,,,");
+    // bulletin reads it back as it was.
+    let exported = d.join("mailchimp.csv");
+    std::fs::write(&exported, &first).unwrap();
+    assert!(import(d, "b.db", &exported, &[]).status.success());
+    assert_eq!(export(d, "b.db", &args), first);
+}
