@@ -419,7 +419,11 @@ async fn export(
              --status unsubscribed and --status bounced export the unsubscribed and cleaned files"
         );
     }
-    let keys = store.attribute_keys(&selection).await.map_err(&db)?;
+    let mut keys = store.attribute_keys(&selection).await.map_err(&db)?;
+    if format == ExportFormat::Mailchimp {
+        // Its First Name and Last Name columns carry these already.
+        keys.retain(|k| !crate::import::NAME_ATTRIBUTES.contains(&k.as_str()));
+    }
     let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if format == ExportFormat::Json {
         store
@@ -543,9 +547,9 @@ fn export_record(
     let mailchimp = format == ExportFormat::Mailchimp;
     record.push(row.email);
     if mailchimp {
-        let (first, last) = row.name.split_once(' ').unwrap_or((&row.name, ""));
-        record.push(first.to_string());
-        record.push(last.to_string());
+        let (first, last) = name_parts(&row.name, &row.attributes);
+        record.push(first);
+        record.push(last);
     } else {
         record.push(row.name);
         record.push(row.status);
@@ -580,6 +584,27 @@ fn export_record(
             record.push(c.source.unwrap_or_default());
         }
     }
+}
+
+/// First and last name for Mailchimp's columns: the person's `first_name`
+/// and `last_name` attributes while they still make up the name (so that
+/// `Mary Ann` stays one first name), else the name split at its first
+/// space.
+fn name_parts(
+    name: &str,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) -> (String, String) {
+    let part = |k: &str| attributes.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let (first, last) = (
+        part(crate::import::NAME_ATTRIBUTES[0]),
+        part(crate::import::NAME_ATTRIBUTES[1]),
+    );
+    let joined = crate::import::full_name(first, last);
+    if !joined.is_empty() && joined == name {
+        return (first.to_string(), last.to_string());
+    }
+    let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+    (first.to_string(), last.to_string())
 }
 
 /// One person as a JSON object for tools: every subscription with its

@@ -183,6 +183,23 @@ pub fn loose(name: &str) -> String {
         .collect()
 }
 
+/// The attributes an import keeps of the first and last name columns too,
+/// for `{{subscriber.first_name}}` (Mailchimp's *|FNAME|*) and
+/// `{{subscriber.last_name}}`; the First Name and Last Name of a
+/// Mailchimp-format export.
+pub const NAME_ATTRIBUTES: [&str; 2] = ["first_name", "last_name"];
+
+/// The name made of a first and a last name column (`First Name` +
+/// `Last Name`): both, else whichever is there. Mailchimp-format exports
+/// split a name back along the same rule.
+pub fn full_name(first: &str, last: &str) -> String {
+    match (first.is_empty(), last.is_empty()) {
+        (false, false) => format!("{first} {last}"),
+        (false, true) => first.to_string(),
+        _ => last.to_string(),
+    }
+}
+
 /// An attribute key as placeholders use it: lower-case snake_case
 /// (`First Name` → `first_name`, `MEMBER_RATING` → `member_rating`,
 /// `favouriteColour` → `favourite_colour`). Keys that differ only in case or

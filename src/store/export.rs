@@ -107,7 +107,7 @@ impl Selection {
                 list_consent: true,
                 from: ON_LIST,
                 filter: concat!("sub.list_id = ?1 AND ", mailable!()),
-                status: "sub.status",
+                status: LIST_STANDING,
                 order: "sub.subscriber_id",
                 changed: "sub.updated_at",
             },
@@ -115,7 +115,7 @@ impl Selection {
                 list_consent: true,
                 from: ON_LIST,
                 filter: "sub.list_id = ?1 AND sub.status = ?2 AND s.email IS NOT NULL",
-                status: "sub.status",
+                status: LIST_STANDING,
                 order: "sub.subscriber_id",
                 changed: "sub.updated_at",
             },
@@ -123,7 +123,7 @@ impl Selection {
                 list_consent: true,
                 from: person_on_list,
                 filter: "sub.list_id = ?1 AND s.status = ?2 AND s.email IS NOT NULL",
-                status: "s.status",
+                status: LIST_STANDING,
                 order: "s.id",
                 changed: "sub.updated_at",
             },
@@ -131,7 +131,7 @@ impl Selection {
                 list_consent: true,
                 from: person_on_list,
                 filter: "sub.list_id = ?1 AND s.email IS NOT NULL",
-                status: "sub.status",
+                status: LIST_STANDING,
                 order: "s.id",
                 changed: "sub.updated_at",
             },
@@ -259,6 +259,18 @@ const PERSON_STANDING: &str = concat!(
     " THEN 'nonsubscribed' ELSE s.status END"
 );
 
+/// The status column of a list export: what a re-import of the row into
+/// the list must do (`store::import` reads each value back). A bounced or
+/// complained person reads as such, anyone else whose address is
+/// suppressed (a blocklist entry, say) as `suppressed`, and who left every
+/// list as `unsubscribed`, whatever their subscription says: the import
+/// keeps all of them unmailed. Anyone else has their subscription's state.
+const LIST_STANDING: &str = concat!(
+    "CASE WHEN s.status IN ('bounced', 'complained') THEN s.status WHEN ",
+    suppressed!(),
+    " THEN 'suppressed' WHEN s.status = 'unsubscribed' THEN 'unsubscribed' ELSE sub.status END"
+);
+
 /// The SQL pieces of a selection.
 struct Clauses {
     /// The rows carry the consent record of the list's subscription
@@ -280,7 +292,9 @@ struct Clauses {
 pub struct ExportRow {
     pub email: String,
     pub name: String,
-    /// The subscription state for a list export, else the person's status.
+    /// For a list export the subscription state, or the person's standing
+    /// where it keeps them unmailed (`LIST_STANDING`); else the person's
+    /// status (`PERSON_STANDING`).
     pub status: String,
     /// When that status last changed (unix seconds).
     pub changed_at: i64,

@@ -382,15 +382,11 @@ fn parse_row(header: &Header, record: &csv::ByteRecord, short: &mut bool) -> Res
         }
     }
     if row.name.is_empty() {
-        row.name = match (first.is_empty(), last.is_empty()) {
-            (false, false) => format!("{first} {last}"),
-            (false, true) => first.clone(),
-            _ => last.clone(),
-        };
+        row.name = import::full_name(&first, &last);
     }
     // The parts are kept too, for `{{subscriber.first_name}}` (Mailchimp's
     // *|FNAME|*) and `{{subscriber.last_name}}`.
-    for (key, part) in [("first_name", first), ("last_name", last)] {
+    for (key, part) in import::NAME_ATTRIBUTES.into_iter().zip([first, last]) {
         if !part.is_empty() && !row.attributes.iter().any(|(k, _)| &**k == key) {
             row.attributes.push((key.into(), part));
         }

@@ -19,13 +19,25 @@
 //! default exports, the counts) embeds it. Every path that stops mail to an
 //! address (bounce, complaint, erasure, manual) records it with `suppress_hash`.
 
+/// The suppression check, over `subscribers s`: the person's address hash
+/// is in `suppressions`. The mailable rule embeds it; so does the status
+/// column of a list export, which names who it keeps unmailed.
+macro_rules! suppressed {
+    () => {
+        "EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash)"
+    };
+}
+
 /// The person half of the mailable rule, over `subscribers s`: an active
 /// person (so not erased), with an address, whose hash is not suppressed.
 /// A macro so that queries can embed the rule in `concat!` constants.
 macro_rules! mailable_person {
     () => {
-        "(s.status = 'active' AND s.email IS NOT NULL \
-          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.hash = s.email_hash))"
+        concat!(
+            "(s.status = 'active' AND s.email IS NOT NULL AND NOT ",
+            suppressed!(),
+            ")"
+        )
     };
 }
 
