@@ -100,6 +100,13 @@ async fn cancel_mid_run_stops_sending_and_keeps_what_was_sent() {
     let again = env.run(&["send", FILE, "--yes"]).await;
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("cancelled"), "{again:?}");
+    let only_new = env.run(&["send", FILE, "--only-new", "--yes"]).await;
+    assert!(
+        text(&only_new.stderr).contains(&format!(
+            "sends it to everyone on news as a new campaign (the {sent} who got it too)"
+        )),
+        "{only_new:?}"
+    );
     assert_eq!(sink.messages().len(), sent, "nothing more sent");
     // Cancelling twice says why not.
     let twice = env.run(&["cancel", "news-1"]).await;
@@ -298,10 +305,20 @@ async fn report_lists_every_recipient_failures_first() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--state \"lost\""), "{bad:?}");
     let missing = env.run(&["report", "nope"]).await;
-    assert!(
-        text(&missing.stderr).contains("no campaign named"),
-        "{missing:?}"
+    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(
+        text(&missing.stderr).trim_end(),
+        "bulletin: no campaign named \"nope\"; `bulletin status` lists them all",
     );
+    // A name one typo away gets a "did you mean", from report and status alike.
+    for command in ["report", "status"] {
+        let typo = env.run(&[command, "news-"]).await;
+        assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+        assert_eq!(
+            text(&typo.stderr).trim_end(),
+            "bulletin: no campaign named \"news-\"; did you mean \"news-1\"? (`bulletin status` lists them all)",
+        );
+    }
 
     // status: list, frozen time, schedule and counts; JSON times ISO 8601.
     let status = env.ok(&["status", "news-1"]).await;
@@ -449,8 +466,11 @@ async fn after_cancel_the_suggestions_lead_somewhere() {
         err.contains("was cancelled, so it goes to nobody new"),
         "{err}"
     );
+    // Nobody got it: no "(the 0 who got it too)".
     assert!(
-        err.contains(&format!("`bulletin send {FILE} --again`")),
+        err.trim_end().ends_with(&format!(
+            "`bulletin send {FILE} --again` sends it to everyone on news as a new campaign"
+        )),
         "{err}"
     );
 

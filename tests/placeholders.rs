@@ -370,6 +370,62 @@ async fn a_layout_fills_attributes_too_and_is_checked_like_the_campaign() {
     );
 }
 
+/// `send --only-new` says, before it asks, how many of the people it would
+/// mail (the newcomers, not the whole list) have no value for a
+/// placeholder without a fallback, as a plain send and `--again` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_new_and_again_count_the_missing_values_of_whom_they_mail() {
+    let sink = SmtpSink::start(Behaviour::new());
+    let env = env(sink.port());
+    import(
+        &env,
+        "email,name,country\nana@example.net,Ana,Peru\nbo@example.net,Bo,\n",
+    )
+    .await;
+    let file = campaign(
+        &env,
+        "country.md",
+        "news",
+        "Hello from {{subscriber.country}}.\n",
+    );
+    let out = env.run(&["send", &file, "--yes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bulletin: note: 1 of 2 have no country;"),
+        "{}",
+        stderr(&out)
+    );
+    // A newcomer without a country: of the one --only-new mails, one lacks it.
+    std::fs::write(
+        env.dir.path().join("new.csv"),
+        "email,name\ncy@example.net,Cy\n",
+    )
+    .unwrap();
+    env.ok(&["subscribers", "import", "new.csv", "--list", "news"])
+        .await;
+    let out = env.run(&["send", &file, "--only-new", "--yes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "bulletin: note: 1 of 1 have no country; they will read an empty value — add a \
+             fallback: {{subscriber.country | \"...\"}}"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("have no country").count(), 1, "{err}");
+    assert_eq!(sink.messages().len(), 3);
+    assert_eq!(sink.messages()[2].rcpt_to, ["cy@example.net"]);
+    // --again mails all three again; two of them lack a country.
+    let out = env.run(&["send", &file, "--again", "--yes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bulletin: note: 2 of 3 have no country;"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// The store's side of the placeholder checks, on the engine under test:
 /// the keys a list's people have (of that list only, or of several lists),
 /// who lacks each value (absent, null or blank; `name` is the name column),

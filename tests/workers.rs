@@ -230,10 +230,27 @@ async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
     assert_eq!(env.counts().await, BTreeMap::from([("sent".into(), 5000)]));
     assert_eq!(env.campaign_status().await, "sent", "finished once");
     // The work was shared: more than one worker sent messages.
+    // Each end line is true of the campaign: finished (by whichever worker),
+    // or left to workers still holding rows; never "retries pending", as
+    // nothing was deferred (a worker reading the rows while another
+    // finished its last ones said so).
+    let mut finished = 0;
     for out in &outputs {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!stdout.contains("cancelled"), "a worker gave up: {stdout}");
+        assert!(!stdout.contains("retries pending"), "no retries: {stdout}");
+        let Some(line) = stdout.lines().find(|l| l.starts_with("news-1: ")) else {
+            // Quiet for cron: it sent nothing and left the rest to others.
+            assert_eq!(sent_by(out), 0, "{stdout}");
+            continue;
+        };
+        assert!(
+            line.ends_with("(finished)") || line.ends_with("(other workers are sending the rest)"),
+            "{line}"
+        );
+        finished += usize::from(line.ends_with("(finished)"));
     }
+    assert!(finished >= 1, "the last worker says finished");
     let senders = outputs.iter().filter(|o| sent_by(o) > 0).count();
     let total: u64 = outputs.iter().map(sent_by).sum();
     assert_eq!(total, 5000, "the workers' own counts add up");

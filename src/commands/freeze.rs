@@ -19,6 +19,7 @@ use crate::campaign::Trigger;
 use crate::cli::SendArgs;
 use crate::config::Config;
 use crate::dispatch::{Frozen, FrozenList, Settings};
+use crate::render::Compiled;
 use crate::store::deliveries::{CampaignRow, CampaignStatus, NewCampaign, Refreeze, Replace};
 use crate::store::welcome::FreezeWelcome;
 use crate::store::{List, Store};
@@ -437,11 +438,16 @@ impl Plan<'_> {
     async fn only_new(&self, c: CampaignRow) -> Result<Step> {
         let (slug, list) = (&c.slug, &self.frozen_lists_text(&c).await?);
         match c.status {
-            CampaignStatus::Cancelled => bail!(
-                "campaign {slug} was cancelled, so it goes to nobody new; `bulletin send {} --again` sends it to everyone on {list} as a new campaign (the {} who got it too)",
-                self.file,
-                self.store.received_count(c.id).await?
-            ),
+            CampaignStatus::Cancelled => {
+                let too = match self.store.received_count(c.id).await? {
+                    0 => String::new(),
+                    n => format!(" (the {n} who got it too)"),
+                };
+                bail!(
+                    "campaign {slug} was cancelled, so it goes to nobody new; `bulletin send {} --again` sends it to everyone on {list} as a new campaign{too}",
+                    self.file
+                )
+            }
             CampaignStatus::Scheduled | CampaignStatus::Held => bail!(
                 "campaign {slug} has not been sent yet ({}, due {}); it goes to everyone on its list, new subscribers included, without --only-new",
                 c.status,
@@ -454,14 +460,21 @@ impl Plan<'_> {
             println!("{slug}: every subscriber of {list} already has it; nothing to send");
             return Ok(Step::Done);
         }
-        let people = match first_time {
-            1 => "1 subscriber".to_string(),
-            n => format!("{n} subscribers"),
-        };
-        let question = format!(
-            "Send \"{}\" to the {people} of {list} who have not had it?\n  Each gets it for the first time; nobody gets it twice. Via {}?",
-            c.subject,
-            self.settings.transport.describe()
+        let people = subscribers(first_time);
+        // What goes out is the frozen campaign, to its frozen lists.
+        let frozen: Frozen = serde_json::from_str(&c.compiled)?;
+        let lists = self.store.campaign_lists(c.id).await?;
+        let missing = self
+            .missing_values(&frozen.compiled, &lists, Some(c.id))
+            .await?;
+        let question = self.with_missing(
+            only_new_question(
+                &c.subject,
+                first_time,
+                list,
+                &self.settings.transport.describe(),
+            ),
+            &missing,
         );
         let refusal = format!(
             "not sending without confirmation: add --yes (would send {slug:?} to {people} of {list} for the first time; nobody twice)"
@@ -507,9 +520,15 @@ impl Plan<'_> {
             );
         }
         let received = self.store.received_count(c.id).await?;
-        let question = format!(
-            "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
-            self.frozen_lists_text(&c).await?
+        let missing = self
+            .missing_values(&self.built.compiled, &self.list_ids, None)
+            .await?;
+        let question = self.with_missing(
+            format!(
+                "{slug} already went to {received} people. Send it AGAIN to everyone on {} (they get it a second time)?",
+                self.frozen_lists_text(&c).await?
+            ),
+            &missing,
         );
         let refusal = format!(
             "not sending again without confirmation: add --yes ({slug} already went to {received} people, who would get it a second time)"
@@ -579,10 +598,17 @@ impl Plan<'_> {
         Ok(Step::Run(Box::new(c), true))
     }
 
-    /// The prompt's lines for the placeholders without fallback that some
-    /// of the `recipients` have no value for.
-    async fn missing_values(&self) -> Result<Vec<String>> {
-        let bare: Vec<String> = crate::render::placeholders::keys(&self.built.compiled)
+    /// The prompt's lines for the placeholders without fallback in
+    /// `compiled` that some of the people it would mail have no value for:
+    /// everyone on `lists`, or with `newcomers_of` only who has no row for
+    /// that campaign yet (`--only-new`), counted out of as many.
+    async fn missing_values(
+        &self,
+        compiled: &Compiled,
+        lists: &[i64],
+        newcomers_of: Option<i64>,
+    ) -> Result<Vec<String>> {
+        let bare: Vec<String> = crate::render::placeholders::keys(compiled)
             .into_iter()
             .filter(|u| u.bare)
             .map(|u| u.key)
@@ -590,12 +616,37 @@ impl Plan<'_> {
         if bare.is_empty() {
             return Ok(Vec::new());
         }
-        let missing = self.store.missing_values(&self.list_ids, &bare).await?;
-        let recipients = self.store.audience_of_lists(&self.list_ids).await?.people;
+        let (missing, recipients) = match newcomers_of {
+            None => (
+                self.store.missing_values(lists, &bare).await?,
+                self.store.audience_of_lists(lists).await?.people,
+            ),
+            Some(id) => (
+                self.store
+                    .missing_values_of_newcomers(id, lists, &bare)
+                    .await?,
+                self.store.first_time_count(id).await?,
+            ),
+        };
         Ok(missing
             .iter()
             .map(|(key, n)| crate::render::placeholders::missing_line(key, *n, recipients))
             .collect())
+    }
+
+    /// `question` with the `missing` lines under it; with `--yes`, which
+    /// asks nothing, they go to stderr as notes, so the log still has them.
+    fn with_missing(&self, question: String, missing: &[String]) -> String {
+        if self.args.yes {
+            for line in missing {
+                eprintln!("bulletin: note: {line}");
+            }
+        }
+        question
+            + &missing
+                .iter()
+                .map(|l| format!("\n  {l}"))
+                .collect::<String>()
     }
 
     /// Asks, then freezes a new campaign; `None` when the answer is no.
@@ -609,22 +660,17 @@ impl Plan<'_> {
                 "now".into()
             };
             let names = self.list_names.join(", ");
-            let missing = self.missing_values().await?;
-            let question = format!(
-                "Send \"{}\"\n  to {recipients} ({names}) {when}\n  via {}?{}",
-                built.campaign.subject,
-                self.settings.transport.describe(),
-                missing
-                    .iter()
-                    .map(|l| format!("\n  {l}"))
-                    .collect::<String>()
+            let missing = self
+                .missing_values(&built.compiled, &self.list_ids, None)
+                .await?;
+            let question = self.with_missing(
+                format!(
+                    "Send \"{}\"\n  to {recipients} ({names}) {when}\n  via {}?",
+                    built.campaign.subject,
+                    self.settings.transport.describe(),
+                ),
+                &missing,
             );
-            if self.args.yes {
-                // Unattended: what the prompt would say still reaches the log.
-                for line in &missing {
-                    eprintln!("bulletin: note: {line}");
-                }
-            }
             let refusal = format!(
                 "not sending without confirmation: add --yes (would send {slug:?} to {recipients})"
             );
@@ -655,6 +701,24 @@ impl Plan<'_> {
     }
 }
 
+/// "1 subscriber", "3 subscribers".
+fn subscribers(n: i64) -> String {
+    match n {
+        1 => "1 subscriber".into(),
+        n => format!("{n} subscribers"),
+    }
+}
+
+/// What `--only-new` asks before it mails the `n` people of `list` who
+/// have no row for the campaign yet.
+fn only_new_question(subject: &str, n: i64, list: &str, via: &str) -> String {
+    let have = if n == 1 { "has" } else { "have" };
+    format!(
+        "Send \"{subject}\" to the {} of {list} who {have} not had it?\n  Each gets it for the first time; nobody gets it twice. Via {via}?",
+        subscribers(n)
+    )
+}
+
 /// `send NAME` where NAME is a campaign (an `--again` copy, say), not a
 /// file: an error naming the command that works. Nothing when no campaign
 /// has that name (reading the file then says what is wrong).
@@ -676,4 +740,23 @@ fn name_not_file(config: &Config, path: &std::path::Path) -> Result<()> {
     bail!(
         "{name} is a campaign, not a file: `send` reads the campaign's file; `bulletin send {original}.md --only-new` (in its folder) sends the latest copy of {original} to who joined since, and `bulletin status {name}` shows it"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_only_new_question_agrees_with_its_count() {
+        assert_eq!(
+            only_new_question("News", 1, "ebulletin", "SMTP"),
+            "Send \"News\" to the 1 subscriber of ebulletin who has not had it?\n  \
+             Each gets it for the first time; nobody gets it twice. Via SMTP?"
+        );
+        assert!(
+            only_new_question("News", 3, "ebulletin", "SMTP").starts_with(
+                "Send \"News\" to the 3 subscribers of ebulletin who have not had it?"
+            )
+        );
+    }
 }

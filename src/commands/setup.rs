@@ -362,8 +362,24 @@ pub(crate) async fn find_campaign(store: &Store, name: &str) -> Result<CampaignR
     if let Some(c) = store.campaign_by_slug(name).await? {
         return Ok(c);
     }
-    store
-        .campaign_by_slug(&campaign_name(name))
-        .await?
-        .ok_or_else(|| anyhow!("no campaign named {name:?}; `bulletin status` lists them all"))
+    match store.campaign_by_slug(&campaign_name(name)).await? {
+        Some(c) => Ok(c),
+        None => Err(no_campaign(store, name).await?),
+    }
+}
+
+/// The error for a campaign name nobody has: with the closest existing
+/// name when one is near ("did you mean", as a misspelt list gets it).
+pub(crate) async fn no_campaign(store: &Store, name: &str) -> Result<anyhow::Error> {
+    let campaigns = store.campaigns().await?;
+    let near = crate::suggest::closest(
+        &campaign_name(name),
+        campaigns.iter().map(|c| c.slug.as_str()),
+    );
+    Ok(match near {
+        Some(near) => anyhow!(
+            "no campaign named {name:?}; did you mean {near:?}? (`bulletin status` lists them all)"
+        ),
+        None => anyhow!("no campaign named {name:?}; `bulletin status` lists them all"),
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::setup::{campaign_name, fmt_time, iso_time};
 use crate::campaign::Trigger;
@@ -69,7 +69,7 @@ pub(crate) fn run(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
             let stem = campaign_name(name);
             campaigns.retain(|c| c.slug == *name || c.slug == stem);
             if campaigns.is_empty() {
-                bail!("no campaign named {name:?}; `bulletin status` lists them all");
+                return Err(super::setup::no_campaign(&store, name).await?);
             }
         }
         let now = crate::store::now();

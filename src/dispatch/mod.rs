@@ -711,29 +711,67 @@ async fn run_leased(
             .campaign_by_id(campaign.id)
             .await?
             .is_some_and(|c| c.status == CampaignStatus::Cancelled);
-    } else if store.open_count(campaign.id).await? == 0 {
-        // Decided once: of workers finding nothing open at the same time,
-        // one moves the campaign; the others read what it became.
-        if store
-            .set_campaign_status(campaign.id, CampaignStatus::Finished, now())
-            .await?
-        {
-            summary.finished = true;
-        } else {
-            summary.cancelled = store
-                .campaign_by_id(campaign.id)
-                .await?
-                .is_some_and(|c| c.status == CampaignStatus::Cancelled);
+    } else {
+        // One statement, so one view of the rows: an open count and a
+        // look at who holds them, read apart, can straddle another
+        // worker's last rows and end the line "retries pending" on a
+        // campaign that is finished.
+        let counts = store.delivery_counts(campaign.id).await?;
+        match end_of_run(&counts, sharing) {
+            End::Finished => {
+                // Decided once: of workers finding nothing open at the same
+                // time, one moves the campaign; the others read what it became.
+                if store
+                    .set_campaign_status(campaign.id, CampaignStatus::Finished, now())
+                    .await?
+                {
+                    summary.finished = true;
+                } else {
+                    let status = store.campaign_by_id(campaign.id).await?.map(|c| c.status);
+                    summary.finished = status == Some(CampaignStatus::Finished);
+                    summary.cancelled = status == Some(CampaignStatus::Cancelled);
+                }
+            }
+            End::LeftToOthers => summary.left_to_others = true,
+            End::RetriesPending => {}
         }
-    } else if sharing == Sharing::Workers {
-        // Rows still queued or in another worker's hands: theirs to finish.
-        summary.left_to_others = store
-            .delivery_counts(campaign.id)
-            .await?
-            .iter()
-            .any(|(status, n)| *n > 0 && (status == "queued" || status == "sending"));
     }
     Ok(summary)
+}
+
+/// How a run that was not stopped leaves a (non-welcome) campaign, as
+/// its summary line says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Nothing queued, in flight or deferred: the campaign is finished,
+    /// by this run or by another worker.
+    Finished,
+    /// Rows queued or in flight, and workers share the campaign
+    /// (PostgreSQL): theirs to finish.
+    LeftToOthers,
+    /// Deferred rows wait for a later `dispatch` (on SQLite also rows a
+    /// run left queued: the next run takes them).
+    RetriesPending,
+}
+
+/// The end of a run from one reading of the campaign's delivery counts by
+/// status (`Store::delivery_counts`).
+fn end_of_run(counts: &[(String, i64)], sharing: Sharing) -> End {
+    let count = |state: &str| -> i64 {
+        counts
+            .iter()
+            .filter(|(status, _)| status == state)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let held = count("queued") + count("sending");
+    if held + count("deferred") == 0 {
+        End::Finished
+    } else if held > 0 && sharing == Sharing::Workers {
+        End::LeftToOthers
+    } else {
+        End::RetriesPending
+    }
 }
 
 struct Shared {
@@ -1354,6 +1392,50 @@ async fn refused(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_ends_as_one_reading_of_the_rows_says() {
+        let counts = |rows: &[(&str, i64)]| -> Vec<(String, i64)> {
+            rows.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        };
+        use End::*;
+        use Sharing::*;
+        /// Delivery counts by status, how the campaign is shared, the end.
+        type Case = (&'static [(&'static str, i64)], Sharing, End);
+        let cases: &[Case] = &[
+            // Everything settled, whoever sent it: finished.
+            (&[("sent", 301)], Workers, Finished),
+            (
+                &[("failed", 1), ("sent", 2), ("skipped", 1), ("unknown", 1)],
+                Lease,
+                Finished,
+            ),
+            (&[], Workers, Finished),
+            // Another worker holds rows, or rows wait to be claimed.
+            (&[("sending", 3), ("sent", 297)], Workers, LeftToOthers),
+            (&[("queued", 1), ("sent", 2)], Workers, LeftToOthers),
+            // Others hold rows beside deferred ones: they go on with both.
+            (&[("deferred", 2), ("sending", 1)], Workers, LeftToOthers),
+            // Only deferred rows: retries pending.
+            (&[("deferred", 1), ("sent", 2)], Workers, RetriesPending),
+            (&[("deferred", 1), ("sent", 2)], Lease, RetriesPending),
+            // One run at a time (SQLite): nobody else is sending.
+            (&[("queued", 1), ("sent", 2)], Lease, RetriesPending),
+            // A count of zero is no row.
+            (
+                &[("deferred", 0), ("sending", 0), ("sent", 5)],
+                Workers,
+                Finished,
+            ),
+        ];
+        for (rows, sharing, end) in cases {
+            assert_eq!(
+                end_of_run(&counts(rows), *sharing),
+                *end,
+                "{rows:?} {sharing:?}"
+            );
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pacer_spaces_sends_to_the_rate() {

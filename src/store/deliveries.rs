@@ -1228,17 +1228,6 @@ impl super::Store {
             .await?)
     }
 
-    /// Rows still to settle: queued, sending or deferred.
-    pub async fn open_count(&self, campaign_id: i64) -> Result<i64> {
-        let pool = &self.pool;
-        Ok(query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('queued', 'sending', 'deferred')",
-    )
-    .bind(campaign_id)
-    .fetch_one(pool)
-    .await?)
-    }
-
     /// Events of a kind since a time, for a campaign and its lists (for
     /// `status`).
     pub async fn events_since(&self, campaign_id: i64, kind: &str, since: i64) -> Result<i64> {
