@@ -405,7 +405,11 @@ async fn a_missing_or_unreachable_target_is_a_clear_error() {
         let password = missing.password().unwrap_or(UNUSED_PASSWORD).to_string();
         missing.set_password(None).unwrap();
         missing.set_path("/bt_no_such_database");
-        cases.push((missing.to_string(), password, "does not exist"));
+        cases.push((
+            missing.to_string(),
+            password,
+            "no database \"bt_no_such_database\" on the server; create it (createdb bt_no_such_database)",
+        ));
     }
     for (to, password, why) in cases {
         let out = run_with_password(&env, &password, &["db", "copy", "--to", &to]).await;
