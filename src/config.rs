@@ -880,6 +880,19 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A config file `b.toml` holding `text` in a fresh folder, and the
+    /// flags that load it: (folder, file, flags).
+    fn config_file(text: &str) -> (tempfile::TempDir, PathBuf, Overrides) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, text).unwrap();
+        let flags = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        (dir, path, flags)
+    }
+
     fn load(flags: &Overrides, vars: &[(&str, &str)]) -> Result<Config> {
         let vars: HashMap<String, String> = vars
             .iter()
@@ -913,17 +926,8 @@ mod tests {
                 "{err}"
             );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(
-            &path,
-            "base_url = \"https://news.example.org\"\nassets_url = \"logo\"\n",
-        )
-        .unwrap();
-        let file = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        let (_dir, path, file) =
+            config_file("base_url = \"https://news.example.org\"\nassets_url = \"logo\"\n");
         let err = load(&file, &[]).unwrap_err().to_string();
         assert!(
             err.contains(&format!("(set by assets_url in {})", path.display())),
@@ -982,13 +986,7 @@ mod tests {
                 "{err}"
             );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "base_url = \"news.example.org\"\n").unwrap();
-        let file = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        let (_dir, path, file) = config_file("base_url = \"news.example.org\"\n");
         let err = load(&file, &[]).unwrap_err().to_string();
         assert!(
             err.contains(&format!("(set by base_url in {})", path.display())),
@@ -1045,13 +1043,7 @@ mod tests {
 
     #[test]
     fn sources_say_where_db_and_outbox_came_from() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"file.db\"\noutbox = \"out\"\n").unwrap();
-        let flags = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        let (dir, path, flags) = config_file("db = \"file.db\"\noutbox = \"out\"\n");
         let c = load(&flags, &[]).unwrap();
         assert_eq!(c.db_source.to_string(), format!("db in {}", path.display()));
         assert_eq!(c.outbox, dir.path().join("out"));
@@ -1102,13 +1094,7 @@ mod tests {
             "shown without the password"
         );
         // In a config file, a URL is not joined to the file's folder.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"postgres://u@h/d\"\n").unwrap();
-        let from_file = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        let (_dir, path, from_file) = config_file("db = \"postgres://u@h/d\"\n");
         let c = load(&from_file, &[]).unwrap();
         assert_eq!(c.db.to_string(), "postgres://u@h/d");
         std::fs::write(&path, "db = \"postgres://u:pw@h/d\"\n").unwrap();
@@ -1171,13 +1157,7 @@ mod tests {
 
     #[test]
     fn tracking_is_refused_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"x\"\ntracking = false\n").unwrap();
-        let flags = Overrides {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, _path, flags) = config_file("db = \"x\"\ntracking = false\n");
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(
             err.contains("b.toml:2:") && err.contains("tracking"),
@@ -1208,17 +1188,8 @@ mod tests {
 
     #[test]
     fn precedence_file_env_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(
-            &path,
-            "db = \"file.db\"\nbase_url = \"https://file.example/\"\n",
-        )
-        .unwrap();
-        let flags = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        let (dir, _path, flags) =
+            config_file("db = \"file.db\"\nbase_url = \"https://file.example/\"\n");
         let c = load(&flags, &[]).unwrap();
         assert_eq!(
             c.db,
@@ -1272,32 +1243,18 @@ mod tests {
 
     #[test]
     fn bad_file_names_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "db = \"x\"\n\nnope = 3\n").unwrap();
-        let flags = Overrides {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, _path, flags) = config_file("db = \"x\"\n\nnope = 3\n");
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("b.toml:3:"), "{err}");
     }
 
     #[test]
     fn imap_and_webhooks_sections() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(
-            &path,
+        let (dir, path, flags) = config_file(
             "[bounces.imap]\nurl = \"imaps://b@imap.example.org/INBOX\"\n\
              [webhooks.ses]\ntopic_arn = \"arn:t\"\n[webhooks.mailgun]\n\
              [webhooks.postmark]\nuser = \"pm\"\n",
-        )
-        .unwrap();
-        let flags = Overrides {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        );
         let c = load(
             &flags,
             &[
@@ -1330,13 +1287,7 @@ mod tests {
 
     #[test]
     fn password_in_file_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.toml");
-        std::fs::write(&path, "[smtp]\nurl = \"smtp://u:secret@host\"\n").unwrap();
-        let flags = Overrides {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, _path, flags) = config_file("[smtp]\nurl = \"smtp://u:secret@host\"\n");
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("BULLETIN_SMTP_PASSWORD"), "{err}");
     }

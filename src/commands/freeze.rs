@@ -162,6 +162,20 @@ fn frozen(config: &Config, built: &Built, lists: &[List]) -> Result<String> {
 }
 
 impl Plan<'_> {
+    /// The campaign to freeze from the compiled file, under `slug`, due at
+    /// `send_at`.
+    fn new_campaign<'a>(&'a self, slug: &'a str, send_at: i64) -> NewCampaign<'a> {
+        NewCampaign {
+            slug,
+            lists: &self.list_ids,
+            subject: &self.built.campaign.subject,
+            compiled: &self.frozen,
+            source_hash: &self.source_hash,
+            send_at,
+            now: self.now,
+        }
+    }
+
     /// The campaign's list slugs, for messages: `news`, `ebulletin, partners`.
     fn lists_text(&self) -> String {
         self.built.campaign.lists.join(", ")
@@ -327,15 +341,7 @@ impl Plan<'_> {
             println!("not sent");
             return Ok(ExitCode::SUCCESS);
         }
-        let new = NewCampaign {
-            slug,
-            lists: &self.list_ids,
-            subject: &built.campaign.subject,
-            compiled: &self.frozen,
-            source_hash: &self.source_hash,
-            send_at: self.now,
-            now: self.now,
-        };
+        let new = self.new_campaign(slug, self.now);
         let frozen = self.store.freeze_welcome(&new).await.map_err(|e| {
             if e.is_duplicate() {
                 anyhow!("campaign {slug} was frozen a moment ago by another `bulletin send`; `bulletin status {slug}` shows it")
@@ -679,15 +685,7 @@ impl Plan<'_> {
                 return Ok(None);
             }
         }
-        let new = NewCampaign {
-            slug,
-            lists: &self.list_ids,
-            subject: &built.campaign.subject,
-            compiled: &self.frozen,
-            source_hash: &self.source_hash,
-            send_at: self.send_at,
-            now: self.now,
-        };
+        let new = self.new_campaign(slug, self.send_at);
         let id = self.store.insert_campaign(&new).await.map_err(|e| {
             if e.is_duplicate() {
                 anyhow!(
