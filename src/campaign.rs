@@ -386,17 +386,17 @@ fn parse_lists(value: Option<&toml::Value>) -> std::result::Result<Vec<String>, 
     Ok(lists)
 }
 
-/// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
-/// or a local date and time (`2026-12-01 09:00`, `2026-12-01T09:00:00`).
 /// `send --at`: a time as [`parse_time`] reads it, or `now` (to send a
-/// scheduled campaign at once).
-pub fn parse_at(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+/// scheduled campaign at once), which is `now` (the caller's clock).
+pub fn parse_at(text: &str, now: DateTime<Utc>) -> std::result::Result<DateTime<Utc>, String> {
     if text.trim().eq_ignore_ascii_case("now") {
-        return Ok(Utc::now());
+        return Ok(now);
     }
     parse_time(text).map_err(|m| format!("{m}, or now"))
 }
 
+/// Parses a time given by a person: RFC 3339 (`2026-12-01T09:00:00+01:00`),
+/// or a local date and time (`2026-12-01 09:00`, `2026-12-01T09:00:00`).
 pub fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
     let t = text.trim();
     if let Ok(d) = DateTime::<FixedOffset>::parse_from_rfc3339(t) {
@@ -430,14 +430,13 @@ mod tests {
 
     #[test]
     fn at_now_is_the_current_time_and_other_times_read_as_parse_time() {
-        let before = Utc::now();
-        let now = parse_at(" NOW ").unwrap();
-        assert!(now >= before && now <= Utc::now());
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        assert_eq!(parse_at(" NOW ", now).unwrap(), now);
         assert_eq!(
-            parse_at("2026-12-01T09:00:00+01:00").unwrap(),
+            parse_at("2026-12-01T09:00:00+01:00", now).unwrap(),
             parse_time("2026-12-01T09:00:00+01:00").unwrap()
         );
-        let e = parse_at("tomorrow").unwrap_err();
+        let e = parse_at("tomorrow", now).unwrap_err();
         assert!(e.ends_with(", or now"), "{e}");
     }
 

@@ -573,13 +573,17 @@ impl Config {
             (file.base_url.clone(), "base_url", path.as_deref()),
             "http://127.0.0.1:8080".into(),
         );
-        http_url(
+        // Kept as the parser writes it (scheme and host in lower case),
+        // without the trailing `/`.
+        let base_url = http_url(
             "base_url",
             &base_url,
             &base_url_source,
             "the public address of `bulletin serve` that every link in the emails points at, such as https://news.example.org",
-        )?;
-        let base_url = base_url.trim().trim_end_matches('/').to_string();
+        )?
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
         let pages_url = base_url_source
             .is_explicit()
             .then(|| url::Url::parse(&format!("{base_url}/")).ok())
@@ -831,18 +835,37 @@ fn assets_url(text: &str, source: &Source) -> Result<url::Url> {
 /// error naming the setting, where it was set, and what to `write` instead.
 /// `news.example.org` (no scheme) would make every link in the emails dead.
 fn http_url(setting: &str, text: &str, source: &Source, write: &str) -> Result<url::Url> {
+    // As written, but never a password.
+    let shown = match text.contains('@') {
+        true => crate::redact::url(text, crate::redact::Password::Masked),
+        false => text.to_string(),
+    };
     let bad = |why: &str| {
         Error::Invalid(format!(
-            "{setting} {text:?} (set by {source}) {why}; write {write}"
+            "{setting} {shown:?} (set by {source}) {why}; write {write}"
         ))
     };
     let not_absolute = "is not an absolute http:// or https:// URL";
-    let url = url::Url::parse(text.trim()).map_err(|e| match e {
-        url::ParseError::RelativeUrlWithoutBase => bad(not_absolute),
-        e => bad(&format!("is not a URL: {e}")),
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+    let text = text.trim();
+    // The parser forgives `https:/host` and `https:host`; a link in an
+    // email is read by mail programs, which do not.
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err(bad(not_absolute));
+    }
+    let url = url::Url::parse(text).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !url.has_host() {
+        return Err(bad(not_absolute));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "has a user name or password, which every link would show",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(
+            "has a query or a fragment (?… or #…), which no link can carry on",
+        ));
     }
     Ok(url)
 }
@@ -960,6 +983,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.base_url, "https://n.example.org/x");
+        let c = load(
+            &flags,
+            &[("BULLETIN_BASE_URL", "HTTPS://News.Example.org/")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.base_url, "https://news.example.org",
+            "as the parser writes it"
+        );
+        let err = load(
+            &flags,
+            &[("BULLETIN_BASE_URL", "https://u:s3cret@n.example.org")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("user name or password") && !err.contains("s3cret"),
+            "{err}"
+        );
         for (bad, why) in [
             (
                 "news.example.org",
@@ -975,6 +1017,22 @@ mod tests {
                 "is not an absolute http:// or https:// URL",
             ),
             ("https://", "is not a URL: empty host"),
+            (
+                "https:/news.example.org",
+                "is not an absolute http:// or https:// URL",
+            ),
+            (
+                "https:news.example.org",
+                "is not an absolute http:// or https:// URL",
+            ),
+            (
+                "https://news.example.org/?list=1",
+                "has a query or a fragment (?… or #…), which no link can carry on",
+            ),
+            (
+                "https://news.example.org/#top",
+                "has a query or a fragment (?… or #…), which no link can carry on",
+            ),
         ] {
             let err = load(&flags, &[("BULLETIN_BASE_URL", bad)])
                 .unwrap_err()

@@ -28,6 +28,11 @@ pub fn url(text: &str, password: Password) -> String {
     let Ok(mut url) = url::Url::parse(text) else {
         return unparsed(text, hidden);
     };
+    if url.password().is_none() && hides_userinfo(text) {
+        // A '?' or '#' in the password makes the parser end the host
+        // there and take the password for a query or fragment.
+        return unparsed(text, hidden);
+    }
     if url.password().is_some() {
         let _ = url.set_password(hidden);
     }
@@ -47,6 +52,15 @@ pub fn url(text: &str, password: Password) -> String {
         }
     }
     url.to_string()
+}
+
+/// True when a '@' after `://` has a ':' before it in what a person wrote
+/// as user information (up to the last '@'), though the parser found no
+/// password there: the part after the ':' may be one.
+fn hides_userinfo(text: &str) -> bool {
+    text.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 /// [`url`] for text the `url` crate refuses: cut at `://`, the last '@'
@@ -76,6 +90,26 @@ mod tests {
         assert_eq!(url(text, Removed), removed, "removed");
     }
 
+    #[test]
+    fn a_question_mark_in_the_password_does_not_show_it() {
+        for text in [
+            "smtp://mailer:8412?Tq@smtp.example.org:587",
+            "smtp://mailer:ab#cd@smtp.example.org:587",
+        ] {
+            for how in [Masked, Removed] {
+                let shown = url(text, how);
+                assert!(!shown.contains("8412") && !shown.contains("cd@"), "{shown}");
+                assert!(
+                    shown.contains("mailer") && shown.contains("smtp.example.org"),
+                    "{shown}"
+                );
+            }
+        }
+        assert_eq!(
+            url("postgres://u@h/d?x=a@b", Masked),
+            "postgres://u@h/d?x=a@b"
+        );
+    }
     #[test]
     fn smtp() {
         check(

@@ -130,7 +130,7 @@ async fn first_name_from_a_first_name_column_reaches_each_inbox_and_send_counts_
     let err = stderr(&out);
     assert!(
         err.contains(
-            "bulletin: note: 1 of 3 have no first_name; they will read an empty value — add a \
+            "bulletin: note: 1 of 3 has no first_name; they will read an empty value — add a \
              fallback: {{subscriber.first_name | \"friend\"}}"
         ),
         "{err}"
@@ -391,7 +391,7 @@ async fn only_new_and_again_count_the_missing_values_of_whom_they_mail() {
     let out = env.run(&["send", &file, "--yes"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("bulletin: note: 1 of 2 have no country;"),
+        stderr(&out).contains("bulletin: note: 1 of 2 has no country;"),
         "{}",
         stderr(&out)
     );
@@ -408,12 +408,12 @@ async fn only_new_and_again_count_the_missing_values_of_whom_they_mail() {
     let err = stderr(&out);
     assert!(
         err.contains(
-            "bulletin: note: 1 of 1 have no country; they will read an empty value — add a \
+            "bulletin: note: 1 of 1 has no country; they will read an empty value — add a \
              fallback: {{subscriber.country | \"...\"}}"
         ),
         "{err}"
     );
-    assert_eq!(err.matches("have no country").count(), 1, "{err}");
+    assert_eq!(err.matches("no country").count(), 1, "{err}");
     assert_eq!(sink.messages().len(), 3);
     assert_eq!(sink.messages()[2].rcpt_to, ["cy@example.net"]);
     // --again mails all three again; two of them lack a country.

@@ -107,7 +107,10 @@ pub(super) fn send_file(config: &Config, args: &SendArgs) -> Result<ExitCode> {
         eprintln!("{}", format_warning(&file, w));
     }
     let at = match (&args.at, built.campaign.send_at) {
-        (Some(at), _) => Some(crate::campaign::parse_at(at).map_err(|m| anyhow!("--at: {m}"))?),
+        (Some(at), _) => Some({
+            let now = chrono::DateTime::from_timestamp(crate::store::now(), 0).unwrap_or_default();
+            crate::campaign::parse_at(at, now).map_err(|m| anyhow!("--at: {m}"))?
+        }),
         (None, from_file) => from_file,
     };
     let source_hash = source_hash(&args.campaign)?;

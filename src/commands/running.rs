@@ -146,15 +146,16 @@ fn progress_message(progress: &Progress, verb: &str) -> String {
 }
 
 /// A run that sent, failed, skipped or finished nothing: only retries
-/// waiting, or a welcome mail with nobody new. `dispatch` says nothing
-/// about it, so cron mails nobody.
+/// waiting, a welcome mail with nobody new, or a campaign whose last rows
+/// another worker sent meanwhile (that worker reports the end). `dispatch`
+/// says nothing about it, so cron mails nobody.
 fn is_idle(s: &Summary) -> bool {
     s.sent == 0
         && s.failed == 0
         && s.skipped == 0
         && s.unknown == 0
         && s.in_flight_resolved == 0
-        && !s.finished
+        && !s.finished_here
         && !s.interrupted
         && !s.cancelled
 }
@@ -205,4 +206,32 @@ fn summary_line(slug: &str, verb: &str, s: &Summary, welcome: bool) -> String {
         "retries pending; `bulletin dispatch` continues"
     };
     format!("{slug}: {} ({state})", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cron mails whatever `dispatch` prints: a run that found its
+    /// campaign finished by another worker (which reports it) says nothing;
+    /// the run that finished it, or sent anything, says so.
+    #[test]
+    fn a_campaign_another_worker_finished_is_no_news_for_cron() {
+        let elsewhere = Summary {
+            finished: true,
+            ..Summary::default()
+        };
+        assert!(is_idle(&elsewhere));
+        let here = Summary {
+            finished_here: true,
+            ..elsewhere.clone()
+        };
+        assert!(!is_idle(&here));
+        let sent = Summary {
+            sent: 1,
+            ..elsewhere.clone()
+        };
+        assert!(!is_idle(&sent));
+        assert!(summary_line("c", "sent", &elsewhere, false).ends_with("(finished)"));
+    }
 }

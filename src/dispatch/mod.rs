@@ -351,6 +351,9 @@ pub struct Summary {
     pub in_flight_resolved: u64,
     /// The campaign has nothing left to send.
     pub finished: bool,
+    /// This run moved the campaign to finished (not another worker, whose
+    /// last rows this run found settled: cron hears of it once).
+    pub finished_here: bool,
     /// Stopped by a signal before the end.
     pub interrupted: bool,
     /// `bulletin cancel` stopped the campaign (before or during this run).
@@ -726,6 +729,7 @@ async fn run_leased(
                     .await?
                 {
                     summary.finished = true;
+                    summary.finished_here = true;
                 } else {
                     let status = store.campaign_by_id(campaign.id).await?.map(|c| c.status);
                     summary.finished = status == Some(CampaignStatus::Finished);

@@ -95,12 +95,14 @@ impl SmtpUrl {
             "smtps" => (Tls::Wrapper, 465),
             _ => return Err(bad("the scheme must be smtp or smtps")),
         };
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = authority.trim_end_matches('/');
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
+        // User information first, up to the last '@': a password may hold
+        // a '?' or a '/' (no option value holds an '@').
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
         };
+        let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let hostport = hostport.trim_end_matches('/');
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
                 h.trim_matches(|c| c == '[' || c == ']').to_string(),
@@ -124,8 +126,10 @@ impl SmtpUrl {
                 Some(("tls", "opportunistic")) if scheme == "smtp" => tls = Tls::Opportunistic,
                 Some(("tls", "none")) if scheme == "smtp" => tls = Tls::None,
                 _ => {
+                    // The name only: the value may be a password.
+                    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
                     return Err(bad(&format!(
-                        "unknown option {pair:?}; use tls=required, tls=opportunistic or tls=none"
+                        "unknown option {name:?}; use tls=required, tls=opportunistic or tls=none"
                     )));
                 }
             }
@@ -727,5 +731,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret"), "{e}");
+        // A password given as an option is not shown.
+        let e = SmtpUrl::parse("smtp://mailer@h:587?password=s3cret", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret") && e.contains("unknown option"), "{e}");
+        // A password holding a '?' or a '/' is the password, not an option.
+        let u = SmtpUrl::parse("smtp://mailer:8412?T/q@h:2525?tls=none", None).unwrap();
+        assert_eq!(u.password.as_deref(), Some("8412?T/q"));
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("h", 2525, Tls::None));
+        let e = SmtpUrl::parse("smtp://mailer:8412?Tq@h:x", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("8412") && !e.contains("Tq"), "{e}");
     }
 }

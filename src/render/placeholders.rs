@@ -172,8 +172,9 @@ pub fn missing_line(key: &str, missing: i64, total: i64) -> String {
     } else {
         "..."
     };
+    let have = if missing == 1 { "has" } else { "have" };
     format!(
-        "{} of {} have no {key}; they will read an empty value — add a fallback: \
+        "{} of {} {have} no {key}; they will read an empty value — add a fallback: \
          {{{{subscriber.{key} | \"{fallback}\"}}}}",
         thousands(missing),
         thousands(total)
@@ -328,6 +329,7 @@ mod tests {
             "412 of 5,000 have no first_name; they will read an empty value — add a fallback: \
              {{subscriber.first_name | \"friend\"}}"
         );
+        assert!(missing_line("country", 1, 26).starts_with("1 of 26 has no country; "));
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
     }
