@@ -320,6 +320,86 @@ async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_polic
     sink.shutdown().await;
 }
 
+/// The ledger keeps one connection for its rounds (`Store::ledger`), so a
+/// connection the server drops mid-run is no longer replaced by the pool
+/// unseen: the round on it fails. Nothing may be lost for it: the outcomes
+/// waiting are recorded by the ledger's last try on a new connection, the
+/// run ends with the transient exit code, and the next `dispatch` finishes
+/// the campaign with nobody mailed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobody_twice() {
+    if skipped("the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobody_twice") {
+        return;
+    }
+    let sink = SmtpSink::start(
+        Behaviour::new()
+            .discard_data()
+            .delay_data_reply("", Duration::from_millis(20)),
+    );
+    let env = Env::new(sink.port(), "", "").await;
+    env.subscribers(1000).await;
+    env.freeze_due_soon().await;
+    let worker = env.spawn_dispatch();
+    sink.wait_for(200, Duration::from_secs(120)).await;
+    let raw = env.raw().await;
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    raw.close().await;
+    assert!(
+        dropped.iter().any(|d| *d),
+        "the dispatcher's connections were there to drop"
+    );
+    let first = finish(worker).await;
+    let code = first.status.code();
+    assert!(
+        code == Some(75) || code == Some(0),
+        "a dropped connection is transient (75), or went unnoticed at the end of the run: {code:?}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&first.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The first run's worker row goes stale, and the next run settles what
+    // it left in flight by policy, then sends the rest.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
+    env.ok(&["dispatch"]).await;
+    let counts = env.counts().await;
+    let sent = counts.get("sent").copied().unwrap_or(0);
+    let unknown = counts.get("unknown").copied().unwrap_or(0);
+    assert_eq!(
+        sent + unknown,
+        1000,
+        "nothing else open or lost: {counts:?}"
+    );
+    assert!(
+        unknown <= 4,
+        "at most the rows in flight on the 4 connections are unknown: {counts:?}"
+    );
+    let seen = received_counts(&sink.messages());
+    assert_nobody_twice(&seen);
+    for address in env.addresses("sent").await {
+        assert_eq!(
+            seen.get(&address),
+            Some(&1),
+            "{address} is sent but was not received"
+        );
+    }
+    assert!(
+        1000 - seen.len() as i64 <= unknown,
+        "only rows settled unknown may be missing: {counts:?}, {} received",
+        seen.len()
+    );
+    assert_eq!(env.campaign_status().await, "sent");
+    sink.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rate_limit_holds_across_workers() {
     if skipped("the_rate_limit_holds_across_workers") {

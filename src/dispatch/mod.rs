@@ -79,7 +79,9 @@ pub enum Error {
     Outbox(String),
     #[error("message: {0}")]
     Compose(#[from] compose::Error),
-    #[error("database: {0}")]
+    /// Shown with its source (`{:#}`, as `main` prints errors): the store's
+    /// words follow once.
+    #[error("database")]
     Store(#[from] crate::store::Error),
     #[error("another run took over the campaign's lease")]
     LeaseLost,
@@ -943,7 +945,8 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
 }
 
 /// Owns the delivery log writes: each batch of requests becomes one round
-/// (`Store::record_and_claim`) that records the outcomes and claims exactly
+/// (`Ledger::record_and_claim`, on the connection the ledger holds for the
+/// pass) that records the outcomes and claims exactly
 /// one row per waiting worker, re-checking in the claim statement that each
 /// person may still be mailed and reading their data in the same
 /// transaction. Rows are handed out only after the commit, and nothing is
@@ -958,13 +961,20 @@ async fn ledger(
     let mut book = Book::default();
     let mut last_renew = tokio::time::Instant::now();
     let renew_every = Duration::from_secs((s.lease_secs / 3).max(1) as u64);
+    let mut held = match store.ledger().await {
+        Ok(held) => Some(held),
+        Err(e) => {
+            book.fail(e.into());
+            None
+        }
+    };
     while let Some(first) = rx.recv().await {
         book.take(first);
         while let Ok(request) = rx.try_recv() {
             book.take(request);
         }
-        if let Some((outcomes, replies)) = book.next_round() {
-            let claimed = store
+        if let (Some((outcomes, replies)), Some(held)) = (book.next_round(), held.as_mut()) {
+            let claimed = held
                 .record_and_claim(&shared.campaign, &s.owner, replies.len(), &outcomes, now())
                 .await;
             let skipped = book.close_round(outcomes, replies, claimed.map_err(Into::into));
@@ -982,10 +992,12 @@ async fn ledger(
         }
     }
     // The workers are gone: what is left to record (the last outcomes,
-    // rows given back) is, and after a failure that is a last try (the
-    // database may be what failed). Not when the run lost its lease or was
+    // rows given back) is, and after a failure that is a last try on a
+    // connection of its own (the database, or the ledger's connection, may
+    // be what failed). Not when the run lost its lease or was
     // taken for dead: its rows are another run's to settle now.
     let lost = matches!(book.failed, Some(Error::LeaseLost | Error::WorkerLost));
+    drop(held);
     if !book.outcomes.is_empty() && !lost {
         let recorded = store
             .record_and_claim(&shared.campaign, &s.owner, 0, &book.outcomes, now())
@@ -1454,6 +1466,17 @@ mod tests {
         let start = tokio::time::Instant::now();
         unlimited.wait().await.unwrap();
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_database_error_reads_once_in_the_chain() {
+        let e = anyhow::Error::new(Error::from(crate::store::Error::Unreachable(
+            "connection refused".into(),
+        )));
+        assert_eq!(
+            format!("{e:#}"),
+            "database: the database server cannot be reached: connection refused"
+        );
     }
 
     #[test]

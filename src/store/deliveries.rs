@@ -958,7 +958,45 @@ pub enum Outcome {
     Unclaimed,
 }
 
+/// The dispatcher's hold on the delivery log for one pass: a connection
+/// of its own, on which the ledger's rounds run one after another
+/// ([`Ledger::record_and_claim`]). Held, so that a round is one round trip
+/// to the database: a connection taken from the pool for each round and
+/// given back costs two more, because sqlx tests it with a ping when it is
+/// taken and again when it is given back.
+pub struct Ledger {
+    store: super::Store,
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+}
+
 impl super::Store {
+    /// A connection for the dispatcher's rounds ([`Ledger`]).
+    pub async fn ledger(&self) -> Result<Ledger> {
+        Ok(Ledger {
+            store: self.clone(),
+            conn: self.pool.acquire().await?,
+        })
+    }
+
+    /// One round ([`Ledger::record_and_claim`]) on a connection taken for
+    /// it: the dispatcher's last try after its own connection failed, and
+    /// what tests use.
+    pub async fn record_and_claim(
+        &self,
+        campaign: &CampaignRow,
+        worker: &str,
+        want: usize,
+        outcomes: &[(i64, i64, Outcome)],
+        now: i64,
+    ) -> Result<Claimed> {
+        self.ledger()
+            .await?
+            .record_and_claim(campaign, worker, want, outcomes, now)
+            .await
+    }
+}
+
+impl Ledger {
     /// Records `outcomes` and claims up to `want` rows for `worker`
     /// ([`CLAIM_SQL`]), committed before the claimed rows are handed out:
     /// the group commit that brackets every SMTP transaction (together, but
@@ -969,7 +1007,7 @@ impl super::Store {
     /// workers' rounds commit side by side, and the common round (only
     /// deliveries to record) is one statement ([`SENT_AND_CLAIM_SQL_PG`]).
     pub async fn record_and_claim(
-        &self,
+        &mut self,
         campaign: &CampaignRow,
         worker: &str,
         want: usize,
@@ -986,7 +1024,7 @@ impl super::Store {
             outcomes,
             now,
         };
-        if self.engine() == Engine::Postgres && want > 0 && !outcomes.is_empty() && all_sent {
+        if self.store.engine() == Engine::Postgres && want > 0 && !outcomes.is_empty() && all_sent {
             return self.record_sent_and_claim(round).await;
         }
         self.record_and_claim_in_transaction(round).await
@@ -996,7 +1034,7 @@ impl super::Store {
     /// transaction when a delivered person has a bounce score to lower, or
     /// more rows (in a statement of their own) when skipped rows made the
     /// claim short.
-    async fn record_sent_and_claim(&self, round: Round<'_>) -> Result<Claimed> {
+    async fn record_sent_and_claim(&mut self, round: Round<'_>) -> Result<Claimed> {
         let Round {
             campaign,
             worker,
@@ -1014,16 +1052,14 @@ impl super::Store {
             })
             .collect();
         let sent = serde_json::to_string(&sent).expect("outcomes serialise");
-        let mut conn = self.pool.acquire().await?;
         let text = with_want(SENT_AND_CLAIM_SQL_PG, want);
         let rows = claim_query(&text, campaign, worker, want, now)
             .bind(sent)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *self.conn)
             .await?;
         let (jobs, skipped, unrecorded) = read_claim_pg(&rows)?;
         if unrecorded {
             // Nothing was recorded or claimed: the round's transaction does both.
-            drop(conn);
             return self.record_and_claim_in_transaction(round).await;
         }
         let mut claimed = Claimed {
@@ -1038,7 +1074,7 @@ impl super::Store {
         }
         // Skipped rows made the claim short: claim the rest.
         let left = want - claimed.jobs.len();
-        match claim(&mut conn, campaign, worker, left, now).await {
+        match claim(&mut self.conn, campaign, worker, left, now).await {
             Ok(more) => {
                 claimed.exhausted = more.exhausted;
                 claimed.skipped += more.skipped;
@@ -1049,8 +1085,8 @@ impl super::Store {
                 // The rows claimed already were committed `sending`: give
                 // them back before failing, or the in-flight policy would
                 // settle them, never attempted (best effort: the database
-                // may be failing too).
-                drop(conn);
+                // may be failing too), on a connection taken for it: this
+                // one may be what failed.
                 let back: Vec<_> = claimed
                     .jobs
                     .iter()
@@ -1061,7 +1097,9 @@ impl super::Store {
                     outcomes: &back,
                     ..round
                 };
-                let _ = self.record_and_claim_in_transaction(give_back).await;
+                if let Ok(mut fresh) = self.store.ledger().await {
+                    let _ = fresh.record_and_claim_in_transaction(give_back).await;
+                }
                 Err(e)
             }
         }
@@ -1071,7 +1109,7 @@ impl super::Store {
     /// outcomes. On PostgreSQL a round that records a hard bounce or lowers
     /// a bounce score, which read and write what others write too, takes
     /// the write lock first ([`super::sql::begin_rows`]).
-    async fn record_and_claim_in_transaction(&self, round: Round<'_>) -> Result<Claimed> {
+    async fn record_and_claim_in_transaction(&mut self, round: Round<'_>) -> Result<Claimed> {
         let Round {
             campaign,
             worker,
@@ -1079,7 +1117,7 @@ impl super::Store {
             outcomes,
             now,
         } = round;
-        let mut tx = begin_rows(&self.pool).await?;
+        let mut tx = begin_rows(&mut self.conn).await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, _, o)| matches!(o, Outcome::Sent { .. }))

@@ -206,17 +206,18 @@ pub async fn begin_write_on(conn: &mut AnyConnection) -> Result<Transaction<'_, 
     }
 }
 
-/// A write transaction that locks only the rows it writes: on PostgreSQL
-/// `BEGIN` without the write lock, for the dispatcher's rounds, which
-/// several workers run at once on rows each holds alone; on SQLite the same
-/// as [`begin_write`]. A round that turns out to need the write lock (it
-/// records a hard bounce, or lowers a bounce score) takes it with
-/// [`take_write_lock`] before its first write, so that it never waits for
-/// the lock while holding row locks that the lock's holder may wait for.
-pub async fn begin_rows(pool: &AnyPool) -> Result<Transaction<'static, Any>> {
-    match Engine::of(pool) {
-        Engine::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
-        Engine::Postgres => Ok(pool.begin().await?),
+/// A write transaction that locks only the rows it writes, on a connection
+/// the caller holds: on PostgreSQL `BEGIN` without the write lock, for the
+/// dispatcher's rounds, which several workers run at once on rows each
+/// holds alone; on SQLite the same as [`begin_write`]. A round that turns
+/// out to need the write lock (it records a hard bounce, or lowers a bounce
+/// score) takes it with [`take_write_lock`] before its first write, so that
+/// it never waits for the lock while holding row locks that the lock's
+/// holder may wait for.
+pub async fn begin_rows(conn: &mut AnyConnection) -> Result<Transaction<'_, Any>> {
+    match Engine::of_connection(conn) {
+        Engine::Sqlite => Ok(conn.begin_with("BEGIN IMMEDIATE").await?),
+        Engine::Postgres => Ok(conn.begin().await?),
     }
 }
 
