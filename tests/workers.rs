@@ -202,6 +202,62 @@ async fn finish(child: Child) -> std::process::Output {
         .unwrap()
 }
 
+/// `news-1` due now to `n` subscribers, and a sink that answers each
+/// message after 20 ms, so that every connection has a message in flight
+/// most of the time.
+async fn due_behind_a_slow_sink(n: i64) -> (SmtpSink, Env) {
+    let sink = SmtpSink::start(
+        Behaviour::new()
+            .discard_data()
+            .delay_data_reply("", Duration::from_millis(20)),
+    );
+    let env = Env::new(sink.port(), "", "").await;
+    env.subscribers(n).await;
+    env.freeze_due_soon().await;
+    (sink, env)
+}
+
+/// After a worker was lost mid-run: waits until its heartbeat is stale,
+/// runs `dispatch` (which settles the lost worker's rows in flight by the
+/// default policy, unknown, and sends the rest), then checks the campaign
+/// of `total` recipients: finished, every row sent or unknown, `unknown`
+/// within `in_flight` (`why`), nobody received twice, everyone sent
+/// received, and nobody missing but the unknown.
+async fn finish_after_a_lost_worker(
+    env: &Env,
+    sink: &SmtpSink,
+    total: i64,
+    in_flight: std::ops::RangeInclusive<i64>,
+    why: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
+    env.ok(&["dispatch"]).await;
+    let counts = env.counts().await;
+    let sent = counts.get("sent").copied().unwrap_or(0);
+    let unknown = counts.get("unknown").copied().unwrap_or(0);
+    assert_eq!(
+        sent + unknown,
+        total,
+        "nothing else open or lost: {counts:?}"
+    );
+    assert!(in_flight.contains(&unknown), "{why}: {counts:?}");
+    let seen = received_counts(&sink.messages());
+    assert_nobody_twice(&seen);
+    for address in env.addresses("sent").await {
+        assert_eq!(
+            seen.get(&address),
+            Some(&1),
+            "{address} is sent but was not received"
+        );
+    }
+    let missing = total - seen.len() as i64;
+    assert!(
+        missing <= unknown,
+        "{missing} recipients never received, beyond the {unknown} in flight"
+    );
+    assert_eq!(env.campaign_status().await, "sent");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
     if skipped("four_workers_share_a_campaign_and_mail_each_recipient_exactly_once") {
@@ -265,14 +321,7 @@ async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_polic
     }
     // Slow answers keep every worker's connections busy, so the one killed
     // surely has rows in flight.
-    let sink = SmtpSink::start(
-        Behaviour::new()
-            .discard_data()
-            .delay_data_reply("", Duration::from_millis(20)),
-    );
-    let env = Env::new(sink.port(), "", "").await;
-    env.subscribers(5000).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due_behind_a_slow_sink(5000).await;
     let mut workers: Vec<Child> = (0..4).map(|_| env.spawn_dispatch()).collect();
     sink.wait_for(500, Duration::from_secs(120)).await;
     let mut victim = workers.remove(0);
@@ -288,35 +337,14 @@ async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_polic
     }
     // The dead worker's heartbeat goes stale; the next dispatch notices
     // and settles its rows (unknown: never sent again), then finishes.
-    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
-    env.ok(&["dispatch"]).await;
-    let counts = env.counts().await;
-    let sent = counts.get("sent").copied().unwrap_or(0);
-    let unknown = counts.get("unknown").copied().unwrap_or(0);
-    assert_eq!(
-        sent + unknown,
+    finish_after_a_lost_worker(
+        &env,
+        &sink,
         5000,
-        "nothing else open or lost: {counts:?}"
-    );
-    assert!(
-        (1..=4).contains(&unknown),
-        "only the killed worker's in-flight rows (at most its 4 connections) are unknown: {counts:?}"
-    );
-    let seen = received_counts(&sink.messages());
-    assert_nobody_twice(&seen);
-    for address in env.addresses("sent").await {
-        assert_eq!(
-            seen.get(&address),
-            Some(&1),
-            "{address} is sent but was not received"
-        );
-    }
-    let missing = 5000 - seen.len() as i64;
-    assert!(
-        missing <= unknown,
-        "{missing} recipients never received, beyond the {unknown} in flight"
-    );
-    assert_eq!(env.campaign_status().await, "sent");
+        1..=4,
+        "only the killed worker's in-flight rows (at most its 4 connections) are unknown",
+    )
+    .await;
     sink.shutdown().await;
 }
 
@@ -331,14 +359,7 @@ async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobo
     if skipped("the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobody_twice") {
         return;
     }
-    let sink = SmtpSink::start(
-        Behaviour::new()
-            .discard_data()
-            .delay_data_reply("", Duration::from_millis(20)),
-    );
-    let env = Env::new(sink.port(), "", "").await;
-    env.subscribers(1000).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due_behind_a_slow_sink(1000).await;
     let worker = env.spawn_dispatch();
     sink.wait_for(200, Duration::from_secs(120)).await;
     let raw = env.raw().await;
@@ -368,35 +389,14 @@ async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobo
     );
     // The first run's worker row goes stale, and the next run settles what
     // it left in flight by policy, then sends the rest.
-    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
-    env.ok(&["dispatch"]).await;
-    let counts = env.counts().await;
-    let sent = counts.get("sent").copied().unwrap_or(0);
-    let unknown = counts.get("unknown").copied().unwrap_or(0);
-    assert_eq!(
-        sent + unknown,
+    finish_after_a_lost_worker(
+        &env,
+        &sink,
         1000,
-        "nothing else open or lost: {counts:?}"
-    );
-    assert!(
-        unknown <= 4,
-        "at most the rows in flight on the 4 connections are unknown: {counts:?}"
-    );
-    let seen = received_counts(&sink.messages());
-    assert_nobody_twice(&seen);
-    for address in env.addresses("sent").await {
-        assert_eq!(
-            seen.get(&address),
-            Some(&1),
-            "{address} is sent but was not received"
-        );
-    }
-    assert!(
-        1000 - seen.len() as i64 <= unknown,
-        "only rows settled unknown may be missing: {counts:?}, {} received",
-        seen.len()
-    );
-    assert_eq!(env.campaign_status().await, "sent");
+        0..=4,
+        "at most the rows in flight on the 4 connections are unknown",
+    )
+    .await;
     sink.shutdown().await;
 }
 
