@@ -602,3 +602,90 @@ async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
     );
     raw.close().await;
 }
+
+/// The ledger's held connection (`Store::ledger`) dropped by the server
+/// while idle, as a restart or a proxy's idle timeout would: the next
+/// round, after the idle second, tests it, takes a new one and records and
+/// claims as if nothing happened (the pool used to do this for every
+/// round; a held connection must not turn it into a failed run).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_round() {
+    use bulletin::store::deliveries::{NewCampaign, Outcome};
+    if skipped("the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_round") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setting = pg::db_named(dir.path(), "idle").await;
+    let store = bulletin::store::Store::open(pg::location(&setting))
+        .await
+        .unwrap();
+    let list = store
+        .create_list("news", "News", "", false, false, 1)
+        .await
+        .unwrap()
+        .id;
+    for i in 0..3 {
+        let email = format!("p{i}@example.net");
+        store
+            .add_subscriber(&email, None, "news", "test", 1)
+            .await
+            .unwrap();
+    }
+    let new = NewCampaign {
+        slug: "c",
+        lists: &[list],
+        subject: "s",
+        compiled: "{}",
+        source_hash: "h",
+        send_at: 1,
+        now: 1,
+    };
+    let id = store.insert_campaign(&new).await.unwrap();
+    store.materialise(id, 1).await.unwrap();
+    let c = store.campaign_by_id(id).await.unwrap().unwrap();
+    let mut ledger = store.ledger().await.unwrap();
+    let first = ledger
+        .record_and_claim(&c, "h:1:a", 1, &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(first.jobs.len(), 1);
+
+    let raw = crate::support::db::raw(pg::location(&setting)).await;
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert!(
+        dropped.iter().any(|d| *d),
+        "the ledger's connection was dropped"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let job = &first.jobs[0];
+    let outcome = Outcome::Sent {
+        reply: "250 ok".into(),
+        message_id: "<1@x>".into(),
+    };
+    let next = ledger
+        .record_and_claim(
+            &c,
+            "h:1:a",
+            1,
+            &[(job.delivery_id, job.subscriber_id, outcome)],
+            11,
+        )
+        .await
+        .expect("the round runs on a new connection");
+    assert_eq!(next.jobs.len(), 1);
+    assert_ne!(next.jobs[0].delivery_id, job.delivery_id);
+    let status: String = sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
+        .bind(job.delivery_id)
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(status, "sent", "the outcome was recorded");
+    raw.close().await;
+}

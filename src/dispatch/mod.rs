@@ -973,8 +973,8 @@ async fn ledger(
         while let Ok(request) = rx.try_recv() {
             book.take(request);
         }
-        if let (Some((outcomes, replies)), Some(held)) = (book.next_round(), held.as_mut()) {
-            let claimed = held
+        if let (Some((outcomes, replies)), Some(ledger)) = (book.next_round(), held.as_mut()) {
+            let claimed = ledger
                 .record_and_claim(&shared.campaign, &s.owner, replies.len(), &outcomes, now())
                 .await;
             let skipped = book.close_round(outcomes, replies, claimed.map_err(Into::into));
@@ -982,6 +982,12 @@ async fn ledger(
                 .progress
                 .skipped
                 .fetch_add(skipped, Ordering::Relaxed);
+            if book.failed.is_some() {
+                // Given back now, not when the workers are done: on
+                // PostgreSQL the failed round's rollback (and the locks it
+                // holds until then) waits for the connection's next use.
+                held = None;
+            }
         }
         if book.failed.is_none() && last_renew.elapsed() >= renew_every {
             match shared.sharing.renew(&store, shared.campaign.id, s).await {

@@ -16,7 +16,7 @@ use super::sql::{
     Engine, begin_rows, begin_write, flag, query, query_as, query_scalar, take_write_lock,
 };
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, FromRow, Row};
+use sqlx::{AnyConnection, Connection as _, FromRow, Row};
 
 use super::Result;
 
@@ -916,7 +916,7 @@ fn read_claim_pg(rows: &[AnyRow]) -> Result<(Vec<Job>, u64, bool)> {
     Ok((jobs, skipped, blocked))
 }
 
-/// One round of [`super::Store::record_and_claim`], as its private steps
+/// One round of [`Ledger::record_and_claim`], as its private steps
 /// pass it on: `outcomes` of `worker`'s rows of `campaign` to record, and
 /// `want` rows to claim for it, at `now`.
 #[derive(Clone, Copy)]
@@ -960,14 +960,21 @@ pub enum Outcome {
 
 /// The dispatcher's hold on the delivery log for one pass: a connection
 /// of its own, on which the ledger's rounds run one after another
-/// ([`Ledger::record_and_claim`]). Held, so that a round is one round trip
-/// to the database: a connection taken from the pool for each round and
-/// given back costs two more, because sqlx tests it with a ping when it is
-/// taken and again when it is given back.
+/// ([`Ledger::record_and_claim`]). Held, so that a round costs only its own
+/// statements (on PostgreSQL the common round is one statement, so one
+/// round trip): a connection taken from the pool for each round and given
+/// back costs two more round trips, because sqlx tests it with a ping when
+/// it is taken and again when it is given back. The held connection is
+/// tested only after it sat idle for [`LEDGER_IDLE`] (a slow `rate`, slow
+/// servers), when the server may have dropped it, and replaced if so.
 pub struct Ledger {
     store: super::Store,
     conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    last_used: std::time::Instant,
 }
+
+/// How long the ledger's connection may sit idle before a round tests it.
+const LEDGER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl super::Store {
     /// A connection for the dispatcher's rounds ([`Ledger`]).
@@ -975,6 +982,7 @@ impl super::Store {
         Ok(Ledger {
             store: self.clone(),
             conn: self.pool.acquire().await?,
+            last_used: std::time::Instant::now(),
         })
     }
 
@@ -1017,6 +1025,12 @@ impl Ledger {
         let all_sent = outcomes
             .iter()
             .all(|(_, _, o)| matches!(o, Outcome::Sent { .. }));
+        if self.last_used.elapsed() >= LEDGER_IDLE && self.conn.ping().await.is_err() {
+            // Dropped while idle (a server restart, a proxy's timeout):
+            // nothing was sent on it since, so a new one is as good.
+            self.conn = self.store.pool.acquire().await?;
+        }
+        self.last_used = std::time::Instant::now();
         let round = Round {
             campaign,
             worker,
@@ -1072,9 +1086,17 @@ impl Ledger {
         if claimed.exhausted || claimed.jobs.len() == want {
             return Ok(claimed);
         }
-        // Skipped rows made the claim short: claim the rest.
+        // Skipped rows made the claim short: claim the rest, in one
+        // transaction, so that a failure leaves only the rows above to give
+        // back (each claim statement would commit on its own).
         let left = want - claimed.jobs.len();
-        match claim(&mut self.conn, campaign, worker, left, now).await {
+        let rest = async {
+            let mut tx = begin_rows(&mut self.conn).await?;
+            let more = claim(&mut tx, campaign, worker, left, now).await?;
+            tx.commit().await?;
+            Ok::<_, super::Error>(more)
+        };
+        match rest.await {
             Ok(more) => {
                 claimed.exhausted = more.exhausted;
                 claimed.skipped += more.skipped;
