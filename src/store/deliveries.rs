@@ -1046,7 +1046,7 @@ impl Ledger {
 
     /// [`SENT_AND_CLAIM_SQL_PG`], then what it left: the whole round in a
     /// transaction when a delivered person has a bounce score to lower, or
-    /// more rows (in a statement of their own) when skipped rows made the
+    /// more rows (in a transaction of their own) when skipped rows made the
     /// claim short.
     async fn record_sent_and_claim(&mut self, round: Round<'_>) -> Result<Claimed> {
         let Round {
