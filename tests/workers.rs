@@ -472,19 +472,20 @@ async fn status_shows_the_live_workers() {
     sink.shutdown().await;
 }
 
-/// The dispatcher's round on PostgreSQL, through the store: a round of
-/// deliveries records them and claims in one statement, on the rows its
-/// worker holds only; a round that delivered to someone with a bounce score
-/// records, lowers the score and claims all the same; a claim that finds
-/// fewer due rows than asked says nothing more is due.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
-    use bulletin::store::deliveries::{Job, NewCampaign, Outcome};
-    if skipped("a_round_records_only_its_own_rows_lowers_scores_and_claims") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let setting = pg::db_named(dir.path(), "rounds").await;
+/// A fresh PostgreSQL database `name` (under `dir`) with list `news` of
+/// `n` subscribers `p{i}@example.net` and campaign `c` to it, queued:
+/// (the `db` setting, the store, the campaign's row).
+async fn campaign_queued_to(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+) -> (
+    String,
+    bulletin::store::Store,
+    bulletin::store::deliveries::CampaignRow,
+) {
+    use bulletin::store::deliveries::NewCampaign;
+    let setting = pg::db_named(dir, name).await;
     let store = bulletin::store::Store::open(pg::location(&setting))
         .await
         .unwrap();
@@ -493,7 +494,7 @@ async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
         .await
         .unwrap()
         .id;
-    for i in 0..6 {
+    for i in 0..n {
         let email = format!("p{i}@example.net");
         store
             .add_subscriber(&email, None, "news", "test", 1)
@@ -512,6 +513,22 @@ async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
     let id = store.insert_campaign(&new).await.unwrap();
     store.materialise(id, 1).await.unwrap();
     let c = store.campaign_by_id(id).await.unwrap().unwrap();
+    (setting, store, c)
+}
+
+/// The dispatcher's round on PostgreSQL, through the store: a round of
+/// deliveries records them and claims in one statement, on the rows its
+/// worker holds only; a round that delivered to someone with a bounce score
+/// records, lowers the score and claims all the same; a claim that finds
+/// fewer due rows than asked says nothing more is due.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
+    use bulletin::store::deliveries::{Job, Outcome};
+    if skipped("a_round_records_only_its_own_rows_lowers_scores_and_claims") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (setting, store, c) = campaign_queued_to(dir.path(), "rounds", 6).await;
     let (a, b) = ("h:1:a", "h:2:b");
     let first = store.record_and_claim(&c, a, 2, &[], 10).await.unwrap();
     let theirs = store.record_and_claim(&c, b, 1, &[], 10).await.unwrap();
@@ -610,39 +627,12 @@ async fn a_round_records_only_its_own_rows_lowers_scores_and_claims() {
 /// round; a held connection must not turn it into a failed run).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_round() {
-    use bulletin::store::deliveries::{NewCampaign, Outcome};
+    use bulletin::store::deliveries::Outcome;
     if skipped("the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_round") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let setting = pg::db_named(dir.path(), "idle").await;
-    let store = bulletin::store::Store::open(pg::location(&setting))
-        .await
-        .unwrap();
-    let list = store
-        .create_list("news", "News", "", false, false, 1)
-        .await
-        .unwrap()
-        .id;
-    for i in 0..3 {
-        let email = format!("p{i}@example.net");
-        store
-            .add_subscriber(&email, None, "news", "test", 1)
-            .await
-            .unwrap();
-    }
-    let new = NewCampaign {
-        slug: "c",
-        lists: &[list],
-        subject: "s",
-        compiled: "{}",
-        source_hash: "h",
-        send_at: 1,
-        now: 1,
-    };
-    let id = store.insert_campaign(&new).await.unwrap();
-    store.materialise(id, 1).await.unwrap();
-    let c = store.campaign_by_id(id).await.unwrap().unwrap();
+    let (setting, store, c) = campaign_queued_to(dir.path(), "idle", 3).await;
     let mut ledger = store.ledger().await.unwrap();
     let first = ledger
         .record_and_claim(&c, "h:1:a", 1, &[], 10)
