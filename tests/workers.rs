@@ -348,6 +348,19 @@ async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_polic
     sink.shutdown().await;
 }
 
+/// Has the server end every other connection to `raw`'s database, as a
+/// restart would; asserts (`what`) that there was one.
+async fn drop_the_other_connections(raw: &AnyPool, what: &str) {
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(raw)
+    .await
+    .unwrap();
+    assert!(dropped.iter().any(|d| *d), "{what}");
+}
+
 /// The ledger keeps one connection for its rounds (`Store::ledger`), so a
 /// connection the server drops mid-run is no longer replaced by the pool
 /// unseen: the round on it fails. Nothing may be lost for it: the outcomes
@@ -363,18 +376,8 @@ async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobo
     let worker = env.spawn_dispatch();
     sink.wait_for(200, Duration::from_secs(120)).await;
     let raw = env.raw().await;
-    let dropped: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(&raw)
-    .await
-    .unwrap();
+    drop_the_other_connections(&raw, "the dispatcher's connections were there to drop").await;
     raw.close().await;
-    assert!(
-        dropped.iter().any(|d| *d),
-        "the dispatcher's connections were there to drop"
-    );
     let first = finish(worker).await;
     let code = first.status.code();
     assert!(
@@ -641,17 +644,7 @@ async fn the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_r
     assert_eq!(first.jobs.len(), 1);
 
     let raw = crate::support::db::raw(pg::location(&setting)).await;
-    let dropped: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(&raw)
-    .await
-    .unwrap();
-    assert!(
-        dropped.iter().any(|d| *d),
-        "the ledger's connection was dropped"
-    );
+    drop_the_other_connections(&raw, "the ledger's connection was dropped").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let job = &first.jobs[0];
