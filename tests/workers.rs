@@ -672,3 +672,185 @@ async fn the_ledgers_connection_dropped_while_idle_is_replaced_before_its_next_r
     assert_eq!(status, "sent", "the outcome was recorded");
     raw.close().await;
 }
+
+/// `Outcome::Sent` for a claimed job, as a worker reports it.
+fn sent(
+    job: &bulletin::store::deliveries::Job,
+) -> (i64, i64, bulletin::store::deliveries::Outcome) {
+    let outcome = bulletin::store::deliveries::Outcome::Sent {
+        reply: "250 ok".into(),
+        message_id: format!("<{}@x>", job.delivery_id),
+    };
+    (job.delivery_id, job.subscriber_id, outcome)
+}
+
+/// The delivery ids of a claim, in the order handed out.
+fn ids(claimed: &bulletin::store::deliveries::Claimed) -> Vec<i64> {
+    claimed.jobs.iter().map(|j| j.delivery_id).collect()
+}
+
+/// A ledger's claims go on from the last row they took (the cursor that
+/// spares them the index entries of the rows sent so far), through both
+/// kinds of round (a round's transaction, and the one statement of a round
+/// of deliveries); a row given back behind the cursor is taken once
+/// nothing is left after it, before the pass is told nothing more is due;
+/// and every row is taken once.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_go_on_from_the_last_row_taken_and_come_back_for_rows_given_back() {
+    use bulletin::store::deliveries::Outcome;
+    if skipped("claims_go_on_from_the_last_row_taken_and_come_back_for_rows_given_back") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (setting, store, c) = campaign_queued_to(dir.path(), "cursor", 7).await;
+    let raw = crate::support::db::raw(pg::location(&setting)).await;
+    let d: Vec<i64> = sqlx::query_scalar("SELECT id FROM deliveries ORDER BY id")
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+    let w = "h:1:a";
+    let mut ledger = store.ledger().await.unwrap();
+
+    let first = ledger.record_and_claim(&c, w, 2, &[], 10).await.unwrap();
+    assert_eq!(ids(&first), [d[0], d[1]]);
+    // d0 given back (its worker went away), d1 sent: a round's transaction.
+    let back = (d[0], first.jobs[0].subscriber_id, Outcome::Unclaimed);
+    let outcomes = [back, sent(&first.jobs[1])];
+    let second = ledger
+        .record_and_claim(&c, w, 2, &outcomes, 11)
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), [d[2], d[3]], "on from d1, d0 waits");
+    // Deliveries only: the round's one statement.
+    let outcomes: Vec<_> = second.jobs.iter().map(sent).collect();
+    let third = ledger
+        .record_and_claim(&c, w, 2, &outcomes, 12)
+        .await
+        .unwrap();
+    assert_eq!(ids(&third), [d[4], d[5]], "on from d3, d0 waits");
+    let outcomes: Vec<_> = third.jobs.iter().map(sent).collect();
+    let fourth = ledger
+        .record_and_claim(&c, w, 2, &outcomes, 13)
+        .await
+        .unwrap();
+    assert_eq!(ids(&fourth), [d[6], d[0]], "after the last, back to d0");
+    assert!(!fourth.exhausted);
+    let outcomes: Vec<_> = fourth.jobs.iter().map(sent).collect();
+    let last = ledger
+        .record_and_claim(&c, w, 2, &outcomes, 14)
+        .await
+        .unwrap();
+    assert!(last.jobs.is_empty() && last.exhausted);
+
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT status, attempts, COUNT(*) FROM deliveries GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [("sent".to_string(), 1, 7)],
+        "each sent, each attempted once"
+    );
+    raw.close().await;
+}
+
+/// The index buffers a PostgreSQL claim's search for queued rows reads
+/// (its `deliveries_work` scan, in `EXPLAIN (ANALYZE, BUFFERS)`), run in a
+/// transaction rolled back.
+async fn queued_search_buffers(raw: &AnyPool, text: &str, binds: &[i64]) -> i64 {
+    let mut text = text.replace("{want}", "4");
+    for n in (1..=binds.len()).rev() {
+        text = text.replace(&format!("?{n}"), &format!("${n}"));
+    }
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS) {text}");
+    let mut tx = raw.begin().await.unwrap();
+    let mut q = sqlx::query_scalar::<_, String>(&explain);
+    for (n, value) in binds.iter().enumerate() {
+        // ?6, the worker, is text.
+        q = if n == 5 {
+            q.bind(value.to_string())
+        } else {
+            q.bind(*value)
+        };
+    }
+    let plan: Vec<String> = q.fetch_all(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    // Each node: its line ("->  Index Scan using …"), then its details.
+    let mut sum = 0;
+    for (i, line) in plan.iter().enumerate() {
+        if !line.contains("Index Scan using deliveries_work") {
+            continue;
+        }
+        let details: Vec<&String> = plan[i + 1..]
+            .iter()
+            .take_while(|l| !l.contains("->"))
+            .collect();
+        if !details
+            .iter()
+            .any(|l| l.contains("Index Cond") && l.contains("'queued'"))
+        {
+            continue;
+        }
+        let buffers = details
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Buffers: shared "))
+            .unwrap_or_else(|| panic!("no buffers in\n{}", plan.join("\n")));
+        for part in buffers.split_whitespace() {
+            if let Some(("hit" | "read", n)) = part.split_once('=') {
+                sum += n.parse::<i64>().unwrap();
+            }
+        }
+    }
+    assert!(sum > 0, "no search for queued rows in\n{}", plan.join("\n"));
+    sum
+}
+
+/// On PostgreSQL an update leaves the old index entry until vacuum, so a
+/// claim that searched for queued rows from the start would read the
+/// entries of every row sent so far; from the cursor it reads what a claim
+/// at the start of the campaign reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_from_the_cursor_reads_no_entries_of_rows_already_sent() {
+    use bulletin::store::deliveries::{CLAIM_AFTER_SQL_PG, CLAIM_SQL_PG};
+    if skipped("a_claim_from_the_cursor_reads_no_entries_of_rows_already_sent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (setting, _store, c) = campaign_queued_to(dir.path(), "cursor_cost", 1000).await;
+    let raw = crate::support::db::raw(pg::location(&setting)).await;
+    sqlx::query("ALTER TABLE deliveries SET (autovacuum_enabled = off)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let binds = |after: Option<i64>| {
+        let mut b = vec![c.id, c.list_id, 10, 4, 10, 0];
+        b.extend(after);
+        b
+    };
+    let at_start = queued_search_buffers(&raw, CLAIM_SQL_PG, &binds(None)).await;
+    let last_sent: i64 = sqlx::query_scalar(
+        "WITH s AS (UPDATE deliveries SET status = 'sent' WHERE id IN
+             (SELECT id FROM deliveries ORDER BY id LIMIT 900) RETURNING id)
+         SELECT MAX(id) FROM s",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    let from_start = queued_search_buffers(&raw, CLAIM_SQL_PG, &binds(None)).await;
+    let from_cursor =
+        queued_search_buffers(&raw, CLAIM_AFTER_SQL_PG, &binds(Some(last_sent))).await;
+    eprintln!(
+        "buffers: at the start {at_start}, after 900 sent from the start {from_start}, from the cursor {from_cursor}"
+    );
+    assert!(
+        from_start >= at_start + 5,
+        "the sent rows' entries are read from the start: {from_start} against {at_start}"
+    );
+    assert!(
+        from_cursor <= at_start + 1,
+        "from the cursor: {from_cursor} against {at_start} at the start"
+    );
+    raw.close().await;
+}

@@ -666,13 +666,15 @@ macro_rules! other_list_sql {
 /// the text ([`with_want`]), because the planner takes a parameter limit
 /// for a tenth of the campaign, so it would plan the statement afresh at
 /// every execution rather than keep one plan. `$gate` is a further
-/// condition on the due rows ([`SENT_AND_CLAIM_SQL_PG`]'s). `$materialized` is
+/// condition on the due rows ([`SENT_AND_CLAIM_SQL_PG`]'s). `$after` is a
+/// further condition on the queued rows: where the search starts
+/// ([`CLAIM_AFTER_SQL_PG`]). `$materialized` is
 /// ` MATERIALIZED` on PostgreSQL, which otherwise writes the check's
 /// subqueries out again at every reference to `checked` and `verdict` and
 /// plans and runs each copy. `$returning` is what the statement hands back
 /// ([`CLAIM_SQL`], [`CLAIM_SQL_PG`]).
 macro_rules! claim_sql {
-    ($with:literal, $limit:literal, $gate:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
+    ($with:literal, $limit:literal, $gate:literal, $after:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
         concat!(
     $with, "due(id) AS (
          SELECT id FROM (SELECT id FROM deliveries
@@ -680,7 +682,7 @@ macro_rules! claim_sql {
              ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS retries
          UNION ALL
          SELECT id FROM (SELECT id FROM deliveries
-             WHERE campaign_id = ?1 AND status = 'queued'", $gate, "
+             WHERE campaign_id = ?1 AND status = 'queued'", $gate, $after, "
              ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS firsts
          LIMIT ?4),
      home(id, subscriber_id, list_id) AS (
@@ -731,6 +733,7 @@ pub const CLAIM_SQL: &str = claim_sql!(
     "",
     "",
     "",
+    "",
     concat!(
         "\n     ",
         mark_claimed_sql!(),
@@ -743,11 +746,12 @@ pub const CLAIM_SQL: &str = claim_sql!(
 /// (one round trip, no second plan over a list of ids). Rows: delivery_id,
 /// status, subscriber_id, list_id, attempts, email, name, attributes.
 macro_rules! claim_body_pg {
-    ($gate:literal) => {
+    ($gate:literal, $after:literal) => {
         claim_sql!(
             "",
             "{want}",
             $gate,
+            $after,
             " FOR UPDATE SKIP LOCKED",
             " MATERIALIZED",
             concat!(
@@ -765,7 +769,24 @@ macro_rules! claim_body_pg {
 
 /// The claim on PostgreSQL ([`claim_body_pg!`]); `{want}` is replaced
 /// by [`with_want`].
-pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!(""));
+pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!("", ""));
+
+/// [`CLAIM_SQL_PG`] from a cursor: the search for queued rows starts after
+/// the last row the worker's previous claim took (`?7`; `?8` in
+/// [`SENT_AND_CLAIM_AFTER_SQL_PG`]). An update leaves the row's old index
+/// entry in place until vacuum, so without it every claim would walk past
+/// the entries of all the rows sent so far (dead, but still read) to reach
+/// the next queued one: a claim's cost would grow with the rows sent,
+/// where SQLite, which replaces index entries in place, has none to walk.
+/// Only rows with no time, as queued rows are (rows queued again by the
+/// in-flight policy keep theirs), and only a hint: a search that finds
+/// nothing after the cursor searches again from the start ([`claim`],
+/// [`Ledger`]), so a row given back behind it is sent before the pass
+/// ends, only later than in order.
+pub const CLAIM_AFTER_SQL_PG: &str = concat!(
+    "WITH ",
+    claim_body_pg!("", " AND next_attempt_at IS NULL AND id > ?7")
+);
 
 /// A PostgreSQL claim's text with its limit written in: one text, so one
 /// plan kept by the server, per number of rows asked for (at most the
@@ -783,8 +804,10 @@ fn with_want(text: &str, want: usize) -> String {
 /// and a row with status `blocked` says so, for the round's transaction to
 /// do both. `?7` is a JSON array of [delivery id, reply, message id]: one
 /// text, whatever the number of outcomes.
-const SENT_AND_CLAIM_SQL_PG: &str = concat!(
-    "WITH v(id, reply, mid) AS (
+macro_rules! sent_and_claim_pg {
+    ($after:literal) => {
+        concat!(
+            "WITH v(id, reply, mid) AS (
          SELECT CAST(j.value ->> 0 AS BIGINT), j.value ->> 1, j.value ->> 2
          FROM json_array_elements(CAST(?7 AS json)) j),
      scored(blocked) AS (SELECT 1 FROM v JOIN deliveries d ON d.id = v.id
@@ -794,10 +817,20 @@ const SENT_AND_CLAIM_SQL_PG: &str = concat!(
          FROM v WHERE deliveries.id = v.id AND deliveries.worker_id = ?6
              AND NOT EXISTS (SELECT 1 FROM scored)),
      ",
-    claim_body_pg!(" AND NOT EXISTS (SELECT 1 FROM scored)"),
-    "
+            claim_body_pg!(" AND NOT EXISTS (SELECT 1 FROM scored)", $after),
+            "
      UNION ALL SELECT NULL, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL FROM scored"
-);
+        )
+    };
+}
+
+/// The round of [`sent_and_claim_pg!`], its claim as [`CLAIM_SQL_PG`].
+const SENT_AND_CLAIM_SQL_PG: &str = sent_and_claim_pg!("");
+
+/// The round of [`sent_and_claim_pg!`], its claim from the cursor `?8`, as
+/// [`CLAIM_AFTER_SQL_PG`].
+const SENT_AND_CLAIM_AFTER_SQL_PG: &str =
+    sent_and_claim_pg!(" AND next_attempt_at IS NULL AND id > ?8");
 
 /// [`other_list_sql!`] as text, for documentation and tests.
 pub const OTHER_LIST_SQL: &str = other_list_sql!();
@@ -808,42 +841,71 @@ const CLAIMED_JOBS_SQL: &str = "SELECT d.id AS delivery_id, d.subscriber_id, d.l
      FROM json_each(?1) j JOIN deliveries d ON d.id = j.value \
      JOIN subscribers s ON s.id = d.subscriber_id";
 
+/// What one claim statement took: the jobs, how many rows it skipped, and
+/// the highest delivery id among both (the next search's cursor on
+/// PostgreSQL, [`CLAIM_AFTER_SQL_PG`]).
+#[derive(Default)]
+struct Taken {
+    jobs: Vec<Job>,
+    skipped: u64,
+    last: Option<i64>,
+}
+
+impl Taken {
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.skipped == 0
+    }
+}
+
 /// Claims up to `want` due rows for `worker` on the caller's connection,
 /// in its transaction if it has one (see [`CLAIM_SQL`]); rows skipped
-/// along the way do not count against `want`.
+/// along the way do not count against `want`. On PostgreSQL the search
+/// for queued rows starts after `after` when it is not 0, and from the
+/// start once nothing is left after it; `after` moves to the last row
+/// taken ([`CLAIM_AFTER_SQL_PG`]). SQLite always searches from the start.
 async fn claim(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
     worker: &str,
     want: usize,
     now: i64,
+    after: &mut i64,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
     while claimed.jobs.len() < want {
         let left = want - claimed.jobs.len();
-        let (jobs, skipped) = match Engine::of_connection(tx) {
+        let from = *after;
+        let taken = match Engine::of_connection(tx) {
             Engine::Sqlite => claim_sqlite(tx, campaign, worker, left, now).await?,
-            Engine::Postgres => claim_postgres(tx, campaign, worker, left, now).await?,
+            Engine::Postgres => claim_postgres(tx, campaign, worker, left, now, from).await?,
         };
-        if jobs.is_empty() && skipped == 0 {
+        if let Some(last) = taken.last {
+            *after = last;
+        }
+        if taken.is_empty() {
+            if from != 0 {
+                // Nothing after the cursor: rows given back behind it.
+                *after = 0;
+                continue;
+            }
             claimed.exhausted = true;
             break;
         }
-        claimed.jobs.extend(jobs);
-        claimed.skipped += skipped;
+        claimed.jobs.extend(taken.jobs);
+        claimed.skipped += taken.skipped;
     }
     Ok(claimed)
 }
 
 /// One claim statement on SQLite, then the recipients of the rows it marked
-/// `sending`: (jobs, rows skipped).
+/// `sending`.
 async fn claim_sqlite(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
     worker: &str,
     want: usize,
     now: i64,
-) -> Result<(Vec<Job>, u64)> {
+) -> Result<Taken> {
     let rows = claim_query(CLAIM_SQL, campaign, worker, want, now)
         .fetch_all(&mut *tx)
         .await?;
@@ -852,8 +914,12 @@ async fn claim_sqlite(
         .map(|r| Ok((r.try_get("id")?, r.try_get("status")?)))
         .collect::<sqlx::Result<_>>()?;
     let (sending, skipped): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, s)| s == "sending");
+    let skipped = skipped.len() as u64;
     if sending.is_empty() {
-        return Ok((Vec::new(), skipped.len() as u64));
+        return Ok(Taken {
+            skipped,
+            ..Taken::default()
+        });
     }
     let ids: Vec<i64> = sending.into_iter().map(|(id, _)| id).collect();
     let ids = serde_json::to_string(&ids).expect("ids serialise");
@@ -861,24 +927,36 @@ async fn claim_sqlite(
         .bind(ids)
         .fetch_all(&mut *tx)
         .await?;
-    Ok((jobs, skipped.len() as u64))
+    Ok(Taken {
+        jobs,
+        skipped,
+        last: None,
+    })
 }
 
-/// One claim statement on PostgreSQL, which reads the recipients too:
-/// (jobs, rows skipped).
+/// One claim statement on PostgreSQL, which reads the recipients too,
+/// from the cursor `after` unless it is 0.
 async fn claim_postgres(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
     worker: &str,
     want: usize,
     now: i64,
-) -> Result<(Vec<Job>, u64)> {
-    let text = with_want(CLAIM_SQL_PG, want);
-    let rows = claim_query(&text, campaign, worker, want, now)
-        .fetch_all(&mut *tx)
-        .await?;
-    let (jobs, skipped, _) = read_claim_pg(&rows)?;
-    Ok((jobs, skipped))
+    after: i64,
+) -> Result<Taken> {
+    let text = if after == 0 {
+        CLAIM_SQL_PG
+    } else {
+        CLAIM_AFTER_SQL_PG
+    };
+    let text = with_want(text, want);
+    let mut q = claim_query(&text, campaign, worker, want, now);
+    if after != 0 {
+        q = q.bind(after);
+    }
+    let rows = q.fetch_all(&mut *tx).await?;
+    let (taken, _) = read_claim_pg(&rows)?;
+    Ok(taken)
 }
 
 /// A claim statement ([`claim_sql!`]) with its parameters bound: `?1` the
@@ -900,20 +978,30 @@ fn claim_query<'q>(
         .bind(worker)
 }
 
-/// The rows of [`CLAIM_SQL_PG`] or [`SENT_AND_CLAIM_SQL_PG`]: (jobs, rows
-/// skipped, whether the outcomes were left unrecorded).
-fn read_claim_pg(rows: &[AnyRow]) -> Result<(Vec<Job>, u64, bool)> {
-    let mut jobs = Vec::with_capacity(rows.len());
-    let (mut skipped, mut blocked) = (0, false);
+/// The rows of [`CLAIM_SQL_PG`] or [`SENT_AND_CLAIM_SQL_PG`] (or their
+/// cursor forms): what they took, and whether the outcomes were left
+/// unrecorded.
+fn read_claim_pg(rows: &[AnyRow]) -> Result<(Taken, bool)> {
+    let mut taken = Taken {
+        jobs: Vec::with_capacity(rows.len()),
+        ..Taken::default()
+    };
+    let mut blocked = false;
     for row in rows {
         let status: String = row.try_get("status")?;
-        match status.as_str() {
-            "sending" => jobs.push(Job::from_row(row)?),
-            "blocked" => blocked = true,
-            _ => skipped += 1,
+        if status == "blocked" {
+            blocked = true;
+            continue;
+        }
+        let id: i64 = row.try_get("delivery_id")?;
+        taken.last = taken.last.max(Some(id));
+        if status == "sending" {
+            taken.jobs.push(Job::from_row(row)?);
+        } else {
+            taken.skipped += 1;
         }
     }
-    Ok((jobs, skipped, blocked))
+    Ok((taken, blocked))
 }
 
 /// One round of [`Ledger::record_and_claim`], as its private steps
@@ -967,10 +1055,15 @@ pub enum Outcome {
 /// it is taken and again when it is given back. The held connection is
 /// tested only after it sat idle for [`LEDGER_IDLE`] (a slow `rate`, slow
 /// servers), when the server may have dropped it, and replaced if so.
+/// It also keeps where its next claim's search starts
+/// ([`CLAIM_AFTER_SQL_PG`]).
 pub struct Ledger {
     store: super::Store,
     conn: sqlx::pool::PoolConnection<sqlx::Any>,
     last_used: std::time::Instant,
+    /// The last row this ledger's claims took (0: none yet, or search
+    /// from the start).
+    after: i64,
 }
 
 /// How long the ledger's connection may sit idle before a round tests it.
@@ -983,6 +1076,7 @@ impl super::Store {
             store: self.clone(),
             conn: self.pool.acquire().await?,
             last_used: std::time::Instant::now(),
+            after: 0,
         })
     }
 
@@ -1066,33 +1160,49 @@ impl Ledger {
             })
             .collect();
         let sent = serde_json::to_string(&sent).expect("outcomes serialise");
-        let text = with_want(SENT_AND_CLAIM_SQL_PG, want);
-        let rows = claim_query(&text, campaign, worker, want, now)
-            .bind(sent)
-            .fetch_all(&mut *self.conn)
-            .await?;
-        let (jobs, skipped, unrecorded) = read_claim_pg(&rows)?;
+        let from = self.after;
+        let text = if from == 0 {
+            SENT_AND_CLAIM_SQL_PG
+        } else {
+            SENT_AND_CLAIM_AFTER_SQL_PG
+        };
+        let text = with_want(text, want);
+        let mut q = claim_query(&text, campaign, worker, want, now).bind(sent);
+        if from != 0 {
+            q = q.bind(from);
+        }
+        let rows = q.fetch_all(&mut *self.conn).await?;
+        let (taken, unrecorded) = read_claim_pg(&rows)?;
         if unrecorded {
             // Nothing was recorded or claimed: the round's transaction does both.
             return self.record_and_claim_in_transaction(round).await;
         }
+        if let Some(last) = taken.last {
+            self.after = last;
+        }
+        // The claim hands out fewer rows than asked only when no more are
+        // due (or free to take) after where it started.
+        let short = taken.jobs.len() + (taken.skipped as usize) < want;
         let mut claimed = Claimed {
-            // The claim hands out fewer rows than asked only when no more
-            // are due (or free to take).
-            exhausted: jobs.len() + (skipped as usize) < want,
-            jobs,
-            skipped,
+            exhausted: short && from == 0,
+            jobs: taken.jobs,
+            skipped: taken.skipped,
         };
         if claimed.exhausted || claimed.jobs.len() == want {
             return Ok(claimed);
         }
-        // Skipped rows made the claim short: claim the rest, in one
-        // transaction, so that a failure leaves only the rows above to give
-        // back (each claim statement would commit on its own).
+        if short {
+            // Nothing after the cursor: the rest searches from the start.
+            self.after = 0;
+        }
+        // Skipped rows (or the cursor) made the claim short: claim the
+        // rest, in one transaction, so that a failure leaves only the rows
+        // above to give back (each claim statement would commit on its own).
         let left = want - claimed.jobs.len();
+        let (conn, after) = (&mut self.conn, &mut self.after);
         let rest = async {
-            let mut tx = begin_rows(&mut self.conn).await?;
-            let more = claim(&mut tx, campaign, worker, left, now).await?;
+            let mut tx = begin_rows(conn).await?;
+            let more = claim(&mut tx, campaign, worker, left, now, after).await?;
             tx.commit().await?;
             Ok::<_, super::Error>(more)
         };
@@ -1164,7 +1274,7 @@ impl Ledger {
         let claimed = if want == 0 {
             Claimed::default()
         } else {
-            claim(&mut tx, campaign, worker, want, now).await?
+            claim(&mut tx, campaign, worker, want, now, &mut self.after).await?
         };
         tx.commit().await?;
         Ok(claimed)
