@@ -22,17 +22,31 @@ use lettre::message::{Mailbox, MultiPart};
 use crate::render::Personalised;
 
 /// Errors building a message: an address or header that cannot be encoded.
+/// Each says it all in its own words (a delivery records them as its reply),
+/// so none has a source that `{:#}` would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid address {address:?}: {source}")]
+    #[error("invalid address {address:?}: {reason}")]
     Address {
         address: String,
-        source: lettre::address::AddressError,
+        reason: lettre::address::AddressError,
     },
     #[error("message: {0}")]
-    Message(#[from] lettre::error::Error),
+    Message(lettre::error::Error),
     #[error("dkim: {0}")]
-    Dkim(#[from] crate::dkim::Error),
+    Dkim(crate::dkim::Error),
+}
+
+impl From<lettre::error::Error> for Error {
+    fn from(e: lettre::error::Error) -> Self {
+        Error::Message(e)
+    }
+}
+
+impl From<crate::dkim::Error> for Error {
+    fn from(e: crate::dkim::Error) -> Self {
+        Error::Dkim(e)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -120,9 +134,9 @@ fn mailbox(text: &str) -> Result<Mailbox> {
 fn address(text: &str) -> Result<Address> {
     ascii_domain(text.trim())
         .parse()
-        .map_err(|source| Error::Address {
+        .map_err(|reason| Error::Address {
             address: text.escape_debug().to_string(),
-            source,
+            reason,
         })
 }
 

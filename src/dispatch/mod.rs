@@ -77,7 +77,8 @@ pub enum Error {
     BadUrl { url: String, why: String },
     #[error("outbox: {0}")]
     Outbox(String),
-    #[error("message: {0}")]
+    /// The composer's words as they are (they name what failed).
+    #[error(transparent)]
     Compose(#[from] compose::Error),
     /// Shown with its source (`{:#}`, as `main` prints errors): the store's
     /// words follow once.
@@ -1483,6 +1484,37 @@ mod tests {
             format!("{e:#}"),
             "database: the database server cannot be reached: connection refused"
         );
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_built_reads_once_in_the_chain() {
+        let bad = crate::compose::Headers {
+            from: "not an address",
+            reply_to: None,
+            to_email: "ann@example.net",
+            to_name: "Ann",
+            date: SystemTime::UNIX_EPOCH,
+            message_id: "m@example.org",
+            list_id: None,
+            unsubscribe_url: None,
+            unsubscribe_mailto: None,
+            return_path: None,
+            test: false,
+            feedback_id: None,
+        };
+        let e = compose::message(&bad, &Personalised::default()).unwrap_err();
+        let recorded = Error::Compose(e).to_string();
+        assert!(
+            recorded.starts_with("invalid address \"not an address\": "),
+            "{recorded}"
+        );
+        let shown = format!(
+            "{:#}",
+            anyhow::Error::new(Error::Compose(
+                compose::message(&bad, &Personalised::default()).unwrap_err(),
+            ))
+        );
+        assert_eq!(shown, recorded, "the chain adds nothing to the words");
     }
 
     #[test]
