@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Location;
+use crate::store::{DbPassword, Location};
 
 /// Errors while finding, reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -543,9 +543,9 @@ impl Config {
             (file.db.clone().map(rel_db), "db", path.as_deref()),
             rel("bulletin.db".into()),
         );
-        let db_password_source = DbPassword::of(&db, env("BULLETIN_DB_PASSWORD").as_deref());
-        let db = Location::parse(&db, env("BULLETIN_DB_PASSWORD").as_deref())
-            .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
+        let (db, db_password_source) =
+            Location::parse_with_password(&db, env("BULLETIN_DB_PASSWORD").as_deref())
+                .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
         // A password may come from the environment or a flag, never the file.
         if matches!(db_source, Source::File { .. })
             && file
@@ -751,37 +751,6 @@ pub fn domain_of(mailbox: &str) -> Option<String> {
         .map(|(_, rest)| rest.trim_end_matches('>').trim())
         .unwrap_or(mailbox.trim());
     addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
-}
-
-/// Where a PostgreSQL `db` URL's password comes from: the URL's own wins
-/// over `BULLETIN_DB_PASSWORD` (`Location::parse`). Says which, never what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbPassword {
-    /// The URL carries it (`--db` or `BULLETIN_DB`: the file refuses one),
-    /// as `user:PASSWORD@` or `?password=`.
-    Url,
-    /// `BULLETIN_DB_PASSWORD`, for a URL without one.
-    Env,
-    /// Neither (or `db` is a SQLite file).
-    Missing,
-}
-
-impl DbPassword {
-    fn of(db: &Path, env_password: Option<&str>) -> DbPassword {
-        let text = db.to_string_lossy();
-        if !Location::is_url(db) {
-            return DbPassword::Missing;
-        }
-        let in_url = match url::Url::parse(&text) {
-            Ok(url) => url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password"),
-            Err(_) => url_has_password(&text),
-        };
-        match (in_url, env_password.is_some_and(|p| !p.is_empty())) {
-            (true, _) => DbPassword::Url,
-            (false, true) => DbPassword::Env,
-            (false, false) => DbPassword::Missing,
-        }
-    }
 }
 
 fn url_has_password(url: &str) -> bool {

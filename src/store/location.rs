@@ -28,15 +28,37 @@ pub enum Error {
     BadUrl { shown: String, why: String },
 }
 
+/// Where a PostgreSQL `db` URL's password comes from
+/// ([`Location::parse_with_password`]). Says which, never what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbPassword {
+    /// The URL carries it (`--db` or `BULLETIN_DB`: a config file refuses
+    /// one), as `user:PASSWORD@` or `?password=`.
+    Url,
+    /// `BULLETIN_DB_PASSWORD`, for a URL without one.
+    Env,
+    /// Neither (or `db` is a SQLite file).
+    Missing,
+}
+
 impl Location {
     /// Reads a `db` value: `postgres://` or `postgresql://` selects
     /// PostgreSQL (its password from the URL or `password`, which comes from
     /// `BULLETIN_DB_PASSWORD`), any other `scheme://` is refused, and
     /// anything else is the path of a SQLite file.
     pub fn parse(value: &Path, password: Option<&str>) -> Result<Location, Error> {
+        Self::parse_with_password(value, password).map(|(location, _)| location)
+    }
+
+    /// [`Location::parse`], and where the password came from: the URL's own
+    /// (`user:password@` or `?password=`) wins over `password`.
+    pub fn parse_with_password(
+        value: &Path,
+        password: Option<&str>,
+    ) -> Result<(Location, DbPassword), Error> {
         let text = value.to_string_lossy();
         let Some(scheme) = url_scheme(&text) else {
-            return Ok(Location::File(value.to_path_buf()));
+            return Ok((Location::File(value.to_path_buf()), DbPassword::Missing));
         };
         if scheme != "postgres" && scheme != "postgresql" {
             return Err(Error::Scheme {
@@ -57,13 +79,17 @@ impl Location {
                 "no database name after the host (postgres://user@host/dbname)",
             ));
         }
-        if url.password().is_none()
-            && let Some(password) = password.filter(|p| !p.is_empty())
-        {
-            url.set_password(Some(password))
-                .map_err(|()| bad("cannot carry a password"))?;
-        }
-        Ok(Location::Postgres(url))
+        let in_url = url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password");
+        let from = match password.filter(|p| !p.is_empty()) {
+            _ if in_url => DbPassword::Url,
+            Some(password) => {
+                url.set_password(Some(password))
+                    .map_err(|()| bad("cannot carry a password"))?;
+                DbPassword::Env
+            }
+            None => DbPassword::Missing,
+        };
+        Ok((Location::Postgres(url), from))
     }
 
     /// True for a value that [`Location::parse`] reads as a URL: relative
@@ -176,6 +202,41 @@ mod tests {
             panic!()
         };
         assert_eq!(url.password(), Some("inurl"), "the URL's own password wins");
+    }
+
+    #[test]
+    fn the_password_comes_from_the_url_before_the_environment() {
+        for (db, given, from, userinfo) in [
+            (
+                "postgres://u@h/d",
+                Some("env"),
+                DbPassword::Env,
+                Some("env"),
+            ),
+            (
+                "postgres://u:own@h/d",
+                Some("env"),
+                DbPassword::Url,
+                Some("own"),
+            ),
+            (
+                "postgres://u@h/d?password=q",
+                Some("env"),
+                DbPassword::Url,
+                None,
+            ),
+            ("postgres://u@h/d", Some(""), DbPassword::Missing, None),
+            ("postgres://u@h/d", None, DbPassword::Missing, None),
+            ("b.db", Some("env"), DbPassword::Missing, None),
+        ] {
+            let (location, said) = Location::parse_with_password(Path::new(db), given).unwrap();
+            assert_eq!(said, from, "{db} with {given:?}");
+            let password = match &location {
+                Location::Postgres(url) => url.password(),
+                Location::File(_) => None,
+            };
+            assert_eq!(password, userinfo, "{db} with {given:?}");
+        }
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub use import::{
     Consent, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport, Left, RowError, Skipped,
 };
 pub use lists::{List, ListChanges, ListCounts, ListsAudience, RemovedList};
-pub use location::Location;
+pub use location::{DbPassword, Location};
 pub use probe::{Probe, probe};
 pub use runs::RunTransport;
 pub use sql::Engine;
