@@ -684,6 +684,21 @@ fn sent(
     (job.delivery_id, job.subscriber_id, outcome)
 }
 
+/// A round of worker `h:1:a`: every job of `claimed` delivered, two more
+/// rows claimed.
+async fn deliver_and_claim(
+    ledger: &mut bulletin::store::deliveries::Ledger,
+    c: &bulletin::store::deliveries::CampaignRow,
+    claimed: &bulletin::store::deliveries::Claimed,
+    now: i64,
+) -> bulletin::store::deliveries::Claimed {
+    let outcomes: Vec<_> = claimed.jobs.iter().map(sent).collect();
+    ledger
+        .record_and_claim(c, "h:1:a", 2, &outcomes, now)
+        .await
+        .unwrap()
+}
+
 /// The delivery ids of a claim, in the order handed out.
 fn ids(claimed: &bulletin::store::deliveries::Claimed) -> Vec<i64> {
     claimed.jobs.iter().map(|j| j.delivery_id).collect()
@@ -722,24 +737,12 @@ async fn claims_go_on_from_the_last_row_taken_and_come_back_for_rows_given_back(
         .unwrap();
     assert_eq!(ids(&second), [d[2], d[3]], "on from d1, d0 waits");
     // Deliveries only: the round's one statement.
-    let outcomes: Vec<_> = second.jobs.iter().map(sent).collect();
-    let third = ledger
-        .record_and_claim(&c, w, 2, &outcomes, 12)
-        .await
-        .unwrap();
+    let third = deliver_and_claim(&mut ledger, &c, &second, 12).await;
     assert_eq!(ids(&third), [d[4], d[5]], "on from d3, d0 waits");
-    let outcomes: Vec<_> = third.jobs.iter().map(sent).collect();
-    let fourth = ledger
-        .record_and_claim(&c, w, 2, &outcomes, 13)
-        .await
-        .unwrap();
+    let fourth = deliver_and_claim(&mut ledger, &c, &third, 13).await;
     assert_eq!(ids(&fourth), [d[6], d[0]], "after the last, back to d0");
     assert!(!fourth.exhausted);
-    let outcomes: Vec<_> = fourth.jobs.iter().map(sent).collect();
-    let last = ledger
-        .record_and_claim(&c, w, 2, &outcomes, 14)
-        .await
-        .unwrap();
+    let last = deliver_and_claim(&mut ledger, &c, &fourth, 14).await;
     assert!(last.jobs.is_empty() && last.exhausted);
 
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
