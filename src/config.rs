@@ -546,13 +546,9 @@ impl Config {
         let (db, db_password_source) =
             Location::parse_with_password(&db, env("BULLETIN_DB_PASSWORD").as_deref())
                 .map_err(|e| Error::Invalid(format!("database (set by {db_source}): {e}")))?;
-        // A password may come from the environment or a flag, never the file.
-        if matches!(db_source, Source::File { .. })
-            && file
-                .db
-                .as_deref()
-                .is_some_and(|d| url_has_password(&d.to_string_lossy()))
-        {
+        // A password may come from the environment or a flag, never the
+        // file, in either form (`user:password@`, `?password=`).
+        if matches!(db_source, Source::File { .. }) && db_password_source == DbPassword::Url {
             return Err(Error::Invalid(format!(
                 "{}: db carries a password; put it in BULLETIN_DB_PASSWORD instead",
                 path.as_deref().unwrap_or(Path::new("config")).display()
@@ -1317,6 +1313,18 @@ mod tests {
         let (_dir, _path, flags) = config_file("[smtp]\nurl = \"smtp://u:secret@host\"\n");
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("BULLETIN_SMTP_PASSWORD"), "{err}");
+        for db in [
+            "postgres://u:secret@h/d",
+            "postgres://u@h/d?password=secret",
+        ] {
+            let (_dir, _path, flags) = config_file(&format!("db = \"{db}\"\n"));
+            let err = load(&flags, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("db carries a password") && err.contains("BULLETIN_DB_PASSWORD"),
+                "{db}: {err}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

@@ -676,12 +676,12 @@ macro_rules! other_list_sql {
 macro_rules! claim_sql {
     ($with:literal, $limit:literal, $gate:literal, $after:literal, $lock:literal, $materialized:literal, $($returning:tt)*) => {
         concat!(
-    $with, "due(id) AS (
-         SELECT id FROM (SELECT id FROM deliveries
+    $with, "due(id, first) AS (
+         SELECT id, 0 FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'deferred' AND next_attempt_at <= ?3", $gate, "
              ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS retries
          UNION ALL
-         SELECT id FROM (SELECT id FROM deliveries
+         SELECT id, 1 FROM (SELECT id FROM deliveries
              WHERE campaign_id = ?1 AND status = 'queued'", $gate, $after, "
              ORDER BY next_attempt_at, id LIMIT ", $limit, $lock, ") AS firsts
          LIMIT ?4),
@@ -760,7 +760,8 @@ macro_rules! claim_body_pg {
                 " RETURNING deliveries.id, deliveries.status, deliveries.subscriber_id,
                      deliveries.list_id, deliveries.attempts)
              SELECT c.id AS delivery_id, c.status, c.subscriber_id, c.list_id, c.attempts,
-                 s.email, s.name, s.attributes
+                 s.email, s.name, s.attributes,
+                 (SELECT MAX(id) FROM due WHERE first = 1) AS last_first
              FROM claimed c LEFT JOIN subscribers s ON s.id = c.subscriber_id"
             )
         )
@@ -772,8 +773,9 @@ macro_rules! claim_body_pg {
 pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!("", ""));
 
 /// [`CLAIM_SQL_PG`] from a cursor: the search for queued rows starts after
-/// the last row the worker's previous claim took (`?7`; `?8` in
-/// [`SENT_AND_CLAIM_AFTER_SQL_PG`]). An update leaves the row's old index
+/// the highest queued row the ledger's claims took (`?7`; `?8` in
+/// [`SENT_AND_CLAIM_AFTER_SQL_PG`]; the statement returns it as
+/// `last_first`; retries, found by their time, do not move it). An update leaves the row's old index
 /// entry in place until vacuum, so without it every claim would walk past
 /// the entries of all the rows sent so far (dead, but still read) to reach
 /// the next queued one: a claim's cost would grow with the rows sent,
@@ -781,8 +783,10 @@ pub const CLAIM_SQL_PG: &str = concat!("WITH ", claim_body_pg!("", ""));
 /// Only rows with no time, as queued rows are (rows queued again by the
 /// in-flight policy keep theirs), and only a hint: a search that finds
 /// nothing after the cursor searches again from the start ([`claim`],
-/// [`Ledger`]), so a row given back behind it is sent before the pass
-/// ends, only later than in order.
+/// [`Ledger`]), so a row given back behind it (or settled back to the
+/// queue after a dead worker) is sent before the pass ends, but only once
+/// the rows after the cursor are used up: on a large campaign, hours later
+/// than in order.
 pub const CLAIM_AFTER_SQL_PG: &str = concat!(
     "WITH ",
     claim_body_pg!("", " AND next_attempt_at IS NULL AND id > ?7")
@@ -819,7 +823,7 @@ macro_rules! sent_and_claim_pg {
      ",
             claim_body_pg!(" AND NOT EXISTS (SELECT 1 FROM scored)", $after),
             "
-     UNION ALL SELECT NULL, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL FROM scored"
+     UNION ALL SELECT NULL, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM scored"
         )
     };
 }
@@ -842,13 +846,13 @@ const CLAIMED_JOBS_SQL: &str = "SELECT d.id AS delivery_id, d.subscriber_id, d.l
      JOIN subscribers s ON s.id = d.subscriber_id";
 
 /// What one claim statement took: the jobs, how many rows it skipped, and
-/// the highest delivery id among both (the next search's cursor on
-/// PostgreSQL, [`CLAIM_AFTER_SQL_PG`]).
+/// on PostgreSQL the highest id its search for queued rows took (taken or
+/// skipped; not a retry's), which moves the cursor ([`CLAIM_AFTER_SQL_PG`]).
 #[derive(Default)]
 struct Taken {
     jobs: Vec<Job>,
     skipped: u64,
-    last: Option<i64>,
+    last_first: Option<i64>,
 }
 
 impl Taken {
@@ -859,33 +863,32 @@ impl Taken {
 
 /// Claims up to `want` due rows for `worker` on the caller's connection,
 /// in its transaction if it has one (see [`CLAIM_SQL`]); rows skipped
-/// along the way do not count against `want`. On PostgreSQL the search
-/// for queued rows starts after `after` when it is not 0, and from the
-/// start once nothing is left after it; `after` moves to the last row
-/// taken ([`CLAIM_AFTER_SQL_PG`]). SQLite always searches from the start.
+/// along the way do not count against `want`. On PostgreSQL the first
+/// search for queued rows starts after `from` when it is not 0, and any
+/// later one from the start once nothing is left after it; `cursor`, the
+/// highest queued row the ledger's claims took, moves up with each
+/// ([`CLAIM_AFTER_SQL_PG`]). SQLite always searches from the start.
 async fn claim(
     tx: &mut AnyConnection,
     campaign: &CampaignRow,
     worker: &str,
     want: usize,
     now: i64,
-    after: &mut i64,
+    cursor: &mut i64,
+    mut from: i64,
 ) -> Result<Claimed> {
     let mut claimed = Claimed::default();
     while claimed.jobs.len() < want {
         let left = want - claimed.jobs.len();
-        let from = *after;
         let taken = match Engine::of_connection(tx) {
             Engine::Sqlite => claim_sqlite(tx, campaign, worker, left, now).await?,
             Engine::Postgres => claim_postgres(tx, campaign, worker, left, now, from).await?,
         };
-        if let Some(last) = taken.last {
-            *after = last;
-        }
+        *cursor = (*cursor).max(taken.last_first.unwrap_or(0));
         if taken.is_empty() {
             if from != 0 {
                 // Nothing after the cursor: rows given back behind it.
-                *after = 0;
+                from = 0;
                 continue;
             }
             claimed.exhausted = true;
@@ -930,7 +933,7 @@ async fn claim_sqlite(
     Ok(Taken {
         jobs,
         skipped,
-        last: None,
+        last_first: None,
     })
 }
 
@@ -993,8 +996,7 @@ fn read_claim_pg(rows: &[AnyRow]) -> Result<(Taken, bool)> {
             blocked = true;
             continue;
         }
-        let id: i64 = row.try_get("delivery_id")?;
-        taken.last = taken.last.max(Some(id));
+        taken.last_first = row.try_get("last_first")?;
         if status == "sending" {
             taken.jobs.push(Job::from_row(row)?);
         } else {
@@ -1061,8 +1063,8 @@ pub struct Ledger {
     store: super::Store,
     conn: sqlx::pool::PoolConnection<sqlx::Any>,
     last_used: std::time::Instant,
-    /// The last row this ledger's claims took (0: none yet, or search
-    /// from the start).
+    /// The highest queued row this ledger's claims took (0: none yet), where
+    /// its next search for queued rows starts.
     after: i64,
 }
 
@@ -1177,9 +1179,7 @@ impl Ledger {
             // Nothing was recorded or claimed: the round's transaction does both.
             return self.record_and_claim_in_transaction(round).await;
         }
-        if let Some(last) = taken.last {
-            self.after = last;
-        }
+        self.after = self.after.max(taken.last_first.unwrap_or(0));
         // The claim hands out fewer rows than asked only when no more are
         // due (or free to take) after where it started.
         let short = taken.jobs.len() + (taken.skipped as usize) < want;
@@ -1191,18 +1191,16 @@ impl Ledger {
         if claimed.exhausted || claimed.jobs.len() == want {
             return Ok(claimed);
         }
-        if short {
-            // Nothing after the cursor: the rest searches from the start.
-            self.after = 0;
-        }
         // Skipped rows (or the cursor) made the claim short: claim the
         // rest, in one transaction, so that a failure leaves only the rows
-        // above to give back (each claim statement would commit on its own).
+        // above to give back (each claim statement would commit on its own);
+        // from the start when nothing is left after the cursor.
         let left = want - claimed.jobs.len();
-        let (conn, after) = (&mut self.conn, &mut self.after);
+        let from = if short { 0 } else { self.after };
+        let (conn, cursor) = (&mut self.conn, &mut self.after);
         let rest = async {
             let mut tx = begin_rows(conn).await?;
-            let more = claim(&mut tx, campaign, worker, left, now, after).await?;
+            let more = claim(&mut tx, campaign, worker, left, now, cursor, from).await?;
             tx.commit().await?;
             Ok::<_, super::Error>(more)
         };
@@ -1274,7 +1272,8 @@ impl Ledger {
         let claimed = if want == 0 {
             Claimed::default()
         } else {
-            claim(&mut tx, campaign, worker, want, now, &mut self.after).await?
+            let from = self.after;
+            claim(&mut tx, campaign, worker, want, now, &mut self.after, from).await?
         };
         tx.commit().await?;
         Ok(claimed)
