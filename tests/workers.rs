@@ -403,6 +403,118 @@ async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobo
     sink.shutdown().await;
 }
 
+/// A TCP proxy in front of the PostgreSQL server on `server` that loses
+/// one answer: on the connection that carries the `nth` round of
+/// deliveries (a message with outcomes in it: `"]]` and the sender's
+/// domain), it passes the round on, waits for the server's whole answer
+/// (`ReadyForQuery`, so the round is committed), and closes the connection
+/// instead of passing the answer back. Everything else goes through. Its
+/// port, and whether it has lost the answer yet.
+async fn a_proxy_that_loses_one_answer(
+    server: u16,
+    nth: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn has(chunk: &[u8], what: &[u8]) -> bool {
+        chunk.windows(what.len()).any(|w| w == what)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_out = lost.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", server))
+                .await
+                .unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let lose = Arc::new(AtomicBool::new(false));
+            let (rounds, lose_here) = (rounds.clone(), lose.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if has(chunk, b"alliance.example")
+                        && has(chunk, b"\"]]")
+                        && rounds.fetch_add(1, SeqCst) + 1 == nth
+                    {
+                        lose_here.store(true, SeqCst);
+                    }
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut held = Vec::new();
+                while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                    if lose.load(SeqCst) {
+                        held.extend_from_slice(&buf[..n]);
+                        if held.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+                            // Committed and answered: the answer goes nowhere.
+                            lost.store(true, SeqCst);
+                            break;
+                        }
+                        continue;
+                    }
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, lost_out)
+}
+
+/// A round the server commits but whose answer the dispatcher never gets
+/// (the connection lost between the two): the rows it claimed reached no
+/// SMTP connection. They are queued again when the run ends, not left
+/// `sending` for the next run to settle as `unknown` (never sent), and the
+/// next `dispatch` sends them: nobody lost, nobody twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_claimed_by_a_round_whose_answer_was_lost_are_queued_again() {
+    if skipped("rows_claimed_by_a_round_whose_answer_was_lost_are_queued_again") {
+        return;
+    }
+    let (sink, env) = due_behind_a_slow_sink(300).await;
+    let url = url::Url::parse(&env.db).unwrap();
+    let (proxy, lost) = a_proxy_that_loses_one_answer(url.port().unwrap(), 10).await;
+    let config = env.dir.path().join("bulletin.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let through = env
+        .db
+        .replace(&format!(":{}/", url.port().unwrap()), &format!(":{proxy}/"));
+    std::fs::write(&config, text.replace(&env.db, &through)).unwrap();
+
+    let first = finish(env.spawn_dispatch()).await;
+    assert!(
+        lost.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy lost an answer"
+    );
+    assert_eq!(
+        first.status.code(),
+        Some(75),
+        "a lost connection is transient\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let counts = env.counts().await;
+    assert_eq!(
+        counts.get("sending"),
+        None,
+        "nothing left in flight: {counts:?}"
+    );
+    assert!(counts.get("queued").is_some_and(|n| *n > 0), "{counts:?}");
+    finish_after_a_lost_worker(&env, &sink, 300, 0..=0, "nobody is unknown").await;
+    sink.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rate_limit_holds_across_workers() {
     if skipped("the_rate_limit_holds_across_workers") {

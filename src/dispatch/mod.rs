@@ -1005,13 +1005,24 @@ async fn ledger(
     // taken for dead: its rows are another run's to settle now.
     let lost = matches!(book.failed, Some(Error::LeaseLost | Error::WorkerLost));
     drop(held);
+    let mut recorded_all = true;
     if !book.outcomes.is_empty() && !lost {
         let recorded = store
             .record_and_claim(&shared.campaign, &s.owner, 0, &book.outcomes, now())
             .await;
+        recorded_all = recorded.is_ok();
         if book.failed.is_none() {
             recorded?;
         }
+    }
+    if book.failed.is_some() && !lost && recorded_all {
+        // The failed round may have been committed all the same, its answer
+        // lost with the connection: its rows reached no worker. Best
+        // effort: the database may be what failed.
+        let handed: Vec<i64> = book.handed.iter().copied().collect();
+        let _ = store
+            .give_back_unhanded(shared.campaign.id, &s.owner, &handed, now())
+            .await;
     }
     match book.failed {
         Some(e) => Err(e),
@@ -1031,6 +1042,8 @@ struct Book {
     exhausted: bool,
     /// A round failed: no more rounds; the run ends with this error.
     failed: Option<Error>,
+    /// Rows handed to a worker whose outcome has not come yet.
+    handed: std::collections::HashSet<i64>,
     summary: Summary,
 }
 
@@ -1045,6 +1058,7 @@ impl Book {
         };
         if let Some(done) = done {
             count(&mut self.summary, &done.2);
+            self.handed.remove(&done.0);
             self.outcomes.push(done);
         }
     }
@@ -1092,8 +1106,12 @@ impl Book {
         self.summary.skipped += claimed.skipped;
         let mut jobs = claimed.jobs.into_iter();
         for reply in replies {
-            if let Err(Some(job)) = reply.send(jobs.next()) {
-                self.unclaim(&job);
+            let job = jobs.next();
+            let id = job.as_ref().map(|j| j.delivery_id);
+            match reply.send(job) {
+                Ok(()) => self.handed.extend(id),
+                Err(Some(job)) => self.unclaim(&job),
+                Err(None) => {}
             }
         }
         claimed.skipped
@@ -1633,6 +1651,28 @@ mod tests {
         assert_eq!(second_answer.try_recv().unwrap().unwrap().delivery_id, 8);
         assert_eq!(book.summary.skipped, 2);
         assert!(book.outcomes.is_empty(), "nothing left to record");
+    }
+
+    #[test]
+    fn the_book_knows_which_rows_a_worker_holds_until_their_outcome_comes() {
+        let mut book = Book::default();
+        let (gone, gone_answer) = claim_with(None);
+        let (stays, _stays_answer) = claim_with(None);
+        drop(gone_answer);
+        book.take(gone);
+        book.take(stays);
+        let (outcomes, replies) = book.next_round().expect("a round");
+        let claimed = Claimed {
+            jobs: vec![job(7), job(8)],
+            skipped: 0,
+            exhausted: false,
+        };
+        book.close_round(outcomes, replies, Ok(claimed));
+        // 7's worker went away (7 goes back unsent); 8 is out.
+        assert_eq!(book.handed, [8].into());
+        let (done, _answer) = claim_with(Some(sent(8)));
+        book.take(done);
+        assert!(book.handed.is_empty(), "8 reported");
     }
 
     #[test]

@@ -589,6 +589,45 @@ impl super::Store {
     }
 }
 
+impl super::Store {
+    /// Rows `worker` still holds `sending` in `campaign_id`, but for
+    /// `handed` (rows it handed to an SMTP connection and heard nothing
+    /// more of), queued again with their attempt given back. After a round
+    /// failed and every outcome of the run was recorded: a round whose
+    /// answer was lost with the connection may still have been committed
+    /// by the server, and the rows it claimed reached no connection, so
+    /// left alone they would be settled by the in-flight policy (`unknown`,
+    /// never sent) although nobody tried to send them. Returns how many.
+    pub async fn give_back_unhanded(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        handed: &[i64],
+        now: i64,
+    ) -> Result<u64> {
+        let handed = serde_json::to_string(handed).expect("ids serialise");
+        let sql = self.engine().pick(
+            "UPDATE deliveries SET status = 'queued', next_attempt_at = NULL, updated_at = ?4,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+             WHERE campaign_id = ?1 AND worker_id = ?2 AND status = 'sending'
+               AND id NOT IN (SELECT value FROM json_each(?3))",
+            "UPDATE deliveries SET status = 'queued', next_attempt_at = NULL, updated_at = ?4,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+             WHERE campaign_id = ?1 AND worker_id = ?2 AND status = 'sending'
+               AND id NOT IN (SELECT CAST(value AS BIGINT)
+                              FROM json_array_elements_text(CAST(?3 AS json)))",
+        );
+        let done = query(sql)
+            .bind(campaign_id)
+            .bind(worker)
+            .bind(handed)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
 /// One recipient handed to a worker: read in the transaction whose claim
 /// statement found them still mailable and marked the row `sending`.
 #[derive(Debug, Clone)]
@@ -1885,6 +1924,42 @@ mod tests {
         assert_eq!(event.source, "dispatch");
         let counts = store.delivery_counts(id).await.unwrap();
         assert_eq!(counts, [("failed".into(), 1), ("sending".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn rows_claimed_and_never_handed_out_go_back_to_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let (_, _, campaign) = two_lists(&store).await;
+        store.materialise(campaign.id, 1).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 3, &[], 2)
+            .await
+            .unwrap();
+        let handed = claimed.jobs[0].delivery_id;
+        let others = store
+            .record_and_claim(&campaign, "test:2:2", 0, &[], 2)
+            .await
+            .unwrap();
+        assert!(others.jobs.is_empty());
+        let back = store
+            .give_back_unhanded(campaign.id, "test:1:1", &[handed], 3)
+            .await
+            .unwrap();
+        assert_eq!(back, 2, "all but the one handed out");
+        let counts = store.delivery_counts(campaign.id).await.unwrap();
+        assert_eq!(counts, [("queued".into(), 2), ("sending".into(), 1)]);
+        let again = store
+            .record_and_claim(&campaign, "test:1:1", 3, &[], 4)
+            .await
+            .unwrap();
+        let attempts: Vec<i64> = again.jobs.iter().map(|j| j.attempts).collect();
+        assert_eq!(attempts, [1, 1], "the attempt was given back");
+        let nobody = store
+            .give_back_unhanded(campaign.id, "test:2:2", &[], 5)
+            .await
+            .unwrap();
+        assert_eq!(nobody, 0, "another worker's rows are not its to give back");
     }
 
     /// Two lists, `a` and `b`, and a campaign to both (in that order): ann
