@@ -409,7 +409,7 @@ async fn the_server_dropping_the_ledgers_connection_loses_nothing_and_mails_nobo
 /// domain), it passes the round on, waits for the server's whole answer
 /// (`ReadyForQuery`, so the round is committed), and closes the connection
 /// instead of passing the answer back. Everything else goes through. Its
-/// port, and whether it has lost the answer yet.
+/// port, and whether it has lost the answer of a round that succeeded.
 async fn a_proxy_that_loses_one_answer(
     server: u16,
     nth: usize,
@@ -420,6 +420,18 @@ async fn a_proxy_that_loses_one_answer(
     fn has(chunk: &[u8], what: &[u8]) -> bool {
         chunk.windows(what.len()).any(|w| w == what)
     }
+    /// Whether the server's messages (a type byte, a 4-byte length that
+    /// counts itself, the body) hold an ErrorResponse.
+    fn has_error(mut messages: &[u8]) -> bool {
+        while messages.len() >= 5 {
+            if messages[0] == b'E' {
+                return true;
+            }
+            let len = u32::from_be_bytes(messages[1..5].try_into().unwrap()) as usize;
+            messages = &messages[(1 + len).min(messages.len())..];
+        }
+        false
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let rounds = Arc::new(AtomicUsize::new(0));
@@ -427,9 +439,9 @@ async fn a_proxy_that_loses_one_answer(
     let lost_out = lost.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(("127.0.0.1", server))
-                .await
-                .unwrap();
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", server)).await else {
+                continue;
+            };
             let (mut from_client, mut to_client) = client.into_split();
             let (mut from_server, mut to_server) = server.into_split();
             let lose = Arc::new(AtomicBool::new(false));
@@ -457,8 +469,9 @@ async fn a_proxy_that_loses_one_answer(
                     if lose.load(SeqCst) {
                         held.extend_from_slice(&buf[..n]);
                         if held.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-                            // Committed and answered: the answer goes nowhere.
-                            lost.store(true, SeqCst);
+                            // Committed and answered (unless the answer
+                            // holds an error): the answer goes nowhere.
+                            lost.store(!has_error(&held), SeqCst);
                             break;
                         }
                         continue;

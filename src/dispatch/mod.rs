@@ -931,7 +931,14 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
     }
     drop(tx);
     for h in handles {
-        let _ = h.await;
+        if let Err(e) = h.await {
+            // A sending task panicked: its recipient's outcome never came,
+            // and the row stays `sending` for the in-flight policy. The run
+            // ends here, so no later pass of this process takes the row for
+            // one a lost round claimed (`Store::give_back_unhanded`).
+            let stopped = Error::Fatal(format!("a sending task stopped: {e}"));
+            fatal.lock().expect("fatal lock").get_or_insert(stopped);
+        }
     }
     let summary = ledger
         .await
@@ -1658,21 +1665,25 @@ mod tests {
         let mut book = Book::default();
         let (gone, gone_answer) = claim_with(None);
         let (stays, _stays_answer) = claim_with(None);
+        let (also, _also_answer) = claim_with(None);
         drop(gone_answer);
-        book.take(gone);
-        book.take(stays);
+        for request in [gone, stays, also] {
+            book.take(request);
+        }
         let (outcomes, replies) = book.next_round().expect("a round");
         let claimed = Claimed {
-            jobs: vec![job(7), job(8)],
+            jobs: vec![job(7), job(8), job(9)],
             skipped: 0,
             exhausted: false,
         };
         book.close_round(outcomes, replies, Ok(claimed));
-        // 7's worker went away (7 goes back unsent); 8 is out.
-        assert_eq!(book.handed, [8].into());
+        // 7's worker went away (7 goes back unsent); 8 and 9 are out.
+        assert_eq!(book.handed, [8, 9].into());
         let (done, _answer) = claim_with(Some(sent(8)));
         book.take(done);
-        assert!(book.handed.is_empty(), "8 reported");
+        assert_eq!(book.handed, [9].into(), "8 reported with a claim");
+        book.take(Request::Done(sent(9)));
+        assert!(book.handed.is_empty(), "9 reported alone");
     }
 
     #[test]
