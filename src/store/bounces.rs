@@ -572,11 +572,12 @@ async fn scores_of(
     }
     let ids = serde_json::to_string(people).expect("integers serialise");
     let engine = super::Engine::of_connection(tx);
-    Ok(query_as(engine.pick(
+    Ok(query_as(over_json_ids!(
+        engine,
         "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
-         WHERE subscriber_id IN (SELECT value FROM json_each(?))",
-        "SELECT subscriber_id, score, computed_at, half_life FROM bounce_scores
-         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(? AS json)))",
+         WHERE subscriber_id IN (SELECT id FROM ",
+        "?1",
+        " ids)"
     ))
     .bind(ids)
     .fetch_all(&mut *tx)

@@ -605,25 +605,15 @@ impl super::Store {
         handed: &[i64],
         now: i64,
     ) -> Result<u64> {
-        // One statement; the engines differ only in reading the id array.
-        macro_rules! give_back_sql {
-            ($handed_ids:literal) => {
-                concat!(
-                    "UPDATE deliveries SET status = 'queued', next_attempt_at = NULL, updated_at = ?4,
-                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
-                     WHERE campaign_id = ?1 AND worker_id = ?2 AND status = 'sending'
-                       AND id NOT IN (",
-                    $handed_ids,
-                    ")"
-                )
-            };
-        }
         let handed = serde_json::to_string(handed).expect("ids serialise");
-        let sql = self.engine().pick(
-            give_back_sql!("SELECT value FROM json_each(?3)"),
-            give_back_sql!(
-                "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?3 AS json))"
-            ),
+        let sql = over_json_ids!(
+            self.engine(),
+            "UPDATE deliveries SET status = 'queued', next_attempt_at = NULL, updated_at = ?4,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+             WHERE campaign_id = ?1 AND worker_id = ?2 AND status = 'sending'
+               AND id NOT IN (SELECT id FROM ",
+            "?3",
+            " handed)"
         );
         let done = query(sql)
             .bind(campaign_id)

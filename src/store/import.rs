@@ -880,25 +880,24 @@ async fn confirm_pending(
     }
     let ids = json_array(confirm);
     let engine = Engine::of_connection(conn);
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
-         WHERE list_id = ?2 AND status = 'pending' \
-           AND subscriber_id IN (SELECT value FROM json_each(?1))",
-        "UPDATE subscriptions SET status = 'confirmed', source = 'import', updated_at = ?3 \
-         WHERE list_id = ?2 AND status = 'pending' \
-           AND subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json)))",
+         WHERE list_id = ?2 AND status = 'pending' AND subscriber_id IN (SELECT id FROM ",
+        "?1",
+        " ids)"
     ))
     .bind(&ids)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-         SELECT value, ?2, 'confirmed', 'import', ?3 FROM json_each(?1)",
-        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-         SELECT CAST(value AS BIGINT), ?2, 'confirmed', 'import', ?3 \
-         FROM json_array_elements_text(CAST(?1 AS json))",
+         SELECT ids.id, ?2, 'confirmed', 'import', ?3 FROM ",
+        "?1",
+        " ids"
     ))
     .bind(&ids)
     .bind(list_id)
@@ -957,24 +956,24 @@ async fn subscribe_confirmed(
     // Only the ids: the consent records go in their own flat array below.
     let subs = json_array(subscribe.iter().map(|(id, _)| id));
     let engine = Engine::of_connection(conn);
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
-         SELECT value, ?2, 'confirmed', 'import', ?3, ?3 FROM json_each(?1)",
-        "INSERT INTO subscriptions (subscriber_id, list_id, status, source, created_at, updated_at) \
-         SELECT CAST(value AS BIGINT), ?2, 'confirmed', 'import', ?3, ?3 \
-         FROM json_array_elements_text(CAST(?1 AS json))",
+         SELECT ids.id, ?2, 'confirmed', 'import', ?3, ?3 FROM ",
+        "?1",
+        " ids"
     ))
     .bind(&subs)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-         SELECT value, ?2, 'imported', 'import', ?3 FROM json_each(?1)",
-        "INSERT INTO events (subscriber_id, list_id, kind, source, created_at) \
-         SELECT CAST(value AS BIGINT), ?2, 'imported', 'import', ?3 \
-         FROM json_array_elements_text(CAST(?1 AS json))",
+         SELECT ids.id, ?2, 'imported', 'import', ?3 FROM ",
+        "?1",
+        " ids"
     ))
     .bind(&subs)
     .bind(list_id)

@@ -49,6 +49,35 @@ macro_rules! mailable {
     };
 }
 
+/// A JSON array of ids bound as one parameter (`$param`, e.g. `"?1"`), read
+/// as a table of one column, `id`: the one way each engine expands the id
+/// lists the store binds (SQLite's `json_each`, PostgreSQL's
+/// `json_array_elements_text`). The query gives the table an alias.
+macro_rules! json_ids {
+    (sqlite, $param:literal) => {
+        concat!("(SELECT value AS id FROM json_each(", $param, "))")
+    };
+    (postgres, $param:literal) => {
+        concat!(
+            "(SELECT CAST(value AS BIGINT) AS id FROM json_array_elements_text(CAST(",
+            $param,
+            " AS json)))"
+        )
+    };
+}
+
+/// A statement over one JSON array of ids, written once: the text before
+/// the id table ([`json_ids!`]), its parameter, and the text after; the
+/// text for `$engine`.
+macro_rules! over_json_ids {
+    ($engine:expr, $before:literal, $param:literal, $after:literal) => {
+        $engine.pick(
+            concat!($before, json_ids!(sqlite, $param), $after),
+            concat!($before, json_ids!(postgres, $param), $after),
+        )
+    };
+}
+
 pub mod archive; // which sent campaigns the public archive shows
 mod bounces; // returned mail: matching people, applying bounce and complaint rules
 pub mod copy; // `db copy`: a SQLite database into an empty PostgreSQL one

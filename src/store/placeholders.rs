@@ -12,14 +12,21 @@ impl Store {
     /// status), sorted. Keys are snake_case: the import normalises them.
     pub async fn list_keys(&self, lists: &[i64]) -> Result<Vec<String>> {
         Ok(query_scalar(self.engine().pick(
-            "SELECT DISTINCT a.key FROM subscriptions sub \
-             JOIN subscribers s ON s.id = sub.subscriber_id, json_each(s.attributes) a \
-             WHERE sub.list_id IN (SELECT value FROM json_each(?1)) ORDER BY a.key",
-            "SELECT DISTINCT a.key FROM subscriptions sub \
-             JOIN subscribers s ON s.id = sub.subscriber_id \
-             CROSS JOIN json_object_keys(CAST(s.attributes AS json)) a(key) \
-             WHERE sub.list_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) \
-             ORDER BY a.key",
+            concat!(
+                "SELECT DISTINCT a.key FROM subscriptions sub \
+                 JOIN subscribers s ON s.id = sub.subscriber_id, json_each(s.attributes) a \
+                 WHERE sub.list_id IN (SELECT id FROM ",
+                json_ids!(sqlite, "?1"),
+                " lists) ORDER BY a.key"
+            ),
+            concat!(
+                "SELECT DISTINCT a.key FROM subscriptions sub \
+                 JOIN subscribers s ON s.id = sub.subscriber_id \
+                 CROSS JOIN json_object_keys(CAST(s.attributes AS json)) a(key) \
+                 WHERE sub.list_id IN (SELECT id FROM ",
+                json_ids!(postgres, "?1"),
+                " lists) ORDER BY a.key"
+            ),
         ))
         .bind(serde_json::to_string(lists).expect("ids serialise"))
         .fetch_all(self.pool())

@@ -28,7 +28,9 @@ pub const AUDIENCE_SQL: &str = concat!(
 pub const AUDIENCE_OF_LISTS_SQL: &str = concat!(
     "SELECT sub.subscriber_id AS id, count(*) AS lists \
      FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
-     WHERE sub.list_id IN (SELECT value FROM json_each(?1)) AND ",
+     WHERE sub.list_id IN (SELECT id FROM ",
+    json_ids!(sqlite, "?1"),
+    " lists) AND ",
     mailable!(),
     " GROUP BY sub.subscriber_id"
 );
@@ -38,7 +40,9 @@ pub const AUDIENCE_OF_LISTS_SQL: &str = concat!(
 pub const AUDIENCE_OF_LISTS_SQL_PG: &str = concat!(
     "SELECT sub.subscriber_id AS id, count(*) AS lists \
      FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
-     WHERE sub.list_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) AND ",
+     WHERE sub.list_id IN (SELECT id FROM ",
+    json_ids!(postgres, "?1"),
+    " lists) AND ",
     mailable!(),
     " GROUP BY sub.subscriber_id"
 );

@@ -63,14 +63,13 @@ pub(super) async fn queue_welcome(
     };
     let ids = serde_json::to_string(subscriber_ids).expect("numbers serialise");
     // The ids arrive as one JSON array, expanded by each engine's function.
-    let done = query(Engine::of_connection(conn).pick(
+    let done = query(over_json_ids!(
+        Engine::of_connection(conn),
         "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT ?1, value, 'queued', 0, ?3 FROM json_each(?2) WHERE true
-         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
-        "INSERT INTO deliveries (campaign_id, subscriber_id, status, attempts, updated_at)
-         SELECT ?1, CAST(value AS BIGINT), 'queued', 0, ?3
-         FROM json_array_elements_text(CAST(?2 AS json))
-         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
+         SELECT ?1, ids.id, 'queued', 0, ?3 FROM ",
+        "?2",
+        " ids WHERE true
+         ON CONFLICT (campaign_id, subscriber_id) DO NOTHING"
     ))
     .bind(campaign)
     .bind(ids)
