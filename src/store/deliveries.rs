@@ -1337,11 +1337,14 @@ async fn record_others(
             Outcome::Skipped { reason } => ("skipped", Some(reason), None),
             Outcome::Unclaimed => ("queued", None, None),
         };
-        query(
+        // A row already in the outcome's state recorded it before: a round
+        // whose answer was lost, recorded again by the last try. Once is
+        // enough (an attempt given back twice would be one too few).
+        let changed = query(
             "UPDATE deliveries SET status = ?2, last_reply = COALESCE(?3, last_reply), next_attempt_at = ?4,
                  updated_at = ?5,
                  attempts = CASE WHEN ?2 = 'queued' AND attempts > 0 THEN attempts - 1 ELSE attempts END
-             WHERE id = ?1 AND worker_id = ?6",
+             WHERE id = ?1 AND worker_id = ?6 AND status <> ?2",
         )
         .bind(delivery_id)
         .bind(status)
@@ -1350,12 +1353,18 @@ async fn record_others(
         .bind(now)
         .bind(worker)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
         if let Outcome::Failed {
             reply,
             hard_bounce: true,
         } = outcome
+            && (changed || !failed_by(tx, *delivery_id, worker).await?)
         {
+            // The bounce is the person's whoever holds the row now (a
+            // worker taken for dead still heard the server's refusal), but
+            // it is recorded once.
             let campaign = Some(campaign);
             super::bounces::record_hard_bounce(
                 tx,
@@ -1369,6 +1378,18 @@ async fn record_others(
         }
     }
     Ok(())
+}
+
+/// `worker` recorded the row `failed` already.
+async fn failed_by(tx: &mut AnyConnection, delivery_id: i64, worker: &str) -> Result<bool> {
+    let failed: Option<i64> = query_scalar(
+        "SELECT 1 FROM deliveries WHERE id = ?1 AND worker_id = ?2 AND status = 'failed'",
+    )
+    .bind(delivery_id)
+    .bind(worker)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(failed.is_some())
 }
 
 /// The common outcome, sent, as one statement per 300 rows. Like every
@@ -1922,6 +1943,67 @@ mod tests {
         assert_eq!(event.source, "dispatch");
         let counts = store.delivery_counts(id).await.unwrap();
         assert_eq!(counts, [("failed".into(), 1), ("sending".into(), 1)]);
+    }
+
+    /// The last try records again what a round whose answer was lost had
+    /// recorded: the row is left as once.
+    #[tokio::test]
+    async fn an_outcome_recorded_twice_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let (_, _, campaign) = two_lists(&store).await;
+        store.materialise(campaign.id, 1).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
+            .await
+            .unwrap();
+        let (bounced, retried) = (&claimed.jobs[0], &claimed.jobs[1]);
+        // The second row is deferred and claimed again: its second attempt.
+        let deferred = Outcome::Deferred {
+            reply: "451 4.3.0 try again".into(),
+            retry_at: 3,
+        };
+        let outcomes = [(retried.delivery_id, retried.subscriber_id, deferred)];
+        let retry = store
+            .record_and_claim(&campaign, "test:1:1", 1, &outcomes, 3)
+            .await
+            .unwrap();
+        let given_back = &retry.jobs[0];
+        assert_eq!(
+            (given_back.delivery_id, given_back.attempts),
+            (retried.delivery_id, 2)
+        );
+        let failed = Outcome::Failed {
+            reply: "RCPT: 550 5.1.1 no such user".into(),
+            hard_bounce: true,
+        };
+        let outcomes = [
+            (bounced.delivery_id, bounced.subscriber_id, failed),
+            (
+                given_back.delivery_id,
+                given_back.subscriber_id,
+                Outcome::Unclaimed,
+            ),
+        ];
+        for now in [4, 5] {
+            store
+                .record_and_claim(&campaign, "test:1:1", 0, &outcomes, now)
+                .await
+                .unwrap();
+        }
+        let profile = store.profile(&bounced.email).await.unwrap().unwrap();
+        let bounces = profile.events.iter().filter(|e| e.kind == "bounced");
+        assert_eq!(bounces.count(), 1, "{:?}", profile.events);
+        assert!(store.is_suppressed(&bounced.email).await.unwrap());
+        let again = store
+            .record_and_claim(&campaign, "test:1:1", 3, &[], 6)
+            .await
+            .unwrap();
+        let row = again
+            .jobs
+            .iter()
+            .find(|j| j.delivery_id == given_back.delivery_id);
+        assert_eq!(row.unwrap().attempts, 2, "its attempt given back once");
     }
 
     #[tokio::test]
