@@ -377,6 +377,9 @@ async fn killed_mid_campaign_resumes_without_mailing_anyone_twice() {
     // but were received once; none was sent twice.
     let sent = status["deliveries"]["sent"].as_u64().unwrap() as usize;
     assert!(sent + unknown >= got.len() && sent <= got.len(), "{status}");
+    // Nor does the killed run stay on record as a worker.
+    let workers = env.store().await.live_workers(0).await.unwrap();
+    assert!(workers.is_empty(), "{workers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -563,6 +563,9 @@ pub async fn run(
     store
         .register_worker(owner, worker_host(owner), pid, campaign.id, now)
         .await?;
+    if sharing == Sharing::Lease {
+        store.forget_other_workers(campaign.id, owner).await?;
+    }
     let beat = tokio::spawn(beat(store.clone(), settings.clone()));
     let mut result = run_leased(store, campaign, settings, sharing, progress, &mut stop).await;
     beat.abort();

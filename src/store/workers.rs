@@ -86,6 +86,19 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets every worker of `campaign_id` but `id`, and returns how many.
+    /// For a run that holds the campaign's lease (SQLite): it is the
+    /// campaign's only live worker, and a run killed before it could say it
+    /// had finished left its row behind.
+    pub async fn forget_other_workers(&self, campaign_id: i64, id: &str) -> Result<u64> {
+        let done = query("DELETE FROM workers WHERE campaign_id = ? AND id <> ?")
+            .bind(campaign_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Workers that said they were alive at `alive_since` or later, by
     /// campaign then start.
     pub async fn live_workers(&self, alive_since: i64) -> Result<Vec<Worker>> {
