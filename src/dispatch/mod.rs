@@ -71,6 +71,10 @@ pub enum Error {
     Fatal(String),
     #[error("{0}")]
     Config(String),
+    /// A task of the run stopped without a result (it panicked): a fault
+    /// in bulletin, not in the server, the database or the settings.
+    #[error("{0} (a fault in bulletin itself; please report it)")]
+    Internal(String),
     /// The SMTP URL does not parse: `url` as shown (its password removed)
     /// and why. The command adds where the URL was set.
     #[error("SMTP URL {url}: {why}")]
@@ -939,13 +943,13 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
             // and the row stays `sending` for the in-flight policy. The run
             // ends here, so no later pass of this process takes the row for
             // one a lost round claimed (`Store::give_back_unhanded`).
-            let stopped = Error::Fatal(format!("a sending task stopped: {e}"));
+            let stopped = Error::Internal(format!("a sending task stopped: {e}"));
             fatal.lock().expect("fatal lock").get_or_insert(stopped);
         }
     }
     let summary = ledger
         .await
-        .map_err(|e| Error::Fatal(format!("ledger task: {e}")))??;
+        .map_err(|e| Error::Internal(format!("the ledger task stopped: {e}")))??;
     if let Some(e) = fatal.lock().expect("fatal lock").take() {
         return Err(e);
     }
