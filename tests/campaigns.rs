@@ -161,8 +161,17 @@ async fn replace_before_sending_changes_what_is_sent_and_refuses_after() {
         .replace("News for", "Corrected news for")
         .replace("Hello", "CORRECTED");
     std::fs::write(&path, fixed).unwrap();
-    // The file has no time: replacing means "now", which asks first.
-    let asked = env.run(&["send", FILE, "--replace"]).await;
+    // The file has no time: the replaced campaign keeps its own, even
+    // with --yes.
+    let kept = env.ok(&["send", FILE, "--replace", "--yes"]).await;
+    assert!(kept.contains("news-1: replaced"), "{kept}");
+    let due = chrono::DateTime::parse_from_rfc3339(&even_later).unwrap();
+    let due = due.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M");
+    assert!(kept.contains(&format!("scheduled for {due}")), "{kept}");
+    assert_eq!(sink.messages().len(), 0, "nothing sent before its time");
+    assert_eq!(status_json(&env).await["status"], "scheduled");
+    // "Now" is asked for, and asked about.
+    let asked = env.run(&["send", FILE, "--replace", "--at", "now"]).await;
     assert_eq!(asked.status.code(), Some(2), "{asked:?}");
     assert!(
         text(&asked.stderr).contains("not in the future"),
@@ -170,7 +179,9 @@ async fn replace_before_sending_changes_what_is_sent_and_refuses_after() {
     );
     assert_eq!(sink.messages().len(), 0, "nothing sent without --yes");
 
-    let out = env.ok(&["send", FILE, "--replace", "--yes"]).await;
+    let out = env
+        .ok(&["send", FILE, "--replace", "--at", "now", "--yes"])
+        .await;
     assert!(out.contains("news-1: replaced"), "{out}");
     let messages = sink.messages();
     assert_eq!(messages.len(), 3);

@@ -75,6 +75,8 @@ struct Plan<'a> {
     now: i64,
     /// `--at`, else the file's `send_at`, else now.
     send_at: i64,
+    /// `send_at` came from `--at` or the file, not "now".
+    time_given: bool,
     /// The campaign's lists, in front matter order.
     list_ids: Vec<i64>,
     list_names: Vec<String>,
@@ -129,6 +131,7 @@ pub(super) fn send_file(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             settings: &settings,
             now,
             send_at: at.map_or(now, |t| t.timestamp()),
+            time_given: at.is_some(),
             list_ids: lists.iter().map(|l| l.id).collect(),
             list_names: lists.iter().map(|l| l.name.clone()).collect(),
             source_hash,
@@ -402,10 +405,16 @@ impl Plan<'_> {
     }
 
     /// `--replace`: refreezes from the file, asking first when the new time
-    /// is not ahead; refused once a message went out.
+    /// is not ahead; refused once a message went out. A campaign scheduled
+    /// for later keeps its time unless `--at` or the file gives one: a
+    /// fixed typo is no reason to mail everyone before the hour chosen.
     async fn replace(&self, c: CampaignRow) -> Result<Step> {
-        let (slug, at) = (&c.slug, fmt_time(self.send_at));
-        if self.send_at <= self.now
+        let send_at = match c.status {
+            CampaignStatus::Scheduled if !self.time_given && c.send_at > self.now => c.send_at,
+            _ => self.send_at,
+        };
+        let (slug, at) = (&c.slug, fmt_time(send_at));
+        if send_at <= self.now
             && !confirm(
                 self.args.yes,
                 &format!(
@@ -421,7 +430,7 @@ impl Plan<'_> {
         }
         let replaced = self
             .store
-            .replace_campaign(&self.refreeze(c.id, self.send_at))
+            .replace_campaign(&self.refreeze(c.id, send_at))
             .await?;
         if let Replace::Refused(status, attempted) = replaced {
             let stop = match status {
