@@ -116,19 +116,24 @@ async fn a_misspelt_smtp_url_names_where_it_was_set_even_with_nothing_due() {
 }
 
 // A run that stops because the SMTP server cannot be reached says where
-// its URL was set.
+// its URL was set; so does a test copy, the first send a new operator makes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_cannot_be_reached_names_where_the_smtp_url_was_set() {
     let port = crate::util::free_port();
     let env = Env::new(port, "");
     env.subscribers(1, &[]).await;
-    let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
-    let line = one_error_line(&out, "send to a closed port");
-    assert!(
-        line.contains(&format!("cannot connect to 127.0.0.1:{port}: "))
-            && line.ends_with("(SMTP URL set by BULLETIN_SMTP_URL)"),
-        "{line}"
-    );
+    let sends = [
+        &["send", "campaigns/news-1.md", "--yes"][..],
+        &["test", "campaigns/news-1.md", "--to", "me@example.org"],
+    ];
+    for args in sends {
+        let line = one_error_line(&env.run(args).await, &format!("{args:?} to a closed port"));
+        assert!(
+            line.contains(&format!("cannot connect to 127.0.0.1:{port}: "))
+                && line.ends_with("(SMTP URL set by BULLETIN_SMTP_URL)"),
+            "{line}"
+        );
+    }
 }
 
 // A misspelt config path printed the io error twice and named no setting.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use tokio::sync::watch;
 
 use crate::dispatch::transport::Transport;
@@ -71,22 +71,10 @@ pub(super) async fn run_one(
             Ok(None)
         }
         Err(e) => {
-            let e = stopped_by(e, &settings.transport, &settings.transport_source);
+            let e =
+                super::setup::transport_failure(e, &settings.transport, &settings.transport_source);
             Err(e.context(stopped(&campaign.slug)))
         }
-    }
-}
-
-/// What stopped a run, as its line says it.
-fn stopped_by(e: dispatch::Error, transport: &Transport, source: &str) -> anyhow::Error {
-    match e {
-        // The SMTP server could not be talked to (down, TLS, AUTH): the
-        // operator fixes the server or the URL, so the line says where the
-        // URL was set.
-        dispatch::Error::Fatal(why) if matches!(transport, Transport::Smtp { .. }) => {
-            anyhow!("{why} (SMTP URL set by {source})")
-        }
-        e => anyhow!(e),
     }
 }
 
@@ -238,27 +226,5 @@ mod tests {
         };
         assert!(!is_idle(&sent));
         assert!(summary_line("c", "sent", &elsewhere, false).ends_with("(finished)"));
-    }
-
-    /// A server that cannot be talked to is the SMTP URL's business; a task
-    /// of bulletin's own that stopped is not.
-    #[test]
-    fn only_the_smtp_servers_failures_name_where_its_url_was_set() {
-        let smtp = Transport::Smtp {
-            url: crate::dispatch::transport::SmtpUrl::parse("smtp://127.0.0.1:2525", None).unwrap(),
-            timeout: Duration::from_secs(1),
-            hello: "localhost".into(),
-        };
-        let source = "BULLETIN_SMTP_URL";
-        let down = dispatch::Error::Fatal("127.0.0.1:2525: refused".into());
-        let down = format!("{:#}", stopped_by(down, &smtp, source));
-        assert!(
-            down.ends_with("(SMTP URL set by BULLETIN_SMTP_URL)"),
-            "{down}"
-        );
-        let panic = dispatch::Error::Internal("the ledger task stopped: panicked".into());
-        let panic = format!("{:#}", stopped_by(panic, &smtp, source));
-        assert!(!panic.contains("SMTP URL"), "{panic}");
-        assert!(panic.contains("a fault in bulletin itself"), "{panic}");
     }
 }

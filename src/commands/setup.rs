@@ -87,6 +87,24 @@ pub(crate) fn transport_kind(transport: &Transport) -> (&'static str, String) {
     }
 }
 
+/// A failure of the transport as a command says it: a server that cannot
+/// be talked to names where its URL was set.
+pub(crate) fn transport_failure(
+    e: dispatch::Error,
+    transport: &Transport,
+    source: &str,
+) -> anyhow::Error {
+    match e {
+        // The SMTP server could not be talked to (down, TLS, AUTH): the
+        // operator fixes the server or the URL, so the line says where the
+        // URL was set.
+        dispatch::Error::Fatal(why) if matches!(transport, Transport::Smtp { .. }) => {
+            anyhow!("{why} (SMTP URL set by {source})")
+        }
+        e => anyhow!(e),
+    }
+}
+
 /// A campaign keeps the transport kind it started with: one started over
 /// SMTP is never finished into the outbox folder (nobody would get those
 /// messages) and one written to the outbox never goes on over SMTP. Checked
@@ -382,4 +400,31 @@ pub(crate) async fn no_campaign(store: &Store, name: &str) -> Result<anyhow::Err
         ),
         None => anyhow!("no campaign named {name:?}; `bulletin status` lists them all"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that cannot be talked to is the SMTP URL's business; a task
+    /// of bulletin's own that stopped is not.
+    #[test]
+    fn only_the_smtp_servers_failures_name_where_its_url_was_set() {
+        let smtp = Transport::Smtp {
+            url: crate::dispatch::transport::SmtpUrl::parse("smtp://127.0.0.1:2525", None).unwrap(),
+            timeout: Duration::from_secs(1),
+            hello: "localhost".into(),
+        };
+        let source = "BULLETIN_SMTP_URL";
+        let down = dispatch::Error::Fatal("127.0.0.1:2525: refused".into());
+        let down = format!("{:#}", transport_failure(down, &smtp, source));
+        assert!(
+            down.ends_with("(SMTP URL set by BULLETIN_SMTP_URL)"),
+            "{down}"
+        );
+        let panic = dispatch::Error::Internal("the ledger task stopped: panicked".into());
+        let panic = format!("{:#}", transport_failure(panic, &smtp, source));
+        assert!(!panic.contains("SMTP URL"), "{panic}");
+        assert!(panic.contains("a fault in bulletin itself"), "{panic}");
+    }
 }

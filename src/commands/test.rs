@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::{Result, anyhow};
 
 use super::compile::{SAMPLE_NAME, compile_file, format_warning};
-use super::setup::settings;
+use super::setup::{settings, transport_failure};
 use crate::cli::TestArgs;
 use crate::compose;
 use crate::config::Config;
@@ -41,7 +41,10 @@ pub(crate) fn run(config: &Config, args: &TestArgs) -> Result<ExitCode> {
             let reply = sender
                 .send(message.envelope(), &bytes, &name, 1)
                 .await
-                .map_err(|e| anyhow!("test copy to {to}: {e}"))?;
+                .map_err(|e| {
+                    transport_failure(e, &settings.transport, &settings.transport_source)
+                        .context(format!("test copy to {to}"))
+                })?;
             let filled = match &args.as_subscriber {
                 Some(addr) => format!(" (filled as {addr})"),
                 None => String::new(),
