@@ -252,9 +252,15 @@ async fn a_554_at_mail_fails_the_deliveries_without_bouncing_anyone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_user_at_rcpt_is_a_hard_bounce_and_can_be_reactivated() {
-    let server = Scripted::start(Script::new().rcpt("gone", "550 5.1.1 user unknown"));
+    let server = Scripted::start(
+        Script::new()
+            .rcpt("gone", "550 5.1.1 user unknown")
+            .rcpt("left", "550 5.1.1 user unknown"),
+    );
     let env = env(server.port(), 5, "");
-    let all = env.subscribers(5, &["gone@example.net"]).await;
+    let all = env
+        .subscribers(5, &["gone@example.net", "left@example.net"])
+        .await;
     let out = env.run(&["send", "campaigns/news-1.md", "--yes"]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let d = deliveries(&env).await;
@@ -271,7 +277,25 @@ async fn an_unknown_user_at_rcpt_is_a_hard_bounce_and_can_be_reactivated() {
         .ok(&["subscribers", "reactivate", "gone@example.net"])
         .await;
     assert!(out.starts_with("reactivated gone@example.net"), "{out}");
+    assert!(
+        out.contains("the next campaign to news includes them"),
+        "{out}"
+    );
     assert_eq!(people(&env).await["gone@example.net"], "active");
+    // Someone on no list any more is told so, not promised the next campaign.
+    env.ok(&[
+        "subscribers",
+        "remove",
+        "left@example.net",
+        "--list",
+        "news",
+    ])
+    .await;
+    let out = env
+        .ok(&["subscribers", "reactivate", "left@example.net"])
+        .await;
+    assert!(out.contains("confirmed on no list"), "{out}");
+    assert!(!out.contains("next campaign"), "{out}");
     let show = env.ok(&["subscribers", "show", "gone@example.net"]).await;
     assert!(show.contains("reactivated via cli: was bounced"), "{show}");
     let again = env

@@ -78,9 +78,14 @@ pub(crate) fn run(config: &Config, command: &SubscribersCommand) -> Result<ExitC
             }
             SubscribersCommand::Reactivate { email } => {
                 match store.reactivate(email, "cli", now).await.map_err(db)? {
-                    Reactivated::Reactivated => println!(
-                        "reactivated {}: active again and no longer suppressed; the next campaign to their lists includes them",
+                    Reactivated::Reactivated { lists } if lists.is_empty() => println!(
+                        "reactivated {}: active again and no longer suppressed, but confirmed on no list, so no campaign reaches them",
                         canonical(email)
+                    ),
+                    Reactivated::Reactivated { lists } => println!(
+                        "reactivated {}: active again and no longer suppressed; the next campaign to {} includes them",
+                        canonical(email),
+                        lists.join(", ")
                     ),
                     Reactivated::AlreadyActive => {
                         println!("{} is already active; nothing changed", canonical(email))

@@ -170,10 +170,11 @@ pub struct Removed {
 }
 
 /// What `reactivate` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reactivated {
-    /// Was bounced; now active, the bounce suppression lifted.
-    Reactivated,
+    /// Was bounced; now active, the bounce suppression lifted, and
+    /// mailable on these lists (slugs; none when confirmed on no list).
+    Reactivated { lists: Vec<String> },
     /// Was active and unsuppressed already: nothing changed.
     AlreadyActive,
 }
@@ -624,8 +625,17 @@ impl Store {
             now,
         )
         .await?;
+        let lists = query_scalar(concat!(
+            "SELECT l.slug FROM subscriptions sub JOIN subscribers s ON s.id = sub.subscriber_id \
+             JOIN lists l ON l.id = sub.list_id WHERE s.id = ? AND ",
+            mailable!(),
+            " ORDER BY l.slug"
+        ))
+        .bind(person.id)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Reactivated::Reactivated)
+        Ok(Reactivated::Reactivated { lists })
     }
 
     /// The people a campaign to `list_id` goes to ([`AUDIENCE_SQL`]),
