@@ -219,7 +219,7 @@ pub struct Dispatch {
     /// Deliveries that were in flight when a run died: `unknown` (never
     /// sent again; nobody gets two copies) or `resend` (queued again; a few
     /// may get two copies).
-    pub in_flight: String,
+    pub in_flight: crate::store::deliveries::InFlight,
 }
 
 impl Default for Dispatch {
@@ -230,7 +230,7 @@ impl Default for Dispatch {
             max_attempts: 5,
             retry_base_secs: 60,
             retry_wait_secs: 300,
-            in_flight: "unknown".into(),
+            in_flight: crate::store::deliveries::InFlight::Unknown,
         }
     }
 }
@@ -615,12 +615,6 @@ impl Config {
                 path.as_deref().unwrap_or(Path::new("config")).display()
             )));
         }
-        if !matches!(file.dispatch.in_flight.as_str(), "unknown" | "resend") {
-            return Err(Error::Invalid(format!(
-                "dispatch.in_flight = {:?}: use \"unknown\" or \"resend\"",
-                file.dispatch.in_flight
-            )));
-        }
         let serve = &file.serve;
         if serve.header_timeout_secs == 0 || serve.idle_timeout_secs == 0 {
             return Err(Error::Invalid(
@@ -767,17 +761,64 @@ fn read_file(path: &Path, set_by: &Source) -> Result<File> {
         error,
     })?;
     toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
         let message = if e.message().starts_with("unknown field `tracking`") {
             TRACKING_REMOVED.to_string()
         } else {
-            e.message().to_string()
+            value_error(e.message(), setting_at(&text, at).as_deref())
         };
         Error::Parse {
             path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
+            line: line_of(&text, at),
             message,
         }
     })
+}
+
+/// A value the settings cannot take, in words for the person who wrote it:
+/// which setting, and what it takes ("a number", not "f64").
+fn value_error(message: &str, setting: Option<&str>) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("expected path string", "expected a path in quotes"),
+        ("expected f64", "expected a number"),
+        ("expected i64", "expected a whole number"),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected u32", "expected a whole number of at least 0"),
+        ("expected u16", "expected a whole number of at least 0"),
+        ("expected usize", "expected a whole number of at least 0"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut words = message.trim_end().to_string();
+    for (rust, plain) in TYPES {
+        words = words.replace(rust, plain);
+    }
+    match setting {
+        Some(setting) if !words.contains("unknown field") => format!("{setting}: {words}"),
+        _ => words,
+    }
+}
+
+/// The setting written at byte `at` of a TOML file, as `[section] key` (or
+/// `key` at the top): the key of that line, under the last table header
+/// above it. `None` when the line sets nothing (a header, a broken line).
+fn setting_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["));
+    Some(
+        match section.and_then(|h| h.find(']').map(|end| &h[..=end])) {
+            Some(header) => format!("{header} {key}"),
+            None => key.to_string(),
+        },
+    )
 }
 
 /// `assets_url` checked: an absolute http(s) URL with a host ([`http_url`]),
@@ -1269,6 +1310,37 @@ mod tests {
         let (_dir, _path, flags) = config_file("db = \"x\"\n\nnope = 3\n");
         let err = load(&flags, &[]).unwrap_err().to_string();
         assert!(err.contains("b.toml:3:"), "{err}");
+    }
+
+    /// A value of the wrong kind names the file, the line and the setting,
+    /// and says what it takes in words (not "f64").
+    #[test]
+    fn a_wrong_value_names_its_setting_and_what_it_takes() {
+        let cases = [
+            (
+                "[smtp]\nconnections = 4\nrate = \"fast\"\n",
+                "b.toml:3: [smtp] rate: invalid type: string \"fast\", expected a number",
+            ),
+            (
+                "db = \"x\"\n[dispatch] # retries\nmax_attempts = 3\nin_flight = \"resnd\"\n",
+                "b.toml:4: [dispatch] in_flight: unknown variant `resnd`, expected `unknown` or `resend`",
+            ),
+            (
+                "db = 3\n",
+                "b.toml:1: db: invalid type: integer `3`, expected a path in quotes",
+            ),
+        ];
+        for (text, said) in cases {
+            let (_dir, _path, flags) = config_file(text);
+            let err = load(&flags, &[]).unwrap_err().to_string();
+            assert!(err.ends_with(said), "{err}");
+        }
+        let (_dir, _path, flags) = config_file("[dispatch]\nin_flight = \"resend\"\n");
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(
+            c.dispatch.in_flight,
+            crate::store::deliveries::InFlight::Resend
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::dispatch::{self, Settings};
 use crate::dkim::DkimSigner;
 use crate::links::{Signer, Urls};
 use crate::store::Store;
-use crate::store::deliveries::{CampaignRow, InFlight};
+use crate::store::deliveries::CampaignRow;
 
 /// The transport the config names: SMTP when a URL is set, else the outbox
 /// when one was named (flag, environment, config file, `quickstart`). With
@@ -243,11 +243,7 @@ pub(crate) async fn settings(config: &Config, store: &Store) -> Result<Settings>
         max_attempts: config.dispatch.max_attempts.max(1),
         retry_base_secs: config.dispatch.retry_base_secs.max(1),
         retry_wait_secs: config.dispatch.retry_wait_secs.max(0),
-        in_flight: if config.dispatch.in_flight == "resend" {
-            InFlight::Resend
-        } else {
-            InFlight::Unknown
-        },
+        in_flight: config.dispatch.in_flight,
         dkim: dkim(config)?,
         owner: dispatch::owner_name(),
         transport_source: transport_source(config).to_string(),

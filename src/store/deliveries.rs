@@ -546,8 +546,10 @@ async fn queue_list(
     Ok(done.rows_affected())
 }
 
-/// What happens to deliveries left `sending` by a run that died.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happens to deliveries left `sending` by a run that died: the
+/// `[dispatch] in_flight` setting, `"unknown"` or `"resend"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InFlight {
     /// Mark `unknown`: never sent again (the default: no one mailed twice).
     Unknown,
