@@ -74,7 +74,10 @@ pub(crate) fn run(config: &Config, args: &StatusArgs) -> Result<ExitCode> {
         }
         let now = crate::store::now();
         let alive_since = now - config.dispatch.lease_secs.max(5);
-        let live = store.live_workers(alive_since).await?;
+        let mut live = store.live_workers(alive_since).await?;
+        // One of this machine whose process is gone is not live, though
+        // its heartbeat has not gone stale yet.
+        live.retain(|w| !crate::dispatch::is_gone(&w.id));
         let mut reports = Vec::new();
         for c in &campaigns {
             let workers = live

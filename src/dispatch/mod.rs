@@ -416,6 +416,12 @@ fn dead_owner(owner: Option<&str>) -> Option<String> {
     .then(|| owner.to_string())
 }
 
+/// Worker `id` was a process of this machine that no longer runs: dead
+/// now, whatever its last heartbeat says.
+pub fn is_gone(id: &str) -> bool {
+    dead_owner(Some(id)).is_some()
+}
+
 #[cfg(test)]
 mod owner_tests {
     use super::*;
