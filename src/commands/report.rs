@@ -41,10 +41,7 @@ pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<E
         let written = RunTransport::only_outboxes(&store.run_transports(campaign.id).await?);
         let mut rows = store.report(campaign.id, state.map(str::to_string));
         match args.format {
-            ReportFormat::Table => println!(
-                "{:<40} {:<9} {:>8}  {:<22} {:<16} last reply",
-                "address", "state", "attempts", "time", "list"
-            ),
+            ReportFormat::Table => println!("{}", table_header()),
             ReportFormat::Csv => println!("address,state,attempts,last_reply,time,list"),
             ReportFormat::Json => {}
         }
@@ -69,6 +66,14 @@ pub(crate) fn run(config: &crate::config::Config, args: &ReportArgs) -> Result<E
     })
 }
 
+/// The table's header line, in the columns of [`line`].
+fn table_header() -> String {
+    format!(
+        "{:<40} {:<9} {:>8}  {:<23} {:<16} last reply",
+        "address", "state", "attempts", "time", "list"
+    )
+}
+
 /// One recipient in `format`; times are human in the table and ISO 8601
 /// (UTC) in CSV and JSON.
 fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
@@ -77,7 +82,7 @@ fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
     let list = row.list.as_deref().unwrap_or("");
     Ok(match format {
         ReportFormat::Table => format!(
-            "{address:<40} {:<9} {:>8}  {:<22} {list:<16} {}",
+            "{address:<40} {:<9} {:>8}  {:<23} {list:<16} {}",
             row.state,
             row.attempts,
             fmt_time(row.updated_at),
@@ -109,4 +114,30 @@ fn line(format: ReportFormat, row: &ReportRow) -> Result<String> {
             "list": row.list,
         }))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each column of a row starts under its header (a time with its
+    /// offset, "2026-12-01 09:00 +01:00", is 23 characters).
+    #[test]
+    fn the_table_rows_line_up_under_the_header() {
+        let row = ReportRow {
+            email: Some("ann@example.org".into()),
+            state: "sent".into(),
+            attempts: 1,
+            last_reply: Some("250 2.0.0 Ok".into()),
+            updated_at: 1_796_000_000,
+            list: Some("news".into()),
+        };
+        let (header, line) = (table_header(), line(ReportFormat::Table, &row).unwrap());
+        assert_eq!(header.find("list"), line.find("news"), "\n{header}\n{line}");
+        assert_eq!(
+            header.find("last reply"),
+            line.find("250 "),
+            "\n{header}\n{line}"
+        );
+    }
 }
