@@ -335,9 +335,11 @@ async fn replace_takes_the_new_lists_and_their_order_and_cancel_stops_them_all()
         out.contains("4 people on ebulletin, staff (0 on more than one, mailed once)"),
         "{out}"
     );
-    // Replaced before it went out: other lists, another order.
+    // Replaced before it went out: other lists, another order; sent now.
     campaign(&env, "[\"partners\", \"ebulletin\"]");
-    let out = env.ok(&["send", FILE, "--replace", "--yes"]).await;
+    let out = env
+        .ok(&["send", FILE, "--replace", "--at", "now", "--yes"])
+        .await;
     assert!(out.contains("both: sent 4 (finished)"), "{out}");
     let seen = by_recipient(&sink.messages());
     let mut got: Vec<(String, String)> = seen

@@ -768,7 +768,8 @@ async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
         (code, out.as_str()),
         (
             Some(0),
-            "reactivated bea@example.org: active again and no longer suppressed; the next campaign to their lists includes them\n"
+            // Imported as bounced: recorded as having left the list.
+            "reactivated bea@example.org: active again and no longer suppressed, but confirmed on no list, so no campaign reaches them\n"
         ),
         "{err}"
     );
