@@ -581,7 +581,7 @@ async fn quickstart_sends_the_example_to_the_outbox() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("2026-11-ebulletin: written to the outbox outbox: 25 (finished)"),
+        stdout.contains("2026-11-ebulletin: written to outbox/: 25 (finished)"),
         "{stdout}"
     );
     assert!(
@@ -601,7 +601,10 @@ async fn quickstart_sends_the_example_to_the_outbox() {
     // Again: nobody is mailed twice.
     let out = quickstart(dir.path()).await;
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already written to the outbox"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("already written to outbox/ by an earlier quickstart")
+    );
     assert_eq!(
         std::fs::read_dir(dir.path().join("outbox"))
             .unwrap()
@@ -656,7 +659,7 @@ async fn quickstart_runs_in_an_empty_folder_and_keeps_an_edited_example() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("written to the outbox outbox: 25 (finished)"),
+        stdout.contains("written to outbox/: 25 (finished)"),
         "{stdout}"
     );
     let root = crate::util::root();

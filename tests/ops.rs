@@ -126,7 +126,7 @@ fn outbox_writes_say_so_and_never_sent() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("hello: written to the outbox out: 2 (finished)"),
+        stdout.contains("hello: written to out/: 2 (finished)"),
         "{stdout}"
     );
     assert!(!stdout.contains("sent"), "{stdout}");
@@ -144,11 +144,11 @@ fn outbox_writes_say_so_and_never_sent() {
         .output()
         .unwrap();
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("written to the outbox out"), "{stdout}");
+    assert!(stdout.contains("written to out/"), "{stdout}");
     assert!(!stdout.contains("sent"), "{stdout}");
     let status = bulletin(d).args(["--db", &db, "status"]).output().unwrap();
     let status = text(&status.stdout);
-    assert!(status.contains("written to the outbox out 2"), "{status}");
+    assert!(status.contains("written to out/ 2"), "{status}");
     assert!(!status.contains("sent 2"), "{status}");
 }
 

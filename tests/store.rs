@@ -660,7 +660,7 @@ async fn cli_end_to_end() {
         (code, out.as_str()),
         (
             Some(0),
-            "subscribed zoe@example.org to news (pending): confirmation email written to the outbox outbox; they are on the list once they open its link\n"
+            "subscribed zoe@example.org to news (pending): confirmation email written to outbox/; they are on the list once they open its link\n"
         )
     );
     assert_eq!(std::fs::read_dir(d.join("outbox")).unwrap().count(), 1);

@@ -70,8 +70,8 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     })?;
     if already {
         println!(
-            "{slug} was already written to the outbox {} by an earlier quickstart",
-            config.outbox.display()
+            "{slug} was already written to {} by an earlier quickstart",
+            super::setup::folder(&config.outbox.display().to_string())
         );
         return Ok(ExitCode::SUCCESS);
     }

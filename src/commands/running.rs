@@ -158,7 +158,12 @@ fn is_idle(s: &Summary) -> bool {
 fn delivered_verb(transport: &Transport) -> String {
     match transport {
         Transport::Smtp { .. } => "sent".into(),
-        Transport::Outbox(dir) => format!("written to the outbox {}:", dir.display()),
+        Transport::Outbox(dir) => {
+            format!(
+                "written to {}:",
+                super::setup::folder(&dir.display().to_string())
+            )
+        }
     }
 }
 

@@ -105,6 +105,15 @@ pub(crate) fn transport_failure(
     }
 }
 
+/// An outbox folder as reports name it, `outbox/`: the folder, so that
+/// "written to outbox/" never reads as a word said twice.
+pub(crate) fn folder(dir: &str) -> String {
+    match dir.ends_with('/') {
+        true => dir.to_string(),
+        false => format!("{dir}/"),
+    }
+}
+
 /// A campaign keeps the transport kind it started with: one started over
 /// SMTP is never finished into the outbox folder (nobody would get those
 /// messages) and one written to the outbox never goes on over SMTP. Checked

@@ -224,21 +224,21 @@ fn when(c: &CampaignRow, now: i64) -> String {
 }
 
 /// The status of a delivery as `status` prints it: `sent` is "written to
-/// the outbox DIR" when every run of the campaign wrote to an outbox, and
-/// "sent or written to the outbox" when runs used both.
+/// DIR/" when every run of the campaign wrote to an outbox, and "sent or
+/// written to DIR/" when runs used both.
 fn delivered_label(status: &str, transports: &[crate::store::RunTransport]) -> String {
-    let outboxes: Vec<&str> = transports
+    let outboxes: Vec<String> = transports
         .iter()
         .filter(|t| t.transport == "outbox")
-        .map(|t| t.target.as_str())
+        .map(|t| super::setup::folder(&t.target))
         .collect();
     if status != "sent" || outboxes.is_empty() {
         return status.to_string();
     }
     let outboxes = outboxes.join(", ");
     if crate::store::RunTransport::only_outboxes(transports) {
-        format!("written to the outbox {outboxes}")
+        format!("written to {outboxes}")
     } else {
-        format!("sent or written to the outbox {outboxes}")
+        format!("sent or written to {outboxes}")
     }
 }

@@ -202,7 +202,10 @@ impl ConfirmationMail {
         let signer = super::setup::signer(config, store, &transport).await?;
         let via = match &transport {
             crate::dispatch::transport::Transport::Outbox(dir) => {
-                format!("written to the outbox {}", dir.display())
+                format!(
+                    "written to {}",
+                    super::setup::folder(&dir.display().to_string())
+                )
             }
             smtp => format!("sent via {}", smtp.describe()),
         };

@@ -50,10 +50,10 @@ pub(crate) fn run(config: &Config, args: &TestArgs) -> Result<ExitCode> {
                 None => String::new(),
             };
             match &settings.transport {
-                Transport::Outbox(dir) => println!(
-                    "test copy of {}{filled} to {to} written to the outbox {}: {reply}",
-                    built.campaign.slug,
-                    dir.display()
+                // The reply names the file: "written to outbox/test-…eml".
+                Transport::Outbox(_) => println!(
+                    "test copy of {}{filled} to {to}: {reply}",
+                    built.campaign.slug
                 ),
                 Transport::Smtp { .. } => println!(
                     "sent a test copy of {}{filled} to {to} via {}: {reply}",
