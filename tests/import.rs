@@ -685,6 +685,25 @@ async fn people_exports_never_resubscribe_who_left() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("subscribed people only"));
     let subscribed = stdout(&out);
+    // A list's file says so too.
+    let out = bulletin(d)
+        .args(["--db", &pg::db_in(d, "a.db")])
+        .args([
+            "subscribers",
+            "export",
+            "--format",
+            "mailchimp",
+            "--list",
+            "news",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the subscribed people of news only"),
+        "{said}"
+    );
     for email in &left {
         assert!(
             !subscribed.contains(email.as_str()),

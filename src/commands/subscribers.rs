@@ -421,9 +421,13 @@ async fn export(
         _ => status,
     };
     let selection = Selection::new(list_id, status)?;
-    if mailchimp_file == Some(MailchimpFile::Subscribed) && list.is_none() {
+    if mailchimp_file == Some(MailchimpFile::Subscribed) {
+        let who = match list {
+            Some(slug) => format!("the subscribed people of {slug} only (who its campaigns reach)"),
+            None => "subscribed people only (mailable on at least one list)".to_string(),
+        };
         eprintln!(
-            "exporting subscribed people only (mailable on at least one list), as Mailchimp's subscribed file; \
+            "exporting {who}, as Mailchimp's subscribed file; \
              --status unsubscribed and --status bounced export the unsubscribed and cleaned files"
         );
     }
