@@ -761,11 +761,14 @@ fn read_file(path: &Path, set_by: &Source) -> Result<File> {
         error,
     })?;
     toml::from_str(&text).map_err(|e| {
-        let at = e.span().map_or(0, |s| s.start);
+        let span = e.span().filter(|s| s.end > 0);
+        let at = span.as_ref().map_or(0, |s| s.start);
         let message = if e.message().starts_with("unknown field `tracking`") {
             TRACKING_REMOVED.to_string()
         } else {
-            value_error(e.message(), setting_at(&text, at).as_deref())
+            // An error about the whole file (no span) names no setting.
+            let setting = span.and_then(|_| setting_at(&text, at));
+            value_error(e.message(), setting.as_deref())
         };
         Error::Parse {
             path: path.to_path_buf(),
@@ -799,26 +802,34 @@ fn value_error(message: &str, setting: Option<&str>) -> String {
 }
 
 /// The setting written at byte `at` of a TOML file, as `[section] key` (or
-/// `key` at the top): the key of that line, under the last table header
-/// above it. `None` when the line sets nothing (a header, a broken line).
+/// `key` at the top): the key whose `=` comes last before `at` on its line
+/// (inside an inline table, the inner key), under the last table header
+/// above that line. `None` when the line sets nothing before `at`.
 fn setting_at(text: &str, at: usize) -> Option<String> {
-    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[start..].lines().next()?;
-    let key = line.split_once('=')?.0.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+    let before = text.get(..at)?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (left, _) = before[start..].rsplit_once('=')?;
+    let key = left
+        .rsplit(['{', ','])
+        .next()?
+        .trim()
+        .trim_matches(['"', '\'']);
+    if key.is_empty() || key.starts_with(['[', '#']) {
         return None;
     }
-    let section = text[..start]
+    let header = before[..start]
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["));
-    Some(
-        match section.and_then(|h| h.find(']').map(|end| &h[..=end])) {
-            Some(header) => format!("{header} {key}"),
-            None => key.to_string(),
-        },
-    )
+        .find(|l| l.starts_with('['))
+        .and_then(|h| {
+            let close = if h.starts_with("[[") { "]]" } else { "]" };
+            h.find(close).map(|end| &h[..end + close.len()])
+        });
+    Some(match header {
+        Some(header) => format!("{header} {key}"),
+        None => key.to_string(),
+    })
 }
 
 /// `assets_url` checked: an absolute http(s) URL with a host ([`http_url`]),
@@ -1328,6 +1339,10 @@ mod tests {
             (
                 "db = 3\n",
                 "b.toml:1: db: invalid type: integer `3`, expected a path in quotes",
+            ),
+            (
+                "smtp = { connections = 2, 'rate' = \"fast\" }\n",
+                "b.toml:1: rate: invalid type: string \"fast\", expected a number",
             ),
         ];
         for (text, said) in cases {

@@ -170,6 +170,23 @@ async fn replace_before_sending_changes_what_is_sent_and_refuses_after() {
     assert!(kept.contains(&format!("scheduled for {due}")), "{kept}");
     assert_eq!(sink.messages().len(), 0, "nothing sent before its time");
     assert_eq!(status_json(&env).await["status"], "scheduled");
+    // Nor does a send_at in the file that has already passed (the campaign
+    // was moved since) make it go now.
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let with_past = std::fs::read_to_string(&path).unwrap().replacen(
+        "+++\n",
+        &format!("+++\nsend_at = {past}\n"),
+        1,
+    );
+    std::fs::write(&path, &with_past).unwrap();
+    let kept = env.ok(&["send", FILE, "--replace", "--yes"]).await;
+    assert!(kept.contains(&format!("scheduled for {due}")), "{kept}");
+    assert_eq!(sink.messages().len(), 0, "nothing sent before its time");
+    std::fs::write(
+        &path,
+        with_past.replacen(&format!("send_at = {past}\n"), "", 1),
+    )
+    .unwrap();
     // "Now" is asked for, and asked about.
     let asked = env.run(&["send", FILE, "--replace", "--at", "now"]).await;
     assert_eq!(asked.status.code(), Some(2), "{asked:?}");

@@ -75,7 +75,7 @@ struct Plan<'a> {
     now: i64,
     /// `--at`, else the file's `send_at`, else now.
     send_at: i64,
-    /// `send_at` came from `--at` or the file, not "now".
+    /// `send_at` came from `--at`, or from the file and is still ahead.
     time_given: bool,
     /// The campaign's lists, in front matter order.
     list_ids: Vec<i64>,
@@ -131,7 +131,9 @@ pub(super) fn send_file(config: &Config, args: &SendArgs) -> Result<ExitCode> {
             settings: &settings,
             now,
             send_at: at.map_or(now, |t| t.timestamp()),
-            time_given: at.is_some(),
+            // A file's `send_at` already past names no time to keep to.
+            time_given: args.at.is_some()
+                || built.campaign.send_at.is_some_and(|t| t.timestamp() > now),
             list_ids: lists.iter().map(|l| l.id).collect(),
             list_names: lists.iter().map(|l| l.name.clone()).collect(),
             source_hash,

@@ -574,7 +574,8 @@ pub async fn run(
         .register_worker(owner, worker_host(owner), pid, campaign.id, now)
         .await?;
     if sharing == Sharing::Lease {
-        store.forget_other_workers(campaign.id, owner).await?;
+        // Housekeeping only: a failure here must not stop the run.
+        let _ = store.forget_other_workers(campaign.id, owner).await;
     }
     let beat = tokio::spawn(beat(store.clone(), settings.clone()));
     let mut result = run_leased(store, campaign, settings, sharing, progress, &mut stop).await;
@@ -936,19 +937,32 @@ async fn pass(store: &Store, shared: &Arc<Shared>, stop: watch::Receiver<bool>) 
         let fatal = fatal.clone();
         let halt = halt.clone();
         handles.push(tokio::spawn(async move {
-            if let Err(e) = worker(shared, tx, stop, halt.clone()).await {
-                halt.store(true, Ordering::SeqCst);
-                fatal.lock().expect("fatal lock").get_or_insert(e);
-            }
+            let sending = std::panic::AssertUnwindSafe(worker(shared, tx, stop, halt.clone()));
+            let e = match futures_util::FutureExt::catch_unwind(sending).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                // Its recipient's outcome never came, and the row stays
+                // `sending` for the in-flight policy. The others stop at
+                // once, and the run ends here, so no later pass of this
+                // process takes the row for one a lost round claimed
+                // (`Store::give_back_unhanded`).
+                Err(panic) => Error::Internal(format!(
+                    "a sending task stopped: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "it panicked".into())
+                )),
+            };
+            halt.store(true, Ordering::SeqCst);
+            fatal.lock().expect("fatal lock").get_or_insert(e);
         }));
     }
     drop(tx);
     for h in handles {
         if let Err(e) = h.await {
-            // A sending task panicked: its recipient's outcome never came,
-            // and the row stays `sending` for the in-flight policy. The run
-            // ends here, so no later pass of this process takes the row for
-            // one a lost round claimed (`Store::give_back_unhanded`).
+            // Cancelled (a panic is caught in the task, above).
             let stopped = Error::Internal(format!("a sending task stopped: {e}"));
             fatal.lock().expect("fatal lock").get_or_insert(stopped);
         }
