@@ -1952,13 +1952,7 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_recorded_twice_counts_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let (_, _, campaign) = two_lists(&store).await;
-        store.materialise(campaign.id, 1).await.unwrap();
-        let claimed = store
-            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
-            .await
-            .unwrap();
+        let (store, campaign, claimed) = two_claimed(dir.path()).await;
         let (bounced, retried) = (&claimed.jobs[0], &claimed.jobs[1]);
         // The second row is deferred and claimed again: its second attempt.
         let deferred = Outcome::Deferred {
@@ -2011,14 +2005,8 @@ mod tests {
     #[tokio::test]
     async fn rows_claimed_and_never_handed_out_go_back_to_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let (_, _, campaign) = two_lists(&store).await;
-        store.materialise(campaign.id, 1).await.unwrap();
         // Worker 1 holds two rows and handed out one; worker 2 holds one.
-        let claimed = store
-            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
-            .await
-            .unwrap();
+        let (store, campaign, claimed) = two_claimed(dir.path()).await;
         let handed = claimed.jobs[0].delivery_id;
         let others = store
             .record_and_claim(&campaign, "test:2:2", 1, &[], 2)
@@ -2042,6 +2030,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all, 1, "with nothing handed out, all of worker 2's");
+    }
+
+    /// A store in `dir` with [`two_lists`]'s campaign queued, and its first
+    /// two rows claimed by worker `test:1:1`.
+    async fn two_claimed(dir: &std::path::Path) -> (Store, CampaignRow, Claimed) {
+        let store = Store::open(&dir.join("t.db")).await.unwrap();
+        let (_, _, campaign) = two_lists(&store).await;
+        store.materialise(campaign.id, 1).await.unwrap();
+        let claimed = store
+            .record_and_claim(&campaign, "test:1:1", 2, &[], 2)
+            .await
+            .unwrap();
+        (store, campaign, claimed)
     }
 
     /// Two lists, `a` and `b`, and a campaign to both (in that order): ann
