@@ -265,3 +265,49 @@ async fn sqlite_items(path: &Path) -> Vec<Item> {
     items.sort();
     items
 }
+
+/// PostgreSQL's ways of refusing a write come back as the store's own
+/// errors, each saying which it was, and each worth trying again later: a
+/// deadlock (one side is undone), a lock not granted within `lock_timeout`.
+#[tokio::test]
+async fn a_deadlock_and_a_lock_timeout_are_told_apart_and_both_transient() {
+    let Some(_) = server() else { return };
+    let url = pg::fresh_database().await;
+    let (mut a, mut b) = (connect(&url).await, connect(&url).await);
+    a.execute("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    a.execute("BEGIN; UPDATE t SET id = id WHERE id = 1")
+        .await
+        .unwrap();
+    b.execute("BEGIN; UPDATE t SET id = id WHERE id = 2")
+        .await
+        .unwrap();
+    // Each now waits for the other's row: PostgreSQL undoes one of them.
+    let (left, right) = tokio::join!(
+        a.execute("UPDATE t SET id = id WHERE id = 2"),
+        b.execute("UPDATE t SET id = id WHERE id = 1")
+    );
+    let undone = left.err().or(right.err()).expect("one side is undone");
+    let err = bulletin::store::Error::from(undone);
+    assert!(
+        matches!(err, bulletin::store::Error::Collided("a deadlock")),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("deadlock"), "{err}");
+    a.execute("ROLLBACK").await.unwrap();
+    b.execute("ROLLBACK").await.unwrap();
+
+    a.execute("BEGIN; UPDATE t SET id = id WHERE id = 1")
+        .await
+        .unwrap();
+    let waited = b
+        .execute("SET lock_timeout = 100; UPDATE t SET id = id WHERE id = 1")
+        .await
+        .unwrap_err();
+    let err = bulletin::store::Error::from(waited);
+    assert!(matches!(err, bulletin::store::Error::Locked(_)), "{err:?}");
+    assert!(err.is_transient());
+    a.execute("ROLLBACK").await.unwrap();
+}

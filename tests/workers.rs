@@ -314,6 +314,43 @@ async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
     sink.shutdown().await;
 }
 
+/// A worker starting a campaign while another holds the write lock for
+/// longer than the busy timeout (another worker queueing a large list, on
+/// a loaded machine) waits for it rather than fail: queueing is patient.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_waits_for_the_write_lock_to_queue_its_campaign() {
+    if skipped("a_worker_waits_for_the_write_lock_to_queue_its_campaign") {
+        return;
+    }
+    let sink = SmtpSink::start(Behaviour::new().discard_data());
+    let env = Env::new(sink.port(), "", "").await;
+    env.subscribers(50).await;
+    env.freeze_due_soon().await;
+    // The store's write lock (`sql::WRITE_LOCK`, "bulletin"), held by
+    // another connection for twice the busy timeout.
+    let raw = env.raw().await;
+    let mut holder = raw.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x6275_6c6c_6574_696e_i64)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let worker = env.spawn_dispatch();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    holder.rollback().await.unwrap();
+    raw.close().await;
+    let out = finish(worker).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sent_by(&out), 50);
+    assert_eq!(env.counts().await, BTreeMap::from([("sent".into(), 50)]));
+    sink.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy() {
     if skipped("a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy") {

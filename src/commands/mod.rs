@@ -228,6 +228,8 @@ async fn close_stores() {
 fn db_error(config: &Config) -> impl Fn(crate::store::Error) -> anyhow::Error + '_ {
     move |e| match e {
         crate::store::Error::Locked(_)
+        | crate::store::Error::Collided(_)
+        | crate::store::Error::NoConnection
         | crate::store::Error::Corrupt
         | crate::store::Error::ReadOnly
         | crate::store::Error::Backup(_)

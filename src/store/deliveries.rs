@@ -13,7 +13,8 @@
 //! enforces it in its `UPDATE`.
 
 use super::sql::{
-    Engine, begin_rows, begin_write, flag, query, query_as, query_scalar, take_write_lock,
+    Engine, begin_rows, begin_write, begin_write_waiting, flag, query, query_as, query_scalar,
+    take_write_lock,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, FromRow, Row};
@@ -481,7 +482,11 @@ impl super::Store {
     /// [`QUEUE_CHUNK`] subscriber ids, each chunk a write transaction of its
     /// own, so that nobody waits for the write lock (an unsubscribe on the
     /// pages, another worker starting on the same campaign) while a list of
-    /// a million is queued.
+    /// a million is queued. A chunk whose audience all have their row
+    /// already ([`UNQUEUED_SQL`], a read) takes no write lock: workers
+    /// joining a campaign another worker queued, or a resumed run, do not
+    /// queue up behind each other's writes (on PostgreSQL, where several
+    /// start together, the last of them waited out the others' and gave up).
     pub async fn materialise(&self, campaign_id: i64, now: i64) -> Result<u64> {
         self.materialise_by(campaign_id, now, QUEUE_CHUNK).await
     }
@@ -502,16 +507,63 @@ impl super::Store {
         let mut after = 0;
         while after < last.unwrap_or(0) {
             let ids = (after, after + chunk);
-            let mut tx = begin_write(pool).await?;
-            for &list_id in &lists {
-                queued += queue_list(&mut tx, campaign_id, list_id, ids, now).await?;
+            after = ids.1;
+            let mut conn = pool.acquire().await?;
+            if !anyone_unqueued(&mut conn, campaign_id, &lists, ids).await? {
+                continue;
+            }
+            drop(conn);
+            // Workers starting together all find the chunk unqueued and
+            // wait for the lock in turn: the first queues it, and each of
+            // the others, finding it queued once it holds the lock, lets go.
+            let mut tx = begin_write_waiting(pool, QUEUE_PATIENCE).await?;
+            if anyone_unqueued(&mut tx, campaign_id, &lists, ids).await? {
+                for &list_id in &lists {
+                    queued += queue_list(&mut tx, campaign_id, list_id, ids, now).await?;
+                }
             }
             tx.commit().await?;
-            after = ids.1;
         }
         Ok(queued)
     }
 }
+
+/// One person of list `?1`'s audience (the `a` of
+/// [`AUDIENCE_SQL`](super::subscribers::AUDIENCE_SQL),
+/// written around it) with subscriber ids after `?2` up to `?3` and no row
+/// for campaign `?4` yet, if any.
+const UNQUEUED_SQL: &str = "SELECT a.id FROM ({audience}) a WHERE a.id > ?2 AND a.id <= ?3
+       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = ?4 AND d.subscriber_id = a.id)
+     LIMIT 1";
+
+/// Whether anyone of the campaign's `lists` with subscriber ids in `ids`
+/// has no row yet ([`UNQUEUED_SQL`]), read without the write lock.
+async fn anyone_unqueued(
+    conn: &mut AnyConnection,
+    campaign_id: i64,
+    lists: &[i64],
+    ids: (i64, i64),
+) -> Result<bool> {
+    for &list_id in lists {
+        let text = UNQUEUED_SQL.replace("{audience}", super::subscribers::AUDIENCE_SQL);
+        let one: Option<i64> = query_scalar(&text)
+            .bind(list_id)
+            .bind(ids.0)
+            .bind(ids.1)
+            .bind(campaign_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if one.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How long [`Store::materialise`] waits for the write lock (on
+/// PostgreSQL): longer than the busy timeout, as a dispatcher has nobody
+/// waiting on it and the holder may be another worker queueing a chunk.
+const QUEUE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The subscriber ids [`Store::materialise`] queues in one transaction.
 const QUEUE_CHUNK: i64 = 10_000;
@@ -2130,6 +2182,33 @@ mod tests {
         assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 0);
         assert_eq!(store.first_time_count(campaign.id).await.unwrap(), 0);
         assert_each_once_through_their_earliest_list(&store, (a, b), &campaign).await;
+    }
+
+    #[tokio::test]
+    async fn queueing_a_campaign_again_waits_for_no_writer_unless_someone_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).await.unwrap();
+        let (_, _, campaign) = two_lists(&store).await;
+        assert_eq!(store.materialise(campaign.id, 2).await.unwrap(), 3);
+        // Another writer holds the database (an import, another worker
+        // queueing): everybody has a row, so queueing again needs no lock.
+        let impatient = Store::open_with(&path, std::time::Duration::from_millis(100))
+            .await
+            .unwrap();
+        let writer = super::super::sql::begin_write(store.pool()).await.unwrap();
+        assert_eq!(impatient.materialise(campaign.id, 3).await.unwrap(), 0);
+        writer.rollback().await.unwrap();
+        // Someone joined: their row is written under the lock, so it waits.
+        store
+            .add_subscriber("dee@example.org", None, "b", "cli", 4)
+            .await
+            .unwrap();
+        let writer = super::super::sql::begin_write(store.pool()).await.unwrap();
+        let err = impatient.materialise(campaign.id, 5).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        writer.rollback().await.unwrap();
+        assert_eq!(impatient.materialise(campaign.id, 6).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -142,6 +142,15 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Error {
     #[error("database is locked by another process (gave up after {0:?})")]
     Locked(Duration),
+    /// PostgreSQL chose this transaction to undo so that another could go
+    /// on (`deadlock_detected`, `serialization_failure`): nothing of it was
+    /// written, and running it again may succeed.
+    #[error("database: this write collided with another ({0}) and was undone")]
+    Collided(&'static str),
+    #[error(
+        "no database connection became free in time (all in use, or the server slow to accept one)"
+    )]
+    NoConnection,
     #[error("not a bulletin database, or the file is corrupt")]
     Corrupt,
     #[error(
@@ -235,8 +244,10 @@ impl From<sqlx::Error> for Error {
             .map(|d| (d.code().to_string(), d.message().to_string()))
         {
             return match state.as_str() {
-                // serialization_failure, deadlock_detected, lock_not_available
-                "40001" | "40P01" | "55P03" => Error::Locked(BUSY_TIMEOUT),
+                "40001" => Error::Collided("a serialization failure"),
+                "40P01" => Error::Collided("a deadlock"),
+                // lock_not_available: `lock_timeout` passed
+                "55P03" => Error::Locked(BUSY_TIMEOUT),
                 // invalid_authorization_specification, invalid_password: a
                 // wrong setting, which retrying will not fix.
                 s if s.starts_with("28") => Error::LoginRefused(message),
@@ -271,7 +282,7 @@ impl From<sqlx::Error> for Error {
             // its folder refuses the -wal and -shm files.
             Some(8) | Some(14) => Error::ReadOnly,
             _ => match err {
-                sqlx::Error::PoolTimedOut => Error::Locked(BUSY_TIMEOUT),
+                sqlx::Error::PoolTimedOut => Error::NoConnection,
                 // The server cannot be reached (PostgreSQL): retry later.
                 sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Error::Unreachable(err.to_string()),
                 other => Error::Sql(other),
@@ -282,12 +293,16 @@ impl From<sqlx::Error> for Error {
 
 impl Error {
     /// True when retrying later may succeed: another process held the
-    /// database too long, or the server (PostgreSQL) could not be reached.
+    /// database too long, a write collided with another's, no connection
+    /// came free, or the server (PostgreSQL) could not be reached.
     /// A refused login ([`Error::LoginRefused`]) is not: a wrong or missing
     /// password stays wrong until someone fixes the setting, so cron's
     /// `dispatch` fails loudly (exit 2) instead of exiting 75 run after run.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Locked(_) | Error::Unreachable(_))
+        matches!(
+            self,
+            Error::Locked(_) | Error::Collided(_) | Error::NoConnection | Error::Unreachable(_)
+        )
     }
 
     /// True when a row with the same unique key was written first (by
@@ -659,6 +674,14 @@ mod tests {
         tx.rollback().await.unwrap();
         b.set_setting("x", "y").await.unwrap();
         assert_eq!(b.setting("x").await.unwrap().as_deref(), Some("y"));
+    }
+
+    #[test]
+    fn no_free_connection_is_its_own_transient_error() {
+        let err = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(matches!(err, Error::NoConnection), "{err:?}");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("no database connection"), "{err}");
     }
 
     #[tokio::test]

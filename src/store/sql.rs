@@ -194,6 +194,26 @@ pub async fn begin_write(pool: &AnyPool) -> Result<Transaction<'static, Any>> {
     }
 }
 
+/// [`begin_write`] for a caller that can wait longer than the busy timeout
+/// for the lock (on PostgreSQL; on SQLite the connection's busy timeout
+/// holds): an unattended dispatcher queueing a campaign while another
+/// worker queues the same one.
+pub async fn begin_write_waiting(
+    pool: &AnyPool,
+    patience: std::time::Duration,
+) -> Result<Transaction<'static, Any>> {
+    match Engine::of(pool) {
+        Engine::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Engine::Postgres => {
+            let mut tx = pool.begin().await?;
+            let wait = format!("SET LOCAL lock_timeout = {}", patience.as_millis());
+            sqlx::raw_sql(&wait).execute(&mut *tx).await?;
+            lock_writes(&mut tx).await?;
+            Ok(tx)
+        }
+    }
+}
+
 /// [`begin_write`] on a connection the caller holds.
 pub async fn begin_write_on(conn: &mut AnyConnection) -> Result<Transaction<'_, Any>> {
     match Engine::of_connection(conn) {
