@@ -161,10 +161,29 @@ async fn replace_before_sending_changes_what_is_sent_and_refuses_after() {
         .replace("News for", "Corrected news for")
         .replace("Hello", "CORRECTED");
     std::fs::write(&path, fixed).unwrap();
+    // Frozen long ago, as far as `status` can tell: replacing freezes the
+    // campaign again, and `status` says when.
+    let location = bulletin::store::Location::parse(std::path::Path::new(&env.db), None).unwrap();
+    let raw = crate::support::db::raw(location).await;
+    sqlx::query("UPDATE campaigns SET created_at = 86400")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    let long_ago = status_json(&env).await["frozen_at"].clone();
+    assert!(
+        long_ago.as_str().unwrap().starts_with("1970-01-02"),
+        "{long_ago}"
+    );
     // The file has no time: the replaced campaign keeps its own, even
     // with --yes.
     let kept = env.ok(&["send", FILE, "--replace", "--yes"]).await;
     assert!(kept.contains("news-1: replaced"), "{kept}");
+    let frozen_at = status_json(&env).await["frozen_at"].clone();
+    assert!(
+        !frozen_at.as_str().unwrap().starts_with("1970"),
+        "{frozen_at}"
+    );
     let due = chrono::DateTime::parse_from_rfc3339(&even_later).unwrap();
     let due = due.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M");
     assert!(kept.contains(&format!("scheduled for {due}")), "{kept}");

@@ -378,6 +378,7 @@ impl Plan<'_> {
             compiled: &self.frozen,
             source_hash: &self.source_hash,
             send_at,
+            now: self.now,
         }
     }
 

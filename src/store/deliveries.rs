@@ -1604,6 +1604,9 @@ pub struct Refreeze<'a> {
     pub compiled: &'a str,
     pub source_hash: &'a str,
     pub send_at: i64,
+    /// When it is frozen again: the campaign's `created_at` (`status`
+    /// says "frozen" then), as for a campaign frozen for the first time.
+    pub now: i64,
 }
 
 /// Rows of a campaign that a message was attempted for (anything but
@@ -1718,7 +1721,7 @@ impl super::Store {
             .await?;
         query(
             "UPDATE campaigns SET list_id = ?2, subject = ?3, compiled = ?4, source_hash = ?5,
-                 send_at = ?6
+                 send_at = ?6, created_at = ?7
              WHERE id = ?1",
         )
         .bind(new.id)
@@ -1727,6 +1730,7 @@ impl super::Store {
         .bind(new.compiled)
         .bind(new.source_hash)
         .bind(new.send_at)
+        .bind(new.now)
         .execute(&mut *tx)
         .await?;
         // Entering `scheduled` stamps no time, hence no `now`.

@@ -136,13 +136,17 @@ impl Store {
         if status != CampaignStatus::Sending || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }
-        query("UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4 WHERE id = ?1")
-            .bind(new.id)
-            .bind(new.subject)
-            .bind(new.compiled)
-            .bind(new.source_hash)
-            .execute(&mut *tx)
-            .await?;
+        query(
+            "UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4, created_at = ?5
+             WHERE id = ?1",
+        )
+        .bind(new.id)
+        .bind(new.subject)
+        .bind(new.compiled)
+        .bind(new.source_hash)
+        .bind(new.now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Replace::Done)
     }
