@@ -134,7 +134,7 @@ async fn mailchimp_zip_nobody_who_left_is_mailable() {
         "{text}"
     );
     assert!(
-        text.contains("recorded as left:    24 (unsubscribed 11, bounced 8, blocklisted 0; never subscribed, stored without a subscription 5)"),
+        text.contains("recorded as left:    24 (unsubscribed 11, bounced 8, complained 0, blocklisted 0; never subscribed, stored without a subscription 5)"),
         "{text}"
     );
 
@@ -881,7 +881,7 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
         ("ann@example.org", "confirmed", "active", "no"),
         ("bob@example.org", "unsubscribed", "active", "no"),
         ("cleo@example.org", "bounced", "bounced", "yes"),
-        ("dan@example.org", "suppressed", "unsubscribed", "yes"),
+        ("dan@example.org", "complained", "complained", "yes"),
     ];
     let args = ["--list", "news", "--status", "all"];
     let first = export(d, "a.db", &args);

@@ -773,11 +773,12 @@ async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
         ),
         "{err}"
     );
-    // A complaint in the source tool: recorded as having left, suppressed.
+    // A complaint in the source tool: recorded as a complaint, suppressed,
+    // which only the person lifts (by signing up again).
     let (code, _, err) = run(&["subscribers", "reactivate", "cal@example.org"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("unsubscribed; only they can sign up again") && err.lines().count() == 1,
+        err.contains("complained about our mail") && err.lines().count() == 1,
         "{err}"
     );
     // Unsubscribed from the list only: active, so nothing to lift.
@@ -798,8 +799,9 @@ async fn cli_reactivate_lifts_a_bounce_and_nothing_else() {
         "{bea:?}"
     );
     let cal = store.profile("cal@example.org").await.unwrap().unwrap();
-    assert_eq!(cal.subscriber.status, "unsubscribed");
+    assert_eq!(cal.subscriber.status, "complained");
     assert!(store.is_suppressed("cal@example.org").await.unwrap());
+    assert!(cal.events.iter().any(|e| e.kind == "complained"), "{cal:?}");
     let dan = store.profile("dan@example.org").await.unwrap().unwrap();
     assert_eq!(dan.subscriptions[0].status, "unsubscribed");
     store.close().await;

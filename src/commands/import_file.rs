@@ -208,10 +208,11 @@ fn print_counts(report: &ImportReport, welcome: bool) {
     println!("  already subscribed:  {}", report.unchanged);
     let l = report.left;
     println!(
-        "  recorded as left:    {} (unsubscribed {}, bounced {}, blocklisted {}; never subscribed, stored without a subscription {})",
+        "  recorded as left:    {} (unsubscribed {}, bounced {}, complained {}, blocklisted {}; never subscribed, stored without a subscription {})",
         l.total(),
         l.unsubscribed,
         l.bounced,
+        l.complained,
         l.suppressed,
         l.not_subscribed
     );

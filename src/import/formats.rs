@@ -216,9 +216,8 @@ pub(super) fn status_standing(format: Format, status: &str) -> Standing {
         Format::Auto | Format::Mailchimp | Format::Csv => match status.as_str() {
             "unsubscribed" | "unsubscribe" | "optedout" | "optout" => Standing::Unsubscribed,
             "bounced" | "cleaned" | "hardbounce" | "unreachable" => Standing::Bounced,
-            "blocklisted" | "blacklisted" | "blocked" | "suppressed" | "complained" | "spam" => {
-                Standing::Suppressed
-            }
+            "blocklisted" | "blacklisted" | "blocked" | "suppressed" => Standing::Suppressed,
+            "complained" | "complaint" | "spam" | "abuse" => Standing::Complained,
             "nonsubscribed" | "transactional" => Standing::NotSubscribed,
             _ => Standing::Subscribed,
         },

@@ -81,8 +81,14 @@ pub enum Standing {
     Unsubscribed,
     /// The address bounced (Mailchimp "cleaned"): never mailed again.
     Bounced,
-    /// Blocklisted or complained: the address is suppressed.
+    /// Blocklisted: the address is suppressed (by hand: only the operator
+    /// lifts it).
     Suppressed,
+    /// Reported the mail as spam: a complaint, as bounce processing records
+    /// one (the person `complained`, the address suppressed for it; their
+    /// own confirmed sign-up later lifts it). An export of someone who
+    /// complained says so, and importing it keeps it.
+    Complained,
     /// Known to the source but never subscribed (Mailchimp
     /// "nonsubscribed"): stored, not put on the list.
     NotSubscribed,

@@ -116,8 +116,10 @@ pub struct Left {
     pub unsubscribed: u64,
     /// Recorded as bounced (Mailchimp "cleaned"): suppressed.
     pub bounced: u64,
-    /// Blocklisted or complained in the source: suppressed.
+    /// Blocklisted in the source: suppressed.
     pub suppressed: u64,
+    /// Complained in the source: recorded as a complaint, suppressed.
+    pub complained: u64,
     /// Never subscribed in the source (Mailchimp "nonsubscribed"): stored,
     /// not put on the list.
     pub not_subscribed: u64,
@@ -125,7 +127,7 @@ pub struct Left {
 
 impl Left {
     pub fn total(&self) -> u64 {
-        self.unsubscribed + self.bounced + self.suppressed + self.not_subscribed
+        self.unsubscribed + self.bounced + self.suppressed + self.complained + self.not_subscribed
     }
 }
 
@@ -174,6 +176,7 @@ impl ImportReport {
         self.left.unsubscribed += other.left.unsubscribed;
         self.left.bounced += other.left.bounced;
         self.left.suppressed += other.left.suppressed;
+        self.left.complained += other.left.complained;
         self.left.not_subscribed += other.left.not_subscribed;
         self.skipped.unsubscribed += other.skipped.unsubscribed;
         self.skipped.bounced += other.skipped.bounced;
@@ -659,6 +662,7 @@ fn plan_left<'r>(
         Standing::Unsubscribed => &mut report.left.unsubscribed,
         Standing::Bounced => &mut report.left.bounced,
         Standing::Suppressed => &mut report.left.suppressed,
+        Standing::Complained => &mut report.left.complained,
         Standing::Subscribed | Standing::NotSubscribed => &mut report.left.not_subscribed,
     };
     let plan = match (known, row.standing) {
@@ -670,6 +674,7 @@ fn plan_left<'r>(
             let done = k.subscription.as_deref() == Some("unsubscribed")
                 && match standing {
                     Standing::Bounced => k.status == "bounced",
+                    Standing::Complained => k.status == "complained",
                     Standing::Suppressed => k.status != "active",
                     _ => true,
                 };
@@ -739,6 +744,7 @@ async fn insert_people(
             let status = match p {
                 Plan::Insert(_) | Plan::InsertLeft(Standing::Unsubscribed) => "active",
                 Plan::InsertLeft(Standing::Bounced) => "bounced",
+                Plan::InsertLeft(Standing::Complained) => "complained",
                 Plan::InsertLeft(_) => "unsubscribed",
                 _ => return None,
             };
@@ -1006,6 +1012,7 @@ async fn record_left(
         let (kind, person, suppression) = match standing {
             Standing::Bounced => ("bounced", Some("bounced"), Some("bounced")),
             Standing::Suppressed => ("suppressed", Some("unsubscribed"), Some("manual")),
+            Standing::Complained => ("complained", Some("complained"), Some("complained")),
             _ => ("unsubscribed", None, None),
         };
         if let Some(reason) = suppression {
