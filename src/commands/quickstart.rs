@@ -71,7 +71,7 @@ pub(crate) fn run(config: &Config) -> Result<ExitCode> {
     if already {
         println!(
             "{slug} was already written to {} by an earlier quickstart",
-            super::setup::folder(&config.outbox.display().to_string())
+            super::setup::folder(&config.outbox)
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -161,7 +161,7 @@ fn delivered_verb(transport: &Transport) -> String {
         Transport::Outbox(dir) => {
             format!(
                 "written to {}:",
-                super::setup::folder(&dir.display().to_string())
+                super::setup::folder(dir)
             )
         }
     }

@@ -107,9 +107,10 @@ pub(crate) fn transport_failure(
 
 /// An outbox folder as reports name it, `outbox/`: the folder, so that
 /// "written to outbox/" never reads as a word said twice.
-pub(crate) fn folder(dir: &str) -> String {
+pub(crate) fn folder(dir: impl AsRef<std::path::Path>) -> String {
+    let dir = dir.as_ref().display().to_string();
     match dir.ends_with('/') {
-        true => dir.to_string(),
+        true => dir,
         false => format!("{dir}/"),
     }
 }

@@ -204,7 +204,7 @@ impl ConfirmationMail {
             crate::dispatch::transport::Transport::Outbox(dir) => {
                 format!(
                     "written to {}",
-                    super::setup::folder(&dir.display().to_string())
+                    super::setup::folder(dir)
                 )
             }
             smtp => format!("sent via {}", smtp.describe()),
