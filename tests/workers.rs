@@ -206,12 +206,15 @@ async fn finish(child: Child) -> std::process::Output {
 /// message after 20 ms, so that every connection has a message in flight
 /// most of the time.
 async fn due_behind_a_slow_sink(n: i64) -> (SmtpSink, Env) {
-    let sink = SmtpSink::start(
-        Behaviour::new()
-            .discard_data()
-            .delay_data_reply("", Duration::from_millis(20)),
-    );
-    let env = Env::new(sink.port(), "", "").await;
+    let slow = Behaviour::new().delay_data_reply("", Duration::from_millis(20));
+    due(n, slow, "").await
+}
+
+/// A sink that keeps no message bodies (`behaviour`'s other answers), and
+/// a campaign to `n` people due now, with `smtp` as extra `[smtp]` keys.
+async fn due(n: i64, behaviour: Behaviour, smtp: &str) -> (SmtpSink, Env) {
+    let sink = SmtpSink::start(behaviour.discard_data());
+    let env = Env::new(sink.port(), smtp, "").await;
     env.subscribers(n).await;
     env.freeze_due_soon().await;
     (sink, env)
@@ -263,10 +266,7 @@ async fn four_workers_share_a_campaign_and_mail_each_recipient_exactly_once() {
     if skipped("four_workers_share_a_campaign_and_mail_each_recipient_exactly_once") {
         return;
     }
-    let sink = SmtpSink::start(Behaviour::new().discard_data());
-    let env = Env::new(sink.port(), "", "").await;
-    env.subscribers(5000).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due(5000, Behaviour::new(), "").await;
     let workers: Vec<Child> = (0..4).map(|_| env.spawn_dispatch()).collect();
     let mut outputs = Vec::new();
     for w in workers {
@@ -322,10 +322,7 @@ async fn a_worker_waits_for_the_write_lock_to_queue_its_campaign() {
     if skipped("a_worker_waits_for_the_write_lock_to_queue_its_campaign") {
         return;
     }
-    let sink = SmtpSink::start(Behaviour::new().discard_data());
-    let env = Env::new(sink.port(), "", "").await;
-    env.subscribers(50).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due(50, Behaviour::new(), "").await;
     // The store's write lock (`sql::WRITE_LOCK`, "bulletin"), held by
     // another connection for twice the busy timeout.
     let raw = env.raw().await;
@@ -572,10 +569,7 @@ async fn the_rate_limit_holds_across_workers() {
     }
     const RATE: f64 = 20.0;
     const RECIPIENTS: i64 = 120;
-    let sink = SmtpSink::start(Behaviour::new().discard_data());
-    let env = Env::new(sink.port(), &format!("rate = {RATE}"), "").await;
-    env.subscribers(RECIPIENTS).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due(RECIPIENTS, Behaviour::new(), &format!("rate = {RATE}")).await;
     let workers: Vec<Child> = (0..2).map(|_| env.spawn_dispatch()).collect();
     for w in workers {
         let out = finish(w).await;
@@ -606,10 +600,7 @@ async fn status_shows_the_live_workers() {
     if skipped("status_shows_the_live_workers") {
         return;
     }
-    let sink = SmtpSink::start(Behaviour::new().discard_data());
-    let env = Env::new(sink.port(), "rate = 20", "").await;
-    env.subscribers(200).await;
-    env.freeze_due_soon().await;
+    let (sink, env) = due(200, Behaviour::new(), "rate = 20").await;
     let mut workers: Vec<Child> = (0..3).map(|_| env.spawn_dispatch()).collect();
     sink.wait_for(20, Duration::from_secs(60)).await;
     // A worker of this machine killed a moment ago is not shown as live,

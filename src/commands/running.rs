@@ -159,10 +159,7 @@ fn delivered_verb(transport: &Transport) -> String {
     match transport {
         Transport::Smtp { .. } => "sent".into(),
         Transport::Outbox(dir) => {
-            format!(
-                "written to {}:",
-                super::setup::folder(dir)
-            )
+            format!("written to {}:", super::setup::folder(dir))
         }
     }
 }

@@ -202,10 +202,7 @@ impl ConfirmationMail {
         let signer = super::setup::signer(config, store, &transport).await?;
         let via = match &transport {
             crate::dispatch::transport::Transport::Outbox(dir) => {
-                format!(
-                    "written to {}",
-                    super::setup::folder(dir)
-                )
+                format!("written to {}", super::setup::folder(dir))
             }
             smtp => format!("sent via {}", smtp.describe()),
         };
