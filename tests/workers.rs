@@ -323,19 +323,13 @@ async fn a_worker_waits_for_the_write_lock_to_queue_its_campaign() {
         return;
     }
     let (sink, env) = due(50, Behaviour::new(), "").await;
-    // The store's write lock (`sql::WRITE_LOCK`, "bulletin"), held by
-    // another connection for twice the busy timeout.
-    let raw = env.raw().await;
-    let mut holder = raw.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(0x6275_6c6c_6574_696e_i64)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    // The store's write lock, held by another connection for more than
+    // twice the busy timeout.
+    let location = bulletin::store::Location::parse(std::path::Path::new(&env.db), None).unwrap();
+    let holder = crate::web::hold_write_lock(&location).await;
     let worker = env.spawn_dispatch();
     tokio::time::sleep(Duration::from_secs(11)).await;
     holder.rollback().await.unwrap();
-    raw.close().await;
     let out = finish(worker).await;
     assert!(
         out.status.success(),
