@@ -78,10 +78,15 @@ async fn open(dir: &Path, name: &str) -> Store {
 
 /// Who would be mailed on `news`.
 async fn mailable_on_news(store: &Store) -> HashSet<String> {
-    let news = store.require_list("news").await.unwrap().id;
+    mailable_on(store, "news").await
+}
+
+/// Who would be mailed on the list `slug`.
+async fn mailable_on(store: &Store, slug: &str) -> HashSet<String> {
+    let list = store.require_list(slug).await.unwrap().id;
     let mut emails = HashSet::new();
     store
-        .export(&Selection::Audience(news), |row| {
+        .export(&Selection::Audience(list), |row| {
             emails.insert(row.email);
             Ok::<_, bulletin::store::Error>(())
         })
@@ -871,7 +876,8 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
          ann@example.org,Ann Lee,subscribed,Paris\n\
          bob@example.org,Bob Ray,unsubscribed,Rome\n\
          cleo@example.org,Cleo Day,cleaned,Oslo\n\
-         dan@example.org,Dan Fox,complained,Riga\n",
+         dan@example.org,Dan Fox,complained,Riga\n\
+         eve@example.org,Eve Ash,blocklisted,Lima\n",
     )
     .unwrap();
     assert!(import(d, "a.db", &file, &[]).status.success());
@@ -882,6 +888,7 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
         ("bob@example.org", "unsubscribed", "active", "no"),
         ("cleo@example.org", "bounced", "bounced", "yes"),
         ("dan@example.org", "complained", "complained", "yes"),
+        ("eve@example.org", "suppressed", "unsubscribed", "yes"),
     ];
     let args = ["--list", "news", "--status", "all"];
     let first = export(d, "a.db", &args);
@@ -902,6 +909,13 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The export read back into the database it came from changes nobody.
+    let again = import(d, "a.db", &exported, &[]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     for db in ["a.db", "b.db"] {
         for (email, _, status, suppressed) in people {
             assert_eq!(
@@ -916,6 +930,58 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
         HashSet::from(["ann@example.org".to_string()])
     );
     assert_eq!(export(d, "b.db", &args), first, "export → import → export");
+}
+
+/// A complaint imported into one list stops mail on every list, as one
+/// through the bounce path does: Ann, confirmed on `older`, marked our
+/// mail as spam in the old tool; when she later signs up for `later` (which
+/// lifts the complaint), `older` must not start mailing her again.
+#[tokio::test]
+async fn an_imported_complaint_leaves_every_list_not_only_the_imported_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let import_into = |list: &str, status: &str| {
+        let file = d.join(format!("{list}.csv"));
+        std::fs::write(&file, format!("email,status\nann@example.org,{status}\n")).unwrap();
+        let out = bulletin(d)
+            .args(["--db", &pg::db_in(d, "t.db"), "subscribers", "import"])
+            .arg(&file)
+            .args(["--list", list])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    import_into("older", "subscribed");
+    let store = open(d, "t.db").await;
+    assert_eq!(
+        mailable_on(&store, "older").await,
+        HashSet::from(["ann@example.org".to_string()])
+    );
+    import_into("news", "complained");
+    assert!(mailable_on(&store, "older").await.is_empty());
+
+    let later = store
+        .create_list("later", "Later", "", false, true, 1)
+        .await
+        .unwrap();
+    let signed = store
+        .sign_up("ann@example.org", "Ann", std::slice::from_ref(&later), 2)
+        .await
+        .unwrap()
+        .expect("a complaint does not bar signing up again");
+    assert!(store.confirm(signed.subscriber, later.id, 3).await.unwrap());
+    assert_eq!(
+        mailable_on(&store, "later").await,
+        HashSet::from(["ann@example.org".to_string()])
+    );
+    assert!(
+        mailable_on(&store, "older").await.is_empty(),
+        "the list she was on when she complained mails her again"
+    );
 }
 
 /// See: walkthrough report (export round trip). The Mailchimp layout

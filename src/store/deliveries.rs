@@ -561,8 +561,9 @@ async fn anyone_unqueued(
 }
 
 /// How long [`Store::materialise`] waits for the write lock (on
-/// PostgreSQL): longer than the busy timeout, as a dispatcher has nobody
-/// waiting on it and the holder may be another worker queueing a chunk.
+/// PostgreSQL): longer than the busy timeout, as the holder may be another
+/// worker queueing a chunk of the same campaign, and giving up would stop
+/// a run (or an operator's `send`) that only had to wait its turn.
 const QUEUE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The subscriber ids [`Store::materialise`] queues in one transaction.
@@ -1604,8 +1605,9 @@ pub struct Refreeze<'a> {
     pub compiled: &'a str,
     pub source_hash: &'a str,
     pub send_at: i64,
-    /// When it is frozen again: the campaign's `created_at` (`status`
-    /// says "frozen" then), as for a campaign frozen for the first time.
+    /// When it is frozen again: a campaign's `created_at` (`status` says
+    /// "frozen" then), as for one frozen for the first time. A welcome
+    /// campaign keeps its own (the start of "each person confirmed since").
     pub now: i64,
 }
 
@@ -2210,7 +2212,7 @@ mod tests {
             .unwrap();
         let writer = super::super::sql::begin_write(store.pool()).await.unwrap();
         let err = impatient.materialise(campaign.id, 5).await.unwrap_err();
-        assert!(err.is_transient(), "{err:?}");
+        assert!(matches!(err, crate::store::Error::Locked(_)), "{err:?}");
         writer.rollback().await.unwrap();
         assert_eq!(impatient.materialise(campaign.id, 6).await.unwrap(), 1);
     }

@@ -671,10 +671,11 @@ fn plan_left<'r>(
         (Some(_), Standing::NotSubscribed) => Plan::Unchanged,
         (Some(k), standing) => {
             // Already recorded: a re-import of the same file changes nothing.
+            // (A person already bounced or complained never gets here:
+            // `plan` skips them; until they are, the row has work to do.)
             let done = k.subscription.as_deref() == Some("unsubscribed")
                 && match standing {
-                    Standing::Bounced => k.status == "bounced",
-                    Standing::Complained => k.status == "complained",
+                    Standing::Bounced | Standing::Complained => false,
                     Standing::Suppressed => k.status != "active",
                     _ => true,
                 };
@@ -991,8 +992,9 @@ async fn subscribe_confirmed(
 
 /// Records people who left in the source tool: the subscription to the
 /// list becomes (or is created) `unsubscribed`; a bounced address also
-/// marks the person bounced, a blocklisted one unsubscribed from all; both
-/// are added to `suppressions`. Each change is an event.
+/// marks the person bounced, a blocklisted one unsubscribed from all, a
+/// complaint complained and off every other list too; all three are added
+/// to `suppressions`. Each change is an event.
 ///
 /// This is the import's one writer of unsubscribes and bounces; the
 /// suppressions go through the store's one writer (`suppress_hashes`).
@@ -1064,8 +1066,60 @@ async fn record_left(
     .bind(now)
     .execute(&mut *conn)
     .await?;
+    let complained = left
+        .iter()
+        .filter(|(_, _, standing, _)| *standing == Standing::Complained)
+        .map(|(id, ..)| *id);
+    leave_every_list(conn, &json_array(complained), list_id, now).await?;
     let consents: Vec<Sub> = left.iter().map(|(id, _, _, c)| (*id, *c)).collect();
     insert_consents(conn, list_id, &consents).await
+}
+
+/// Unsubscribes the people in `ids` (a JSON array) from every list but
+/// `list_id` (which the caller has just done), each with an event, as a
+/// complaint through the bounce path does: someone who marked our mail as
+/// spam wants none of it, and a later sign-up (which lifts the complaint)
+/// must not bring back lists they never chose again.
+async fn leave_every_list(
+    conn: &mut AnyConnection,
+    ids: &str,
+    list_id: i64,
+    now: i64,
+) -> Result<()> {
+    if ids == "[]" {
+        return Ok(());
+    }
+    let engine = Engine::of_connection(conn);
+    query(engine.pick(
+        "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
+         SELECT sub.subscriber_id, sub.list_id, 'unsubscribed', 'import', 'complaint', ?3 \
+         FROM subscriptions sub JOIN json_each(?1) j ON sub.subscriber_id = j.value \
+         WHERE sub.list_id <> ?2 AND sub.status <> 'unsubscribed'",
+        "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
+         SELECT sub.subscriber_id, sub.list_id, 'unsubscribed', 'import', 'complaint', ?3 \
+         FROM subscriptions sub \
+         JOIN json_array_elements_text(CAST(?1 AS json)) j ON sub.subscriber_id = CAST(j.value AS BIGINT) \
+         WHERE sub.list_id <> ?2 AND sub.status <> 'unsubscribed'",
+    ))
+    .bind(ids)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    query(engine.pick(
+        "UPDATE subscriptions SET status = 'unsubscribed', source = 'import', updated_at = ?3 \
+         WHERE subscriber_id IN (SELECT value FROM json_each(?1)) \
+           AND list_id <> ?2 AND status <> 'unsubscribed'",
+        "UPDATE subscriptions SET status = 'unsubscribed', source = 'import', updated_at = ?3 \
+         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) \
+           AND list_id <> ?2 AND status <> 'unsubscribed'",
+    ))
+    .bind(ids)
+    .bind(list_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 impl Store {

@@ -305,6 +305,19 @@ impl Error {
         )
     }
 
+    /// A copy of a transient error, for each of several callers that were
+    /// waiting on the one write it stopped (`None` for any other error,
+    /// which carries what cannot be copied).
+    pub fn transient_copy(&self) -> Option<Error> {
+        match self {
+            Error::Locked(waited) => Some(Error::Locked(*waited)),
+            Error::Collided(what) => Some(Error::Collided(what)),
+            Error::NoConnection => Some(Error::NoConnection),
+            Error::Unreachable(why) => Some(Error::Unreachable(why.clone())),
+            _ => None,
+        }
+    }
+
     /// True when a row with the same unique key was written first (by
     /// another process, as a rule: two commands racing on one new row).
     pub fn is_duplicate(&self) -> bool {

@@ -222,8 +222,9 @@ impl Writer {
     }
 }
 
-/// Writes a group in one transaction. Should that fail because the database
-/// stayed locked, the whole group gets the error (trying each change would
+/// Writes a group in one transaction. Should that fail for a reason that
+/// may pass (the database stayed locked, a collision, no connection), the
+/// whole group gets that error (trying each change would
 /// wait the busy timeout once per change); for any other failure each change
 /// is tried on its own, so one bad change cannot sink the others.
 async fn write_group(store: &super::Store, group: &mut Vec<Queued>) {
@@ -244,7 +245,8 @@ async fn write_group(store: &super::Store, group: &mut Vec<Queued>) {
         }
         Err(e) if e.is_transient() => {
             for c in group.drain(..) {
-                let _ = c.done.send(Err(super::Error::Locked(super::BUSY_TIMEOUT)));
+                let copy = e.transient_copy().expect("a transient error copies");
+                let _ = c.done.send(Err(copy));
             }
         }
         Err(_) => {

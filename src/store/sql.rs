@@ -17,7 +17,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, FromRow, Transaction};
 
-use super::Result;
+use super::{Error, Result};
 
 /// Which database a pool or connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +196,10 @@ pub async fn begin_write(pool: &AnyPool) -> Result<Transaction<'static, Any>> {
 
 /// [`begin_write`] for a caller that can wait longer than the busy timeout
 /// for the lock (on PostgreSQL; on SQLite the connection's busy timeout
-/// holds): an unattended dispatcher queueing a campaign while another
-/// worker queues the same one.
+/// holds): a worker queueing a campaign while another worker queues the
+/// same one. Only the wait for the write lock is longer: once it is held,
+/// the connection's own `lock_timeout` is back for the statements that
+/// follow, and a wait for the lock that runs out is `Locked(patience)`.
 pub async fn begin_write_waiting(
     pool: &AnyPool,
     patience: std::time::Duration,
@@ -206,12 +208,27 @@ pub async fn begin_write_waiting(
         Engine::Sqlite => Ok(pool.begin_with("BEGIN IMMEDIATE").await?),
         Engine::Postgres => {
             let mut tx = pool.begin().await?;
-            let wait = format!("SET LOCAL lock_timeout = {}", patience.as_millis());
-            sqlx::raw_sql(&wait).execute(&mut *tx).await?;
-            lock_writes(&mut tx).await?;
+            let usual: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
+                .fetch_one(&mut *tx)
+                .await?;
+            set_lock_timeout(&mut tx, &patience.as_millis().to_string()).await?;
+            lock_writes(&mut tx).await.map_err(|e| match e {
+                Error::Locked(_) => Error::Locked(patience),
+                other => other,
+            })?;
+            set_lock_timeout(&mut tx, &usual).await?;
             Ok(tx)
         }
     }
+}
+
+/// `lock_timeout` until the end of the transaction `conn` is in.
+async fn set_lock_timeout(conn: &mut AnyConnection, value: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(value)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// [`begin_write`] on a connection the caller holds.

@@ -129,24 +129,23 @@ impl Store {
     /// `send --replace` of a welcome campaign: new subject and content, as
     /// long as it is active and no welcome message was attempted yet (the
     /// same rule as any campaign). Its queued rows stay: they are people
-    /// confirmed meanwhile, waiting for the welcome mail.
+    /// confirmed meanwhile, waiting for the welcome mail. Its `created_at`
+    /// stays: `status` reads it as the start of "sent to each person
+    /// confirmed since", which a new text does not move (`new.now` is for
+    /// campaigns).
     pub async fn replace_welcome(&self, new: &Refreeze<'_>) -> Result<Replace> {
         let mut tx = begin_write(self.pool()).await?;
         let (status, attempted) = replace_state(&mut tx, new.id).await?;
         if status != CampaignStatus::Sending || attempted > 0 {
             return Ok(Replace::Refused(status, attempted));
         }
-        query(
-            "UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4, created_at = ?5
-             WHERE id = ?1",
-        )
-        .bind(new.id)
-        .bind(new.subject)
-        .bind(new.compiled)
-        .bind(new.source_hash)
-        .bind(new.now)
-        .execute(&mut *tx)
-        .await?;
+        query("UPDATE campaigns SET subject = ?2, compiled = ?3, source_hash = ?4 WHERE id = ?1")
+            .bind(new.id)
+            .bind(new.subject)
+            .bind(new.compiled)
+            .bind(new.source_hash)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Replace::Done)
     }
@@ -315,6 +314,29 @@ mod tests {
         club_rows.extend([f, g]);
         club_rows.sort();
         assert_eq!(rows(&store, club_welcome).await, club_rows);
+    }
+
+    /// A new text for the welcome mail changes what it says, not since when
+    /// it greets people: `created_at` is that start.
+    #[tokio::test]
+    async fn replacing_the_welcome_mail_keeps_the_time_it_started() {
+        let (_dir, store, [(open, welcome), _]) = store().await;
+        let before = store.campaign_by_id(welcome).await.unwrap().unwrap();
+        let lists = [open];
+        let new = Refreeze {
+            id: welcome,
+            lists: &lists,
+            subject: "Welcome, reader",
+            compiled: "{}",
+            source_hash: "new",
+            send_at: 50,
+            now: 50,
+        };
+        assert_eq!(store.replace_welcome(&new).await.unwrap(), Replace::Done);
+        let after = store.campaign_by_id(welcome).await.unwrap().unwrap();
+        assert_eq!(after.subject, "Welcome, reader");
+        assert_eq!(after.created_at, before.created_at);
+        assert_ne!(after.created_at, 50);
     }
 
     #[tokio::test]
