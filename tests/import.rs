@@ -46,13 +46,34 @@ fn rows(path: &Path) -> Vec<HashMap<String, String>> {
 }
 
 fn import(dir: &Path, db: &str, file: &Path, extra: &[&str]) -> std::process::Output {
+    import_to(dir, db, file, "news", extra)
+}
+
+/// `subscribers import FILE --list LIST` into the database `db`.
+fn import_to(
+    dir: &Path,
+    db: &str,
+    file: &Path,
+    list: &str,
+    extra: &[&str],
+) -> std::process::Output {
     bulletin(dir)
         .args(["--db", &pg::db_in(dir, db), "subscribers", "import"])
         .arg(file)
-        .args(["--list", "news"])
+        .args(["--list", list])
         .args(extra)
         .output()
         .unwrap()
+}
+
+/// `out`, once it is known to have succeeded (else its stderr says why).
+fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn export(dir: &Path, db: &str, extra: &[&str]) -> String {
@@ -61,12 +82,7 @@ fn export(dir: &Path, db: &str, extra: &[&str]) -> String {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(succeeded(out).stdout).unwrap()
 }
 
 /// The database `name` of the test in `dir`, opened.
@@ -903,19 +919,9 @@ async fn list_export_round_trip_keeps_bounces_and_suppressions() {
     }
     let exported = d.join("news.csv");
     std::fs::write(&exported, &first).unwrap();
-    let out = import(d, "b.db", &exported, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(import(d, "b.db", &exported, &[]));
     // The export read back into the database it came from changes nobody.
-    let again = import(d, "a.db", &exported, &[]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    succeeded(import(d, "a.db", &exported, &[]));
     for db in ["a.db", "b.db"] {
         for (email, _, status, suppressed) in people {
             assert_eq!(
@@ -943,17 +949,7 @@ async fn an_imported_complaint_leaves_every_list_not_only_the_imported_one() {
     let import_into = |list: &str, status: &str| {
         let file = d.join(format!("{list}.csv"));
         std::fs::write(&file, format!("email,status\nann@example.org,{status}\n")).unwrap();
-        let out = bulletin(d)
-            .args(["--db", &pg::db_in(d, "t.db"), "subscribers", "import"])
-            .arg(&file)
-            .args(["--list", list])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(import_to(d, "t.db", &file, list, &[]));
     };
     import_into("older", "subscribed");
     let store = open(d, "t.db").await;
