@@ -342,6 +342,63 @@ async fn a_worker_waits_for_the_write_lock_to_queue_its_campaign() {
     sink.shutdown().await;
 }
 
+/// Queueing waits long for the write lock only (above): once it holds it,
+/// a row another transaction holds makes it wait the busy timeout, as any
+/// write does, and say so, not a minute. Here a transaction that has not
+/// committed its own row for one of the people makes queueing wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn queueing_waits_the_busy_timeout_for_a_row_once_it_holds_the_lock() {
+    use bulletin::store::deliveries::NewCampaign;
+    if skipped("queueing_waits_the_busy_timeout_for_a_row_once_it_holds_the_lock") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setting = pg::db_named(dir.path(), "rowwait").await;
+    let busy = Duration::from_millis(300);
+    let store = bulletin::store::Store::open_with(pg::location(&setting), busy)
+        .await
+        .unwrap();
+    let list = store.create_list("news", "News", "", false, false, 1);
+    let list = list.await.unwrap().id;
+    for email in ["ann@example.net", "bob@example.net"] {
+        store
+            .add_subscriber(email, None, "news", "test", 1)
+            .await
+            .unwrap();
+    }
+    let ann = store.subscriber("ann@example.net").await.unwrap().unwrap();
+    let new = NewCampaign {
+        slug: "c",
+        lists: &[list],
+        subject: "s",
+        compiled: "{}",
+        source_hash: "h",
+        send_at: 1,
+        now: 1,
+    };
+    let id = store.insert_campaign(&new).await.unwrap();
+    let raw = crate::support::db::raw(pg::location(&setting)).await;
+    let mut other = raw.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, status, updated_at) VALUES ($1, $2, 'queued', 1)",
+    )
+    .bind(id)
+    .bind(ann.id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    // A hang detector, 100 times the busy timeout: waiting the write
+    // lock's 60 s for a row would run into it.
+    let queued = tokio::time::timeout(Duration::from_secs(30), store.materialise(id, 2)).await;
+    let err = queued
+        .expect("queueing waited for the row far past the busy timeout")
+        .unwrap_err();
+    assert!(matches!(err, bulletin::store::Error::Locked(_)), "{err:?}");
+    assert!(err.is_transient());
+    other.rollback().await.unwrap();
+    assert_eq!(store.materialise(id, 3).await.unwrap(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy() {
     if skipped("a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_policy") {
