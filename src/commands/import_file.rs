@@ -216,6 +216,10 @@ fn print_counts(report: &ImportReport, welcome: bool) {
         l.suppressed,
         l.not_subscribed
     );
+    println!(
+        "  already left:        {} (as recorded before: nothing to change)",
+        report.already_left
+    );
     println!("  duplicates in file:  {}", report.duplicates);
     let s = report.skipped;
     println!(

@@ -132,8 +132,8 @@ impl Left {
 }
 
 /// What an import did (or, with `dry_run`, would do). Every data row lands
-/// in exactly one of imported, updated, unchanged, left, skipped, rejected
-/// and duplicates, so they add up to `read`.
+/// in exactly one of imported, updated, unchanged, left, already_left,
+/// skipped, rejected and duplicates, so they add up to `read`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportReport {
     /// The format read (detected, or as asked).
@@ -151,6 +151,9 @@ pub struct ImportReport {
     pub unchanged: u64,
     /// Unsubscribed, bounced, blocklisted or never subscribed in the source.
     pub left: Left,
+    /// Left in the source, and recorded so here already (a file imported
+    /// again): nothing to change.
+    pub already_left: u64,
     pub skipped: Skipped,
     /// Rows refused (see the `RowError`s).
     pub rejected: u64,
@@ -178,6 +181,7 @@ impl ImportReport {
         self.left.suppressed += other.left.suppressed;
         self.left.complained += other.left.complained;
         self.left.not_subscribed += other.left.not_subscribed;
+        self.already_left += other.already_left;
         self.skipped.unsubscribed += other.skipped.unsubscribed;
         self.skipped.bounced += other.skipped.bounced;
         self.skipped.complained += other.skipped.complained;
@@ -658,13 +662,6 @@ fn plan_left<'r>(
     known: Option<&Known>,
     report: &'r mut ImportReport,
 ) -> (Plan, &'r mut u64) {
-    let bucket = match row.standing {
-        Standing::Unsubscribed => &mut report.left.unsubscribed,
-        Standing::Bounced => &mut report.left.bounced,
-        Standing::Suppressed => &mut report.left.suppressed,
-        Standing::Complained => &mut report.left.complained,
-        Standing::Subscribed | Standing::NotSubscribed => &mut report.left.not_subscribed,
-    };
     let plan = match (known, row.standing) {
         (None, Standing::NotSubscribed) => Plan::Insert(None),
         (None, standing) => Plan::InsertLeft(standing),
@@ -680,11 +677,17 @@ fn plan_left<'r>(
                     _ => true,
                 };
             if done {
-                Plan::Unchanged
-            } else {
-                Plan::Leave { id: k.id, standing }
+                return (Plan::Unchanged, &mut report.already_left);
             }
+            Plan::Leave { id: k.id, standing }
         }
+    };
+    let bucket = match row.standing {
+        Standing::Unsubscribed => &mut report.left.unsubscribed,
+        Standing::Bounced => &mut report.left.bounced,
+        Standing::Suppressed => &mut report.left.suppressed,
+        Standing::Complained => &mut report.left.complained,
+        Standing::Subscribed | Standing::NotSubscribed => &mut report.left.not_subscribed,
     };
     (plan, bucket)
 }
@@ -704,7 +707,10 @@ fn plan(
             let (plan, bucket): (Plan, &mut u64) = if let Some(k) =
                 known.filter(|k| k.status == "bounced" || k.status == "complained")
             {
-                if k.status == "bounced" {
+                if row.standing != Standing::Subscribed {
+                    // The file says they left too: nothing asked of us.
+                    (Plan::Skip, &mut report.already_left)
+                } else if k.status == "bounced" {
                     (Plan::Skip, &mut report.skipped.bounced)
                 } else {
                     (Plan::Skip, &mut report.skipped.complained)
