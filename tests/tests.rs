@@ -21,6 +21,7 @@ mod multilist; // campaigns to several lists: each person once, through the earl
 mod operator; // small operator commands: subscribers add on double opt-in lists, test --to/--as, lists rename/edit/remove
 mod ops; // running unattended: no silent outbox or accidental database, cron/systemd examples, pipes, secrets, backup
 mod pg_password; // PostgreSQL logins with a password (scram): BULLETIN_DB_PASSWORD or the URL's own works; wrong or none exits 2, naming both sources, never the password (BULLETIN_TEST_POSTGRES)
+mod pg_tls; // TLS to PostgreSQL as sslmode asks: require, verify-full against the test CA; refused without; an untrusted certificate exits 2 naming the setting (BULLETIN_TEST_POSTGRES)
 mod placeholders; // placeholders and images against the list: did you mean, first_name end to end, missing values, relative URLs, misspelt lists
 mod settings; // wrong settings fail loudly naming the setting: base_url without a scheme, a misspelt SMTP URL (dispatch with nothing due too), an unreachable SMTP server, a misspelt config path, a PostgreSQL database that does not exist (BULLETIN_TEST_POSTGRES)
 mod smtp_sink_tests; // the test sink itself: envelope, data, scripted failures, AUTH, pipelining

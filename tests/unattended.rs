@@ -367,3 +367,52 @@ async fn dispatch_against_an_unreachable_database_server_exits_75_naming_the_set
         text(&out.stderr)
     );
 }
+
+// See: walkthrough report (Scaling out). Something listens at the host and
+// port the URL names but never answers as PostgreSQL (another service on a
+// mistyped port, a server hung at startup): `dispatch` and `doctor` gave
+// up after `store::CONNECT_TIMEOUT`, not never (cron's runs piled up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_server_that_never_answers_is_given_up_on() {
+    let env = Env::new(0, "");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts every connection and holds it, saying nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let url = format!("postgres://bulletin@127.0.0.1:{port}/news");
+    let mut cmd = env.command(&["dispatch"]);
+    cmd.env("BULLETIN_DB", &url);
+    // A hang detector, far past the connect timeout.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), output(cmd))
+        .await
+        .expect("dispatch waited for a silent server without end");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("bulletin: {url} (set by BULLETIN_DB): ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot be reached: no answer within 10 s"),
+        "{stderr}"
+    );
+
+    let mut cmd = env.command(&["doctor"]);
+    cmd.env("BULLETIN_DB", &url);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), output(cmd))
+        .await
+        .expect("doctor waited for a silent server without end");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("FAIL") && l.contains("no answer within 10 s")),
+        "{stdout}"
+    );
+}

@@ -198,6 +198,11 @@ fn open_error(config: &Config, e: crate::store::Error) -> anyhow::Error {
         missing @ crate::store::Error::NoDatabase { .. } => {
             anyhow::Error::new(missing).context(format!("{path} (set by {})", config.db_source))
         }
+        // `sslmode` and `sslrootcert` are in the URL: the setting to fix.
+        tls @ crate::store::Error::Tls(_) => anyhow::Error::new(tls).context(format!(
+            "{path} (set by {}; TLS as its sslmode and sslrootcert say)",
+            config.db_source
+        )),
         other => anyhow::Error::new(other).context(path.to_string()),
     }
 }

@@ -136,6 +136,25 @@ pub const MAILABLE: &str = mailable!();
 /// How long a statement waits for another writer before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a first connection to the database may take, login included.
+/// A host and port where something accepts connections but never answers
+/// as PostgreSQL does (a wrong port that is another service's, a server
+/// hung at startup) would otherwise hold the command, and every cron run
+/// after it, without end.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection to `url`, or [`Error::Unreachable`] once
+/// [`CONNECT_TIMEOUT`] has passed without the server finishing the login.
+async fn connect_within(url: &str) -> Result<AnyConnection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect(url)).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(Error::Unreachable(format!(
+            "no answer within {} s (is a PostgreSQL server listening at that host and port?)",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Store errors. Messages name no path: the caller knows which database or
 /// file it opened and adds it.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +186,11 @@ pub enum Error {
     NotOnPostgres(&'static str),
     #[error("the database server cannot be reached: {0}")]
     Unreachable(String),
+    /// TLS with the PostgreSQL server failed (`sslmode` asks for it): a
+    /// certificate not trusted or not for that host, a server without
+    /// TLS. A setting to fix, which retrying does not.
+    #[error("TLS with the database server failed: {0}")]
+    Tls(String),
     /// The server refused the login (PostgreSQL's SQLSTATE class 28: a
     /// wrong or missing password, a role that may not log in, no
     /// pg_hba.conf line for it). The server's own words, which name the
@@ -284,11 +308,22 @@ impl From<sqlx::Error> for Error {
             _ => match err {
                 sqlx::Error::PoolTimedOut => Error::NoConnection,
                 // The server cannot be reached (PostgreSQL): retry later.
-                sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Error::Unreachable(err.to_string()),
+                // A TLS handshake that failed (an untrusted certificate)
+                // comes as an IO error carrying rustls' own.
+                sqlx::Error::Io(e) if rustls_error(&e).is_some() => {
+                    Error::Tls(rustls_error(&e).expect("just found").to_string())
+                }
+                sqlx::Error::Io(_) => Error::Unreachable(err.to_string()),
+                sqlx::Error::Tls(e) => Error::Tls(e.to_string()),
                 other => Error::Sql(other),
             },
         }
     }
+}
+
+/// The rustls error inside an IO error, if that is what it carries.
+fn rustls_error(e: &std::io::Error) -> Option<&tokio_rustls::rustls::Error> {
+    e.get_ref()?.downcast_ref::<tokio_rustls::rustls::Error>()
 }
 
 impl Error {
@@ -425,9 +460,9 @@ impl Store {
         // The server itself first: one that cannot be reached, a refused
         // login or a missing database fails here, once, with its own error
         // (the pool would retry until its timeout and report a timeout).
-        AnyConnection::connect(url.as_str())
+        connect_within(url.as_str())
             .await
-            .map_err(|e| match Error::from(e) {
+            .map_err(|e| match e {
                 Error::NoDatabase { .. } => Error::NoDatabase {
                     name: location::database_name(url),
                 },

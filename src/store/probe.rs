@@ -2,7 +2,7 @@
 //! engine, whether its server answers (PostgreSQL), its version, and the
 //! schema step it holds against the one this program brings.
 
-use sqlx::{AnyConnection, Connection as _};
+use sqlx::Connection as _;
 
 use super::location::{self, Location};
 use super::sql::{Engine, query_scalar};
@@ -31,7 +31,7 @@ pub async fn probe(location: &Location) -> Result<Probe> {
         Location::File(path) => location::sqlite_url(path, false),
         Location::Postgres(url) => url.to_string(),
     };
-    let mut conn = AnyConnection::connect(&url).await?;
+    let mut conn = super::connect_within(&url).await?;
     let engine = Engine::of_connection(&conn);
     let version: String = query_scalar(engine.pick(
         "SELECT sqlite_version()",
