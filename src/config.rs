@@ -712,16 +712,13 @@ impl Config {
     /// "set by BULLETIN_DB, the password from BULLETIN_DB_PASSWORD". For a
     /// refused login, which is fixed in one of those two places.
     pub fn db_login_source(&self) -> String {
-        let password = match self.db_password_source {
-            DbPassword::Url => "the password in that URL",
-            DbPassword::Env => "the password from BULLETIN_DB_PASSWORD",
-            DbPassword::Missing => {
-                "no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)"
-            }
-        };
         match self.db.file() {
             Some(_) => format!("set by {}", self.db_source),
-            None => format!("set by {}, {password}", self.db_source),
+            None => format!(
+                "set by {}, {}",
+                self.db_source,
+                password_source(self.db_password_source)
+            ),
         }
     }
 
@@ -731,6 +728,23 @@ impl Config {
             return d.clone();
         }
         domain_of(&self.sender.from).unwrap_or_else(|| "localhost".into())
+    }
+}
+
+/// Where a PostgreSQL login's password came from, in words, for an error
+/// about a refused login (never the password itself). Without one in the
+/// URL or `BULLETIN_DB_PASSWORD`, the driver reads `PGPASSWORD`, then
+/// `~/.pgpass`.
+pub fn password_source(from: DbPassword) -> &'static str {
+    match from {
+        DbPassword::Url => "the password in that URL",
+        DbPassword::Env => "the password from BULLETIN_DB_PASSWORD",
+        DbPassword::Missing if std::env::var_os("PGPASSWORD").is_some() => {
+            "the password from PGPASSWORD (none in the URL or BULLETIN_DB_PASSWORD)"
+        }
+        DbPassword::Missing => {
+            "no password in the URL, BULLETIN_DB_PASSWORD or PGPASSWORD (then ~/.pgpass, if set)"
+        }
     }
 }
 
@@ -1211,7 +1225,7 @@ mod tests {
                 "postgres://u@h/d",
                 None,
                 DbPassword::Missing,
-                "set by BULLETIN_DB, no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)",
+                "set by BULLETIN_DB, no password in the URL, BULLETIN_DB_PASSWORD or PGPASSWORD (then ~/.pgpass, if set)",
             ),
             (
                 "b.db",

@@ -262,7 +262,7 @@ async fn a_wrong_or_missing_password_fails_naming_the_setting() {
     let file = "set by db in bulletin.toml";
     let wrong_url = db.url_with(&wrong);
     let none =
-        "no password in the URL or BULLETIN_DB_PASSWORD (then PGPASSWORD or ~/.pgpass, if set)";
+        "no password in the URL, BULLETIN_DB_PASSWORD or PGPASSWORD (then ~/.pgpass, if set)";
     let cases = [
         Case {
             password: Some(&wrong),
@@ -346,6 +346,49 @@ async fn a_wrong_or_missing_password_fails_naming_the_setting() {
             );
         }
     }
+    // PGPASSWORD, which the driver reads when bulletin has none, is named
+    // when it is the one refused.
+    let mut cmd = env.command(&["lists"]);
+    cmd.env("PGPASSWORD", &wrong)
+        .env("PGPASSFILE", env.dir.path().join("no-pgpass"));
+    let out = output(cmd).await;
+    let err = String::from_utf8_lossy(&out.stderr).replace(&wrong, "WRONG");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "({file}, the password from PGPASSWORD (none in the URL or BULLETIN_DB_PASSWORD))"
+        )) && err.contains("the server refused the login"),
+        "{err}"
+    );
+    // `db copy --to` says where its password came from too.
+    let sqlite = env.dir.path().join("old.db");
+    let init = run(
+        &env,
+        None,
+        None,
+        &["--db", sqlite.to_str().unwrap(), "init"],
+    )
+    .await;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let args = [
+        "--db",
+        sqlite.to_str().unwrap(),
+        "db",
+        "copy",
+        "--to",
+        &db.url,
+    ];
+    let out = run(&env, Some(&wrong), None, &args).await;
+    let err = String::from_utf8_lossy(&out.stderr).replace(&wrong, "WRONG");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(", the password from BULLETIN_DB_PASSWORD: the server refused the login"),
+        "{err}"
+    );
     assert!(is_stored(&env, &db, "ann@example.org").await);
     assert!(
         !is_stored(&env, &db, "eve@example.org").await,

@@ -46,9 +46,11 @@ pub(crate) fn backup(config: &Config, target: &Path) -> Result<ExitCode> {
 const BIG_TABLE: u64 = 10_000;
 
 pub(crate) fn copy(config: &Config, to: &str) -> Result<ExitCode> {
-    let target = match Location::parse(Path::new(to), config.secrets.db_password.as_deref()) {
-        Ok(Location::Postgres(url)) => Location::Postgres(url),
-        Ok(Location::File(_)) => anyhow::bail!(
+    let parsed =
+        Location::parse_with_password(Path::new(to), config.secrets.db_password.as_deref());
+    let (target, password) = match parsed {
+        Ok((Location::Postgres(url), password)) => (Location::Postgres(url), password),
+        Ok((Location::File(_), _)) => anyhow::bail!(
             "--to {to:?}: give the PostgreSQL database as a URL, postgres://user@host/dbname (db copy moves a SQLite database to PostgreSQL)"
         ),
         Err(e) => anyhow::bail!("--to: {e}"),
@@ -62,9 +64,15 @@ pub(crate) fn copy(config: &Config, to: &str) -> Result<ExitCode> {
     }
     super::runtime()?.block_on(async {
         let source = super::open_store(config).await?;
-        let sink = Store::open(&target)
-            .await
-            .with_context(|| format!("--to {target}"))?;
+        let sink = Store::open(&target).await.map_err(|e| {
+            let login = match e {
+                crate::store::Error::LoginRefused(_) => {
+                    format!(", {}", crate::config::password_source(password))
+                }
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!("--to {target}{login}"))
+        })?;
         let sink = super::remember(sink);
         let mut bar: Option<(String, indicatif::ProgressBar)> = None;
         let show = std::io::stderr().is_terminal();
