@@ -433,12 +433,15 @@ async fn a_worker_killed_mid_run_leaves_only_its_in_flight_rows_settled_by_polic
     sink.shutdown().await;
 }
 
-/// Has the server end every other connection to `raw`'s database, as a
-/// restart would; asserts (`what`) that there was one.
+/// Has the server end every other client connection to `raw`'s database,
+/// as a restart would; asserts (`what`) that there was one. Only clients
+/// of our own role: an autovacuum worker busy in the database is the
+/// server's (a superuser's), which the role may not end.
 async fn drop_the_other_connections(raw: &AnyPool, what: &str) {
     let dropped: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend' AND usename = current_user",
     )
     .fetch_all(raw)
     .await
