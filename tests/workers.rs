@@ -348,42 +348,20 @@ async fn a_worker_waits_for_the_write_lock_to_queue_its_campaign() {
 /// committed its own row for one of the people makes queueing wait for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn queueing_waits_the_busy_timeout_for_a_row_once_it_holds_the_lock() {
-    use bulletin::store::deliveries::NewCampaign;
     if skipped("queueing_waits_the_busy_timeout_for_a_row_once_it_holds_the_lock") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let setting = pg::db_named(dir.path(), "rowwait").await;
     let busy = Duration::from_millis(300);
-    let store = bulletin::store::Store::open_with(pg::location(&setting), busy)
-        .await
-        .unwrap();
-    let list = store.create_list("news", "News", "", false, false, 1);
-    let list = list.await.unwrap().id;
-    for email in ["ann@example.net", "bob@example.net"] {
-        store
-            .add_subscriber(email, None, "news", "test", 1)
-            .await
-            .unwrap();
-    }
-    let ann = store.subscriber("ann@example.net").await.unwrap().unwrap();
-    let new = NewCampaign {
-        slug: "c",
-        lists: &[list],
-        subject: "s",
-        compiled: "{}",
-        source_hash: "h",
-        send_at: 1,
-        now: 1,
-    };
-    let id = store.insert_campaign(&new).await.unwrap();
+    let (setting, store, id) = campaign_frozen_for(dir.path(), "rowwait", 2, busy).await;
+    let first = store.subscriber("p0@example.net").await.unwrap().unwrap();
     let raw = crate::support::db::raw(pg::location(&setting)).await;
     let mut other = raw.begin().await.unwrap();
     sqlx::query(
         "INSERT INTO deliveries (campaign_id, subscriber_id, status, updated_at) VALUES ($1, $2, 'queued', 1)",
     )
     .bind(id)
-    .bind(ann.id)
+    .bind(first.id)
     .execute(&mut *other)
     .await
     .unwrap();
@@ -699,9 +677,24 @@ async fn campaign_queued_to(
     bulletin::store::Store,
     bulletin::store::deliveries::CampaignRow,
 ) {
+    let busy = bulletin::store::BUSY_TIMEOUT;
+    let (setting, store, id) = campaign_frozen_for(dir, name, n, busy).await;
+    store.materialise(id, 1).await.unwrap();
+    let c = store.campaign_by_id(id).await.unwrap().unwrap();
+    (setting, store, c)
+}
+
+/// [`campaign_queued_to`] before queueing, its store opened with `busy`
+/// as the busy timeout: (the `db` setting, the store, the campaign's id).
+async fn campaign_frozen_for(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+    busy: Duration,
+) -> (String, bulletin::store::Store, i64) {
     use bulletin::store::deliveries::NewCampaign;
     let setting = pg::db_named(dir, name).await;
-    let store = bulletin::store::Store::open(pg::location(&setting))
+    let store = bulletin::store::Store::open_with(pg::location(&setting), busy)
         .await
         .unwrap();
     let list = store
@@ -726,9 +719,7 @@ async fn campaign_queued_to(
         now: 1,
     };
     let id = store.insert_campaign(&new).await.unwrap();
-    store.materialise(id, 1).await.unwrap();
-    let c = store.campaign_by_id(id).await.unwrap().unwrap();
-    (setting, store, c)
+    (setting, store, id)
 }
 
 /// The dispatcher's round on PostgreSQL, through the store: a round of
