@@ -85,8 +85,6 @@ async fn scram_database(admin: &str) -> ScramDatabase {
         .await
         .unwrap();
     let password = random_password();
-    let database = pg::fresh_database().await;
-    let name = url::Url::parse(&database).unwrap().path()[1..].to_string();
     let hint =
         "(.ci/postgres gives the role bulletin CREATEROLE: is the cluster older than the script?)";
     for sql in [
@@ -96,19 +94,12 @@ async fn scram_database(admin: &str) -> ScramDatabase {
         ),
         // Utility statements take no bound parameters; the password is hex.
         format!("ALTER ROLE {ROLE} LOGIN PASSWORD '{password}'"),
-        format!("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {name} TO {ROLE}"),
     ] {
         lock.execute(sql.as_str())
             .await
             .unwrap_or_else(|e| panic!("{}: {e} {hint}", sql.replace(&password, "***")));
     }
-    // The tables go in the schema `public`, which its owner (the database's
-    // owner, `bulletin`) must open to the role.
-    let mut inside = connect(database.clone()).await;
-    inside
-        .execute(format!("GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}").as_str())
-        .await
-        .unwrap();
+    let (database, inside) = pg::fresh_database_for(ROLE).await;
     let mut url = url::Url::parse(&database).unwrap();
     url.set_username(ROLE).unwrap();
     url.set_password(None).unwrap();

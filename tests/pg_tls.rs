@@ -41,15 +41,7 @@ async fn tls_database(admin: &str) -> String {
     .await
     .unwrap();
     conn.close().await.unwrap();
-    let database = pg::fresh_database().await;
-    let name = url::Url::parse(&database).unwrap().path()[1..].to_string();
-    let mut inside = PgConnection::connect(&database).await.unwrap();
-    for sql in [
-        format!("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {name} TO {ROLE}"),
-        format!("GRANT USAGE, CREATE ON SCHEMA public TO {ROLE}"),
-    ] {
-        inside.execute(sql.as_str()).await.unwrap();
-    }
+    let (database, inside) = pg::fresh_database_for(ROLE).await;
     inside.close().await.unwrap();
     let mut url = url::Url::parse(&database).unwrap();
     url.set_username(ROLE).unwrap();

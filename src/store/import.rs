@@ -1072,55 +1072,54 @@ async fn record_left(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let complained = left
+    let complained: Vec<i64> = left
         .iter()
         .filter(|(_, _, standing, _)| *standing == Standing::Complained)
-        .map(|(id, ..)| *id);
-    leave_every_list(conn, &json_array(complained), list_id, now).await?;
+        .map(|(id, ..)| *id)
+        .collect();
+    leave_every_list(conn, &complained, list_id, now).await?;
     let consents: Vec<Sub> = left.iter().map(|(id, _, _, c)| (*id, *c)).collect();
     insert_consents(conn, list_id, &consents).await
 }
 
-/// Unsubscribes the people in `ids` (a JSON array) from every list but
-/// `list_id` (which the caller has just done), each with an event, as a
-/// complaint through the bounce path does: someone who marked our mail as
-/// spam wants none of it, and a later sign-up (which lifts the complaint)
-/// must not bring back lists they never chose again.
+/// Unsubscribes the people in `ids` from every list but `list_id` (which
+/// the caller has just done), each with an event, as a complaint through
+/// the bounce path does: someone who marked our mail as spam wants none of
+/// it, and a later sign-up (which lifts the complaint) must not bring back
+/// lists they never chose again.
 async fn leave_every_list(
     conn: &mut AnyConnection,
-    ids: &str,
+    ids: &[i64],
     list_id: i64,
     now: i64,
 ) -> Result<()> {
-    if ids == "[]" {
+    if ids.is_empty() {
         return Ok(());
     }
+    let ids = json_array(ids);
     let engine = Engine::of_connection(conn);
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
          SELECT sub.subscriber_id, sub.list_id, 'unsubscribed', 'import', 'complaint', ?3 \
-         FROM subscriptions sub JOIN json_each(?1) j ON sub.subscriber_id = j.value \
-         WHERE sub.list_id <> ?2 AND sub.status <> 'unsubscribed'",
-        "INSERT INTO events (subscriber_id, list_id, kind, source, detail, created_at) \
-         SELECT sub.subscriber_id, sub.list_id, 'unsubscribed', 'import', 'complaint', ?3 \
-         FROM subscriptions sub \
-         JOIN json_array_elements_text(CAST(?1 AS json)) j ON sub.subscriber_id = CAST(j.value AS BIGINT) \
-         WHERE sub.list_id <> ?2 AND sub.status <> 'unsubscribed'",
+         FROM subscriptions sub JOIN ",
+        "?1",
+        " ids ON sub.subscriber_id = ids.id \
+         WHERE sub.list_id <> ?2 AND sub.status <> 'unsubscribed'"
     ))
-    .bind(ids)
+    .bind(&ids)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    query(engine.pick(
+    query(over_json_ids!(
+        engine,
         "UPDATE subscriptions SET status = 'unsubscribed', source = 'import', updated_at = ?3 \
-         WHERE subscriber_id IN (SELECT value FROM json_each(?1)) \
-           AND list_id <> ?2 AND status <> 'unsubscribed'",
-        "UPDATE subscriptions SET status = 'unsubscribed', source = 'import', updated_at = ?3 \
-         WHERE subscriber_id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))) \
-           AND list_id <> ?2 AND status <> 'unsubscribed'",
+         WHERE subscriber_id IN (SELECT id FROM ",
+        "?1",
+        " ids) AND list_id <> ?2 AND status <> 'unsubscribed'"
     ))
-    .bind(ids)
+    .bind(&ids)
     .bind(list_id)
     .bind(now)
     .execute(&mut *conn)

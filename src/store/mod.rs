@@ -310,10 +310,10 @@ impl From<sqlx::Error> for Error {
                 // The server cannot be reached (PostgreSQL): retry later.
                 // A TLS handshake that failed (an untrusted certificate)
                 // comes as an IO error carrying rustls' own.
-                sqlx::Error::Io(e) if rustls_error(&e).is_some() => {
-                    Error::Tls(rustls_error(&e).expect("just found").to_string())
-                }
-                sqlx::Error::Io(_) => Error::Unreachable(err.to_string()),
+                sqlx::Error::Io(ref e) => match rustls_error(e) {
+                    Some(tls) => Error::Tls(tls.to_string()),
+                    None => Error::Unreachable(err.to_string()),
+                },
                 sqlx::Error::Tls(e) => Error::Tls(e.to_string()),
                 other => Error::Sql(other),
             },

@@ -172,6 +172,29 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
+/// [`fresh_database`], opened to `role` (an existing role of the
+/// cluster): it may connect, create tables and use the schema `public`,
+/// as granted over the admin's trusted connection. Returns the database's
+/// URL (the admin's) and the admin's connection inside it.
+pub async fn fresh_database_for(role: &str) -> (String, PgConnection) {
+    let database = fresh_database().await;
+    let name = url::Url::parse(&database).unwrap().path()[1..].to_string();
+    let mut inside = PgConnection::connect(&database).await.unwrap();
+    // Identifiers take no bound parameters; both names are ours.
+    for sql in [
+        format!("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {name} TO {role}"),
+        // The tables go in the schema `public`, which its owner (the
+        // database's owner, the admin) must open to the role.
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
+    ] {
+        sqlx::raw_sql(&sql)
+            .execute(&mut inside)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    (database, inside)
+}
+
 /// `url` with its password, if any, replaced by `***`, for messages.
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
