@@ -89,8 +89,15 @@ fn location(db: &str) -> Location {
     Location::parse(Path::new(db), None).unwrap_or_else(|e| panic!("{db}: {e}"))
 }
 
+/// The list of the benchmark of `n` recipients: one per size, so that a
+/// PostgreSQL database used before for another size sends to `n`, not to
+/// everyone it holds.
+fn list_slug(n: usize) -> String {
+    format!("ebulletin-{n}")
+}
+
 /// The child process's job: `n` subscribers imported into `db` (a file or
-/// a URL), into list `ebulletin`.
+/// a URL), into their list ([`list_slug`]).
 async fn import(db: &str, n: usize) {
     let store = Store::open(location(db)).await.unwrap();
     let csv = std::env::temp_dir().join(format!("send-bench-{}.csv", std::process::id()));
@@ -106,7 +113,7 @@ async fn import(db: &str, n: usize) {
     store
         .import(
             std::fs::File::open(&csv).unwrap(),
-            "ebulletin",
+            &list_slug(n),
             &ImportOptions::new(bulletin::store::now()),
             |_| {},
         )
@@ -120,9 +127,9 @@ async fn import(db: &str, n: usize) {
     store.close().await;
 }
 
-/// The example campaign, compiled and frozen for the bench list, named
-/// after the example with `suffix`.
-async fn freeze(store: &Store, suffix: &str) -> (CampaignRow, Frozen) {
+/// The example campaign, compiled and frozen for the list of `n`
+/// recipients, named after the example with `suffix`.
+async fn freeze(store: &Store, n: usize, suffix: &str) -> (CampaignRow, Frozen) {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/campaigns/2026-11-ebulletin.md"
@@ -140,7 +147,7 @@ async fn freeze(store: &Store, suffix: &str) -> (CampaignRow, Frozen) {
             },
         )
         .unwrap();
-    let list = store.list("ebulletin").await.unwrap().unwrap();
+    let list = store.list(&list_slug(n)).await.unwrap().unwrap();
     let frozen = Frozen {
         compiled,
         from: "Bench <news@bench.example>".into(),
@@ -245,7 +252,7 @@ async fn send(dir: &Path, n: usize, port: u16, connections: usize) -> Figures {
     let path = dir.join(format!("bench-{n}.db"));
     import_in_child(&path.display().to_string(), n);
     let store = Store::open(&path).await.unwrap();
-    let (row, frozen) = freeze(&store, "").await;
+    let (row, frozen) = freeze(&store, n, "").await;
     let settings = settings(port, connections);
     // Reset the peak so it measures the sending phase alone.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -314,7 +321,12 @@ async fn send_shared(
     connections: usize,
 ) -> (f64, usize) {
     let store = Store::open_existing(location(db)).await.unwrap();
-    let (row, frozen) = freeze(&store, &format!("-{n}-w{workers}-{}", std::process::id())).await;
+    let (row, frozen) = freeze(
+        &store,
+        n,
+        &format!("-{n}-w{workers}-{}", std::process::id()),
+    )
+    .await;
     // Queued before the clock starts, as `send` does before dispatching.
     store
         .materialise(row.id, bulletin::store::now())
