@@ -219,6 +219,10 @@ fn message_size(frozen: &Frozen, settings: &Settings, slug: &str) -> usize {
         preferences_url: &settings.urls.preferences(&settings.signer, &preferences),
         archive_url: &settings.urls.archive(slug),
     });
+    let list_id = format!(
+        "\"{}\" <{}.bench.example>",
+        frozen.list_name, frozen.list_slug
+    );
     let headers = bulletin::compose::Headers {
         from: &frozen.from,
         reply_to: None,
@@ -226,7 +230,7 @@ fn message_size(frozen: &Frozen, settings: &Settings, slug: &str) -> usize {
         to_name: "Reader Number 1",
         date: std::time::SystemTime::now(),
         message_id: "aeaqaacukk2fv3k4hdibuou5we@bench.example",
-        list_id: Some("\"E-bulletin\" <ebulletin.bench.example>"),
+        list_id: Some(&list_id),
         unsubscribe_url: Some(&unsubscribe),
         unsubscribe_mailto: Some("unsubscribe+aeaqaacukk2fv3k4hdibuou5we@bench.example"),
         return_path: Some("bounces+aeaqaacukk2fv3k4hdibuou5we@bench.example"),

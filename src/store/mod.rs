@@ -382,11 +382,13 @@ pub struct Store {
 /// SQLite's `synchronous` for every connection: FULL, which flushes the
 /// write-ahead log at every commit, so that a commit is on the disk before
 /// bulletin acts on it (sends the message its claim allowed, confirms the
-/// unsubscribe), whatever crashes, the machine included. WAL's usual NORMAL
-/// flushes only at checkpoints: a power cut could undo a row committed
-/// `sending` whose message had gone out (mailed again by the next run) or
-/// an unsubscribe a page had confirmed. PostgreSQL flushes at commit by
-/// default.
+/// unsubscribe), whatever crashes, the machine included. The NORMAL often
+/// recommended with WAL (bulletin's setting until 2026-12-02) flushes only
+/// at checkpoints: a power cut could undo a row committed `sending` whose
+/// message had gone out (mailed again by the next run) or an unsubscribe a
+/// page had confirmed. On PostgreSQL each connection sets
+/// `synchronous_commit = on` for the same reason (the server's `fsync`
+/// must stay on, its default).
 const SYNCHRONOUS: &str = "FULL";
 
 impl Store {
@@ -486,7 +488,12 @@ impl Store {
         // writer's lock (`sql::begin_write`'s advisory lock, a row lock),
         // then fails as `Error::Locked` (lock_not_available) instead of
         // holding its caller without a deadline (the web pages answer 503).
-        let lock_timeout = format!("SET lock_timeout = {}", busy_timeout.as_millis());
+        // And every commit waits for its flush to disk (`SYNCHRONOUS`),
+        // whatever the server, the database or the role says.
+        let lock_timeout = format!(
+            "SET lock_timeout = {}; SET synchronous_commit = on",
+            busy_timeout.as_millis()
+        );
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -684,8 +691,8 @@ mod tests {
 
     /// A power cut must not undo a commit bulletin acted on: every
     /// connection of the pool (the ledger's among them) flushes the log at
-    /// commit (`PRAGMA synchronous` 2 is FULL; WAL's usual NORMAL, 1, waits
-    /// for the next checkpoint).
+    /// commit (`PRAGMA synchronous` 2 is FULL; NORMAL, 1, waits for the
+    /// next checkpoint in WAL mode).
     #[tokio::test]
     async fn every_sqlite_connection_flushes_each_commit_to_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,13 +700,46 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 {
             let mut conn = store.pool.acquire().await.unwrap();
-            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            let level: i64 = sql::query_scalar("PRAGMA synchronous")
                 .fetch_one(&mut *conn)
                 .await
                 .unwrap();
             assert_eq!(level, 2, "synchronous = FULL on every connection");
             held.push(conn);
         }
+    }
+
+    /// On PostgreSQL every connection waits for its commit's flush even
+    /// where the server does not (the test cluster runs with
+    /// `synchronous_commit = off`). Runs when `BULLETIN_TEST_POSTGRES` names
+    /// a server, in a database of its own.
+    #[tokio::test]
+    async fn every_postgresql_connection_waits_for_each_commit_to_reach_disk() {
+        let Ok(admin) = std::env::var("BULLETIN_TEST_POSTGRES") else {
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(&admin).await.unwrap();
+        let name = format!("unit_sync_{}", std::process::id());
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::raw_sql(&create).execute(&mut conn).await.unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        let store = Store::open(Location::Postgres(url)).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut each = store.pool.acquire().await.unwrap();
+            let level: String = sql::query_scalar("SELECT current_setting('synchronous_commit')")
+                .fetch_one(&mut *each)
+                .await
+                .unwrap();
+            assert_eq!(level, "on", "synchronous_commit on every connection");
+            held.push(each);
+        }
+        drop(held);
+        store.pool.close().await;
+        let drop_it = format!("DROP DATABASE {name}");
+        sqlx::raw_sql(&drop_it).execute(&mut conn).await.unwrap();
     }
 
     #[tokio::test]
