@@ -379,6 +379,20 @@ pub struct Store {
     location: Location,
 }
 
+/// Moves a file just written (`VACUUM INTO` does not flush it) into place
+/// so that a power cut leaves either no file at `to` or the whole one: the
+/// file reaches the disk before the rename, and the rename before this
+/// returns.
+fn durable_rename(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::File::open(from)?.sync_all()?;
+    std::fs::rename(from, to)?;
+    let folder = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(folder)?.sync_all()
+}
+
 /// SQLite's `synchronous` for every connection: FULL, which flushes the
 /// write-ahead log at every commit, so that a commit is on the disk before
 /// bulletin acts on it (sends the message its claim allowed, confirms the
@@ -556,8 +570,9 @@ impl Store {
 
     /// Writes a consistent copy of the database to `target` (SQLite's
     /// `VACUUM INTO`), while other connections go on reading and writing.
-    /// The copy is written beside `target` and renamed over it, so `target`
-    /// is never a half-written file.
+    /// The copy is written beside `target` and renamed over it, each step
+    /// flushed to disk ([`durable_rename`]), so `target` is never a
+    /// half-written file, not even after a power cut.
     pub async fn backup(&self, target: &Path) -> Result<()> {
         if self.engine() == Engine::Postgres {
             return Err(Error::NotOnPostgres(
@@ -578,7 +593,7 @@ impl Store {
             let _ = std::fs::remove_file(&partial);
             return Err(e.into());
         }
-        std::fs::rename(&partial, target).map_err(|e| {
+        durable_rename(&partial, target).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
             Error::Backup(e)
         })
