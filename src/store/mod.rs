@@ -380,9 +380,9 @@ pub struct Store {
 }
 
 /// Moves a file just written (`VACUUM INTO` does not flush it) into place
-/// so that a power cut leaves either no file at `to` or the whole one: the
-/// file reaches the disk before the rename, and the rename before this
-/// returns.
+/// so that a power cut leaves at `to` either what was there before or the
+/// whole new file: the file reaches the disk before the rename, and the
+/// rename before this returns.
 fn durable_rename(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::File::open(from)?.sync_all()?;
     std::fs::rename(from, to)?;
@@ -504,7 +504,7 @@ impl Store {
         // holding its caller without a deadline (the web pages answer 503).
         // And every commit waits for its flush to disk (`SYNCHRONOUS`),
         // whatever the server, the database or the role says.
-        let lock_timeout = format!(
+        let session = format!(
             "SET lock_timeout = {}; SET synchronous_commit = on",
             busy_timeout.as_millis()
         );
@@ -513,9 +513,9 @@ impl Store {
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
-                let lock_timeout = lock_timeout.clone();
+                let session = session.clone();
                 Box::pin(async move {
-                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&lock_timeout)).await?;
+                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&session)).await?;
                     Ok(())
                 })
             })
@@ -704,6 +704,28 @@ mod tests {
     use super::*;
     use sql::{begin_write, query_as};
 
+    /// `setting` (a statement reading one value) as each connection the
+    /// pool can open sees it: all of them held at once, so none is read
+    /// twice.
+    async fn on_every_connection<T>(store: &Store, setting: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + Unpin,
+    {
+        let mut held = Vec::new();
+        let mut seen = Vec::new();
+        for _ in 0..store.pool.options().get_max_connections() {
+            let mut conn = store.pool.acquire().await.unwrap();
+            seen.push(
+                sql::query_scalar(setting)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap(),
+            );
+            held.push(conn);
+        }
+        seen
+    }
+
     /// A power cut must not undo a commit bulletin acted on: every
     /// connection of the pool (the ledger's among them) flushes the log at
     /// commit (`PRAGMA synchronous` 2 is FULL; NORMAL, 1, waits for the
@@ -712,16 +734,8 @@ mod tests {
     async fn every_sqlite_connection_flushes_each_commit_to_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            let mut conn = store.pool.acquire().await.unwrap();
-            let level: i64 = sql::query_scalar("PRAGMA synchronous")
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            assert_eq!(level, 2, "synchronous = FULL on every connection");
-            held.push(conn);
-        }
+        let levels: Vec<i64> = on_every_connection(&store, "PRAGMA synchronous").await;
+        assert_eq!(levels, [2; 4], "synchronous = FULL on every connection");
     }
 
     /// On PostgreSQL every connection waits for its commit's flush even
@@ -741,17 +755,9 @@ mod tests {
         let mut url = url::Url::parse(&admin).unwrap();
         url.set_path(&name);
         let store = Store::open(Location::Postgres(url)).await.unwrap();
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            let mut each = store.pool.acquire().await.unwrap();
-            let level: String = sql::query_scalar("SELECT current_setting('synchronous_commit')")
-                .fetch_one(&mut *each)
-                .await
-                .unwrap();
-            assert_eq!(level, "on", "synchronous_commit on every connection");
-            held.push(each);
-        }
-        drop(held);
+        let reading = "SELECT current_setting('synchronous_commit')";
+        let levels: Vec<String> = on_every_connection(&store, reading).await;
+        assert_eq!(levels, ["on"; 4], "synchronous_commit on every connection");
         store.pool.close().await;
         let drop_it = format!("DROP DATABASE {name}");
         sqlx::raw_sql(&drop_it).execute(&mut conn).await.unwrap();
